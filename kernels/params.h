@@ -1,0 +1,216 @@
+/*
+ * Kernel parameter structs: the one contract between kernels/*.cu and Rust.
+ *
+ * Every kernel takes exactly one of these structs by value. The Rust mirror
+ * (src/backend/params.rs) is generated from this file by bindgen and committed;
+ * tests/bindings.rs regenerates it and fails when it differs.
+ *
+ * Pointers hold device addresses on a GPU and host addresses under the SIMT shim.
+ * `void*` activations have the element type named by the kernel's suffix
+ * (`_bf16`, `_f16`); `float*` ones are always f32. Tensors are row-major and
+ * contiguous unless a stride says otherwise; "rows" are batch * tokens.
+ *
+ * Launch geometry constants live next to the struct they belong to so that the
+ * Rust launcher (src/backend/kernels/<op>.rs) and the kernel agree on them.
+ *
+ * This header must stay plain C (bindgen, nvcc and g++ all read it).
+ */
+#ifndef DELTADIT_PARAMS_H
+#define DELTADIT_PARAMS_H
+
+#include <stdint.h>
+
+/* ------------------------------------------------------------------------ */
+/* fill.cu — poison/initialise a buffer: x[i] = value (elem_bytes 2 or 4).    */
+/* kernel: fill_u16, fill_u32; grid-stride loop                              */
+/* ------------------------------------------------------------------------ */
+#define FILL_THREADS 256
+typedef struct FillParams {
+    void* x;
+    int64_t n;      /* number of elements */
+    uint32_t value; /* bit pattern (low 16 bits for fill_u16) */
+    int32_t _pad;
+} FillParams;
+
+/* ------------------------------------------------------------------------ */
+/* norm_modulate.cu — y = LayerNorm(x) * (1 + scale[b]) + shift[b]            */
+/* LayerNorm without affine parameters, biased variance, f32 statistics.      */
+/* shift/scale of sample b = row / tokens are rows `shift_row`/`scale_row` of  */
+/* modv + b * mod_batch_stride (each row `dim` elements long).               */
+/* kernels: norm_modulate_bf16, norm_modulate_f16                            */
+/* ------------------------------------------------------------------------ */
+typedef struct NormModulateParams {
+    const void* x;            /* [rows, dim] */
+    void* y;                  /* [rows, dim] */
+    const void* modv;         /* [batch, mod_rows, dim] */
+    int64_t rows;
+    int64_t tokens;           /* rows per sample */
+    int64_t mod_batch_stride; /* elements between samples in modv */
+    int32_t dim;
+    int32_t shift_row;
+    int32_t scale_row;
+    float eps;
+} NormModulateParams;
+
+/* ------------------------------------------------------------------------ */
+/* delta.cu — gated residual with the fused Δ-cache store:                    */
+/*   x = x + gate[b] ⊙ y            (gate = row gate_row of modv; modv NULL:  */
+/*                                   no gate, plain x = x + y)                */
+/* then, by kernel variant:                                                  */
+/*   residual_plain_*  : nothing more                                        */
+/*   residual_anchor_* : cache = x           (remember the range's input)    */
+/*   residual_delta_*  : cache = x - cache   (Δ = range output - its input)  */
+/* The Δ apply of a cached step is residual_plain with y = Δ and no gate.     */
+/* kernels: residual_{plain,anchor,delta}_{bf16,f16}                         */
+/* ------------------------------------------------------------------------ */
+typedef struct ResidualParams {
+    void* x;                  /* [rows, dim], updated in place */
+    const void* y;            /* [rows, dim] */
+    const void* modv;         /* [batch, mod_rows, dim] or NULL */
+    void* cache;              /* [rows, dim] or NULL (plain) */
+    int64_t rows;
+    int64_t tokens;
+    int64_t mod_batch_stride;
+    int32_t dim;
+    int32_t gate_row;
+} ResidualParams;
+
+/* ------------------------------------------------------------------------ */
+/* elementwise.cu                                                            */
+/* ------------------------------------------------------------------------ */
+/* act_{gelu_tanh,silu}_{bf16,f16}: y[i] = act(x[i] + bias[i % cols])        */
+/* (bias may be NULL; x and y may alias). GELU is the tanh approximation.    */
+typedef struct ActParams {
+    const void* x;
+    void* y;
+    const void* bias;         /* [cols] or NULL */
+    int64_t n;                /* total elements */
+    int64_t cols;
+} ActParams;
+
+/* add_bcast_{bf16,f16}: x[r, c] += y[c] for r < rows, c < cols (in place).  */
+/* Used for the PixArt modulation table and the positional embedding.       */
+typedef struct AddBcastParams {
+    void* x;                  /* [rows, cols] */
+    const void* y;            /* [cols] */
+    int64_t rows;
+    int64_t cols;
+} AddBcastParams;
+
+/* timestep_embedding_{bf16,f16}: out[b, :] = sinusoid(t[b]) of width dim,   */
+/* diffusers get_timestep_embedding: half = dim/2,                           */
+/* e_k = exp(-ln(max_period) * k / (half - shift)), a = t * e_k,             */
+/* flip_sin_to_cos ? [cos a | sin a] : [sin a | cos a] (dim even).           */
+typedef struct TimestepEmbedParams {
+    const float* t;           /* [batch] */
+    void* out;                /* [batch, dim] */
+    int32_t batch;
+    int32_t dim;
+    int32_t flip_sin_to_cos;
+    float downscale_freq_shift;
+    float max_period;
+    int32_t _pad;
+} TimestepEmbedParams;
+
+/* patchify_{bf16,f16}: f32 latents [B, C, H, W] -> patches [B, (H/p)(W/p),  */
+/* C*p*p] in the conv weight's order: out[b, i*w + j, (c*p + kh)*p + kw] =    */
+/* x[b, c, i*p + kh, j*p + kw].                                               */
+typedef struct PatchifyParams {
+    const float* x;
+    void* out;
+    int32_t batch, channels, height, width, patch;
+    int32_t _pad;
+} PatchifyParams;
+
+/* unpatchify_{bf16,f16}: tokens [B, h*w, p*p*C] -> f32 [B, C, h*p, w*p],     */
+/* out[b, c, i*p + pp, j*p + q] = x[b, i*w + j, (pp*p + q)*C + c].            */
+typedef struct UnpatchifyParams {
+    const void* x;
+    float* out;
+    int32_t batch, channels, h, w, patch;
+    int32_t _pad;
+} UnpatchifyParams;
+
+/* cfg_combine_f32: guided ε from the model output [n_out, C_out, HW] (f32):  */
+/*   cfg = 1: eps[b] = u + scale * (c - u) with c, u the cond/uncond rows:   */
+/*            cond_first = 1 (DiT [cond, null]): c = b, u = b + batch;       */
+/*            cond_first = 0 (PixArt [uncond, cond]): u = b, c = b + batch.  */
+/*   cfg = 0: eps[b] = out[b].                                               */
+/* Only the first `channels` channels are written (the learned-sigma split). */
+typedef struct CfgParams {
+    const float* out;         /* [(cfg ? 2 : 1) * batch, channels_out, hw] */
+    float* eps;               /* [batch, channels, hw] */
+    int32_t batch;
+    int32_t channels;
+    int32_t channels_out;
+    int32_t hw;
+    int32_t cfg;
+    int32_t cond_first;
+    float scale;
+    int32_t _pad;
+} CfgParams;
+
+/* ------------------------------------------------------------------------ */
+/* scheduler.cu — scheduler_step_f32: one fused update of the f32 latents.    */
+/* kind selects the formula; coefficients are computed on the host in f32    */
+/* exactly as diffusers orders them (see src/sampler/):                      */
+/*   SCHED_DPM1  x0 = (x - c0*eps) / c1;  x = c2*x - c3*x0                    */
+/*   SCHED_DPM2  x0 = (x - c0*eps) / c1;  d1 = c4*(x0 - x0_prev);             */
+/*               x = c2*x - c3*x0 - c5*d1                                     */
+/*   SCHED_DDIM  x0 = (x - c0*eps) / c1;  x = c2*x0 + c3*eps                  */
+/*   SCHED_LCM   x0 = (x - c0*eps) / c1;  den = c2*x0 + c3*x;                  */
+/*               x = noise ? c4*den + c5*noise : den                          */
+/* Every kind then stores x0_prev = x0 (when x0_prev is not NULL).           */
+/* ------------------------------------------------------------------------ */
+#define SCHED_DPM1 0
+#define SCHED_DPM2 1
+#define SCHED_DDIM 2
+#define SCHED_LCM 3
+typedef struct SchedulerStepParams {
+    float* x;                 /* [n] latents, updated in place */
+    const float* eps;         /* [n] guided model output */
+    float* x0_prev;           /* [n] previous x0 (read by DPM2), then overwritten; may be NULL */
+    const float* noise;       /* [n] LCM noise or NULL */
+    int64_t n;
+    int32_t kind;
+    float c[6];
+    int32_t _pad;
+} SchedulerStepParams;
+
+/* ------------------------------------------------------------------------ */
+/* reduce.cu — rel_l1_{bf16,f16}: out[0] += Σ|a - b|, out[1] += Σ|b| (f32,    */
+/* atomics; the caller zeroes out first). Cheap probes for cache policies.   */
+/* ------------------------------------------------------------------------ */
+typedef struct RelL1Params {
+    const void* a;
+    const void* b;
+    float* out;               /* [2] */
+    int64_t n;
+} RelL1Params;
+
+/* ------------------------------------------------------------------------ */
+/* attention.cu — fused attention (FlashAttention-2 style), non-causal.       */
+/* O[b, i, h*D:(h+1)*D] = softmax_j(Q_i·K_j * scale + bias[b, j]) V_j         */
+/* Q/K/V/O rows are tokens with the given row strides (elements), so Q, K    */
+/* and V can be column slices of one fused QKV GEMM output; head h uses      */
+/* columns [h*D, (h+1)*D) of its row. key_bias is f32 [batch, nk] with       */
+/* bias_batch_stride (NULL: no bias).                                        */
+/* kernels: attention_d{64,72,128}_{bf16,f16}                                */
+/* grid (ceil(nq / ATTN_BLOCK_Q), heads, batch), ATTN_THREADS threads,       */
+/* dynamic shared memory ATTN_SMEM_D{64,72,128} bytes.                       */
+/* ------------------------------------------------------------------------ */
+typedef struct AttentionParams {
+    const void* q;
+    const void* k;
+    const void* v;
+    void* o;
+    const float* key_bias;
+    int64_t q_row_stride, k_row_stride, v_row_stride, o_row_stride;
+    int64_t q_batch_stride, k_batch_stride, v_batch_stride, o_batch_stride;
+    int64_t bias_batch_stride;
+    int32_t batch, heads, nq, nk;
+    float scale_log2;         /* softmax scale * log2(e): exp2 with the scale folded in */
+    int32_t _pad;
+} AttentionParams;
+
+#endif /* DELTADIT_PARAMS_H */
