@@ -1,0 +1,2 @@
+// Inline-PTX helpers (GPU branch + SIMT-shim branch). Filled in with the shim.
+#pragma once

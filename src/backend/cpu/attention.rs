@@ -1,0 +1,83 @@
+//! Multi-head attention in f32: the reference for attention.cu. Scores for one block of query
+//! rows at a time (never the whole score matrix), GEMMs from the `gemm` crate.
+
+use crate::backend::AttentionShape;
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+/// Query rows per task: bounds the score block to QBLOCK × nk floats.
+const QBLOCK: usize = 128;
+
+/// One operand: (data, first column, row stride).
+pub type Operand<'a> = (&'a [f32], usize, usize);
+
+/// `out[b·nq + i, h·d..] = softmax_j(scale·q·k_j + bias[b, j]) · v`.
+pub fn attention_f32(
+    s: &AttentionShape,
+    q: Operand<'_>,
+    k: Operand<'_>,
+    v: Operand<'_>,
+    key_bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    let (d, width) = (s.head_dim, s.heads * s.head_dim);
+    let qblocks = s.nq.div_ceil(QBLOCK);
+    // Each task owns a disjoint [rows, columns-of-one-head] region of out; the raw pointer is
+    // shared because those regions interleave in memory.
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    (0..s.batch * s.heads * qblocks).into_par_iter().for_each_init(Vec::new, |scores, task| {
+        let (bh, qb) = (task / qblocks, task % qblocks);
+        let (b, h) = (bh / s.heads, bh % s.heads);
+        let i0 = qb * QBLOCK;
+        let rows = QBLOCK.min(s.nq - i0);
+        scores.resize(rows * s.nk, 0.0);
+        let qp = &q.0[(b * s.nq + i0) * q.2 + q.1 + h * d..];
+        let kp = &k.0[b * s.nk * k.2 + k.1 + h * d..];
+        let vp = &v.0[b * s.nk * v.2 + v.1 + h * d..];
+        // SAFETY: qp/kp are in bounds for rows×d (stride q.2) and nk×d (stride k.2) reads, as the
+        // caller's shape checks guarantee; scores holds rows×nk floats.
+        unsafe {
+            gemm::gemm(
+                rows, s.nk, d,
+                scores.as_mut_ptr(), 1, s.nk as isize, false,
+                qp.as_ptr(), 1, q.2 as isize,
+                kp.as_ptr(), k.2 as isize, 1,
+                0.0f32, s.scale, false, false, false, Parallelism::None,
+            );
+        }
+        let bias = key_bias.map(|kb| &kb[b * s.nk..(b + 1) * s.nk]);
+        for row in scores.chunks_mut(s.nk) {
+            if let Some(bias) = bias {
+                row.iter_mut().zip(bias).for_each(|(x, &bb)| *x += bb);
+            }
+            let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+            let mut sum = 0.0f32;
+            row.iter_mut().for_each(|x| {
+                *x = (*x - max).exp();
+                sum += *x;
+            });
+            let inv = 1.0 / sum;
+            row.iter_mut().for_each(|x| *x *= inv);
+        }
+        let op = out_ptr;
+        // SAFETY: this task writes rows [b·nq + i0, +rows) × columns [h·d, h·d + d) of out, a
+        // region no other task touches; vp is in bounds for nk×d reads with stride v.2.
+        unsafe {
+            let dst = op.0.add((b * s.nq + i0) * width + h * d);
+            gemm::gemm(
+                rows, d, s.nk,
+                dst, 1, width as isize, false,
+                scores.as_ptr(), 1, s.nk as isize,
+                vp.as_ptr(), 1, v.2 as isize,
+                0.0f32, 1.0f32, false, false, false, Parallelism::None,
+            );
+        }
+    });
+}
+
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: used only to write disjoint regions from different tasks (see above).
+unsafe impl Send for SendPtr {}
+// SAFETY: as above; the pointer itself is never used to create overlapping references.
+unsafe impl Sync for SendPtr {}

@@ -1,0 +1,259 @@
+//! The CPU backend: f32 reference implementations of every op, multi-threaded with rayon.
+//! It is the reference the sim and CUDA backends are checked against, and the fallback when no
+//! GPU is present.
+
+mod attention;
+mod elementwise;
+mod linear;
+mod norm;
+mod residual;
+mod scheduler;
+
+pub use attention::attention_f32;
+pub use linear::linear_f32;
+pub use norm::norm_modulate_f32;
+
+use super::{shapes, Activation, AttentionShape, Backend, CacheWrite, Cfg, ColSlice, SchedulerUpdate};
+use crate::{DType, Error, Result, Tensor};
+
+/// Rows per rayon task for row-wise ops: enough work per task to amortise scheduling.
+pub(crate) const ROW_CHUNK: usize = 64;
+
+/// The CPU backend. Uses the global rayon pool; `threads` sets the GEMM parallelism.
+#[derive(Clone, Debug)]
+pub struct Cpu {
+    threads: usize,
+}
+
+impl Default for Cpu {
+    fn default() -> Self {
+        Cpu::new(rayon::current_num_threads())
+    }
+}
+
+impl Cpu {
+    pub fn new(threads: usize) -> Self {
+        Cpu { threads: threads.max(1) }
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    fn f32_only(op: &'static str, name: &'static str, t: &Tensor<Self>) -> Result<()> {
+        t.expect_dtype(op, name, DType::F32)
+    }
+}
+
+impl Backend for Cpu {
+    type Buf = Vec<f32>;
+    const NAME: &'static str = "cpu";
+
+    fn act_dtype(&self) -> DType {
+        DType::F32
+    }
+
+    fn alloc(&self, shape: &[usize], dtype: DType) -> Result<Tensor<Self>> {
+        if dtype != DType::F32 {
+            return Err(Error::backend("cpu", format!("computes in f32 only (asked for {dtype})")));
+        }
+        Ok(Tensor::from_parts(vec![f32::NAN; shape.iter().product()], shape, dtype))
+    }
+
+    fn upload(&self, data: &[f32], shape: &[usize], dtype: DType) -> Result<Tensor<Self>> {
+        let mut t = self.alloc(shape, dtype)?;
+        self.write(&mut t, data)?;
+        Ok(t)
+    }
+
+    fn download(&self, t: &Tensor<Self>) -> Result<Vec<f32>> {
+        Ok(t.buf.clone())
+    }
+
+    fn write(&self, dst: &mut Tensor<Self>, data: &[f32]) -> Result<()> {
+        if data.len() != dst.numel() {
+            return Err(Error::Shape { op: "write", tensor: "data", expected: format!("{} elements", dst.numel()), found: vec![data.len()] });
+        }
+        dst.buf.copy_from_slice(data);
+        Ok(())
+    }
+
+    fn copy(&self, src: &Tensor<Self>, dst: &mut Tensor<Self>) -> Result<()> {
+        super::shapes::same_shape("copy", "dst", dst, src)?;
+        dst.buf.copy_from_slice(&src.buf);
+        Ok(())
+    }
+
+    fn fill_bits(&self, t: &mut Tensor<Self>, bits: u32) -> Result<()> {
+        t.buf.fill(f32::from_bits(bits));
+        Ok(())
+    }
+
+    fn linear(
+        &self,
+        x: &Tensor<Self>,
+        w: &Tensor<Self>,
+        bias: Option<&Tensor<Self>>,
+        act: Activation,
+        out: &mut Tensor<Self>,
+    ) -> Result<()> {
+        let (m, n, k) = shapes::linear(x, w, bias, out)?;
+        linear_f32(&x.buf, &w.buf, bias.map(|b| b.buf.as_slice()), act, &mut out.buf, m, n, k, self.threads);
+        Ok(())
+    }
+
+    fn norm_modulate(
+        &self,
+        x: &Tensor<Self>,
+        modv: &Tensor<Self>,
+        shift_row: usize,
+        scale_row: usize,
+        eps: f32,
+        out: &mut Tensor<Self>,
+    ) -> Result<()> {
+        let s = shapes::modulation("norm_modulate", x, modv, &[shift_row, scale_row])?;
+        shapes::same_shape("norm_modulate", "out", out, x)?;
+        norm_modulate_f32(&x.buf, &modv.buf, s, shift_row, scale_row, eps, &mut out.buf);
+        Ok(())
+    }
+
+    fn residual(
+        &self,
+        x: &mut Tensor<Self>,
+        y: &Tensor<Self>,
+        gate: Option<(&Tensor<Self>, usize)>,
+        cache: CacheWrite<'_, Self>,
+    ) -> Result<()> {
+        shapes::same_shape("residual", "y", y, x)?;
+        let gate = match gate {
+            Some((modv, row)) => Some((&modv.buf[..], shapes::modulation("residual", x, modv, &[row])?, row)),
+            None => None,
+        };
+        let cache = match cache {
+            CacheWrite::None => residual::Cache::None,
+            CacheWrite::Anchor(c) => {
+                shapes::same_shape("residual", "cache", c, x)?;
+                residual::Cache::Anchor(&mut c.buf)
+            }
+            CacheWrite::Delta(c) => {
+                shapes::same_shape("residual", "cache", c, x)?;
+                residual::Cache::Delta(&mut c.buf)
+            }
+        };
+        let dim = x.cols();
+        residual::residual_f32(&mut x.buf, &y.buf, dim, gate, cache);
+        Ok(())
+    }
+
+    fn attention(
+        &self,
+        shape: &AttentionShape,
+        q: ColSlice<'_, Self>,
+        k: ColSlice<'_, Self>,
+        v: ColSlice<'_, Self>,
+        key_bias: Option<&Tensor<Self>>,
+        out: &mut Tensor<Self>,
+    ) -> Result<()> {
+        let ops = shapes::attention(shape, &q, &k, &v, key_bias, out)?;
+        attention_f32(
+            shape,
+            (&q.t.buf, q.col, ops.q_stride),
+            (&k.t.buf, k.col, ops.k_stride),
+            (&v.t.buf, v.col, ops.v_stride),
+            key_bias.map(|b| b.buf.as_slice()),
+            &mut out.buf,
+        );
+        Ok(())
+    }
+
+    fn activation(
+        &self,
+        x: &Tensor<Self>,
+        bias: Option<&Tensor<Self>>,
+        act: Activation,
+        out: &mut Tensor<Self>,
+    ) -> Result<()> {
+        shapes::same_shape("activation", "out", out, x)?;
+        if let Some(b) = bias {
+            if b.numel() != x.cols() {
+                return Err(Error::Shape { op: "activation", tensor: "bias", expected: format!("[{}]", x.cols()), found: b.shape().to_vec() });
+            }
+        }
+        elementwise::activation(&x.buf, bias.map(|b| b.buf.as_slice()), act, x.cols(), &mut out.buf);
+        Ok(())
+    }
+
+    fn add_bcast(&self, x: &mut Tensor<Self>, y: &Tensor<Self>) -> Result<()> {
+        if y.numel() != x.cols() {
+            return Err(Error::Shape { op: "add_bcast", tensor: "y", expected: format!("[{}]", x.cols()), found: y.shape().to_vec() });
+        }
+        elementwise::add_bcast(&mut x.buf, &y.buf);
+        Ok(())
+    }
+
+    fn timestep_embedding(
+        &self,
+        t: &Tensor<Self>,
+        flip_sin_to_cos: bool,
+        downscale_freq_shift: f32,
+        out: &mut Tensor<Self>,
+    ) -> Result<()> {
+        if out.rows() != t.numel() || out.cols() % 2 != 0 {
+            return Err(Error::Shape { op: "timestep_embedding", tensor: "out", expected: format!("[{}, even dim]", t.numel()), found: out.shape().to_vec() });
+        }
+        let dim = out.cols();
+        elementwise::timestep_embedding(&t.buf, dim, flip_sin_to_cos, downscale_freq_shift, &mut out.buf);
+        Ok(())
+    }
+
+    fn patchify(&self, latents: &Tensor<Self>, patch: usize, out: &mut Tensor<Self>) -> Result<()> {
+        let dims = shapes::patchify(latents, patch, out)?;
+        elementwise::patchify(&latents.buf, dims, patch, &mut out.buf);
+        Ok(())
+    }
+
+    fn unpatchify(&self, x: &Tensor<Self>, patch: usize, out: &mut Tensor<Self>) -> Result<()> {
+        let dims = shapes::unpatchify(x, patch, out)?;
+        elementwise::unpatchify(&x.buf, dims, patch, &mut out.buf);
+        Ok(())
+    }
+
+    fn cfg_combine(&self, out: &Tensor<Self>, cfg: Cfg, eps: &mut Tensor<Self>) -> Result<()> {
+        let dims = shapes::cfg_combine(out, cfg != Cfg::Off, eps)?;
+        elementwise::cfg_combine(&out.buf, dims, cfg, &mut eps.buf);
+        Ok(())
+    }
+
+    fn scheduler_step(
+        &self,
+        update: &SchedulerUpdate,
+        x: &mut Tensor<Self>,
+        eps: &Tensor<Self>,
+        x0_prev: Option<&mut Tensor<Self>>,
+        noise: Option<&Tensor<Self>>,
+    ) -> Result<()> {
+        shapes::scheduler_step(x, eps, x0_prev.as_deref(), noise)?;
+        scheduler::scheduler_step(update, &mut x.buf, &eps.buf, x0_prev.map(|t| t.buf.as_mut_slice()), noise.map(|t| t.buf.as_slice()));
+        Ok(())
+    }
+
+    fn rel_l1(&self, a: &Tensor<Self>, b: &Tensor<Self>) -> Result<(f32, f32)> {
+        shapes::same_shape("rel_l1", "b", b, a)?;
+        Self::f32_only("rel_l1", "a", a)?;
+        Ok(scheduler::rel_l1(&a.buf, &b.buf))
+    }
+
+    fn gather_rows(&self, table: &Tensor<Self>, ids: &[usize], out: &mut Tensor<Self>) -> Result<()> {
+        let d = table.cols();
+        if out.rows() != ids.len() || out.cols() != d {
+            return Err(Error::Shape { op: "gather_rows", tensor: "out", expected: format!("[{}, {d}]", ids.len()), found: out.shape().to_vec() });
+        }
+        for (i, &id) in ids.iter().enumerate() {
+            if id >= table.rows() {
+                return Err(Error::param("row id", id, format!("< {} rows of the table", table.rows())));
+            }
+            out.buf[i * d..(i + 1) * d].copy_from_slice(&table.buf[id * d..(id + 1) * d]);
+        }
+        Ok(())
+    }
+}

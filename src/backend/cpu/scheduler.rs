@@ -1,0 +1,49 @@
+//! The fused scheduler update and the relative-L1 probe: references for scheduler.cu/reduce.cu.
+//! Each formula applies its coefficients in the order diffusers' tensor ops do, one f32 rounding
+//! per op, so the CPU backend matches diffusers' sampling loops to the last bits that matter.
+
+use crate::backend::{SchedulerKind, SchedulerUpdate};
+use rayon::prelude::*;
+
+pub fn scheduler_step(u: &SchedulerUpdate, x: &mut [f32], eps: &[f32], x0_prev: Option<&mut [f32]>, noise: Option<&[f32]>) {
+    let c = u.c;
+    let kind = u.kind;
+    let step = |x: &mut f32, e: f32, prev: Option<&mut f32>, nz: Option<f32>| {
+        let x0 = (*x - c[0] * e) / c[1];
+        *x = match kind {
+            SchedulerKind::Dpm1 => c[2] * *x - c[3] * x0,
+            SchedulerKind::Dpm2 => {
+                let p = prev.as_deref().copied().unwrap_or(f32::NAN);
+                let d1 = c[4] * (x0 - p);
+                c[2] * *x - c[3] * x0 - c[5] * d1
+            }
+            SchedulerKind::Ddim => c[2] * x0 + c[3] * e,
+            SchedulerKind::Lcm => {
+                let den = c[2] * x0 + c[3] * *x;
+                match nz {
+                    Some(n) => c[4] * den + c[5] * n,
+                    None => den,
+                }
+            }
+        };
+        if let Some(p) = prev {
+            *p = x0;
+        }
+    };
+    match (x0_prev, noise) {
+        (Some(prev), noise) => x.par_iter_mut().zip(eps).zip(prev.par_iter_mut()).enumerate().for_each(|(i, ((x, &e), p))| {
+            step(x, e, Some(p), noise.map(|n| n[i]))
+        }),
+        (None, noise) => x.par_iter_mut().zip(eps).enumerate().for_each(|(i, (x, &e))| step(x, e, None, noise.map(|n| n[i]))),
+    }
+}
+
+/// (Σ|a − b|, Σ|b|), accumulated in f64.
+pub fn rel_l1(a: &[f32], b: &[f32]) -> (f32, f32) {
+    let (d, n) = a
+        .par_iter()
+        .zip(b)
+        .map(|(&a, &b)| ((a as f64 - b as f64).abs(), (b as f64).abs()))
+        .reduce(|| (0.0, 0.0), |x, y| (x.0 + y.0, x.1 + y.1));
+    (d as f32, n as f32)
+}

@@ -1,0 +1,106 @@
+//! Launchers for the kernels in kernels/*.cu, shared by the two backends that run them: the SIMT
+//! shim ([`super::sim::Sim`]) and the GPU ([`super::cuda::Cuda`]). Each op's file checks shapes
+//! (through [`super::shapes`]), fills the parameter struct of kernels/params.h and picks the grid,
+//! so the shim exercises exactly the launch configuration the GPU gets.
+
+mod attention;
+mod delta;
+mod elementwise;
+mod fill;
+mod norm_modulate;
+mod reduce;
+mod scheduler;
+
+pub use attention::{attention, attention_supported_head_dim};
+pub use delta::residual;
+pub use elementwise::{activation, add_bcast, cfg_combine, patchify, timestep_embedding, unpatchify};
+pub use fill::fill_bits;
+pub use norm_modulate::norm_modulate;
+pub use reduce::rel_l1;
+pub use scheduler::scheduler_step;
+
+use super::params::*;
+use super::Backend;
+use crate::{DType, Error, Result, Tensor};
+use std::ffi::c_void;
+
+/// Grid, block and dynamic shared memory of one launch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LaunchCfg {
+    pub grid: [u32; 3],
+    pub block: [u32; 3],
+    pub smem: u32,
+}
+
+impl LaunchCfg {
+    /// A 1-D launch of `blocks` × `threads`.
+    pub fn linear(blocks: u64, threads: u32) -> Result<Self> {
+        if blocks == 0 || blocks > i32::MAX as u64 {
+            return Err(Error::Unsupported(format!("launch of {blocks} blocks is out of range")));
+        }
+        Ok(LaunchCfg { grid: [blocks as u32, 1, 1], block: [threads, 1, 1], smem: 0 })
+    }
+}
+
+/// A kernel parameter struct from kernels/params.h.
+///
+/// # Safety
+/// Implementors must be `#[repr(C)]` plain data whose layout matches the C struct of the same
+/// name (bindgen's layout assertions in params.rs check this), since it is copied byte for byte
+/// into the kernel's parameter space.
+pub unsafe trait KernelParams: Copy + cudarc::driver::DeviceRepr {}
+
+macro_rules! kernel_params {
+    ($($t:ty),* $(,)?) => {$(
+        // SAFETY: bindgen-generated #[repr(C)] mirror of the C struct in kernels/params.h.
+        unsafe impl KernelParams for $t {}
+        // SAFETY: as above; plain data passed by value as a kernel argument.
+        unsafe impl cudarc::driver::DeviceRepr for $t {}
+    )*};
+}
+kernel_params!(
+    FillParams,
+    NormModulateParams,
+    ResidualParams,
+    ActParams,
+    AddBcastParams,
+    TimestepEmbedParams,
+    PatchifyParams,
+    UnpatchifyParams,
+    CfgParams,
+    SchedulerStepParams,
+    RelL1Params,
+    AttentionParams,
+);
+
+/// A backend that runs the kernels of kernels/*.cu.
+pub trait KernelDevice: Backend {
+    /// Address of an input tensor's first element as the kernels see it (a device address on a
+    /// GPU).
+    fn ptr(&self, t: &Tensor<Self>) -> *const c_void;
+    /// Address of an output tensor (the kernel writes through it).
+    fn ptr_mut(&self, t: &mut Tensor<Self>) -> *mut c_void;
+    /// Launches the kernel `name` with its parameter struct.
+    fn launch<P: KernelParams>(&self, name: &str, params: &P, cfg: LaunchCfg) -> Result<()>;
+}
+
+/// Kernel name suffix of an activation dtype.
+pub(crate) fn dtype_suffix(op: &'static str, dtype: DType) -> Result<&'static str> {
+    match dtype {
+        DType::BF16 => Ok("bf16"),
+        DType::F16 => Ok("f16"),
+        DType::F32 => Err(Error::Unsupported(format!("{op}: the kernels take bf16 or f16 activations, not f32"))),
+    }
+}
+
+/// Address of an optional tensor (NULL when absent).
+pub(crate) fn ptr_or_null<D: KernelDevice>(d: &D, t: Option<&Tensor<D>>) -> *const c_void {
+    t.map_or(std::ptr::null(), |t| d.ptr(t))
+}
+
+/// Blocks for a grid-stride loop over `n` items, capped so huge tensors don't launch millions
+/// of blocks (each thread then loops).
+pub(crate) fn grid_stride_blocks(n: usize, threads: u32, items_per_thread: usize) -> u64 {
+    let per_block = threads as usize * items_per_thread.max(1);
+    (n.div_ceil(per_block).clamp(1, 65_536)) as u64
+}

@@ -1,0 +1,220 @@
+//! The op set every backend implements. The model is written once over this trait.
+//!
+//! | backend | storage | kernels | GEMM |
+//! | --- | --- | --- | --- |
+//! | [`cpu::Cpu`] | f32, host | Rust reference implementations (multi-threaded) | `gemm` crate |
+//! | [`sim::Sim`] | bf16/f16 activations, f32 latents, host | the CUDA kernels run by the SIMT shim | `gemm` crate (f32 accumulate) |
+//! | [`cuda::Cuda`] | bf16/f16 activations, f32 latents, device | the CUDA kernels | cuBLASLt |
+//!
+//! Activations are 2-D `[rows, cols]` tensors, rows = batch × tokens. Per-sample modulation
+//! vectors are `[batch, R·dim]` tensors holding R rows of `dim` values per sample (PixArt and DiT
+//! blocks: R = 6 in the order shift, scale, gate (attention), shift, scale, gate (MLP)).
+//! Outputs are written into tensors the caller allocated once (a workspace), so the CUDA backend
+//! can capture steps in graphs with stable addresses.
+
+pub mod cpu;
+pub mod cuda;
+pub mod kernels;
+pub mod params;
+pub mod shapes;
+pub mod sim;
+
+use crate::{DType, Result, Tensor};
+
+/// Element-wise function applied after a bias (or fused into a GEMM epilogue).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    None,
+    /// GELU, tanh approximation: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))).
+    GeluTanh,
+    /// x·sigmoid(x).
+    Silu,
+}
+
+/// Columns `[col, col + heads·head_dim)` of a `[batch·tokens, width]` tensor: one of Q, K, V
+/// inside a fused projection output, read in place without a transpose.
+#[derive(Clone, Copy)]
+pub struct ColSlice<'a, B: Backend> {
+    pub t: &'a Tensor<B>,
+    pub col: usize,
+}
+
+impl<'a, B: Backend> ColSlice<'a, B> {
+    pub fn new(t: &'a Tensor<B>, col: usize) -> Self {
+        ColSlice { t, col }
+    }
+}
+
+/// Sizes of one attention call.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AttentionShape {
+    pub batch: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+    /// query tokens per sample
+    pub nq: usize,
+    /// key/value tokens per sample
+    pub nk: usize,
+    /// softmax scale (diffusers: head_dim^-0.5)
+    pub scale: f32,
+}
+
+/// What a residual update also writes into a Δ-cache buffer (see [`Backend::residual`]).
+pub enum CacheWrite<'a, B: Backend> {
+    None,
+    /// `cache = x_out`: remember the hidden state entering a cached block range.
+    Anchor(&'a mut Tensor<B>),
+    /// `cache = x_out − cache`: turn the stored anchor into the range's deviation Δ.
+    Delta(&'a mut Tensor<B>),
+}
+
+/// Classifier-free guidance applied by [`Backend::cfg_combine`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Cfg {
+    /// batch = model batch; ε = output
+    Off,
+    /// model batch = 2·batch; ε = u + scale·(c − u)
+    On {
+        scale: f32,
+        /// DiT orders the batch [cond, null]; PixArt [uncond, cond].
+        cond_first: bool,
+    },
+}
+
+/// One fused scheduler update; formulas in kernels/params.h (`SCHED_*`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SchedulerUpdate {
+    pub kind: SchedulerKind,
+    pub c: [f32; 6],
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SchedulerKind {
+    /// DPM-Solver++ first order: x0 = (x − c0·ε)/c1; x = c2·x − c3·x0
+    Dpm1,
+    /// DPM-Solver++ 2M midpoint: d1 = c4·(x0 − x0_prev); x = c2·x − c3·x0 − c5·d1
+    Dpm2,
+    /// DDIM η = 0: x = c2·x0 + c3·ε
+    Ddim,
+    /// LCM: den = c2·x0 + c3·x; x = c4·den + c5·noise (or den on the last step)
+    Lcm,
+}
+
+/// The op set. Shapes are checked by each implementation and reported as [`crate::Error::Shape`].
+pub trait Backend: Sized + Send + Sync + 'static {
+    /// Storage of one tensor.
+    type Buf: Send + Sync;
+    const NAME: &'static str;
+
+    /// dtype of weights and activations on this backend.
+    fn act_dtype(&self) -> DType;
+
+    /// A tensor with unspecified contents (the CPU and sim backends poison them with NaN).
+    fn alloc(&self, shape: &[usize], dtype: DType) -> Result<Tensor<Self>>;
+    /// Uploads f32 data, converting to `dtype`.
+    fn upload(&self, data: &[f32], shape: &[usize], dtype: DType) -> Result<Tensor<Self>>;
+    /// Reads a tensor back as f32 (waits for pending work).
+    fn download(&self, t: &Tensor<Self>) -> Result<Vec<f32>>;
+    /// Overwrites `dst` with f32 data converted to its dtype (same element count).
+    fn write(&self, dst: &mut Tensor<Self>, data: &[f32]) -> Result<()>;
+    /// dst = src (same dtype and element count).
+    fn copy(&self, src: &Tensor<Self>, dst: &mut Tensor<Self>) -> Result<()>;
+    /// Every element of `t` = the bit pattern `bits` (NaN poisoning in tests).
+    fn fill_bits(&self, t: &mut Tensor<Self>, bits: u32) -> Result<()>;
+    /// Waits for all queued work.
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// `out[m, n] = act(Σ_k x[m, k]·w[n, k] + bias[n])`: a PyTorch Linear with weight `[out, in]`.
+    fn linear(
+        &self,
+        x: &Tensor<Self>,
+        w: &Tensor<Self>,
+        bias: Option<&Tensor<Self>>,
+        act: Activation,
+        out: &mut Tensor<Self>,
+    ) -> Result<()>;
+
+    /// `out = LayerNorm(x)·(1 + scale) + shift`, LayerNorm without affine parameters, with shift
+    /// and scale rows `shift_row`/`scale_row` of each sample's modulation vectors.
+    fn norm_modulate(
+        &self,
+        x: &Tensor<Self>,
+        modv: &Tensor<Self>,
+        shift_row: usize,
+        scale_row: usize,
+        eps: f32,
+        out: &mut Tensor<Self>,
+    ) -> Result<()>;
+
+    /// `x = x + gate ⊙ y` (gate: row `gate_row` of each sample's modulation vectors; `None`: no
+    /// gate), then the Δ-cache write of `cache`.
+    fn residual(
+        &self,
+        x: &mut Tensor<Self>,
+        y: &Tensor<Self>,
+        gate: Option<(&Tensor<Self>, usize)>,
+        cache: CacheWrite<'_, Self>,
+    ) -> Result<()>;
+
+    /// Multi-head attention, `out[b·nq + i, h·d + j]`, with an optional f32 additive key bias
+    /// `[batch, nk]` (the text padding mask as −10000).
+    fn attention(
+        &self,
+        shape: &AttentionShape,
+        q: ColSlice<'_, Self>,
+        k: ColSlice<'_, Self>,
+        v: ColSlice<'_, Self>,
+        key_bias: Option<&Tensor<Self>>,
+        out: &mut Tensor<Self>,
+    ) -> Result<()>;
+
+    /// `out = act(x + bias)` element-wise, bias broadcast over rows.
+    fn activation(
+        &self,
+        x: &Tensor<Self>,
+        bias: Option<&Tensor<Self>>,
+        act: Activation,
+        out: &mut Tensor<Self>,
+    ) -> Result<()>;
+
+    /// `x[r, :] += y` for every row r (y has x's row length).
+    fn add_bcast(&self, x: &mut Tensor<Self>, y: &Tensor<Self>) -> Result<()>;
+
+    /// Sinusoidal timestep embedding of the f32 timesteps `t` `[batch]` into `out [batch, dim]`
+    /// (diffusers `get_timestep_embedding` with max_period 10000).
+    fn timestep_embedding(
+        &self,
+        t: &Tensor<Self>,
+        flip_sin_to_cos: bool,
+        downscale_freq_shift: f32,
+        out: &mut Tensor<Self>,
+    ) -> Result<()>;
+
+    /// f32 latents `[B, C, H, W]` → patches `[B·(H/p)·(W/p), C·p·p]` in conv-weight order.
+    fn patchify(&self, latents: &Tensor<Self>, patch: usize, out: &mut Tensor<Self>) -> Result<()>;
+
+    /// Tokens `[B·h·w, p·p·C]` → f32 `[B, C, h·p, w·p]` (out's shape gives B, C, H, W).
+    fn unpatchify(&self, x: &Tensor<Self>, patch: usize, out: &mut Tensor<Self>) -> Result<()>;
+
+    /// Guided ε `[batch, C, H, W]` from the f32 model output `[n, C_out, H, W]` (learned-sigma
+    /// split: only the first C channels).
+    fn cfg_combine(&self, out: &Tensor<Self>, cfg: Cfg, eps: &mut Tensor<Self>) -> Result<()>;
+
+    /// One fused scheduler update of the f32 latents (x0_prev is read by DPM2, then set to x0).
+    fn scheduler_step(
+        &self,
+        update: &SchedulerUpdate,
+        x: &mut Tensor<Self>,
+        eps: &Tensor<Self>,
+        x0_prev: Option<&mut Tensor<Self>>,
+        noise: Option<&Tensor<Self>>,
+    ) -> Result<()>;
+
+    /// (Σ|a − b|, Σ|b|): relative-L1 probes for cache policies (reads two floats back).
+    fn rel_l1(&self, a: &Tensor<Self>, b: &Tensor<Self>) -> Result<(f32, f32)>;
+
+    /// `out[i, :] = table[ids[i], :]` (class-label embeddings).
+    fn gather_rows(&self, table: &Tensor<Self>, ids: &[usize], out: &mut Tensor<Self>) -> Result<()>;
+}

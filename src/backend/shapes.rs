@@ -1,0 +1,208 @@
+//! Shape checks shared by every backend: each op validates its operands here once and gets the
+//! sizes it needs, so the CPU reference and the kernel launchers reject the same inputs with the
+//! same messages.
+
+use super::{AttentionShape, Backend, ColSlice};
+use crate::{DType, Error, Result, Tensor};
+
+fn shape_err<B: Backend>(op: &'static str, tensor: &'static str, expected: String, t: &Tensor<B>) -> Error {
+    Error::Shape { op, tensor, expected, found: t.shape().to_vec() }
+}
+
+/// Sizes of a `[batch, R·dim]` modulation tensor read for activations `[batch·tokens, dim]`.
+#[derive(Clone, Copy, Debug)]
+pub struct ModSizes {
+    pub rows: usize,
+    pub dim: usize,
+    pub batch: usize,
+    pub tokens: usize,
+    /// elements between samples in the modulation tensor
+    pub mod_stride: usize,
+}
+
+pub fn modulation<B: Backend>(
+    op: &'static str,
+    x: &Tensor<B>,
+    modv: &Tensor<B>,
+    needed_rows: &[usize],
+) -> Result<ModSizes> {
+    let (rows, dim) = (x.rows(), x.cols());
+    let batch = modv.rows();
+    let mod_stride = modv.cols();
+    let max_row = needed_rows.iter().copied().max().unwrap_or(0);
+    if batch == 0 || rows % batch != 0 || dim == 0 || mod_stride % dim != 0 || mod_stride / dim <= max_row {
+        return Err(shape_err(
+            op,
+            "modv",
+            format!("[batch, R·{dim}] with R > {max_row} and batch dividing {rows} rows"),
+            modv,
+        ));
+    }
+    if modv.dtype() != x.dtype() {
+        return Err(Error::DType { op, tensor: "modv", expected: x.dtype(), found: modv.dtype() });
+    }
+    Ok(ModSizes { rows, dim, batch, tokens: rows / batch, mod_stride })
+}
+
+/// `[m, k] · [n, k]ᵀ (+ bias [n]) → [m, n]`; returns (m, n, k).
+pub fn linear<B: Backend>(
+    x: &Tensor<B>,
+    w: &Tensor<B>,
+    bias: Option<&Tensor<B>>,
+    out: &Tensor<B>,
+) -> Result<(usize, usize, usize)> {
+    if w.shape().len() != 2 {
+        return Err(shape_err("linear", "weight", "[out, in]".into(), w));
+    }
+    let (n, k) = (w.shape()[0], w.shape()[1]);
+    if x.cols() != k {
+        return Err(shape_err("linear", "x", format!("[.., {k}]"), x));
+    }
+    let m = x.rows();
+    if out.rows() != m || out.cols() != n {
+        return Err(shape_err("linear", "out", format!("[{m}, {n}]"), out));
+    }
+    if let Some(b) = bias {
+        if b.numel() != n {
+            return Err(shape_err("linear", "bias", format!("[{n}]"), b));
+        }
+    }
+    same_dtype("linear", x, &[("weight", w), ("out", out)])?;
+    Ok((m, n, k))
+}
+
+pub fn same_dtype<B: Backend>(op: &'static str, reference: &Tensor<B>, others: &[(&'static str, &Tensor<B>)]) -> Result<()> {
+    for (name, t) in others {
+        if t.dtype() != reference.dtype() {
+            return Err(Error::DType { op, tensor: name, expected: reference.dtype(), found: t.dtype() });
+        }
+    }
+    Ok(())
+}
+
+pub fn same_shape<B: Backend>(op: &'static str, name: &'static str, t: &Tensor<B>, like: &Tensor<B>) -> Result<()> {
+    if t.rows() != like.rows() || t.cols() != like.cols() {
+        return Err(shape_err(op, name, format!("{:?}", like.shape()), t));
+    }
+    Ok(())
+}
+
+/// Row stride and column offset of each attention operand, checked against the shape.
+pub struct AttentionOperands {
+    pub q_stride: usize,
+    pub k_stride: usize,
+    pub v_stride: usize,
+}
+
+pub fn attention<B: Backend>(
+    s: &AttentionShape,
+    q: &ColSlice<'_, B>,
+    k: &ColSlice<'_, B>,
+    v: &ColSlice<'_, B>,
+    key_bias: Option<&Tensor<B>>,
+    out: &Tensor<B>,
+) -> Result<AttentionOperands> {
+    let width = s.heads * s.head_dim;
+    if s.batch == 0 || s.heads == 0 || s.head_dim == 0 || s.nq == 0 || s.nk == 0 {
+        return Err(Error::param("attention shape", format!("{s:?}"), "all sizes ≥ 1"));
+    }
+    let check = |name: &'static str, c: &ColSlice<'_, B>, tokens: usize| -> Result<usize> {
+        if c.t.rows() != s.batch * tokens || c.col + width > c.t.cols() {
+            return Err(shape_err(
+                "attention",
+                name,
+                format!("[{}, ≥ {}] ({} tokens × batch {}, columns from {})", s.batch * tokens, c.col + width, tokens, s.batch, c.col),
+                c.t,
+            ));
+        }
+        Ok(c.t.cols())
+    };
+    let ops = AttentionOperands { q_stride: check("q", q, s.nq)?, k_stride: check("k", k, s.nk)?, v_stride: check("v", v, s.nk)? };
+    if out.rows() != s.batch * s.nq || out.cols() != width {
+        return Err(shape_err("attention", "out", format!("[{}, {}]", s.batch * s.nq, width), out));
+    }
+    if let Some(b) = key_bias {
+        if b.rows() != s.batch || b.cols() != s.nk {
+            return Err(shape_err("attention", "key_bias", format!("[{}, {}]", s.batch, s.nk), b));
+        }
+        if b.dtype() != DType::F32 {
+            return Err(Error::DType { op: "attention", tensor: "key_bias", expected: DType::F32, found: b.dtype() });
+        }
+    }
+    same_dtype("attention", out, &[("q", q.t), ("k", k.t), ("v", v.t)])?;
+    Ok(ops)
+}
+
+/// Latents `[B, C, H, W]` and their patches; returns (B, C, H, W).
+pub fn patchify<B: Backend>(latents: &Tensor<B>, patch: usize, out: &Tensor<B>) -> Result<[usize; 4]> {
+    let s = latents.shape();
+    if s.len() != 4 || patch == 0 || s[2] % patch != 0 || s[3] % patch != 0 {
+        return Err(shape_err("patchify", "latents", format!("[B, C, H, W] with H, W multiples of {patch}"), latents));
+    }
+    let (b, c, h, w) = (s[0], s[1], s[2], s[3]);
+    let tokens = (h / patch) * (w / patch);
+    if out.rows() != b * tokens || out.cols() != c * patch * patch {
+        return Err(shape_err("patchify", "out", format!("[{}, {}]", b * tokens, c * patch * patch), out));
+    }
+    if latents.dtype() != DType::F32 {
+        return Err(Error::DType { op: "patchify", tensor: "latents", expected: DType::F32, found: latents.dtype() });
+    }
+    Ok([b, c, h, w])
+}
+
+/// Tokens and the f32 image they unpatchify into; returns (B, C, H, W).
+pub fn unpatchify<B: Backend>(x: &Tensor<B>, patch: usize, out: &Tensor<B>) -> Result<[usize; 4]> {
+    let s = out.shape();
+    if s.len() != 4 || patch == 0 || s[2] % patch != 0 || s[3] % patch != 0 {
+        return Err(shape_err("unpatchify", "out", format!("[B, C, H, W] with H, W multiples of {patch}"), out));
+    }
+    let (b, c, h, w) = (s[0], s[1], s[2], s[3]);
+    let tokens = (h / patch) * (w / patch);
+    if x.rows() != b * tokens || x.cols() != c * patch * patch {
+        return Err(shape_err("unpatchify", "x", format!("[{}, {}]", b * tokens, c * patch * patch), x));
+    }
+    if out.dtype() != DType::F32 {
+        return Err(Error::DType { op: "unpatchify", tensor: "out", expected: DType::F32, found: out.dtype() });
+    }
+    Ok([b, c, h, w])
+}
+
+/// Model output `[n, C_out, H, W]` and guided ε `[batch, C, H, W]`; returns (batch, C, C_out, H·W).
+pub fn cfg_combine<B: Backend>(out: &Tensor<B>, guided: bool, eps: &Tensor<B>) -> Result<[usize; 4]> {
+    let (o, e) = (out.shape(), eps.shape());
+    let factor = if guided { 2 } else { 1 };
+    if e.len() != 4 || o.len() != 4 || o[0] != factor * e[0] || o[1] < e[1] || o[2..] != e[2..] {
+        return Err(shape_err(
+            "cfg_combine",
+            "out",
+            format!("[{}, ≥ C, H, W] for eps {:?}", factor * e.first().copied().unwrap_or(0), e),
+            out,
+        ));
+    }
+    for (name, t) in [("out", out), ("eps", eps)] {
+        if t.dtype() != DType::F32 {
+            return Err(Error::DType { op: "cfg_combine", tensor: name, expected: DType::F32, found: t.dtype() });
+        }
+    }
+    Ok([e[0], e[1], o[1], e[2] * e[3]])
+}
+
+/// All operands of a scheduler update are f32 and the same size.
+pub fn scheduler_step<B: Backend>(
+    x: &Tensor<B>,
+    eps: &Tensor<B>,
+    x0_prev: Option<&Tensor<B>>,
+    noise: Option<&Tensor<B>>,
+) -> Result<usize> {
+    let n = x.numel();
+    for (name, t) in [("x", Some(x)), ("eps", Some(eps)), ("x0_prev", x0_prev), ("noise", noise)] {
+        let Some(t) = t else { continue };
+        if t.numel() != n {
+            return Err(shape_err("scheduler_step", name, format!("{:?}", x.shape()), t));
+        }
+        if t.dtype() != DType::F32 {
+            return Err(Error::DType { op: "scheduler_step", tensor: name, expected: DType::F32, found: t.dtype() });
+        }
+    }
+    Ok(n)
+}

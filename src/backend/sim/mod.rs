@@ -1,0 +1,253 @@
+//! The sim backend: the CUDA kernels of kernels/*.cu compiled with g++ against the SIMT shim
+//! (kernels/sim/) and run on the CPU, with bf16/f16 storage exactly as on the GPU. The CPU GEMM
+//! (f32 accumulation, one rounding of the output, as cuBLASLt with bias/GELU epilogues) stands in
+//! for cuBLASLt. It exists so every kernel and the whole model are tested on machines without a
+//! GPU; it is slow (each CUDA thread is a fiber).
+
+mod ffi;
+#[cfg(deltadit_sim)]
+pub mod selftest;
+
+use super::kernels::{self, KernelDevice, KernelParams, LaunchCfg};
+use super::{shapes, Activation, AttentionShape, Backend, CacheWrite, Cfg, ColSlice, SchedulerUpdate};
+use crate::dtype::{bits16_to_f32, f32_to_bits16};
+use crate::{DType, Error, Result, Tensor};
+use bytemuck::{Pod, Zeroable};
+use std::ffi::c_void;
+
+pub use ffi::{is_built, set_warp_order, WarpOrder};
+
+/// 16 bytes, 16-byte aligned: the unit of sim storage, so every tensor satisfies the kernels'
+/// 16-byte vector-load and cp.async alignment like a cudaMalloc'd buffer does.
+#[repr(C, align(16))]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct Chunk([u8; 16]);
+
+/// Host storage of one sim tensor.
+pub struct SimBuf {
+    chunks: Vec<Chunk>,
+    bytes: usize,
+}
+
+impl SimBuf {
+    fn bytes(&self) -> &[u8] {
+        &bytemuck::cast_slice(&self.chunks)[..self.bytes]
+    }
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut bytemuck::cast_slice_mut(&mut self.chunks)[..self.bytes]
+    }
+}
+
+/// The sim backend; `dtype` (bf16 or f16) is the storage of weights and activations.
+#[derive(Clone, Debug)]
+pub struct Sim {
+    dtype: DType,
+    threads: usize,
+}
+
+impl Sim {
+    /// Fails when the shim library was not built (no CUDA headers at build time) or `dtype` is
+    /// f32 (the kernels take bf16/f16).
+    pub fn new(dtype: DType) -> Result<Self> {
+        if !is_built() {
+            return Err(Error::backend(
+                "sim",
+                "not built: the SIMT shim needs the CUDA headers at build time; run scripts/install-cuda.sh and rebuild",
+            ));
+        }
+        kernels::dtype_suffix("sim backend", dtype)?;
+        Ok(Sim { dtype, threads: rayon::current_num_threads() })
+    }
+
+    fn to_f32(&self, t: &Tensor<Self>) -> Vec<f32> {
+        let b = t.buf.bytes();
+        match t.dtype() {
+            DType::F32 => bytemuck::cast_slice::<u8, f32>(b).to_vec(),
+            dt => {
+                let mut out = vec![0.0; t.numel()];
+                bits16_to_f32(dt, bytemuck::cast_slice(b), &mut out);
+                out
+            }
+        }
+    }
+}
+
+impl Backend for Sim {
+    type Buf = SimBuf;
+    const NAME: &'static str = "sim";
+
+    fn act_dtype(&self) -> DType {
+        self.dtype
+    }
+
+    fn alloc(&self, shape: &[usize], dtype: DType) -> Result<Tensor<Self>> {
+        let bytes = shape.iter().product::<usize>() * dtype.size();
+        // 0xff bytes are a NaN in f32, bf16 and f16: unwritten elements show.
+        let buf = SimBuf { chunks: vec![Chunk([0xff; 16]); bytes.div_ceil(16).max(1)], bytes };
+        Ok(Tensor::from_parts(buf, shape, dtype))
+    }
+
+    fn upload(&self, data: &[f32], shape: &[usize], dtype: DType) -> Result<Tensor<Self>> {
+        let mut t = self.alloc(shape, dtype)?;
+        self.write(&mut t, data)?;
+        Ok(t)
+    }
+
+    fn download(&self, t: &Tensor<Self>) -> Result<Vec<f32>> {
+        Ok(self.to_f32(t))
+    }
+
+    fn write(&self, dst: &mut Tensor<Self>, data: &[f32]) -> Result<()> {
+        if data.len() != dst.numel() {
+            return Err(Error::Shape { op: "write", tensor: "data", expected: format!("{} elements", dst.numel()), found: vec![data.len()] });
+        }
+        let dtype = dst.dtype();
+        let b = dst.buf.bytes_mut();
+        match dtype {
+            DType::F32 => b.copy_from_slice(bytemuck::cast_slice(data)),
+            dt => f32_to_bits16(dt, data, bytemuck::cast_slice_mut(b)),
+        }
+        Ok(())
+    }
+
+    fn copy(&self, src: &Tensor<Self>, dst: &mut Tensor<Self>) -> Result<()> {
+        shapes::same_shape("copy", "dst", dst, src)?;
+        shapes::same_dtype("copy", src, &[("dst", dst)])?;
+        dst.buf.bytes_mut().copy_from_slice(src.buf.bytes());
+        Ok(())
+    }
+
+    fn fill_bits(&self, t: &mut Tensor<Self>, bits: u32) -> Result<()> {
+        kernels::fill_bits(self, t, bits)
+    }
+
+    /// The stand-in for cuBLASLt: f32 GEMM with bias and activation, one rounding of the output.
+    fn linear(
+        &self,
+        x: &Tensor<Self>,
+        w: &Tensor<Self>,
+        bias: Option<&Tensor<Self>>,
+        act: Activation,
+        out: &mut Tensor<Self>,
+    ) -> Result<()> {
+        let (m, n, k) = shapes::linear(x, w, bias, out)?;
+        let (xf, wf) = (self.to_f32(x), self.to_f32(w));
+        let bf = bias.map(|b| self.to_f32(b));
+        let mut of = vec![0.0f32; m * n];
+        super::cpu::linear_f32(&xf, &wf, bf.as_deref(), act, &mut of, m, n, k, self.threads);
+        self.write(out, &of)
+    }
+
+    fn norm_modulate(
+        &self,
+        x: &Tensor<Self>,
+        modv: &Tensor<Self>,
+        shift_row: usize,
+        scale_row: usize,
+        eps: f32,
+        out: &mut Tensor<Self>,
+    ) -> Result<()> {
+        kernels::norm_modulate(self, x, modv, shift_row, scale_row, eps, out)
+    }
+
+    fn residual(
+        &self,
+        x: &mut Tensor<Self>,
+        y: &Tensor<Self>,
+        gate: Option<(&Tensor<Self>, usize)>,
+        cache: CacheWrite<'_, Self>,
+    ) -> Result<()> {
+        kernels::residual(self, x, y, gate, cache)
+    }
+
+    fn attention(
+        &self,
+        shape: &AttentionShape,
+        q: ColSlice<'_, Self>,
+        k: ColSlice<'_, Self>,
+        v: ColSlice<'_, Self>,
+        key_bias: Option<&Tensor<Self>>,
+        out: &mut Tensor<Self>,
+    ) -> Result<()> {
+        kernels::attention(self, shape, q, k, v, key_bias, out)
+    }
+
+    fn activation(
+        &self,
+        x: &Tensor<Self>,
+        bias: Option<&Tensor<Self>>,
+        act: Activation,
+        out: &mut Tensor<Self>,
+    ) -> Result<()> {
+        kernels::activation(self, x, bias, act, out)
+    }
+
+    fn add_bcast(&self, x: &mut Tensor<Self>, y: &Tensor<Self>) -> Result<()> {
+        kernels::add_bcast(self, x, y)
+    }
+
+    fn timestep_embedding(
+        &self,
+        t: &Tensor<Self>,
+        flip_sin_to_cos: bool,
+        downscale_freq_shift: f32,
+        out: &mut Tensor<Self>,
+    ) -> Result<()> {
+        kernels::timestep_embedding(self, t, flip_sin_to_cos, downscale_freq_shift, out)
+    }
+
+    fn patchify(&self, latents: &Tensor<Self>, patch: usize, out: &mut Tensor<Self>) -> Result<()> {
+        kernels::patchify(self, latents, patch, out)
+    }
+
+    fn unpatchify(&self, x: &Tensor<Self>, patch: usize, out: &mut Tensor<Self>) -> Result<()> {
+        kernels::unpatchify(self, x, patch, out)
+    }
+
+    fn cfg_combine(&self, out: &Tensor<Self>, cfg: Cfg, eps: &mut Tensor<Self>) -> Result<()> {
+        kernels::cfg_combine(self, out, cfg, eps)
+    }
+
+    fn scheduler_step(
+        &self,
+        update: &SchedulerUpdate,
+        x: &mut Tensor<Self>,
+        eps: &Tensor<Self>,
+        x0_prev: Option<&mut Tensor<Self>>,
+        noise: Option<&Tensor<Self>>,
+    ) -> Result<()> {
+        kernels::scheduler_step(self, update, x, eps, x0_prev, noise)
+    }
+
+    fn rel_l1(&self, a: &Tensor<Self>, b: &Tensor<Self>) -> Result<(f32, f32)> {
+        kernels::rel_l1(self, a, b)
+    }
+
+    fn gather_rows(&self, table: &Tensor<Self>, ids: &[usize], out: &mut Tensor<Self>) -> Result<()> {
+        let row_bytes = table.cols() * table.dtype().size();
+        if out.rows() != ids.len() || out.cols() != table.cols() || out.dtype() != table.dtype() {
+            return Err(Error::Shape { op: "gather_rows", tensor: "out", expected: format!("[{}, {}]", ids.len(), table.cols()), found: out.shape().to_vec() });
+        }
+        for (i, &id) in ids.iter().enumerate() {
+            if id >= table.rows() {
+                return Err(Error::param("row id", id, format!("< {} rows of the table", table.rows())));
+            }
+            out.buf.bytes_mut()[i * row_bytes..][..row_bytes].copy_from_slice(&table.buf.bytes()[id * row_bytes..][..row_bytes]);
+        }
+        Ok(())
+    }
+}
+
+impl KernelDevice for Sim {
+    fn ptr(&self, t: &Tensor<Self>) -> *const c_void {
+        t.buf.chunks.as_ptr().cast()
+    }
+
+    fn ptr_mut(&self, t: &mut Tensor<Self>) -> *mut c_void {
+        t.buf.chunks.as_mut_ptr().cast()
+    }
+
+    fn launch<P: KernelParams>(&self, name: &str, params: &P, cfg: LaunchCfg) -> Result<()> {
+        ffi::launch(name, params, cfg)
+    }
+}

@@ -1,0 +1,31 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+pub use deltadit::rng::{rel_l2, Rng};
+use deltadit::{Backend, DType, Tensor};
+
+/// Uploads random normal data (never zeros) and returns the tensor with its f32 values as stored
+/// (rounded to `dtype`).
+pub fn random<B: Backend>(b: &B, rng: &mut Rng, shape: &[usize], dtype: DType, std: f32) -> (Tensor<B>, Vec<f32>) {
+    let n: usize = shape.iter().product();
+    let data: Vec<f32> = rng.normal_vec(n, std).into_iter().map(|v| dtype.round(v)).collect();
+    (b.upload(&data, shape, dtype).unwrap(), data)
+}
+
+/// A tensor poisoned with NaN so elements a kernel forgets to write show up.
+pub fn poisoned<B: Backend>(b: &B, shape: &[usize], dtype: DType) -> Tensor<B> {
+    let mut t = b.alloc(shape, dtype).unwrap();
+    b.fill_bits(&mut t, dtype.nan_bits()).unwrap();
+    t
+}
+
+/// Asserts ‖a − b‖/‖b‖ ≤ tol and that `a` has no NaN.
+#[track_caller]
+pub fn assert_close(what: &str, a: &[f32], b: &[f32], tol: f64) {
+    assert_eq!(a.len(), b.len(), "{what}: lengths differ");
+    if let Some(i) = a.iter().position(|v| !v.is_finite()) {
+        panic!("{what}: element {i} is {} (unwritten or overflow)", a[i]);
+    }
+    let e = rel_l2(a, b);
+    assert!(e <= tol, "{what}: relative error {e:.3e} > {tol:.1e}");
+}
