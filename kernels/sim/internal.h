@@ -58,13 +58,13 @@ struct Group {
 };
 
 struct Warp {
-    Fiber* lanes[32];
     unsigned exist = 0;    // lanes that exist (the last warp of a block may be partial)
     unsigned exited = 0;
     unsigned at_bar = 0;   // lanes waiting at __syncthreads
     unsigned pending = 0;  // union of the masks of the collectives in progress
     int ngroups = 0;
     Group groups[32];
+    Fiber* lanes[32];
 };
 
 // Per-OS-thread scheduler (launches on different threads are independent).
@@ -115,6 +115,8 @@ std::string check_shared(const void* p, size_t n);
 void cp_async_flush(Fiber* f, size_t upto);
 // Warp order of launches from the calling thread only (-1: back to the process-wide setting).
 void set_thread_warp_order(int warp_order, unsigned seed);
+// Seconds per raw context switch (n round trips between two contexts).
+double bench_switch(long n);
 
 inline Sched& S() { return *tl_sched; }
 inline Fiber* cur() { return tl_sched->cur; }

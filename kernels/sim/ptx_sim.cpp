@@ -5,6 +5,12 @@
 
 namespace deltadit_sim {
 
+static std::string hex(const void* p) {
+    char b[32];
+    snprintf(b, sizeof b, "%p", p);
+    return b;
+}
+
 static inline float bf16_bits_to_f32(uint32_t h) {
     uint32_t u = h << 16;
     float f;
@@ -103,7 +109,7 @@ template <int NUM, bool TRANS> static void ldmatrix_run(Warp& w, unsigned) {
     for (unsigned l = 0; l < 8 * NUM; ++l) {
         memcpy(&rows[l], w.lanes[l]->cin, sizeof(void*));
         if (reinterpret_cast<uintptr_t>(rows[l]) & 15)
-            fail_fiber(w.lanes[l], std::string(name) + ": row address " + std::to_string(uintptr_t(rows[l])) +
+            fail_fiber(w.lanes[l], std::string(name) + ": row address " + hex(rows[l]) +
                                        " (lane " + std::to_string(l) + ") is not 16-byte aligned");
         std::string bad = check_shared(rows[l], 16);
         if (!bad.empty())
@@ -146,9 +152,9 @@ void ldmatrix(uint32_t* r, const void* row_ptr, int num, bool trans) {
 void cp_async_16(void* smem, const void* gmem, bool valid) {
     Fiber* f = cur();
     if (reinterpret_cast<uintptr_t>(smem) & 15)
-        fail_fiber(f, "cp.async: shared destination " + std::to_string(uintptr_t(smem)) + " is not 16-byte aligned");
+        fail_fiber(f, "cp.async: shared destination " + hex(smem) + " is not 16-byte aligned");
     if (valid && (reinterpret_cast<uintptr_t>(gmem) & 15))
-        fail_fiber(f, "cp.async: global source " + std::to_string(uintptr_t(gmem)) + " is not 16-byte aligned");
+        fail_fiber(f, "cp.async: global source " + hex(gmem) + " is not 16-byte aligned");
     std::string bad = check_shared(smem, 16);
     if (!bad.empty()) fail_fiber(f, "cp.async destination: " + bad);
     f->cp_queue.push_back(CpCopy{smem, gmem, valid});

@@ -1,47 +1,351 @@
-// Self-tests of the shim (placeholder: the full suite follows).
+// Shim self-tests: the portable cases of sim/selftest_cases.h run through deltadit_sim_launch, plus
+// shim-only ones (warp orders, planted bugs the diagnostics must catch, launch errors, speed).
+// Entry points for src/backend/sim/selftest.rs:
+//   deltadit_sim_selftest_names()  space-separated test names
+//   deltadit_sim_selftest(name, msg, cap)  0 pass, 1 fail, 2 unknown; msg: summary or failure
 #include "common.cuh"
 #include "sim/internal.h"
-
-#include <mutex>
+#include "sim/selftest_kernels.cuh"
 
 #include <chrono>
+#include <cstdlib>
+#include <mutex>
 #include <string>
 
 extern "C" int deltadit_sim_launch(const char*, const void*, size_t, unsigned, unsigned, unsigned, unsigned,
                                    unsigned, unsigned, size_t);
 extern "C" const char* deltadit_sim_last_error(void);
 
-namespace {
-struct BarrierP {
-    float* out;
-    int phases;
-};
-__global__ void simtest_barrier_bench(BarrierP p) {
-    __shared__ float s[128];
-    float v = float(threadIdx.x);
-    for (int i = 0; i < p.phases; ++i) {
-        s[threadIdx.x] = v;
-        __syncthreads();
-        v = s[(threadIdx.x + 1) % 128];
-        __syncthreads();
-    }
-    p.out[threadIdx.x] = v;
+static void* st_alloc(size_t bytes) { return aligned_alloc(256, (bytes + 255) & ~size_t(255)); }
+static void st_free(void* p) { free(p); }
+#define ST_SHIM true
+namespace simtest {
+struct Case;
 }
-}  // namespace
+static int st_launch(simtest::Case& c, const char* name, const SimTestParams& p, dim3 g, dim3 b, size_t smem);
+#define ST_LAUNCH(c, kernel, params, grid, block, smem) st_launch(c, #kernel, params, grid, block, smem)
 
-extern "C" const char* deltadit_sim_selftest_names(void) { return "barrier_bench"; }
+#include "sim/selftest_cases.h"
+
+static int st_launch(simtest::Case& c, const char* name, const SimTestParams& p, dim3 g, dim3 b, size_t smem) {
+    int rc = deltadit_sim_launch(name, &p, sizeof p, g.x, g.y, g.z, b.x, b.y, b.z, smem);
+    c.last_error = rc ? deltadit_sim_last_error() : "";
+    return rc;
+}
+
+// ---- shim-only kernels -------------------------------------------------------------------------
+// Warp 0 writes shared memory, the other warps read it; mode 0 forgets the barrier in between.
+__global__ void simtest_missing_barrier(SimTestParams p) {
+    unsigned tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    float* s = dynamic_smem<float>();
+    __syncthreads();
+    if (warp == 0) s[lane] = static_cast<const float*>(p.in0)[lane];
+    if (p.mode) __syncthreads();
+    if (warp > 0) static_cast<float*>(p.out0)[tid] = s[lane] * 2.0f;
+}
+
+// Planted bugs, one per mode; each launch must fail with a message naming the problem.
+__global__ void simtest_diag(SimTestParams p) {
+    unsigned tid = threadIdx.x, lane = tid % 32;
+    unsigned char* sm = dynamic_smem<unsigned char>();
+    uint32_t r[4];
+    float v = float(tid), c4[4] = {0, 0, 0, 0};
+    switch (p.mode) {
+    case 0:  // lanes of one warp in different collectives
+        if (lane < 16) v = __shfl_sync(0xffffffffu, v, 0);
+        else v = float(__ballot_sync(0xffffffffu, tid & 1));
+        break;
+    case 1:  // a shuffle on one side of a branch, a barrier on the other
+        if (lane < 16) v = __shfl_xor_sync(0xffffffffu, v, 1);
+        else __syncthreads();
+        break;
+    case 2:  // a lane leaves while its warp shuffles
+        if (lane == 5) return;
+        v = __shfl_sync(0xffffffffu, v, 0);
+        break;
+    case 3:  // a mask without the calling lane
+        v = __shfl_sync(0x0000ffffu << (lane < 16 ? 16 : 0), v, 0);
+        break;
+    case 4:  // misaligned ldmatrix row
+        ldmatrix_x4(r, sm + 16 * lane + 8);
+        break;
+    case 5:  // cp.async past the end of dynamic shared memory
+        cp_async_16(sm + p.n + 16 * lane, p.in0);
+        cp_async_wait_all();
+        break;
+    case 6:  // a plain store past the end of dynamic shared memory
+        if (tid == 3) reinterpret_cast<float*>(sm)[p.n / 4 + 1] = 1.0f;
+        break;
+    case 7:  // mma in a partial warp
+        mma_m16n8k16_bf16(c4, r, r, c4);
+        break;
+    case 8:
+        if (tid == 7) __trap();
+        break;
+    case 9:  // ldmatrix from global memory
+        ldmatrix_x4(r, static_cast<const unsigned char*>(p.in0) + 16 * lane);
+        break;
+    case 10:  // a warp split between __syncwarp and __syncthreads never meets again
+        if (lane < 16) __syncwarp();
+        else __syncthreads();
+        break;
+    default:  // shuffle width that is not a power of 2
+        v = __shfl_down_sync(0xffffffffu, v, 1, 3);
+        break;
+    }
+    static_cast<float*>(p.out0)[tid] = v + c4[0] + float(r[0] & 0);
+}
+
+static void register_selftest_kernels() {
+    DELTADIT_SIM_KERNEL(simtest_geometry, SimTestParams)
+    DELTADIT_SIM_KERNEL(simtest_barrier, SimTestParams)
+    DELTADIT_SIM_KERNEL(simtest_exited, SimTestParams)
+    DELTADIT_SIM_KERNEL(simtest_shfl, SimTestParams)
+    DELTADIT_SIM_KERNEL(simtest_vote, SimTestParams)
+    DELTADIT_SIM_KERNEL(simtest_mma, SimTestParams)
+    DELTADIT_SIM_KERNEL(simtest_ldmatrix, SimTestParams)
+    DELTADIT_SIM_KERNEL(simtest_attention_tile, SimTestParams)
+    DELTADIT_SIM_KERNEL(simtest_cp_async, SimTestParams)
+    DELTADIT_SIM_KERNEL(simtest_atomics, SimTestParams)
+    DELTADIT_SIM_KERNEL(simtest_bench_barrier, SimTestParams)
+    DELTADIT_SIM_KERNEL(simtest_bench_mma, SimTestParams)
+    DELTADIT_SIM_KERNEL(simtest_bench_shfl, SimTestParams)
+    DELTADIT_SIM_KERNEL(simtest_missing_barrier, SimTestParams)
+    DELTADIT_SIM_KERNEL(simtest_diag, SimTestParams)
+}
+
+namespace simtest {
+
+// Correct kernels give the same results under every warp order.
+static void case_warp_orders(Case& c) {
+    const struct {
+        int mode;
+        unsigned seed;
+    } orders[] = {{1, 0}, {2, 1}, {2, 2}, {2, 3}};
+    for (auto o : orders) {
+        deltadit_sim::set_thread_warp_order(o.mode, o.seed);
+        for (void (*f)(Case&) : {case_barrier, case_exited, case_shfl, case_cp_async, case_attention_tile}) {
+            Case sub;
+            f(sub);
+            if (!sub.ok()) return c.fail("warp order %d (seed %u): %s", o.mode, o.seed, sub.err.c_str());
+        }
+    }
+    c.note("barrier, exited, shfl, cp_async, attention_tile pass with warps reversed and shuffled (3 seeds)");
+}
+
+// A missing __syncthreads is hidden by in-order cooperative scheduling but caught under the
+// reversed and shuffled orders; with the barrier in place every order is right.
+static void case_missing_barrier(Case& c) {
+    Rng rng(11);
+    const unsigned n = 128;
+    float* in = c.alloc<float>(32);
+    for (int i = 0; i < 32; ++i) in[i] = rng.normal() + 3.0f;
+    const struct {
+        int mode;
+        unsigned seed;
+    } orders[] = {{0, 0}, {1, 0}, {2, 1}, {2, 2}, {2, 3}, {2, 4}, {2, 5}};
+    int caught = 0, hidden_in_order = 0;
+    for (int with_barrier = 0; with_barrier < 2; ++with_barrier)
+        for (auto o : orders) {
+            deltadit_sim::set_thread_warp_order(o.mode, o.seed);
+            float* out = c.alloc<float>(n);
+            SimTestParams p{};
+            p.in0 = in, p.out0 = out, p.mode = with_barrier;
+            int rc = ST_LAUNCH(c, simtest_missing_barrier, p, dim3(1, 1, 1), dim3(n, 1, 1), 32 * 4);
+            bool right = rc == 0;
+            for (unsigned t = 32; t < n && right; ++t) right = out[t] == in[t % 32] * 2.0f;
+            if (with_barrier && !right)
+                return c.fail("with the barrier, warp order %d seed %u gives a wrong result (%s)", o.mode, o.seed,
+                              c.last_error.c_str());
+            if (!with_barrier && o.mode == 0) hidden_in_order = right;
+            if (!with_barrier && o.mode != 0) {
+                if (right) return c.fail("missing barrier not detected under warp order %d seed %u", o.mode, o.seed);
+                ++caught;
+            }
+        }
+    c.note("missing __syncthreads caught under reversed and 5 shuffled orders (%d/6)%s", caught,
+           hidden_in_order ? "; in order it is hidden, as expected of cooperative scheduling" : "");
+}
+
+static void case_diagnostics(Case& c) {
+    if (getenv("DELTADIT_SIM_ABORT") && strcmp(getenv("DELTADIT_SIM_ABORT"), "0")) {
+        c.note("skipped: DELTADIT_SIM_ABORT is set, planted bugs would abort");
+        return;
+    }
+    unsigned char* gmem = c.alloc<unsigned char>(4096);
+    const struct {
+        int mode;
+        unsigned threads;
+        const char* want[3];
+    } plants[] = {
+        {0, 64, {"divergent warp", "__ballot_sync", "__shfl_sync"}},
+        {1, 64, {"deadlock", "__shfl_xor_sync", "__syncthreads"}},
+        {2, 64, {"exited", "__shfl_sync", "lane 5"}},
+        {3, 64, {"does not include the calling lane", "__shfl_sync", nullptr}},
+        {4, 64, {"not 16-byte aligned", "ldmatrix.x4", nullptr}},
+        {5, 64, {"cp.async", "outside the 1024 bytes of dynamic shared memory", nullptr}},
+        {6, 64, {"out of bounds", "dynamic shared memory of 1024 bytes", nullptr}},
+        {7, 48, {"needs all 32 lanes", "mma", nullptr}},
+        {8, 64, {"__trap", "thread (7,0,0)", nullptr}},
+        {9, 64, {"not shared memory", "ldmatrix.x4", nullptr}},
+        {10, 64, {"deadlock", "__syncwarp", "__syncthreads"}},
+        {11, 64, {"width must be a power of 2", "__shfl_down_sync", nullptr}},
+    };
+    for (int order = 0; order < 2; ++order) {
+        deltadit_sim::set_thread_warp_order(order, 0);
+        for (const auto& pl : plants) {
+            SimTestParams p{};
+            p.in0 = gmem, p.out0 = c.alloc<float>(64), p.mode = pl.mode, p.n = 1024;
+            if (ST_LAUNCH(c, simtest_diag, p, dim3(2, 1, 1), dim3(pl.threads, 1, 1), 1024) == 0)
+                return c.fail("planted bug %d (order %d) was not reported", pl.mode, order);
+            const std::string& e = c.last_error;
+            for (const char* w : pl.want)
+                if (w && e.find(w) == std::string::npos)
+                    return c.fail("planted bug %d: message lacks \"%s\": %s", pl.mode, w, e.c_str());
+            if (e.find("simtest_diag") == std::string::npos || e.find("block (0,0,0)") == std::string::npos)
+                return c.fail("planted bug %d: message does not name the kernel and block: %s", pl.mode, e.c_str());
+            if (pl.mode != 6 && e.find("thread (") == std::string::npos)
+                return c.fail("planted bug %d: message does not name the thread: %s", pl.mode, e.c_str());
+            // The shim recovers: the next launch on this thread works.
+            Case ok;
+            case_vote(ok);
+            if (!ok.ok()) return c.fail("launch after planted bug %d failed: %s", pl.mode, ok.err.c_str());
+        }
+    }
+    deltadit_sim::set_thread_warp_order(0, 0);
+    SimTestParams p{};
+    p.out0 = c.alloc<unsigned>(8 * 4096);
+    const struct {
+        const char* name;
+        size_t size;
+        dim3 g, b;
+        size_t smem;
+        const char* want;
+    } launches[] = {
+        {"simtest_no_such_kernel", sizeof p, dim3(1, 1, 1), dim3(32, 1, 1), 0, "unknown kernel"},
+        {"simtest_geometry", sizeof p - 8, dim3(1, 1, 1), dim3(32, 1, 1), 0, "params size"},
+        {"simtest_geometry", sizeof p, dim3(1, 1, 1), dim3(2048, 1, 1), 0, "invalid launch"},
+        {"simtest_geometry", sizeof p, dim3(0, 1, 1), dim3(32, 1, 1), 0, "invalid launch"},
+        {"simtest_geometry", sizeof p, dim3(1, 1, 1), dim3(32, 1, 1), 300000, "dynamic shared memory"},
+    };
+    for (const auto& l : launches) {
+        int rc = deltadit_sim_launch(l.name, &p, l.size, l.g.x, l.g.y, l.g.z, l.b.x, l.b.y, l.b.z, l.smem);
+        std::string e = deltadit_sim_last_error();
+        if (rc == 0 || e.find(l.want) == std::string::npos)
+            return c.fail("bad launch of %s not reported as \"%s\" (rc %d): %s", l.name, l.want, rc, e.c_str());
+    }
+    c.note("%zu planted bugs reported with kernel, block and thread (in order and reversed), then recovered; "
+           "5 bad launches rejected", sizeof plants / sizeof plants[0]);
+}
+
+// A true deadlock: half a warp waits in __syncwarp for lanes parked at __syncthreads.
+static void case_deadlock(Case& c) {
+    SimTestParams p{};
+    p.out0 = c.alloc<float>(128), p.mode = 10;
+    for (int order = 0; order < 3; ++order) {
+        deltadit_sim::set_thread_warp_order(order, 7);
+        if (ST_LAUNCH(c, simtest_diag, p, dim3(1, 1, 1), dim3(128, 1, 1), 0) == 0)
+            return c.fail("deadlock not reported (order %d)", order);
+        if (c.last_error.find("deadlock") == std::string::npos)
+            return c.fail("deadlock reported without saying so: %s", c.last_error.c_str());
+    }
+    c.note("%s", c.last_error.c_str());
+}
+
+template <typename F> static double best_of(int n, F f) {
+    double best = 1e30;
+    for (int i = 0; i < n; ++i) {
+        auto t0 = std::chrono::steady_clock::now();
+        f();
+        double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        best = dt < best ? dt : best;
+    }
+    return best;
+}
+
+static void case_bench_barrier(Case& c) {
+    const unsigned n = 128;
+    const int phases = 10000;
+    float* out = c.alloc<float>(n);
+    SimTestParams p{};
+    p.out0 = out, p.phases = phases;
+    bool ok = true;
+    double dt = best_of(3, [&] { ok = ok && ST_RUN(c, simtest_bench_barrier, p, dim3(1, 1, 1), dim3(n, 1, 1), 0); });
+    if (!ok) return;
+    for (unsigned t = 0; t < n; ++t)
+        if (out[t] != float((t + phases / 2) % n)) return c.fail("thread %u: %g", t, out[t]);
+    if (dt > 2.0) return c.fail("%d barrier phases x %u threads took %.3f s (> 2 s)", phases, n, dt);
+    double sw = deltadit_sim::bench_switch(2000000);
+    c.note("%d barrier phases x %u threads in %.4f s (%.1f ns per thread-phase); raw context switch %.1f ns", phases,
+           n, dt, dt / phases / n * 1e9, sw * 1e9);
+}
+
+static void case_bench_warp(Case& c) {
+    const unsigned n = 128, iters = 2000;
+    float* out = c.alloc<float>(n * 2);
+    SimTestParams p{};
+    p.out0 = out, p.phases = int(iters);
+    bool ok = true;
+    double tm = best_of(3, [&] { ok = ok && ST_RUN(c, simtest_bench_mma, p, dim3(1, 1, 1), dim3(n, 1, 1), 0); });
+    p.phases = int(iters * 10);
+    double ts = best_of(3, [&] { ok = ok && ST_RUN(c, simtest_bench_shfl, p, dim3(1, 1, 1), dim3(n, 1, 1), 0); });
+    if (!ok) return;
+    double per_mma = tm / (iters * n / 32), per_shfl = ts / (iters * 10 * n / 32);
+    if (per_mma > 1e-3 || per_shfl > 1e-4) return c.fail("mma %.2f us, shuffle %.2f us a warp-op", per_mma * 1e6, per_shfl * 1e6);
+    c.note("bf16 mma.m16n8k16 %.2f us a warp-op; __shfl_xor_sync %.3f us a warp-op", per_mma * 1e6, per_shfl * 1e6);
+}
+
+struct CaseDef {
+    const char* name;
+    void (*fn)(Case&);
+};
+static const CaseDef kCases[] = {
+    {"geometry", case_geometry},
+    {"barrier", case_barrier},
+    {"exited_threads", case_exited},
+    {"shfl", case_shfl},
+    {"vote", case_vote},
+    {"mma_bf16", case_mma_bf16},
+    {"mma_f16", case_mma_f16},
+    {"ldmatrix", case_ldmatrix},
+    {"attention_tile", case_attention_tile},
+    {"cp_async", case_cp_async},
+    {"atomics", case_atomics},
+    {"warp_orders", case_warp_orders},
+    {"missing_barrier", case_missing_barrier},
+    {"diagnostics", case_diagnostics},
+    {"deadlock", case_deadlock},
+    {"bench_barrier", case_bench_barrier},
+    {"bench_warp", case_bench_warp},
+};
+
+}  // namespace simtest
+
+extern "C" const char* deltadit_sim_selftest_names(void) {
+    static const std::string names = [] {
+        std::string s;
+        for (const auto& c : simtest::kCases) s += std::string(s.empty() ? "" : " ") + c.name;
+        return s;
+    }();
+    return names.c_str();
+}
 
 extern "C" int deltadit_sim_selftest(const char* name, char* msg, size_t cap) {
     static std::once_flag once;
-    std::call_once(once, [] { DELTADIT_SIM_KERNEL(simtest_barrier_bench, BarrierP) });
-    if (std::string(name) != "barrier_bench") return 2;
-    float out[128];
-    BarrierP p{out, 5000};
-    auto t0 = std::chrono::steady_clock::now();
-    int rc = deltadit_sim_launch("simtest_barrier_bench", &p, sizeof p, 1, 1, 1, 128, 1, 1, 0);
-    double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    bool ok = rc == 0;
-    for (int t = 0; t < 128 && ok; ++t) ok = out[t] == float((t + 5000) % 128);
-    snprintf(msg, cap, "%s: 10000 barrier phases x 128 threads in %.4f s", ok ? "ok" : "FAILED", dt);
-    return ok ? 0 : 1;
+    std::call_once(once, register_selftest_kernels);
+    for (const auto& def : simtest::kCases) {
+        if (strcmp(def.name, name) != 0) continue;
+        std::string out;
+        bool ok;
+        {
+            simtest::Case c;
+            def.fn(c);
+            deltadit_sim::set_thread_warp_order(-1, 0);  // back to the process-wide order
+            ok = c.ok();
+            out = ok ? c.info : c.err;
+        }
+        if (cap) snprintf(msg, cap, "%s", out.c_str());
+        return ok ? 0 : 1;
+    }
+    return 2;
 }
