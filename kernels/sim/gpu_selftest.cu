@@ -1,0 +1,70 @@
+// The portable shim self-tests on a real GPU: the same kernels (sim/selftest_kernels.cuh) and
+// host checks (sim/selftest_cases.h) as under the shim, so the fragment layouts, shuffle
+// semantics and cp.async behaviour the shim emulates are confirmed on hardware.
+// Not part of the cargo build (build.rs compiles kernels/*.cu only). Build and run on a GPU box:
+//   nvcc -std=c++17 -O2 -gencode=arch=compute_80,code=sm_80 -gencode=arch=compute_90,code=sm_90 \
+//        -L $CUDA_HOME/lib \
+//        -I kernels kernels/sim/gpu_selftest.cu -o gpu_selftest && ./gpu_selftest
+#include <cuda_runtime.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+static void* st_alloc(size_t bytes) {
+    void* p = nullptr;
+    if (cudaMallocManaged(&p, bytes) != cudaSuccess) {
+        fprintf(stderr, "cudaMallocManaged(%zu) failed\n", bytes);
+        exit(2);
+    }
+    return p;
+}
+static void st_free(void* p) { cudaFree(p); }
+#define ST_SHIM false
+namespace simtest {
+struct Case;
+}
+#include "sim/selftest_kernels.cuh"
+template <typename K>
+static int st_launch_gpu(simtest::Case& c, K kernel, const SimTestParams& p, dim3 g, dim3 b, size_t smem);
+#define ST_LAUNCH(c, kernel, params, grid, block, smem) st_launch_gpu(c, kernel, params, grid, block, smem)
+#include "sim/selftest_cases.h"
+
+template <typename K>
+static int st_launch_gpu(simtest::Case& c, K kernel, const SimTestParams& p, dim3 g, dim3 b, size_t smem) {
+    if (smem > 48 * 1024) cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+    kernel<<<g, b, smem>>>(p);
+    cudaError_t e = cudaGetLastError();
+    if (e == cudaSuccess) e = cudaDeviceSynchronize();
+    c.last_error = e == cudaSuccess ? "" : cudaGetErrorString(e);
+    return e != cudaSuccess;
+}
+
+int main(int argc, char** argv) {
+    using namespace simtest;
+    const struct {
+        const char* name;
+        void (*fn)(Case&);
+    } cases[] = {
+        {"geometry", case_geometry}, {"barrier", case_barrier},   {"exited_threads", case_exited},
+        {"shfl", case_shfl},         {"vote", case_vote},         {"mma_bf16", case_mma_bf16},
+        {"mma_f16", case_mma_f16},   {"ldmatrix", case_ldmatrix}, {"attention_tile", case_attention_tile},
+        {"cp_async", case_cp_async}, {"atomics", case_atomics},
+    };
+    cudaDeviceProp prop;
+    cudaGetDeviceProperties(&prop, 0);
+    printf("device: %s (sm_%d%d)\n", prop.name, prop.major, prop.minor);
+    int fails = 0;
+    for (const auto& t : cases) {
+        if (argc > 1 && strcmp(argv[1], t.name) != 0) continue;
+        Case c;
+        auto t0 = std::chrono::steady_clock::now();
+        t.fn(c);
+        double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        printf("%-16s %s (%.3f s): %s\n", t.name, c.ok() ? "ok" : "FAIL", dt, c.ok() ? c.info.c_str() : c.err.c_str());
+        fails += !c.ok();
+    }
+    printf("%d failed\n", fails);
+    return fails ? 1 : 0;
+}
