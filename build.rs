@@ -29,7 +29,7 @@ fn main() {
     let kernels = root.join("kernels");
 
     println!("cargo:rerun-if-changed=kernels");
-    for var in ["NVCC", "CUDA_HOME", "PATH", "DELTADIT_SIM_CXXFLAGS"] {
+    for var in ["NVCC", "CUDA_HOME", "PATH", "DELTADIT_SIM_CXXFLAGS", "DELTADIT_NO_SIM", "DELTADIT_NO_NVCC"] {
         println!("cargo:rerun-if-env-changed={var}");
     }
     println!("cargo::rustc-check-cfg=cfg(deltadit_sim)");
@@ -43,7 +43,8 @@ fn main() {
     let stems: Vec<String> =
         sources.iter().map(|p| p.file_stem().unwrap().to_string_lossy().into_owned()).collect();
 
-    let nvcc = find_nvcc(&root);
+    // DELTADIT_NO_NVCC / DELTADIT_NO_SIM skip a half of the build (faster iteration on Rust code).
+    let nvcc = if env::var_os("DELTADIT_NO_NVCC").is_some() { None } else { find_nvcc(&root) };
     let fatbins = match &nvcc {
         Some(nvcc) => compile_fatbins(nvcc, &kernels, &sources, &stems, &out),
         None => {
@@ -56,7 +57,8 @@ fn main() {
     };
     write_fatbin_table(&out, &fatbins, nvcc.as_deref());
 
-    match nvcc.as_deref().and_then(cuda_include_dir).or_else(|| cuda_include_dir_fallback(&root)) {
+    match find_nvcc(&root).as_deref().and_then(cuda_include_dir).or_else(|| cuda_include_dir_fallback(&root)) {
+        _ if env::var_os("DELTADIT_NO_SIM").is_some() => println!("cargo:warning=DELTADIT_NO_SIM set: sim backend not built"),
         Some(include) if kernels.join("sim/shim.h").exists() => {
             build_sim(&kernels, &include, &sources, &stems, &out);
             println!("cargo:rustc-cfg=deltadit_sim");

@@ -9,3 +9,8 @@ pub use backend::Backend;
 pub use dtype::DType;
 pub use error::{Error, Result};
 pub use tensor::Tensor;
+pub mod io;
+pub mod model;
+pub mod sampler;
+pub mod cache;
+pub mod pipeline;

@@ -121,6 +121,14 @@ pub trait Backend: Sized + Send + Sync + 'static {
     fn copy(&self, src: &Tensor<Self>, dst: &mut Tensor<Self>) -> Result<()>;
     /// Every element of `t` = the bit pattern `bits` (NaN poisoning in tests).
     fn fill_bits(&self, t: &mut Tensor<Self>, bits: u32) -> Result<()>;
+    /// Runs `f`, a unit of work that enqueues the same ops on the same buffers every time it runs
+    /// under `key`. The CUDA backend captures it as a graph after its first run and replays it;
+    /// other backends just run it. Host reads must stay outside `f`.
+    fn graph_run(&self, key: &str, f: &mut dyn FnMut() -> Result<()>) -> Result<()> {
+        let _ = key;
+        f()
+    }
+
     /// Waits for all queued work.
     fn synchronize(&self) -> Result<()> {
         Ok(())
@@ -215,6 +223,7 @@ pub trait Backend: Sized + Send + Sync + 'static {
     /// (Σ|a − b|, Σ|b|): relative-L1 probes for cache policies (reads two floats back).
     fn rel_l1(&self, a: &Tensor<Self>, b: &Tensor<Self>) -> Result<(f32, f32)>;
 
-    /// `out[i, :] = table[ids[i], :]` (class-label embeddings).
-    fn gather_rows(&self, table: &Tensor<Self>, ids: &[usize], out: &mut Tensor<Self>) -> Result<()>;
+    /// `dst[dst_off..dst_off + len] = src[src_off..src_off + len]` (elements, same dtype): row
+    /// gathers and concatenations (class embeddings, CFG duplication of the latents).
+    fn copy_range(&self, src: &Tensor<Self>, src_off: usize, dst: &mut Tensor<Self>, dst_off: usize, len: usize) -> Result<()>;
 }

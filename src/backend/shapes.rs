@@ -206,3 +206,14 @@ pub fn scheduler_step<B: Backend>(
     }
     Ok(n)
 }
+
+/// Bounds and dtypes of a [`Backend::copy_range`].
+pub fn copy_range<B: Backend>(src: &Tensor<B>, src_off: usize, dst: &Tensor<B>, dst_off: usize, len: usize) -> Result<()> {
+    if src_off + len > src.numel() {
+        return Err(shape_err("copy_range", "src", format!("at least {} elements", src_off + len), src));
+    }
+    if dst_off + len > dst.numel() {
+        return Err(shape_err("copy_range", "dst", format!("at least {} elements", dst_off + len), dst));
+    }
+    same_dtype("copy_range", src, &[("dst", dst)])
+}

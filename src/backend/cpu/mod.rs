@@ -12,6 +12,7 @@ mod scheduler;
 pub use attention::attention_f32;
 pub use linear::linear_f32;
 pub use norm::norm_modulate_f32;
+pub use elementwise::timestep_embedding as timestep_embedding_f32;
 
 use super::{shapes, Activation, AttentionShape, Backend, CacheWrite, Cfg, ColSlice, SchedulerUpdate};
 use crate::{DType, Error, Result, Tensor};
@@ -243,17 +244,9 @@ impl Backend for Cpu {
         Ok(scheduler::rel_l1(&a.buf, &b.buf))
     }
 
-    fn gather_rows(&self, table: &Tensor<Self>, ids: &[usize], out: &mut Tensor<Self>) -> Result<()> {
-        let d = table.cols();
-        if out.rows() != ids.len() || out.cols() != d {
-            return Err(Error::Shape { op: "gather_rows", tensor: "out", expected: format!("[{}, {d}]", ids.len()), found: out.shape().to_vec() });
-        }
-        for (i, &id) in ids.iter().enumerate() {
-            if id >= table.rows() {
-                return Err(Error::param("row id", id, format!("< {} rows of the table", table.rows())));
-            }
-            out.buf[i * d..(i + 1) * d].copy_from_slice(&table.buf[id * d..(id + 1) * d]);
-        }
+    fn copy_range(&self, src: &Tensor<Self>, src_off: usize, dst: &mut Tensor<Self>, dst_off: usize, len: usize) -> Result<()> {
+        shapes::copy_range(src, src_off, dst, dst_off, len)?;
+        dst.buf[dst_off..dst_off + len].copy_from_slice(&src.buf[src_off..src_off + len]);
         Ok(())
     }
 }

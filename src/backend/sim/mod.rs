@@ -223,17 +223,10 @@ impl Backend for Sim {
         kernels::rel_l1(self, a, b)
     }
 
-    fn gather_rows(&self, table: &Tensor<Self>, ids: &[usize], out: &mut Tensor<Self>) -> Result<()> {
-        let row_bytes = table.cols() * table.dtype().size();
-        if out.rows() != ids.len() || out.cols() != table.cols() || out.dtype() != table.dtype() {
-            return Err(Error::Shape { op: "gather_rows", tensor: "out", expected: format!("[{}, {}]", ids.len(), table.cols()), found: out.shape().to_vec() });
-        }
-        for (i, &id) in ids.iter().enumerate() {
-            if id >= table.rows() {
-                return Err(Error::param("row id", id, format!("< {} rows of the table", table.rows())));
-            }
-            out.buf.bytes_mut()[i * row_bytes..][..row_bytes].copy_from_slice(&table.buf.bytes()[id * row_bytes..][..row_bytes]);
-        }
+    fn copy_range(&self, src: &Tensor<Self>, src_off: usize, dst: &mut Tensor<Self>, dst_off: usize, len: usize) -> Result<()> {
+        shapes::copy_range(src, src_off, dst, dst_off, len)?;
+        let es = src.dtype().size();
+        dst.buf.bytes_mut()[dst_off * es..(dst_off + len) * es].copy_from_slice(&src.buf.bytes()[src_off * es..(src_off + len) * es]);
         Ok(())
     }
 }

@@ -1,0 +1,67 @@
+//! First-Block-Cache (ParaAttention; diffusers `FirstBlockCacheConfig`): block 0 always runs; when
+//! its residual h_1 − h_0 differs from the one of the last full step by less than `threshold`
+//! (relative L1), the remaining blocks are skipped with their cached deviation
+//! h_L = h_1 + (h_L − h_1)_cached. `max_cached` caps consecutive cached steps (default: no cap).
+
+use super::{CacheNeeds, CachePolicy, Probe, StepInfo, StepPlan};
+use crate::{Error, Result};
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct FirstBlock {
+    pub threshold: f32,
+    pub max_cached: Option<usize>,
+    cached_in_row: usize,
+}
+
+impl FirstBlock {
+    pub const DEFAULT_THRESHOLD: f32 = 0.05;
+
+    pub fn new(threshold: f32, max_cached: Option<usize>) -> Result<Self> {
+        if !(threshold > 0.0 && threshold.is_finite()) {
+            return Err(Error::param("threshold", threshold, "a finite number > 0"));
+        }
+        if max_cached == Some(0) {
+            return Err(Error::param("max-cached", 0, "≥ 1"));
+        }
+        Ok(FirstBlock { threshold, max_cached, cached_in_row: 0 })
+    }
+}
+
+impl CachePolicy for FirstBlock {
+    fn name(&self) -> &'static str {
+        "first-block"
+    }
+
+    fn params(&self) -> String {
+        match self.max_cached {
+            Some(m) => format!("threshold={},max-cached={m}", self.threshold),
+            None => format!("threshold={}", self.threshold),
+        }
+    }
+
+    fn probe(&self) -> Probe {
+        Probe::Block0ResidualDiff
+    }
+
+    fn needs(&self) -> CacheNeeds {
+        CacheNeeds { first_block: true, ..Default::default() }
+    }
+
+    fn plan(&mut self, info: &StepInfo) -> StepPlan {
+        let capped = self.max_cached.is_some_and(|m| self.cached_in_row >= m);
+        match info.probe {
+            Some(diff) if info.step > 0 && diff < self.threshold && !capped => {
+                self.cached_in_row += 1;
+                StepPlan::CachedAfterFirst
+            }
+            _ => {
+                self.cached_in_row = 0;
+                StepPlan::Full { store_front: false, store_rear: false, store_branches: false, store_rest: true }
+            }
+        }
+    }
+
+    fn reset(&mut self) {
+        self.cached_in_row = 0;
+    }
+}
