@@ -12,10 +12,6 @@
 #include <mutex>
 #include <string>
 
-extern "C" int deltadit_sim_launch(const char*, const void*, size_t, unsigned, unsigned, unsigned, unsigned,
-                                   unsigned, unsigned, size_t);
-extern "C" const char* deltadit_sim_last_error(void);
-
 static void* st_alloc(size_t bytes) { return aligned_alloc(256, (bytes + 255) & ~size_t(255)); }
 static void st_free(void* p) { free(p); }
 #define ST_SHIM true

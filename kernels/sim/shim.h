@@ -2,11 +2,33 @@
 // (-DDELTADIT_SIM) and run in `cargo test` on machines without a GPU.
 //
 // Every CUDA thread of a block is a fiber (sched.cpp); blocks run one after another on the thread
-// that called deltadit_sim_launch(). __syncthreads() is a block barrier over the non-exited
-// threads; warp collectives (shuffles, votes, mma, ldmatrix) are per-warp barriers, so they also
-// work inside `if (warp == 0)`. See /work/shared/docs/SIMT_SHIM.md for the design.
+// that called deltadit_sim_launch(), so results are deterministic. __syncthreads() is a block
+// barrier over the non-exited threads; warp collectives (shuffles, votes, mma, ldmatrix) are
+// per-warp barriers, so they also work inside `if (warp == 0)`. Design: SIMT_SHIM.md.
 //
-// Only what kernels use goes here; the scheduler's internals are in sim/internal.h.
+// Kernels get: threadIdx/blockIdx/blockDim/gridDim, warpSize, __shared__ (static, also in device
+// function templates), dynamic_smem<T>() (common.cuh), __syncthreads[_count/_and/_or],
+// __syncwarp, __shfl[_up/_down/_xor]_sync (any type up to 16 bytes), __ballot/__any/__all_sync,
+// __match_any_sync, __reduce_*_sync, __activemask, atomics (int/unsigned/64-bit/float/double),
+// __ldg & co., fast-math and bit intrinsics, min/max, __trap, the CUDA headers' host bf16/f16
+// types and conversions, and the PTX helpers of kernels/ptx.cuh (mma, ldmatrix, cp.async).
+//
+// Diagnostics abandon the launch with a message naming kernel, block, thread, warp and lane:
+// lanes of a warp in collectives that wait for each other (divergent warp / deadlock), a lane
+// exiting while its warp waits for it, masks without the calling lane, misaligned or non-shared
+// ldmatrix/cp.async addresses, cp.async/ldmatrix outside dynamic shared memory, stores into the
+// red zones around dynamic shared memory (checked after each block), mma/ldmatrix in a partial
+// warp, __trap(). Dynamic shared memory is 0xFF-poisoned (NaN in f32/bf16/f16) before each block;
+// cp.async data lands only at the wait that completes its group.
+//
+// Environment: DELTADIT_SIM_ABORT=1 prints and aborts on the first failure;
+// DELTADIT_SIM_WARP_ORDER=reverse|shuffle (+ DELTADIT_SIM_SEED) is the default warp order;
+// DELTADIT_SIM_STACK_KB sets the fiber stack size (default 256 KiB, guard page below each).
+//
+// Limits: static __shared__ arrays are not poisoned between blocks (they are zero at a thread's
+// first launch, then keep the previous block's data); a thread spinning on memory another thread
+// writes never yields (hangs); __activemask() is the set of not-yet-exited lanes; no memory
+// reordering, bank conflicts or timing; launches from inside a kernel are rejected.
 #pragma once
 
 #ifndef DELTADIT_SIM
@@ -51,6 +73,16 @@
 #define __shared__ static thread_local
 
 static constexpr int warpSize = 32;
+
+// The C ABI (src/backend/sim/ffi.rs). 0 on success; on failure the launch is abandoned and
+// deltadit_sim_last_error() (per calling thread) says why. Blocks run on the calling thread;
+// launches from different threads are independent.
+extern "C" int deltadit_sim_launch(const char* name, const void* params, size_t params_size, unsigned gx,
+                                   unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
+                                   size_t dyn_smem);
+extern "C" const char* deltadit_sim_last_error(void);
+// 0 in order, 1 reversed, 2 shuffled at every barrier (seeded): process-wide.
+extern "C" void deltadit_sim_set_warp_order(int warp_order, unsigned seed);
 
 namespace deltadit_sim {
 // Registration (used by DELTADIT_SIM_KERNEL in common.cuh).
