@@ -8,6 +8,15 @@ pub const SCHED_DPM1: u32 = 0;
 pub const SCHED_DPM2: u32 = 1;
 pub const SCHED_DDIM: u32 = 2;
 pub const SCHED_LCM: u32 = 3;
+pub const ATTN_THREADS: u32 = 128;
+pub const ATTN_BLOCK_Q: u32 = 128;
+pub const ATTN_BLOCK_K_D64: u32 = 64;
+pub const ATTN_BLOCK_K_D72: u32 = 64;
+pub const ATTN_BLOCK_K_D128: u32 = 32;
+pub const ATTN_SMEM_D64: u32 = 55808;
+pub const ATTN_SMEM_D72: u32 = 68096;
+pub const ATTN_SMEM_D128: u32 = 69888;
+pub const ATTN_SMEM_MAX: u32 = 69888;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct FillParams {

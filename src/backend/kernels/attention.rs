@@ -1,13 +1,36 @@
 //! kernels/attention.cu: fused multi-head attention (FlashAttention-2 style).
+//!
+//! Q, K and V are column slices of `[batch·tokens, width]` tensors read in place (e.g. of one
+//! fused QKV projection output); head h uses columns `[col + h·d, col + (h + 1)·d)`. The kernel
+//! moves rows in 16-byte chunks (cp.async, vector stores), so every row start must be 16-byte
+//! aligned: row strides and column offsets are multiples of 8 elements.
 
-use super::KernelDevice;
-use crate::backend::{AttentionShape, ColSlice};
-use crate::{Result, Tensor};
+use super::{dtype_suffix, ptr_or_null, KernelDevice, LaunchCfg};
+use crate::backend::params::{
+    AttentionParams, ATTN_BLOCK_Q, ATTN_SMEM_D128, ATTN_SMEM_D64, ATTN_SMEM_D72, ATTN_THREADS,
+};
+use crate::backend::{shapes, AttentionShape, ColSlice};
+use crate::{Error, Result, Tensor};
+use std::ffi::c_void;
 
 /// Head dims with a compiled kernel specialisation.
 pub fn attention_supported_head_dim(head_dim: usize) -> bool {
     matches!(head_dim, 64 | 72 | 128)
 }
+
+/// Dynamic shared memory of the kernel for `head_dim` (all above 48 KB: the CUDA backend raises
+/// the function's MAX_DYNAMIC_SHARED_SIZE_BYTES to this).
+pub(crate) fn smem_bytes(head_dim: usize) -> Option<u32> {
+    match head_dim {
+        64 => Some(ATTN_SMEM_D64),
+        72 => Some(ATTN_SMEM_D72),
+        128 => Some(ATTN_SMEM_D128),
+        _ => None,
+    }
+}
+
+/// Elements per 16-byte chunk of a bf16/f16 row.
+const VEC: usize = 8;
 
 pub fn attention<D: KernelDevice>(
     d: &D,
@@ -18,6 +41,78 @@ pub fn attention<D: KernelDevice>(
     key_bias: Option<&Tensor<D>>,
     out: &mut Tensor<D>,
 ) -> Result<()> {
-    let _ = (d, shape, q, k, v, key_bias, out);
-    Err(crate::Error::Unsupported("attention: kernel launcher not written yet".into()))
+    let ops = shapes::attention(shape, &q, &k, &v, key_bias, out)?;
+    let suffix = dtype_suffix("attention", out.dtype())?;
+    let smem = smem_bytes(shape.head_dim).ok_or_else(|| {
+        Error::Unsupported(format!(
+            "attention: head_dim {} has no kernel; supported head dims are 64, 72 and 128",
+            shape.head_dim
+        ))
+    })?;
+    let s = shape;
+    let width = s.heads * s.head_dim;
+
+    for (name, col, stride) in [("q", q.col, ops.q_stride), ("k", k.col, ops.k_stride), ("v", v.col, ops.v_stride)] {
+        if col % VEC != 0 || stride % VEC != 0 {
+            return Err(Error::Unsupported(format!(
+                "attention: {name} rows must start on 16-byte boundaries: column offset {col} and row stride {stride} \
+                 must be multiples of {VEC} elements"
+            )));
+        }
+        // The kernel forms in-tile offsets (row · stride) in 32 bits.
+        if stride > (i32::MAX as usize) / (ATTN_BLOCK_Q as usize) {
+            return Err(Error::Unsupported(format!("attention: {name} row stride {stride} is too large")));
+        }
+    }
+    let elem = out.dtype().size();
+    // Pointer arithmetic only: each column offset lies inside its tensor (shapes::attention
+    // checked col + width ≤ cols).
+    let at = |t: &Tensor<D>, col: usize| d.ptr(t).cast::<u8>().wrapping_add(col * elem).cast::<c_void>();
+    let (qp, kp, vp, o) = (at(q.t, q.col), at(k.t, k.col), at(v.t, v.col), d.ptr_mut(out));
+    for (name, ptr) in [("q", qp), ("k", kp), ("v", vp), ("out", o.cast_const())] {
+        if (ptr as usize) % 16 != 0 {
+            return Err(Error::Unsupported(format!("attention: {name} is not 16-byte aligned")));
+        }
+    }
+    let (nq, nk) = (i32_of("nq", s.nq)?, i32_of("nk", s.nk)?);
+    let blocks_q = s.nq.div_ceil(ATTN_BLOCK_Q as usize);
+    if blocks_q > i32::MAX as usize || s.heads > 65_535 || s.batch > 65_535 {
+        return Err(Error::Unsupported(format!(
+            "attention: grid ({blocks_q}, {}, {}) out of range (heads and batch ≤ 65535)",
+            s.heads, s.batch
+        )));
+    }
+
+    let p = AttentionParams {
+        q: qp,
+        k: kp,
+        v: vp,
+        o,
+        key_bias: ptr_or_null(d, key_bias).cast::<f32>(),
+        q_row_stride: ops.q_stride as i64,
+        k_row_stride: ops.k_stride as i64,
+        v_row_stride: ops.v_stride as i64,
+        o_row_stride: width as i64,
+        q_batch_stride: (s.nq * ops.q_stride) as i64,
+        k_batch_stride: (s.nk * ops.k_stride) as i64,
+        v_batch_stride: (s.nk * ops.v_stride) as i64,
+        o_batch_stride: (s.nq * width) as i64,
+        bias_batch_stride: s.nk as i64,
+        batch: s.batch as i32,
+        heads: s.heads as i32,
+        nq,
+        nk,
+        scale_log2: s.scale * std::f32::consts::LOG2_E,
+        _pad: 0,
+    };
+    let cfg = LaunchCfg {
+        grid: [blocks_q as u32, s.heads as u32, s.batch as u32],
+        block: [ATTN_THREADS, 1, 1],
+        smem,
+    };
+    d.launch(&format!("attention_d{}_{suffix}", s.head_dim), &p, cfg)
+}
+
+fn i32_of(what: &str, n: usize) -> Result<i32> {
+    i32::try_from(n).map_err(|_| Error::Unsupported(format!("attention: {what} = {n} exceeds the kernel's i32 range")))
 }

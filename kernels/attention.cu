@@ -1,0 +1,331 @@
+// Fused multi-head attention, FlashAttention-2 style (non-causal forward):
+//   O[b, i, h] = softmax_j(Q_i·K_j · scale + key_bias[b, j]) · V_j
+// without the score matrix ever leaving registers.
+//
+// One CTA owns a BLOCK_Q-row tile of queries of one (batch, head); its warps each own 16·M_TILES
+// rows. K/V tiles of BLOCK_K keys stream through shared memory with cp.async, double buffered:
+// tile t+1 is copied while tile t is computed, so one __syncthreads per tile suffices (it both
+// publishes tile t and retires the buffer tile t+1 overwrites). Per tile and warp:
+//   S = Q·Kᵀ          mma.m16n8k16, A = Q (ldmatrix), B = K rows (ldmatrix, no transpose)
+//   online softmax     in the log2 domain: s' = s·scale·log2(e) + bias·log2(e), p = 2^(s' − m)
+//   O = O·α + P·V      the S accumulators are repacked in registers as the A operand (the C and A
+//                      fragment layouts line up, see ptx.cuh); B = V rows via ldmatrix.trans
+// Rows of the output are normalised by the row sums at the end and staged through the warp's own
+// rows of the Q tile for 16-byte coalesced stores.
+//
+// Head dim 72 (DiT-XL, PixArt) is not padded to 96 as FA2/FA3 do: Q·Kᵀ needs whole k16 steps, so
+// Q and K are padded to 80 columns in shared memory only (the padding columns are zeroed once,
+// cp.async never writes them), and P·V runs exactly nine n8 tiles over the 72 columns of V.
+//
+// Ragged lengths: Q rows and K/V rows past the end are zero-filled by cp.async (zfill, nothing
+// read); the per-tile key-bias row in shared memory is −inf for keys ≥ nk, which masks them, and
+// their V rows are zeros, so P·V never sees the NaN-poisoned shim memory. Output rows ≥ nq are not
+// stored.
+#include "common.cuh"
+
+namespace attention {
+
+// Shape of one head-dim specialisation. All loops over these are unrolled, so every fragment
+// array stays in registers.
+template <int D_, int WARPS_, int M_TILES_, int BLOCK_K_, bool Q_IN_REGS_> struct Tile {
+    static constexpr int D = D_;
+    static constexpr int DK = (D + 15) / 16 * 16;  // Q·Kᵀ reduction, whole k16 steps: 64, 80, 128
+    static constexpr int K_STEPS = DK / 16;
+    static constexpr int O_TILES = D / 8;          // P·V n8 tiles: 8, 9, 16
+    // Shared-memory row pitch: + 16 bytes, so that the 8 rows one ldmatrix matrix reads (pitch
+    // 144, 176 or 272 bytes) start in 8 distinct 16-byte bank groups: conflict-free without a
+    // swizzle (a 144-byte row of d = 72 breaks the usual 128-byte XOR swizzle anyway).
+    static constexpr int LD = DK + 8;
+    static constexpr int CHUNKS = D / 8;           // 16-byte cp.async chunks per global row
+    static constexpr int WARPS = WARPS_, THREADS = 32 * WARPS_, M_TILES = M_TILES_;
+    static constexpr int BLOCK_Q = 16 * M_TILES_ * WARPS_, BLOCK_K = BLOCK_K_;
+    static constexpr int S_TILES = BLOCK_K / 8;     // n8 tiles of the score block
+    static constexpr bool Q_IN_REGS = Q_IN_REGS_;   // keep Q's A fragments in registers
+    // Q [BLOCK_Q][LD], K [2][BLOCK_K][LD], V [2][BLOCK_K][LD] (16-bit), key bias [2][BLOCK_K] f32.
+    static constexpr int SMEM = 2 * (BLOCK_Q + 4 * BLOCK_K) * LD + 4 * 2 * BLOCK_K;
+    static_assert(D % 8 == 0 && DK - D <= 8 && BLOCK_K % 16 == 0 && O_TILES >= 2, "tile shape");
+    static_assert(BLOCK_K <= THREADS, "one thread per key loads the bias row");
+};
+
+// Two m16 tiles per warp (32 query rows) halve the shared-memory traffic of the K/V fragments per
+// mma compared with one (each ldmatrix'd B fragment feeds two mma); 4 warps give a 128-row Q
+// tile. Registers per thread (fragments only; ptxas: 238-255 in all, no spills):
+//   d64 : S 64 + O 64 + Q 32, 64-key tiles.
+//   d72 : S 64 + O 72 + Q 40, 64-key tiles.
+//   d128: S 32 + O 128, 32-key tiles; Q fragments are re-read from shared memory every k-step
+//         (64-key tiles or Q in registers spill).
+using TileD64 = Tile<64, 4, 2, 64, true>;
+using TileD72 = Tile<72, 4, 2, 64, true>;
+using TileD128 = Tile<128, 4, 2, 32, false>;
+
+constexpr float LOG2E = 1.4426950408889634f;
+
+// Copies ROWS rows × D columns (row stride `stride` elements) into shared rows of pitch LD;
+// rows ≥ valid are zero-filled without reading global memory.
+template <class K, int ROWS, typename T>
+__device__ __forceinline__ void load_rows(T* s, const T* g, int64_t stride, int valid, int tid) {
+    constexpr int TOTAL = ROWS * K::CHUNKS;
+#pragma unroll
+    for (int i = 0; i < (TOTAL + K::THREADS - 1) / K::THREADS; ++i) {
+        const int c = tid + i * K::THREADS;
+        if (TOTAL % K::THREADS == 0 || c < TOTAL) {
+            // 32-bit offsets (a tile spans < 2^31 elements): these stay live across the K/V loop.
+            const int r = c / K::CHUNKS, col = (c % K::CHUNKS) * 8;
+            const bool ok = r < valid;
+            cp_async_16_zfill(s + r * K::LD + col, g + (ok ? r * (int)stride + col : 0), ok);
+        }
+    }
+}
+
+// Additive score term of key j in the log2 domain; −inf masks keys past the end.
+__device__ __forceinline__ float key_term(const float* bias, int j, int nk) {
+    if (j >= nk) return -INFINITY;
+    return bias ? bias[j] * LOG2E : 0.0f;
+}
+
+template <typename T, class K> __device__ __forceinline__ void run(const AttentionParams& p) {
+    constexpr int D = K::D, LD = K::LD, MT = K::M_TILES, BQ = K::BLOCK_Q, BK = K::BLOCK_K;
+    constexpr int S_TILES = K::S_TILES, O_TILES = K::O_TILES, K_STEPS = K::K_STEPS;
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int q0 = blockIdx.x * BQ, head = blockIdx.y, b = blockIdx.z;
+
+    T* sQ = dynamic_smem<T>();
+    T* sK = sQ + BQ * LD;
+    T* sV = sK + 2 * BK * LD;
+    float* sBias = reinterpret_cast<float*>(sV + 2 * BK * LD);
+
+    const T* gq = static_cast<const T*>(p.q) + b * p.q_batch_stride + q0 * p.q_row_stride + head * D;
+    const T* gk = static_cast<const T*>(p.k) + b * p.k_batch_stride + head * D;
+    const T* gv = static_cast<const T*>(p.v) + b * p.v_batch_stride + head * D;
+    const float* gbias = p.key_bias ? p.key_bias + b * p.bias_batch_stride : nullptr;
+    const int n_tiles = (p.nk + BK - 1) / BK;
+
+    // Padding columns D..DK of Q and both K buffers take part in Q·Kᵀ: they must be zeros.
+    if constexpr (K::DK != D) {
+        for (int r = tid; r < BQ + 2 * BK; r += K::THREADS)
+            *reinterpret_cast<uint4*>((r < BQ ? sQ + r * LD : sK + (r - BQ) * LD) + D) = make_uint4(0, 0, 0, 0);
+    }
+    load_rows<K, BQ>(sQ, gq, p.q_row_stride, min(BQ, p.nq - q0), tid);
+    load_rows<K, BK>(sK, gk, p.k_row_stride, min(BK, p.nk), tid);
+    load_rows<K, BK>(sV, gv, p.v_row_stride, min(BK, p.nk), tid);
+    cp_async_commit();
+    if (tid < BK) sBias[tid] = key_term(gbias, tid, p.nk);
+
+    // ldmatrix lane addressing (ptx.cuh): lane L gives row L % 8 of matrix L / 8.
+    //   A operand (Q) and V (.trans): matrices (rows 0-7, k 0-7), (8-15, 0-7), (0-7, 8-15), (8-15, 8-15)
+    //   K (B operand of Q·Kᵀ):        matrices (keys 0-7, k 0-7), (0-7, 8-15), (8-15, 0-7), (8-15, 8-15)
+    const int a_row = lane & 15, a_col = (lane >> 4) * 8;
+    const int k_row = (lane & 7) + ((lane >> 4) << 3), k_col = ((lane >> 3) & 1) * 8;
+    const int quad = lane & 3;          // accumulator column pair 2·quad of each n8 tile
+    const T* sQw = sQ + (warp * 16 * MT) * LD;  // this warp's query rows
+
+    float o[MT][O_TILES][4];
+    float row_max[MT][2], row_sum[MT][2];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+        for (int n = 0; n < O_TILES; ++n) o[mt][n][0] = o[mt][n][1] = o[mt][n][2] = o[mt][n][3] = 0.0f;
+        row_max[mt][0] = row_max[mt][1] = -INFINITY;
+        row_sum[mt][0] = row_sum[mt][1] = 0.0f;
+    }
+    uint32_t qf[K::Q_IN_REGS ? MT : 1][K::Q_IN_REGS ? K_STEPS : 1][4];
+
+    for (int it = 0; it < n_tiles; ++it) {
+        const int st = it & 1;
+        // Tile `it` has landed for every thread, and every warp is done with tile it − 1, whose
+        // buffers the copies below overwrite.
+        cp_async_wait<0>();
+        __syncthreads();
+        if constexpr (K::Q_IN_REGS) {
+            if (it == 0) {
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                    for (int ks = 0; ks < K_STEPS; ++ks)
+                        ldmatrix_x4(qf[mt][ks], sQw + (mt * 16 + a_row) * LD + ks * 16 + a_col);
+            }
+        }
+        float bias_next = 0.0f;
+        if (it + 1 < n_tiles) {
+            const int k0 = (it + 1) * BK, valid = min(BK, p.nk - k0);
+            load_rows<K, BK>(sK + (st ^ 1) * BK * LD, gk + k0 * p.k_row_stride, p.k_row_stride, valid, tid);
+            load_rows<K, BK>(sV + (st ^ 1) * BK * LD, gv + k0 * p.v_row_stride, p.v_row_stride, valid, tid);
+            if (tid < BK) bias_next = key_term(gbias, k0 + tid, p.nk);  // stored after the compute
+        }
+        cp_async_commit();
+        const T* kS = sK + st * BK * LD;
+        const T* vS = sV + st * BK * LD;
+        const float* bS = sBias + st * BK;
+
+        // ---- S = Q·Kᵀ --------------------------------------------------------------------------
+        float s[MT][S_TILES][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int n = 0; n < S_TILES; ++n) s[mt][n][0] = s[mt][n][1] = s[mt][n][2] = s[mt][n][3] = 0.0f;
+#pragma unroll
+        for (int ks = 0; ks < K_STEPS; ++ks) {
+            uint32_t qa[MT][4];
+            if constexpr (!K::Q_IN_REGS) {
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) ldmatrix_x4(qa[mt], sQw + (mt * 16 + a_row) * LD + ks * 16 + a_col);
+            }
+#pragma unroll
+            for (int np = 0; np < S_TILES / 2; ++np) {
+                uint32_t kb[4];  // B fragments of key tiles 2np (kb[0..1]) and 2np + 1 (kb[2..3])
+                ldmatrix_x4(kb, kS + (np * 16 + k_row) * LD + ks * 16 + k_col);
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+                    const uint32_t* a = K::Q_IN_REGS ? qf[mt][ks] : qa[mt];
+                    mma_m16n8k16<T>(s[mt][2 * np], a, kb, s[mt][2 * np]);
+                    mma_m16n8k16<T>(s[mt][2 * np + 1], a, kb + 2, s[mt][2 * np + 1]);
+                }
+            }
+        }
+
+        // ---- online softmax (log2 domain) --------------------------------------------------------
+        // Each thread holds rows g = lane / 4 and g + 8 of every m16 tile, columns 2·quad, +1 of
+        // every n8 tile; the 4 threads of a quad share a row.
+#pragma unroll
+        for (int n = 0; n < S_TILES; ++n) {
+            const float2 kb = *reinterpret_cast<const float2*>(bS + n * 8 + 2 * quad);
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+                s[mt][n][0] = fmaf(s[mt][n][0], p.scale_log2, kb.x);
+                s[mt][n][1] = fmaf(s[mt][n][1], p.scale_log2, kb.y);
+                s[mt][n][2] = fmaf(s[mt][n][2], p.scale_log2, kb.x);
+                s[mt][n][3] = fmaf(s[mt][n][3], p.scale_log2, kb.y);
+            }
+        }
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                float mx = row_max[mt][r];
+#pragma unroll
+                for (int n = 0; n < S_TILES; ++n) mx = fmaxf(mx, fmaxf(s[mt][n][2 * r], s[mt][n][2 * r + 1]));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+                // A row with only −inf so far (cannot happen for a valid row: key 0 is in tile 0,
+                // but an all −inf bias must not turn into NaN here).
+                const float base = mx == -INFINITY ? 0.0f : mx;
+                const float alpha = exp2f(row_max[mt][r] - base);
+                row_max[mt][r] = mx;
+                float sum = 0.0f;
+#pragma unroll
+                for (int n = 0; n < S_TILES; ++n) {
+                    s[mt][n][2 * r] = exp2f(s[mt][n][2 * r] - base);
+                    s[mt][n][2 * r + 1] = exp2f(s[mt][n][2 * r + 1] - base);
+                    sum += s[mt][n][2 * r] + s[mt][n][2 * r + 1];
+                }
+                // Per-thread partial row sums; the quad reduces them once, at the end.
+                row_sum[mt][r] = row_sum[mt][r] * alpha + sum;
+#pragma unroll
+                for (int n = 0; n < O_TILES; ++n) {
+                    o[mt][n][2 * r] *= alpha;
+                    o[mt][n][2 * r + 1] *= alpha;
+                }
+            }
+        }
+
+        // ---- O += P·V ---------------------------------------------------------------------------
+        // The C fragments of score tiles 2kk and 2kk + 1 are exactly the A fragment of the k16 step
+        // kk over those 16 keys: a0 = (g, 2q..), a1 = (g + 8, 2q..), a2 = (g, 8 + 2q..), a3 = (g + 8, 8 + 2q..).
+#pragma unroll
+        for (int kk = 0; kk < BK / 16; ++kk) {
+            uint32_t pa[MT][4];
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+                pa[mt][0] = pack2<T>(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+                pa[mt][1] = pack2<T>(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+                pa[mt][2] = pack2<T>(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+                pa[mt][3] = pack2<T>(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+            }
+            const T* vrow = vS + (kk * 16 + a_row) * LD;
+#pragma unroll
+            for (int np = 0; np < O_TILES / 2; ++np) {
+                uint32_t vb[4];  // B fragments of output tiles 2np (vb[0..1]) and 2np + 1 (vb[2..3])
+                ldmatrix_x4_trans(vb, vrow + np * 16 + a_col);
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+                    mma_m16n8k16<T>(o[mt][2 * np], pa[mt], vb, o[mt][2 * np]);
+                    mma_m16n8k16<T>(o[mt][2 * np + 1], pa[mt], vb + 2, o[mt][2 * np + 1]);
+                }
+            }
+            if constexpr (O_TILES % 2 == 1) {  // d = 72: the ninth n8 tile, keys 0-7 and 8-15
+                uint32_t vb[2];
+                ldmatrix_x2_trans(vb, vrow + (O_TILES - 1) * 8);
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) mma_m16n8k16<T>(o[mt][O_TILES - 1], pa[mt], vb, o[mt][O_TILES - 1]);
+            }
+        }
+        // The bias buffer of the next tile was last read in tile it − 1 (retired by the barrier
+        // above); the next iteration's barrier publishes it.
+        if (tid < BK && it + 1 < n_tiles) sBias[(st ^ 1) * BK + tid] = bias_next;
+    }
+
+    // ---- epilogue: O / row sum, staged through this warp's own Q rows ------------------------------
+    // Only this warp ever reads these rows of sQ, and its last read is done (ldmatrix is
+    // warp-synchronous); the __syncwarp orders it before the overwrite anyway.
+    __syncwarp();
+    T* sO = sQ + (warp * 16 * MT) * LD;
+    const int g = lane >> 2;
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            float sum = row_sum[mt][r];
+            sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+            sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+            const float inv = 1.0f / sum;
+            T* row = sO + (mt * 16 + g + 8 * r) * LD + 2 * quad;
+#pragma unroll
+            for (int n = 0; n < O_TILES; ++n)
+                *reinterpret_cast<uint32_t*>(row + n * 8) = pack2<T>(o[mt][n][2 * r] * inv, o[mt][n][2 * r + 1] * inv);
+        }
+    }
+    __syncwarp();
+    const int row0 = q0 + warp * 16 * MT;
+    T* go = static_cast<T*>(p.o) + b * p.o_batch_stride + row0 * p.o_row_stride + head * D;
+    constexpr int TOTAL = 16 * MT * K::CHUNKS;
+#pragma unroll
+    for (int i = 0; i < (TOTAL + 31) / 32; ++i) {
+        const int c = lane + 32 * i;
+        if (TOTAL % 32 == 0 || c < TOTAL) {
+            const int r = c / K::CHUNKS, col = (c % K::CHUNKS) * 8;
+            if (row0 + r < p.nq)
+                *reinterpret_cast<uint4*>(go + r * p.o_row_stride + col) = *reinterpret_cast<const uint4*>(sO + r * LD + col);
+        }
+    }
+}
+
+// The launcher (src/backend/kernels/attention.rs) reads the geometry from params.h.
+#define ATTN_CHECK_TILE(K, d)                                                                        \
+    static_assert(K::THREADS == ATTN_THREADS && K::BLOCK_Q == ATTN_BLOCK_Q && K::BLOCK_K == ATTN_BLOCK_K_D##d \
+                      && K::SMEM == ATTN_SMEM_D##d && K::SMEM <= ATTN_SMEM_MAX,                      \
+                  "params.h ATTN_* constants disagree with the d" #d " tile");
+ATTN_CHECK_TILE(TileD64, 64)
+ATTN_CHECK_TILE(TileD72, 72)
+ATTN_CHECK_TILE(TileD128, 128)
+#undef ATTN_CHECK_TILE
+
+}  // namespace attention
+
+#define ATTN_KERNEL(name, T, K)                                                                      \
+    extern "C" __global__ void __launch_bounds__(ATTN_THREADS) name(AttentionParams p) { attention::run<T, K>(p); }
+ATTN_KERNEL(attention_d64_bf16, bf16, attention::TileD64)
+ATTN_KERNEL(attention_d64_f16, f16, attention::TileD64)
+ATTN_KERNEL(attention_d72_bf16, bf16, attention::TileD72)
+ATTN_KERNEL(attention_d72_f16, f16, attention::TileD72)
+ATTN_KERNEL(attention_d128_bf16, bf16, attention::TileD128)
+ATTN_KERNEL(attention_d128_f16, f16, attention::TileD128)
+#undef ATTN_KERNEL
+
+DELTADIT_SIM_REGISTER(attention,
+    DELTADIT_SIM_KERNEL(attention_d64_bf16, AttentionParams)
+    DELTADIT_SIM_KERNEL(attention_d64_f16, AttentionParams)
+    DELTADIT_SIM_KERNEL(attention_d72_bf16, AttentionParams)
+    DELTADIT_SIM_KERNEL(attention_d72_f16, AttentionParams)
+    DELTADIT_SIM_KERNEL(attention_d128_bf16, AttentionParams)
+    DELTADIT_SIM_KERNEL(attention_d128_f16, AttentionParams))
