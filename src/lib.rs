@@ -14,3 +14,5 @@ pub mod model;
 pub mod sampler;
 pub mod cache;
 pub mod pipeline;
+pub mod bench;
+pub mod device;

@@ -86,6 +86,15 @@ impl Checkpoint {
     pub fn num_tensors(&self) -> usize {
         self.index.len()
     }
+
+    /// Elements over all tensors (as stored: DiT's per-block copies of the embedders count).
+    pub fn num_parameters(&self) -> usize {
+        self.index.iter().map(|(k, &i)| self.files[i].info(k).map_or(0, |t| t.shape.iter().product::<usize>())).sum()
+    }
+
+    pub fn describe_dtypes(&self) -> String {
+        self.desc.clone()
+    }
 }
 
 impl WeightSource for Checkpoint {

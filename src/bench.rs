@@ -1,0 +1,303 @@
+//! The end-to-end latency run: the same sampling under several cache policies, side by side in one
+//! process, with the deviation of each from the uncached result. Models are real checkpoint folders
+//! or presets built in memory with seeded random weights (latency does not depend on the values).
+
+use crate::cache::CacheSpec;
+use crate::model::macs::ForwardMacs;
+use crate::model::{Family, ModelConfig, RandomWeights, TextInput, Transformer};
+use crate::pipeline::{sample, SampleConfig, SampleInputs};
+use crate::rng::Rng;
+use crate::sampler::SchedulerName;
+use crate::{Backend, Error, Result};
+use serde::Serialize;
+use std::time::Duration;
+
+/// A model size to benchmark without a checkpoint.
+#[derive(Clone, Debug)]
+pub struct Preset {
+    pub name: &'static str,
+    pub config: ModelConfig,
+    /// latent height/width
+    pub latent: usize,
+    /// text tokens (PixArt)
+    pub text_len: usize,
+    pub scheduler: SchedulerName,
+    pub steps: usize,
+    pub guidance: f32,
+    pub about: &'static str,
+}
+
+fn pixart(layers: usize, heads: usize, head_dim: usize, sample_size: usize, caption: usize, micro: bool) -> ModelConfig {
+    ModelConfig {
+        family: Family::PixArt,
+        num_attention_heads: heads,
+        attention_head_dim: head_dim,
+        in_channels: 4,
+        out_channels: 8,
+        num_layers: layers,
+        patch_size: 2,
+        sample_size,
+        cross_attention_dim: Some(heads * head_dim),
+        caption_channels: Some(caption),
+        norm_eps: 1e-6,
+        interpolation_scale: (sample_size / 64).max(1) as f64,
+        use_additional_conditions: micro,
+        num_embeds_ada_norm: 1000,
+        attention_bias: true,
+    }
+}
+
+fn dit(layers: usize, heads: usize, head_dim: usize, sample_size: usize) -> ModelConfig {
+    ModelConfig {
+        family: Family::DiT,
+        num_attention_heads: heads,
+        attention_head_dim: head_dim,
+        in_channels: 4,
+        out_channels: 8,
+        num_layers: layers,
+        patch_size: 2,
+        sample_size,
+        cross_attention_dim: None,
+        caption_channels: None,
+        norm_eps: 1e-5,
+        interpolation_scale: 1.0,
+        use_additional_conditions: false,
+        num_embeds_ada_norm: 1000,
+        attention_bias: true,
+    }
+}
+
+pub fn presets() -> Vec<Preset> {
+    use SchedulerName::*;
+    vec![
+        Preset { name: "pixart-alpha-1024", config: pixart(28, 16, 72, 128, 4096, true), latent: 128, text_len: 120, scheduler: DpmSolverPP, steps: 20, guidance: 4.5, about: "PixArt-XL-2-1024-MS: 28 × 1152, 4096 tokens, 120 text tokens" },
+        Preset { name: "pixart-alpha-512", config: pixart(28, 16, 72, 64, 4096, false), latent: 64, text_len: 120, scheduler: DpmSolverPP, steps: 20, guidance: 4.5, about: "PixArt-XL-2-512x512: 28 × 1152, 1024 tokens" },
+        Preset { name: "pixart-sigma-1024", config: pixart(28, 16, 72, 128, 4096, false), latent: 128, text_len: 300, scheduler: DpmSolverPP, steps: 20, guidance: 4.5, about: "PixArt-Σ-XL-2-1024-MS: 28 × 1152, 4096 tokens, 300 text tokens" },
+        Preset { name: "dit-xl-2-256", config: dit(28, 16, 72, 32), latent: 32, text_len: 0, scheduler: Ddim, steps: 50, guidance: 4.0, about: "DiT-XL/2 256: 28 × 1152, 256 tokens" },
+        Preset { name: "dit-xl-2-512", config: dit(28, 16, 72, 64), latent: 64, text_len: 0, scheduler: Ddim, steps: 50, guidance: 4.0, about: "DiT-XL/2 512: 28 × 1152, 1024 tokens" },
+        Preset { name: "pixart-cpu-small", config: pixart(28, 4, 72, 32, 256, false), latent: 16, text_len: 32, scheduler: DpmSolverPP, steps: 20, guidance: 4.5, about: "PixArt layout at CPU size: 28 × 288, 64 tokens, 32 text tokens" },
+        Preset { name: "dit-cpu-small", config: dit(28, 4, 72, 32), latent: 16, text_len: 0, scheduler: Ddim, steps: 20, guidance: 4.0, about: "DiT layout at CPU size: 28 × 288, 64 tokens" },
+    ]
+}
+
+pub fn preset(name: &str) -> Result<Preset> {
+    presets().into_iter().find(|p| p.name == name).ok_or_else(|| {
+        Error::param("preset", name, format!("one of {}", presets().iter().map(|p| p.name).collect::<Vec<_>>().join(", ")))
+    })
+}
+
+impl Preset {
+    pub fn build<B: Backend>(&self, be: &B, seed: u64) -> Result<Transformer<B>> {
+        Transformer::from_source(be, self.config.clone(), &RandomWeights { seed })
+    }
+}
+
+/// Seeded sampling inputs for a model: one prompt (PixArt: a 20-token prompt and an
+/// EOS-only negative prompt, as diffusers' empty negative prompt), or class 207 (DiT).
+pub fn random_inputs(cfg: &ModelConfig, latent_h: usize, latent_w: usize, text_len: usize, steps: usize, seed: u64) -> SampleInputs {
+    let mut rng = Rng::new(seed);
+    let shape = [1, cfg.in_channels, latent_h, latent_w];
+    let latents = rng.normal_vec(shape.iter().product(), 1.0);
+    let mut si = SampleInputs { latents, shape, cond: None, uncond: None, resolution: None, class_labels: None, noise: None };
+    match cfg.family {
+        Family::PixArt => {
+            let feat = cfg.caption_channels.or(cfg.cross_attention_dim).unwrap_or(cfg.inner_dim());
+            let l = text_len.max(1);
+            let keep = |k: usize| (0..l).map(|i| if i < k { 1.0 } else { 0.0 }).collect::<Vec<f32>>();
+            si.cond = Some(TextInput { embeds: rng.normal_vec(l * feat, 0.2), mask: Some(keep(20.min(l))), len: l });
+            si.uncond = Some(TextInput { embeds: rng.normal_vec(l * feat, 0.2), mask: Some(keep(1)), len: l });
+        }
+        Family::DiT => si.class_labels = Some(vec![207]),
+    }
+    si.noise = Some(rng.normal_vec(steps.saturating_sub(1) * shape.iter().product::<usize>(), 1.0));
+    si
+}
+
+/// One policy's row of the latency table.
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchRow {
+    pub policy: String,
+    pub params: String,
+    /// median total time of a sampling run, seconds
+    pub total_s: f64,
+    pub per_step_ms: f64,
+    /// all runs' totals, seconds
+    pub runs_s: Vec<f64>,
+    pub blocks: usize,
+    pub blocks_per_step: Vec<usize>,
+    pub block_ratio: f64,
+    pub macs: f64,
+    pub mac_ratio: f64,
+    /// steps·L / Σ blocks
+    pub theoretical_speedup: f64,
+    /// time(none) / time(policy)
+    pub measured_speedup: f64,
+    /// measured / theoretical
+    pub efficiency: f64,
+    /// ‖x − x_none‖ / ‖x_none‖ on the final latents
+    pub rel_l2: f64,
+    /// 20·log10(range(x_none) / RMSE), ∞ when identical
+    pub psnr_db: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchReport {
+    pub model: String,
+    pub backend: String,
+    pub machine: String,
+    pub dtype: String,
+    pub scheduler: String,
+    pub steps: usize,
+    pub guidance: f32,
+    pub batch: usize,
+    pub tokens: usize,
+    pub layers: usize,
+    pub warmup: usize,
+    pub runs: usize,
+    pub rows: Vec<BenchRow>,
+}
+
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    pub policies: Vec<CacheSpec>,
+    pub scheduler: SchedulerName,
+    pub steps: usize,
+    pub guidance: f32,
+    pub latent: (usize, usize),
+    pub text_len: usize,
+    pub warmup: usize,
+    pub runs: usize,
+    pub seed: u64,
+}
+
+pub fn default_policies() -> Vec<CacheSpec> {
+    ["none", "delta", "delta-adaptive", "fora", "first-block"].iter().map(|s| s.parse().unwrap()).collect()
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    if s.is_empty() {
+        return f64::NAN;
+    }
+    let m = s.len() / 2;
+    if s.len() % 2 == 1 { s[m] } else { 0.5 * (s[m - 1] + s[m]) }
+}
+
+fn psnr(x: &[f32], reference: &[f32]) -> f64 {
+    let (lo, hi) = reference.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+    let mse = x.iter().zip(reference).map(|(&a, &b)| (a as f64 - b as f64).powi(2)).sum::<f64>() / x.len().max(1) as f64;
+    if mse == 0.0 { f64::INFINITY } else { 20.0 * ((hi - lo) as f64 / mse.sqrt()).log10() }
+}
+
+/// Runs every policy `warmup + runs` times; `progress(done_steps, total_steps)`.
+pub fn run<B: Backend>(
+    be: &B,
+    model: &Transformer<B>,
+    opts: &BenchOptions,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<(Vec<BenchRow>, usize, usize)> {
+    let cfg = &model.config;
+    let (lh, lw) = opts.latent;
+    let inputs = random_inputs(cfg, lh, lw, opts.text_len, opts.steps, opts.seed);
+    let sc = SampleConfig { scheduler: opts.scheduler, steps: opts.steps, guidance: opts.guidance, keep_per_step: false };
+    let batch = if opts.guidance > 1.0 { 2 } else { 1 };
+    let macs = ForwardMacs::new(cfg, batch, lh, lw, if cfg.family == Family::PixArt { opts.text_len.max(1) } else { 0 });
+    let layers = model.num_blocks();
+    let total_steps = opts.policies.len() * (opts.warmup + opts.runs) * opts.steps;
+    let mut done = 0;
+    let mut rows = Vec::new();
+    let mut reference: Option<(Vec<f32>, f64)> = None;
+    for spec in &opts.policies {
+        let mut times = Vec::new();
+        let mut last = None;
+        for run in 0..opts.warmup + opts.runs {
+            let policy = spec.build(cfg.family, layers, opts.steps)?;
+            let out = sample(be, model, &inputs, &sc, policy, &mut |_, _| {
+                done += 1;
+                progress(done, total_steps);
+            })?;
+            if run >= opts.warmup {
+                times.push(out.step_times.iter().map(Duration::as_secs_f64).sum::<f64>());
+            }
+            last = Some(out);
+        }
+        let out = last.expect("at least one run");
+        let policy = spec.build(cfg.family, layers, opts.steps)?;
+        let blocks: usize = out.blocks_run.iter().sum();
+        let total = median(&times);
+        let step_macs: f64 = out.blocks_run.iter().map(|&b| macs.step(b)).sum();
+        let (rel, ps) = match &reference {
+            None => (0.0, f64::INFINITY),
+            Some((r, _)) => (crate::rng::rel_l2(&out.latents, r), psnr(&out.latents, r)),
+        };
+        let full_blocks = (opts.steps * layers) as f64;
+        let full_macs = opts.steps as f64 * macs.step(layers);
+        let none_time = reference.as_ref().map_or(total, |r| r.1);
+        let theoretical = full_blocks / blocks.max(1) as f64;
+        let measured = none_time / total;
+        rows.push(BenchRow {
+            policy: policy.name().to_string(),
+            params: policy.params(),
+            total_s: total,
+            per_step_ms: 1e3 * total / opts.steps as f64,
+            runs_s: times,
+            blocks,
+            blocks_per_step: out.blocks_run.clone(),
+            block_ratio: blocks as f64 / full_blocks,
+            macs: step_macs,
+            mac_ratio: step_macs / full_macs,
+            theoretical_speedup: theoretical,
+            measured_speedup: measured,
+            efficiency: measured / theoretical,
+            rel_l2: rel,
+            psnr_db: ps,
+        });
+        if reference.is_none() {
+            if spec.policy != "none" {
+                return Err(Error::param("policies", spec, "the first policy must be `none` (the reference)"));
+            }
+            reference = Some((out.latents, total));
+        }
+    }
+    Ok((rows, batch, (lh / cfg.patch_size) * (lw / cfg.patch_size)))
+}
+
+/// The latency table, fixed-width.
+pub fn format_table(r: &BenchReport) -> String {
+    let mut s = format!(
+        "model {} | {} ({}) on {} | {} {} steps, guidance {}, batch {} × {} tokens, {} blocks | median of {} runs after {} warm-up\n",
+        r.model, r.backend, r.dtype, r.machine, r.scheduler, r.steps, r.guidance, r.batch, r.tokens, r.layers, r.runs, r.warmup
+    );
+    s += &format!(
+        "{:<15} {:<42} {:>9} {:>9} {:>7} {:>7} {:>7} {:>8} {:>8} {:>6} {:>10} {:>8}\n",
+        "policy", "parameters", "total s", "ms/step", "blocks", "blk %", "MACs %", "theory×", "measured×", "eff", "rel L2", "PSNR dB"
+    );
+    for row in &r.rows {
+        s += &format!(
+            "{:<15} {:<42} {:>9.3} {:>9.2} {:>7} {:>6.1}% {:>6.1}% {:>8.2} {:>9.2} {:>5.0}% {:>10.2e} {:>8.1}\n",
+            row.policy,
+            if row.params.is_empty() { "-" } else { &row.params },
+            row.total_s,
+            row.per_step_ms,
+            row.blocks,
+            100.0 * row.block_ratio,
+            100.0 * row.mac_ratio,
+            row.theoretical_speedup,
+            row.measured_speedup,
+            100.0 * row.efficiency,
+            row.rel_l2,
+            row.psnr_db
+        );
+    }
+    s
+}
+
+/// "CPU model name, N threads" from /proc/cpuinfo.
+pub fn cpu_description(threads: usize) -> String {
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|m| m.trim().to_string()))
+        .unwrap_or_else(|| "unknown CPU".into());
+    format!("{model}, {threads} threads")
+}

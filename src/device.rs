@@ -1,0 +1,72 @@
+//! Backend selection for the CLI and library callers that pick a device at run time.
+
+use crate::backend::{cpu::Cpu, sim::Sim};
+use crate::{DType, Error, Result};
+use std::str::FromStr;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Device {
+    Cpu,
+    Sim,
+    Cuda,
+}
+
+impl FromStr for Device {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "cpu" => Ok(Device::Cpu),
+            "sim" => Ok(Device::Sim),
+            "cuda" | "gpu" => Ok(Device::Cuda),
+            _ => Err(Error::param("device", s, "one of cpu, cuda, sim")),
+        }
+    }
+}
+
+impl Device {
+    /// The dtype a device computes in when none is asked for.
+    pub fn default_dtype(self) -> DType {
+        match self {
+            Device::Cpu => DType::F32,
+            Device::Sim | Device::Cuda => DType::BF16,
+        }
+    }
+}
+
+/// A backend chosen at run time.
+pub enum AnyBackend {
+    Cpu(Cpu),
+    Sim(Sim),
+}
+
+impl AnyBackend {
+    pub fn new(device: Device, dtype: Option<DType>, threads: Option<usize>) -> Result<Self> {
+        let dtype = dtype.unwrap_or(device.default_dtype());
+        match device {
+            Device::Cpu => {
+                if dtype != DType::F32 {
+                    return Err(Error::param("dtype", dtype, "f32 on the CPU backend (bf16/f16 run on --device cuda or sim)"));
+                }
+                Ok(AnyBackend::Cpu(Cpu::new(threads.unwrap_or_else(rayon::current_num_threads))))
+            }
+            Device::Sim => Ok(AnyBackend::Sim(Sim::new(dtype)?)),
+            Device::Cuda => Err(Error::backend("cuda", "the CUDA backend is not wired into the CLI yet")),
+        }
+    }
+
+    /// CUDA when a GPU and the kernels are present, else the CPU (with the reason).
+    pub fn auto() -> (Device, String) {
+        (Device::Cpu, "the CUDA backend is not wired into the CLI yet".into())
+    }
+}
+
+/// Runs `$body` with `$b` bound to the concrete backend inside an [`AnyBackend`].
+#[macro_export]
+macro_rules! with_backend {
+    ($any:expr, |$b:ident| $body:expr) => {
+        match $any {
+            $crate::device::AnyBackend::Cpu($b) => $body,
+            $crate::device::AnyBackend::Sim($b) => $body,
+        }
+    };
+}
