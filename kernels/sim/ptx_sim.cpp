@@ -46,8 +46,8 @@ struct MmaIn {
 // products (without C) as doubles: bf16/f16 products are exact, so the sum is accurate and the
 // lane rounds once after adding its C. The tensor core's summation order is unspecified anyway.
 template <bool F16> static void mma_run(Warp& w, unsigned) {
-    float A[16][16], B[16][8];
-    auto cvt = [](uint32_t h) { return F16 ? f16_bits_to_f32(h) : bf16_bits_to_f32(h); };
+    double A[16][16], Bt[8][16];  // Bt[n][k]: both operands contiguous along k
+    auto cvt = [](uint32_t h) { return double(F16 ? f16_bits_to_f32(h) : bf16_bits_to_f32(h)); };
     for (unsigned l = 0; l < 32; ++l) {
         const MmaIn* in = reinterpret_cast<const MmaIn*>(w.lanes[l]->cin);
         unsigned g = l >> 2, t = l & 3;
@@ -58,17 +58,18 @@ template <bool F16> static void mma_run(Warp& w, unsigned) {
         }
         for (unsigned i = 0; i < 2; ++i) {  // b_i: k = 2t (+8 for i = 1) and k + 1, column n = g
             unsigned k = 2 * t + 8 * i;
-            B[k][g] = cvt(in->b[i] & 0xffff);
-            B[k + 1][g] = cvt(in->b[i] >> 16);
+            Bt[g][k] = cvt(in->b[i] & 0xffff);
+            Bt[g][k + 1] = cvt(in->b[i] >> 16);
         }
     }
     for (unsigned l = 0; l < 32; ++l) {
         unsigned g = l >> 2, t = l & 3;
         double out[4];
         for (unsigned i = 0; i < 4; ++i) {  // c_i / d_i: row g (+8 for i >= 2), col 2t + (i & 1)
-            unsigned r = g + 8 * (i >> 1), c = 2 * t + (i & 1);
+            const double* a = A[g + 8 * (i >> 1)];
+            const double* b = Bt[2 * t + (i & 1)];
             double acc = 0;
-            for (unsigned k = 0; k < 16; ++k) acc += double(A[r][k]) * double(B[k][c]);
+            for (unsigned k = 0; k < 16; ++k) acc += a[k] * b[k];
             out[i] = acc;
         }
         memcpy(w.lanes[l]->cout, out, sizeof out);

@@ -231,6 +231,10 @@ static std::string deadlock_msg(Sched& s) {
     return m;
 }
 
+[[noreturn]] __attribute__((noinline, cold)) static void deadlock(Sched& s, Fiber* self) {
+    fail_fiber(self, deadlock_msg(s));
+}
+
 // The blocked (or exited) fiber `self` hands the CPU to the next ready fiber. Inlined into the
 // barrier and collective paths (one frame less per switch: ~10% faster barriers).
 static inline __attribute__((always_inline)) void run_next(Sched& s, Fiber* self) {
@@ -240,7 +244,7 @@ static inline __attribute__((always_inline)) void run_next(Sched& s, Fiber* self
             ctx_switch(&self->ctx, &s.main_ctx);  // block finished
             __builtin_unreachable();
         }
-        fail_fiber(self, deadlock_msg(s));
+        deadlock(s, self);
     }
     s.cur = next;
     next->state = St::Running;
@@ -287,19 +291,25 @@ static const Group* group_of(const Warp& w, unsigned bit) {
 static const char* kBarNames[] = {"__syncthreads", "__syncthreads_count", "__syncthreads_and",
                                   "__syncthreads_or"};
 
+// Cold paths out of line: the barrier's own frame stays small (it is on every fiber's stack).
+[[noreturn]] __attribute__((noinline, cold)) static void bar_diverged(Fiber* f, const Warp& w, unsigned bit,
+                                                                      int kind) {
+    const Group* g = group_of(w, bit);
+    fail_fiber(f, fmt("deadlock (divergent warp): reached %s while lanes %s of its warp wait for it in %s "
+                      "(mask 0x%08x)", kBarNames[kind], lanes_str(g->arrived).c_str(), g->op->name, g->mask));
+}
+[[noreturn]] __attribute__((noinline, cold)) static void bar_mixed(Fiber* f, const Sched& s, int kind) {
+    fail_fiber(f, fmt("reached %s while %u threads wait at %s", kBarNames[kind], s.at_bar, kBarNames[s.bar_kind]));
+}
+
 int syncthreads(int kind, int pred) {
     Sched& s = S();
     Fiber* f = s.cur;
     Warp& w = s.warps[f->warp];
     unsigned bit = 1u << f->lane;
-    if (w.pending & bit) {
-        const Group* g = group_of(w, bit);
-        fail_fiber(f, fmt("deadlock (divergent warp): reached %s while lanes %s of its warp wait for it in %s "
-                          "(mask 0x%08x)", kBarNames[kind], lanes_str(g->arrived).c_str(), g->op->name, g->mask));
-    }
+    if (__builtin_expect(w.pending & bit, 0)) bar_diverged(f, w, bit, kind);
     if (s.bar_kind < 0) s.bar_kind = kind;
-    else if (s.bar_kind != kind)
-        fail_fiber(f, fmt("reached %s while %u threads wait at %s", kBarNames[kind], s.at_bar, kBarNames[s.bar_kind]));
+    else if (__builtin_expect(s.bar_kind != kind, 0)) bar_mixed(f, s, kind);
     s.bar_count += pred != 0;
     s.bar_and &= pred != 0;
     s.bar_or |= pred != 0;
@@ -314,20 +324,30 @@ int syncthreads(int kind, int pred) {
 }
 
 // ---- warp collectives --------------------------------------------------------------------------
+[[noreturn]] __attribute__((noinline, cold)) static void coll_bad_mask(Fiber* f, const Warp& w, const CollOp* op,
+                                                                       unsigned mask) {
+    unsigned bit = 1u << f->lane;
+    if (!(mask & bit))
+        fail_fiber(f, fmt("%s with mask 0x%08x, which does not include the calling lane", op->name, mask));
+    if (mask & w.exited)
+        fail_fiber(f, fmt("%s (mask 0x%08x) needs lanes %s, which have exited", op->name, mask,
+                          lanes_str(mask & w.exited).c_str()));
+    fail_fiber(f, fmt("deadlock (divergent warp): reached %s (mask 0x%08x) while lanes %s of the mask wait at "
+                      "__syncthreads", op->name, mask, lanes_str(mask & w.at_bar).c_str()));
+}
+[[noreturn]] __attribute__((noinline, cold)) static void coll_diverged(Fiber* f, const CollOp* op, unsigned mask,
+                                                                       const Group& h) {
+    fail_fiber(f, fmt("divergent warp: reached %s (mask 0x%08x) while lanes %s wait in %s (mask 0x%08x)", op->name,
+                      mask, lanes_str(h.arrived).c_str(), h.op->name, h.mask));
+}
+
 void warp_collective(const CollOp* op, unsigned mask) {
     Sched& s = S();
     Fiber* f = s.cur;
     Warp& w = s.warps[f->warp];
     unsigned bit = 1u << f->lane;
     mask &= w.exist;  // lanes past the end of a partial last warp do not exist
-    if (!(mask & bit))
-        fail_fiber(f, fmt("%s with mask 0x%08x, which does not include the calling lane", op->name, mask));
-    if (mask & w.exited)
-        fail_fiber(f, fmt("%s (mask 0x%08x) needs lanes %s, which have exited", op->name, mask,
-                          lanes_str(mask & w.exited).c_str()));
-    if (mask & w.at_bar)
-        fail_fiber(f, fmt("deadlock (divergent warp): reached %s (mask 0x%08x) while lanes %s of the mask wait at "
-                          "__syncthreads", op->name, mask, lanes_str(mask & w.at_bar).c_str()));
+    if (__builtin_expect(!(mask & bit) || (mask & (w.exited | w.at_bar)), 0)) coll_bad_mask(f, w, op, mask);
     // Lanes of one warp may be in different collectives at once (e.g. half the warp in a
     // partial-mask ballot while the rest waits in a full-mask shuffle they will reach later).
     // Two collectives that each wait for a lane parked in the other can never complete.
@@ -342,9 +362,7 @@ void warp_collective(const CollOp* op, unsigned mask) {
     g->arrived |= bit;
     for (int i = 0; i < w.ngroups; ++i) {
         const Group& h = w.groups[i];
-        if (&h != g && (h.arrived & mask) && (g->arrived & h.mask))
-            fail_fiber(f, fmt("divergent warp: reached %s (mask 0x%08x) while lanes %s wait in %s (mask 0x%08x)",
-                              op->name, mask, lanes_str(h.arrived).c_str(), h.op->name, h.mask));
+        if (&h != g && (h.arrived & mask) && (g->arrived & h.mask)) coll_diverged(f, op, mask, h);
     }
     if (g->arrived != mask) {
         f->state = St::InWarp;
