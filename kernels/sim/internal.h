@@ -96,7 +96,7 @@ struct Sched {
     size_t smem_cap = 0;
     unsigned char* smem = nullptr;
     size_t smem_size = 0;
-    // Fiber stacks: one mapping, a guard page below each stack.
+    // Fiber stacks: one mapping, a guard region below each stack.
     char* stacks = nullptr;
     size_t stack_size = 0, nstacks = 0;
 
@@ -105,6 +105,9 @@ struct Sched {
 
 extern __thread Sched* tl_sched;
 constexpr size_t kRedZone = 4096;
+// Inaccessible bytes below each fiber stack: larger than any kernel frame, so an overflow faults
+// in the guard instead of jumping into the neighbouring fiber's stack.
+constexpr size_t kGuard = 64 << 10;
 
 // sched.cpp
 void warp_collective(const CollOp* op, unsigned mask);

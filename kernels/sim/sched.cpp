@@ -6,6 +6,7 @@
 // context switch per thread. Nothing ready while threads are alive is a deadlock.
 #include "internal.h"
 
+#include <signal.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -430,8 +431,55 @@ std::string check_shared(const void* p, size_t n) {
 }
 
 Sched::~Sched() {
-    if (stacks) munmap(stacks, nstacks * (stack_size + size_t(sysconf(_SC_PAGESIZE))));
+    if (stacks) munmap(stacks, nstacks * (stack_size + kGuard));
     free(smem_region);
+}
+
+// Fiber stack overflow: a fault in a guard page below a fiber stack gets a message instead of a
+// bare SIGSEGV. Other faults go to the previous handler (Rust's stack-overflow handler, or the
+// default action). The handler needs an alternate signal stack: Rust threads have one; other
+// threads get one here.
+static struct sigaction g_prev_segv;
+static void segv_handler(int sig, siginfo_t* si, void* uc) {
+    const Sched* s = tl_sched;
+    if (s && s->stacks) {
+        uintptr_t a = reinterpret_cast<uintptr_t>(si->si_addr), lo = reinterpret_cast<uintptr_t>(s->stacks);
+        size_t per = s->stack_size + kGuard;
+        if (a >= lo && a < lo + s->nstacks * per && (a - lo) % per < kGuard) {
+            static const char m1[] = "deltadit_sim: fiber stack overflow in kernel '";
+            static const char m2[] = "' (raise DELTADIT_SIM_STACK_KB; default 256)\n";
+            ssize_t r = write(2, m1, sizeof m1 - 1);
+            if (s->kname) r = write(2, s->kname, strlen(s->kname));
+            r = write(2, m2, sizeof m2 - 1);
+            (void)r;
+            abort();
+        }
+    }
+    if (g_prev_segv.sa_flags & SA_SIGINFO) {
+        if (g_prev_segv.sa_sigaction) return g_prev_segv.sa_sigaction(sig, si, uc);
+    } else if (g_prev_segv.sa_handler != SIG_DFL && g_prev_segv.sa_handler != SIG_IGN) {
+        return g_prev_segv.sa_handler(sig);
+    }
+    signal(sig, SIG_DFL);  // return and fault again with the default action
+}
+
+static void install_overflow_handler() {
+    static std::once_flag once;
+    std::call_once(once, [] {
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_sigaction = segv_handler;
+        sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+        sigemptyset(&sa.sa_mask);
+        sigaction(SIGSEGV, &sa, &g_prev_segv);
+    });
+    stack_t cur;
+    if (sigaltstack(nullptr, &cur) == 0 && (cur.ss_flags & SS_DISABLE)) {
+        static thread_local std::vector<char> alt(1 << 16);  // lives as long as the thread
+        stack_t ss;
+        ss.ss_sp = alt.data(), ss.ss_size = alt.size(), ss.ss_flags = 0;
+        sigaltstack(&ss, nullptr);
+    }
 }
 
 static Sched& sched_for_thread() {
@@ -440,20 +488,21 @@ static Sched& sched_for_thread() {
         tl_sched = tl_sched_owner.get();
         const char* kb = getenv("DELTADIT_SIM_STACK_KB");
         tl_sched->stack_size = size_t(kb ? std::max(16, atoi(kb)) : 256) << 10;
+        install_overflow_handler();
     }
     return *tl_sched;
 }
 
 static bool ensure_stacks(Sched& s, unsigned n) {
     if (s.nstacks >= n) return true;
-    size_t page = size_t(sysconf(_SC_PAGESIZE)), per = s.stack_size + page;
+    size_t per = s.stack_size + kGuard;
     if (s.stacks) munmap(s.stacks, s.nstacks * per);
     s.stacks = nullptr, s.nstacks = 0;
     n = (n + 127) & ~127u;
     void* m = mmap(nullptr, n * per, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (m == MAP_FAILED) return false;
     s.stacks = static_cast<char*>(m), s.nstacks = n;
-    for (unsigned i = 0; i < n; ++i) mprotect(s.stacks + i * per, page, PROT_NONE);  // overflow guard
+    for (unsigned i = 0; i < n; ++i) mprotect(s.stacks + i * per, kGuard, PROT_NONE);  // overflow guard
     return true;
 }
 
@@ -603,10 +652,9 @@ extern "C" int deltadit_sim_launch(const char* name, const void* params, size_t 
     if (!ensure_stacks(s, s.nthreads)) return report("deltadit_sim: cannot map fiber stacks");
     if (s.fibers.size() < s.nthreads) s.fibers.resize(s.nthreads);
     s.warps.assign(s.nwarps, Warp{});
-    size_t page = size_t(sysconf(_SC_PAGESIZE));
     for (unsigned t = 0; t < s.nthreads; ++t) {
         Fiber& f = s.fibers[t];
-        f.stack_lo = s.stacks + t * (s.stack_size + page) + page;
+        f.stack_lo = s.stacks + t * (s.stack_size + kGuard) + kGuard;
         f.tid = t, f.lane = t % 32, f.warp = t / 32;
         f.tidx = ::uint3{t % bx, (t / bx) % by, t / (bx * by)};
         Warp& w = s.warps[f.warp];

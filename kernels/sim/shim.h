@@ -23,7 +23,8 @@
 //
 // Environment: DELTADIT_SIM_ABORT=1 prints and aborts on the first failure;
 // DELTADIT_SIM_WARP_ORDER=reverse|shuffle (+ DELTADIT_SIM_SEED) is the default warp order;
-// DELTADIT_SIM_STACK_KB sets the fiber stack size (default 256 KiB, guard page below each).
+// DELTADIT_SIM_STACK_KB sets the fiber stack size (default 256 KiB; a 64 KiB guard below each
+// stack turns an overflow into a message and abort()).
 //
 // Limits: static __shared__ arrays are not poisoned between blocks (they are zero at a thread's
 // first launch, then keep the previous block's data); a thread spinning on memory another thread
