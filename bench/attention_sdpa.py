@@ -2,6 +2,8 @@
 """Checks and times kernels/attention.cu on a GPU against PyTorch SDPA (no Rust needed there).
 
     python3 bench/attention_sdpa.py MANIFEST.json [--quick]
+    python3 bench/attention_sdpa.py MANIFEST.json --profile NAME...   (one pixart-1024 self launch
+        of each named variant, nothing else: run under ncu --kernel-name regex:attention_d72)
 
 MANIFEST lists fatbin variants built from kernels/attention.cu (each exporting the six
 attention_d{64,72,128}_{bf16,f16} kernels) with their launch geometry:
@@ -171,6 +173,15 @@ def main():
     print(torch.cuda.get_device_name(), torch.__version__, flush=True)
     variants = [Variant(s) for s in manifest]
     gen = torch.Generator(device="cuda").manual_seed(0)
+    if "--profile" in sys.argv:
+        names = sys.argv[sys.argv.index("--profile") + 1:]
+        name, B, H, D, nq, nk, fused, bk = SHAPES[0]
+        q, k, v, bias = make(B, H, D, nq, nk, torch.bfloat16, fused, bk, gen)
+        out = torch.empty(B * nq, H * D, device="cuda", dtype=torch.bfloat16)
+        for var in (v for n in names for v in variants if v.name == n):
+            var.launch(q, k, v, out, bias, B, H, D, nq, nk, D ** -0.5)
+        torch.cuda.synchronize()
+        return
     for var in variants:
         n, worst = check(var, gen, quick)
         print(f"check {var.name}: {n} cases ok, worst rel err " + ", ".join(f"{k} {v:.2e}" for k, v in worst.items()), flush=True)

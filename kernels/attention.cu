@@ -27,7 +27,7 @@ namespace attention {
 
 // Shape of one head-dim specialisation. All loops over these are unrolled, so every fragment
 // array stays in registers.
-template <int D_, int WARPS_, int M_TILES_, int BLOCK_K_, bool Q_IN_REGS_> struct Tile {
+template <int D_, int WARPS_, int M_TILES_, int BLOCK_K_, bool Q_IN_REGS_, int MIN_BLOCKS_> struct Tile {
     static constexpr int D = D_;
     static constexpr int DK = (D + 15) / 16 * 16;  // Q·Kᵀ reduction, whole k16 steps: 64, 80, 128
     static constexpr int K_STEPS = DK / 16;
@@ -41,6 +41,7 @@ template <int D_, int WARPS_, int M_TILES_, int BLOCK_K_, bool Q_IN_REGS_> struc
     static constexpr int BLOCK_Q = 16 * M_TILES_ * WARPS_, BLOCK_K = BLOCK_K_;
     static constexpr int S_TILES = BLOCK_K / 8;     // n8 tiles of the score block
     static constexpr bool Q_IN_REGS = Q_IN_REGS_;   // keep Q's A fragments in registers
+    static constexpr int MIN_BLOCKS = MIN_BLOCKS_;  // CTAs per SM to fit (caps registers)
     // Q [BLOCK_Q][LD], K [2][BLOCK_K][LD], V [2][BLOCK_K][LD] (16-bit), key bias [2][BLOCK_K] f32.
     static constexpr int SMEM = 2 * (BLOCK_Q + 4 * BLOCK_K) * LD + 4 * 2 * BLOCK_K;
     static_assert(D % 8 == 0 && DK - D <= 8 && BLOCK_K % 16 == 0 && O_TILES >= 2, "tile shape");
@@ -49,14 +50,15 @@ template <int D_, int WARPS_, int M_TILES_, int BLOCK_K_, bool Q_IN_REGS_> struc
 
 // Two m16 tiles per warp (32 query rows) halve the shared-memory traffic of the K/V fragments per
 // mma compared with one (each ldmatrix'd B fragment feeds two mma); 4 warps give a 128-row Q
-// tile. Registers per thread (fragments only; ptxas: 238-255 in all, no spills):
-//   d64 : S 64 + O 64 + Q 32, 64-key tiles.
-//   d72 : S 64 + O 72 + Q 40, 64-key tiles.
-//   d128: S 32 + O 128, 32-key tiles; Q fragments are re-read from shared memory every k-step
-//         (64-key tiles or Q in registers spill).
-using TileD64 = Tile<64, 4, 2, 64, true>;
-using TileD72 = Tile<72, 4, 2, 64, true>;
-using TileD128 = Tile<128, 4, 2, 32, false>;
+// tile. The loop is latency-bound (2-3 warps per scheduler), so the choices below were measured
+// on an H100 (bench/attention_sdpa.py, PixArt/DiT shapes), all without spills:
+//   d64 : 64-key tiles, Q fragments in registers (S 64 + O 64 + Q 32), 2 CTAs/SM.
+//   d72 : 32-key tiles, Q re-read from shared memory, ≤ 168 registers so 3 CTAs/SM fit
+//         (S 32 + O 72): ~7% faster than 64-key tiles with Q in registers at 2 CTAs/SM.
+//   d128: 32-key tiles, Q from shared memory (S 32 + O 128), 2 CTAs/SM; 64-key tiles spill.
+using TileD64 = Tile<64, 4, 2, 64, true, 2>;
+using TileD72 = Tile<72, 4, 2, 32, false, 3>;
+using TileD128 = Tile<128, 4, 2, 32, false, 2>;
 
 constexpr float LOG2E = 1.4426950408889634f;
 
@@ -76,6 +78,9 @@ __device__ __forceinline__ void load_rows(T* s, const T* g, int64_t stride, int 
         }
     }
 }
+
+// 2^x for the softmax (the MUFU.EX2 unit; exp2f adds a denormal fix-up of 3 instructions around it).
+__device__ __forceinline__ float ex2(float x) { return exp2f(x); }
 
 // Additive score term of key j in the log2 domain; −inf masks keys past the end.
 __device__ __forceinline__ float key_term(const float* bias, int j, int nk) {
@@ -187,36 +192,44 @@ template <typename T, class K> __device__ __forceinline__ void run(const Attenti
         // ---- online softmax (log2 domain) --------------------------------------------------------
         // Each thread holds rows g = lane / 4 and g + 8 of every m16 tile, columns 2·quad, +1 of
         // every n8 tile; the 4 threads of a quad share a row.
+        // Tiles with a key bias or keys past the end add the bias row first (s' = s·c + b, then
+        // p = 2^(s' − m)); the others, most of a self-attention, fold the scale into the
+        // exponent's FMA (p = 2^(s·c − m)) and take the row max of the raw scores (c > 0).
+        const bool biased = gbias != nullptr || (it + 1) * BK > p.nk || !(p.scale_log2 > 0.0f);
+        if (biased) {
 #pragma unroll
-        for (int n = 0; n < S_TILES; ++n) {
-            const float2 kb = *reinterpret_cast<const float2*>(bS + n * 8 + 2 * quad);
+            for (int n = 0; n < S_TILES; ++n) {
+                const float2 kb = *reinterpret_cast<const float2*>(bS + n * 8 + 2 * quad);
 #pragma unroll
-            for (int mt = 0; mt < MT; ++mt) {
-                s[mt][n][0] = fmaf(s[mt][n][0], p.scale_log2, kb.x);
-                s[mt][n][1] = fmaf(s[mt][n][1], p.scale_log2, kb.y);
-                s[mt][n][2] = fmaf(s[mt][n][2], p.scale_log2, kb.x);
-                s[mt][n][3] = fmaf(s[mt][n][3], p.scale_log2, kb.y);
+                for (int mt = 0; mt < MT; ++mt) {
+                    s[mt][n][0] = fmaf(s[mt][n][0], p.scale_log2, kb.x);
+                    s[mt][n][1] = fmaf(s[mt][n][1], p.scale_log2, kb.y);
+                    s[mt][n][2] = fmaf(s[mt][n][2], p.scale_log2, kb.x);
+                    s[mt][n][3] = fmaf(s[mt][n][3], p.scale_log2, kb.y);
+                }
             }
         }
+        const float mul = biased ? 1.0f : p.scale_log2;
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
             for (int r = 0; r < 2; ++r) {
-                float mx = row_max[mt][r];
+                float mx = -INFINITY;
 #pragma unroll
                 for (int n = 0; n < S_TILES; ++n) mx = fmaxf(mx, fmaxf(s[mt][n][2 * r], s[mt][n][2 * r + 1]));
                 mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
                 mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+                mx = fmaxf(row_max[mt][r], mx * mul);
                 // A row with only −inf so far (cannot happen for a valid row: key 0 is in tile 0,
                 // but an all −inf bias must not turn into NaN here).
                 const float base = mx == -INFINITY ? 0.0f : mx;
-                const float alpha = exp2f(row_max[mt][r] - base);
+                const float alpha = ex2(row_max[mt][r] - base);
                 row_max[mt][r] = mx;
                 float sum = 0.0f;
 #pragma unroll
                 for (int n = 0; n < S_TILES; ++n) {
-                    s[mt][n][2 * r] = exp2f(s[mt][n][2 * r] - base);
-                    s[mt][n][2 * r + 1] = exp2f(s[mt][n][2 * r + 1] - base);
+                    s[mt][n][2 * r] = ex2(fmaf(s[mt][n][2 * r], mul, -base));
+                    s[mt][n][2 * r + 1] = ex2(fmaf(s[mt][n][2 * r + 1], mul, -base));
                     sum += s[mt][n][2 * r] + s[mt][n][2 * r + 1];
                 }
                 // Per-thread partial row sums; the quad reduces them once, at the end.
@@ -313,7 +326,7 @@ ATTN_CHECK_TILE(TileD128, 128)
 }  // namespace attention
 
 #define ATTN_KERNEL(name, T, K)                                                                      \
-    extern "C" __global__ void __launch_bounds__(ATTN_THREADS) name(AttentionParams p) { attention::run<T, K>(p); }
+    extern "C" __global__ void __launch_bounds__(K::THREADS, K::MIN_BLOCKS) name(AttentionParams p) { attention::run<T, K>(p); }
 ATTN_KERNEL(attention_d64_bf16, bf16, attention::TileD64)
 ATTN_KERNEL(attention_d64_f16, f16, attention::TileD64)
 ATTN_KERNEL(attention_d72_bf16, bf16, attention::TileD72)

@@ -203,18 +203,18 @@ typedef struct RelL1Params {
 /* Tiles: ATTN_BLOCK_Q queries per CTA (4 warps x 32 rows) against          */
 /* double-buffered ATTN_BLOCK_K_D<d>-key K/V tiles. Shared memory =          */
 /* 2 bytes * (BLOCK_Q + 4 * BLOCK_K) rows * pitch + 2 * BLOCK_K floats of    */
-/* key bias, pitch = round_up(d, 16) + 8 elements (72, 88, 136). Every size  */
-/* is above the 48 KB default: the CUDA backend must raise the function's    */
-/* CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES to ATTN_SMEM_D<d>         */
-/* (ATTN_SMEM_MAX covers all) before the first launch.                       */
+/* key bias, pitch = round_up(d, 16) + 8 elements (72, 88, 136). d64 and    */
+/* d128 need more than the 48 KB default: the CUDA backend must raise the    */
+/* function's CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES to             */
+/* ATTN_SMEM_D<d> (ATTN_SMEM_MAX covers all) before the first launch.        */
 /* ------------------------------------------------------------------------ */
 #define ATTN_THREADS 128
 #define ATTN_BLOCK_Q 128
 #define ATTN_BLOCK_K_D64 64
-#define ATTN_BLOCK_K_D72 64
+#define ATTN_BLOCK_K_D72 32
 #define ATTN_BLOCK_K_D128 32
 #define ATTN_SMEM_D64 55808  /* 2 * (128 + 4 * 64) * 72  + 8 * 64 */
-#define ATTN_SMEM_D72 68096  /* 2 * (128 + 4 * 64) * 88  + 8 * 64 */
+#define ATTN_SMEM_D72 45312  /* 2 * (128 + 4 * 32) * 88  + 8 * 32 */
 #define ATTN_SMEM_D128 69888 /* 2 * (128 + 4 * 32) * 136 + 8 * 32 */
 #define ATTN_SMEM_MAX 69888
 typedef struct AttentionParams {

@@ -11,10 +11,10 @@ pub const SCHED_LCM: u32 = 3;
 pub const ATTN_THREADS: u32 = 128;
 pub const ATTN_BLOCK_Q: u32 = 128;
 pub const ATTN_BLOCK_K_D64: u32 = 64;
-pub const ATTN_BLOCK_K_D72: u32 = 64;
+pub const ATTN_BLOCK_K_D72: u32 = 32;
 pub const ATTN_BLOCK_K_D128: u32 = 32;
 pub const ATTN_SMEM_D64: u32 = 55808;
-pub const ATTN_SMEM_D72: u32 = 68096;
+pub const ATTN_SMEM_D72: u32 = 45312;
 pub const ATTN_SMEM_D128: u32 = 69888;
 pub const ATTN_SMEM_MAX: u32 = 69888;
 #[repr(C)]
