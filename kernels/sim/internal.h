@@ -84,8 +84,9 @@ struct Sched {
     // Block barrier.
     unsigned live = 0, at_bar = 0;
     int bar_kind = -1, bar_count = 0, bar_and = 1, bar_or = 0;
-    // Warp order for tests: 0 in order, 1 reversed, 2 shuffled at every barrier.
+    // Warp order for tests: 0 in order, 1 reversed, 2 shuffled at every barrier (seeded).
     int order_mode = 0;
+    unsigned seed = 0;
     uint64_t rng = 0;
     std::vector<unsigned> order;  // thread ids in the order barriers release them
     // Failure of the running launch.
@@ -109,7 +110,24 @@ constexpr size_t kRedZone = 4096;
 // in the guard instead of jumping into the neighbouring fiber's stack.
 constexpr size_t kGuard = 64 << 10;
 
+// fiber.cpp
+#ifndef DELTADIT_SIM_USE_UCONTEXT
+extern "C" void deltadit_sim_ctx_switch(void** save, void* to);  // asm
+inline void ctx_switch(Ctx* from, Ctx* to) { deltadit_sim_ctx_switch(&from->sp, to->sp); }
+#else
+inline void ctx_switch(Ctx* from, Ctx* to) { swapcontext(&from->uc, &to->uc); }
+#endif
+// Prepares f to start in entry(f) on its stack at the next switch to it.
+void ctx_init(Fiber* f, size_t stack_size, void (*entry)(Fiber*));
+bool ensure_stacks(Sched& s, unsigned n);
+void install_overflow_handler();
+
 // sched.cpp
+std::string fmt(const char* f, ...) __attribute__((format(printf, 1, 2)));
+bool env_abort();
+inline size_t smem_rounded(size_t n) { return (n + 127) & ~size_t(127); }
+// Runs block s.bidx of the current launch; false (s.error set) when a diagnostic fired.
+bool run_block(Sched& s);
 void warp_collective(const CollOp* op, unsigned mask);
 [[noreturn]] void fail_fiber(Fiber* f, const std::string& msg);
 std::string lanes_str(unsigned mask);
