@@ -96,7 +96,7 @@ pub struct StepInfo {
 }
 
 /// A cache policy.
-pub trait CachePolicy: Send {
+pub trait CachePolicy: Send + std::fmt::Debug {
     /// `none`, `delta`, ...
     fn name(&self) -> &'static str;
     /// Parameters as `k=v,...` (the CLI spec syntax).

@@ -1,0 +1,337 @@
+//! Every CPU op against a naive float64 computation on random inputs (never zeros), at several
+//! shapes, outputs poisoned with NaN first.
+
+mod common;
+
+use common::{assert_close, poisoned, random, Rng};
+use deltadit::backend::cpu::Cpu;
+use deltadit::backend::{Activation, AttentionShape, Backend, CacheWrite, Cfg, ColSlice, SchedulerKind, SchedulerUpdate};
+use deltadit::DType::F32;
+
+const TOL: f64 = 1e-5;
+
+fn gelu64(x: f64) -> f64 {
+    0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh())
+}
+
+fn silu64(x: f64) -> f64 {
+    x / (1.0 + (-x).exp())
+}
+
+#[test]
+fn linear_bias_and_activations_match_f64() {
+    let be = Cpu::new(2);
+    let mut rng = Rng::new(1);
+    for &(m, n, k) in &[(1, 1, 1), (3, 5, 7), (17, 33, 65), (130, 96, 144)] {
+        for act in [Activation::None, Activation::GeluTanh, Activation::Silu] {
+            for with_bias in [false, true] {
+                let (x, xv) = random(&be, &mut rng, &[m, k], F32, 1.0);
+                let (w, wv) = random(&be, &mut rng, &[n, k], F32, 0.3);
+                let (b, bv) = random(&be, &mut rng, &[n], F32, 0.5);
+                let mut out = poisoned(&be, &[m, n], F32);
+                be.linear(&x, &w, with_bias.then_some(&b), act, &mut out).unwrap();
+                let mut want = vec![0.0f32; m * n];
+                for i in 0..m {
+                    for j in 0..n {
+                        let mut s: f64 = if with_bias { bv[j] as f64 } else { 0.0 };
+                        for kk in 0..k {
+                            s += xv[i * k + kk] as f64 * wv[j * k + kk] as f64;
+                        }
+                        want[i * n + j] = match act {
+                            Activation::None => s,
+                            Activation::GeluTanh => gelu64(s),
+                            Activation::Silu => silu64(s),
+                        } as f32;
+                    }
+                }
+                assert_close(&format!("linear {m}x{n}x{k} {act:?} bias={with_bias}"), &be.download(&out).unwrap(), &want, TOL);
+            }
+        }
+    }
+}
+
+#[test]
+fn norm_modulate_matches_f64() {
+    let be = Cpu::new(2);
+    let mut rng = Rng::new(2);
+    for &(batch, tokens, dim) in &[(1, 1, 4), (2, 7, 36), (3, 65, 144)] {
+        let (x, xv) = random(&be, &mut rng, &[batch * tokens, dim], F32, 2.0);
+        let (m, mv) = random(&be, &mut rng, &[batch, 6 * dim], F32, 0.5);
+        let mut out = poisoned(&be, &[batch * tokens, dim], F32);
+        let (shift_row, scale_row, eps) = (3, 4, 1e-6f32);
+        be.norm_modulate(&x, &m, shift_row, scale_row, eps, &mut out).unwrap();
+        let mut want = vec![0.0f32; batch * tokens * dim];
+        for r in 0..batch * tokens {
+            let row: Vec<f64> = xv[r * dim..(r + 1) * dim].iter().map(|&v| v as f64).collect();
+            let mean = row.iter().sum::<f64>() / dim as f64;
+            let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / dim as f64;
+            let b = r / tokens;
+            for j in 0..dim {
+                let shift = mv[b * 6 * dim + shift_row * dim + j] as f64;
+                let scale = mv[b * 6 * dim + scale_row * dim + j] as f64;
+                want[r * dim + j] = ((row[j] - mean) / (var + eps as f64).sqrt() * (1.0 + scale) + shift) as f32;
+            }
+        }
+        assert_close(&format!("norm_modulate b{batch} t{tokens} d{dim}"), &be.download(&out).unwrap(), &want, TOL);
+    }
+}
+
+#[test]
+fn residual_gated_anchor_and_delta_match_f64() {
+    let be = Cpu::new(2);
+    let mut rng = Rng::new(3);
+    let (batch, tokens, dim) = (2, 9, 40);
+    let rows = batch * tokens;
+    for mode in 0..3 {
+        for gated in [false, true] {
+            let (mut x, xv) = random(&be, &mut rng, &[rows, dim], F32, 1.0);
+            let (y, yv) = random(&be, &mut rng, &[rows, dim], F32, 1.0);
+            let (m, mv) = random(&be, &mut rng, &[batch, 6 * dim], F32, 1.0);
+            let (mut cache, cv) = random(&be, &mut rng, &[rows, dim], F32, 1.0);
+            let cw = match mode {
+                0 => CacheWrite::None,
+                1 => CacheWrite::Anchor(&mut cache),
+                _ => CacheWrite::Delta(&mut cache),
+            };
+            be.residual(&mut x, &y, gated.then_some((&m, 5)), cw).unwrap();
+            let want: Vec<f32> = (0..rows * dim)
+                .map(|i| {
+                    let g = if gated { mv[(i / dim / tokens) * 6 * dim + 5 * dim + i % dim] as f64 } else { 1.0 };
+                    (xv[i] as f64 + g * yv[i] as f64) as f32
+                })
+                .collect();
+            let got = be.download(&x).unwrap();
+            assert_close(&format!("residual mode {mode} gated={gated}: x"), &got, &want, TOL);
+            let want_cache: Vec<f32> = match mode {
+                0 => cv.clone(),
+                1 => got.clone(),
+                _ => got.iter().zip(&cv).map(|(&o, &c)| o - c).collect(),
+            };
+            assert_close(&format!("residual mode {mode}: cache"), &be.download(&cache).unwrap(), &want_cache, TOL);
+        }
+    }
+}
+
+/// softmax(q·kᵀ·scale + bias)·v per (batch, head), in f64.
+fn attention64(s: &AttentionShape, q: (&[f32], usize, usize), k: (&[f32], usize, usize), v: (&[f32], usize, usize), bias: Option<&[f32]>) -> Vec<f32> {
+    let (d, width) = (s.head_dim, s.heads * s.head_dim);
+    let mut out = vec![0.0f32; s.batch * s.nq * width];
+    for b in 0..s.batch {
+        for h in 0..s.heads {
+            for i in 0..s.nq {
+                let qi = |c: usize| q.0[(b * s.nq + i) * q.2 + q.1 + h * d + c] as f64;
+                let scores: Vec<f64> = (0..s.nk)
+                    .map(|j| {
+                        let dot: f64 = (0..d).map(|c| qi(c) * k.0[(b * s.nk + j) * k.2 + k.1 + h * d + c] as f64).sum();
+                        dot * s.scale as f64 + bias.map_or(0.0, |bb| bb[b * s.nk + j] as f64)
+                    })
+                    .collect();
+                let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = scores.iter().map(|x| (x - max).exp()).collect();
+                let sum: f64 = e.iter().sum();
+                for c in 0..d {
+                    let o: f64 = (0..s.nk).map(|j| e[j] / sum * v.0[(b * s.nk + j) * v.2 + v.1 + h * d + c] as f64).sum();
+                    out[(b * s.nq + i) * width + h * d + c] = o as f32;
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn attention_self_and_cross_with_mask_match_f64() {
+    let be = Cpu::new(2);
+    let mut rng = Rng::new(4);
+    // (batch, heads, head_dim, nq, nk, masked)
+    for &(batch, heads, d, nq, nk, masked) in &[(1, 1, 8, 1, 1, false), (2, 3, 16, 37, 37, false), (2, 2, 72, 130, 12, true), (3, 1, 64, 5, 300, true)] {
+        let width = heads * d;
+        let scale = (d as f32).powf(-0.5);
+        let s = AttentionShape { batch, heads, head_dim: d, nq, nk, scale };
+        let (qkv, qv) = random(&be, &mut rng, &[batch * nq, 3 * width], F32, 1.0);
+        let (kv, kvv) = random(&be, &mut rng, &[batch * nk, 2 * width], F32, 1.0);
+        // masks keep a random subset, at least one key (sample 0 keeps only key 0)
+        let bias_v: Vec<f32> = (0..batch * nk).map(|i| if (i % nk == 0) || (i / nk > 0 && rng.uniform() < 0.5) { 0.0 } else { -10000.0 }).collect();
+        let bias = be.upload(&bias_v, &[batch, nk], F32).unwrap();
+        let mut out = poisoned(&be, &[batch * nq, width], F32);
+        let self_attn = nq == nk;
+        let (k_t, k_arr, v_col) = if self_attn { (&qkv, &qv, 2 * width) } else { (&kv, &kvv, width) };
+        let k_col = if self_attn { width } else { 0 };
+        be.attention(&s, ColSlice::new(&qkv, 0), ColSlice::new(k_t, k_col), ColSlice::new(k_t, v_col), masked.then_some(&bias), &mut out).unwrap();
+        let ks = k_t.cols();
+        let want = attention64(&s, (&qv, 0, 3 * width), (k_arr, k_col, ks), (k_arr, v_col, ks), masked.then_some(&bias_v[..]));
+        assert_close(&format!("attention b{batch} h{heads} d{d} {nq}x{nk} mask={masked}"), &be.download(&out).unwrap(), &want, TOL);
+    }
+}
+
+#[test]
+fn activation_and_add_bcast_match_f64() {
+    let be = Cpu::new(2);
+    let mut rng = Rng::new(5);
+    let (rows, cols) = (11, 23);
+    let (x, xv) = random(&be, &mut rng, &[rows, cols], F32, 2.0);
+    let (b, bv) = random(&be, &mut rng, &[cols], F32, 1.0);
+    for act in [Activation::GeluTanh, Activation::Silu, Activation::None] {
+        let mut out = poisoned(&be, &[rows, cols], F32);
+        be.activation(&x, Some(&b), act, &mut out).unwrap();
+        let want: Vec<f32> = (0..rows * cols)
+            .map(|i| {
+                let v = xv[i] as f64 + bv[i % cols] as f64;
+                (match act {
+                    Activation::GeluTanh => gelu64(v),
+                    Activation::Silu => silu64(v),
+                    Activation::None => v,
+                }) as f32
+            })
+            .collect();
+        assert_close(&format!("activation {act:?}"), &be.download(&out).unwrap(), &want, TOL);
+    }
+    let (mut x2, x2v) = random(&be, &mut rng, &[rows, cols], F32, 1.0);
+    be.add_bcast(&mut x2, &b).unwrap();
+    let want: Vec<f32> = (0..rows * cols).map(|i| x2v[i] + bv[i % cols]).collect();
+    assert_close("add_bcast", &be.download(&x2).unwrap(), &want, 1e-7);
+}
+
+#[test]
+fn timestep_embedding_matches_f64_formula() {
+    let be = Cpu::new(2);
+    let ts = [0.0f32, 1.0, 37.0, 500.0, 999.0];
+    for (flip, shift) in [(true, 0.0f32), (true, 1.0), (false, 0.0)] {
+        let t = be.upload(&ts, &[ts.len()], F32).unwrap();
+        let dim = 256;
+        let mut out = poisoned(&be, &[ts.len(), dim], F32);
+        be.timestep_embedding(&t, flip, shift, &mut out).unwrap();
+        let half = dim / 2;
+        let mut want = vec![0.0f32; ts.len() * dim];
+        for (b, &tv) in ts.iter().enumerate() {
+            for k in 0..half {
+                let a = tv as f64 * (-(10000f64.ln()) * k as f64 / (half as f64 - shift as f64)).exp();
+                let (s, c) = a.sin_cos();
+                let (first, second) = if flip { (c, s) } else { (s, c) };
+                want[b * dim + k] = first as f32;
+                want[b * dim + half + k] = second as f32;
+            }
+        }
+        // f32 arguments up to ~1000 rad: sin/cos of the rounded argument differ from f64 by
+        // about 1000·2⁻²⁴ ≈ 6e-5.
+        assert_close(&format!("timestep_embedding flip={flip} shift={shift}"), &be.download(&out).unwrap(), &want, 2e-4);
+    }
+}
+
+#[test]
+fn patchify_and_unpatchify_follow_the_conv_and_einsum_layouts() {
+    let be = Cpu::new(2);
+    let mut rng = Rng::new(6);
+    for &(b, c, h, w, p) in &[(1, 4, 4, 4, 2), (2, 3, 6, 10, 2), (1, 2, 3, 6, 3)] {
+        let (x, xv) = random(&be, &mut rng, &[b, c, h, w], F32, 1.0);
+        let (th, tw) = (h / p, w / p);
+        let mut patches = poisoned(&be, &[b * th * tw, c * p * p], F32);
+        be.patchify(&x, p, &mut patches).unwrap();
+        let got = be.download(&patches).unwrap();
+        for bi in 0..b {
+            for i in 0..th {
+                for j in 0..tw {
+                    for ci in 0..c {
+                        for kh in 0..p {
+                            for kw in 0..p {
+                                let tok = (bi * th + i) * tw + j;
+                                assert_eq!(got[tok * c * p * p + (ci * p + kh) * p + kw], xv[((bi * c + ci) * h + i * p + kh) * w + j * p + kw]);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // unpatchify reads features in (p, q, c) order: out[b, c, i·p + pp, j·p + q] = x[tok, (pp·p + q)·C + c]
+        let (tok, tv) = random(&be, &mut rng, &[b * th * tw, p * p * c], F32, 1.0);
+        let mut img = poisoned(&be, &[b, c, h, w], F32);
+        be.unpatchify(&tok, p, &mut img).unwrap();
+        let got = be.download(&img).unwrap();
+        for bi in 0..b {
+            for ci in 0..c {
+                for y in 0..h {
+                    for xx in 0..w {
+                        let t = (bi * th + y / p) * tw + xx / p;
+                        assert_eq!(got[((bi * c + ci) * h + y) * w + xx], tv[t * p * p * c + ((y % p) * p + xx % p) * c + ci]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn cfg_combine_orders_and_learned_sigma_split() {
+    let be = Cpu::new(2);
+    let mut rng = Rng::new(7);
+    let (batch, c, c_out, h, w) = (2, 4, 8, 3, 5);
+    let (out, ov) = random(&be, &mut rng, &[2 * batch, c_out, h, w], F32, 1.0);
+    let hw = h * w;
+    for cond_first in [true, false] {
+        let g = 4.5f32;
+        let mut eps = poisoned(&be, &[batch, c, h, w], F32);
+        be.cfg_combine(&out, Cfg::On { scale: g, cond_first }, &mut eps).unwrap();
+        let want: Vec<f32> = (0..batch * c * hw)
+            .map(|i| {
+                let (b, ch, p) = (i / (c * hw), (i / hw) % c, i % hw);
+                let at = |s: usize| ov[(s * c_out + ch) * hw + p] as f64;
+                let (cv, uv) = if cond_first { (at(b), at(b + batch)) } else { (at(b + batch), at(b)) };
+                (uv + g as f64 * (cv - uv)) as f32
+            })
+            .collect();
+        assert_close(&format!("cfg_combine cond_first={cond_first}"), &be.download(&eps).unwrap(), &want, 1e-6);
+    }
+    let (out1, o1) = random(&be, &mut rng, &[batch, c_out, h, w], F32, 1.0);
+    let mut eps = poisoned(&be, &[batch, c, h, w], F32);
+    be.cfg_combine(&out1, Cfg::Off, &mut eps).unwrap();
+    let want: Vec<f32> = (0..batch * c * hw).map(|i| o1[((i / (c * hw)) * c_out + (i / hw) % c) * hw + i % hw]).collect();
+    assert_eq!(be.download(&eps).unwrap(), want);
+}
+
+#[test]
+fn scheduler_step_formulas_match_f64() {
+    let be = Cpu::new(2);
+    let mut rng = Rng::new(8);
+    let n = 301;
+    let c = [0.7f32, 0.9, 1.1, -0.3, 2.0, 0.25];
+    for kind in [SchedulerKind::Dpm1, SchedulerKind::Dpm2, SchedulerKind::Ddim, SchedulerKind::Lcm] {
+        let (mut x, xv) = random(&be, &mut rng, &[n], F32, 1.0);
+        let (eps, ev) = random(&be, &mut rng, &[n], F32, 1.0);
+        let (mut prev, pv) = random(&be, &mut rng, &[n], F32, 1.0);
+        let (noise, nv) = random(&be, &mut rng, &[n], F32, 1.0);
+        let u = SchedulerUpdate { kind, c };
+        be.scheduler_step(&u, &mut x, &eps, Some(&mut prev), Some(&noise)).unwrap();
+        let cd: Vec<f64> = c.iter().map(|&v| v as f64).collect();
+        let x0: Vec<f64> = (0..n).map(|i| (xv[i] as f64 - cd[0] * ev[i] as f64) / cd[1]).collect();
+        let want: Vec<f32> = (0..n)
+            .map(|i| {
+                let xi = xv[i] as f64;
+                (match kind {
+                    SchedulerKind::Dpm1 => cd[2] * xi - cd[3] * x0[i],
+                    SchedulerKind::Dpm2 => cd[2] * xi - cd[3] * x0[i] - cd[5] * cd[4] * (x0[i] - pv[i] as f64),
+                    SchedulerKind::Ddim => cd[2] * x0[i] + cd[3] * ev[i] as f64,
+                    SchedulerKind::Lcm => cd[4] * (cd[2] * x0[i] + cd[3] * xi) + cd[5] * nv[i] as f64,
+                }) as f32
+            })
+            .collect();
+        assert_close(&format!("scheduler_step {kind:?}"), &be.download(&x).unwrap(), &want, 1e-6);
+        let x0f: Vec<f32> = x0.iter().map(|&v| v as f32).collect();
+        assert_close(&format!("scheduler_step {kind:?}: x0_prev"), &be.download(&prev).unwrap(), &x0f, 1e-6);
+    }
+}
+
+#[test]
+fn rel_l1_and_copy_range() {
+    let be = Cpu::new(2);
+    let mut rng = Rng::new(9);
+    let (a, av) = random(&be, &mut rng, &[7, 13], F32, 1.0);
+    let (b, bv) = random(&be, &mut rng, &[7, 13], F32, 1.0);
+    let (d, n) = be.rel_l1(&a, &b).unwrap();
+    let dw: f64 = av.iter().zip(&bv).map(|(&x, &y)| (x as f64 - y as f64).abs()).sum();
+    let nw: f64 = bv.iter().map(|&y| (y as f64).abs()).sum();
+    assert!(((d as f64) - dw).abs() <= 1e-5 * dw && ((n as f64) - nw).abs() <= 1e-5 * nw);
+    let mut dst = poisoned(&be, &[5, 13], F32);
+    be.copy_range(&a, 13, &mut dst, 26, 20).unwrap();
+    assert_eq!(&be.download(&dst).unwrap()[26..46], &av[13..33]);
+    assert!(be.copy_range(&a, 80, &mut dst, 0, 20).is_err(), "out-of-range source must be an error");
+}
