@@ -1,0 +1,238 @@
+//! The `deltadit` binary end to end: forward and sample on golden cases, info, and the error
+//! paths (one clear line on stderr and a non-zero exit, never a panic).
+
+mod common;
+
+use common::rel_l2;
+use deltadit::io::{write_safetensors, HostTensor, SafetensorsFile};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_deltadit"))
+}
+
+fn data(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("deltadit-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).output().expect("run deltadit")
+}
+
+/// Asserts failure with exactly one stderr line that contains every `needles` item.
+#[track_caller]
+fn fails_with(out: Output, needles: &[&str]) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "expected failure, stderr: {err}");
+    assert_ne!(out.status.code(), Some(101), "panicked: {err}");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one line, got: {err}");
+    assert!(lines[0].starts_with("error: "), "{err}");
+    for n in needles {
+        assert!(lines[0].contains(n), "`{n}` missing from: {err}");
+    }
+}
+
+fn read(path: &Path, name: &str) -> Vec<f32> {
+    SafetensorsFile::open(path).unwrap().get(name).unwrap().to_f32(name).unwrap()
+}
+
+#[test]
+fn forward_writes_sample_matching_diffusers() {
+    let out = tmp("forward.safetensors");
+    let dir = data("pixart-tiny");
+    let o = run(&["forward", "--model", dir.to_str().unwrap(), "--inputs", dir.join("inputs.safetensors").to_str().unwrap(), "--output", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let e = rel_l2(&read(&out, "sample"), &read(&dir.join("expected.safetensors"), "sample"));
+    assert!(e <= 1e-5, "rel err {e:.2e}");
+}
+
+#[test]
+fn sample_with_delta_cache_writes_latents_timesteps_and_blocks_run() {
+    let out = tmp("sample.safetensors");
+    let dir = data("pixart-tiny-delta-n2-nc4-b12");
+    let o = run(&[
+        "sample", "--model", dir.to_str().unwrap(), "--inputs", dir.join("inputs.safetensors").to_str().unwrap(),
+        "--output", out.to_str().unwrap(), "--scheduler", "dpm-solver++", "--steps", "20", "--guidance", "4.5",
+        "--cache", "delta:n=2,nc=4,b=12",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let exp = dir.join("expected.safetensors");
+    assert!(rel_l2(&read(&out, "latents"), &read(&exp, "latents")) <= 1e-4);
+    assert_eq!(read(&out, "blocks_run"), read(&exp, "blocks_run"));
+    assert_eq!(read(&out, "timesteps"), read(&exp, "timesteps"));
+}
+
+#[test]
+fn info_reports_parameters_and_macs() {
+    let o = run(&["info", "--model", data("dit-tiny").to_str().unwrap()]);
+    assert!(o.status.success());
+    let s = String::from_utf8_lossy(&o.stdout);
+    assert!(s.contains("DiTTransformer2DModel") && s.contains("parameters") && s.contains("MACs"), "{s}");
+}
+
+// ------------------------------------------------------------------ errors
+
+/// A copy of a golden model folder with a changed config or weights.
+fn model_copy(name: &str, case: &str) -> PathBuf {
+    let dir = tmp(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["config.json", "diffusion_pytorch_model.safetensors"] {
+        std::fs::copy(data(case).join(f), dir.join(f)).unwrap();
+    }
+    dir
+}
+
+fn forward_args<'a>(model: &'a str, inputs: &'a str, out: &'a str) -> Vec<&'a str> {
+    vec!["forward", "--model", model, "--inputs", inputs, "--output", out]
+}
+
+#[test]
+fn missing_model_folder() {
+    let inputs = data("pixart-tiny").join("inputs.safetensors");
+    fails_with(run(&forward_args("/nonexistent/model", inputs.to_str().unwrap(), "/tmp/x.safetensors")), &["/nonexistent/model"]);
+}
+
+#[test]
+fn missing_inputs_file() {
+    let m = data("pixart-tiny");
+    fails_with(run(&forward_args(m.to_str().unwrap(), "/nonexistent/in.safetensors", "/tmp/x.safetensors")), &["/nonexistent/in.safetensors"]);
+}
+
+#[test]
+fn truncated_weights() {
+    let dir = model_copy("truncated", "pixart-tiny");
+    let w = dir.join("diffusion_pytorch_model.safetensors");
+    let bytes = std::fs::read(&w).unwrap();
+    std::fs::write(&w, &bytes[..bytes.len() / 2]).unwrap();
+    let inputs = data("pixart-tiny").join("inputs.safetensors");
+    fails_with(run(&forward_args(dir.to_str().unwrap(), inputs.to_str().unwrap(), "/tmp/x.safetensors")), &["truncated", "diffusion_pytorch_model.safetensors"]);
+}
+
+#[test]
+fn unknown_class_name() {
+    let dir = model_copy("unknown-class", "pixart-tiny");
+    let cfg = std::fs::read_to_string(dir.join("config.json")).unwrap().replace("PixArtTransformer2DModel", "UNet2DConditionModel");
+    std::fs::write(dir.join("config.json"), cfg).unwrap();
+    let inputs = data("pixart-tiny").join("inputs.safetensors");
+    fails_with(run(&forward_args(dir.to_str().unwrap(), inputs.to_str().unwrap(), "/tmp/x.safetensors")), &["UNet2DConditionModel"]);
+}
+
+#[test]
+fn hub_class_name_is_remapped_by_norm_type() {
+    let dir = model_copy("hub-class", "dit-tiny");
+    let cfg = std::fs::read_to_string(dir.join("config.json")).unwrap().replace("DiTTransformer2DModel", "Transformer2DModel");
+    std::fs::write(dir.join("config.json"), cfg).unwrap();
+    let out = tmp("hub.safetensors");
+    let inputs = data("dit-tiny").join("inputs.safetensors");
+    let o = run(&forward_args(dir.to_str().unwrap(), inputs.to_str().unwrap(), out.to_str().unwrap()));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(rel_l2(&read(&out, "sample"), &read(&data("dit-tiny").join("expected.safetensors"), "sample")) <= 1e-5);
+}
+
+/// Rewrites the golden weights without one key, or with one key reshaped.
+fn weights_edit(name: &str, case: &str, drop: Option<&str>, reshape: Option<(&str, Vec<usize>)>) -> PathBuf {
+    let dir = model_copy(name, case);
+    let src = SafetensorsFile::open(&data(case).join("diffusion_pytorch_model.safetensors")).unwrap();
+    let mut tensors = Vec::new();
+    for k in src.names() {
+        if Some(k.as_str()) == drop {
+            continue;
+        }
+        let t = src.get(&k).unwrap();
+        let mut shape = t.shape.to_vec();
+        if let Some((rk, s)) = &reshape {
+            if *rk == k {
+                shape = s.clone();
+            }
+        }
+        tensors.push((k.clone(), HostTensor::F32(t.to_f32(&k).unwrap(), shape)));
+    }
+    let named: Vec<(&str, HostTensor)> = tensors.iter().map(|(k, t)| (k.as_str(), match t {
+        HostTensor::F32(v, s) => HostTensor::F32(v.clone(), s.clone()),
+        HostTensor::I64(v, s) => HostTensor::I64(v.clone(), s.clone()),
+    })).collect();
+    write_safetensors(&dir.join("diffusion_pytorch_model.safetensors"), &named).unwrap();
+    dir
+}
+
+#[test]
+fn missing_weight_names_the_key() {
+    let key = "transformer_blocks.1.attn2.to_k.weight";
+    let dir = weights_edit("missing-key", "pixart-tiny", Some(key), None);
+    let inputs = data("pixart-tiny").join("inputs.safetensors");
+    fails_with(run(&forward_args(dir.to_str().unwrap(), inputs.to_str().unwrap(), "/tmp/x.safetensors")), &[key]);
+}
+
+#[test]
+fn wrong_weight_shape_names_expected_and_found() {
+    let key = "transformer_blocks.0.ff.net.2.weight";
+    let dir = weights_edit("bad-shape", "pixart-tiny", None, Some((key, vec![576, 144])));
+    let inputs = data("pixart-tiny").join("inputs.safetensors");
+    fails_with(run(&forward_args(dir.to_str().unwrap(), inputs.to_str().unwrap(), "/tmp/x.safetensors")), &[key, "[144, 576]", "[576, 144]"]);
+}
+
+#[test]
+fn input_of_wrong_shape_or_missing_is_named() {
+    let m = data("pixart-tiny");
+    let src = SafetensorsFile::open(&m.join("inputs.safetensors")).unwrap();
+    let get = |k: &str| src.get(k).unwrap().to_f32(k).unwrap();
+    // hidden_states with 3 channels
+    let bad = tmp("bad-inputs.safetensors");
+    write_safetensors(&bad, &[
+        ("hidden_states", HostTensor::F32(get("hidden_states")[..2 * 3 * 16 * 16].to_vec(), vec![2, 3, 16, 16])),
+        ("timestep", HostTensor::F32(get("timestep"), vec![2])),
+        ("encoder_hidden_states", HostTensor::F32(get("encoder_hidden_states"), vec![2, 12, 64])),
+    ]).unwrap();
+    fails_with(run(&forward_args(m.to_str().unwrap(), bad.to_str().unwrap(), "/tmp/x.safetensors")), &["hidden_states", "[2, 3, 16, 16]"]);
+    // encoder states missing
+    let missing = tmp("missing-inputs.safetensors");
+    write_safetensors(&missing, &[
+        ("hidden_states", HostTensor::F32(get("hidden_states"), vec![2, 4, 16, 16])),
+        ("timestep", HostTensor::F32(get("timestep"), vec![2])),
+    ]).unwrap();
+    fails_with(run(&forward_args(m.to_str().unwrap(), missing.to_str().unwrap(), "/tmp/x.safetensors")), &["encoder_hidden_states"]);
+    // text features of the wrong width
+    let wide = tmp("wide-inputs.safetensors");
+    write_safetensors(&wide, &[
+        ("hidden_states", HostTensor::F32(get("hidden_states"), vec![2, 4, 16, 16])),
+        ("timestep", HostTensor::F32(get("timestep"), vec![2])),
+        ("encoder_hidden_states", HostTensor::F32(get("encoder_hidden_states")[..2 * 12 * 32].to_vec(), vec![2, 12, 32])),
+    ]).unwrap();
+    fails_with(run(&forward_args(m.to_str().unwrap(), wide.to_str().unwrap(), "/tmp/x.safetensors")), &["encoder_hidden_states"]);
+}
+
+#[test]
+fn input_of_wrong_dtype_is_named() {
+    let m = data("dit-tiny");
+    let src = SafetensorsFile::open(&m.join("inputs.safetensors")).unwrap();
+    let get = |k: &str| src.get(k).unwrap().to_f32(k).unwrap();
+    let bad = tmp("fractional-labels.safetensors");
+    write_safetensors(&bad, &[
+        ("hidden_states", HostTensor::F32(get("hidden_states"), vec![2, 4, 16, 16])),
+        ("timestep", HostTensor::F32(get("timestep"), vec![2])),
+        ("class_labels", HostTensor::F32(vec![1.5, 3.0], vec![2])),
+    ]).unwrap();
+    fails_with(run(&forward_args(m.to_str().unwrap(), bad.to_str().unwrap(), "/tmp/x.safetensors")), &["class_labels", "integers"]);
+}
+
+#[test]
+fn bad_cache_spec_and_device_options() {
+    let dir = data("pixart-tiny-dpmpp20-cfg");
+    let inputs = dir.join("inputs.safetensors");
+    let base = ["sample", "--model", dir.to_str().unwrap(), "--inputs", inputs.to_str().unwrap(), "--output", "/tmp/x.safetensors"];
+    let with = |extra: &[&str]| run(&[&base[..], extra].concat());
+    fails_with(with(&["--cache", "delta:nc=1,b=99"]), &["b", "99", "0 ≤ b ≤ 20"]);
+    fails_with(with(&["--cache", "teacache"]), &["teacache", "delta"]);
+    fails_with(with(&["--scheduler", "euler"]), &["scheduler", "euler"]);
+    fails_with(with(&["--dtype", "bf16"]), &["dtype", "f32"]);
+    fails_with(with(&["--device", "tpu"]), &["device", "tpu"]);
+    fails_with(with(&["--steps", "0"]), &["steps"]);
+}
