@@ -111,6 +111,8 @@ impl RawTensor<'_> {
 /// A host tensor to write.
 pub enum HostTensor {
     F32(Vec<f32>, Vec<usize>),
+    F16(Vec<half::f16>, Vec<usize>),
+    BF16(Vec<half::bf16>, Vec<usize>),
     I64(Vec<i64>, Vec<usize>),
 }
 
@@ -121,6 +123,8 @@ pub fn write_safetensors(path: &Path, tensors: &[(&str, HostTensor)]) -> Result<
         .map(|(name, t)| {
             let (dtype, shape, bytes): (Dtype, &[usize], &[u8]) = match t {
                 HostTensor::F32(v, s) => (Dtype::F32, s, bytemuck::cast_slice(v)),
+                HostTensor::F16(v, s) => (Dtype::F16, s, bytemuck::cast_slice(v)),
+                HostTensor::BF16(v, s) => (Dtype::BF16, s, bytemuck::cast_slice(v)),
                 HostTensor::I64(v, s) => (Dtype::I64, s, bytemuck::cast_slice(v)),
             };
             let view = safetensors::tensor::TensorView::new(dtype, shape.to_vec(), bytes)

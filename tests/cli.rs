@@ -155,10 +155,7 @@ fn weights_edit(name: &str, case: &str, drop: Option<&str>, reshape: Option<(&st
         }
         tensors.push((k.clone(), HostTensor::F32(t.to_f32(&k).unwrap(), shape)));
     }
-    let named: Vec<(&str, HostTensor)> = tensors.iter().map(|(k, t)| (k.as_str(), match t {
-        HostTensor::F32(v, s) => HostTensor::F32(v.clone(), s.clone()),
-        HostTensor::I64(v, s) => HostTensor::I64(v.clone(), s.clone()),
-    })).collect();
+    let named: Vec<(&str, HostTensor)> = tensors.into_iter().map(|(k, t)| (&*k.leak(), t)).collect();
     write_safetensors(&dir.join("diffusion_pytorch_model.safetensors"), &named).unwrap();
     dir
 }
