@@ -12,6 +12,7 @@
 //! Outputs are written into tensors the caller allocated once (a workspace), so the CUDA backend
 //! can capture steps in graphs with stable addresses.
 
+pub mod build_info;
 pub mod cpu;
 pub mod cuda;
 pub mod kernels;
