@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod golden;
+
 pub use deltadit::rng::{rel_l2, Rng};
 use deltadit::{Backend, DType, Tensor};
 

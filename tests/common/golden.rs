@@ -1,0 +1,85 @@
+//! The golden cases of tests/data (diffusers 0.42.1, f32), run on any backend.
+
+use deltadit::cache::CacheSpec;
+use deltadit::io::{Inputs, SafetensorsFile};
+use deltadit::model::Transformer;
+use deltadit::pipeline::{forward_inputs, sample, SampleConfig, SampleInputs, SampleOutput};
+use deltadit::rng::rel_l2;
+use deltadit::sampler::SchedulerName;
+use deltadit::Backend;
+use std::path::PathBuf;
+
+pub const FORWARD_CASES: &[&str] = &["pixart-tiny", "pixart-tiny-nonsquare-ar", "pixart-tiny-bf16-weights", "dit-tiny"];
+pub const SAMPLING_CASES: &[&str] = &["pixart-tiny-dpmpp20-cfg", "dit-tiny-ddim10-cfg", "pixart-tiny-lcm4", "pixart-tiny-delta-n2-nc4-b12"];
+
+pub fn case_dir(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)
+}
+
+pub fn expected_f32(name: &str, tensor: &str) -> Vec<f32> {
+    let f = SafetensorsFile::open(&case_dir(name).join("expected.safetensors")).unwrap();
+    f.get(tensor).unwrap_or_else(|| panic!("{name}: no expected `{tensor}`")).to_f32(tensor).unwrap()
+}
+
+pub fn expected_i64(name: &str, tensor: &str) -> Vec<i64> {
+    let f = SafetensorsFile::open(&case_dir(name).join("expected.safetensors")).unwrap();
+    f.get(tensor).unwrap_or_else(|| panic!("{name}: no expected `{tensor}`")).to_i64(tensor).unwrap()
+}
+
+/// Relative error of one forward case on `be`.
+pub fn forward_case<B: Backend>(be: &B, name: &str) -> f64 {
+    let dir = case_dir(name);
+    let model = Transformer::load(be, &dir).unwrap();
+    let inputs = Inputs::open(&dir.join("inputs.safetensors")).unwrap();
+    let (out, _) = forward_inputs(be, &model, &inputs).unwrap();
+    let e = rel_l2(&out, &expected_f32(name, "sample"));
+    println!("{name} on {}: rel err {e:.3e}", B::NAME);
+    e
+}
+
+pub struct SamplingCase {
+    pub scheduler: SchedulerName,
+    pub steps: usize,
+    pub guidance: f32,
+    pub cache: CacheSpec,
+}
+
+pub fn read_case(name: &str) -> SamplingCase {
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(case_dir(name).join("case.json")).unwrap()).unwrap();
+    let scheduler = match v["scheduler"]["_class_name"].as_str().unwrap() {
+        "DPMSolverMultistepScheduler" => "dpm-solver++",
+        "DDIMScheduler" => "ddim",
+        "LCMScheduler" => "lcm",
+        other => panic!("unknown scheduler {other}"),
+    };
+    let cache = match v.get("cache") {
+        Some(c) => format!("delta:n={},nc={},b={}", c["N"], c["Nc"], c["b"]).parse().unwrap(),
+        None => CacheSpec::none(),
+    };
+    SamplingCase {
+        scheduler: scheduler.parse().unwrap(),
+        steps: v["steps"].as_u64().unwrap() as usize,
+        guidance: v["guidance_scale"].as_f64().unwrap() as f32,
+        cache,
+    }
+}
+
+/// Runs a sampling case on `be`; returns (relative error of the final latents, the output).
+/// Checks the timesteps and, where the case has them, `blocks_run`.
+pub fn sampling_case<B: Backend>(be: &B, name: &str) -> (f64, SampleOutput) {
+    let dir = case_dir(name);
+    let model = Transformer::load(be, &dir).unwrap();
+    let case = read_case(name);
+    let inputs = SampleInputs::from_inputs(&Inputs::open(&dir.join("inputs.safetensors")).unwrap(), model.config.family).unwrap();
+    let cfg = SampleConfig { scheduler: case.scheduler, steps: case.steps, guidance: case.guidance, keep_per_step: true };
+    let policy = case.cache.build(model.config.family, model.num_blocks(), case.steps).unwrap();
+    let out = sample(be, &model, &inputs, &cfg, policy, &mut |_, _| {}).unwrap();
+    assert_eq!(out.timesteps, expected_i64(name, "timesteps"), "{name}: timesteps");
+    if SafetensorsFile::open(&dir.join("expected.safetensors")).unwrap().get("blocks_run").is_some() {
+        let blocks: Vec<i64> = out.blocks_run.iter().map(|&b| b as i64).collect();
+        assert_eq!(blocks, expected_i64(name, "blocks_run"), "{name}: blocks_run per step");
+    }
+    let e = rel_l2(&out.latents, &expected_f32(name, "latents"));
+    println!("{name} on {}: final latents rel err {e:.3e}", B::NAME);
+    (e, out)
+}
