@@ -56,6 +56,9 @@ template <int D_, int WARPS_, int M_TILES_, int BLOCK_K_, bool Q_IN_REGS_, int M
 //   d72 : 32-key tiles, Q re-read from shared memory, ≤ 168 registers so 3 CTAs/SM fit
 //         (S 32 + O 72): ~7% faster than 64-key tiles with Q in registers at 2 CTAs/SM.
 //   d128: 32-key tiles, Q from shared memory (S 32 + O 128), 2 CTAs/SM; 64-key tiles spill.
+// Tried and slower: one m16 tile per warp (4 or 8 warps); a one-tile software pipeline (Q·K(t+1)ᵀ
+// in the softmax block of tile t, 218 vs 252 TFLOP/s at d72) — its second score buffer costs
+// the third CTA per SM.
 using TileD64 = Tile<64, 4, 2, 64, true, 2>;
 using TileD72 = Tile<72, 4, 2, 32, false, 3>;
 using TileD128 = Tile<128, 4, 2, 32, false, 2>;
