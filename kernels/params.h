@@ -37,8 +37,28 @@ typedef struct FillParams {
 /* LayerNorm without affine parameters, biased variance, f32 statistics.      */
 /* shift/scale of sample b = row / tokens are rows `shift_row`/`scale_row` of  */
 /* modv + b * mod_batch_stride (each row `dim` elements long).               */
-/* kernels: norm_modulate_bf16, norm_modulate_f16                            */
+/* kernels: norm_modulate_{bf16,f16}, norm_modulate_stream_{bf16,f16}       */
+/* A row is handled by `row_threads` threads (a multiple of 32 dividing      */
+/* NORM_THREADS) that keep it in registers: up to NORM_VEC_SLOTS 16-byte      */
+/* vectors per thread when dim % 8 == 0, else NORM_SCALAR_SLOTS elements;     */
+/* longer rows loop over global memory. The launcher picks the smallest      */
+/* row_threads whose slots hold the row; grid ceil(rows / rows_per_cta) with  */
+/* rows_per_cta = NORM_THREADS / row_threads.                                */
+/* norm_modulate_stream_{bf16,f16}: the one-warp-a-row vector case (dim % 8 */
+/* == 0, dim <= 32 * 8 * NORM_VEC_SLOTS): each warp loops over rows (grid-   */
+/* stride) with its next NORM_STAGES rows in flight through cp.async into a  */
+/* shared-memory ring: dynamic smem NORM_THREADS / 32 * NORM_STAGES * dim * 2 */
+/* bytes, grid ceil(rows / (NORM_THREADS / 32 * NORM_STREAM_ROWS_PER_WARP)), */
+/* row_threads 32. At most NORM_STREAM_MIN_BLOCKS CTAs' worth of registers.   */
+/* Measured at [8192, 1152] bf16 (H200): one row a warp with a 1-deep ring    */
+/* beat deeper rings and more rows a warp (those serialise each warp).       */
 /* ------------------------------------------------------------------------ */
+#define NORM_THREADS 256
+#define NORM_VEC_SLOTS 6
+#define NORM_SCALAR_SLOTS 16
+#define NORM_STAGES 1
+#define NORM_STREAM_ROWS_PER_WARP 1
+#define NORM_STREAM_MIN_BLOCKS 4
 typedef struct NormModulateParams {
     const void* x;            /* [rows, dim] */
     void* y;                  /* [rows, dim] */
@@ -50,6 +70,8 @@ typedef struct NormModulateParams {
     int32_t shift_row;
     int32_t scale_row;
     float eps;
+    int32_t row_threads;      /* threads per row: 32, 64, 128 or NORM_THREADS */
+    int32_t _pad;
 } NormModulateParams;
 
 /* ------------------------------------------------------------------------ */
@@ -62,7 +84,10 @@ typedef struct NormModulateParams {
 /*   residual_delta_*  : cache = x - cache   (Δ = range output - its input)  */
 /* The Δ apply of a cached step is residual_plain with y = Δ and no gate.     */
 /* kernels: residual_{plain,anchor,delta}_{bf16,f16}                         */
+/* grid-stride over 8-element vectors (dim % 8 == 0) or elements,            */
+/* RESIDUAL_THREADS threads per block                                        */
 /* ------------------------------------------------------------------------ */
+#define RESIDUAL_THREADS 256
 typedef struct ResidualParams {
     void* x;                  /* [rows, dim], updated in place */
     const void* y;            /* [rows, dim] */
@@ -76,8 +101,10 @@ typedef struct ResidualParams {
 } ResidualParams;
 
 /* ------------------------------------------------------------------------ */
-/* elementwise.cu                                                            */
+/* elementwise.cu: every kernel is a grid-stride loop of EW_THREADS-thread  */
+/* blocks (8-element vectors where the row length allows, else elements).    */
 /* ------------------------------------------------------------------------ */
+#define EW_THREADS 256
 /* act_{gelu_tanh,silu}_{bf16,f16}: y[i] = act(x[i] + bias[i % cols])        */
 /* (bias may be NULL; x and y may alias). GELU is the tanh approximation.    */
 typedef struct ActParams {
@@ -161,7 +188,9 @@ typedef struct CfgParams {
 /*   SCHED_LCM   x0 = (x - c0*eps) / c1;  den = c2*x0 + c3*x;                  */
 /*               x = noise ? c4*den + c5*noise : den                          */
 /* Every kind then stores x0_prev = x0 (when x0_prev is not NULL).           */
+/* DPM2 without x0_prev reads NaN for it. Grid-stride over float4 vectors.   */
 /* ------------------------------------------------------------------------ */
+#define SCHED_THREADS 256
 #define SCHED_DPM1 0
 #define SCHED_DPM2 1
 #define SCHED_DDIM 2
@@ -180,7 +209,11 @@ typedef struct SchedulerStepParams {
 /* ------------------------------------------------------------------------ */
 /* reduce.cu — rel_l1_{bf16,f16}: out[0] += Σ|a - b|, out[1] += Σ|b| (f32,    */
 /* atomics; the caller zeroes out first). Cheap probes for cache policies.   */
+/* kernels: rel_l1_{bf16,f16,f32}; grid-stride, one atomicAdd pair a block,  */
+/* at most REDUCE_MAX_BLOCKS blocks of REDUCE_THREADS threads.               */
 /* ------------------------------------------------------------------------ */
+#define REDUCE_THREADS 256
+#define REDUCE_MAX_BLOCKS 1024
 typedef struct RelL1Params {
     const void* a;
     const void* b;

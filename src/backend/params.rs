@@ -4,10 +4,21 @@
 #![allow(non_camel_case_types, non_snake_case, non_upper_case_globals, dead_code, clippy::all)]
 
 pub const FILL_THREADS: u32 = 256;
+pub const NORM_THREADS: u32 = 256;
+pub const NORM_VEC_SLOTS: u32 = 6;
+pub const NORM_SCALAR_SLOTS: u32 = 16;
+pub const NORM_STAGES: u32 = 1;
+pub const NORM_STREAM_ROWS_PER_WARP: u32 = 1;
+pub const NORM_STREAM_MIN_BLOCKS: u32 = 4;
+pub const RESIDUAL_THREADS: u32 = 256;
+pub const EW_THREADS: u32 = 256;
+pub const SCHED_THREADS: u32 = 256;
 pub const SCHED_DPM1: u32 = 0;
 pub const SCHED_DPM2: u32 = 1;
 pub const SCHED_DDIM: u32 = 2;
 pub const SCHED_LCM: u32 = 3;
+pub const REDUCE_THREADS: u32 = 256;
+pub const REDUCE_MAX_BLOCKS: u32 = 1024;
 pub const ATTN_THREADS: u32 = 128;
 pub const ATTN_BLOCK_Q: u32 = 128;
 pub const ATTN_BLOCK_K_D64: u32 = 64;
@@ -56,10 +67,12 @@ pub struct NormModulateParams {
     pub shift_row: i32,
     pub scale_row: i32,
     pub eps: f32,
+    pub row_threads: i32,
+    pub _pad: i32,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of NormModulateParams"][::std::mem::size_of::<NormModulateParams>() - 64usize];
+    ["Size of NormModulateParams"][::std::mem::size_of::<NormModulateParams>() - 72usize];
     ["Alignment of NormModulateParams"][::std::mem::align_of::<NormModulateParams>() - 8usize];
     ["Offset of field: NormModulateParams::x"]
         [::std::mem::offset_of!(NormModulateParams, x) - 0usize];
@@ -81,6 +94,10 @@ const _: () = {
         [::std::mem::offset_of!(NormModulateParams, scale_row) - 56usize];
     ["Offset of field: NormModulateParams::eps"]
         [::std::mem::offset_of!(NormModulateParams, eps) - 60usize];
+    ["Offset of field: NormModulateParams::row_threads"]
+        [::std::mem::offset_of!(NormModulateParams, row_threads) - 64usize];
+    ["Offset of field: NormModulateParams::_pad"]
+        [::std::mem::offset_of!(NormModulateParams, _pad) - 68usize];
 };
 impl Default for NormModulateParams {
     fn default() -> Self {

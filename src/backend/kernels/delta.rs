@@ -1,8 +1,10 @@
 //! kernels/delta.cu: gated residual with the fused Δ-cache anchor/delta writes.
 
-use super::KernelDevice;
-use crate::backend::CacheWrite;
-use crate::{Result, Tensor};
+use super::elementwise::{int32, vector_blocks};
+use super::{dtype_suffix, KernelDevice, LaunchCfg};
+use crate::backend::params::{ResidualParams, RESIDUAL_THREADS};
+use crate::backend::{shapes, CacheWrite};
+use crate::{Error, Result, Tensor};
 
 pub fn residual<D: KernelDevice>(
     d: &D,
@@ -11,6 +13,46 @@ pub fn residual<D: KernelDevice>(
     gate: Option<(&Tensor<D>, usize)>,
     cache: CacheWrite<'_, D>,
 ) -> Result<()> {
-    let _ = (d, x, y, gate, cache);
-    Err(crate::Error::Unsupported("residual: kernel launcher not written yet".into()))
+    const OP: &str = "residual";
+    shapes::same_shape(OP, "y", y, x)?;
+    shapes::same_dtype(OP, x, &[("y", y)])?;
+    let suffix = dtype_suffix(OP, x.dtype())?;
+    let (rows, dim) = (x.rows(), x.cols());
+    // No gate: tokens = rows (one "sample"), stride 0; the kernel never reads modv.
+    let (modv, tokens, mod_stride, gate_row) = match gate {
+        Some((modv, row)) => {
+            let s = shapes::modulation(OP, x, modv, &[row])?;
+            (d.ptr(modv), s.tokens, s.mod_stride, int32(OP, "modv", modv, row)?)
+        }
+        None => (std::ptr::null(), rows.max(1), 0, 0),
+    };
+    let (variant, cache) = match cache {
+        CacheWrite::None => ("plain", None),
+        CacheWrite::Anchor(c) => ("anchor", Some(c)),
+        CacheWrite::Delta(c) => ("delta", Some(c)),
+    };
+    if let Some(c) = cache.as_deref() {
+        shapes::same_shape(OP, "cache", c, x)?;
+        shapes::same_dtype(OP, x, &[("cache", c)])?;
+    }
+    if rows == 0 || dim == 0 {
+        return Ok(());
+    }
+    // The kernel divides row indices in 32 bits.
+    if rows > i32::MAX as usize {
+        return Err(Error::Shape { op: OP, tensor: "x", expected: "fewer than 2^31 rows".into(), found: x.shape().to_vec() });
+    }
+    let p = ResidualParams {
+        x: d.ptr_mut(x),
+        y: d.ptr(y),
+        modv,
+        cache: cache.map_or(std::ptr::null_mut(), |c| d.ptr_mut(c)),
+        rows: rows as i64,
+        tokens: tokens as i64,
+        mod_batch_stride: mod_stride as i64,
+        dim: int32(OP, "x", y, dim)?,
+        gate_row,
+    };
+    let cfg = LaunchCfg::linear(vector_blocks(rows * dim, dim, RESIDUAL_THREADS), RESIDUAL_THREADS)?;
+    d.launch(&format!("{OP}_{variant}_{suffix}"), &p, cfg)
 }

@@ -1,36 +1,159 @@
 //! kernels/elementwise.cu: bias + activation, broadcast add, timestep embedding,
 //! patchify/unpatchify and the CFG combine.
 
-use super::KernelDevice;
-use crate::backend::{Activation, Cfg};
-use crate::{Result, Tensor};
+use super::{dtype_suffix, grid_stride_blocks, ptr_or_null, KernelDevice, LaunchCfg};
+use crate::backend::params::*;
+use crate::backend::{shapes, Activation, Cfg};
+use crate::{DType, Error, Result, Tensor};
+
+/// A size that a kernel takes as a 32-bit int; the error names the tensor it came from.
+pub(crate) fn int32<D: KernelDevice>(op: &'static str, tensor: &'static str, t: &Tensor<D>, v: usize) -> Result<i32> {
+    i32::try_from(v).map_err(|_| Error::Shape { op, tensor, expected: "sizes below 2^31".into(), found: t.shape().to_vec() })
+}
+
+/// Blocks of a grid-stride loop over `n` elements in rows of `cols`: the kernels step in 8-element
+/// vectors when rows allow it, one element otherwise.
+pub(crate) fn vector_blocks(n: usize, cols: usize, threads: u32) -> u64 {
+    grid_stride_blocks(n, threads, if cols.is_multiple_of(8) { 8 } else { 1 })
+}
 
 pub fn activation<D: KernelDevice>(d: &D, x: &Tensor<D>, bias: Option<&Tensor<D>>, act: Activation, out: &mut Tensor<D>) -> Result<()> {
-    let _ = (d, x, bias, act, out);
-    Err(crate::Error::Unsupported("activation: kernel launcher not written yet".into()))
+    const OP: &str = "activation";
+    shapes::same_shape(OP, "out", out, x)?;
+    if let Some(b) = bias {
+        if b.numel() != x.cols() {
+            return Err(Error::Shape { op: OP, tensor: "bias", expected: format!("[{}]", x.cols()), found: b.shape().to_vec() });
+        }
+        shapes::same_dtype(OP, x, &[("bias", b)])?;
+    }
+    shapes::same_dtype(OP, x, &[("out", out)])?;
+    let suffix = dtype_suffix(OP, x.dtype())?;
+    let name = match act {
+        Activation::GeluTanh => "act_gelu_tanh",
+        Activation::Silu => "act_silu",
+        // Identity: out = x (+ bias), with the copy and the broadcast add.
+        Activation::None => {
+            d.copy(x, out)?;
+            return bias.map_or(Ok(()), |b| add_bcast(d, out, b));
+        }
+    };
+    let n = x.numel();
+    if n == 0 {
+        return Ok(());
+    }
+    let p = ActParams { x: d.ptr(x), bias: ptr_or_null(d, bias), y: d.ptr_mut(out), n: n as i64, cols: x.cols() as i64 };
+    d.launch(&format!("{name}_{suffix}"), &p, LaunchCfg::linear(vector_blocks(n, x.cols(), EW_THREADS), EW_THREADS)?)
 }
 
 pub fn add_bcast<D: KernelDevice>(d: &D, x: &mut Tensor<D>, y: &Tensor<D>) -> Result<()> {
-    let _ = (d, x, y);
-    Err(crate::Error::Unsupported("add_bcast: kernel launcher not written yet".into()))
+    const OP: &str = "add_bcast";
+    if y.numel() != x.cols() {
+        return Err(Error::Shape { op: OP, tensor: "y", expected: format!("[{}]", x.cols()), found: y.shape().to_vec() });
+    }
+    shapes::same_dtype(OP, x, &[("y", y)])?;
+    let suffix = dtype_suffix(OP, x.dtype())?;
+    let (n, cols) = (x.numel(), x.cols());
+    if n == 0 {
+        return Ok(());
+    }
+    let p = AddBcastParams { y: d.ptr(y), x: d.ptr_mut(x), rows: (n / cols) as i64, cols: cols as i64 };
+    d.launch(&format!("{OP}_{suffix}"), &p, LaunchCfg::linear(vector_blocks(n, cols, EW_THREADS), EW_THREADS)?)
 }
 
+/// diffusers' `max_period` of the sinusoid.
+const MAX_PERIOD: f32 = 10_000.0;
+
 pub fn timestep_embedding<D: KernelDevice>(d: &D, t: &Tensor<D>, flip_sin_to_cos: bool, downscale_freq_shift: f32, out: &mut Tensor<D>) -> Result<()> {
-    let _ = (d, t, flip_sin_to_cos, downscale_freq_shift, out);
-    Err(crate::Error::Unsupported("timestep_embedding: kernel launcher not written yet".into()))
+    const OP: &str = "timestep_embedding";
+    if out.rows() != t.numel() || !out.cols().is_multiple_of(2) {
+        return Err(Error::Shape { op: OP, tensor: "out", expected: format!("[{}, even dim]", t.numel()), found: out.shape().to_vec() });
+    }
+    t.expect_dtype(OP, "t", DType::F32)?;
+    let suffix = dtype_suffix(OP, out.dtype())?;
+    let (batch, dim) = (t.numel(), out.cols());
+    if batch == 0 || dim == 0 {
+        return Ok(());
+    }
+    let p = TimestepEmbedParams {
+        t: d.ptr(t).cast(),
+        batch: int32(OP, "t", t, batch)?,
+        dim: int32(OP, "out", out, dim)?,
+        out: d.ptr_mut(out),
+        flip_sin_to_cos: flip_sin_to_cos as i32,
+        downscale_freq_shift,
+        max_period: MAX_PERIOD,
+        _pad: 0,
+    };
+    d.launch(&format!("{OP}_{suffix}"), &p, LaunchCfg::linear(grid_stride_blocks(batch * dim / 2, EW_THREADS, 1), EW_THREADS)?)
 }
 
 pub fn patchify<D: KernelDevice>(d: &D, latents: &Tensor<D>, patch: usize, out: &mut Tensor<D>) -> Result<()> {
-    let _ = (d, latents, patch, out);
-    Err(crate::Error::Unsupported("patchify: kernel launcher not written yet".into()))
+    const OP: &str = "patchify";
+    let [b, c, h, w] = shapes::patchify(latents, patch, out)?;
+    let suffix = dtype_suffix(OP, out.dtype())?;
+    let n = out.numel();
+    if n == 0 {
+        return Ok(());
+    }
+    let i = |v| int32(OP, "latents", latents, v);
+    let p = PatchifyParams {
+        x: d.ptr(latents).cast(),
+        out: d.ptr_mut(out),
+        batch: i(b)?,
+        channels: i(c)?,
+        height: i(h)?,
+        width: i(w)?,
+        patch: i(patch)?,
+        _pad: 0,
+    };
+    d.launch(&format!("{OP}_{suffix}"), &p, LaunchCfg::linear(grid_stride_blocks(n, EW_THREADS, 1), EW_THREADS)?)
 }
 
 pub fn unpatchify<D: KernelDevice>(d: &D, x: &Tensor<D>, patch: usize, out: &mut Tensor<D>) -> Result<()> {
-    let _ = (d, x, patch, out);
-    Err(crate::Error::Unsupported("unpatchify: kernel launcher not written yet".into()))
+    const OP: &str = "unpatchify";
+    let [b, c, h, w] = shapes::unpatchify(x, patch, out)?;
+    let suffix = dtype_suffix(OP, x.dtype())?;
+    let n = out.numel();
+    if n == 0 {
+        return Ok(());
+    }
+    let i = |v| int32(OP, "out", out, v);
+    let p = UnpatchifyParams {
+        batch: i(b)?,
+        channels: i(c)?,
+        h: i(h / patch)?,
+        w: i(w / patch)?,
+        patch: i(patch)?,
+        _pad: 0,
+        x: d.ptr(x),
+        out: d.ptr_mut(out).cast(),
+    };
+    d.launch(&format!("{OP}_{suffix}"), &p, LaunchCfg::linear(grid_stride_blocks(n, EW_THREADS, 1), EW_THREADS)?)
 }
 
 pub fn cfg_combine<D: KernelDevice>(d: &D, out: &Tensor<D>, cfg: Cfg, eps: &mut Tensor<D>) -> Result<()> {
-    let _ = (d, out, cfg, eps);
-    Err(crate::Error::Unsupported("cfg_combine: kernel launcher not written yet".into()))
+    const OP: &str = "cfg_combine";
+    let [batch, c, c_out, hw] = shapes::cfg_combine(out, cfg != Cfg::Off, eps)?;
+    let n = eps.numel();
+    if n == 0 {
+        return Ok(());
+    }
+    let (guided, scale, cond_first) = match cfg {
+        Cfg::Off => (0, 0.0, 0),
+        Cfg::On { scale, cond_first } => (1, scale, cond_first as i32),
+    };
+    let i = |v| int32(OP, "out", out, v);
+    let p = CfgParams {
+        out: d.ptr(out).cast(),
+        batch: i(batch)?,
+        channels: i(c)?,
+        channels_out: i(c_out)?,
+        hw: i(hw)?,
+        cfg: guided,
+        cond_first,
+        scale,
+        _pad: 0,
+        eps: d.ptr_mut(eps).cast(),
+    };
+    d.launch("cfg_combine_f32", &p, LaunchCfg::linear(grid_stride_blocks(n, EW_THREADS, 1), EW_THREADS)?)
 }
