@@ -82,8 +82,9 @@ __device__ __forceinline__ void load_rows(T* s, const T* g, int64_t stride, int 
     }
 }
 
-// 2^x for the softmax (the MUFU.EX2 unit; exp2f adds a denormal fix-up of 3 instructions around it).
-__device__ __forceinline__ float ex2(float x) { return exp2f(x); }
+// 2^x for the softmax on the MUFU.EX2 unit (exp2f adds a denormal fix-up of 3 instructions around it,
+// measured on H100 as the top stall reason; see ptx.cuh).
+__device__ __forceinline__ float ex2(float x) { return ex2_approx_ftz(x); }
 
 // Additive score term of key j in the log2 domain; −inf masks keys past the end.
 __device__ __forceinline__ float key_term(const float* bias, int j, int nk) {

@@ -146,6 +146,18 @@ __device__ __forceinline__ void cp_async_wait_all() {
 }
 
 // ---- packing -----------------------------------------------------------------------------------
+// 2^x on the special-function unit without the denormal fix-up exp2f wraps around it (ex2.approx
+// has ~2 ulp error and flushes denormal results to zero: fine for softmax weights in (0, 1]).
+__device__ __forceinline__ float ex2_approx_ftz(float x) {
+#ifdef DELTADIT_SIM
+    return exp2f(x);
+#else
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+#endif
+}
+
 // Two floats -> one bf16x2 / f16x2 register (round to nearest even), lo in the low half: the
 // layout mma operands use (e.g. the P tile of attention, converted from the f32 accumulator).
 __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
