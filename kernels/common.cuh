@@ -31,6 +31,8 @@ template <typename T> __device__ __forceinline__ T from_f32(float v);
 template <> __device__ __forceinline__ bf16 from_f32<bf16>(float v) { return __float2bfloat16(v); }
 template <> __device__ __forceinline__ f16 from_f32<f16>(float v) { return __float2half(v); }
 
+#include "vec.cuh"
+
 // Dynamic shared memory of the current block, 16-byte aligned.
 template <typename T> __device__ __forceinline__ T* dynamic_smem() {
 #ifdef DELTADIT_SIM

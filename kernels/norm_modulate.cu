@@ -18,43 +18,6 @@
 
 namespace norm_modulate {
 
-// E consecutive elements of one row: a 16-byte vector (E = 8) or one element (E = 1).
-template <typename T, int E> struct Chunk;
-
-template <typename T> struct Chunk<T, 8> {
-    uint4 raw;
-    __device__ __forceinline__ void load(const T* p) { raw = *reinterpret_cast<const uint4*>(p); }
-    __device__ __forceinline__ void unpack(float (&f)[8]) const {
-        const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            T lo, hi;
-            // Bit copies of the two halves: no conversion happens until to_f32.
-            memcpy(&lo, reinterpret_cast<const char*>(&w[i]), sizeof(T));
-            memcpy(&hi, reinterpret_cast<const char*>(&w[i]) + sizeof(T), sizeof(T));
-            f[2 * i] = to_f32(lo);
-            f[2 * i + 1] = to_f32(hi);
-        }
-    }
-    __device__ __forceinline__ static void store(T* p, const float (&f)[8]) {
-        uint32_t w[4];
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            const T lo = from_f32<T>(f[2 * i]), hi = from_f32<T>(f[2 * i + 1]);
-            memcpy(reinterpret_cast<char*>(&w[i]), &lo, sizeof(T));
-            memcpy(reinterpret_cast<char*>(&w[i]) + sizeof(T), &hi, sizeof(T));
-        }
-        *reinterpret_cast<uint4*>(p) = make_uint4(w[0], w[1], w[2], w[3]);
-    }
-};
-
-template <typename T> struct Chunk<T, 1> {
-    T raw;
-    __device__ __forceinline__ void load(const T* p) { raw = *p; }
-    __device__ __forceinline__ void unpack(float (&f)[1]) const { f[0] = to_f32(raw); }
-    __device__ __forceinline__ static void store(T* p, const float (&f)[1]) { *p = from_f32<T>(f[0]); }
-};
-
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -156,7 +119,7 @@ template <typename T, int E, int SLOTS> __device__ __forceinline__ void rows_in_
             sc.unpack(fc);
 #pragma unroll
             for (int i = 0; i < E; ++i) f[i] = (f[i] - mean) * rstd * (1.0f + fc[i]) + fs[i];
-            Chunk<T, E>::store(r.y + (int64_t)c * E, f);
+            Chunk<T, E>::write(r.y + (int64_t)c * E, f);
         }
     }
 }
@@ -244,7 +207,7 @@ __device__ __forceinline__ void rows_streamed(const NormModulateParams& p) {
                     const float n = fmaf(f[i], rstd, shift_n);
                     o[i] = fmaf(n, fc[i], n) + fs[i];  // n·(1 + scale) + shift
                 }
-                Chunk<T, 8>::store(y + c * 8, o);
+                Chunk<T, 8>::write(y + c * 8, o);
             }
         }
     }
@@ -295,7 +258,7 @@ template <typename T, int E> __device__ __forceinline__ void rows_looped(const N
         sc.unpack(fc);
 #pragma unroll
         for (int i = 0; i < E; ++i) f[i] = (f[i] - mean) * rstd * (1.0f + fc[i]) + fs[i];
-        Chunk<T, E>::store(r.y + (int64_t)c * E, f);
+        Chunk<T, E>::write(r.y + (int64_t)c * E, f);
     }
 }
 

@@ -14,16 +14,9 @@ template <typename T> struct Elem {
     static constexpr int E = 16 / sizeof(T);
     __device__ __forceinline__ static float get(const T* p, int64_t i) { return to_f32(p[i]); }
     __device__ __forceinline__ static void vec(const T* p, int64_t v, float (&f)[E]) {
-        const uint4 raw = reinterpret_cast<const uint4*>(p)[v];
-        const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            T lo, hi;  // bit copies of the two halves of a word
-            memcpy(&lo, reinterpret_cast<const char*>(&w[i]), sizeof(T));
-            memcpy(&hi, reinterpret_cast<const char*>(&w[i]) + sizeof(T), sizeof(T));
-            f[2 * i] = to_f32(lo);
-            f[2 * i + 1] = to_f32(hi);
-        }
+        Chunk<T, E> c;
+        c.load(p + v * E);
+        c.unpack(f);
     }
 };
 
