@@ -37,6 +37,7 @@ impl Device {
 pub enum AnyBackend {
     Cpu(Cpu),
     Sim(Sim),
+    Cuda(crate::backend::cuda::Cuda),
 }
 
 impl AnyBackend {
@@ -50,13 +51,17 @@ impl AnyBackend {
                 Ok(AnyBackend::Cpu(Cpu::new(threads.unwrap_or_else(rayon::current_num_threads))))
             }
             Device::Sim => Ok(AnyBackend::Sim(Sim::new(dtype)?)),
-            Device::Cuda => Err(Error::backend("cuda", "the CUDA backend is not wired into the CLI yet")),
+            Device::Cuda => Ok(AnyBackend::Cuda(crate::backend::cuda::Cuda::new(0, dtype)?)),
         }
     }
 
     /// CUDA when a GPU and the kernels are present, else the CPU (with the reason).
     pub fn auto() -> (Device, String) {
-        (Device::Cpu, "the CUDA backend is not wired into the CLI yet".into())
+        match crate::backend::cuda::probe() {
+            Ok(info) if crate::backend::cuda::kernels_built() => (Device::Cuda, info.to_string()),
+            Ok(_) => (Device::Cpu, "a GPU is present but the CUDA kernels were not built (run scripts/install-cuda.sh and rebuild)".into()),
+            Err(why) => (Device::Cpu, why),
+        }
     }
 }
 
@@ -67,6 +72,7 @@ macro_rules! with_backend {
         match $any {
             $crate::device::AnyBackend::Cpu($b) => $body,
             $crate::device::AnyBackend::Sim($b) => $body,
+            $crate::device::AnyBackend::Cuda($b) => $body,
         }
     };
 }

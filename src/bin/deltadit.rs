@@ -284,6 +284,7 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
     let preset = bench::preset(&preset_name)?;
     let policies = parse_policies(a.policies.as_deref())?;
     let machine = match &any {
+        AnyBackend::Cuda(c) => c.info().to_string(),
         _ => bench::cpu_description(rayon::current_num_threads()),
     };
     let (rows, batch, tokens, model_name, layers, sched, steps, guidance) = with_backend!(&any, |be| {
