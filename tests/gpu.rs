@@ -575,6 +575,21 @@ fn attention_cross_and_masks() {
     }
 }
 
+/// Small attention grids for compute-sanitizer (racecheck is slow on large grids; scripts/gpu-run.sh
+/// runs racecheck on the `sanitize_` tests and the small op tests).
+#[test]
+fn sanitize_attention_small() {
+    for dt in DTYPES {
+        let g = gpu_or_skip!(dt);
+        for (i, d) in [64, 72, 128].into_iter().enumerate() {
+            let s = 150 + 10 * i as u64;
+            attention_case(&g, attn(dt, d, 1, 1, 65, 65, Mask::None), s);
+            attention_case(&g, attn(dt, d, 2, 1, 33, 120, Mask::KeepOne), s + 1);
+            attention_case(&g, attn(dt, d, 1, 2, 130, 130, Mask::Random(0.5)), s + 2);
+        }
+    }
+}
+
 // ---- golden cases through the whole model ---------------------------------------------------------
 
 fn expected(name: &str, tensor: &str) -> Vec<f32> {

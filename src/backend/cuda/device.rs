@@ -16,10 +16,7 @@ use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-mod fatbins {
-    include!(concat!(env!("OUT_DIR"), "/fatbins.rs"));
-}
-pub use fatbins::{FATBINS, NVCC};
+use crate::backend::build_info::{FATBINS, NVCC};
 
 pub(crate) const KERNELS_NOT_BUILT: &str =
     "kernels not built (nvcc was missing at build time; run scripts/install-cuda.sh and rebuild)";
@@ -504,8 +501,10 @@ impl Device {
     pub fn launch<P: KernelParams>(&self, name: &str, params: &P, cfg: LaunchCfg) -> Result<()> {
         let (idx, f) = self.function(name, cfg.smem)?;
         // SAFETY: `P: KernelParams` is a #[repr(C)] bindgen mirror of a kernels/params.h struct;
-        // params.h pads every struct explicitly (`_pad` fields, offsets and sizes pinned by
-        // bindgen's layout assertions), so all size_of::<P>() bytes are initialised fields.
+        // params.h pads every struct explicitly (`_pad` fields; offsets and sizes pinned by
+        // bindgen's layout assertions — the field sizes of each struct add up to its size), so
+        // all size_of::<P>() bytes are initialised fields, and `params` is borrowed for as long
+        // as `raw` lives.
         let raw = unsafe { std::slice::from_raw_parts((params as *const P).cast::<u8>(), std::mem::size_of::<P>()) };
         let mut st = self.exec();
         let op = Op::Kernel { func: f as usize as u64, grid: cfg.grid, block: cfg.block, smem: cfg.smem, params: raw };

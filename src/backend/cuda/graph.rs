@@ -28,7 +28,9 @@ use crate::Result;
 use cudarc::driver::{sys, CudaGraph};
 use std::collections::{HashMap, HashSet};
 
-/// After this many stale replays a key stays eager (its unit changes between calls).
+/// After this many stale replays in a row (no matching replay in between) a key stays eager:
+/// its unit enqueues different work on every call. A unit that is stable within a sampling run
+/// but uses new buffers in the next run goes stale once per run and keeps its graphs.
 const MAX_STALE: u32 = 3;
 
 /// Counters of graph_run, for tests and diagnostics.
@@ -246,7 +248,8 @@ impl Cuda {
             }
             let mut g = self.graphs();
             g.stats.replays += 1;
-            g.entries.insert(key.to_string(), Entry::Captured { graph, sig, stale });
+            // A replay that matched: the unit is stable again (stale counts consecutive misses).
+            g.entries.insert(key.to_string(), Entry::Captured { graph, sig, stale: 0 });
             return Ok(());
         }
         // The unit changed (or failed while recording): the graph no longer does what it does.

@@ -25,7 +25,7 @@ mod error;
 mod exec;
 mod graph;
 
-pub use device::{available, device_count, driver_present, kernels_built, probe, probe_ordinal, CudaBuf, DeviceInfo, NVCC};
+pub use device::{available, device_count, driver_present, kernels_built, probe, probe_ordinal, CudaBuf, DeviceInfo};
 pub use graph::GraphStats;
 
 use super::kernels::{self, KernelDevice, KernelParams, LaunchCfg};

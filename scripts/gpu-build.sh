@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# Builds, on a CPU machine, everything a GPU machine without a Rust toolchain needs to test and
+# benchmark the CUDA backend: the release test and bench binaries (CUDA kernels compiled in by
+# nvcc), the CLI, the golden test data and a runner (scripts/gpu-run.sh), in one folder.
+#
+# Usage: scripts/gpu-build.sh [--no-data] [--keep-debug] [DIR]      (default DIR: <repo>/gpu-bundle)
+#   --no-data     leave tests/data out (34 MB): the runner then uses the repository's tests/data
+#                 when the bundle sits inside a checkout, or $DELTADIT_TEST_DATA
+#   --keep-debug  keep the line tables in the binaries (bigger; file:line in backtraces)
+# Then on the GPU machine: DIR/run.sh --help
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+out="$repo/gpu-bundle"
+with_data=1
+strip_debug=1
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --no-data) with_data=0 ;;
+    --keep-debug) strip_debug=0 ;;
+    -h | --help) sed -n '2,12p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    -*) echo "gpu-build: unknown option $1" >&2; exit 2 ;;
+    *) out="$1" ;;
+  esac
+  shift
+done
+
+if [[ -n "${DELTADIT_NO_NVCC:-}" ]]; then
+  echo "gpu-build: DELTADIT_NO_NVCC is set: the bundle would have no CUDA kernels" >&2
+  exit 1
+fi
+# The pinned nvcc 13.0 (idempotent); build.rs finds it in .cuda/ by itself.
+"$repo/scripts/install-cuda.sh"
+
+cd "$repo"
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
+
+echo "gpu-build: cargo build --release (CLI)"
+cargo build --release --bins --message-format=json >"$tmp/bins.json"
+echo "gpu-build: cargo test --release --no-run"
+cargo test --release --no-run --message-format=json >"$tmp/tests.json"
+echo "gpu-build: cargo bench --no-run"
+cargo bench --no-run --message-format=json >"$tmp/benches.json"
+
+# The built executables: "<kind> <name> <path>" per line (integration tests by file name, the
+# library's and binaries' unit tests as lib-unittests / bin-<name>-unittests, benches by name).
+python3 - "$tmp/tests.json" "$tmp/benches.json" "$tmp/bins.json" >"$tmp/list" <<'EOF'
+import json, sys
+seen = set()
+for path, want in ((sys.argv[1], "test"), (sys.argv[2], "bench"), (sys.argv[3], "bin")):
+    for line in open(path):
+        try:
+            m = json.loads(line)
+        except ValueError:
+            continue
+        if m.get("reason") != "compiler-artifact" or not m.get("executable"):
+            continue
+        kinds, name = m["target"]["kind"], m["target"]["name"]
+        if want == "bin":
+            if "bin" not in kinds or m["profile"]["test"]:
+                continue
+            kind = "bin"
+        elif want == "bench":
+            if "bench" not in kinds:
+                continue
+            kind = "bench"
+        elif "test" in kinds:
+            kind = "test"
+        elif "lib" in kinds or "rlib" in kinds:
+            kind, name = "test", "lib-unittests"
+        elif "bin" in kinds:
+            kind, name = "test", f"bin-{name}-unittests"
+        else:
+            continue
+        if (kind, name) in seen:
+            continue
+        seen.add((kind, name))
+        print(kind, name, m["executable"])
+EOF
+
+rm -rf "$out"
+mkdir -p "$out/tests" "$out/benches" "$out/bin"
+while read -r kind name path; do
+  case "$kind" in
+    test) dest="$out/tests/$name" ;;
+    bench) dest="$out/benches/$name" ;;
+    bin) dest="$out/bin/$name" ;;
+  esac
+  cp "$path" "$dest"
+done <"$tmp/list"
+if [[ "$strip_debug" == 1 ]]; then
+  # Debug info only: symbol names stay for backtraces.
+  for f in "$out"/tests/* "$out"/benches/* "$out"/bin/*; do
+    strip --strip-debug "$f"
+  done
+fi
+if [[ "$with_data" == 1 ]]; then
+  cp -r tests/data "$out/data"
+fi
+if [[ -d bench ]]; then
+  mkdir -p "$out/bench" && cp bench/*.py "$out/bench/" 2>/dev/null || true
+fi
+cp scripts/gpu-run.sh "$out/run.sh"
+chmod +x "$out/run.sh"
+
+nvcc_path="$repo/.cuda/nvidia/cu13/bin/nvcc"
+{
+  echo "commit: $(git rev-parse HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- 2>/dev/null || echo ' (with uncommitted changes)')"
+  echo "built: $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(uname -srm)"
+  echo "rustc: $(rustc --version)"
+  echo "nvcc: $("${NVCC:-$nvcc_path}" --version 2>/dev/null | tail -n 1 || echo unknown)"
+  echo "glibc: $(ldd --version 2>/dev/null | head -n 1)"
+  echo "manifest_dir: $repo"
+  # tests/cli.rs runs the CLI from the path cargo built it at (CARGO_BIN_EXE_deltadit)
+  echo "cli_exe: $(awk '$1 == "bin" && $2 == "deltadit" {print $3}' "$tmp/list")"
+  echo "data: $([[ "$with_data" == 1 ]] && echo included || echo 'not included')"
+  echo "executables:"
+  sed 's/^/  /' "$tmp/list"
+} >"$out/manifest.txt"
+
+size="$(du -sh "$out" | cut -f1)"
+ntests="$(ls "$out/tests" | wc -l)"
+nbench="$(ls "$out/benches" | wc -l)"
+cat <<EOF
+gpu-build: bundle ready: $out ($size; $ntests test binaries, $nbench benches, the CLI$([[ "$with_data" == 1 ]] && echo ", tests/data"))
+  On the GPU machine (CUDA 13 driver; cuBLASLt 13 from the system or a pip wheel):
+    $(basename "$out")/run.sh                # every test binary, compute-sanitizer memcheck + racecheck, benches
+    $(basename "$out")/run.sh --quick        # gpu + golden tests, memcheck on the op tests only
+    $(basename "$out")/run.sh --help
+  Logs and a summary table go to \$OUT (or $(basename "$out")/logs).
+EOF

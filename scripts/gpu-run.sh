@@ -1,0 +1,228 @@
+#!/usr/bin/env bash
+# Runs a bundle made by scripts/gpu-build.sh on a GPU machine (no Rust toolchain, no network
+# needed): every test binary, compute-sanitizer memcheck and racecheck on the GPU tests, then the
+# benches; logs per step and a summary table at the end. In the bundle this script is `run.sh`.
+#
+# Usage: run.sh [options]
+#   --quick            gpu + golden + cpu_ops tests only; memcheck on the op/graph tests; no
+#                      racecheck, no benches (a few minutes)
+#   --tests "A B"      only these test binaries (names in tests/, e.g. "gpu golden")
+#   --skip "A B"       skip these test binaries (default: "bindings kernel_build", checks of the
+#                      build machine's sources and nvcc output, meaningless here)
+#   --filter "F …"     test-name filters passed to the gpu binary (all steps that run it)
+#   --no-sanitizer     no compute-sanitizer steps
+#   --no-racecheck     memcheck only
+#   --no-bench         no benches
+#   --timeout S        per-step limit in seconds (default 900)
+# Environment: OUT (log folder; default <bundle>/logs), DELTADIT_TEST_DATA (golden data; default
+# the bundle's data/ or ../tests/data), DELTADIT_CUDA_SYNC=1 (a failing kernel names itself),
+# DELTADIT_CUDA_GRAPHS=0 (graphs off). Exit status: 0 when every step passed.
+set -uo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+quick=0
+only=""
+skip="bindings kernel_build"
+filter=""
+sanitizer=1
+racecheck=1
+bench=1
+step_timeout=900
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --quick) quick=1 ;;
+    --tests) only="$2"; shift ;;
+    --skip) skip="$2"; shift ;;
+    --filter) filter="$2"; shift ;;
+    --no-sanitizer) sanitizer=0 ;;
+    --no-racecheck) racecheck=0 ;;
+    --no-bench) bench=0 ;;
+    --timeout) step_timeout="$2"; shift ;;
+    -h | --help) sed -n '2,20p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+if [[ "$quick" == 1 ]]; then
+  [[ -z "$only" ]] && only="gpu golden cpu_ops"
+  racecheck=0
+  bench=0
+fi
+
+logs="${OUT:-$here/logs}"
+mkdir -p "$logs"
+summary=()
+failed=0
+
+note() { echo "run.sh: $*" | tee -a "$logs/run.log"; }
+
+# ---- environment ---------------------------------------------------------------------------------
+: >"$logs/run.log"
+note "bundle $here"
+[[ -f "$here/manifest.txt" ]] && sed 's/^/  /' "$here/manifest.txt" | tee -a "$logs/run.log" >/dev/null
+if command -v nvidia-smi >/dev/null; then
+  gpu_desc="$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -n 1)"
+  note "GPU: ${gpu_desc:-nvidia-smi failed}"
+else
+  note "nvidia-smi not found"
+fi
+
+# cuBLASLt 13 may only exist inside a pip wheel (nvidia-cublas): find it under python3's
+# site-packages when the dynamic loader cannot.
+have_cublaslt() {
+  ldconfig -p 2>/dev/null | grep -q 'libcublasLt\.so\.13' && return 0
+  local d
+  IFS=: read -ra dirs <<<"${LD_LIBRARY_PATH:-}"
+  for d in "${dirs[@]}"; do
+    [[ -n "$d" && -e "$d/libcublasLt.so.13" ]] && return 0
+  done
+  return 1
+}
+if have_cublaslt; then
+  note "libcublasLt.so.13 found by the loader"
+else
+  lib=""
+  if command -v python3 >/dev/null; then
+    while read -r sp; do
+      [[ -d "$sp/nvidia" ]] || continue
+      lib="$(find "$sp/nvidia" -maxdepth 4 -name 'libcublasLt.so.13*' 2>/dev/null | sort | head -n 1)"
+      [[ -n "$lib" ]] && break
+    done < <(python3 - <<'EOF'
+import site, sys
+dirs = list(site.getsitepackages()) + [site.getusersitepackages()] + [p for p in sys.path if p.endswith("-packages")]
+print("\n".join(dict.fromkeys(dirs)))
+EOF
+    )
+  fi
+  if [[ -n "$lib" ]]; then
+    export LD_LIBRARY_PATH="$(dirname "$lib")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    note "libcublasLt.so.13 from $(dirname "$lib") (added to LD_LIBRARY_PATH)"
+  else
+    note "WARNING: libcublasLt.so.13 not found (system or pip wheels): the CUDA backend will fail to start"
+  fi
+fi
+
+# Golden data: tests/gpu.rs reads $DELTADIT_TEST_DATA; other test binaries read the source
+# tree's tests/data at the path they were built in (manifest_dir), recreated as a link if absent.
+if [[ -z "${DELTADIT_TEST_DATA:-}" ]]; then
+  for d in "$here/data" "$here/../tests/data"; do
+    if [[ -d "$d/pixart-tiny" ]]; then
+      export DELTADIT_TEST_DATA="$(cd "$d" && pwd)"
+      break
+    fi
+  done
+fi
+note "test data: ${DELTADIT_TEST_DATA:-NOT FOUND (golden tests will fail)}"
+mdir="$(sed -n 's/^manifest_dir: //p' "$here/manifest.txt" 2>/dev/null)"
+if [[ -n "$mdir" && -n "${DELTADIT_TEST_DATA:-}" && ! -d "$mdir/tests/data" ]]; then
+  if mkdir -p "$mdir/tests" 2>/dev/null && ln -sfn "$DELTADIT_TEST_DATA" "$mdir/tests/data" 2>/dev/null; then
+    note "linked $mdir/tests/data -> $DELTADIT_TEST_DATA (for test binaries built with that path)"
+  else
+    note "cannot create $mdir/tests/data: test binaries other than gpu may not find the golden data"
+  fi
+fi
+
+cli_exe="$(sed -n 's/^cli_exe: //p' "$here/manifest.txt" 2>/dev/null)"
+if [[ -n "$cli_exe" && ! -e "$cli_exe" && -x "$here/bin/deltadit" ]]; then
+  if mkdir -p "$(dirname "$cli_exe")" 2>/dev/null && ln -sfn "$here/bin/deltadit" "$cli_exe" 2>/dev/null; then
+    note "linked $cli_exe -> $here/bin/deltadit (for tests/cli.rs)"
+  else
+    note "cannot create $cli_exe: the cli tests will not find the CLI"
+  fi
+fi
+
+# ---- steps ---------------------------------------------------------------------------------------
+
+# run_step NAME CMD…: runs with the step timeout, logs to NAME.log, adds a summary row.
+run_step() {
+  local name="$1"
+  shift
+  local log="$logs/$name.log"
+  local start end rc status detail
+  note "step $name: $*"
+  start=$(date +%s)
+  timeout --kill-after=30 "$step_timeout" "$@" >"$log" 2>&1
+  rc=$?
+  end=$(date +%s)
+  local passed failed_n skipped
+  passed=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed' "$log" | awk '{s += $4} END {print s + 0}')
+  failed_n=$(grep -Eo '[0-9]+ failed' "$log" | awk '{s += $1} END {print s + 0}')
+  skipped=$(grep -c '^skipped:\|\.\.\. skipped:' "$log")
+  detail="${passed} passed, ${failed_n} failed"
+  [[ "$skipped" -gt 0 ]] && detail="$detail, $skipped skipped"
+  if [[ $rc -eq 124 || $rc -eq 137 ]]; then
+    status="TIMEOUT"
+  elif [[ $rc -ne 0 ]]; then
+    status="FAIL($rc)"
+    grep -q "ERROR SUMMARY: [1-9]" "$log" && detail="$detail; $(grep -o 'ERROR SUMMARY: [0-9]* errors*' "$log" | tail -n 1)"
+  elif [[ "$name" == gpu* || "$name" == memcheck* || "$name" == racecheck* ]] && [[ "$skipped" -gt 0 ]]; then
+    status="NO-GPU"  # the GPU tests skipped on a machine that should have one
+    detail="$detail; $(grep -m1 -o 'skipped: .*' "$log")"
+  else
+    status="ok"
+  fi
+  [[ "$status" != ok ]] && failed=1
+  summary+=("$(printf '%-28s %-9s %6ss  %s' "$name" "$status" "$((end - start))" "$detail")")
+}
+
+want_test() {
+  local n="$1" t
+  for t in $skip; do [[ "$n" == "$t" ]] && return 1; done
+  [[ -z "$only" ]] && return 0
+  for t in $only; do [[ "$n" == "$t" ]] && return 0; done
+  return 1
+}
+
+# gpu first: it is the one this machine is for.
+tests=()
+[[ -x "$here/tests/gpu" ]] && tests+=("$here/tests/gpu")
+for t in "$here"/tests/*; do
+  [[ -x "$t" && "$(basename "$t")" != gpu ]] && tests+=("$t")
+done
+read -ra gpu_filters <<<"$filter"
+for t in "${tests[@]}"; do
+  n="$(basename "$t")"
+  want_test "$n" || continue
+  if [[ "$n" == gpu ]]; then
+    run_step "$n" "$t" --test-threads=1 --nocapture ${gpu_filters[@]+"${gpu_filters[@]}"}
+  else
+    run_step "$n" "$t"
+  fi
+done
+
+if [[ "$sanitizer" == 1 && -x "$here/tests/gpu" ]]; then
+  if command -v compute-sanitizer >/dev/null; then
+    cs=(compute-sanitizer --error-exitcode 86 --print-limit 50)
+    if [[ "$quick" == 1 && ${#gpu_filters[@]} -eq 0 ]]; then
+      mem_filters=(linear_ norm_modulate residual_ activation_ timestep_ patchify cfg_ scheduler_ rel_l1 memory_ sanitize_ graph_units)
+    else
+      mem_filters=(${gpu_filters[@]+"${gpu_filters[@]}"})
+    fi
+    run_step memcheck "${cs[@]}" --tool memcheck "$here/tests/gpu" --test-threads=1 --nocapture ${mem_filters[@]+"${mem_filters[@]}"}
+    if [[ "$racecheck" == 1 ]]; then
+      race_filters=(sanitize_ norm_modulate residual_ activation_ rel_l1 memory_)
+      [[ ${#gpu_filters[@]} -gt 0 ]] && race_filters=("${gpu_filters[@]}")
+      run_step racecheck "${cs[@]}" --tool racecheck "$here/tests/gpu" --test-threads=1 --nocapture "${race_filters[@]}"
+    fi
+  else
+    note "compute-sanitizer not found: sanitizer steps skipped"
+    summary+=("$(printf '%-28s %-9s %6s   %s' sanitizer "missing" "-" "compute-sanitizer not on PATH")")
+  fi
+fi
+
+if [[ "$bench" == 1 ]]; then
+  export CRITERION_HOME="$logs/criterion"
+  for b in "$here"/benches/*; do
+    [[ -x "$b" ]] || continue
+    run_step "bench-$(basename "$b")" "$b" --bench
+  done
+fi
+
+# ---- summary -------------------------------------------------------------------------------------
+{
+  echo
+  echo "summary (logs in $logs)"
+  printf '%-28s %-9s %7s  %s\n' step status time detail
+  printf '%s\n' "${summary[@]}"
+} | tee -a "$logs/summary.txt" "$logs/run.log"
+exit "$failed"
