@@ -55,7 +55,7 @@ fn main() {
             Vec::new()
         }
     };
-    write_fatbin_table(&out, &fatbins, nvcc.as_deref());
+    write_fatbin_table(&out, &fatbins, nvcc.as_deref(), &kernel_names(&sources, &stems));
 
     match find_nvcc(&root).as_deref().and_then(cuda_include_dir).or_else(|| cuda_include_dir_fallback(&root)) {
         _ if env::var_os("DELTADIT_NO_SIM").is_some() => println!("cargo:warning=DELTADIT_NO_SIM set: sim backend not built"),
@@ -168,12 +168,34 @@ fn nvcc_one(
     }
 }
 
-fn write_fatbin_table(out: &Path, fatbins: &[(String, PathBuf)], nvcc: Option<&Path>) {
+/// (kernel, file stem) for every `DELTADIT_SIM_KERNEL(name, ...)` registration, so the CUDA
+/// backend looks a kernel up in the one module that holds it.
+fn kernel_names(sources: &[PathBuf], stems: &[String]) -> Vec<(String, String)> {
+    let mut v = Vec::new();
+    for (src, stem) in sources.iter().zip(stems) {
+        let text = fs::read_to_string(src).unwrap_or_default();
+        for part in text.split("DELTADIT_SIM_KERNEL(").skip(1) {
+            let name = part.split(',').next().unwrap_or("").trim();
+            if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                v.push((name.to_string(), stem.clone()));
+            }
+        }
+    }
+    v
+}
+
+fn write_fatbin_table(out: &Path, fatbins: &[(String, PathBuf)], nvcc: Option<&Path>, kernels: &[(String, String)]) {
     let mut s = String::new();
     s.push_str("/// (file stem, fatbin image) for every kernels/*.cu compiled by nvcc.\n");
     s.push_str("pub static FATBINS: &[(&str, &[u8])] = &[\n");
     for (stem, path) in fatbins {
         writeln!(s, "    ({stem:?}, include_bytes!({:?})),", path.display().to_string()).unwrap();
+    }
+    s.push_str("];\n");
+    s.push_str("/// (kernel name, file stem) of every kernel registered in kernels/*.cu.\n");
+    s.push_str("pub static KERNEL_FILES: &[(&str, &str)] = &[\n");
+    for (k, stem) in kernels {
+        writeln!(s, "    ({k:?}, {stem:?}),").unwrap();
     }
     s.push_str("];\n");
     writeln!(s, "/// The nvcc that built them, if any.").unwrap();

@@ -6,7 +6,7 @@
 //! Without nvcc these checks print why they are skipped, unless DELTADIT_REQUIRE_KERNELS=1 (set by
 //! scripts/test.sh), which turns a missing toolchain into a failure.
 
-use deltadit::backend::build_info::{fatbin_path, ptxas_log, FATBINS, NVCC, SIM_BUILT};
+use deltadit::backend::build_info::{fatbin_path, ptxas_log, FATBINS, KERNEL_FILES, NVCC, SIM_BUILT};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -167,5 +167,21 @@ fn memory_bound_kernels_use_128_bit_loads() {
             assert!(code.contains("LDG.E.128") || code.contains("LDG.E.ENL2.128"), "{f} on {arch}: no 128-bit global loads");
             println!("{f:<26} {arch}: LDG.E.128×{} STG.E.128×{}", code.matches("LDG.E.128").count() + code.matches("LDG.E.ENL2.128").count(), code.matches("STG.E.128").count());
         }
+    }
+}
+
+#[test]
+fn shim_registrations_match_the_fatbin_entry_points() {
+    // The shim can launch exactly the kernels the GPU has, and the CUDA backend's name → file
+    // table (from the registrations) points at the module that holds each kernel.
+    if !have_nvcc("shim_registrations_match_the_fatbin_entry_points") || cuobjdump().is_none() {
+        assert!(!required() || cuobjdump().is_some(), "cuobjdump missing");
+        return;
+    }
+    for stem in kernel_stems() {
+        let entries: std::collections::BTreeSet<String> = sass(&stem).into_keys().map(|(_, f)| f).collect();
+        let registered: std::collections::BTreeSet<String> =
+            KERNEL_FILES.iter().filter(|(_, s)| *s == stem).map(|(k, _)| k.to_string()).collect();
+        assert_eq!(registered, entries, "kernels/{stem}.cu: DELTADIT_SIM_REGISTER list vs fatbin entry points");
     }
 }

@@ -485,7 +485,11 @@ impl Device {
     fn load_function(&self, name: &str) -> Result<sys::CUfunction> {
         let cname = CString::new(name).map_err(|_| err(format!("kernel name {name:?} contains a NUL byte")))?;
         self.bind()?;
-        for m in &self.modules {
+        // The module registered for the name first (no failed lookups for compute-sanitizer to
+        // report), then every module for kernels the registry does not list.
+        let home = crate::backend::build_info::KERNEL_FILES.iter().find(|(k, _)| *k == name).map(|(_, s)| *s);
+        let order = self.modules.iter().filter(|m| Some(m.stem) == home).chain(self.modules.iter().filter(|m| Some(m.stem) != home));
+        for m in order {
             // SAFETY: `m.handle` is a loaded module (unloaded only in Drop).
             match unsafe { result::module::get_function(m.handle, cname.clone()) } {
                 Ok(f) => return Ok(f),
