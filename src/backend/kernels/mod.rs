@@ -104,3 +104,95 @@ pub(crate) fn grid_stride_blocks(n: usize, threads: u32, items_per_thread: usize
     let per_block = threads as usize * items_per_thread.max(1);
     (n.div_ceil(per_block).clamp(1, 65_536)) as u64
 }
+
+/// The ops a kernel backend (sim, cuda) runs through the launchers of this module, written once:
+/// `impl Backend for X { ...; kernel_backend_ops!(); }`.
+macro_rules! kernel_backend_ops {
+    () => {
+        fn norm_modulate(
+            &self,
+            x: &$crate::Tensor<Self>,
+            modv: &$crate::Tensor<Self>,
+            shift_row: usize,
+            scale_row: usize,
+            eps: f32,
+            out: &mut $crate::Tensor<Self>,
+        ) -> $crate::Result<()> {
+            $crate::backend::kernels::norm_modulate(self, x, modv, shift_row, scale_row, eps, out)
+        }
+
+        fn residual(
+            &self,
+            x: &mut $crate::Tensor<Self>,
+            y: &$crate::Tensor<Self>,
+            gate: Option<(&$crate::Tensor<Self>, usize)>,
+            cache: $crate::backend::CacheWrite<'_, Self>,
+        ) -> $crate::Result<()> {
+            $crate::backend::kernels::residual(self, x, y, gate, cache)
+        }
+
+        fn attention(
+            &self,
+            shape: &$crate::backend::AttentionShape,
+            q: $crate::backend::ColSlice<'_, Self>,
+            k: $crate::backend::ColSlice<'_, Self>,
+            v: $crate::backend::ColSlice<'_, Self>,
+            key_bias: Option<&$crate::Tensor<Self>>,
+            out: &mut $crate::Tensor<Self>,
+        ) -> $crate::Result<()> {
+            $crate::backend::kernels::attention(self, shape, q, k, v, key_bias, out)
+        }
+
+        fn activation(
+            &self,
+            x: &$crate::Tensor<Self>,
+            bias: Option<&$crate::Tensor<Self>>,
+            act: $crate::backend::Activation,
+            out: &mut $crate::Tensor<Self>,
+        ) -> $crate::Result<()> {
+            $crate::backend::kernels::activation(self, x, bias, act, out)
+        }
+
+        fn add_bcast(&self, x: &mut $crate::Tensor<Self>, y: &$crate::Tensor<Self>) -> $crate::Result<()> {
+            $crate::backend::kernels::add_bcast(self, x, y)
+        }
+
+        fn timestep_embedding(
+            &self,
+            t: &$crate::Tensor<Self>,
+            flip_sin_to_cos: bool,
+            downscale_freq_shift: f32,
+            out: &mut $crate::Tensor<Self>,
+        ) -> $crate::Result<()> {
+            $crate::backend::kernels::timestep_embedding(self, t, flip_sin_to_cos, downscale_freq_shift, out)
+        }
+
+        fn patchify(&self, latents: &$crate::Tensor<Self>, patch: usize, out: &mut $crate::Tensor<Self>) -> $crate::Result<()> {
+            $crate::backend::kernels::patchify(self, latents, patch, out)
+        }
+
+        fn unpatchify(&self, x: &$crate::Tensor<Self>, patch: usize, out: &mut $crate::Tensor<Self>) -> $crate::Result<()> {
+            $crate::backend::kernels::unpatchify(self, x, patch, out)
+        }
+
+        fn cfg_combine(&self, out: &$crate::Tensor<Self>, cfg: $crate::backend::Cfg, eps: &mut $crate::Tensor<Self>) -> $crate::Result<()> {
+            $crate::backend::kernels::cfg_combine(self, out, cfg, eps)
+        }
+
+        fn scheduler_step(
+            &self,
+            update: &$crate::backend::SchedulerUpdate,
+            x: &mut $crate::Tensor<Self>,
+            eps: &$crate::Tensor<Self>,
+            x0_prev: Option<&mut $crate::Tensor<Self>>,
+            noise: Option<&$crate::Tensor<Self>>,
+        ) -> $crate::Result<()> {
+            $crate::backend::kernels::scheduler_step(self, update, x, eps, x0_prev, noise)
+        }
+
+        fn rel_l1(&self, a: &$crate::Tensor<Self>, b: &$crate::Tensor<Self>) -> $crate::Result<(f32, f32)> {
+            $crate::backend::kernels::rel_l1(self, a, b)
+        }
+    };
+}
+pub(crate) use kernel_backend_ops;

@@ -9,7 +9,7 @@ mod ffi;
 pub mod selftest;
 
 use super::kernels::{self, KernelDevice, KernelParams, LaunchCfg};
-use super::{shapes, Activation, AttentionShape, Backend, CacheWrite, Cfg, ColSlice, SchedulerUpdate};
+use super::{shapes, Activation, Backend};
 use crate::dtype::{bits16_to_f32, f32_to_bits16};
 use crate::{DType, Error, Result, Tensor};
 use bytemuck::{Pod, Zeroable};
@@ -138,90 +138,7 @@ impl Backend for Sim {
         self.write(out, &of)
     }
 
-    fn norm_modulate(
-        &self,
-        x: &Tensor<Self>,
-        modv: &Tensor<Self>,
-        shift_row: usize,
-        scale_row: usize,
-        eps: f32,
-        out: &mut Tensor<Self>,
-    ) -> Result<()> {
-        kernels::norm_modulate(self, x, modv, shift_row, scale_row, eps, out)
-    }
-
-    fn residual(
-        &self,
-        x: &mut Tensor<Self>,
-        y: &Tensor<Self>,
-        gate: Option<(&Tensor<Self>, usize)>,
-        cache: CacheWrite<'_, Self>,
-    ) -> Result<()> {
-        kernels::residual(self, x, y, gate, cache)
-    }
-
-    fn attention(
-        &self,
-        shape: &AttentionShape,
-        q: ColSlice<'_, Self>,
-        k: ColSlice<'_, Self>,
-        v: ColSlice<'_, Self>,
-        key_bias: Option<&Tensor<Self>>,
-        out: &mut Tensor<Self>,
-    ) -> Result<()> {
-        kernels::attention(self, shape, q, k, v, key_bias, out)
-    }
-
-    fn activation(
-        &self,
-        x: &Tensor<Self>,
-        bias: Option<&Tensor<Self>>,
-        act: Activation,
-        out: &mut Tensor<Self>,
-    ) -> Result<()> {
-        kernels::activation(self, x, bias, act, out)
-    }
-
-    fn add_bcast(&self, x: &mut Tensor<Self>, y: &Tensor<Self>) -> Result<()> {
-        kernels::add_bcast(self, x, y)
-    }
-
-    fn timestep_embedding(
-        &self,
-        t: &Tensor<Self>,
-        flip_sin_to_cos: bool,
-        downscale_freq_shift: f32,
-        out: &mut Tensor<Self>,
-    ) -> Result<()> {
-        kernels::timestep_embedding(self, t, flip_sin_to_cos, downscale_freq_shift, out)
-    }
-
-    fn patchify(&self, latents: &Tensor<Self>, patch: usize, out: &mut Tensor<Self>) -> Result<()> {
-        kernels::patchify(self, latents, patch, out)
-    }
-
-    fn unpatchify(&self, x: &Tensor<Self>, patch: usize, out: &mut Tensor<Self>) -> Result<()> {
-        kernels::unpatchify(self, x, patch, out)
-    }
-
-    fn cfg_combine(&self, out: &Tensor<Self>, cfg: Cfg, eps: &mut Tensor<Self>) -> Result<()> {
-        kernels::cfg_combine(self, out, cfg, eps)
-    }
-
-    fn scheduler_step(
-        &self,
-        update: &SchedulerUpdate,
-        x: &mut Tensor<Self>,
-        eps: &Tensor<Self>,
-        x0_prev: Option<&mut Tensor<Self>>,
-        noise: Option<&Tensor<Self>>,
-    ) -> Result<()> {
-        kernels::scheduler_step(self, update, x, eps, x0_prev, noise)
-    }
-
-    fn rel_l1(&self, a: &Tensor<Self>, b: &Tensor<Self>) -> Result<(f32, f32)> {
-        kernels::rel_l1(self, a, b)
-    }
+    super::kernels::kernel_backend_ops!();
 
     fn copy_range(&self, src: &Tensor<Self>, src_off: usize, dst: &mut Tensor<Self>, dst_off: usize, len: usize) -> Result<()> {
         shapes::copy_range(src, src_off, dst, dst_off, len)?;
