@@ -30,7 +30,7 @@ pub fn modulation<B: Backend>(
     let batch = modv.rows();
     let mod_stride = modv.cols();
     let max_row = needed_rows.iter().copied().max().unwrap_or(0);
-    if batch == 0 || rows % batch != 0 || dim == 0 || mod_stride % dim != 0 || mod_stride / dim <= max_row {
+    if batch == 0 || rows % batch != 0 || dim == 0 || !mod_stride.is_multiple_of(dim) || mod_stride / dim <= max_row {
         return Err(shape_err(
             op,
             "modv",
@@ -136,7 +136,7 @@ pub fn attention<B: Backend>(
 /// Latents `[B, C, H, W]` and their patches; returns (B, C, H, W).
 pub fn patchify<B: Backend>(latents: &Tensor<B>, patch: usize, out: &Tensor<B>) -> Result<[usize; 4]> {
     let s = latents.shape();
-    if s.len() != 4 || patch == 0 || s[2] % patch != 0 || s[3] % patch != 0 {
+    if s.len() != 4 || patch == 0 || !s[2].is_multiple_of(patch) || !s[3].is_multiple_of(patch) {
         return Err(shape_err("patchify", "latents", format!("[B, C, H, W] with H, W multiples of {patch}"), latents));
     }
     let (b, c, h, w) = (s[0], s[1], s[2], s[3]);
@@ -153,7 +153,7 @@ pub fn patchify<B: Backend>(latents: &Tensor<B>, patch: usize, out: &Tensor<B>) 
 /// Tokens and the f32 image they unpatchify into; returns (B, C, H, W).
 pub fn unpatchify<B: Backend>(x: &Tensor<B>, patch: usize, out: &Tensor<B>) -> Result<[usize; 4]> {
     let s = out.shape();
-    if s.len() != 4 || patch == 0 || s[2] % patch != 0 || s[3] % patch != 0 {
+    if s.len() != 4 || patch == 0 || !s[2].is_multiple_of(patch) || !s[3].is_multiple_of(patch) {
         return Err(shape_err("unpatchify", "out", format!("[B, C, H, W] with H, W multiples of {patch}"), out));
     }
     let (b, c, h, w) = (s[0], s[1], s[2], s[3]);

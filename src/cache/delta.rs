@@ -45,7 +45,7 @@ impl Delta {
     }
 
     fn cached(&self, step: usize) -> bool {
-        step % self.n != 0
+        !step.is_multiple_of(self.n)
     }
 }
 

@@ -51,6 +51,13 @@ pub enum BranchIo<'a, B: Backend> {
     Reuse(&'a BranchCache<B>),
 }
 
+/// A block's view of the per-run text: its K|V projection [batch·L, 2D], the f32 key bias and L.
+pub struct CrossKv<'a, B: Backend> {
+    pub kv: &'a Tensor<B>,
+    pub bias: Option<&'a Tensor<B>>,
+    pub text_len: usize,
+}
+
 /// One block's cached branch outputs, `[rows, D]` each.
 pub struct BranchCache<B: Backend> {
     pub attn: Tensor<B>,
@@ -104,7 +111,7 @@ impl<B: Backend> Block<B> {
         be: &B,
         cfg: &ModelConfig,
         ws: &mut Workspace<B>,
-        cross_kv: Option<(&Tensor<B>, Option<&Tensor<B>>, usize)>,
+        cross_kv: Option<CrossKv<'_, B>>,
         tap: CacheWrite<'_, B>,
         io: BranchIo<'_, B>,
     ) -> Result<()> {
@@ -145,7 +152,7 @@ impl<B: Backend> Block<B> {
         be.residual(&mut ws.x, y, Some((&ws.modv, GATE_MSA)), CacheWrite::None)?;
 
         // Cross-attention to the text (no norm, no gate).
-        if let (Some((to_q, to_out)), Some((kv, bias, text_len))) = (&self.cross, cross_kv) {
+        if let (Some((to_q, to_out)), Some(CrossKv { kv, bias, text_len })) = (&self.cross, cross_kv) {
             be.linear(&ws.x, &to_q.w, to_q.b.as_ref(), Activation::None, &mut ws.norm)?;
             let shape = AttentionShape { batch, heads, head_dim: hd, nq: tokens, nk: text_len, scale };
             be.attention(&shape, ColSlice::new(&ws.norm, 0), ColSlice::new(kv, 0), ColSlice::new(kv, d), bias, &mut ws.attn)?;

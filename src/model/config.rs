@@ -196,7 +196,7 @@ impl ModelConfig {
         if self.in_channels == 0 || self.out_channels < self.in_channels {
             return bad("out_channels", self.out_channels, "≥ in_channels ≥ 1");
         }
-        if self.family == Family::PixArt && self.inner_dim() % 3 != 0 && self.use_additional_conditions {
+        if self.family == Family::PixArt && !self.inner_dim().is_multiple_of(3) && self.use_additional_conditions {
             return bad("inner_dim", self.inner_dim(), "a multiple of 3 when use_additional_conditions (size embeddings are inner_dim/3 wide)");
         }
         Ok(())

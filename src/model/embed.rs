@@ -6,7 +6,7 @@
 /// f64, rounded to f32 at the end. Channels [0, dim/2) encode the column coordinate, the rest
 /// the row coordinate.
 pub fn pos_embed_2d(dim: usize, h: usize, w: usize, base_size: usize, interpolation_scale: f64) -> Vec<f32> {
-    assert!(dim % 4 == 0, "positional embedding needs a hidden size divisible by 4, got {dim}");
+    assert!(dim.is_multiple_of(4), "positional embedding needs a hidden size divisible by 4, got {dim}");
     let axis = |n: usize| -> Vec<f64> {
         let step = (n as f64 / base_size as f64) as f32;
         let s = interpolation_scale as f32;

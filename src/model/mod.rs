@@ -147,7 +147,7 @@ impl<B: Backend> Transformer<B> {
     /// Per-run context (text K/V for every block, micro-conditions or class embeddings).
     pub fn context(&self, be: &B, c: &Conditioning) -> Result<Context<B>> {
         let p = self.config.patch_size;
-        if c.batch == 0 || c.height == 0 || c.width == 0 || c.height % p != 0 || c.width % p != 0 {
+        if c.batch == 0 || c.height == 0 || c.width == 0 || !c.height.is_multiple_of(p) || !c.width.is_multiple_of(p) {
             return Err(Error::input(
                 "hidden_states",
                 format!("latent size {}×{} (batch {}) must be non-empty multiples of the patch size {p}", c.height, c.width, c.batch),
@@ -233,7 +233,7 @@ impl<B: Backend> Transformer<B> {
             let boundary = k + 1;
             // Fused into this block's last residual: the delta ending here, else the first anchor.
             let fused = taps.iter().position(|t| t.to == boundary).or_else(|| taps.iter().position(|t| t.from == boundary));
-            let kv = (!ctx.cross_kv.is_empty()).then(|| (&ctx.cross_kv[k], ctx.key_bias.as_ref(), ctx.text_len));
+            let kv = (!ctx.cross_kv.is_empty()).then(|| block::CrossKv { kv: &ctx.cross_kv[k], bias: ctx.key_bias.as_ref(), text_len: ctx.text_len });
             let io = match &mut branches {
                 Branches::Compute => BranchIo::Compute,
                 Branches::Store(c) => BranchIo::Store(&mut c[k]),

@@ -199,7 +199,7 @@ impl Backend for Cpu {
         downscale_freq_shift: f32,
         out: &mut Tensor<Self>,
     ) -> Result<()> {
-        if out.rows() != t.numel() || out.cols() % 2 != 0 {
+        if out.rows() != t.numel() || !out.cols().is_multiple_of(2) {
             return Err(Error::Shape { op: "timestep_embedding", tensor: "out", expected: format!("[{}, even dim]", t.numel()), found: out.shape().to_vec() });
         }
         let dim = out.cols();

@@ -70,7 +70,7 @@ pub fn attention<D: KernelDevice>(
     let at = |t: &Tensor<D>, col: usize| d.ptr(t).cast::<u8>().wrapping_add(col * elem).cast::<c_void>();
     let (qp, kp, vp, o) = (at(q.t, q.col), at(k.t, k.col), at(v.t, v.col), d.ptr_mut(out));
     for (name, ptr) in [("q", qp), ("k", kp), ("v", vp), ("out", o.cast_const())] {
-        if (ptr as usize) % 16 != 0 {
+        if !(ptr as usize).is_multiple_of(16) {
             return Err(Error::Unsupported(format!("attention: {name} is not 16-byte aligned")));
         }
     }
