@@ -1,1 +1,291 @@
-fn main(){}
+//! Whole-model benchmarks of a preset with random weights and classifier-free guidance (batch 2):
+//!
+//!   forward/<preset>         one transformer forward (embed, all blocks, final layer)
+//!   step/<preset>            one full sampling step as the pipeline runs it: latents into the
+//!                            CFG batch, timestep, embed + blocks + final layer + CFG combine
+//!                            (the pipeline's two graph units on CUDA), scheduler update, sync
+//!   sample20-none/<preset>   20 sampling steps without a cache (sum of the step times, as
+//!   sample20-delta/<preset>  `deltadit bench` counts) and with Δ-DiT (`delta`, the paper's preset)
+//!
+//!   cargo bench --bench step [-- --quick] [FILTER]
+//!
+//! GPU: pixart-alpha-1024 (quick) or also dit-xl-2-256, pixart-alpha-512, dit-xl-2-512 (full);
+//! CPU: pixart-cpu-small (+ dit-cpu-small in full mode). Wall clock with a device synchronisation
+//! at the end of each forward/step/run (what a caller sees). Writes <out>/step-<backend>.json.
+
+mod common;
+
+use common::{median, min, Dev, Mode, Timed};
+use deltadit::backend::Cfg;
+use deltadit::bench::{random_inputs, Preset};
+use deltadit::cache::{CacheEngine, CacheSpec};
+use deltadit::model::{Branches, Conditioning, Family, TextInput};
+use deltadit::pipeline::{sample, SampleConfig, SampleInputs};
+use deltadit::sampler::Scheduler;
+use deltadit::{DType, Result};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+/// The model batch of CFG for one sample (as pipeline.rs builds it).
+fn conditioning(family: Family, inp: &SampleInputs, num_classes: usize) -> Conditioning {
+    let [n, _, h, w] = inp.shape;
+    let mut c = Conditioning { batch: 2 * n, height: h, width: w, ..Default::default() };
+    match family {
+        Family::PixArt => {
+            let (u, k) = (inp.uncond.as_ref().unwrap(), inp.cond.as_ref().unwrap());
+            let mask = Some([u.mask.clone().unwrap(), k.mask.clone().unwrap()].concat());
+            c.text = Some(TextInput { embeds: [u.embeds.as_slice(), k.embeds.as_slice()].concat(), mask, len: k.len });
+            c.resolution = Some((0..2 * n).flat_map(|_| [(h * 8) as f32, (w * 8) as f32]).collect());
+            c.aspect_ratio = Some(vec![h as f32 / w as f32; 2 * n]);
+        }
+        Family::DiT => {
+            let labels = inp.class_labels.clone().unwrap();
+            c.class_labels = Some(labels.iter().copied().chain(std::iter::repeat_n(num_classes, n)).collect());
+        }
+    }
+    c
+}
+
+struct Row {
+    name: String,
+    kind: &'static str,
+    preset: String,
+    samples: Vec<f64>,
+    extra: Value,
+}
+
+/// Runs `f(iters)` (returns seconds for `iters` repetitions) as criterion bench `group/preset`,
+/// keeping the per-repetition samples.
+fn bench(c: &mut criterion::Criterion, group: &str, preset: &str, f: &mut dyn FnMut(u64) -> Result<f64>) -> Result<Vec<f64>> {
+    let mut samples = Vec::new();
+    let mut failed = None;
+    {
+        let mut g = c.benchmark_group(group);
+        g.bench_function(preset, |b| {
+            b.iter_custom(|iters| {
+                if failed.is_some() {
+                    return Duration::from_nanos(iters);
+                }
+                match f(iters) {
+                    Ok(s) => {
+                        samples.push(s / iters as f64);
+                        Duration::from_secs_f64(s)
+                    }
+                    Err(e) => {
+                        failed = Some(e);
+                        Duration::from_nanos(iters)
+                    }
+                }
+            })
+        });
+        g.finish();
+    }
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(samples),
+    }
+}
+
+fn preset_rows<B: Timed>(be: &B, mode: &Mode, c: &mut criterion::Criterion, p: &Preset, rows: &mut Vec<Row>) -> Result<()> {
+    let steps = 20;
+    let t0 = Instant::now();
+    let model = p.build(be, 0)?;
+    let build_s = t0.elapsed().as_secs_f64();
+    let cfg = &model.config;
+    let family = cfg.family;
+    let layers = model.num_blocks();
+    let inputs = random_inputs(cfg, p.latent, p.latent, p.text_len, steps, 0);
+    let cond = conditioning(family, &inputs, cfg.num_embeds_ada_norm);
+    let ctx = model.context(be, &cond)?;
+    let mut ws = model.workspace(be, &ctx)?;
+    let guidance = Cfg::On { scale: p.guidance, cond_first: family == Family::DiT };
+    let numel: usize = inputs.shape.iter().product();
+    let model_in: Vec<f32> = [inputs.latents.as_slice(), inputs.latents.as_slice()].concat();
+    let name = |k: &str| format!("{k}/{}", p.name);
+    println!("{}: model built in {build_s:.1} s ({} blocks, {} tokens, batch 2)", p.name, layers, (p.latent / cfg.patch_size).pow(2));
+
+    // One forward.
+    if mode.wants(&name("forward")) {
+        be.write(&mut ws.model_in, &model_in)?;
+        be.write(&mut ws.t, &[500.0, 500.0])?;
+        let fwd = |ws: &mut deltadit::model::Workspace<B>| -> Result<()> {
+            be.graph_run("bench/forward", &mut || {
+                model.embed(be, &ctx, ws)?;
+                model.run_blocks(be, &ctx, ws, 0..layers, &mut [], Branches::Compute)?;
+                model.finish(be, ws)
+            })?;
+            be.synchronize()
+        };
+        for _ in 0..3 {
+            fwd(&mut ws)?; // warm-up, graph capture
+        }
+        let samples = bench(c, "forward", p.name, &mut |iters| {
+            let t = Instant::now();
+            for _ in 0..iters {
+                fwd(&mut ws)?;
+            }
+            Ok(t.elapsed().as_secs_f64())
+        })?;
+        rows.push(Row { name: name("forward"), kind: "forward", preset: p.name.into(), samples, extra: json!({}) });
+    }
+
+    // One sampling step with CFG, as the pipeline runs it (policy none: every step is full).
+    if mode.wants(&name("step")) {
+        let sched = Scheduler::new(p.scheduler, steps)?;
+        let policy = "none".parse::<CacheSpec>()?.build(family, layers, steps)?;
+        let mut engine = CacheEngine::new(be, &model, &ws, policy)?;
+        let mut latents = be.upload(&inputs.latents, &inputs.shape, DType::F32)?;
+        let mut eps = be.alloc(&inputs.shape, DType::F32)?;
+        let mut x0_prev = if sched.needs_x0_prev() { Some(be.alloc(&inputs.shape, DType::F32)?) } else { None };
+        let mut i = 0usize;
+        let mut step = |ws: &mut deltadit::model::Workspace<B>| -> Result<()> {
+            let k = i % steps;
+            if k == 0 {
+                be.write(&mut latents, &inputs.latents)?; // a new run: the values stay in range
+            }
+            let t = sched.timesteps()[k] as f32;
+            for copy in 0..2 {
+                be.copy_range(&latents, 0, &mut ws.model_in, copy * numel, numel)?;
+            }
+            be.write(&mut ws.t, &[t, t])?;
+            engine.step(be, &model, &ctx, ws, k, steps, &mut |be, ws| be.cfg_combine(&ws.model_out, guidance, &mut eps))?;
+            be.scheduler_step(&sched.update(k), &mut latents, &eps, x0_prev.as_mut(), None)?;
+            be.synchronize()?;
+            i += 1;
+            Ok(())
+        };
+        for _ in 0..3 {
+            step(&mut ws)?;
+        }
+        let samples = bench(c, "step", p.name, &mut |iters| {
+            let t = Instant::now();
+            for _ in 0..iters {
+                step(&mut ws)?;
+            }
+            Ok(t.elapsed().as_secs_f64())
+        })?;
+        rows.push(Row { name: name("step"), kind: "step", preset: p.name.into(), samples, extra: json!({ "scheduler": p.scheduler.name() }) });
+    }
+    drop(ws);
+    drop(ctx);
+
+    // 20 steps without and with the Δ-DiT cache, in the same process.
+    let sc = SampleConfig { scheduler: p.scheduler, steps, guidance: p.guidance, keep_per_step: false };
+    let mut reference: Option<(Vec<f32>, f64)> = None;
+    for spec in ["none", "delta"] {
+        let kind = if spec == "none" { "sample20-none" } else { "sample20-delta" };
+        if !mode.wants(&name(kind)) {
+            continue;
+        }
+        let spec: CacheSpec = spec.parse()?;
+        let mut last = None;
+        let mut run_once = || -> Result<f64> {
+            let out = sample(be, &model, &inputs, &sc, spec.build(family, layers, steps)?, &mut |_, _| {})?;
+            let s = out.step_times.iter().map(Duration::as_secs_f64).sum::<f64>();
+            last = Some(out);
+            Ok(s)
+        };
+        run_once()?; // warm-up
+        let samples = bench(c, kind, p.name, &mut |iters| (0..iters).map(|_| run_once()).sum())?;
+        let out = last.expect("ran");
+        let blocks: usize = out.blocks_run.iter().sum();
+        let t = median(&samples);
+        let (rel, speedup) = match &reference {
+            Some((r, tn)) => (Some(deltadit::rng::rel_l2(&out.latents, r)), Some(tn / t)),
+            None => (None, None),
+        };
+        let params = spec.build(family, layers, steps)?.params();
+        rows.push(Row {
+            name: name(kind),
+            kind,
+            preset: p.name.into(),
+            samples,
+            extra: json!({
+                "steps": steps,
+                "scheduler": p.scheduler.name(),
+                "policy_params": params,
+                "blocks": blocks,
+                "block_ratio": blocks as f64 / (steps * layers) as f64,
+                "speedup_vs_none": speedup,
+                "rel_l2_vs_none": rel,
+            }),
+        });
+        if reference.is_none() && kind == "sample20-none" {
+            reference = Some((out.latents, t));
+        }
+    }
+    Ok(())
+}
+
+fn run<B: Timed>(be: &B, mode: &Mode, gpu: bool) -> Result<()> {
+    let default: Vec<&str> = match (gpu, mode.quick) {
+        (true, true) => vec!["pixart-alpha-1024"],
+        (true, false) => vec!["pixart-alpha-1024", "dit-xl-2-256", "pixart-alpha-512", "dit-xl-2-512"],
+        (false, true) => vec!["pixart-cpu-small"],
+        (false, false) => vec!["pixart-cpu-small", "dit-cpu-small"],
+    };
+    let presets = common::presets(&default)?;
+    println!("deltadit step: {} backend ({}) on {}; wall clock, synchronised", B::NAME, be.act_dtype(), be.machine());
+    let mut c = mode.criterion(gpu);
+    let mut rows = Vec::new();
+    for p in &presets {
+        preset_rows(be, mode, &mut c, p, &mut rows)?;
+    }
+    c.final_summary();
+    println!("\n{:<34} {:>12} {:>12} {:>8}  notes", "bench", "median ms", "min ms", "samples");
+    let mut out = Vec::new();
+    for r in &rows {
+        let notes = match r.extra.get("speedup_vs_none").and_then(Value::as_f64) {
+            Some(s) => format!(
+                "{:.2}× vs none, blocks {:.0}%, rel L2 {:.2e}",
+                s,
+                100.0 * r.extra["block_ratio"].as_f64().unwrap_or(f64::NAN),
+                r.extra["rel_l2_vs_none"].as_f64().unwrap_or(f64::NAN)
+            ),
+            None => String::new(),
+        };
+        println!("{:<34} {:>12.3} {:>12.3} {:>8}  {notes}", r.name, 1e3 * median(&r.samples), 1e3 * min(&r.samples), r.samples.len());
+        let mut v = json!({
+            "name": r.name,
+            "kind": r.kind,
+            "preset": r.preset,
+            "median_ms": 1e3 * median(&r.samples),
+            "min_ms": 1e3 * min(&r.samples),
+            "samples": r.samples.len(),
+            "batch": 2,
+        });
+        if let (Value::Object(a), Value::Object(b)) = (&mut v, &r.extra) {
+            a.extend(b.clone());
+        }
+        out.push(v);
+    }
+    if mode.bench {
+        let report = json!({
+            "kind": "deltadit-step",
+            "backend": B::NAME,
+            "dtype": be.act_dtype().to_string(),
+            "machine": be.machine(),
+            "threads": rayon::current_num_threads(),
+            "date": common::utc_now(),
+            "commit": common::commit(),
+            "quick": mode.quick,
+            "timing": "wall clock, device synchronised after each forward / step / run",
+            "results": out,
+        });
+        let path = common::write_json(&format!("step-{}.json", B::NAME), &report)?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn main() {
+    let mode = Mode::from_env();
+    let r = Dev::pick().and_then(|dev| match &dev {
+        Dev::Cpu(cpu) => run(cpu, &mode, false),
+        Dev::Cuda(cuda) => run(&**cuda, &mode, true),
+    });
+    if let Err(e) = r {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}

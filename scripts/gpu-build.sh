@@ -3,10 +3,17 @@
 # benchmark the CUDA backend: the release test and bench binaries (CUDA kernels compiled in by
 # nvcc), the CLI, the golden test data and a runner (scripts/gpu-run.sh), in one folder.
 #
-# Usage: scripts/gpu-build.sh [--no-data] [--keep-debug] [DIR]      (default DIR: <repo>/gpu-bundle)
+# Usage: scripts/gpu-build.sh [--no-data] [--keep-debug] [--no-wheels] [--archive] [DIR]
+#                                                                     (default DIR: <repo>/gpu-bundle)
 #   --no-data     leave tests/data out (34 MB): the runner then uses the repository's tests/data
 #                 when the bundle sits inside a checkout, or $DELTADIT_TEST_DATA
 #   --keep-debug  keep the line tables in the binaries (bigger; file:line in backtraces)
+#   --no-wheels   do not fetch the diffusers wheel (the GPU image has torch but not diffusers;
+#                 bench/torch_reference.py then skips diffusers' forward)
+#   --archive     also write DIR.tar.xz without tests/data (~6 MB instead of ~80 MB: it fits the
+#                 64 MiB a device call carries; the runner finds the checkout's tests/data when the
+#                 archive is unpacked into DIR inside the checkout) and print the device command
+# Also bundled: bench/*.py, scripts/bench-table.py (as bench-table.py) and wheels/ (diffusers).
 # Then on the GPU machine: DIR/run.sh --help
 set -euo pipefail
 
@@ -14,11 +21,15 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 out="$repo/gpu-bundle"
 with_data=1
 strip_debug=1
+wheels=1
+archive=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --no-data) with_data=0 ;;
     --keep-debug) strip_debug=0 ;;
-    -h | --help) sed -n '2,12p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    --no-wheels) wheels=0 ;;
+    --archive) archive=1 ;;
+    -h | --help) sed -n '2,20p' "${BASH_SOURCE[0]}"; exit 0 ;;
     -*) echo "gpu-build: unknown option $1" >&2; exit 2 ;;
     *) out="$1" ;;
   esac
@@ -103,6 +114,21 @@ if [[ -d bench ]]; then
 fi
 cp scripts/gpu-run.sh "$out/run.sh"
 chmod +x "$out/run.sh"
+cp scripts/bench-table.py "$out/bench-table.py"
+
+# diffusers for bench/torch_reference.py (pure Python; its dependencies are on the GPU image:
+# torch, huggingface-hub, safetensors, numpy, regex, requests, filelock, Pillow).
+diffusers_pin="diffusers==0.42.1"
+if [[ "$wheels" == 1 ]]; then
+  mkdir -p "$out/wheels"
+  cached="$(ls "$repo"/.whl/diffusers-0.42.1-*.whl 2>/dev/null | head -n 1 || true)"
+  if [[ -n "$cached" ]]; then
+    cp "$cached" "$out/wheels/"
+  elif ! python3 -m pip download -q --no-deps --only-binary=:all: -d "$out/wheels" "$diffusers_pin" >"$tmp/pip.log" 2>&1; then
+    echo "gpu-build: WARNING: pip download $diffusers_pin failed (diffusers' forward will be skipped on the GPU):" >&2
+    tail -n 3 "$tmp/pip.log" >&2
+  fi
+fi
 
 nvcc_path="$repo/.cuda/nvidia/cu13/bin/nvcc"
 {
@@ -126,7 +152,24 @@ cat <<EOF
 gpu-build: bundle ready: $out ($size; $ntests test binaries, $nbench benches, the CLI$([[ "$with_data" == 1 ]] && echo ", tests/data"))
   On the GPU machine (CUDA 13 driver; cuBLASLt 13 from the system or a pip wheel):
     $(basename "$out")/run.sh                # every test binary, compute-sanitizer memcheck + racecheck, benches
-    $(basename "$out")/run.sh --quick        # gpu + golden tests, memcheck on the op tests only
+    $(basename "$out")/run.sh --quick        # gpu + golden + cpu_ops tests, memcheck on the op tests, quick
+                                             # benches on pixart-alpha-1024 (~3 min; DELTADIT_GPU_QUICK=1 too)
     $(basename "$out")/run.sh --help
-  Logs and a summary table go to \$OUT (or $(basename "$out")/logs).
+  Logs in $(basename "$out")/logs; with \$OUT set, run.log, summary.txt, bench-table.{txt,md,json} and
+  results.tar.gz (every log and JSON) are copied there; the joined benchmark table is printed last.
 EOF
+
+if [[ "$archive" == 1 ]]; then
+  arch="$out.tar.xz"
+  tar -C "$out" --exclude=./data --exclude=./logs -cJf "$arch.tmp" . && mv "$arch.tmp" "$arch"
+  rel="${arch#"$repo"/}"
+  if [[ "$rel" != "$arch" ]] && ! git check-ignore -q "$rel" 2>/dev/null; then
+    # keep it out of `git status` (a device call carries it by name)
+    echo "/$rel" >>"$repo/.git/info/exclude"
+  fi
+  cat <<EOF
+gpu-build: archive: $arch ($(du -h "$arch" | cut -f1), without tests/data)
+  Device call from the repository root (carry: ["$rel"]):
+    mkdir -p $(basename "$out") && tar -xJf $rel -C $(basename "$out") && DELTADIT_GPU_QUICK=1 $(basename "$out")/run.sh
+EOF
+fi

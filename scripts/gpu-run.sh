@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Runs a bundle made by scripts/gpu-build.sh on a GPU machine (no Rust toolchain, no network
 # needed): every test binary, compute-sanitizer memcheck and racecheck on the GPU tests, then the
-# benches; logs per step and a summary table at the end. In the bundle this script is `run.sh`.
+# benchmarks (kernel microbenches, whole-model benches, `deltadit bench`, the PyTorch/diffusers
+# reference), a summary table, and the joined benchmark table LAST. In the bundle this is `run.sh`.
 #
 # Usage: run.sh [options]
-#   --quick            gpu + golden + cpu_ops tests only; memcheck on the op/graph tests; no
-#                      racecheck, no benches (a few minutes)
+#   --quick            (default when DELTADIT_GPU_QUICK=1) gpu + golden + cpu_ops tests; memcheck
+#                      on the op/graph tests; no racecheck; benches in quick mode on one preset
+#                      (pixart-alpha-1024): about 3 minutes on an H100/H200
+#   --full             the opposite of --quick (overrides DELTADIT_GPU_QUICK)
+#   --no-tests         benchmarks only (no test binaries, no sanitizer)
 #   --tests "A B"      only these test binaries (names in tests/, e.g. "gpu golden")
 #   --skip "A B"       skip these test binaries (default: "bindings kernel_build", checks of the
 #                      build machine's sources and nvcc output, meaningless here)
@@ -13,14 +17,20 @@
 #   --no-sanitizer     no compute-sanitizer steps
 #   --no-racecheck     memcheck only
 #   --no-bench         no benches
-#   --timeout S        per-step limit in seconds (default 900)
-# Environment: OUT (log folder; default <bundle>/logs), DELTADIT_TEST_DATA (golden data; default
-# the bundle's data/ or ../tests/data), DELTADIT_CUDA_SYNC=1 (a failing kernel names itself),
-# DELTADIT_CUDA_GRAPHS=0 (graphs off). Exit status: 0 when every step passed.
+#   --timeout S        per-step limit in seconds (default 900; 240 with --quick)
+# Environment: OUT (set: the few files that matter are copied there after every step — run.log,
+# summary.txt, bench-table.txt/.md/.json and results.tar.gz holding every log, JSON and criterion
+# file; at most 8 files), DELTADIT_LOGS (the log folder; default <bundle>/logs),
+# DELTADIT_TEST_DATA (golden data; default the bundle's data/ or ../tests/data),
+# DELTADIT_CUDA_SYNC=1 (a failing kernel names itself), DELTADIT_CUDA_GRAPHS=0 (graphs off).
+# Exit status: 0 when every step passed.
 set -uo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 quick=0
+case "${DELTADIT_GPU_QUICK:-0}" in "" | 0 | false | no | off) ;; *) quick=1 ;; esac
+tests_on=1
+timeout_set=0
 only=""
 skip="bindings kernel_build"
 filter=""
@@ -31,14 +41,16 @@ step_timeout=900
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --quick) quick=1 ;;
+    --full) quick=0 ;;
+    --no-tests) tests_on=0 ;;
     --tests) only="$2"; shift ;;
     --skip) skip="$2"; shift ;;
     --filter) filter="$2"; shift ;;
     --no-sanitizer) sanitizer=0 ;;
     --no-racecheck) racecheck=0 ;;
     --no-bench) bench=0 ;;
-    --timeout) step_timeout="$2"; shift ;;
-    -h | --help) sed -n '2,20p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    --timeout) step_timeout="$2"; timeout_set=1; shift ;;
+    -h | --help) sed -n '2,28p' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -46,15 +58,34 @@ done
 if [[ "$quick" == 1 ]]; then
   [[ -z "$only" ]] && only="gpu golden cpu_ops"
   racecheck=0
-  bench=0
+  [[ "$timeout_set" == 0 ]] && step_timeout=240
 fi
 
-logs="${OUT:-$here/logs}"
+if [[ -n "${DELTADIT_LOGS:-}" ]]; then
+  logs="$DELTADIT_LOGS"
+else
+  logs="$here/logs"
+  rm -rf "$logs"  # the bundle's own log folder: this run's files only
+fi
 mkdir -p "$logs"
 summary=()
 failed=0
 
 note() { echo "run.sh: $*" | tee -a "$logs/run.log"; }
+
+# pack: the files that come back from a GPU machine (at most 8) into $OUT, refreshed after every
+# step so that a run cut short still returns what it did.
+pack() {
+  [[ -n "${OUT:-}" ]] || return 0
+  mkdir -p "$OUT"
+  local f
+  for f in run.log summary.txt bench-table.txt bench-table.md bench-table.json; do
+    [[ -f "$logs/$f" ]] && cp "$logs/$f" "$OUT/$f"
+  done
+  tar -czf "$OUT/results.tar.gz.tmp" -C "$(dirname "$logs")" "$(basename "$logs")" 2>/dev/null &&
+    mv "$OUT/results.tar.gz.tmp" "$OUT/results.tar.gz"
+  return 0
+}
 
 # ---- environment ---------------------------------------------------------------------------------
 : >"$logs/run.log"
@@ -163,6 +194,8 @@ run_step() {
   fi
   [[ "$status" != ok ]] && failed=1
   summary+=("$(printf '%-28s %-9s %6ss  %s' "$name" "$status" "$((end - start))" "$detail")")
+  note "step $name: $status in $((end - start)) s"
+  pack
 }
 
 want_test() {
@@ -180,7 +213,8 @@ for t in "$here"/tests/*; do
   [[ -x "$t" && "$(basename "$t")" != gpu ]] && tests+=("$t")
 done
 read -ra gpu_filters <<<"$filter"
-for t in "${tests[@]}"; do
+[[ "$tests_on" == 0 ]] && tests=() && sanitizer=0
+for t in ${tests[@]+"${tests[@]}"}; do
   n="$(basename "$t")"
   want_test "$n" || continue
   if [[ "$n" == gpu ]]; then
@@ -210,12 +244,51 @@ if [[ "$sanitizer" == 1 && -x "$here/tests/gpu" ]]; then
   fi
 fi
 
+# ---- benchmarks ----------------------------------------------------------------------------------
+# benches/kernels and benches/step (criterion; their JSON into bench-json/), `deltadit bench` with
+# --json, bench/torch_reference.py (PyTorch SDPA/eager ops and diffusers' forward at the same
+# shapes), then bench-table.py joins them. Quick: criterion's --quick, pixart-alpha-1024 only.
 if [[ "$bench" == 1 ]]; then
-  export CRITERION_HOME="$logs/criterion"
-  for b in "$here"/benches/*; do
-    [[ -x "$b" ]] || continue
-    run_step "bench-$(basename "$b")" "$b" --bench
+  bj="$logs/bench-json"
+  mkdir -p "$bj"
+  # DELTADIT_BENCH_DEVICE=cpu makes a dry run of this section on a machine without a GPU
+  bdev="${DELTADIT_BENCH_DEVICE:-cuda}"
+  export CRITERION_HOME="$logs/criterion" DELTADIT_BENCH_OUT="$bj" DELTADIT_BENCH_DEVICE="$bdev"
+  DELTADIT_BENCH_COMMIT="$(sed -n 's/^commit: //p' "$here/manifest.txt" 2>/dev/null | head -n 1)"
+  export DELTADIT_BENCH_COMMIT="${DELTADIT_BENCH_COMMIT:-unknown}"
+  qa=()
+  [[ "$quick" == 1 ]] && qa=(--quick)
+  for b in kernels step; do
+    [[ -x "$here/benches/$b" ]] && run_step "bench-$b" "$here/benches/$b" --bench ${qa[@]+"${qa[@]}"}
   done
+  for b in "$here"/benches/*; do  # any other bench binary
+    n="$(basename "$b")"
+    [[ -x "$b" && "$n" != kernels && "$n" != step ]] && run_step "bench-$n" "$b" --bench ${qa[@]+"${qa[@]}"}
+  done
+  if [[ -x "$here/bin/deltadit" ]]; then
+    if [[ "$quick" == 1 ]]; then cli_presets="pixart-alpha-1024"; cli_runs=2; else cli_presets="pixart-alpha-1024 dit-xl-2-256"; cli_runs=3; fi
+    [[ -n "${DELTADIT_BENCH_PRESETS:-}" ]] && cli_presets="${DELTADIT_BENCH_PRESETS//,/ }"  # as the benches
+    for p in $cli_presets; do
+      run_step "bench-cli-$p" "$here/bin/deltadit" bench --device "$bdev" --preset "$p" --policies "none;delta" \
+        --runs "$cli_runs" --warmup 1 --json "$bj/cli-$p.json"
+    done
+  fi
+  if [[ -f "$here/bench/torch_reference.py" ]] && command -v python3 >/dev/null; then
+    # diffusers is not on the GPU image: install the bundled wheel(s) into a private folder
+    if ! python3 -c "import diffusers" 2>/dev/null && compgen -G "$here/wheels/*.whl" >/dev/null; then
+      site="${TMPDIR:-/tmp}/deltadit-site"
+      if python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" "$here"/wheels/*.whl \
+        >"$logs/pip-wheels.log" 2>&1; then
+        export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+        note "installed $(cd "$here/wheels" && ls *.whl | tr '\n' ' ')into $site"
+      else
+        note "WARNING: installing the bundled wheels failed (see pip-wheels.log): diffusers' forward will be skipped"
+      fi
+    fi
+    export PYTHONUNBUFFERED=1
+    run_step torch-reference python3 "$here/bench/torch_reference.py" --device "$bdev" \
+      ${qa[@]+"${qa[@]}"} --out "$bj/torch-$bdev.json"
+  fi
 fi
 
 # ---- summary -------------------------------------------------------------------------------------
@@ -223,6 +296,15 @@ fi
   echo
   echo "summary (logs in $logs)"
   printf '%-28s %-9s %7s  %s\n' step status time detail
-  printf '%s\n' "${summary[@]}"
+  printf '%s\n' ${summary[@]+"${summary[@]}"}
 } | tee -a "$logs/summary.txt" "$logs/run.log"
+if [[ "$bench" == 1 && -f "$here/bench-table.py" ]] && command -v python3 >/dev/null; then
+  # the joined table LAST
+  python3 "$here/bench-table.py" "$bj" --commit "$DELTADIT_BENCH_COMMIT" --markdown >"$logs/bench-table.md" 2>&1
+  python3 "$here/bench-table.py" "$bj" --commit "$DELTADIT_BENCH_COMMIT" --json "$logs/bench-table.json" >"$logs/bench-table.txt" 2>&1
+  pack
+  cat "$logs/bench-table.txt"
+else
+  pack
+fi
 exit "$failed"

@@ -1,0 +1,209 @@
+#!/usr/bin/env python3
+"""Joins the benchmark outputs of one machine into one table with a ratio column (Python stdlib only).
+
+    python3 scripts/bench-table.py [PATH ...] [--markdown] [--json OUT] [--commit SHA]
+
+PATH: JSON files or folders holding them (default: $DELTADIT_BENCH_OUT or target/deltadit-bench).
+Recognised by content:
+    kernels-<backend>.json   benches/kernels.rs   (kind "deltadit-kernels")
+    step-<backend>.json      benches/step.rs      (kind "deltadit-step")
+    torch-<device>.json      bench/torch_reference.py (kind "torch-reference")
+    any `deltadit bench --json` output (a BenchReport: "model", "backend", "rows")
+Ours on CUDA is paired with torch on CUDA, ours on the CPU with torch on the CPU. The ratio column
+is torch's time divided by ours: above 1, ours is faster. Nothing is estimated: a cell without a
+measurement is "-".
+"""
+import argparse
+import json
+import os
+import sys
+
+
+def load(paths):
+    files = []
+    for p in paths:
+        if os.path.isdir(p):
+            files += [os.path.join(p, f) for f in sorted(os.listdir(p)) if f.endswith(".json")]
+        elif os.path.isfile(p):
+            files.append(p)
+    docs = {"kernels": [], "step": [], "torch": [], "cli": []}
+    for f in files:
+        try:
+            d = json.load(open(f))
+        except (OSError, ValueError) as e:
+            print(f"bench-table: skipping {f}: {e}", file=sys.stderr)
+            continue
+        if not isinstance(d, dict):
+            continue
+        d["_file"] = f
+        k = d.get("kind")
+        if k == "deltadit-kernels":
+            docs["kernels"].append(d)
+        elif k == "deltadit-step":
+            docs["step"].append(d)
+        elif k == "torch-reference":
+            docs["torch"].append(d)
+        elif "rows" in d and "model" in d and "backend" in d:
+            docs["cli"].append(d)
+    return docs
+
+
+def dev_of(backend):
+    return "cuda" if "cuda" in backend else "cpu"
+
+
+def fmt(v, spec):
+    return "-" if v is None else format(v, spec)
+
+
+class Table:
+    def __init__(self, title, cols, md):
+        self.title, self.cols, self.md, self.rows = title, cols, md, []
+
+    def add(self, *cells):
+        self.rows.append(["-" if c is None else str(c) for c in cells])
+
+    def render(self):
+        if not self.rows:
+            return ""
+        if self.md:
+            out = [f"\n**{self.title}**\n", "| " + " | ".join(self.cols) + " |", "|" + "|".join("---" for _ in self.cols) + "|"]
+            out += ["| " + " | ".join(r) + " |" for r in self.rows]
+            return "\n".join(out) + "\n"
+        w = [max(len(c), *(len(r[i]) for r in self.rows)) for i, c in enumerate(self.cols)]
+        line = lambda cells: "  ".join(c.ljust(w[i]) if i < 2 else c.rjust(w[i]) for i, c in enumerate(cells))
+        return "\n".join([f"\n{self.title}", line(self.cols), line(["-" * x for x in w])] + [line(r) for r in self.rows]) + "\n"
+
+
+def ratio(torch_t, ours_t):
+    if torch_t is None or ours_t is None or ours_t <= 0:
+        return None
+    return torch_t / ours_t
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("paths", nargs="*")
+    ap.add_argument("--markdown", action="store_true", help="Markdown tables (for BENCHMARKS.md)")
+    ap.add_argument("--json", default=None, help="also write the joined rows as JSON here")
+    ap.add_argument("--commit", default=None, help="commit to print in the header (default: the JSONs' or git's)")
+    a = ap.parse_args()
+    paths = a.paths or [os.environ.get("DELTADIT_BENCH_OUT") or os.path.join(os.environ.get("CARGO_TARGET_DIR", "target"), "deltadit-bench")]
+    docs = load(paths)
+    if not any(docs.values()):
+        print(f"bench-table: no benchmark JSON found in {', '.join(paths)}", file=sys.stderr)
+        return 1
+    md = a.markdown
+    out, joined = [], {"kernels": [], "model": [], "cli": []}
+    commit = a.commit
+    if not commit:
+        commit = next((d.get("commit") for d in docs["kernels"] + docs["step"] if d.get("commit") not in (None, "unknown")), None)
+    if not commit:
+        try:
+            import subprocess
+            commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            commit = "unknown"
+
+    # ---- header -------------------------------------------------------------------------------
+    hdr = [f"commit {commit}"]
+    for d in docs["kernels"] + docs["step"] + docs["torch"] + docs["cli"]:
+        who = d.get("kind", "deltadit bench (CLI)") if "kind" in d else f"deltadit bench --preset {d.get('model')}"
+        extra = f", quick" if d.get("quick") else ""
+        hdr.append(f"{who}: {d.get('backend')} {d.get('dtype', '')} on {d.get('machine')}, {d.get('date', '')}{extra} ({os.path.basename(d['_file'])})")
+    for d in docs["kernels"]:
+        if d.get("note"):
+            hdr.append(f"note ({d['backend']}): {d['note']}")
+    for d in docs["torch"]:
+        for n in d.get("notes", []):
+            hdr.append(f"note ({d['backend']}): {n}")
+    out.append("\n".join(("- " if md else "") + h for h in hdr) + "\n")
+
+    # ---- roofline -----------------------------------------------------------------------------
+    t = Table("Roofline (measured in the same runs)", ["side", "device", "copy GB/s", "GEMM TFLOP/s", "what"], md)
+    for d in docs["kernels"]:
+        r = d.get("roofline", {})
+        t.add("deltadit", d["backend"], fmt(r.get("copy_gbps"), ".0f"), fmt(r.get("gemm_tflops"), ".2f"), f"{r.get('copy')}; {r.get('gemm')}")
+    for d in docs["torch"]:
+        r = d.get("roofline", {})
+        t.add("torch", d["device"], fmt(r.get("copy_gbps"), ".0f"), fmt(r.get("gemm_tflops"), ".2f"), "tensor.copy_; torch.matmul (F.linear)")
+    out.append(t.render())
+
+    # ---- kernels ------------------------------------------------------------------------------
+    for d in docs["kernels"]:
+        dev = dev_of(d["backend"])
+        tr = next((x for x in docs["torch"] if x.get("device") == dev), None)
+        tmap = {r["name"]: r for r in (tr or {}).get("results", [])}
+        t = Table(
+            f"Kernels: deltadit {d['backend']} ({d['dtype']}) vs torch {dev} eager" + ("" if tr else " (no torch JSON for this device)"),
+            ["case", "shape", "ours µs", "ours rate", "% roofline", "% same-size copy", "torch µs", "torch rate", "torch/ours"],
+            md,
+        )
+        for r in d["results"]:
+            o = tmap.get(r["name"])
+            comp = r["bound"] == "compute"
+            rate = (f"{r['tflops']:.2f} TFLOP/s" if comp else f"{r['gbps']:.0f} GB/s")
+            orate = None
+            if o:
+                orate = f"{o['tflops']:.2f} TFLOP/s" if comp and o.get("tflops") is not None else f"{o['gbps']:.0f} GB/s"
+            rt = ratio(o["median_us"] if o else None, r["median_us"])
+            t.add(
+                r["name"], r["shape"], f"{r['median_us']:.2f}", rate,
+                fmt(None if r.get("roofline_frac") is None else 100 * r["roofline_frac"], ".1f"),
+                fmt(None if r.get("copy_frac") is None else 100 * r["copy_frac"], ".1f"),
+                fmt(o["median_us"] if o else None, ".2f"), orate, fmt(rt, ".2f") + ("×" if rt else ""),
+            )
+            joined["kernels"].append(dict(name=r["name"], backend=d["backend"], ours_us=r["median_us"], torch_us=o["median_us"] if o else None,
+                                          torch_over_ours=rt, roofline_frac=r.get("roofline_frac"), copy_frac=r.get("copy_frac")))
+        out.append(t.render())
+
+    # ---- whole model --------------------------------------------------------------------------
+    for d in docs["step"]:
+        dev = dev_of(d["backend"])
+        tr = next((x for x in docs["torch"] if x.get("device") == dev), None)
+        tmap = {r["name"]: r for r in (tr or {}).get("model", [])}
+        tv = f"diffusers {tr.get('diffusers')} on torch {tr.get('torch')} ({tr.get('dtype')}, eager)" if tr else "no torch JSON for this device"
+        t = Table(f"Model: deltadit {d['backend']} ({d['dtype']}) vs {tv}", ["bench", "detail", "ours ms", "torch ms", "torch/ours"], md)
+        for r in d["results"]:
+            o = tmap.get(r["name"])
+            detail = "batch 2 (CFG)"
+            if r["kind"] == "step":
+                detail = f"one {r.get('scheduler', '')} step with CFG, synchronised"
+            elif r["kind"].startswith("sample20"):
+                detail = f"20 steps, blocks {100 * r.get('block_ratio', 0):.0f}%"
+                if r.get("speedup_vs_none") is not None:
+                    detail += f", {r['speedup_vs_none']:.2f}× vs none, rel L2 {r.get('rel_l2_vs_none', 0):.2e}"
+            rt = ratio(o["median_ms"] if o else None, r["median_ms"])
+            t.add(r["name"], detail, f"{r['median_ms']:.3f}", fmt(o["median_ms"] if o else None, ".3f"), fmt(rt, ".2f") + ("×" if rt else ""))
+            joined["model"].append(dict(name=r["name"], backend=d["backend"], ours_ms=r["median_ms"], torch_ms=o["median_ms"] if o else None, torch_over_ours=rt))
+        out.append(t.render())
+    for tr in docs["torch"]:
+        if not any(dev_of(d["backend"]) == tr.get("device") for d in docs["step"]) and tr.get("model"):
+            t = Table(f"Model: diffusers on torch {tr['device']} only (no deltadit step JSON for this device)", ["bench", "torch ms"], md)
+            for r in tr["model"]:
+                t.add(r["name"], f"{r['median_ms']:.3f}")
+            out.append(t.render())
+
+    # ---- deltadit bench (CLI) -----------------------------------------------------------------
+    for d in docs["cli"]:
+        t = Table(
+            f"deltadit bench: {d['model']} on {d['backend']} ({d['dtype']}), {d['scheduler']} {d['steps']} steps, guidance {d['guidance']}, "
+            f"batch {d['batch']} × {d['tokens']} tokens, median of {d['runs']} after {d['warmup']} warm-up",
+            ["policy", "parameters", "total s", "ms/step", "blocks %", "theory ×", "measured ×", "rel L2"],
+            md,
+        )
+        for r in d["rows"]:
+            t.add(r["policy"], r.get("params") or "-", f"{r['total_s']:.3f}", f"{r['per_step_ms']:.2f}", f"{100 * r['block_ratio']:.1f}",
+                  f"{r['theoretical_speedup']:.2f}", f"{r['measured_speedup']:.2f}", f"{r['rel_l2']:.2e}")
+            joined["cli"].append(dict(model=d["model"], backend=d["backend"], **{k: r[k] for k in ("policy", "total_s", "per_step_ms", "measured_speedup")}))
+        out.append(t.render())
+
+    print("".join(out))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(dict(commit=commit, **joined), f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
