@@ -3,6 +3,10 @@
 
     python3 scripts/bench-table.py [PATH ...] [--markdown] [--json OUT] [--commit SHA]
 
+Several runs of the same bench on the same machine (e.g. run-1/ run-2/ run-3/ of
+scripts/bench-cpu.sh) are merged: per row the lowest median of the runs ("best of N"), and the
+fractions and speedups recomputed from the merged rows.
+
 PATH: JSON files or folders holding them (default: $DELTADIT_BENCH_OUT or target/deltadit-bench).
 Recognised by content:
     kernels-<backend>.json   benches/kernels.rs   (kind "deltadit-kernels")
@@ -48,6 +52,84 @@ def load(paths):
     return docs
 
 
+def _best(rows, key, t):
+    best = {}
+    for r in rows:
+        k = r[key]
+        if k not in best or r[t] < best[k][t]:
+            best[k] = r
+    return list(best.values())
+
+
+def merge(docs):
+    """Several files of one kind and backend: one document, per row the lowest median."""
+    out = {}
+    for kind, lst in docs.items():
+        groups = {}
+        for d in lst:
+            g = (d.get("backend"), d.get("model")) if kind == "cli" else d.get("backend")
+            groups.setdefault(g, []).append(d)
+        merged = []
+        for g, ds in groups.items():
+            if len(ds) == 1:
+                merged.append(ds[0])
+                continue
+            m = dict(ds[-1])
+            m["_runs"] = len(ds)
+            m["_file"] = ", ".join(os.path.relpath(x["_file"]) for x in ds)
+            m["date"] = " … ".join(sorted({x.get("date", "") for x in ds})[::max(1, len(ds) - 1)])
+            if kind in ("kernels", "torch"):
+                m["results"] = _best([r for x in ds for r in x.get("results", [])], "name", "median_us")
+            if kind == "torch":
+                m["model"] = _best([r for x in ds for r in x.get("model", [])], "name", "median_ms")
+            if kind == "step":
+                m["results"] = _best([r for x in ds for r in x.get("results", [])], "name", "median_ms")
+            if kind == "cli":
+                m["rows"] = [dict(r) for r in _best([r for x in ds for r in x.get("rows", [])], "policy", "total_s")]
+            merged.append(m)
+        out[kind] = merged
+    for d in out["kernels"]:
+        recompute_kernels(d)
+    for d in out["step"]:
+        none = {r["preset"]: r["median_ms"] for r in d["results"] if r["kind"] == "sample20-none"}
+        for r in d["results"]:
+            if r["kind"] == "sample20-delta" and r["preset"] in none:
+                r["speedup_vs_none"] = none[r["preset"]] / r["median_ms"]
+    for d in out["torch"]:
+        roof = {r["op"]: r for r in d["results"] if r["op"].startswith("roofline")}
+        d["roofline"] = dict(copy_gbps=roof.get("roofline-copy", {}).get("gbps"), gemm_tflops=roof.get("roofline-gemm", {}).get("tflops"))
+    for d in out["cli"]:
+        none = next((r["total_s"] for r in d["rows"] if r["policy"] == "none"), None)
+        for r in d["rows"]:
+            if none:
+                r["measured_speedup"] = none / r["total_s"]
+    return out
+
+
+def recompute_kernels(d):
+    """Roofline and same-size-copy fractions from the (merged) rows, as benches/kernels.rs does."""
+    res = d["results"]
+    by = {r["name"]: r for r in res}
+    copy = by.get("roofline-copy")
+    gemm = by.get("roofline-gemm")
+    bw = copy["bytes"] / (copy["median_us"] * 1e-6) if copy else None
+    rate = gemm["flop"] / (gemm["median_us"] * 1e-6) if gemm else None
+    r = d.setdefault("roofline", {})
+    r["copy_gbps"] = bw / 1e9 if bw else r.get("copy_gbps")
+    r["gemm_tflops"] = rate / 1e12 if rate else r.get("gemm_tflops")
+    for x in res:
+        t = x["median_us"] * 1e-6
+        if x["bound"] == "compute":
+            x["tflops"] = x["flop"] / t / 1e12
+            x["roofline_frac"] = x["flop"] / t / rate if rate else None
+        else:
+            x["gbps"] = x["bytes"] / t / 1e9
+            x["roofline_frac"] = x["bytes"] / t / bw if bw else None
+            same = next((o for o in res if o["op"] == "copy" and o["preset"] == x["preset"]), None)
+            if same and x["op"] not in ("copy", "roofline-copy"):
+                x["copy_frac"] = (x["bytes"] / t) / (same["bytes"] / (same["median_us"] * 1e-6))
+
+
 def dev_of(backend):
     return "cuda" if "cuda" in backend else "cpu"
 
@@ -89,7 +171,7 @@ def main():
     ap.add_argument("--commit", default=None, help="commit to print in the header (default: the JSONs' or git's)")
     a = ap.parse_args()
     paths = a.paths or [os.environ.get("DELTADIT_BENCH_OUT") or os.path.join(os.environ.get("CARGO_TARGET_DIR", "target"), "deltadit-bench")]
-    docs = load(paths)
+    docs = merge(load(paths))
     if not any(docs.values()):
         print(f"bench-table: no benchmark JSON found in {', '.join(paths)}", file=sys.stderr)
         return 1
@@ -109,8 +191,9 @@ def main():
     hdr = [f"commit {commit}"]
     for d in docs["kernels"] + docs["step"] + docs["torch"] + docs["cli"]:
         who = d.get("kind", "deltadit bench (CLI)") if "kind" in d else f"deltadit bench --preset {d.get('model')}"
-        extra = f", quick" if d.get("quick") else ""
-        hdr.append(f"{who}: {d.get('backend')} {d.get('dtype', '')} on {d.get('machine')}, {d.get('date', '')}{extra} ({os.path.basename(d['_file'])})")
+        extra = (", quick" if d.get("quick") else "") + (f", best of {d['_runs']} runs per row" if d.get("_runs") else "")
+        date = f", {d['date']}" if d.get("date") else ""
+        hdr.append(f"{who}: {d.get('backend')} {d.get('dtype', '')} on {d.get('machine')}{date}{extra} ({d['_file'] if d.get('_runs') else os.path.basename(d['_file'])})")
     for d in docs["kernels"]:
         if d.get("note"):
             hdr.append(f"note ({d['backend']}): {d['note']}")
