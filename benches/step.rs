@@ -221,6 +221,7 @@ fn run<B: Timed>(be: &B, mode: &Mode, gpu: bool) -> Result<()> {
     let default: Vec<&str> = match (gpu, mode.quick) {
         (true, true) => vec!["pixart-alpha-1024"],
         (true, false) => vec!["pixart-alpha-1024", "dit-xl-2-256", "pixart-alpha-512", "dit-xl-2-512"],
+        (false, _) if !mode.bench => vec!["pixart-cpu-small"], // criterion's test mode: a smoke test
         (false, true) => vec!["pixart-cpu-small"],
         (false, false) => vec!["pixart-cpu-small", "dit-cpu-small"],
     };
