@@ -440,6 +440,9 @@ fn run<B: Timed>(be: &B, mode: &Mode, gpu: bool) -> Result<()> {
         let path = common::write_json(&format!("kernels-{}.json", B::NAME), &report)?;
         println!("wrote {}", path.display());
     }
+    if !errors.is_empty() {
+        return Err(deltadit::Error::Unsupported(format!("{} benchmark case(s) failed (listed above)", errors.len())));
+    }
     Ok(())
 }
 

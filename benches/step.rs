@@ -229,8 +229,13 @@ fn run<B: Timed>(be: &B, mode: &Mode, gpu: bool) -> Result<()> {
     println!("deltadit step: {} backend ({}) on {}; wall clock, synchronised", B::NAME, be.act_dtype(), be.machine());
     let mut c = mode.criterion(gpu);
     let mut rows = Vec::new();
+    let mut errors = Vec::new();
     for p in &presets {
-        preset_rows(be, mode, &mut c, p, &mut rows)?;
+        // a failure ends this preset, not the run: the rows measured so far are still written
+        if let Err(e) = preset_rows(be, mode, &mut c, p, &mut rows) {
+            println!("{}: FAILED: {e}", p.name);
+            errors.push(json!({ "preset": p.name, "error": e.to_string() }));
+        }
     }
     c.final_summary();
     println!("\n{:<34} {:>12} {:>12} {:>8}  notes", "bench", "median ms", "min ms", "samples");
@@ -272,9 +277,13 @@ fn run<B: Timed>(be: &B, mode: &Mode, gpu: bool) -> Result<()> {
             "quick": mode.quick,
             "timing": "wall clock, device synchronised after each forward / step / run",
             "results": out,
+            "errors": errors,
         });
         let path = common::write_json(&format!("step-{}.json", B::NAME), &report)?;
         println!("wrote {}", path.display());
+    }
+    if !errors.is_empty() {
+        return Err(deltadit::Error::Unsupported(format!("{} preset(s) failed (listed above)", errors.len())));
     }
     Ok(())
 }

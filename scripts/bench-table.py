@@ -200,6 +200,9 @@ def main():
     for d in docs["torch"]:
         for n in d.get("notes", []):
             hdr.append(f"note ({d['backend']}): {n}")
+    for d in docs["kernels"] + docs["step"]:
+        for e in d.get("errors", []):
+            hdr.append(f"FAILED ({d['kind']}, {d['backend']}): {e.get('name') or e.get('preset')}: {e.get('error')}")
     out.append("\n".join(("- " if md else "") + h for h in hdr) + "\n")
 
     # ---- roofline -----------------------------------------------------------------------------
