@@ -1,6 +1,7 @@
 //! Multi-head attention in f32: the reference for attention.cu. Scores for one block of query
 //! rows at a time (never the whole score matrix), GEMMs from the `gemm` crate.
 
+use super::elementwise::{fast_exp, sum8};
 use crate::backend::AttentionShape;
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -51,12 +52,8 @@ pub fn attention_f32(
                 row.iter_mut().zip(bias).for_each(|(x, &bb)| *x += bb);
             }
             let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-            let mut sum = 0.0f32;
-            row.iter_mut().for_each(|x| {
-                *x = (*x - max).exp();
-                sum += *x;
-            });
-            let inv = 1.0 / sum;
+            row.iter_mut().for_each(|x| *x = fast_exp(*x - max));
+            let inv = 1.0 / sum8(row);
             row.iter_mut().for_each(|x| *x *= inv);
         }
         let op = out_ptr;

@@ -1,6 +1,6 @@
 //! GEMM with bias and activation: the reference for cuBLASLt's bias/GELU epilogues.
 
-use super::elementwise::apply_activation;
+use super::elementwise::apply_activation_slice;
 use super::ROW_CHUNK;
 use crate::backend::Activation;
 use gemm::Parallelism;
@@ -54,7 +54,5 @@ pub fn linear_f32(
             par,
         );
     }
-    if act != Activation::None {
-        out[..m * n].par_chunks_mut(n * ROW_CHUNK).for_each(|c| c.iter_mut().for_each(|v| *v = apply_activation(*v, act)));
-    }
+    out[..m * n].par_chunks_mut(n * ROW_CHUNK).for_each(|c| apply_activation_slice(c, act));
 }

@@ -1,5 +1,6 @@
 //! LayerNorm (no affine parameters) + adaLN modulation: the reference for norm_modulate.cu.
 
+use super::elementwise::sum8;
 use super::ROW_CHUNK;
 use crate::backend::shapes::ModSizes;
 use rayon::prelude::*;
@@ -21,11 +22,16 @@ pub fn norm_modulate_f32(
             let xrow = &x[r * d..(r + 1) * d];
             let m = &modv[(r / s.tokens) * s.mod_stride..];
             let (shift, scale) = (&m[shift_row * d..(shift_row + 1) * d], &m[scale_row * d..(scale_row + 1) * d]);
-            let mean = xrow.iter().map(|&v| v as f64).sum::<f64>() / d as f64;
-            let var = xrow.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / d as f64;
-            let rstd = 1.0 / (var + eps as f64).sqrt();
+            // Two passes in f32 over 8 partial sums: the centred second pass keeps the variance
+            // accurate without f64 (which does not vectorise here).
+            let mean = sum8(xrow) / d as f32;
+            for (o, &x) in orow.iter_mut().zip(xrow) {
+                *o = (x - mean) * (x - mean);
+            }
+            let var = sum8(orow) / d as f32;
+            let rstd = 1.0 / (var + eps).sqrt();
             for j in 0..d {
-                let n = ((xrow[j] as f64 - mean) * rstd) as f32;
+                let n = (xrow[j] - mean) * rstd;
                 orow[j] = n * (1.0 + scale[j]) + shift[j];
             }
         }
