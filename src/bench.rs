@@ -270,12 +270,12 @@ pub fn format_table(r: &BenchReport) -> String {
         r.model, r.backend, r.dtype, r.machine, r.scheduler, r.steps, r.guidance, r.batch, r.tokens, r.layers, r.runs, r.warmup
     );
     s += &format!(
-        "{:<15} {:<42} {:>9} {:>9} {:>7} {:>7} {:>7} {:>8} {:>8} {:>6} {:>10} {:>8}\n",
+        "{:<15} {:<48} {:>9} {:>9} {:>7} {:>7} {:>7} {:>8} {:>8} {:>6} {:>10} {:>8}\n",
         "policy", "parameters", "total s", "ms/step", "blocks", "blk %", "MACs %", "theory×", "measured×", "eff", "rel L2", "PSNR dB"
     );
     for row in &r.rows {
         s += &format!(
-            "{:<15} {:<42} {:>9.3} {:>9.2} {:>7} {:>6.1}% {:>6.1}% {:>8.2} {:>9.2} {:>5.0}% {:>10.2e} {:>8.1}\n",
+            "{:<15} {:<48} {:>9.3} {:>9.2} {:>7} {:>6.1}% {:>6.1}% {:>8.2} {:>9.2} {:>5.0}% {:>10.2e} {:>8.1}\n",
             row.policy,
             if row.params.is_empty() { "-" } else { &row.params },
             row.total_s,

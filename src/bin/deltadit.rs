@@ -122,7 +122,7 @@ struct BenchArgs {
     #[arg(long)]
     guidance: Option<f32>,
     /// runs per policy after the warm-up (the median is reported)
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     runs: usize,
     #[arg(long, default_value_t = 1)]
     warmup: usize,
