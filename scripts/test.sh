@@ -16,4 +16,5 @@ fi
 scripts/install-cuda.sh
 
 export DELTADIT_REQUIRE_KERNELS=1
-exec cargo test --release "$@"
+# --all-targets: the benches run once in test mode, so they are built and exercised too.
+exec cargo test --release --all-targets "$@"
