@@ -12,16 +12,11 @@
 
 mod common;
 
-use common::{rel_l2, Rng};
+use common::{golden, rel_l2, Rng};
 use deltadit::backend::cpu::Cpu;
 use deltadit::backend::cuda::{self, Cuda, CudaOptions, DeviceInfo};
 use deltadit::backend::{Activation, AttentionShape, CacheWrite, Cfg, ColSlice, SchedulerKind, SchedulerUpdate};
-use deltadit::cache::CacheSpec;
-use deltadit::io::{Inputs, SafetensorsFile};
-use deltadit::model::Transformer;
-use deltadit::pipeline::{forward_inputs, sample, SampleConfig, SampleInputs, SampleOutput};
 use deltadit::{Backend, DType, Tensor};
-use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 const DTYPES: [DType; 2] = [DType::BF16, DType::F16];
@@ -90,14 +85,6 @@ macro_rules! gpu_or_skip {
             None => return,
         }
     };
-}
-
-/// The golden cases: `$DELTADIT_TEST_DATA/<name>` or `tests/data/<name>`.
-fn case_dir(name: &str) -> PathBuf {
-    let root = std::env::var_os("DELTADIT_TEST_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data"));
-    root.join(name)
 }
 
 /// Random normal data `offset + std·N(0, 1)` rounded to `dt`, never exactly zero.
@@ -592,18 +579,10 @@ fn sanitize_attention_small() {
 
 // ---- golden cases through the whole model ---------------------------------------------------------
 
-fn expected(name: &str, tensor: &str) -> Vec<f32> {
-    let f = SafetensorsFile::open(&case_dir(name).join("expected.safetensors")).unwrap();
-    f.get(tensor).unwrap_or_else(|| panic!("{name}: no expected `{tensor}`")).to_f32(tensor).unwrap()
-}
-
 fn forward_case(name: &str) {
     let g = gpu_or_skip!(DType::BF16);
-    let dir = case_dir(name);
-    let model = Transformer::load(g.be, &dir).unwrap_or_else(|e| panic!("{name}: {e}"));
-    let inputs = Inputs::open(&dir.join("inputs.safetensors")).unwrap();
-    let (out, _) = forward_inputs(g.be, &model, &inputs).unwrap_or_else(|e| panic!("{name}: {e}"));
-    close(&format!("forward {name} bf16"), &out, &expected(name, "sample"), GOLDEN_TOL);
+    let e = golden::forward_case(g.be, name);
+    assert!(e <= GOLDEN_TOL, "forward {name} bf16: rel err {e:.3e} > {GOLDEN_TOL:.0e}");
 }
 
 #[test]
@@ -626,60 +605,11 @@ fn golden_forward_dit_tiny() {
     forward_case("dit-tiny");
 }
 
-struct SamplingCase {
-    scheduler: deltadit::sampler::SchedulerName,
-    steps: usize,
-    guidance: f32,
-    cache: CacheSpec,
-}
-
-fn read_case(name: &str) -> SamplingCase {
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(case_dir(name).join("case.json")).unwrap()).unwrap();
-    let scheduler = match v["scheduler"]["_class_name"].as_str().unwrap() {
-        "DPMSolverMultistepScheduler" => "dpm-solver++",
-        "DDIMScheduler" => "ddim",
-        "LCMScheduler" => "lcm",
-        other => panic!("unknown scheduler {other}"),
-    };
-    let cache = match v.get("cache") {
-        Some(c) => format!("delta:n={},nc={},b={}", c["N"], c["Nc"], c["b"]).parse().unwrap(),
-        None => CacheSpec::none(),
-    };
-    SamplingCase {
-        scheduler: scheduler.parse().unwrap(),
-        steps: v["steps"].as_u64().unwrap() as usize,
-        guidance: v["guidance_scale"].as_f64().unwrap() as f32,
-        cache,
-    }
-}
-
-/// Samples case `name` on `be`; returns the output (timesteps checked).
-fn run_sampling(be: &Cuda, name: &str) -> SampleOutput {
-    let dir = case_dir(name);
-    let model = Transformer::load(be, &dir).unwrap_or_else(|e| panic!("{name}: {e}"));
-    let case = read_case(name);
-    let inputs = SampleInputs::from_inputs(&Inputs::open(&dir.join("inputs.safetensors")).unwrap(), model.config.family).unwrap();
-    let cfg = SampleConfig { scheduler: case.scheduler, steps: case.steps, guidance: case.guidance, keep_per_step: true };
-    let policy = case.cache.build(model.config.family, model.num_blocks(), case.steps).unwrap();
-    let out = sample(be, &model, &inputs, &cfg, policy, &mut |_, _| {}).unwrap_or_else(|e| panic!("{name}: {e}"));
-    let f = SafetensorsFile::open(&dir.join("expected.safetensors")).unwrap();
-    let exp_t: Vec<i64> = f.get("timesteps").unwrap().to_i64("timesteps").unwrap();
-    assert_eq!(out.timesteps, exp_t, "{name}: timesteps");
-    out
-}
-
-fn sampling_case(name: &str) -> Option<SampleOutput> {
-    let g = gpu(DType::BF16)?;
-    let out = run_sampling(g.be, name);
-    if let Some(per_step) = SafetensorsFile::open(&case_dir(name).join("expected.safetensors")).unwrap().get("latents_per_step") {
-        let per_step = per_step.to_f32("latents_per_step").unwrap();
-        let n = out.latents.len();
-        let errs: Vec<String> =
-            out.latents_per_step.iter().enumerate().map(|(i, l)| format!("{i}:{:.1e}", rel_l2(l, &per_step[i * n..(i + 1) * n]))).collect();
-        eprintln!("{name}: per-step rel err {}", errs.join(" "));
-    }
-    close(&format!("sampling {name} bf16 final latents"), &out.latents, &expected(name, "latents"), GOLDEN_TOL);
-    Some(out)
+/// A sampling case in bf16 (timesteps and, where the case has them, `blocks_run` are checked).
+fn sampling_case(name: &str) {
+    let Some(g) = gpu(DType::BF16) else { return };
+    let (e, _) = golden::sampling_case(g.be, name);
+    assert!(e <= GOLDEN_TOL, "sampling {name} bf16: final latents rel err {e:.3e} > {GOLDEN_TOL:.0e}");
 }
 
 #[test]
@@ -699,11 +629,7 @@ fn golden_sampling_pixart_lcm_4_injected_noise() {
 
 #[test]
 fn golden_sampling_pixart_delta_dit_n2_nc4_b12() {
-    let name = "pixart-tiny-delta-n2-nc4-b12";
-    let Some(out) = sampling_case(name) else { return };
-    let f = SafetensorsFile::open(&case_dir(name).join("expected.safetensors")).unwrap();
-    let blocks: Vec<i64> = f.get("blocks_run").unwrap().to_i64("blocks_run").unwrap();
-    assert_eq!(out.blocks_run.iter().map(|&b| b as i64).collect::<Vec<_>>(), blocks, "blocks_run per step");
+    sampling_case("pixart-tiny-delta-n2-nc4-b12");
 }
 
 // ---- CUDA graphs ---------------------------------------------------------------------------------
@@ -715,8 +641,8 @@ fn graph_replay_matches_eager_sampling() {
     for name in ["pixart-tiny-delta-n2-nc4-b12", "dit-tiny-ddim10-cfg"] {
         let on = new_backend(DType::BF16, true);
         let off = new_backend(DType::BF16, false);
-        let a = run_sampling(&on, name);
-        let b = run_sampling(&off, name);
+        let a = golden::sampling_case(&on, name).1;
+        let b = golden::sampling_case(&off, name).1;
         let stats = on.graph_stats();
         eprintln!("{name}: graph stats {stats:?}");
         assert!(stats.captures > 0 && stats.replays > 0, "{name}: graphs were not used: {stats:?}");

@@ -12,8 +12,13 @@ use std::path::PathBuf;
 pub const FORWARD_CASES: &[&str] = &["pixart-tiny", "pixart-tiny-nonsquare-ar", "pixart-tiny-bf16-weights", "dit-tiny"];
 pub const SAMPLING_CASES: &[&str] = &["pixart-tiny-dpmpp20-cfg", "dit-tiny-ddim10-cfg", "pixart-tiny-lcm4", "pixart-tiny-delta-n2-nc4-b12"];
 
+/// `$DELTADIT_TEST_DATA/<name>` when set (the GPU bundle runs the test binaries away from the
+/// checkout), else `tests/data/<name>`.
 pub fn case_dir(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)
+    let root = std::env::var_os("DELTADIT_TEST_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data"));
+    root.join(name)
 }
 
 pub fn expected_f32(name: &str, tensor: &str) -> Vec<f32> {
