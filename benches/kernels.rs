@@ -448,12 +448,5 @@ fn run<B: Timed>(be: &B, mode: &Mode, gpu: bool) -> Result<()> {
 
 fn main() {
     let mode = Mode::from_env();
-    let r = Dev::pick().and_then(|dev| match &dev {
-        Dev::Cpu(cpu) => run(cpu, &mode, false),
-        Dev::Cuda(cuda) => run(&**cuda, &mode, true),
-    });
-    if let Err(e) = r {
-        eprintln!("error: {e}");
-        std::process::exit(1);
-    }
+    common::bench_main(|cpu| run(cpu, &mode, false), |cuda| run(cuda, &mode, true));
 }

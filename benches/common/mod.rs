@@ -127,6 +127,19 @@ impl Dev {
     }
 }
 
+/// A bench binary's `main`: picks the device and runs the bench on it (`on_cpu` or `on_cuda`, the
+/// same generic function instantiated twice); an error is one line and exit code 1.
+pub fn bench_main(on_cpu: impl FnOnce(&Cpu) -> Result<()>, on_cuda: impl FnOnce(&Cuda) -> Result<()>) {
+    let r = Dev::pick().and_then(|dev| match &dev {
+        Dev::Cpu(cpu) => on_cpu(cpu),
+        Dev::Cuda(cuda) => on_cuda(cuda),
+    });
+    if let Err(e) = r {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
 /// What the benches need beyond [`Backend`]: how to time a batch of launches.
 pub trait Timed: Backend {
     fn machine(&self) -> String;
