@@ -20,7 +20,7 @@
 
 mod common;
 
-use common::{median, min, replicate, sets_for, Dev, Launcher, Mode, Pool, Timed};
+use common::{median, min, replicate, sets_for, Launcher, Mode, Pool, Timed};
 use criterion::{Criterion, Throughput};
 use deltadit::backend::{Activation, AttentionShape, CacheWrite, ColSlice};
 use deltadit::bench::Preset;

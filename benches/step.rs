@@ -15,7 +15,7 @@
 
 mod common;
 
-use common::{median, min, Dev, Mode, Timed};
+use common::{median, min, Mode, Timed};
 use deltadit::backend::Cfg;
 use deltadit::bench::{random_inputs, Preset};
 use deltadit::cache::{CacheEngine, CacheSpec};
