@@ -15,7 +15,7 @@ mod common;
 use common::{golden, rel_l2, Rng};
 use deltadit::backend::cpu::Cpu;
 use deltadit::backend::cuda::{self, Cuda, CudaOptions, DeviceInfo};
-use deltadit::backend::{Activation, AttentionShape, CacheWrite, Cfg, ColSlice, SchedulerKind, SchedulerUpdate};
+use deltadit::backend::{Activation, AttentionShape, CacheWrite, Cfg, ColSlice, SchedulerUpdate};
 use deltadit::{Backend, DType, Tensor};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
@@ -412,15 +412,7 @@ fn scheduler_step_kinds() {
     let g = gpu_or_skip!(DType::BF16);
     let coeffs = [0.83f32, 0.57, 1.07, 0.31, 0.62, 0.5];
     for n in [576usize, 1001, 2 * 4 * 128 * 128] {
-        for (kind, with_prev, with_noise) in [
-            (SchedulerKind::Dpm1, true, false),
-            (SchedulerKind::Dpm1, false, false),
-            (SchedulerKind::Dpm2, true, false),
-            (SchedulerKind::Ddim, false, false),
-            (SchedulerKind::Ddim, true, false),
-            (SchedulerKind::Lcm, true, true),
-            (SchedulerKind::Lcm, false, false),
-        ] {
+        for &(kind, with_prev, with_noise) in common::SCHEDULER_CASES {
             let mut rng = Rng::new(700 + n as u64);
             let u = SchedulerUpdate { kind, c: coeffs };
             let mut x = g.rand(&mut rng, &[n], DType::F32, 1.0, 0.0);

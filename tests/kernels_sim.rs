@@ -10,7 +10,7 @@ mod common;
 use common::{assert_close, poisoned, rel_l2, Rng};
 use deltadit::backend::cpu::Cpu;
 use deltadit::backend::sim::{set_warp_order, Sim, WarpOrder};
-use deltadit::backend::{Activation, CacheWrite, Cfg, SchedulerKind, SchedulerUpdate};
+use deltadit::backend::{Activation, CacheWrite, Cfg, SchedulerUpdate};
 use deltadit::{Backend, DType, Error, Tensor};
 
 const DTYPES: [DType; 2] = [DType::BF16, DType::F16];
@@ -385,15 +385,7 @@ fn scheduler_step_kinds() {
     let coeffs = [0.83f32, 0.57, 1.07, 0.31, 0.62, 0.5];
     // n = 576 (float4 path) and 1001 (vectors + scalar tail).
     for n in [576usize, 1001] {
-        for (kind, with_prev, with_noise) in [
-            (SchedulerKind::Dpm1, true, false),
-            (SchedulerKind::Dpm1, false, false),
-            (SchedulerKind::Dpm2, true, false),
-            (SchedulerKind::Ddim, false, false),
-            (SchedulerKind::Ddim, true, false),
-            (SchedulerKind::Lcm, true, true),
-            (SchedulerKind::Lcm, false, false),
-        ] {
+        for &(kind, with_prev, with_noise) in common::SCHEDULER_CASES {
             let mut rng = Rng::new(1000 + n as u64);
             let u = SchedulerUpdate { kind, c: coeffs };
             let mut x = rand_pair(&s, &mut rng, &[n], DType::F32, 1.0, 0.0);

@@ -4,7 +4,19 @@
 pub mod golden;
 
 pub use deltadit::rng::{rel_l2, Rng};
+use deltadit::backend::SchedulerKind;
 use deltadit::{Backend, DType, Tensor};
+
+/// (kind, with x0_prev, with noise): the scheduler-update variants every backend's test runs.
+pub const SCHEDULER_CASES: &[(SchedulerKind, bool, bool)] = &[
+    (SchedulerKind::Dpm1, true, false),
+    (SchedulerKind::Dpm1, false, false),
+    (SchedulerKind::Dpm2, true, false),
+    (SchedulerKind::Ddim, false, false),
+    (SchedulerKind::Ddim, true, false),
+    (SchedulerKind::Lcm, true, true),
+    (SchedulerKind::Lcm, false, false),
+];
 
 /// Uploads random normal data (never zeros) and returns the tensor with its f32 values as stored
 /// (rounded to `dtype`).
