@@ -19,32 +19,12 @@ use common::{median, min, Mode, Timed};
 use deltadit::backend::Cfg;
 use deltadit::bench::{random_inputs, Preset};
 use deltadit::cache::{CacheEngine, CacheSpec};
-use deltadit::model::{Branches, Conditioning, Family, TextInput};
-use deltadit::pipeline::{sample, SampleConfig, SampleInputs};
+use deltadit::model::{Branches, Family};
+use deltadit::pipeline::{conditioning, sample, SampleConfig};
 use deltadit::sampler::Scheduler;
 use deltadit::{DType, Result};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
-
-/// The model batch of CFG for one sample (as pipeline.rs builds it).
-fn conditioning(family: Family, inp: &SampleInputs, num_classes: usize) -> Conditioning {
-    let [n, _, h, w] = inp.shape;
-    let mut c = Conditioning { batch: 2 * n, height: h, width: w, ..Default::default() };
-    match family {
-        Family::PixArt => {
-            let (u, k) = (inp.uncond.as_ref().unwrap(), inp.cond.as_ref().unwrap());
-            let mask = Some([u.mask.clone().unwrap(), k.mask.clone().unwrap()].concat());
-            c.text = Some(TextInput { embeds: [u.embeds.as_slice(), k.embeds.as_slice()].concat(), mask, len: k.len });
-            c.resolution = Some((0..2 * n).flat_map(|_| [(h * 8) as f32, (w * 8) as f32]).collect());
-            c.aspect_ratio = Some(vec![h as f32 / w as f32; 2 * n]);
-        }
-        Family::DiT => {
-            let labels = inp.class_labels.clone().unwrap();
-            c.class_labels = Some(labels.iter().copied().chain(std::iter::repeat_n(num_classes, n)).collect());
-        }
-    }
-    c
-}
 
 struct Row {
     name: String,
@@ -95,7 +75,7 @@ fn preset_rows<B: Timed>(be: &B, mode: &Mode, c: &mut criterion::Criterion, p: &
     let family = cfg.family;
     let layers = model.num_blocks();
     let inputs = random_inputs(cfg, p.latent, p.latent, p.text_len, steps, 0);
-    let cond = conditioning(family, &inputs, cfg.num_embeds_ada_norm);
+    let cond = conditioning(family, cfg.num_embeds_ada_norm, &inputs, true)?;
     let ctx = model.context(be, &cond)?;
     let mut ws = model.workspace(be, &ctx)?;
     let guidance = Cfg::On { scale: p.guidance, cond_first: family == Family::DiT };

@@ -51,8 +51,9 @@ pub struct SampleOutput {
     pub latents_per_step: Vec<Vec<f32>>,
 }
 
-/// Builds the per-run conditioning for the model batch (CFG copies included).
-fn conditioning(model_family: Family, inp: &SampleInputs, guided: bool) -> Result<Conditioning> {
+/// Builds the per-run conditioning for the model batch (CFG copies included, in each pipeline's
+/// order). `null_class`: DiT's class for the unconditional half of the CFG batch.
+pub fn conditioning(model_family: Family, null_class: usize, inp: &SampleInputs, guided: bool) -> Result<Conditioning> {
     let [n, _, h, w] = inp.shape;
     let batch = if guided { 2 * n } else { n };
     let mut c = Conditioning { batch, height: h, width: w, ..Default::default() };
@@ -94,7 +95,7 @@ fn conditioning(model_family: Family, inp: &SampleInputs, guided: bool) -> Resul
                 return Err(Error::input("class_labels", format!("expected {n} labels, found {}", labels.len())));
             }
             c.class_labels = Some(if guided {
-                labels.iter().copied().chain(std::iter::repeat_n(usize::MAX, n)).collect()
+                labels.iter().copied().chain(std::iter::repeat_n(null_class, n)).collect()
             } else {
                 labels.clone()
             });
@@ -122,11 +123,7 @@ pub fn sample<B: Backend>(
     }
     let scheduler = Scheduler::new(cfg.scheduler, cfg.steps)?;
     let guided = cfg.guidance > 1.0;
-    let mut cond = conditioning(mc.family, inp, guided)?;
-    if let Some(labels) = &mut cond.class_labels {
-        // the null class of DiT's CFG batch
-        labels.iter_mut().filter(|y| **y == usize::MAX).for_each(|y| *y = mc.num_embeds_ada_norm);
-    }
+    let cond = conditioning(mc.family, mc.num_embeds_ada_norm, inp, guided)?;
     let sample_numel = n * c * h * w;
     if let Some(noise) = &inp.noise {
         if noise.len() != cfg.steps.saturating_sub(1) * sample_numel {
