@@ -20,9 +20,11 @@ fn silu64(x: f64) -> f64 {
 
 #[test]
 fn linear_bias_and_activations_match_f64() {
-    let be = Cpu::new(2);
     let mut rng = Rng::new(1);
-    for &(m, n, k) in &[(1, 1, 1), (3, 5, 7), (17, 33, 65), (130, 96, 144)] {
+    // The large cases are cut into per-thread tiles: rows only (130×96), ragged column blocks
+    // (70×200 on 2 threads: 112 + 88 columns) and a ragged 2-D grid (130×200 on 5 threads).
+    for &(threads, m, n, k) in &[(2, 1, 1, 1), (2, 3, 5, 7), (2, 17, 33, 65), (2, 130, 96, 144), (2, 70, 200, 48), (5, 130, 200, 48)] {
+        let be = Cpu::new(threads);
         for act in [Activation::None, Activation::GeluTanh, Activation::Silu] {
             for with_bias in [false, true] {
                 let (x, xv) = random(&be, &mut rng, &[m, k], F32, 1.0);
@@ -44,7 +46,7 @@ fn linear_bias_and_activations_match_f64() {
                         } as f32;
                     }
                 }
-                assert_close(&format!("linear {m}x{n}x{k} {act:?} bias={with_bias}"), &be.download(&out).unwrap(), &want, TOL);
+                assert_close(&format!("linear {m}x{n}x{k} on {threads} threads {act:?} bias={with_bias}"), &be.download(&out).unwrap(), &want, TOL);
             }
         }
     }
@@ -54,7 +56,8 @@ fn linear_bias_and_activations_match_f64() {
 fn norm_modulate_matches_f64() {
     let be = Cpu::new(2);
     let mut rng = Rng::new(2);
-    for &(batch, tokens, dim) in &[(1, 1, 4), (2, 7, 36), (3, 65, 144)] {
+    // the last shape spans several rayon tasks, split inside a sample
+    for &(batch, tokens, dim) in &[(1, 1, 4), (2, 7, 36), (3, 65, 144), (2, 301, 144)] {
         let (x, xv) = random(&be, &mut rng, &[batch * tokens, dim], F32, 2.0);
         let (m, mv) = random(&be, &mut rng, &[batch, 6 * dim], F32, 0.5);
         let mut out = poisoned(&be, &[batch * tokens, dim], F32);
@@ -80,34 +83,36 @@ fn norm_modulate_matches_f64() {
 fn residual_gated_anchor_and_delta_match_f64() {
     let be = Cpu::new(2);
     let mut rng = Rng::new(3);
-    let (batch, tokens, dim) = (2, 9, 40);
-    let rows = batch * tokens;
-    for mode in 0..3 {
-        for gated in [false, true] {
-            let (mut x, xv) = random(&be, &mut rng, &[rows, dim], F32, 1.0);
-            let (y, yv) = random(&be, &mut rng, &[rows, dim], F32, 1.0);
-            let (m, mv) = random(&be, &mut rng, &[batch, 6 * dim], F32, 1.0);
-            let (mut cache, cv) = random(&be, &mut rng, &[rows, dim], F32, 1.0);
-            let cw = match mode {
-                0 => CacheWrite::None,
-                1 => CacheWrite::Anchor(&mut cache),
-                _ => CacheWrite::Delta(&mut cache),
-            };
-            be.residual(&mut x, &y, gated.then_some((&m, 5)), cw).unwrap();
-            let want: Vec<f32> = (0..rows * dim)
-                .map(|i| {
-                    let g = if gated { mv[(i / dim / tokens) * 6 * dim + 5 * dim + i % dim] as f64 } else { 1.0 };
-                    (xv[i] as f64 + g * yv[i] as f64) as f32
-                })
-                .collect();
-            let got = be.download(&x).unwrap();
-            assert_close(&format!("residual mode {mode} gated={gated}: x"), &got, &want, TOL);
-            let want_cache: Vec<f32> = match mode {
-                0 => cv.clone(),
-                1 => got.clone(),
-                _ => got.iter().zip(&cv).map(|(&o, &c)| o - c).collect(),
-            };
-            assert_close(&format!("residual mode {mode}: cache"), &be.download(&cache).unwrap(), &want_cache, TOL);
+    // the second shape spans several rayon tasks, split inside a sample
+    for (batch, tokens, dim) in [(2, 9, 40), (2, 301, 144)] {
+        let rows = batch * tokens;
+        for mode in 0..3 {
+            for gated in [false, true] {
+                let (mut x, xv) = random(&be, &mut rng, &[rows, dim], F32, 1.0);
+                let (y, yv) = random(&be, &mut rng, &[rows, dim], F32, 1.0);
+                let (m, mv) = random(&be, &mut rng, &[batch, 6 * dim], F32, 1.0);
+                let (mut cache, cv) = random(&be, &mut rng, &[rows, dim], F32, 1.0);
+                let cw = match mode {
+                    0 => CacheWrite::None,
+                    1 => CacheWrite::Anchor(&mut cache),
+                    _ => CacheWrite::Delta(&mut cache),
+                };
+                be.residual(&mut x, &y, gated.then_some((&m, 5)), cw).unwrap();
+                let want: Vec<f32> = (0..rows * dim)
+                    .map(|i| {
+                        let g = if gated { mv[(i / dim / tokens) * 6 * dim + 5 * dim + i % dim] as f64 } else { 1.0 };
+                        (xv[i] as f64 + g * yv[i] as f64) as f32
+                    })
+                    .collect();
+                let got = be.download(&x).unwrap();
+                assert_close(&format!("residual {rows}x{dim} mode {mode} gated={gated}: x"), &got, &want, TOL);
+                let want_cache: Vec<f32> = match mode {
+                    0 => cv.clone(),
+                    1 => got.clone(),
+                    _ => got.iter().zip(&cv).map(|(&o, &c)| o - c).collect(),
+                };
+                assert_close(&format!("residual {rows}x{dim} mode {mode}: cache"), &be.download(&cache).unwrap(), &want_cache, TOL);
+            }
         }
     }
 }
@@ -168,28 +173,30 @@ fn attention_self_and_cross_with_mask_match_f64() {
 fn activation_and_add_bcast_match_f64() {
     let be = Cpu::new(2);
     let mut rng = Rng::new(5);
-    let (rows, cols) = (11, 23);
-    let (x, xv) = random(&be, &mut rng, &[rows, cols], F32, 2.0);
-    let (b, bv) = random(&be, &mut rng, &[cols], F32, 1.0);
-    for act in [Activation::GeluTanh, Activation::Silu, Activation::None] {
-        let mut out = poisoned(&be, &[rows, cols], F32);
-        be.activation(&x, Some(&b), act, &mut out).unwrap();
-        let want: Vec<f32> = (0..rows * cols)
-            .map(|i| {
-                let v = xv[i] as f64 + bv[i % cols] as f64;
-                (match act {
-                    Activation::GeluTanh => gelu64(v),
-                    Activation::Silu => silu64(v),
-                    Activation::None => v,
-                }) as f32
-            })
-            .collect();
-        assert_close(&format!("activation {act:?}"), &be.download(&out).unwrap(), &want, TOL);
+    // the second shape spans several rayon tasks
+    for (rows, cols) in [(11, 23), (301, 230)] {
+        let (x, xv) = random(&be, &mut rng, &[rows, cols], F32, 2.0);
+        let (b, bv) = random(&be, &mut rng, &[cols], F32, 1.0);
+        for act in [Activation::GeluTanh, Activation::Silu, Activation::None] {
+            let mut out = poisoned(&be, &[rows, cols], F32);
+            be.activation(&x, Some(&b), act, &mut out).unwrap();
+            let want: Vec<f32> = (0..rows * cols)
+                .map(|i| {
+                    let v = xv[i] as f64 + bv[i % cols] as f64;
+                    (match act {
+                        Activation::GeluTanh => gelu64(v),
+                        Activation::Silu => silu64(v),
+                        Activation::None => v,
+                    }) as f32
+                })
+                .collect();
+            assert_close(&format!("activation {rows}x{cols} {act:?}"), &be.download(&out).unwrap(), &want, TOL);
+        }
+        let (mut x2, x2v) = random(&be, &mut rng, &[rows, cols], F32, 1.0);
+        be.add_bcast(&mut x2, &b).unwrap();
+        let want: Vec<f32> = (0..rows * cols).map(|i| x2v[i] + bv[i % cols]).collect();
+        assert_close(&format!("add_bcast {rows}x{cols}"), &be.download(&x2).unwrap(), &want, 1e-7);
     }
-    let (mut x2, x2v) = random(&be, &mut rng, &[rows, cols], F32, 1.0);
-    be.add_bcast(&mut x2, &b).unwrap();
-    let want: Vec<f32> = (0..rows * cols).map(|i| x2v[i] + bv[i % cols]).collect();
-    assert_close("add_bcast", &be.download(&x2).unwrap(), &want, 1e-7);
 }
 
 #[test]

@@ -208,15 +208,18 @@ impl Launcher for CpuLauncher<'_> {
     fn per_unit(&self) -> usize {
         1
     }
+    /// The launches run on a rayon worker, as the ops of a forward do inside `graph_run`.
     fn time_units(&mut self, units: usize) -> Result<f64> {
-        (self.op)(self.next)?; // untimed, like the GPU's queue fill
-        self.next += 1;
-        let t = Instant::now();
-        for _ in 0..units {
-            (self.op)(self.next)?;
+        deltadit::backend::cpu::on_worker(&mut || {
+            (self.op)(self.next)?; // untimed, like the GPU's queue fill
             self.next += 1;
-        }
-        Ok(t.elapsed().as_secs_f64())
+            let t = Instant::now();
+            for _ in 0..units {
+                (self.op)(self.next)?;
+                self.next += 1;
+            }
+            Ok(t.elapsed().as_secs_f64())
+        })
     }
 }
 

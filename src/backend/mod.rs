@@ -124,7 +124,8 @@ pub trait Backend: Sized + Send + Sync + 'static {
     fn fill_bits(&self, t: &mut Tensor<Self>, bits: u32) -> Result<()>;
     /// Runs `f`, a unit of work that enqueues the same ops on the same buffers every time it runs
     /// under `key`. The CUDA backend captures it as a graph after its first run and replays it;
-    /// other backends just run it. Host reads must stay outside `f`.
+    /// the CPU backend runs it on one of its worker threads while the caller waits, so `f` must
+    /// not depend on which thread runs it (no thread-locals). Host reads must stay outside `f`.
     fn graph_run(&self, key: &str, f: &mut dyn FnMut() -> Result<()>) -> Result<()> {
         let _ = key;
         f()

@@ -2,6 +2,7 @@
 //! rows at a time (never the whole score matrix), GEMMs from the `gemm` crate.
 
 use super::elementwise::{fast_exp, sum8};
+use super::simd::multiversion;
 use crate::backend::AttentionShape;
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -46,16 +47,7 @@ pub fn attention_f32(
                 0.0f32, s.scale, false, false, false, Parallelism::None,
             );
         }
-        let bias = key_bias.map(|kb| &kb[b * s.nk..(b + 1) * s.nk]);
-        for row in scores.chunks_mut(s.nk) {
-            if let Some(bias) = bias {
-                row.iter_mut().zip(bias).for_each(|(x, &bb)| *x += bb);
-            }
-            let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-            row.iter_mut().for_each(|x| *x = fast_exp(*x - max));
-            let inv = 1.0 / sum8(row);
-            row.iter_mut().for_each(|x| *x *= inv);
-        }
+        softmax_rows(scores, s.nk, key_bias.map(|kb| &kb[b * s.nk..(b + 1) * s.nk]));
         let op = out_ptr;
         // SAFETY: this task writes rows [b·nq + i0, +rows) × columns [h·d, h·d + d) of out, a
         // region no other task touches; vp is in bounds for nk×d reads with stride v.2.
@@ -70,6 +62,21 @@ pub fn attention_f32(
             );
         }
     });
+}
+
+multiversion! {
+    /// Each `nk`-wide row of `scores` ← softmax(row + bias).
+    fn softmax_rows(scores: &mut [f32], nk: usize, bias: Option<&[f32]>) {
+        for row in scores.chunks_mut(nk) {
+            if let Some(bias) = bias {
+                row.iter_mut().zip(bias).for_each(|(x, &bb)| *x += bb);
+            }
+            let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+            row.iter_mut().for_each(|x| *x = fast_exp(*x - max));
+            let inv = 1.0 / sum8(row);
+            row.iter_mut().for_each(|x| *x *= inv);
+        }
+    }
 }
 
 #[derive(Clone, Copy)]

@@ -1,34 +1,38 @@
 //! Element-wise ops, embeddings and layout changes: the references for elementwise.cu.
 
-use super::ROW_CHUNK;
+use super::rows_per_task;
+use super::simd::multiversion;
 use crate::backend::{Activation, Cfg};
 use rayon::prelude::*;
 
 /// e^x in f32 to ~2 ulp, written so loops over it auto-vectorise (libm's expf/tanhf are scalar
 /// calls and dominated the CPU forward): Cody–Waite reduction x = n·ln2 + r with n rounded by
 /// the 1.5·2²³ trick, Cephes' degree-6 polynomial for e^r, 2ⁿ built in the exponent bits.
-/// Inputs are clamped to [−87.3, 88.7], so tiny results are ~1e−38 rather than 0.
+/// Inputs are clamped to [−87.3, 88.7], so tiny results are ~1e−38 rather than 0. 2ⁿ comes from
+/// the bits of the rounded sum (its low mantissa bits hold n), not an f32→i32 cast: Rust's cast
+/// saturates, which LLVM lowers to scalar code, and the loop no longer vectorises.
 #[inline(always)]
 pub fn fast_exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
     const ROUND: f32 = 12_582_912.0; // 1.5·2²³: adding and subtracting it rounds to an integer
-    let x = x.max(-87.3).min(88.7);
-    let n = (x * LOG2E + ROUND) - ROUND;
+    let x = x.clamp(-87.3, 88.7);
+    let t = x * LOG2E + ROUND; // bits(t) = bits(ROUND) + n for |n| < 2²²
+    let n = t - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
     let mut p = 1.987_569_1e-4f32;
     p = p * r + 1.398_199_9e-3;
     p = p * r + 8.333_452e-3;
     p = p * r + 4.166_579_6e-2;
     p = p * r + 1.666_666_5e-1;
-    p = p * r + 5.000_000_1e-1;
+    p = p * r + 0.5;
     let e = p * r * r + r + 1.0;
-    e * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    e * f32::from_bits(t.to_bits().wrapping_sub(ROUND.to_bits() - 127) << 23)
 }
 
 /// Σ v in f32 over 8 interleaved partial sums: vectorises, and rounds less than one running sum.
-#[inline]
+#[inline(always)]
 pub fn sum8(v: &[f32]) -> f32 {
     let mut acc = [0.0f32; 8];
     let chunks = v.chunks_exact(8);
@@ -55,8 +59,15 @@ pub fn silu(x: f32) -> f32 {
 }
 
 
-/// `act` over a slice, with the match outside the loop so each arm vectorises.
-pub fn apply_activation_slice(v: &mut [f32], act: Activation) {
+multiversion! {
+    /// `act` over a slice, with the match outside the loop so each arm vectorises.
+    pub fn apply_activation_slice(v: &mut [f32], act: Activation) {
+        activate(v, act)
+    }
+}
+
+#[inline(always)]
+fn activate(v: &mut [f32], act: Activation) {
     match act {
         Activation::None => {}
         Activation::GeluTanh => v.iter_mut().for_each(|x| *x = gelu_tanh(*x)),
@@ -64,21 +75,36 @@ pub fn apply_activation_slice(v: &mut [f32], act: Activation) {
     }
 }
 
-pub fn activation(x: &[f32], bias: Option<&[f32]>, act: Activation, cols: usize, out: &mut [f32]) {
-    out.par_chunks_mut(cols * ROW_CHUNK).zip(x.par_chunks(cols * ROW_CHUNK)).for_each(|(o, x)| {
-        for (orow, xrow) in o.chunks_mut(cols).zip(x.chunks(cols)) {
+multiversion! {
+    /// Rows of `out = act(x + bias)`.
+    fn activation_rows(x: &[f32], bias: Option<&[f32]>, act: Activation, cols: usize, out: &mut [f32]) {
+        for (orow, xrow) in out.chunks_mut(cols).zip(x.chunks(cols)) {
             match bias {
                 Some(b) => orow.iter_mut().zip(xrow).zip(b).for_each(|((o, &x), &b)| *o = x + b),
                 None => orow.copy_from_slice(xrow),
             }
-            apply_activation_slice(orow, act);
+            activate(orow, act);
         }
-    });
+    }
+}
+
+pub fn activation(x: &[f32], bias: Option<&[f32]>, act: Activation, cols: usize, out: &mut [f32]) {
+    let chunk = cols * rows_per_task(x.len() / cols.max(1), cols);
+    out.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(|(o, x)| activation_rows(x, bias, act, cols, o));
+}
+
+multiversion! {
+    /// Rows of `x += y` (y broadcast over rows).
+    fn add_bcast_rows(x: &mut [f32], y: &[f32]) {
+        for row in x.chunks_mut(y.len()) {
+            row.iter_mut().zip(y).for_each(|(x, &y)| *x += y);
+        }
+    }
 }
 
 pub fn add_bcast(x: &mut [f32], y: &[f32]) {
     let cols = y.len();
-    x.par_chunks_mut(cols).for_each(|row| row.iter_mut().zip(y).for_each(|(x, &y)| *x += y));
+    x.par_chunks_mut(cols * rows_per_task(x.len() / cols.max(1), cols)).for_each(|rows| add_bcast_rows(rows, y));
 }
 
 /// diffusers `get_timestep_embedding` in f32, op by op as torch orders them.

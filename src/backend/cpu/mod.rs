@@ -8,6 +8,7 @@ mod linear;
 mod norm;
 mod residual;
 mod scheduler;
+pub mod simd;
 
 pub use attention::attention_f32;
 pub use linear::linear_f32;
@@ -16,9 +17,49 @@ pub use elementwise::timestep_embedding as timestep_embedding_f32;
 
 use super::{shapes, Activation, AttentionShape, Backend, CacheWrite, Cfg, ColSlice, SchedulerUpdate};
 use crate::{DType, Error, Result, Tensor};
+use rayon::prelude::*;
 
-/// Rows per rayon task for row-wise ops: enough work per task to amortise scheduling.
-pub(crate) const ROW_CHUNK: usize = 64;
+/// Fewest elements a rayon task of an element-wise op gets: a fork-join costs microseconds,
+/// more than ~32 K element updates (PyTorch's CPU grain size is 32768 for the same reason).
+pub(crate) const TASK_MIN_ELEMS: usize = 1 << 15;
+
+/// Rows per rayon task for a row-wise op over `rows` rows of `cols` elements: as many equal
+/// tasks as hold at least TASK_MIN_ELEMS each (one task, run inline, below that).
+pub(crate) fn rows_per_task(rows: usize, cols: usize) -> usize {
+    let tasks = (rows * cols / TASK_MIN_ELEMS).max(1);
+    rows.div_ceil(tasks).max(1)
+}
+
+/// Runs `f` on a worker thread of the global rayon pool, the calling thread blocked until it
+/// returns (directly when already on a worker). Each op of a forward then forks and joins from a
+/// worker — its tasks go onto that worker's deque, where the other workers, still spinning from
+/// the previous op, take them — instead of being injected from outside with the caller asleep on
+/// a futex until the op ends. Measured on the small PixArt preset (2-core AMD EPYC): 34 → 31
+/// ms per step.
+pub fn on_worker<R>(f: &mut dyn FnMut() -> R) -> R {
+    if rayon::current_thread_index().is_some() {
+        return f();
+    }
+    /// Carries the closure and its result across to the worker.
+    struct Carried<T>(T);
+    // SAFETY: `rayon::scope` returns only after the closure has run to completion on the worker
+    // and hands the result back through its latch, so the closure, everything it borrows and the
+    // result are used by one thread at a time with happens-before edges at both hand-overs — the
+    // guarantee `Send` exists for. What that cannot cover, state tied to a thread's identity
+    // (thread-locals, thread-bound handles), is excluded by the `Backend::graph_run` contract.
+    unsafe impl<T> Send for Carried<T> {}
+    impl<T> Carried<T> {
+        fn take(self) -> T {
+            self.0
+        }
+    }
+    let job = Carried(f);
+    rayon::scope(move |_| {
+        let f = job.take();
+        Carried(f())
+    })
+    .take()
+}
 
 /// The CPU backend. Uses the global rayon pool; `threads` sets the GEMM parallelism.
 #[derive(Clone, Debug)]
@@ -79,9 +120,16 @@ impl Backend for Cpu {
         Ok(())
     }
 
+    /// Runs the unit on a worker of the rayon pool while the caller waits (see [`on_worker`]).
+    fn graph_run(&self, _key: &str, f: &mut dyn FnMut() -> Result<()>) -> Result<()> {
+        on_worker(f)
+    }
+
     fn copy(&self, src: &Tensor<Self>, dst: &mut Tensor<Self>) -> Result<()> {
         super::shapes::same_shape("copy", "dst", dst, src)?;
-        dst.buf.copy_from_slice(&src.buf);
+        // One thread's memcpy reaches about half the copy bandwidth of two.
+        let chunk = 8 * TASK_MIN_ELEMS;
+        dst.buf.par_chunks_mut(chunk).zip(src.buf.par_chunks(chunk)).for_each(|(d, s)| d.copy_from_slice(s));
         Ok(())
     }
 

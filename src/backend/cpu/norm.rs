@@ -1,7 +1,8 @@
 //! LayerNorm (no affine parameters) + adaLN modulation: the reference for norm_modulate.cu.
 
 use super::elementwise::sum8;
-use super::ROW_CHUNK;
+use super::rows_per_task;
+use super::simd::multiversion;
 use crate::backend::shapes::ModSizes;
 use rayon::prelude::*;
 
@@ -16,9 +17,18 @@ pub fn norm_modulate_f32(
     out: &mut [f32],
 ) {
     let d = s.dim;
-    out[..s.rows * d].par_chunks_mut(d * ROW_CHUNK).enumerate().for_each(|(chunk, o)| {
-        for (i, orow) in o.chunks_mut(d).enumerate() {
-            let r = chunk * ROW_CHUNK + i;
+    let per = rows_per_task(s.rows, d);
+    out[..s.rows * d].par_chunks_mut(d * per).enumerate().for_each(|(chunk, o)| {
+        norm_modulate_rows(x, modv, s, shift_row, scale_row, eps, chunk * per, o);
+    });
+}
+
+multiversion! {
+    /// Rows `first..` of `out` (as many as `out` holds).
+    fn norm_modulate_rows(x: &[f32], modv: &[f32], s: ModSizes, shift_row: usize, scale_row: usize, eps: f32, first: usize, out: &mut [f32]) {
+        let d = s.dim;
+        for (i, orow) in out.chunks_mut(d).enumerate() {
+            let r = first + i;
             let xrow = &x[r * d..(r + 1) * d];
             let m = &modv[(r / s.tokens) * s.mod_stride..];
             let (shift, scale) = (&m[shift_row * d..(shift_row + 1) * d], &m[scale_row * d..(scale_row + 1) * d]);
@@ -30,10 +40,9 @@ pub fn norm_modulate_f32(
             }
             let var = sum8(orow) / d as f32;
             let rstd = 1.0 / (var + eps).sqrt();
-            for j in 0..d {
-                let n = (xrow[j] - mean) * rstd;
-                orow[j] = n * (1.0 + scale[j]) + shift[j];
+            for (((o, &x), &sc), &sh) in orow.iter_mut().zip(xrow).zip(scale).zip(shift) {
+                *o = (x - mean) * rstd * (1.0 + sc) + sh;
             }
         }
-    });
+    }
 }
