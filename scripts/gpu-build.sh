@@ -10,7 +10,7 @@
 #   --keep-debug  keep the line tables in the binaries (bigger; file:line in backtraces)
 #   --no-wheels   do not fetch the diffusers wheel (the GPU image has torch but not diffusers;
 #                 bench/torch_reference.py then skips diffusers' forward)
-#   --archive     also write DIR.tar.xz without tests/data (~6 MB instead of ~80 MB: it fits the
+#   --archive     also write DIR.tar.xz without tests/data (~16 MB instead of ~110 MB: it fits the
 #                 64 MiB a device call carries; the runner finds the checkout's tests/data when the
 #                 archive is unpacked into DIR inside the checkout) and print the device command
 # Also bundled: bench/*.py, scripts/bench-table.py (as bench-table.py) and wheels/ (diffusers).
