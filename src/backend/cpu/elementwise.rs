@@ -1,6 +1,6 @@
 //! Element-wise ops, embeddings and layout changes: the references for elementwise.cu.
 
-use super::rows_per_task;
+use super::task_len;
 use super::simd::multiversion;
 use crate::backend::{Activation, Cfg};
 use rayon::prelude::*;
@@ -89,7 +89,7 @@ multiversion! {
 }
 
 pub fn activation(x: &[f32], bias: Option<&[f32]>, act: Activation, cols: usize, out: &mut [f32]) {
-    let chunk = cols * rows_per_task(x.len() / cols.max(1), cols);
+    let chunk = task_len(x.len(), cols);
     out.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(|(o, x)| activation_rows(x, bias, act, cols, o));
 }
 
@@ -104,7 +104,7 @@ multiversion! {
 
 pub fn add_bcast(x: &mut [f32], y: &[f32]) {
     let cols = y.len();
-    x.par_chunks_mut(cols * rows_per_task(x.len() / cols.max(1), cols)).for_each(|rows| add_bcast_rows(rows, y));
+    x.par_chunks_mut(task_len(x.len(), cols)).for_each(|rows| add_bcast_rows(rows, y));
 }
 
 /// diffusers `get_timestep_embedding` in f32, op by op as torch orders them.

@@ -23,11 +23,13 @@ use rayon::prelude::*;
 /// more than ~32 K element updates (PyTorch's CPU grain size is 32768 for the same reason).
 pub(crate) const TASK_MIN_ELEMS: usize = 1 << 15;
 
-/// Rows per rayon task for a row-wise op over `rows` rows of `cols` elements: as many equal
-/// tasks as hold at least TASK_MIN_ELEMS each (one task, run inline, below that).
-pub(crate) fn rows_per_task(rows: usize, cols: usize) -> usize {
-    let tasks = (rows * cols / TASK_MIN_ELEMS).max(1);
-    rows.div_ceil(tasks).max(1)
+/// Elements per rayon task of a row-wise op over `len` elements in rows of `cols`: whole rows,
+/// as many equal tasks as hold at least TASK_MIN_ELEMS each (one task, run inline, below that).
+pub(crate) fn task_len(len: usize, cols: usize) -> usize {
+    let cols = cols.max(1);
+    let rows = len / cols;
+    let tasks = (len / TASK_MIN_ELEMS).max(1);
+    rows.div_ceil(tasks).max(1) * cols
 }
 
 /// Runs `f` on a worker thread of the global rayon pool, the calling thread blocked until it

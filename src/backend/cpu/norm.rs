@@ -1,7 +1,7 @@
 //! LayerNorm (no affine parameters) + adaLN modulation: the reference for norm_modulate.cu.
 
 use super::elementwise::sum8;
-use super::rows_per_task;
+use super::task_len;
 use super::simd::multiversion;
 use crate::backend::shapes::ModSizes;
 use rayon::prelude::*;
@@ -17,9 +17,9 @@ pub fn norm_modulate_f32(
     out: &mut [f32],
 ) {
     let d = s.dim;
-    let per = rows_per_task(s.rows, d);
-    out[..s.rows * d].par_chunks_mut(d * per).enumerate().for_each(|(chunk, o)| {
-        norm_modulate_rows(x, modv, s, shift_row, scale_row, eps, chunk * per, o);
+    let chunk = task_len(s.rows * d, d);
+    out[..s.rows * d].par_chunks_mut(chunk).enumerate().for_each(|(c, o)| {
+        norm_modulate_rows(x, modv, s, shift_row, scale_row, eps, c * chunk / d, o);
     });
 }
 

@@ -1,6 +1,6 @@
 //! Gated residual with the fused Δ-cache writes: the reference for delta.cu.
 
-use super::rows_per_task;
+use super::task_len;
 use super::simd::multiversion;
 use crate::backend::shapes::ModSizes;
 use rayon::prelude::*;
@@ -16,8 +16,8 @@ pub type Gate<'a> = Option<(&'a [f32], ModSizes, usize)>;
 
 /// `x += gate ⊙ y` (or `x += y`), then `cache = x` (anchor) or `cache = x − cache` (delta).
 pub fn residual_f32(x: &mut [f32], y: &[f32], dim: usize, gate: Gate<'_>, cache: Cache<'_>) {
-    let per = rows_per_task(x.len() / dim.max(1), dim);
-    let chunk = dim * per;
+    let chunk = task_len(x.len(), dim);
+    let per = chunk / dim.max(1);
     let xs = x.par_chunks_mut(chunk).zip(y.par_chunks(chunk)).enumerate();
     match cache {
         Cache::None => xs.for_each(|(c, (xc, yc))| residual_rows(xc, yc, dim, gate, c * per, None, false)),
