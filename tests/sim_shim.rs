@@ -51,6 +51,10 @@ shim_tests! {
     cp_async,
     /// Atomics on shared and global memory.
     atomics,
+    /// wgmma m64nNk16 (A from shared memory / registers, B K-major / N-major) against a float64
+    /// matmul; a missing fence or wait, a swizzled descriptor, A registers changed in flight and a
+    /// partial warpgroup are reported.
+    wgmma,
     /// Correct kernels give the same results with warps reversed and shuffled.
     warp_orders,
     /// A planted missing __syncthreads is caught under reversed and shuffled warp orders.

@@ -37,6 +37,19 @@ struct CpCopy {
     bool valid;  // false: zero-fill, read nothing
 };
 
+// One wgmma.mma_async of a lane, run when a wgmma.wait_group completes its group.
+struct WgmmaOp {
+    float* d;            // the lane's N/2 accumulators (its registers on hardware)
+    int n;               // N of m64nNk16
+    bool a_in_regs;      // A from registers (a[]) instead of shared memory (desc_a)
+    bool f16;            // f16 inputs (else bf16)
+    int scale_d;         // 0: D = A·B, else D = A·B + D
+    int trans_b;         // 1: B is N-major ("transposed")
+    uint32_t a[4];       // A fragment, copied at issue
+    const uint32_t* a_regs;  // the lane's A registers, compared with a[] at the wait
+    uint64_t desc_a, desc_b;
+};
+
 struct Fiber {
     Ctx ctx;
     char* stack_lo = nullptr;
@@ -50,6 +63,11 @@ struct Fiber {
     std::vector<CpCopy> cp_queue;    // issued, not yet performed (from index cp_done on)
     std::vector<size_t> cp_groups;   // committed groups, oldest first: end index into cp_queue
     size_t cp_done = 0;
+    // wgmma: issued ops not yet run, committed groups (end index into wg_queue), and whether a
+    // wgmma.fence came since the start or the last wait (the shim requires one before an issue).
+    std::vector<WgmmaOp> wg_queue;
+    std::vector<size_t> wg_groups;
+    bool wg_fenced = false;
 };
 
 struct Group {
@@ -134,6 +152,8 @@ std::string lanes_str(unsigned mask);
 // Empty string when [p, p + n) is shared memory; otherwise what is wrong with it.
 std::string check_shared(const void* p, size_t n);
 void cp_async_flush(Fiber* f, size_t upto);
+// Fails the launch when the exiting thread still has wgmma ops in flight (wgmma_sim.cpp).
+void wgmma_check_exit(Fiber* f);
 // Warp order of launches from the calling thread only (-1: back to the process-wide setting).
 void set_thread_warp_order(int warp_order, unsigned seed);
 // Seconds per raw context switch (n round trips between two contexts).

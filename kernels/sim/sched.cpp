@@ -266,6 +266,7 @@ static void fiber_exit(Fiber* f) {
     Warp& w = s.warps[f->warp];
     unsigned bit = 1u << f->lane;
     cp_async_flush(f, f->cp_queue.size());  // outstanding copies still land on hardware
+    wgmma_check_exit(f);
     f->state = St::Done;
     w.exited |= bit;
     --s.live;
@@ -312,6 +313,7 @@ bool run_block(Sched& s) {
         Fiber& f = s.fibers[t];
         f.state = St::Ready;
         f.cp_queue.clear(), f.cp_groups.clear(), f.cp_done = 0;
+        f.wg_queue.clear(), f.wg_groups.clear(), f.wg_fenced = false;
         ctx_init(&f, s.stack_size, fiber_main);
     }
     for (Warp& w : s.warps) w.exited = w.at_bar = w.pending = 0, w.ngroups = 0;

@@ -103,6 +103,7 @@ static void register_selftest_kernels() {
     DELTADIT_SIM_KERNEL(simtest_attention_tile, SimTestParams)
     DELTADIT_SIM_KERNEL(simtest_cp_async, SimTestParams)
     DELTADIT_SIM_KERNEL(simtest_atomics, SimTestParams)
+    DELTADIT_SIM_KERNEL(simtest_wgmma, SimTestParams)
     DELTADIT_SIM_KERNEL(simtest_bench_barrier, SimTestParams)
     DELTADIT_SIM_KERNEL(simtest_bench_mma, SimTestParams)
     DELTADIT_SIM_KERNEL(simtest_bench_shfl, SimTestParams)
@@ -307,6 +308,7 @@ static const CaseDef kCases[] = {
     {"attention_tile", case_attention_tile},
     {"cp_async", case_cp_async},
     {"atomics", case_atomics},
+    {"wgmma", case_wgmma},
     {"warp_orders", case_warp_orders},
     {"missing_barrier", case_missing_barrier},
     {"diagnostics", case_diagnostics},

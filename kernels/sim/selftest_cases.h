@@ -468,4 +468,68 @@ inline void case_atomics(Case& c) {
     c.note("shared: atomicAdd float/int, atomicMax; global: atomicAdd float/unsigned, atomicMax/Min, atomicCAS loop, atomicExch");
 }
 
+// ---- wgmma (sm_90a) -------------------------------------------------------------------------------
+// The emulated warpgroup MMA against a float64 matmul (modes 0 and 1 of simtest_wgmma: A from
+// shared memory and from registers, B K-major and N-major, bf16 and f16), then under the shim the
+// planted misuses its diagnostics must name.
+inline void case_wgmma(Case& c) {
+    Rng rng(9);
+    double worst = 0;
+    for (int mode = 0; mode < 2; ++mode) {
+        const bool f16 = mode == 1;
+        const unsigned n = f16 ? 72 : 64;
+        auto cvt = [&](uint16_t h) { return f16 ? f16_to_f32(h) : bf16_to_f32(h); };
+        auto rnd = [&](float x) { return f16 ? f32_to_f16(x) : f32_to_bf16(x); };
+        uint16_t* A = c.alloc<uint16_t>(64 * 16);
+        uint16_t* B = c.alloc<uint16_t>(16 * n);
+        float* C = c.alloc<float>(64 * n);
+        float* D = c.alloc<float>(64 * n);
+        for (unsigned i = 0; i < 64 * 16; ++i) A[i] = rnd(rng.normal() * 2.0f);
+        for (unsigned i = 0; i < 16 * n; ++i) B[i] = rnd(rng.normal());
+        for (unsigned i = 0; i < 64 * n; ++i) C[i] = rng.normal();
+        SimTestParams p{};
+        p.in0 = A, p.in1 = B, p.in2 = C, p.out0 = D, p.mode = mode;
+        if (!ST_RUN(c, simtest_wgmma, p, dim3(1, 1, 1), dim3(128, 1, 1), 4608)) return;
+        for (unsigned r = 0; r < 64; ++r)
+            for (unsigned col = 0; col < n; ++col) {
+                double acc = C[r * n + col], mag = std::fabs(acc);
+                for (unsigned k = 0; k < 16; ++k) {
+                    double pr = double(cvt(A[r * 16 + k])) * double(cvt(B[k * n + col]));
+                    acc += pr, mag += std::fabs(pr);
+                }
+                double got = D[r * n + col], err = std::fabs(got - acc) / (mag + 1e-30);
+                worst = err > worst ? err : worst;
+                if (!(err <= (ST_SHIM ? 2e-6 : 2e-5)))
+                    return c.fail("wgmma %s: D[%u][%u] = %.9g, want %.9g (float64 matmul)",
+                                  f16 ? "m64n72k16 f16, A in registers, B N-major" : "m64n64k16 bf16, A and B in shared memory",
+                                  r, col, got, acc);
+            }
+    }
+    c.note("m64n64k16 bf16 (A, B from shared memory, K-major) and m64n72k16 f16 (A in registers, B N-major) vs a "
+           "float64 matmul: worst error %.2e of sum|a*b|", worst);
+    if (!ST_SHIM || (getenv("DELTADIT_SIM_ABORT") && strcmp(getenv("DELTADIT_SIM_ABORT"), "0"))) return;
+    const struct {
+        int mode;
+        unsigned threads;
+        const char* want;
+    } plants[] = {
+        {2, 128, "without a wgmma.fence"},
+        {3, 128, "not completed by a wgmma.wait_group"},
+        {4, 128, "swizzle mode 1"},
+        {5, 128, "A fragment registers changed"},
+        {0, 96, "whole warpgroups"},
+    };
+    for (const auto& pl : plants) {
+        SimTestParams p{};
+        p.in0 = c.alloc<uint16_t>(64 * 16, 0), p.in1 = c.alloc<uint16_t>(16 * 72, 0), p.in2 = c.alloc<float>(64 * 72, 0);
+        p.out0 = c.alloc<float>(64 * 72), p.mode = pl.mode;
+        if (ST_LAUNCH(c, simtest_wgmma, p, dim3(1, 1, 1), dim3(pl.threads, 1, 1), 4608) == 0)
+            return c.fail("planted wgmma bug (mode %d, %u threads) was not reported", pl.mode, pl.threads);
+        if (c.last_error.find(pl.want) == std::string::npos)
+            return c.fail("planted wgmma bug (mode %d): message lacks \"%s\": %s", pl.mode, pl.want, c.last_error.c_str());
+    }
+    c.note("missing fence, exit before the wait, swizzled descriptor, A registers changed in flight and a partial "
+           "warpgroup are reported");
+}
+
 }  // namespace simtest

@@ -3,6 +3,7 @@
 // All take one SimTestParams; the host drivers are in sim/selftest_cases.h.
 #pragma once
 #include "common.cuh"
+#include "wgmma.cuh"
 
 struct SimTestParams {
     const void* in0;
@@ -343,4 +344,63 @@ __global__ void simtest_bench_shfl(SimTestParams p) {
     float v = float(threadIdx.x);
     for (int i = 0; i < p.phases; ++i) v += __shfl_xor_sync(0xffffffffu, v, i & 31) * 0.5f;
     static_cast<float*>(p.out0)[blockIdx.x * blockDim.x + threadIdx.x] = v;
+}
+
+// wgmma.mma_async m64nNk16 (sm_90a), one warpgroup (128 threads). in0: A [64][16], in1: B as
+// [16][N] (k, n), in2: C [64][N] f32; out0: D = A·B + C [64][N]. Shared-memory layouts with
+// strides unlike the attention kernel's, so LBO and SBO are told apart:
+//   mode 0 (bf16, N = 64): A and B K-major from shared memory. A's core matrices K-plane first
+//     ((m/8)·128 + (k/8)·1024: LBO 1024, SBO 128), B's row-group first ((n/8)·256 + (k/8)·128:
+//     LBO 128, SBO 256).
+//   mode 1 (f16, N = 72): A from registers, B N-major ((n/8)·128 + (k/8)·1152: LBO 1152, SBO 128).
+// Shim-only planted bugs: 2 no wgmma.fence, 3 no wait before exit, 4 a swizzled descriptor,
+// 5 A registers changed before the wait.
+__global__ void simtest_wgmma(SimTestParams p) {
+#if defined(DELTADIT_SIM) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    const unsigned tid = threadIdx.x, lane = tid % 32, w = (tid / 32) % 4, g = lane / 4, t = lane % 4;
+    const int mode = p.mode, n = mode == 1 ? 72 : 64;
+    const uint16_t* A = static_cast<const uint16_t*>(p.in0);
+    const uint16_t* B = static_cast<const uint16_t*>(p.in1);
+    const float* C = static_cast<const float*>(p.in2);
+    float* D = static_cast<float*>(p.out0);
+    uint16_t* sA = dynamic_smem<uint16_t>();
+    uint16_t* sB = sA + 1024;
+    for (unsigned i = tid; i < 64 * 16; i += blockDim.x) {
+        unsigned m = i / 16, k = i % 16;
+        sA[((m / 8) * 128 + (k / 8) * 1024 + (m % 8) * 16 + (k % 8) * 2) / 2] = A[i];
+    }
+    for (unsigned i = tid; i < 16u * n; i += blockDim.x) {
+        unsigned k = i / n, c = i % n;
+        unsigned off = mode == 1 ? (c / 8) * 128 + (k / 8) * 1152 + (k % 8) * 16 + (c % 8) * 2
+                                 : (c / 8) * 256 + (k / 8) * 128 + (c % 8) * 16 + (k % 8) * 2;
+        sB[off / 2] = B[i];
+    }
+    fence_proxy_async_smem();
+    __syncthreads();
+    float d[36];
+    for (int j = 0; j < n / 8; ++j)
+        for (int e = 0; e < 4; ++e) d[4 * j + e] = C[(16 * w + g + 8 * (e >> 1)) * n + 8 * j + 2 * t + (e & 1)];
+    uint32_t a[4];
+    for (int i = 0; i < 4; ++i) {
+        unsigned r = 16 * w + g + 8 * (i & 1), k = 2 * t + 8 * (i >> 1);
+        a[i] = pack_u16x2(A[r * 16 + k], A[r * 16 + k + 1]);
+    }
+    float(&d32)[32] = *reinterpret_cast<float(*)[32]>(d);
+    if (mode != 2) wgmma_fence();
+    if (mode == 1 || mode == 5) {
+        Wgmma<__half, 72>::rs_tb(d, a, wgmma_desc(sB, 1152, 128));
+    } else {
+        uint64_t da = wgmma_desc(sA, 1024, 128) | (mode == 4 ? uint64_t(1) << 62 : 0);
+        Wgmma<__nv_bfloat16, 64>::ss(d32, da, wgmma_desc(sB, 128, 256));
+    }
+    wgmma_commit();
+    if (mode == 5) a[0] ^= 1u;
+    if (mode == 3) return;
+    wgmma_wait<0>();
+    wgmma_fence_operands(d);
+    for (int j = 0; j < n / 8; ++j)
+        for (int e = 0; e < 4; ++e) D[(16 * w + g + 8 * (e >> 1)) * n + 8 * j + 2 * t + (e & 1)] = d[4 * j + e];
+#else
+    __trap();  // built without sm_90a
+#endif
 }

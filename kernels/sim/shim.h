@@ -11,7 +11,8 @@
 // __syncwarp, __shfl[_up/_down/_xor]_sync (any type up to 16 bytes), __ballot/__any/__all_sync,
 // __match_any_sync, __reduce_*_sync, __activemask, atomics (int/unsigned/64-bit/float/double),
 // __ldg & co., fast-math and bit intrinsics, min/max, __trap, the CUDA headers' host bf16/f16
-// types and conversions, and the PTX helpers of kernels/ptx.cuh (mma, ldmatrix, cp.async).
+// types and conversions, and the PTX helpers of kernels/ptx.cuh (mma, ldmatrix, cp.async, and
+// sm_90a's wgmma with no-swizzle shared-memory descriptors).
 //
 // Diagnostics abandon the launch with a message naming kernel, block, thread, warp and lane:
 // lanes of a warp in collectives that wait for each other (divergent warp / deadlock), a lane
@@ -117,6 +118,15 @@ void cp_async_16(void* smem, const void* gmem, bool valid);
 void cp_async_commit();
 void cp_async_wait(int n);
 void cp_async_wait_all();
+// wgmma (sm_90a) emulation (wgmma_sim.cpp): shared-window address of a dynamic shared memory
+// pointer (what a matrix descriptor encodes), and the wgmma.mma_async m64nNk16 family with its
+// fence / commit_group / wait_group. a == nullptr: A from shared memory through desc_a.
+uint32_t smem_addr(const void* p);
+void wgmma_fence();
+void wgmma_issue(float* d, int n, const uint32_t* a, uint64_t desc_a, uint64_t desc_b, int scale_d, int trans_b,
+                 bool f16);
+void wgmma_commit();
+void wgmma_wait(int n);
 // Abandon the launch with a message naming the current thread (for __trap and checks in kernels).
 [[noreturn]] void fail(const char* msg);
 }  // namespace deltadit_sim
