@@ -1,7 +1,8 @@
 //! Builds the kernels twice:
 //!
 //! 1. With nvcc (when found) into one fatbin per `kernels/<stem>.cu` — SASS for sm_80 and sm_90
-//!    plus compute_90 PTX — embedded into the crate for the CUDA backend. ptxas' `-v` report of
+//!    plus compute_90 PTX (`*_sm90a.cu`: sm_90a SASS only) — embedded into the crate for the CUDA
+//!    backend. ptxas' `-v` report of
 //!    each file is kept in OUT_DIR (`ptxas-<stem>.log`) for the spill check in tests/kernel_build.rs.
 //!    Without nvcc the build still succeeds with one warning; the CUDA backend then reports
 //!    "kernels not built" at run time.
@@ -22,6 +23,9 @@ const ARCH_FLAGS: &[&str] = &[
     "-gencode=arch=compute_80,code=sm_80",
     "-gencode=arch=compute_90,code=[sm_90,compute_90]",
 ];
+/// Files named `*_sm90a.cu` use Hopper-only instructions (wgmma): SASS for sm_90a alone, which
+/// runs on compute capability 9.0 only (the CUDA backend loads those modules there only).
+const ARCH_FLAGS_SM90A: &[&str] = &["-gencode=arch=compute_90a,code=sm_90a"];
 
 fn main() {
     let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
@@ -147,7 +151,7 @@ fn nvcc_one(
 ) -> Result<(), String> {
     let mut cmd = Command::new(nvcc);
     cmd.arg("-fatbin")
-        .args(ARCH_FLAGS)
+        .args(if stem.ends_with("_sm90a") { ARCH_FLAGS_SM90A } else { ARCH_FLAGS })
         .args(["-std=c++17", "-O3", "-lineinfo", "-Xptxas", "-v", "-Werror", "all-warnings"])
         .arg("-I")
         .arg(kernels)

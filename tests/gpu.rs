@@ -1,6 +1,7 @@
 //! The CUDA backend on a GPU: every op of the `Backend` trait against the f32 CPU reference on
 //! the same dtype-rounded random inputs (never zeros; outputs NaN-poisoned first) in bf16 and
-//! f16, the attention op at head dims 64/72/128 with masks and cross-attention, the golden cases
+//! f16, the attention op at head dims 64/72/128 with masks and cross-attention (and the wgmma
+//! kernel at head dim 72 on compute capability 9.0), the golden cases
 //! of tests/data through the whole model in bf16, and CUDA graph replay.
 //!
 //! Without a GPU (no driver, no device) every test prints `skipped: <reason>` and passes.
@@ -15,6 +16,7 @@ mod common;
 use common::{golden, rel_l2, Rng};
 use deltadit::backend::cpu::Cpu;
 use deltadit::backend::cuda::{self, Cuda, CudaOptions, DeviceInfo};
+use deltadit::backend::kernels::AttentionKernel;
 use deltadit::backend::{Activation, AttentionShape, CacheWrite, Cfg, ColSlice, SchedulerUpdate};
 use deltadit::{Backend, DType, Tensor};
 use std::sync::{Mutex, MutexGuard, OnceLock};
@@ -566,6 +568,59 @@ fn sanitize_attention_small() {
             attention_case(&g, attn(dt, d, 2, 1, 33, 120, Mask::KeepOne), s + 1);
             attention_case(&g, attn(dt, d, 1, 2, 130, 130, Mask::Random(0.5)), s + 2);
         }
+    }
+}
+
+// ---- attention on wgmma (kernels/attention_sm90a.cu, head dim 72, compute capability 9.0) ----------
+
+/// Switches the shared backend to the wgmma kernel for the guard's lifetime; None (after saying
+/// why) on GPUs without sm_90a, where choosing it must fail with an error naming the requirement.
+struct WgmmaOn<'a>(&'a Cuda);
+
+impl Drop for WgmmaOn<'_> {
+    fn drop(&mut self) {
+        self.0.set_attention_kernel(AttentionKernel::Mma).unwrap();
+    }
+}
+
+fn wgmma_on<'a>(g: &'a Gpu) -> Option<WgmmaOn<'a>> {
+    if !g.be.supports_attention_kernel(AttentionKernel::Wgmma) {
+        let e = g.be.set_attention_kernel(AttentionKernel::Wgmma).unwrap_err().to_string();
+        assert!(e.contains("compute capability 9.0"), "{e}");
+        println!("skipped: {e}");
+        return None;
+    }
+    g.be.set_attention_kernel(AttentionKernel::Wgmma).unwrap();
+    Some(WgmmaOn(g.be))
+}
+
+#[test]
+fn attention_wgmma_d72() {
+    for dt in DTYPES {
+        let g = gpu_or_skip!(dt);
+        let Some(_on) = wgmma_on(&g) else { return };
+        for (j, n) in [1usize, 5, 63, 64, 65, 127, 128, 129, 257, 1024, 2048].into_iter().enumerate() {
+            attention_case(&g, attn(dt, 72, 1, 2, n, n, Mask::None), 700 + j as u64);
+        }
+        attention_case(&g, attn(dt, 72, 2, 3, 4096, 4096, Mask::None), 720);
+        attention_case(&g, attn(dt, 72, 2, 2, 130, 1, Mask::None), 721);
+        attention_case(&g, attn(dt, 72, 2, 2, 1024, 120, Mask::Random(0.3)), 722);
+        attention_case(&g, attn(dt, 72, 3, 1, 257, 120, Mask::KeepOne), 723);
+        attention_case(&g, attn(dt, 72, 2, 1, 1, 120, Mask::Random(0.5)), 724);
+        attention_case(&g, attn(dt, 72, 3, 3, 70, 70, Mask::Random(0.7)), 725);
+        attention_case(&g, attn(dt, 72, 1, 2, 200, 333, Mask::None), 726);
+    }
+}
+
+/// Small wgmma grids for compute-sanitizer (memcheck and racecheck run the `sanitize_` tests).
+#[test]
+fn sanitize_attention_wgmma_small() {
+    for dt in DTYPES {
+        let g = gpu_or_skip!(dt);
+        let Some(_on) = wgmma_on(&g) else { return };
+        attention_case(&g, attn(dt, 72, 1, 1, 65, 65, Mask::None), 750);
+        attention_case(&g, attn(dt, 72, 2, 1, 33, 120, Mask::KeepOne), 751);
+        attention_case(&g, attn(dt, 72, 1, 2, 130, 130, Mask::Random(0.5)), 752);
     }
 }
 

@@ -1,6 +1,7 @@
 //! Checks on the compiled kernels that need no GPU: every kernels/*.cu is in the fatbin and in the
-//! shim library, ptxas reports no register spills for sm_80 and sm_90, and the SASS shows the
-//! instructions the design relies on (tensor-core mma, ldmatrix and cp.async in attention;
+//! shim library, ptxas reports no register spills for sm_80 and sm_90 (sm_90a for *_sm90a.cu), and
+//! the SASS shows the instructions the design relies on (tensor-core mma, ldmatrix and cp.async in
+//! attention; HGMMA without ptxas-serialised waits in the wgmma attention;
 //! 128-bit loads in the memory-bound kernels).
 //!
 //! Without nvcc these checks print why they are skipped, unless DELTADIT_REQUIRE_KERNELS=1 (set by
@@ -87,8 +88,10 @@ fn ptxas_reports_no_spills_on_sm80_and_sm90() {
         let entries = parse_ptxas(&log);
         assert!(!entries.is_empty(), "kernels/{stem}.cu: no entry functions in the ptxas report");
         let names: std::collections::BTreeSet<&String> = entries.keys().map(|(n, _)| n).collect();
+        // *_sm90a.cu files are built for sm_90a alone (build.rs).
+        let archs: &[&str] = if stem.ends_with("_sm90a") { &["sm_90a"] } else { &["sm_80", "sm_90"] };
         for name in names {
-            for arch in ["sm_80", "sm_90"] {
+            for &arch in archs {
                 match entries.get(&(name.clone(), arch.to_string())) {
                     None => failures.push(format!("{name}: not compiled for {arch}")),
                     Some(&(regs, st, ld)) => {
@@ -150,6 +153,31 @@ fn attention_sass_uses_tensor_cores_ldmatrix_and_cp_async() {
             assert!(code.contains(instr), "{f} on {arch}: no {instr} in the SASS");
         }
         println!("{f:<26} {arch}: HMMA×{} LDSM×{} LDGSTS×{}", code.matches("HMMA").count(), code.matches("LDSM").count(), code.matches("LDGSTS").count());
+    }
+}
+
+#[test]
+fn wgmma_attention_sass_uses_hgmma_without_serialisation() {
+    if !have_nvcc("wgmma_attention_sass_uses_hgmma_without_serialisation") || cuobjdump().is_none() {
+        assert!(!required() || cuobjdump().is_some(), "cuobjdump missing");
+        return;
+    }
+    // ptxas says when it had to serialise wgmma or inject waits around the accumulators (C75xx
+    // notes): the kernel would then be correct but its MMAs would not overlap anything.
+    let log = ptxas_log("attention_sm90a").expect("ptxas report of kernels/attention_sm90a.cu");
+    for bad in ["C7508", "C7510", "C7515", "C7517", "C7519", "serialized"] {
+        assert!(!log.contains(bad), "ptxas on kernels/attention_sm90a.cu reports {bad}:\n{log}");
+    }
+    let fns = sass("attention_sm90a");
+    let attn: Vec<_> = fns.iter().filter(|((_, f), _)| f.starts_with("attention_wgmma_d72")).collect();
+    assert_eq!(attn.len(), 2, "expected bf16 and f16 on sm_90a");
+    for ((arch, f), code) in attn {
+        assert_eq!(arch, "sm_90a", "{f}");
+        for instr in ["HGMMA.64x64x16.F32", "HGMMA.64x72x16.F32", "LDGSTS", "WARPGROUP.ARRIVE"] {
+            assert!(code.contains(instr), "{f} on {arch}: no {instr} in the SASS");
+        }
+        assert!(!code.contains("HMMA"), "{f}: mma.sync (HMMA) in the wgmma kernel");
+        println!("{f:<28} {arch}: HGMMA×{} LDGSTS×{}", code.matches("HGMMA").count(), code.matches("LDGSTS").count());
     }
 }
 

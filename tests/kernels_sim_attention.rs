@@ -1,5 +1,6 @@
-//! kernels/attention.cu through the SIMT shim (`Sim`) against the f32 CPU reference (`Cpu`), on
-//! the same dtype-rounded random inputs, with NaN-poisoned outputs.
+//! kernels/attention.cu and kernels/attention_sm90a.cu (wgmma, head dim 72) through the SIMT shim
+//! (`Sim`) against the f32 CPU reference (`Cpu`), on the same dtype-rounded random inputs, with
+//! NaN-poisoned outputs.
 //!
 //! Covers head dims 64/72/128, ragged lengths (not multiples of the 128-query / 64- or 32-key
 //! tiles), cross-attention, key-bias masks (including masks that keep a single token), batch ×
@@ -12,7 +13,7 @@ mod common;
 
 use common::{poisoned, random, rel_l2, Rng};
 use deltadit::backend::cpu::Cpu;
-use deltadit::backend::kernels::attention_supported_head_dim;
+use deltadit::backend::kernels::{attention_supported_head_dim, AttentionKernel};
 use deltadit::backend::sim::{set_warp_order, Sim, WarpOrder};
 use deltadit::backend::{AttentionShape, ColSlice};
 use deltadit::{Backend, DType, Error, Tensor};
@@ -54,12 +55,13 @@ struct Case {
     nk: usize,
     bias: Bias,
     layout: Layout,
+    kernel: AttentionKernel,
 }
 
 impl Case {
     fn new(head_dim: usize, nq: usize, nk: usize) -> Self {
         let layout = if nq == nk { Layout::FusedQkv } else { Layout::SeparateQ };
-        Case { dtype: DType::BF16, head_dim, batch: 1, heads: 1, nq, nk, bias: Bias::None, layout }
+        Case { dtype: DType::BF16, head_dim, batch: 1, heads: 1, nq, nk, bias: Bias::None, layout, kernel: AttentionKernel::Mma }
     }
     fn bh(self, batch: usize, heads: usize) -> Self {
         Case { batch, heads, ..self }
@@ -72,6 +74,9 @@ impl Case {
     }
     fn layout(self, layout: Layout) -> Self {
         Case { layout, ..self }
+    }
+    fn wgmma(self) -> Self {
+        Case { kernel: AttentionKernel::Wgmma, ..self }
     }
 }
 
@@ -136,6 +141,7 @@ fn run(c: Case, seed: u64) -> (f64, f64) {
 fn run_unguarded(c: Case, seed: u64) -> (f64, f64) {
     let mut rng = Rng::new(seed);
     let sim = Sim::new(c.dtype).unwrap();
+    sim.set_attention_kernel(c.kernel);
     let cpu = Cpu::new(2);
     let width = c.heads * c.head_dim;
     // Q and K with std 1.5: scores of std ≈ 2.2 after scaling, so the softmax is far from uniform.
@@ -278,6 +284,40 @@ fn f16_inputs() {
     eprintln!("f16, worst relative error {worst:.3e}");
 }
 
+// ---- kernels/attention_sm90a.cu (wgmma, head dim 72) ----------------------------------------------
+// Lengths around its 128-query / 64-key tiles, cross-attention with masks, batch × heads, f16.
+
+#[test]
+fn wgmma_self_and_cross_lengths() {
+    let mut worst = 0.0f64;
+    for (j, n) in LENGTHS.into_iter().enumerate() {
+        worst = worst.max(check(Case::new(72, n, n).wgmma(), 800 + j as u64));
+    }
+    for (i, nq) in [1, 129, 257].into_iter().enumerate() {
+        for (j, nk) in [1, 5, 63, 64, 65, 130].into_iter().enumerate() {
+            worst = worst.max(check(Case::new(72, nq, nk).wgmma(), 810 + (i * 10 + j) as u64));
+        }
+    }
+    eprintln!("wgmma self/cross bf16, worst relative error {worst:.3e}");
+}
+
+#[test]
+fn wgmma_masks_batch_heads_f16() {
+    let mut worst = 0.0f64;
+    worst = worst.max(check(Case::new(72, 300, 120).bh(2, 2).bias(Bias::RandomMask(0.3)).wgmma(), 850));
+    worst = worst.max(check(Case::new(72, 257, 120).bh(3, 1).bias(Bias::KeepOne).wgmma(), 851));
+    worst = worst.max(check(Case::new(72, 130, 130).bh(2, 1).bias(Bias::Real).wgmma(), 852));
+    worst = worst.max(check(Case::new(72, 70, 70).bh(3, 2).bias(Bias::RandomMask(0.7)).wgmma(), 853));
+    worst = worst.max(check(Case::new(72, 33, 97).bh(2, 3).wgmma(), 854));
+    worst = worst.max(check(Case::new(72, 63, 63).layout(Layout::SeparateQ).wgmma(), 855));
+    eprintln!("wgmma masks / batch × heads bf16, worst relative error {worst:.3e}");
+    let mut worst = 0.0f64;
+    worst = worst.max(check(Case::new(72, 130, 130).bh(2, 2).dtype(DType::F16).wgmma(), 860));
+    worst = worst.max(check(Case::new(72, 65, 120).bh(2, 1).bias(Bias::RandomMask(0.4)).dtype(DType::F16).wgmma(), 861));
+    worst = worst.max(check(Case::new(72, 257, 5).bias(Bias::KeepOne).dtype(DType::F16).wgmma(), 862));
+    eprintln!("wgmma f16, worst relative error {worst:.3e}");
+}
+
 #[test]
 fn warp_orders_expose_no_missing_barrier() {
     // Process-wide setting: exclusive against every other test of this file.
@@ -293,6 +333,7 @@ fn warp_orders_expose_no_missing_barrier() {
         Case::new(72, 257, 257).bh(1, 2).bias(Bias::RandomMask(0.8)),
         Case::new(128, 130, 100).bh(2, 1),
         Case::new(64, 65, 200).bias(Bias::KeepOne),
+        Case::new(72, 200, 200).bh(1, 2).bias(Bias::RandomMask(0.8)).wgmma(),
     ];
     for order in [WarpOrder::Reversed, WarpOrder::Shuffled(7), WarpOrder::Shuffled(1234)] {
         set_warp_order(order);

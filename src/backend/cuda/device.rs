@@ -248,6 +248,11 @@ impl Device {
         }))
     }
 
+    /// Whether kernels/<stem>.cu was loaded (sm_90a modules load on compute capability 9.0 only).
+    pub fn has_module(&self, stem: &str) -> bool {
+        self.modules.iter().any(|m| m.stem == stem)
+    }
+
     pub fn exec(&self) -> MutexGuard<'_, ExecState> {
         lock(&self.exec)
     }
@@ -587,6 +592,10 @@ fn load_modules(ctx: &Arc<CudaContext>, info: &DeviceInfo) -> Result<Vec<Module>
     ctx.bind_to_thread().map_err(|e| drv(e, "making the CUDA context current"))?;
     let mut modules: Vec<Module> = Vec::with_capacity(FATBINS.len());
     for &(stem, image) in FATBINS {
+        // sm_90a SASS runs on compute capability 9.0 exactly (and has no PTX to JIT elsewhere).
+        if stem.ends_with("_sm90a") && info.compute_capability != (9, 0) {
+            continue;
+        }
         let mut words = vec![0u64; image.len().div_ceil(8)].into_boxed_slice();
         bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..image.len()].copy_from_slice(image);
         // SAFETY: `words` holds a complete fatbin image written by nvcc -fatbin (build.rs),
@@ -602,7 +611,8 @@ fn load_modules(ctx: &Arc<CudaContext>, info: &DeviceInfo) -> Result<Vec<Module>
                 return Err(drv(
                     e,
                     format!(
-                        "loading kernels/{stem}.cu (fatbin with SASS for sm_80, sm_90 and compute_90 PTX, built by {}) on {} (sm_{ma}{mi})",
+                        "loading kernels/{stem}.cu (fatbin with SASS for {}, built by {}) on {} (sm_{ma}{mi})",
+                        if stem.ends_with("_sm90a") { "sm_90a" } else { "sm_80, sm_90 and compute_90 PTX" },
                         NVCC.unwrap_or("nvcc"),
                         info.name
                     ),

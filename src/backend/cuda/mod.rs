@@ -29,7 +29,7 @@ pub mod timing;
 pub use device::{available, device_count, driver_present, kernels_built, probe, probe_ordinal, CudaBuf, DeviceInfo};
 pub use graph::GraphStats;
 
-use super::kernels::{self, KernelDevice, KernelParams, LaunchCfg};
+use super::kernels::{self, AttentionKernel, KernelDevice, KernelParams, LaunchCfg};
 use super::{shapes, Activation, Backend};
 use crate::dtype::{bits16_to_f32, f32_to_bits16};
 use crate::{DType, Error, Result, Tensor};
@@ -37,6 +37,7 @@ use blas::{alignment, Blas, Epilogue, GemmKey};
 use device::Device;
 use error::env_flag;
 use std::ffi::c_void;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Switches of the CUDA backend.
@@ -76,6 +77,8 @@ pub struct Cuda {
     dev: Arc<Device>,
     dtype: DType,
     opts: CudaOptions,
+    /// [`AttentionKernel`] as u8
+    attention: AtomicU8,
 }
 
 impl Cuda {
@@ -93,7 +96,44 @@ impl Cuda {
         }
         let dev = Device::new(ordinal, opts.sync_launches)?;
         let blas = Blas::new(&dev)?;
-        Ok(Cuda { graphs: Mutex::new(graph::Graphs::default()), blas: Mutex::new(blas), dev, dtype, opts })
+        let cuda = Cuda {
+            graphs: Mutex::new(graph::Graphs::default()),
+            blas: Mutex::new(blas),
+            dev,
+            dtype,
+            opts,
+            attention: AtomicU8::new(AttentionKernel::Mma as u8),
+        };
+        if let Some(k) = AttentionKernel::from_env()? {
+            cuda.set_attention_kernel(k)?;
+        }
+        Ok(cuda)
+    }
+
+    /// Whether this device can run attention kernel `k` (wgmma: compute capability 9.0 and
+    /// kernels/attention_sm90a.cu built and loaded).
+    pub fn supports_attention_kernel(&self, k: AttentionKernel) -> bool {
+        match k {
+            AttentionKernel::Mma => true,
+            AttentionKernel::Wgmma => self.dev.has_module("attention_sm90a"),
+        }
+    }
+
+    /// Chooses the attention kernel for head dim 72 (DELTADIT_ATTENTION sets it at creation).
+    /// Captured graphs of earlier steps still hold the old kernel; their launch signature no
+    /// longer matches, so they are captured again at the next replay.
+    pub fn set_attention_kernel(&self, k: AttentionKernel) -> Result<()> {
+        if !self.supports_attention_kernel(k) {
+            let (ma, mi) = self.dev.info.compute_capability;
+            return Err(Error::Unsupported(format!(
+                "attention kernel {}: needs a GPU of compute capability 9.0 (H100/H200) and kernels/attention_sm90a.cu \
+                 built by nvcc; {} is sm_{ma}{mi}",
+                k.name(),
+                self.dev.info.name
+            )));
+        }
+        self.attention.store(k as u8, Ordering::Relaxed);
+        Ok(())
     }
 
     /// The device this backend runs on.
@@ -280,5 +320,9 @@ impl KernelDevice for Cuda {
 
     fn launch<P: KernelParams>(&self, name: &str, params: &P, cfg: LaunchCfg) -> Result<()> {
         self.dev.launch(name, params, cfg)
+    }
+
+    fn attention_kernel(&self) -> AttentionKernel {
+        AttentionKernel::from_u8(self.attention.load(Ordering::Relaxed))
     }
 }

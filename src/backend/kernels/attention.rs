@@ -1,4 +1,5 @@
-//! kernels/attention.cu: fused multi-head attention (FlashAttention-2 style).
+//! kernels/attention.cu: fused multi-head attention (FlashAttention-2 style, mma.sync), and
+//! kernels/attention_sm90a.cu: the same algorithm on Hopper's warpgroup MMA (wgmma), head dim 72.
 //!
 //! Q, K and V are column slices of `[batch·tokens, width]` tensors read in place (e.g. of one
 //! fused QKV projection output); head h uses columns `[col + h·d, col + (h + 1)·d)`. The kernel
@@ -7,11 +8,53 @@
 
 use super::{dtype_suffix, ptr_or_null, KernelDevice, LaunchCfg};
 use crate::backend::params::{
-    AttentionParams, ATTN_BLOCK_Q, ATTN_SMEM_D128, ATTN_SMEM_D64, ATTN_SMEM_D72, ATTN_THREADS,
+    AttentionParams, ATTN_BLOCK_Q, ATTN_SMEM_D128, ATTN_SMEM_D64, ATTN_SMEM_D72, ATTN_THREADS, ATTN_WG_BLOCK_Q,
+    ATTN_WG_SMEM_D72, ATTN_WG_THREADS,
 };
 use crate::backend::{shapes, AttentionShape, ColSlice};
 use crate::{Error, Result, Tensor};
 use std::ffi::c_void;
+
+/// Which attention kernel a kernel backend launches where there is a choice.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AttentionKernel {
+    /// kernels/attention.cu (mma.sync, sm_80+), every supported head dim: the default.
+    #[default]
+    Mma,
+    /// kernels/attention_sm90a.cu (wgmma) for head dim 72 on compute capability 9.0 (H100/H200);
+    /// other head dims still use [`AttentionKernel::Mma`]. Checked in the SIMT shim; opt-in until
+    /// it has been measured against the mma.sync kernel on a GPU (BENCHMARKS.md).
+    Wgmma,
+}
+
+impl AttentionKernel {
+    pub const ALL: [AttentionKernel; 2] = [AttentionKernel::Mma, AttentionKernel::Wgmma];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            AttentionKernel::Mma => "mma",
+            AttentionKernel::Wgmma => "wgmma",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self> {
+        Self::ALL.into_iter().find(|k| k.name() == s.trim()).ok_or_else(|| Error::param("attention kernel", s, "mma or wgmma"))
+    }
+
+    /// DELTADIT_ATTENTION (mma | wgmma), when set.
+    pub fn from_env() -> Result<Option<Self>> {
+        match std::env::var("DELTADIT_ATTENTION") {
+            Ok(v) if !v.trim().is_empty() => {
+                Self::parse(&v).map(Some).map_err(|_| Error::param("DELTADIT_ATTENTION", v, "mma or wgmma"))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    pub(crate) fn from_u8(v: u8) -> Self {
+        if v == AttentionKernel::Wgmma as u8 { AttentionKernel::Wgmma } else { AttentionKernel::Mma }
+    }
+}
 
 /// Head dims with a compiled kernel specialisation.
 pub fn attention_supported_head_dim(head_dim: usize) -> bool {
@@ -51,6 +94,12 @@ pub fn attention<D: KernelDevice>(
     })?;
     let s = shape;
     let width = s.heads * s.head_dim;
+    let wgmma = s.head_dim == 72 && d.attention_kernel() == AttentionKernel::Wgmma;
+    let (name, block_q, threads, smem) = if wgmma {
+        (format!("attention_wgmma_d72_{suffix}"), ATTN_WG_BLOCK_Q, ATTN_WG_THREADS, ATTN_WG_SMEM_D72)
+    } else {
+        (format!("attention_d{}_{suffix}", s.head_dim), ATTN_BLOCK_Q, ATTN_THREADS, smem)
+    };
 
     for (name, col, stride) in [("q", q.col, ops.q_stride), ("k", k.col, ops.k_stride), ("v", v.col, ops.v_stride)] {
         if col % VEC != 0 || stride % VEC != 0 {
@@ -60,7 +109,7 @@ pub fn attention<D: KernelDevice>(
             )));
         }
         // The kernel forms in-tile offsets (row · stride) in 32 bits.
-        if stride > (i32::MAX as usize) / (ATTN_BLOCK_Q as usize) {
+        if stride > (i32::MAX as usize) / (block_q as usize) {
             return Err(Error::Unsupported(format!("attention: {name} row stride {stride} is too large")));
         }
     }
@@ -75,7 +124,7 @@ pub fn attention<D: KernelDevice>(
         }
     }
     let (nq, nk) = (i32_of("nq", s.nq)?, i32_of("nk", s.nk)?);
-    let blocks_q = s.nq.div_ceil(ATTN_BLOCK_Q as usize);
+    let blocks_q = s.nq.div_ceil(block_q as usize);
     if blocks_q > i32::MAX as usize || s.heads > 65_535 || s.batch > 65_535 {
         return Err(Error::Unsupported(format!(
             "attention: grid ({blocks_q}, {}, {}) out of range (heads and batch ≤ 65535)",
@@ -107,10 +156,10 @@ pub fn attention<D: KernelDevice>(
     };
     let cfg = LaunchCfg {
         grid: [blocks_q as u32, s.heads as u32, s.batch as u32],
-        block: [ATTN_THREADS, 1, 1],
+        block: [threads, 1, 1],
         smem,
     };
-    d.launch(&format!("attention_d{}_{suffix}", s.head_dim), &p, cfg)
+    d.launch(&name, &p, cfg)
 }
 
 fn i32_of(what: &str, n: usize) -> Result<i32> {

@@ -11,7 +11,7 @@ mod norm_modulate;
 mod reduce;
 mod scheduler;
 
-pub use attention::{attention, attention_supported_head_dim};
+pub use attention::{attention, attention_supported_head_dim, AttentionKernel};
 pub use delta::residual;
 pub use elementwise::{activation, add_bcast, cfg_combine, patchify, timestep_embedding, unpatchify};
 pub use fill::fill_bits;
@@ -82,6 +82,10 @@ pub trait KernelDevice: Backend {
     fn ptr_mut(&self, t: &mut Tensor<Self>) -> *mut c_void;
     /// Launches the kernel `name` with its parameter struct.
     fn launch<P: KernelParams>(&self, name: &str, params: &P, cfg: LaunchCfg) -> Result<()>;
+    /// The attention kernel to launch where there is a choice (head dim 72).
+    fn attention_kernel(&self) -> AttentionKernel {
+        AttentionKernel::Mma
+    }
 }
 
 /// Kernel name suffix of an activation dtype.

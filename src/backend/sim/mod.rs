@@ -8,12 +8,13 @@ mod ffi;
 #[cfg(deltadit_sim)]
 pub mod selftest;
 
-use super::kernels::{self, KernelDevice, KernelParams, LaunchCfg};
+use super::kernels::{self, AttentionKernel, KernelDevice, KernelParams, LaunchCfg};
 use super::{shapes, Activation, Backend};
 use crate::dtype::{bits16_to_f32, f32_to_bits16};
 use crate::{DType, Error, Result, Tensor};
 use bytemuck::{Pod, Zeroable};
 use std::ffi::c_void;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 pub use ffi::{is_built, set_warp_order, WarpOrder};
 
@@ -39,10 +40,18 @@ impl SimBuf {
 }
 
 /// The sim backend; `dtype` (bf16 or f16) is the storage of weights and activations.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Sim {
     dtype: DType,
     threads: usize,
+    /// [`AttentionKernel`] as u8 (set through `&self`, like the CUDA backend's)
+    attention: AtomicU8,
+}
+
+impl Clone for Sim {
+    fn clone(&self) -> Self {
+        Sim { dtype: self.dtype, threads: self.threads, attention: AtomicU8::new(self.attention.load(Ordering::Relaxed)) }
+    }
 }
 
 impl Sim {
@@ -56,7 +65,17 @@ impl Sim {
             ));
         }
         kernels::dtype_suffix("sim backend", dtype)?;
-        Ok(Sim { dtype, threads: rayon::current_num_threads() })
+        let sim = Sim { dtype, threads: rayon::current_num_threads(), attention: AtomicU8::new(0) };
+        if let Some(k) = AttentionKernel::from_env()? {
+            sim.set_attention_kernel(k);
+        }
+        Ok(sim)
+    }
+
+    /// Chooses the attention kernel for head dim 72 (DELTADIT_ATTENTION sets it at creation).
+    /// The shim emulates both, so any choice works here.
+    pub fn set_attention_kernel(&self, k: AttentionKernel) {
+        self.attention.store(k as u8, Ordering::Relaxed);
     }
 
     fn to_f32(&self, t: &Tensor<Self>) -> Vec<f32> {
@@ -159,5 +178,9 @@ impl KernelDevice for Sim {
 
     fn launch<P: KernelParams>(&self, name: &str, params: &P, cfg: LaunchCfg) -> Result<()> {
         ffi::launch(name, params, cfg)
+    }
+
+    fn attention_kernel(&self) -> AttentionKernel {
+        AttentionKernel::from_u8(self.attention.load(Ordering::Relaxed))
     }
 }
