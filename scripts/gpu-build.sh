@@ -106,6 +106,12 @@ if [[ "$strip_debug" == 1 ]]; then
     strip --strip-debug "$f"
   done
 fi
+# The shim self-tests as a CUDA program (kernels/sim/gpu_selftest.cu): sm_80 SASS, and sm_90a for
+# Hopper, where the wgmma case runs; cudart linked statically (the GPU image needs only the driver).
+nvcc_bin="${NVCC:-$repo/.cuda/nvidia/cu13/bin/nvcc}"
+echo "gpu-build: nvcc kernels/sim/gpu_selftest.cu"
+"$nvcc_bin" -std=c++17 -O2 -gencode=arch=compute_80,code=sm_80 -gencode=arch=compute_90a,code=sm_90a \
+  -cudart static -L "$(dirname "$nvcc_bin")/../lib" -I kernels kernels/sim/gpu_selftest.cu -o "$out/bin/gpu_selftest"
 if [[ "$with_data" == 1 ]]; then
   cp -r tests/data "$out/data"
 fi

@@ -206,6 +206,12 @@ want_test() {
   return 1
 }
 
+# The shim's self-test kernels on the hardware first (seconds): the fragment, ldmatrix, cp.async
+# and wgmma layouts the SIMT shim emulates, checked against this GPU.
+if [[ "$tests_on" == 1 && -x "$here/bin/gpu_selftest" ]]; then
+  run_step shim-selftest-gpu "$here/bin/gpu_selftest"
+fi
+
 # gpu first: it is the one this machine is for.
 tests=()
 [[ -x "$here/tests/gpu" ]] && tests+=("$here/tests/gpu")

@@ -1,10 +1,12 @@
 // The portable shim self-tests on a real GPU: the same kernels (sim/selftest_kernels.cuh) and
 // host checks (sim/selftest_cases.h) as under the shim, so the fragment layouts, shuffle
 // semantics and cp.async behaviour the shim emulates are confirmed on hardware.
-// Not part of the cargo build (build.rs compiles kernels/*.cu only). Build and run on a GPU box:
-//   nvcc -std=c++17 -O2 -gencode=arch=compute_80,code=sm_80 -gencode=arch=compute_90,code=sm_90 \
-//        -L $CUDA_HOME/lib \
-//        -I kernels kernels/sim/gpu_selftest.cu -o gpu_selftest && ./gpu_selftest
+// Not part of the cargo build (build.rs compiles kernels/*.cu only); scripts/gpu-build.sh builds it
+// into the GPU bundle (bin/gpu_selftest, run first by run.sh). By hand:
+//   nvcc -std=c++17 -O2 -gencode=arch=compute_80,code=sm_80 -gencode=arch=compute_90a,code=sm_90a \
+//        -cudart static -I kernels kernels/sim/gpu_selftest.cu -o gpu_selftest && ./gpu_selftest
+// The wgmma case runs on compute capability 9.0 only (sm_90a SASS), and last: on other GPUs its
+// kernel would trap.
 #include <cuda_runtime.h>
 
 #include <chrono>
@@ -50,14 +52,21 @@ int main(int argc, char** argv) {
         {"geometry", case_geometry}, {"barrier", case_barrier},   {"exited_threads", case_exited},
         {"shfl", case_shfl},         {"vote", case_vote},         {"mma_bf16", case_mma_bf16},
         {"mma_f16", case_mma_f16},   {"ldmatrix", case_ldmatrix}, {"attention_tile", case_attention_tile},
-        {"cp_async", case_cp_async}, {"atomics", case_atomics},
+        {"cp_async", case_cp_async}, {"atomics", case_atomics}, {"wgmma", case_wgmma},
     };
     cudaDeviceProp prop;
-    cudaGetDeviceProperties(&prop, 0);
+    if (cudaError_t e = cudaGetDeviceProperties(&prop, 0); e != cudaSuccess) {
+        fprintf(stderr, "gpu_selftest: no CUDA device: %s\n", cudaGetErrorString(e));
+        return 2;
+    }
     printf("device: %s (sm_%d%d)\n", prop.name, prop.major, prop.minor);
     int fails = 0;
     for (const auto& t : cases) {
         if (argc > 1 && strcmp(argv[1], t.name) != 0) continue;
+        if (!strcmp(t.name, "wgmma") && !(prop.major == 9 && prop.minor == 0)) {
+            printf("%-16s skipped: needs compute capability 9.0 (sm_90a)\n", t.name);
+            continue;
+        }
         Case c;
         auto t0 = std::chrono::steady_clock::now();
         t.fn(c);
