@@ -1,5 +1,5 @@
 //! Kernel microbenchmarks at the real shapes of the presets: attention (self, and cross with the
-//! text mask), norm_modulate, the gated residual and its Δ store/apply variants, GELU + bias, a
+//! text mask; on an H100/H200 also with the wgmma kernel, rows `attn-*-wgmma`), norm_modulate, the gated residual and its Δ store/apply variants, GELU + bias, a
 //! same-size copy, and the GEMMs through `Backend::linear` — plus the two roofline figures measured
 //! in the same run (a large device copy; a large square GEMM).
 //!
@@ -22,11 +22,21 @@ mod common;
 
 use common::{median, min, replicate, sets_for, Launcher, Mode, Pool, Timed};
 use criterion::{Criterion, Throughput};
+use deltadit::backend::kernels::AttentionKernel;
 use deltadit::backend::{Activation, AttentionShape, CacheWrite, ColSlice};
 use deltadit::bench::Preset;
 use deltadit::model::Family;
 use deltadit::{DType, Result, Tensor};
 use serde_json::{json, Value};
+
+/// The op name of an attention case with `kernel` (None: the backend's default kernel).
+fn op_name(op: &'static str, kernel: Option<AttentionKernel>) -> &'static str {
+    match (op, kernel) {
+        (_, None | Some(AttentionKernel::Mma)) => op,
+        ("attn-self", Some(AttentionKernel::Wgmma)) => "attn-self-wgmma",
+        (_, Some(AttentionKernel::Wgmma)) => "attn-cross-wgmma",
+    }
+}
 
 /// What bounds a case: arithmetic (FLOP counted) or memory (bytes counted).
 #[derive(Clone, Copy, PartialEq)]
@@ -44,6 +54,13 @@ struct Case {
     flop: f64,
     /// the fewest bytes the op must move (inputs read once, outputs written once)
     bytes: f64,
+}
+
+impl Case {
+    /// Case `op` at the shapes of preset `p`, named `<op>/<preset>`.
+    fn new(p: &Preset, op: &'static str, shape: String, bound: Bound, flop: f64, bytes: f64) -> Self {
+        Case { name: format!("{op}/{}", p.name), op, preset: p.name.to_string(), shape, bound, flop, bytes }
+    }
 }
 
 struct Measured {
@@ -143,62 +160,18 @@ impl<B: Timed> Run<'_, B> {
         let tokens = (p.latent / cfg.patch_size).pow(2);
         let rows = batch * tokens;
         let es = self.dt.size() as f64;
-        let name = |op: &str| format!("{op}/{}", p.name);
-        let case = |op: &'static str, shape: String, bound: Bound, flop: f64, bytes: f64| Case {
-            name: name(op),
-            op,
-            preset: p.name.to_string(),
-            shape,
-            bound,
-            flop,
-            bytes,
-        };
+        let case = |op, shape, bound, flop, bytes| Case::new(p, op, shape, bound, flop, bytes);
         let be = self.be;
-        let scale = (hd as f32).powf(-0.5);
 
-        // Self-attention: Q, K, V read in place from one fused [rows, 3D] projection (as the model).
-        {
-            let n = (rows * 3 * d) as f64;
-            let bytes = es * (n + (rows * d) as f64);
-            let sets = self.sets(bytes);
-            let qkv = replicate(be, self.tensor(&[rows, 3 * d], 1, 1.0)?, sets)?;
-            let mut out: Vec<_> = (0..sets).map(|_| be.alloc(&[rows, d], self.dt)).collect::<Result<_>>()?;
-            let shape = AttentionShape { batch, heads: h, head_dim: hd, nq: tokens, nk: tokens, scale };
-            let flop = 4.0 * (batch * h * tokens * tokens * hd) as f64;
-            let c = case("attn-self", format!("{batch}×{h}×{tokens}×{tokens}, d {hd}"), Bound::Compute, flop, bytes);
-            self.time(
-                c,
-                sets,
-                Box::new(move |i| {
-                    let s = i % sets;
-                    let q = &qkv[s];
-                    be.attention(&shape, ColSlice::new(q, 0), ColSlice::new(q, d), ColSlice::new(q, 2 * d), None, &mut out[s])
-                }),
-            );
-        }
-
-        // Cross-attention to the text with its padding mask (PixArt): uncond keeps 1 token, cond 20.
-        if cfg.family == Family::PixArt {
-            let l = p.text_len.max(1);
-            let bytes = es * (2.0 * (rows * d) as f64 + (batch * l * 2 * d) as f64) + 4.0 * (batch * l) as f64;
-            let sets = self.sets(bytes);
-            let q = replicate(be, self.tensor(&[rows, d], 3, 1.0)?, sets)?;
-            let kv = replicate(be, self.tensor(&[batch * l, 2 * d], 5, 1.0)?, sets)?;
-            let bias: Vec<f32> = (0..batch).flat_map(|b| (0..l).map(move |j| if j < [1, 20.min(l)][b] { 0.0 } else { -10000.0 })).collect();
-            let bias = be.upload(&bias, &[batch, l], DType::F32)?;
-            let mut out: Vec<_> = (0..sets).map(|_| be.alloc(&[rows, d], self.dt)).collect::<Result<_>>()?;
-            let shape = AttentionShape { batch, heads: h, head_dim: hd, nq: tokens, nk: l, scale };
-            let flop = 4.0 * (batch * h * tokens * l * hd) as f64;
-            let c = case("attn-cross", format!("{batch}×{h}×{tokens}×{l} masked, d {hd}"), Bound::Compute, flop, bytes);
-            let bias = &bias;
-            self.time(
-                c,
-                sets,
-                Box::new(move |i| {
-                    let s = i % sets;
-                    be.attention(&shape, ColSlice::new(&q[s], 0), ColSlice::new(&kv[s], 0), ColSlice::new(&kv[s], d), Some(bias), &mut out[s])
-                }),
-            );
+        // Attention with the default kernel, then with each extra one (rows `<op>-<kernel>`).
+        let kernels: Vec<Option<AttentionKernel>> = std::iter::once(None).chain(be.extra_attention_kernels().into_iter().map(Some)).collect();
+        for kernel in kernels {
+            if let Some(k) = kernel {
+                be.use_attention_kernel(k)?;
+            }
+            let r = self.attention_cases(p, kernel);
+            be.use_attention_kernel(AttentionKernel::Mma)?;
+            r?;
         }
 
         // Memory-bound kernels on the residual stream [rows, D].
@@ -267,6 +240,67 @@ impl<B: Timed> Run<'_, B> {
         ];
         for (op, nout, k, act) in gemms {
             self.gemm(case(op, String::new(), Bound::Compute, 0.0, 0.0), rows, nout, k, true, act)?;
+        }
+        Ok(())
+    }
+
+    /// Self-attention (Q, K, V column slices of one fused projection, as the model) and, for
+    /// PixArt, cross-attention to the masked text, with attention kernel `kernel` (None: the
+    /// backend's default).
+    fn attention_cases(&mut self, p: &Preset, kernel: Option<AttentionKernel>) -> Result<()> {
+        let cfg = &p.config;
+        let (h, hd) = (cfg.num_attention_heads, cfg.attention_head_dim);
+        let d = h * hd;
+        let batch = 2; // classifier-free guidance
+        let tokens = (p.latent / cfg.patch_size).pow(2);
+        let rows = batch * tokens;
+        let es = self.dt.size() as f64;
+        let case = |op, shape, bound, flop, bytes| Case::new(p, op, shape, bound, flop, bytes);
+        let be = self.be;
+        let scale = (hd as f32).powf(-0.5);
+        // Self-attention: Q, K, V read in place from one fused [rows, 3D] projection (as the model).
+        {
+            let n = (rows * 3 * d) as f64;
+            let bytes = es * (n + (rows * d) as f64);
+            let sets = self.sets(bytes);
+            let qkv = replicate(be, self.tensor(&[rows, 3 * d], 1, 1.0)?, sets)?;
+            let mut out: Vec<_> = (0..sets).map(|_| be.alloc(&[rows, d], self.dt)).collect::<Result<_>>()?;
+            let shape = AttentionShape { batch, heads: h, head_dim: hd, nq: tokens, nk: tokens, scale };
+            let flop = 4.0 * (batch * h * tokens * tokens * hd) as f64;
+            let c = case(op_name("attn-self", kernel), format!("{batch}×{h}×{tokens}×{tokens}, d {hd}"), Bound::Compute, flop, bytes);
+            self.time(
+                c,
+                sets,
+                Box::new(move |i| {
+                    let s = i % sets;
+                    let q = &qkv[s];
+                    be.attention(&shape, ColSlice::new(q, 0), ColSlice::new(q, d), ColSlice::new(q, 2 * d), None, &mut out[s])
+                }),
+            );
+        }
+
+        // Cross-attention to the text with its padding mask (PixArt): uncond keeps 1 token, cond 20.
+        if cfg.family == Family::PixArt {
+            let l = p.text_len.max(1);
+            let bytes = es * (2.0 * (rows * d) as f64 + (batch * l * 2 * d) as f64) + 4.0 * (batch * l) as f64;
+            let sets = self.sets(bytes);
+            let q = replicate(be, self.tensor(&[rows, d], 3, 1.0)?, sets)?;
+            let kv = replicate(be, self.tensor(&[batch * l, 2 * d], 5, 1.0)?, sets)?;
+            let bias: Vec<f32> = (0..batch).flat_map(|b| (0..l).map(move |j| if j < [1, 20.min(l)][b] { 0.0 } else { -10000.0 })).collect();
+            let bias = be.upload(&bias, &[batch, l], DType::F32)?;
+            let mut out: Vec<_> = (0..sets).map(|_| be.alloc(&[rows, d], self.dt)).collect::<Result<_>>()?;
+            let shape = AttentionShape { batch, heads: h, head_dim: hd, nq: tokens, nk: l, scale };
+            let flop = 4.0 * (batch * h * tokens * l * hd) as f64;
+            let c = case(op_name("attn-cross", kernel), format!("{batch}×{h}×{tokens}×{l} masked, d {hd}"), Bound::Compute, flop, bytes);
+            let bias = &bias;
+            self.time(
+                c,
+                sets,
+                Box::new(move |i| {
+                    let s = i % sets;
+                    be.attention(&shape, ColSlice::new(&q[s], 0), ColSlice::new(&kv[s], 0), ColSlice::new(&kv[s], d), Some(bias), &mut out[s])
+                }),
+            );
         }
         Ok(())
     }

@@ -1,6 +1,8 @@
 //! Whole-model benchmarks of a preset with random weights and classifier-free guidance (batch 2):
 //!
 //!   forward/<preset>         one transformer forward (embed, all blocks, final layer)
+//!   forward-wgmma/<preset>   the same with the wgmma attention kernel (GPUs with sm_90a), and
+//!                            its output's relative L2 distance to the default kernel's
 //!   step/<preset>            one full sampling step as the pipeline runs it: latents into the
 //!                            CFG batch, timestep, embed + blocks + final layer + CFG combine
 //!                            (the pipeline's two graph units on CUDA), scheduler update, sync
@@ -16,6 +18,7 @@
 mod common;
 
 use common::{median, min, Mode, Timed};
+use deltadit::backend::kernels::AttentionKernel;
 use deltadit::backend::Cfg;
 use deltadit::bench::{random_inputs, Preset};
 use deltadit::cache::{CacheEngine, CacheSpec};
@@ -88,25 +91,44 @@ fn preset_rows<B: Timed>(be: &B, mode: &Mode, c: &mut criterion::Criterion, p: &
     if mode.wants(&name("forward")) {
         be.write(&mut ws.model_in, &model_in)?;
         be.write(&mut ws.t, &[500.0, 500.0])?;
-        let fwd = |ws: &mut deltadit::model::Workspace<B>| -> Result<()> {
-            be.graph_run("bench/forward", &mut || {
+        let fwd = |ws: &mut deltadit::model::Workspace<B>, key: &str| -> Result<()> {
+            be.graph_run(key, &mut || {
                 model.embed(be, &ctx, ws)?;
                 model.run_blocks(be, &ctx, ws, 0..layers, &mut [], Branches::Compute)?;
                 model.finish(be, ws)
             })?;
             be.synchronize()
         };
-        for _ in 0..3 {
-            fwd(&mut ws)?; // warm-up, graph capture
-        }
-        let samples = bench(c, "forward", p.name, &mut |iters| {
-            let t = Instant::now();
-            for _ in 0..iters {
-                fwd(&mut ws)?;
+        let mut timed = |ws: &mut deltadit::model::Workspace<B>, kind: &'static str| -> Result<Vec<f64>> {
+            let key = format!("bench/{kind}");
+            for _ in 0..3 {
+                fwd(ws, &key)?; // warm-up, graph capture
             }
-            Ok(t.elapsed().as_secs_f64())
-        })?;
+            bench(c, kind, p.name, &mut |iters| {
+                let t = Instant::now();
+                for _ in 0..iters {
+                    fwd(ws, &key)?;
+                }
+                Ok(t.elapsed().as_secs_f64())
+            })
+        };
+        let samples = timed(&mut ws, "forward")?;
         rows.push(Row { name: name("forward"), kind: "forward", preset: p.name.into(), samples, extra: json!({}) });
+        // The same forward with each extra attention kernel; its output against the default's.
+        let reference = be.download(&ws.model_out)?;
+        for k in be.extra_attention_kernels() {
+            let kind = match k {
+                AttentionKernel::Wgmma => "forward-wgmma",
+                AttentionKernel::Mma => continue,
+            };
+            be.use_attention_kernel(k)?;
+            let r = timed(&mut ws, kind).and_then(|s| Ok((s, be.download(&ws.model_out)?)));
+            be.use_attention_kernel(AttentionKernel::Mma)?;
+            let (samples, out) = r?;
+            let rel = deltadit::rng::rel_l2(&out, &reference);
+            println!("{kind}/{}: output vs the default attention kernel's: rel L2 {rel:.2e}", p.name);
+            rows.push(Row { name: name(kind), kind, preset: p.name.into(), samples, extra: json!({ "rel_l2_vs_default_attention": rel }) });
+        }
     }
 
     // One sampling step with CFG, as the pipeline runs it (policy none: every step is full).

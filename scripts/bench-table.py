@@ -13,7 +13,8 @@ Recognised by content:
     step-<backend>.json      benches/step.rs      (kind "deltadit-step")
     torch-<device>.json      bench/torch_reference.py (kind "torch-reference")
     any `deltadit bench --json` output (a BenchReport: "model", "backend", "rows")
-Ours on CUDA is paired with torch on CUDA, ours on the CPU with torch on the CPU. The ratio column
+Ours on CUDA is paired with torch on CUDA, ours on the CPU with torch on the CPU; rows of our
+wgmma attention kernel (`attn-self-wgmma/…`, `forward-wgmma/…`) with torch's row of the same op. The ratio column
 is torch's time divided by ours: above 1, ours is faster. Nothing is estimated: a cell without a
 measurement is "-".
 """
@@ -226,7 +227,7 @@ def main():
             md,
         )
         for r in d["results"]:
-            o = tmap.get(r["name"])
+            o = tmap.get(r["name"]) or tmap.get(r["name"].replace("-wgmma/", "/"))
             comp = r["bound"] == "compute"
             rate = (f"{r['tflops']:.2f} TFLOP/s" if comp else f"{r['gbps']:.0f} GB/s")
             orate = None
@@ -251,8 +252,8 @@ def main():
         tv = f"diffusers {tr.get('diffusers')} on torch {tr.get('torch')} ({tr.get('dtype')}, eager)" if tr else "no torch JSON for this device"
         t = Table(f"Model: deltadit {d['backend']} ({d['dtype']}) vs {tv}", ["bench", "detail", "ours ms", "torch ms", "torch/ours"], md)
         for r in d["results"]:
-            o = tmap.get(r["name"])
-            detail = "batch 2 (CFG)"
+            o = tmap.get(r["name"]) or tmap.get(r["name"].replace("-wgmma/", "/"))
+            detail = "batch 2 (CFG)" + (", wgmma attention" if "-wgmma/" in r["name"] else "")
             if r["kind"] == "step":
                 detail = f"one {r.get('scheduler', '')} step with CFG, synchronised"
             elif r["kind"].startswith("sample20"):

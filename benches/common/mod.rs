@@ -14,6 +14,7 @@
 
 use deltadit::backend::cpu::Cpu;
 use deltadit::backend::cuda::Cuda;
+use deltadit::backend::kernels::AttentionKernel;
 use deltadit::bench::Preset;
 use deltadit::{Backend, DType, Error, Result, Tensor};
 use std::path::PathBuf;
@@ -152,6 +153,15 @@ pub trait Timed: Backend {
     fn estimate(&self, op: &mut dyn FnMut(usize) -> Result<()>, sets: usize) -> Result<f64>;
     /// "events" or "wall clock"
     fn clock(&self) -> &'static str;
+    /// Attention kernels benchmarked besides the default one, as extra rows (`<op>-<kernel>`):
+    /// the CUDA backend's wgmma kernel where the GPU has sm_90a.
+    fn extra_attention_kernels(&self) -> Vec<AttentionKernel> {
+        Vec::new()
+    }
+    /// Selects the attention kernel for the following launches (no-op where there is no choice).
+    fn use_attention_kernel(&self, _k: AttentionKernel) -> Result<()> {
+        Ok(())
+    }
 }
 
 pub trait Launcher {
@@ -227,6 +237,14 @@ impl Launcher for CpuLauncher<'_> {
 const GPU_UNIT_SECONDS: f64 = 1e-3;
 
 impl Timed for Cuda {
+    fn extra_attention_kernels(&self) -> Vec<AttentionKernel> {
+        [AttentionKernel::Wgmma].into_iter().filter(|&k| self.supports_attention_kernel(k)).collect()
+    }
+
+    fn use_attention_kernel(&self, k: AttentionKernel) -> Result<()> {
+        self.set_attention_kernel(k)
+    }
+
     fn machine(&self) -> String {
         let l2 = self.l2_cache_bytes().map(|b| format!(", L2 {} MB", b >> 20)).unwrap_or_default();
         format!("{}{l2}", self.info())
