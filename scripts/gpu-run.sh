@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs a bundle made by scripts/gpu-build.sh on a GPU machine (no Rust toolchain, no network
-# needed): every test binary, compute-sanitizer memcheck and racecheck on the GPU tests, then the
+# needed): the shim's self-test kernels on the GPU (bin/gpu_selftest: the layouts the SIMT shim
+# emulates, wgmma included on an H100/H200), every test binary, compute-sanitizer memcheck and
+# racecheck on the GPU tests, then the
 # benchmarks (kernel microbenches, whole-model benches, `deltadit bench`, the PyTorch/diffusers
 # reference), a summary table, and the joined benchmark table LAST. In the bundle this is `run.sh`.
 #
@@ -209,7 +211,7 @@ want_test() {
 # The shim's self-test kernels on the hardware first (seconds): the fragment, ldmatrix, cp.async
 # and wgmma layouts the SIMT shim emulates, checked against this GPU.
 if [[ "$tests_on" == 1 && -x "$here/bin/gpu_selftest" ]]; then
-  run_step shim-selftest-gpu "$here/bin/gpu_selftest"
+  run_step gpu-selftest "$here/bin/gpu_selftest"
 fi
 
 # gpu first: it is the one this machine is for.
