@@ -22,6 +22,7 @@
 // their V rows are zeros, so P·V never sees the NaN-poisoned shim memory. Output rows ≥ nq are not
 // stored.
 #include "common.cuh"
+#include "softmax.cuh"
 
 namespace attention {
 
@@ -63,7 +64,7 @@ using TileD64 = Tile<64, 4, 2, 64, true, 2>;
 using TileD72 = Tile<72, 4, 2, 32, false, 3>;
 using TileD128 = Tile<128, 4, 2, 32, false, 2>;
 
-constexpr float LOG2E = 1.4426950408889634f;
+using namespace attention_softmax;
 
 // Copies ROWS rows × D columns (row stride `stride` elements) into shared rows of pitch LD;
 // rows ≥ valid are zero-filled without reading global memory.
@@ -80,16 +81,6 @@ __device__ __forceinline__ void load_rows(T* s, const T* g, int64_t stride, int 
             cp_async_16_zfill(s + r * K::LD + col, g + (ok ? r * (int)stride + col : 0), ok);
         }
     }
-}
-
-// 2^x for the softmax on the MUFU.EX2 unit (exp2f adds a denormal fix-up of 3 instructions around it,
-// measured on H100 as the top stall reason; see ptx.cuh).
-__device__ __forceinline__ float ex2(float x) { return ex2_approx_ftz(x); }
-
-// Additive score term of key j in the log2 domain; −inf masks keys past the end.
-__device__ __forceinline__ float key_term(const float* bias, int j, int nk) {
-    if (j >= nk) return -INFINITY;
-    return bias ? bias[j] * LOG2E : 0.0f;
 }
 
 template <typename T, class K> __device__ __forceinline__ void run(const AttentionParams& p) {
@@ -193,72 +184,27 @@ template <typename T, class K> __device__ __forceinline__ void run(const Attenti
             }
         }
 
-        // ---- online softmax (log2 domain) --------------------------------------------------------
-        // Each thread holds rows g = lane / 4 and g + 8 of every m16 tile, columns 2·quad, +1 of
-        // every n8 tile; the 4 threads of a quad share a row.
-        // Tiles with a key bias or keys past the end add the bias row first (s' = s·c + b, then
-        // p = 2^(s' − m)); the others, most of a self-attention, fold the scale into the
-        // exponent's FMA (p = 2^(s·c − m)) and take the row max of the raw scores (c > 0).
+        // ---- online softmax (log2 domain, softmax.cuh) --------------------------------------------
         const bool biased = gbias != nullptr || (it + 1) * BK > p.nk || !(p.scale_log2 > 0.0f);
         if (biased) {
 #pragma unroll
-            for (int n = 0; n < S_TILES; ++n) {
-                const float2 kb = *reinterpret_cast<const float2*>(bS + n * 8 + 2 * quad);
-#pragma unroll
-                for (int mt = 0; mt < MT; ++mt) {
-                    s[mt][n][0] = fmaf(s[mt][n][0], p.scale_log2, kb.x);
-                    s[mt][n][1] = fmaf(s[mt][n][1], p.scale_log2, kb.y);
-                    s[mt][n][2] = fmaf(s[mt][n][2], p.scale_log2, kb.x);
-                    s[mt][n][3] = fmaf(s[mt][n][3], p.scale_log2, kb.y);
-                }
-            }
+            for (int mt = 0; mt < MT; ++mt) add_key_bias(s[mt], bS, quad, p.scale_log2);
         }
         const float mul = biased ? 1.0f : p.scale_log2;
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) {
-#pragma unroll
-            for (int r = 0; r < 2; ++r) {
-                float mx = -INFINITY;
-#pragma unroll
-                for (int n = 0; n < S_TILES; ++n) mx = fmaxf(mx, fmaxf(s[mt][n][2 * r], s[mt][n][2 * r + 1]));
-                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-                mx = fmaxf(row_max[mt][r], mx * mul);
-                // A row with only −inf so far (cannot happen for a valid row: key 0 is in tile 0,
-                // but an all −inf bias must not turn into NaN here).
-                const float base = mx == -INFINITY ? 0.0f : mx;
-                const float alpha = ex2(row_max[mt][r] - base);
-                row_max[mt][r] = mx;
-                float sum = 0.0f;
-#pragma unroll
-                for (int n = 0; n < S_TILES; ++n) {
-                    s[mt][n][2 * r] = ex2(fmaf(s[mt][n][2 * r], mul, -base));
-                    s[mt][n][2 * r + 1] = ex2(fmaf(s[mt][n][2 * r + 1], mul, -base));
-                    sum += s[mt][n][2 * r] + s[mt][n][2 * r + 1];
-                }
-                // Per-thread partial row sums; the quad reduces them once, at the end.
-                row_sum[mt][r] = row_sum[mt][r] * alpha + sum;
-#pragma unroll
-                for (int n = 0; n < O_TILES; ++n) {
-                    o[mt][n][2 * r] *= alpha;
-                    o[mt][n][2 * r + 1] *= alpha;
-                }
-            }
+            float alpha[2];
+            online_softmax(s[mt], row_max[mt], row_sum[mt], mul, alpha);
+            rescale(o[mt], alpha);
         }
 
         // ---- O += P·V ---------------------------------------------------------------------------
-        // The C fragments of score tiles 2kk and 2kk + 1 are exactly the A fragment of the k16 step
-        // kk over those 16 keys: a0 = (g, 2q..), a1 = (g + 8, 2q..), a2 = (g, 8 + 2q..), a3 = (g + 8, 8 + 2q..).
+        // P of each k16 step straight from the score accumulators (softmax.cuh: p_fragment).
 #pragma unroll
         for (int kk = 0; kk < BK / 16; ++kk) {
             uint32_t pa[MT][4];
 #pragma unroll
-            for (int mt = 0; mt < MT; ++mt) {
-                pa[mt][0] = pack2<T>(s[mt][2 * kk][0], s[mt][2 * kk][1]);
-                pa[mt][1] = pack2<T>(s[mt][2 * kk][2], s[mt][2 * kk][3]);
-                pa[mt][2] = pack2<T>(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
-                pa[mt][3] = pack2<T>(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
-            }
+            for (int mt = 0; mt < MT; ++mt) p_fragment<T>(pa[mt], s[mt], kk);
             const T* vrow = vS + (kk * 16 + a_row) * LD;
 #pragma unroll
             for (int np = 0; np < O_TILES / 2; ++np) {

@@ -5,27 +5,30 @@
 // attention.cu for other head dims and GPUs. Built for sm_90a alone (build.rs: *_sm90a.cu).
 //
 // One CTA = 2 warpgroups = 128 query rows of one (batch, head); warpgroup w owns rows 64w..64w+63.
-// K/V tiles of 64 keys stream through shared memory with cp.async, double buffered as in
-// attention.cu: one __syncthreads per tile both publishes tile t and retires the buffers tile t+1
-// overwrites. Per tile and warpgroup:
-//   S(64×64)  = Q·Kᵀ   5 wgmma m64n64k16, A = Q and B = K from shared memory (K-major; head dim 72
-//                      padded to 80 with zero columns, as attention.cu)
-//   online softmax     on the S accumulators, exactly attention.cu's (one m16 tile per warp)
-//   O(64×72) += P·V    4 wgmma m64n72k16, A = P in registers (the accumulator layout of S is the A
-//                      fragment layout), B = V from shared memory read N-major ("transposed")
-// Each product is issued, committed and waited for before its registers are used; overlap comes
-// from the other warpgroup and the second CTA on the SM (2 × 256 threads, ≤ 128 registers each).
+// K/V tiles of 64 keys stream through shared memory with cp.async (K double, V triple buffered);
+// one __syncthreads per tile publishes tile t and retires the buffers tile t + 1 overwrites. Per
+// tile t and warpgroup, as two wgmma groups:
+//   S_t(64×64)  = Q·K_tᵀ          5 wgmma m64n64k16, A = Q and B = K from shared memory (K-major;
+//                                 head dim 72 padded to 80 with zero columns, as attention.cu)
+//   O += P_{t−1}·V_{t−1}          4 wgmma m64n72k16, A = P from registers (the accumulator layout
+//                                 of S is the A fragment layout), B = V read N-major ("transposed")
+// then waits for the first group only and runs the online softmax of S_t (attention.cu's, one m16
+// tile per warp) while P_{t−1}·V_{t−1} is still on the tensor cores (FlashAttention-3's
+// intra-warpgroup overlap); O is rescaled once that group completes. The other warpgroup and the
+// second CTA on the SM (2 × 256 threads, ≤ 128 registers each) fill the remaining gaps.
 //
 // Shared memory, no-swizzle core matrices (wgmma.cuh), every 16-byte chunk written by cp.async:
 //   Q [128 rows][10 chunks]:      chunk c of row r at (r/8)·1280 + c·128 + (r%8)·16 B (LBO 128, SBO 1280)
 //   K [2][64 keys][10 chunks]:    the same layout per stage
-//   V [2][10 planes][64 keys]:    chunk c of key j at c·1024 + (j/8)·128 + (j%8)·16 B (N-major: LBO 128
-//                                 between 8-key groups, SBO 1024 between 8-column groups)
+//   V [3][10 planes][64 keys]:    chunk c of key j at c·1024 + (j/8)·128 + (j%8)·16 B (N-major: LBO 128
+//                                 between 8-key groups, SBO 1024 between 8-column groups); three
+//                                 stages because V_{t−1} is read while V_{t+1} is copied
 //   key bias [2][64] f32
 // Chunk 9 (columns 72..79) is zero-filled by cp.async with every tile: Q·Kᵀ reads it for Q and K;
 // V's plane 9 is never read. Two adjacent threads copy two adjacent chunks of one row (a whole
 // 32-byte sector of global memory), rows fastest across thread pairs.
 #include "common.cuh"
+#include "softmax.cuh"
 #include "wgmma.cuh"
 
 namespace attention_sm90a {
@@ -39,8 +42,8 @@ constexpr uint32_t ROW_GROUP = CHUNKS * CORE;  // K-major SBO: next 8 rows of Q 
 constexpr uint32_t V_PLANE = BLOCK_K * 16;     // N-major SBO: next 8 columns of V
 // Element offsets of the regions (16-bit elements).
 constexpr int Q_ELEMS = BLOCK_Q * CHUNKS * 8, KV_ELEMS = BLOCK_K * CHUNKS * 8;
-constexpr int SMEM = 2 * (Q_ELEMS + 4 * KV_ELEMS) + 4 * 2 * BLOCK_K;
-constexpr float LOG2E = 1.4426950408889634f;
+constexpr int SMEM = 2 * (Q_ELEMS + 5 * KV_ELEMS) + 4 * 2 * BLOCK_K;  // Q, 2 K and 3 V stages, bias
+using namespace attention_softmax;
 
 // Element offset of chunk c of row r in a K-major (Q, K) or N-major (V) tile of `rows` rows.
 __device__ __forceinline__ int kmajor_at(int r, int c) { return (r >> 3) * (ROW_GROUP / 2) + c * 64 + (r & 7) * 8; }
@@ -62,9 +65,17 @@ __device__ __forceinline__ void load_tile(T* s, const T* g, int64_t stride, int 
     }
 }
 
-__device__ __forceinline__ float key_term(const float* bias, int j, int nk) {
-    if (j >= nk) return -INFINITY;
-    return bias ? bias[j] * LOG2E : 0.0f;
+// The accumulator arrays as the flat register lists wgmma takes.
+template <int N> __device__ __forceinline__ float (&flat(float (&a)[N][4]))[N * 4] {
+    return reinterpret_cast<float(&)[N * 4]>(a);
+}
+
+// O(64×72) += P·V over one 64-key tile: four k16 steps, P from registers, V N-major (2 key groups
+// of 128 bytes per step). Issued, not committed.
+template <typename T>
+__device__ __forceinline__ void pv(float (&o)[O_TILES][4], const uint32_t (&pa)[BLOCK_K / 16][4], const T* vS) {
+#pragma unroll
+    for (int kk = 0; kk < BLOCK_K / 16; ++kk) Wgmma<T, D>::rs_tb(flat(o), pa[kk], wgmma_desc(vS + kk * 2 * 64, CORE, V_PLANE));
 }
 
 template <typename T> __device__ __forceinline__ void run(const AttentionParams& p) {
@@ -74,7 +85,7 @@ template <typename T> __device__ __forceinline__ void run(const AttentionParams&
     T* sQ = dynamic_smem<T>();
     T* sK = sQ + Q_ELEMS;
     T* sV = sK + 2 * KV_ELEMS;
-    float* sBias = reinterpret_cast<float*>(sV + 2 * KV_ELEMS);
+    float* sBias = reinterpret_cast<float*>(sV + 3 * KV_ELEMS);
 
     const T* gq = static_cast<const T*>(p.q) + b * p.q_batch_stride + q0 * p.q_row_stride + head * D;
     const T* gk = static_cast<const T*>(p.k) + b * p.k_batch_stride + head * D;
@@ -91,105 +102,78 @@ template <typename T> __device__ __forceinline__ void run(const AttentionParams&
     const int quad = tid & 3;  // accumulator column pair 2·quad of each n8 tile
     const T* sQw = sQ + wg * (BLOCK_Q / 2 / 8) * (ROW_GROUP / 2);  // this warpgroup's 64 rows
 
-    float o[O_TILES * 4];
+    float o[O_TILES][4];
     float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
 #pragma unroll
-    for (int i = 0; i < O_TILES * 4; ++i) o[i] = 0.0f;
+    for (int n = 0; n < O_TILES; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
 
+    // P·V of tile t − 1 runs on the tensor cores while this warpgroup computes the softmax of tile
+    // t (FlashAttention-3's intra-warpgroup overlap): per tile, S_t = Q·K_tᵀ and O += P_{t−1}·V_{t−1}
+    // are issued as two groups, the wait for the first leaves the second in flight.
+    uint32_t pa[BLOCK_K / 16][4];  // P_{t−1}: the A fragments of its four k16 steps
     for (int it = 0; it < n_tiles; ++it) {
-        const int st = it & 1;
         // Tile `it` has landed for every thread (the proxy fence hands this thread's cp.async data
-        // to wgmma's async proxy), and every warpgroup is done with tile it − 1, whose buffers the
-        // copies below overwrite.
+        // to wgmma's async proxy), and every warpgroup is done with the buffers the copies below
+        // overwrite: K of tile it − 1 (its S was waited for in iteration it − 1) and V of tile
+        // it − 2 (its P·V too); V of tile it − 1 stays, P·V reads it in this iteration.
         cp_async_wait<0>();
         fence_proxy_async_smem();
         __syncthreads();
         float bias_next = 0.0f;
         if (it + 1 < n_tiles) {
             const int k0 = (it + 1) * BLOCK_K, valid = min(BLOCK_K, p.nk - k0);
-            load_tile<BLOCK_K, false>(sK + (st ^ 1) * KV_ELEMS, gk + k0 * p.k_row_stride, p.k_row_stride, valid, tid);
-            load_tile<BLOCK_K, true>(sV + (st ^ 1) * KV_ELEMS, gv + k0 * p.v_row_stride, p.v_row_stride, valid, tid);
+            load_tile<BLOCK_K, false>(sK + ((it + 1) & 1) * KV_ELEMS, gk + k0 * p.k_row_stride, p.k_row_stride, valid, tid);
+            load_tile<BLOCK_K, true>(sV + ((it + 1) % 3) * KV_ELEMS, gv + k0 * p.v_row_stride, p.v_row_stride, valid, tid);
             if (tid < BLOCK_K) bias_next = key_term(gbias, k0 + tid, p.nk);  // stored after the compute
         }
         cp_async_commit();
-        const T* kS = sK + st * KV_ELEMS;
-        const T* vS = sV + st * KV_ELEMS;
-        const float* bS = sBias + st * BLOCK_K;
+        const T* kS = sK + (it & 1) * KV_ELEMS;
+        const float* bS = sBias + (it & 1) * BLOCK_K;
 
-        // ---- S = Q·Kᵀ --------------------------------------------------------------------------
-        float s[S_TILES * 4];
+        // ---- S_t = Q·K_tᵀ, then O += P_{t−1}·V_{t−1} (two groups) -----------------------------------
+        float s[S_TILES][4];
 #pragma unroll
-        for (int i = 0; i < S_TILES * 4; ++i) s[i] = 0.0f;
-        wgmma_fence_operands(s);
+        for (int n = 0; n < S_TILES; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+        wgmma_fence_operands(flat(s));
+        wgmma_fence_operands(flat(o));
         wgmma_fence();
 #pragma unroll
         for (int ks = 0; ks < K_STEPS; ++ks)  // k16 step = chunks 2ks, 2ks + 1 (128 elements on)
-            Wgmma<T, BLOCK_K>::ss(s, wgmma_desc(sQw + ks * 128, CORE, ROW_GROUP), wgmma_desc(kS + ks * 128, CORE, ROW_GROUP));
+            Wgmma<T, BLOCK_K>::ss(flat(s), wgmma_desc(sQw + ks * 128, CORE, ROW_GROUP), wgmma_desc(kS + ks * 128, CORE, ROW_GROUP));
         wgmma_commit();
-        wgmma_wait<0>();
-        wgmma_fence_operands(s);
+        if (it > 0) {
+            wgmma_fence();  // ptxas would inject this one itself (C7519): P arrives through a branch
+            pv(o, pa, sV + ((it - 1) % 3) * KV_ELEMS);
+            wgmma_commit();
+            wgmma_wait<1>();  // S_t is complete; P_{t−1}·V_{t−1} may still run
+        } else {
+            wgmma_wait<0>();
+        }
+        wgmma_fence_operands(flat(s));
 
-        // ---- online softmax (log2 domain), as attention.cu -----------------------------------------
+        // ---- online softmax (log2 domain, softmax.cuh) --------------------------------------------
         const bool biased = gbias != nullptr || (it + 1) * BLOCK_K > p.nk || !(p.scale_log2 > 0.0f);
-        if (biased) {
-#pragma unroll
-            for (int n = 0; n < S_TILES; ++n) {
-                const float2 kb = *reinterpret_cast<const float2*>(bS + n * 8 + 2 * quad);
-                s[4 * n + 0] = fmaf(s[4 * n + 0], p.scale_log2, kb.x);
-                s[4 * n + 1] = fmaf(s[4 * n + 1], p.scale_log2, kb.y);
-                s[4 * n + 2] = fmaf(s[4 * n + 2], p.scale_log2, kb.x);
-                s[4 * n + 3] = fmaf(s[4 * n + 3], p.scale_log2, kb.y);
-            }
-        }
-        const float mul = biased ? 1.0f : p.scale_log2;
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            float mx = -INFINITY;
-#pragma unroll
-            for (int n = 0; n < S_TILES; ++n) mx = fmaxf(mx, fmaxf(s[4 * n + 2 * r], s[4 * n + 2 * r + 1]));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-            mx = fmaxf(row_max[r], mx * mul);
-            const float base = mx == -INFINITY ? 0.0f : mx;
-            const float alpha = ex2_approx_ftz(row_max[r] - base);
-            row_max[r] = mx;
-            float sum = 0.0f;
-#pragma unroll
-            for (int n = 0; n < S_TILES; ++n) {
-                s[4 * n + 2 * r] = ex2_approx_ftz(fmaf(s[4 * n + 2 * r], mul, -base));
-                s[4 * n + 2 * r + 1] = ex2_approx_ftz(fmaf(s[4 * n + 2 * r + 1], mul, -base));
-                sum += s[4 * n + 2 * r] + s[4 * n + 2 * r + 1];
-            }
-            row_sum[r] = row_sum[r] * alpha + sum;
-#pragma unroll
-            for (int n = 0; n < O_TILES; ++n) {
-                o[4 * n + 2 * r] *= alpha;
-                o[4 * n + 2 * r + 1] *= alpha;
-            }
-        }
+        if (biased) add_key_bias(s, bS, quad, p.scale_log2);
+        float alpha[2];
+        online_softmax(s, row_max, row_sum, biased ? 1.0f : p.scale_log2, alpha);
 
-        // ---- O += P·V ---------------------------------------------------------------------------
-        // Score tiles 2kk and 2kk + 1 are the A fragment of the k16 step over keys 16kk..16kk+15.
-        uint32_t pa[BLOCK_K / 16][4];
-#pragma unroll
-        for (int kk = 0; kk < BLOCK_K / 16; ++kk) {
-            pa[kk][0] = pack2<T>(s[8 * kk + 0], s[8 * kk + 1]);
-            pa[kk][1] = pack2<T>(s[8 * kk + 2], s[8 * kk + 3]);
-            pa[kk][2] = pack2<T>(s[8 * kk + 4], s[8 * kk + 5]);
-            pa[kk][3] = pack2<T>(s[8 * kk + 6], s[8 * kk + 7]);
-        }
-        wgmma_fence_operands(o);
-        wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < BLOCK_K / 16; ++kk)
-            Wgmma<T, D>::rs_tb(o, pa[kk], wgmma_desc(vS + kk * 2 * 64, CORE, V_PLANE));
-        wgmma_commit();
+        // ---- O (now including P_{t−1}·V_{t−1}) rescaled; P_t packed as the next A operand -----------
         wgmma_wait<0>();
-        wgmma_fence_operands(o);
+        wgmma_fence_operands(flat(o));
+        rescale(o, alpha);
+#pragma unroll
+        for (int kk = 0; kk < BLOCK_K / 16; ++kk) p_fragment<T>(pa[kk], s, kk);
         // The bias buffer of the next tile was last read in tile it − 1 (retired by the barrier
         // above); the next iteration's barrier publishes it.
-        if (tid < BLOCK_K && it + 1 < n_tiles) sBias[(st ^ 1) * BLOCK_K + tid] = bias_next;
+        if (tid < BLOCK_K && it + 1 < n_tiles) sBias[((it + 1) & 1) * BLOCK_K + tid] = bias_next;
     }
+    // P·V of the last tile.
+    wgmma_fence_operands(flat(o));
+    wgmma_fence();
+    pv(o, pa, sV + ((n_tiles - 1) % 3) * KV_ELEMS);
+    wgmma_commit();
+    wgmma_wait<0>();
+    wgmma_fence_operands(flat(o));
 
     // ---- epilogue: O / row sum, staged row-major (pitch 80) over the Q tile -----------------------
     // Every warpgroup's wgmma reads of Q completed at its last wait; the barrier orders them (and
@@ -207,7 +191,7 @@ template <typename T> __device__ __forceinline__ void run(const AttentionParams&
         T* row = sO + (g + 8 * r) * LD + 2 * quad;
 #pragma unroll
         for (int n = 0; n < O_TILES; ++n)
-            *reinterpret_cast<uint32_t*>(row + n * 8) = pack2<T>(o[4 * n + 2 * r] * inv, o[4 * n + 2 * r + 1] * inv);
+            *reinterpret_cast<uint32_t*>(row + n * 8) = pack2<T>(o[n][2 * r] * inv, o[n][2 * r + 1] * inv);
     }
     __syncthreads();
     T* go = static_cast<T*>(p.o) + b * p.o_batch_stride + q0 * p.o_row_stride + head * D;

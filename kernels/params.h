@@ -253,10 +253,10 @@ typedef struct RelL1Params {
 /* attention_sm90a.cu (Hopper wgmma, sm_90a only): attention_wgmma_d72_*,  */
 /* same parameters; grid (ceil(nq / ATTN_WG_BLOCK_Q), heads, batch),         */
 /* ATTN_WG_THREADS threads (2 warpgroups), ATTN_WG_SMEM_D72 bytes of dynamic */
-/* shared memory: 2 * (128 + 4 * 64) rows * 80 elements + 8 * 64.            */
+/* shared memory: 2 * (128 + 5 * 64) rows * 80 elements + 8 * 64.            */
 #define ATTN_WG_THREADS 256
 #define ATTN_WG_BLOCK_Q 128
-#define ATTN_WG_SMEM_D72 61952
+#define ATTN_WG_SMEM_D72 72192
 typedef struct AttentionParams {
     const void* q;
     const void* k;

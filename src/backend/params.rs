@@ -30,7 +30,7 @@ pub const ATTN_SMEM_D128: u32 = 69888;
 pub const ATTN_SMEM_MAX: u32 = 69888;
 pub const ATTN_WG_THREADS: u32 = 256;
 pub const ATTN_WG_BLOCK_Q: u32 = 128;
-pub const ATTN_WG_SMEM_D72: u32 = 61952;
+pub const ATTN_WG_SMEM_D72: u32 = 72192;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct FillParams {
