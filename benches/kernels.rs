@@ -63,6 +63,27 @@ impl Case {
     }
 }
 
+/// The activation shapes of a preset's blocks with classifier-free guidance (batch 2).
+struct Dims {
+    heads: usize,
+    head_dim: usize,
+    /// heads × head_dim
+    width: usize,
+    batch: usize,
+    tokens: usize,
+    /// batch × tokens
+    rows: usize,
+}
+
+impl Dims {
+    fn of(p: &Preset) -> Self {
+        let cfg = &p.config;
+        let (heads, head_dim) = (cfg.num_attention_heads, cfg.attention_head_dim);
+        let (batch, tokens) = (2, (p.latent / cfg.patch_size).pow(2));
+        Dims { heads, head_dim, width: heads * head_dim, batch, tokens, rows: batch * tokens }
+    }
+}
+
 struct Measured {
     case: Case,
     samples: Vec<f64>,
@@ -153,12 +174,7 @@ impl<B: Timed> Run<'_, B> {
     // ---- the cases ------------------------------------------------------------------------------
 
     fn preset_cases(&mut self, p: &Preset) -> Result<()> {
-        let cfg = &p.config;
-        let (h, hd) = (cfg.num_attention_heads, cfg.attention_head_dim);
-        let d = h * hd;
-        let batch = 2; // classifier-free guidance
-        let tokens = (p.latent / cfg.patch_size).pow(2);
-        let rows = batch * tokens;
+        let Dims { width: d, batch, rows, .. } = Dims::of(p);
         let es = self.dt.size() as f64;
         let case = |op, shape, bound, flop, bytes| Case::new(p, op, shape, bound, flop, bytes);
         let be = self.be;
@@ -248,12 +264,7 @@ impl<B: Timed> Run<'_, B> {
     /// PixArt, cross-attention to the masked text, with attention kernel `kernel` (None: the
     /// backend's default).
     fn attention_cases(&mut self, p: &Preset, kernel: Option<AttentionKernel>) -> Result<()> {
-        let cfg = &p.config;
-        let (h, hd) = (cfg.num_attention_heads, cfg.attention_head_dim);
-        let d = h * hd;
-        let batch = 2; // classifier-free guidance
-        let tokens = (p.latent / cfg.patch_size).pow(2);
-        let rows = batch * tokens;
+        let Dims { heads: h, head_dim: hd, width: d, batch, tokens, rows } = Dims::of(p);
         let es = self.dt.size() as f64;
         let case = |op, shape, bound, flop, bytes| Case::new(p, op, shape, bound, flop, bytes);
         let be = self.be;
@@ -280,7 +291,7 @@ impl<B: Timed> Run<'_, B> {
         }
 
         // Cross-attention to the text with its padding mask (PixArt): uncond keeps 1 token, cond 20.
-        if cfg.family == Family::PixArt {
+        if p.config.family == Family::PixArt {
             let l = p.text_len.max(1);
             let bytes = es * (2.0 * (rows * d) as f64 + (batch * l * 2 * d) as f64) + 4.0 * (batch * l) as f64;
             let sets = self.sets(bytes);

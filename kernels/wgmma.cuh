@@ -94,70 +94,40 @@ template <typename T, int N> struct Wgmma {
     }
 };
 #else
-template <> struct Wgmma<__nv_bfloat16, 64> {
-    // D(64x64) += A·B, A and B K-major in shared memory.
-    static __device__ __forceinline__ void ss(float (&d)[32], uint64_t desc_a, uint64_t desc_b) {
-        asm volatile(
-            "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-            "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
-            "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
-            "%32, %33, p, 1, 1, 0, 0;\n}\n"
-            :
-          "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-            : "l"(desc_a), "l"(desc_b), "r"(1));
-    }
-};
-template <> struct Wgmma<__nv_bfloat16, 72> {
-    // D(64x72) += A·B, A from registers, B N-major ("transposed") in shared memory.
-    static __device__ __forceinline__ void rs_tb(float (&d)[36], const uint32_t (&a)[4], uint64_t desc_b) {
-        asm volatile(
-            "{\n.reg .pred p;\nsetp.ne.b32 p, %41, 0;\n"
-            "wgmma.mma_async.sync.aligned.m64n72k16.f32.bf16.bf16 "
-            "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35}, "
-            "{%36, %37, %38, %39}, %40, p, 1, 1, 1;\n}\n"
-            :
-          "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1));
-    }
-};
-template <> struct Wgmma<__half, 64> {
-    // D(64x64) += A·B, A and B K-major in shared memory.
-    static __device__ __forceinline__ void ss(float (&d)[32], uint64_t desc_a, uint64_t desc_b) {
-        asm volatile(
-            "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-            "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
-            "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
-            "%32, %33, p, 1, 1, 0, 0;\n}\n"
-            :
-          "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-            : "l"(desc_a), "l"(desc_b), "r"(1));
-    }
-};
-template <> struct Wgmma<__half, 72> {
-    // D(64x72) += A·B, A from registers, B N-major ("transposed") in shared memory.
-    static __device__ __forceinline__ void rs_tb(float (&d)[36], const uint32_t (&a)[4], uint64_t desc_b) {
-        asm volatile(
-            "{\n.reg .pred p;\nsetp.ne.b32 p, %41, 0;\n"
-            "wgmma.mma_async.sync.aligned.m64n72k16.f32.f16.f16 "
-            "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35}, "
-            "{%36, %37, %38, %39}, %40, p, 1, 1, 1;\n}\n"
-            :
-          "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1));
-    }
-};
+// The accumulator register lists of the two shapes (N/2 registers each), spelled out once.
+#define DELTADIT_WGMMA_D32 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}"
+#define DELTADIT_WGMMA_D36 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35}"
+#define DELTADIT_WGMMA_OUT32 \
+    "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
+    "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), \
+    "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), \
+    "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+#define DELTADIT_WGMMA_OUT36 DELTADIT_WGMMA_OUT32, "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35])
+// Both shapes for one element type (TY: its PTX name). scale-d is the predicate p (always 1: D += A·B).
+#define DELTADIT_WGMMA_SHAPES(T, TY)                                                                       \
+    template <> struct Wgmma<T, 64> {                                                                      \
+        static __device__ __forceinline__ void ss(float (&d)[32], uint64_t desc_a, uint64_t desc_b) {     \
+            asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"                                      \
+                         "wgmma.mma_async.sync.aligned.m64n64k16.f32." TY "." TY " " DELTADIT_WGMMA_D32   \
+                         ", %32, %33, p, 1, 1, 0, 0;\n}\n"                                                 \
+                         : DELTADIT_WGMMA_OUT32                                                          \
+                         : "l"(desc_a), "l"(desc_b), "r"(1));                                              \
+        }                                                                                                  \
+    };                                                                                                     \
+    template <> struct Wgmma<T, 72> {                                                                      \
+        static __device__ __forceinline__ void rs_tb(float (&d)[36], const uint32_t (&a)[4], uint64_t desc_b) { \
+            asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %41, 0;\n"                                      \
+                         "wgmma.mma_async.sync.aligned.m64n72k16.f32." TY "." TY " " DELTADIT_WGMMA_D36   \
+                         ", {%36, %37, %38, %39}, %40, p, 1, 1, 1;\n}\n"                                   \
+                         : DELTADIT_WGMMA_OUT36                                                          \
+                         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1));               \
+        }                                                                                                  \
+    };
+DELTADIT_WGMMA_SHAPES(__nv_bfloat16, "bf16")
+DELTADIT_WGMMA_SHAPES(__half, "f16")
+#undef DELTADIT_WGMMA_SHAPES
+#undef DELTADIT_WGMMA_OUT36
+#undef DELTADIT_WGMMA_OUT32
+#undef DELTADIT_WGMMA_D36
+#undef DELTADIT_WGMMA_D32
 #endif
