@@ -179,16 +179,7 @@ impl<B: Timed> Run<'_, B> {
         let case = |op, shape, bound, flop, bytes| Case::new(p, op, shape, bound, flop, bytes);
         let be = self.be;
 
-        // Attention with the default kernel, then with each extra one (rows `<op>-<kernel>`).
-        let kernels: Vec<Option<AttentionKernel>> = std::iter::once(None).chain(be.extra_attention_kernels().into_iter().map(Some)).collect();
-        for kernel in kernels {
-            if let Some(k) = kernel {
-                be.use_attention_kernel(k)?;
-            }
-            let r = self.attention_cases(p, kernel);
-            be.use_attention_kernel(AttentionKernel::Mma)?;
-            r?;
-        }
+        self.attention_cases(p, None)?;
 
         // Memory-bound kernels on the residual stream [rows, D].
         let n = (rows * d) as f64;
@@ -316,6 +307,19 @@ impl<B: Timed> Run<'_, B> {
         Ok(())
     }
 
+    /// The attention cases with each of the backend's extra kernels (rows `<op>-<kernel>`): run after
+    /// every preset's other cases, so that a kernel never run on this hardware before cannot take
+    /// their rows with it.
+    fn extra_kernel_cases(&mut self, p: &Preset) -> Result<()> {
+        for k in self.be.extra_attention_kernels() {
+            self.be.use_attention_kernel(k)?;
+            let r = self.attention_cases(p, Some(k));
+            self.be.use_attention_kernel(AttentionKernel::Mma)?;
+            r?;
+        }
+        Ok(())
+    }
+
     /// `out[m, n] = act(x[m, k]·w[n, k]ᵀ + b)`, weights rotating with the inputs.
     fn gemm(&mut self, mut c: Case, m: usize, n: usize, k: usize, bias: bool, act: Activation) -> Result<()> {
         let be = self.be;
@@ -386,6 +390,9 @@ fn run<B: Timed>(be: &B, mode: &Mode, gpu: bool) -> Result<()> {
     r.roofline(gpu)?;
     for p in &presets {
         r.preset_cases(p)?;
+    }
+    for p in &presets {
+        r.extra_kernel_cases(p)?;
     }
     let (results, errors) = (std::mem::take(&mut r.results), std::mem::take(&mut r.errors));
     drop(r);

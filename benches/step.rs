@@ -69,7 +69,10 @@ fn bench(c: &mut criterion::Criterion, group: &str, preset: &str, f: &mut dyn Fn
     }
 }
 
-fn preset_rows<B: Timed>(be: &B, mode: &Mode, c: &mut criterion::Criterion, p: &Preset, rows: &mut Vec<Row>) -> Result<()> {
+/// The rows of one preset. `extra_kernels`: instead, only `forward-<kernel>/<preset>` for each of
+/// the backend's extra attention kernels (a second pass, after every preset's default rows: a
+/// kernel never run on this hardware before cannot take the others' rows with it).
+fn preset_rows<B: Timed>(be: &B, mode: &Mode, c: &mut criterion::Criterion, p: &Preset, extra_kernels: bool, rows: &mut Vec<Row>) -> Result<()> {
     let steps = 20;
     let t0 = Instant::now();
     let model = p.build(be, 0)?;
@@ -88,7 +91,7 @@ fn preset_rows<B: Timed>(be: &B, mode: &Mode, c: &mut criterion::Criterion, p: &
     println!("{}: model built in {build_s:.1} s ({} blocks, {} tokens, batch 2)", p.name, layers, (p.latent / cfg.patch_size).pow(2));
 
     // One forward.
-    if mode.wants(&name("forward")) {
+    if mode.wants(&name("forward")) || (extra_kernels && mode.wants("forward-")) {
         be.write(&mut ws.model_in, &model_in)?;
         be.write(&mut ws.t, &[500.0, 500.0])?;
         let fwd = |ws: &mut deltadit::model::Workspace<B>, key: &str| -> Result<()> {
@@ -112,23 +115,31 @@ fn preset_rows<B: Timed>(be: &B, mode: &Mode, c: &mut criterion::Criterion, p: &
                 Ok(t.elapsed().as_secs_f64())
             })
         };
-        let samples = timed(&mut ws, "forward")?;
-        rows.push(Row { name: name("forward"), kind: "forward", preset: p.name.into(), samples, extra: json!({}) });
-        // The same forward with each extra attention kernel; its output against the default's.
-        let reference = be.download(&ws.model_out)?;
-        for k in be.extra_attention_kernels() {
-            let kind = match k {
-                AttentionKernel::Wgmma => "forward-wgmma",
-                AttentionKernel::Mma => continue,
-            };
-            be.use_attention_kernel(k)?;
-            let r = timed(&mut ws, kind).and_then(|s| Ok((s, be.download(&ws.model_out)?)));
-            be.use_attention_kernel(AttentionKernel::Mma)?;
-            let (samples, out) = r?;
-            let rel = deltadit::rng::rel_l2(&out, &reference);
-            println!("{kind}/{}: output vs the default attention kernel's: rel L2 {rel:.2e}", p.name);
-            rows.push(Row { name: name(kind), kind, preset: p.name.into(), samples, extra: json!({ "rel_l2_vs_default_attention": rel }) });
+        if !extra_kernels {
+            let samples = timed(&mut ws, "forward")?;
+            rows.push(Row { name: name("forward"), kind: "forward", preset: p.name.into(), samples, extra: json!({}) });
+        } else {
+            // The same forward with each extra attention kernel; its output against the default's.
+            fwd(&mut ws, "bench/forward")?;
+            let reference = be.download(&ws.model_out)?;
+            for k in be.extra_attention_kernels() {
+                let kind = match k {
+                    AttentionKernel::Wgmma => "forward-wgmma",
+                    AttentionKernel::Mma => continue,
+                };
+                be.use_attention_kernel(k)?;
+                let r = timed(&mut ws, kind).and_then(|s| Ok((s, be.download(&ws.model_out)?)));
+                be.use_attention_kernel(AttentionKernel::Mma)?;
+                let (samples, out) = r?;
+                let rel = deltadit::rng::rel_l2(&out, &reference);
+                println!("{kind}/{}: output vs the default attention kernel's: rel L2 {rel:.2e}", p.name);
+                rows.push(Row { name: name(kind), kind, preset: p.name.into(), samples, extra: json!({ "rel_l2_vs_default_attention": rel }) });
+            }
         }
+    }
+
+    if extra_kernels {
+        return Ok(());
     }
 
     // One sampling step with CFG, as the pipeline runs it (policy none: every step is full).
@@ -232,11 +243,14 @@ fn run<B: Timed>(be: &B, mode: &Mode, gpu: bool) -> Result<()> {
     let mut c = mode.criterion(gpu);
     let mut rows = Vec::new();
     let mut errors = Vec::new();
-    for p in &presets {
-        // a failure ends this preset, not the run: the rows measured so far are still written
-        if let Err(e) = preset_rows(be, mode, &mut c, p, &mut rows) {
-            println!("{}: FAILED: {e}", p.name);
-            errors.push(json!({ "preset": p.name, "error": e.to_string() }));
+    let passes: &[bool] = if be.extra_attention_kernels().is_empty() { &[false] } else { &[false, true] };
+    for &extra_kernels in passes {
+        for p in &presets {
+            // a failure ends this preset, not the run: the rows measured so far are still written
+            if let Err(e) = preset_rows(be, mode, &mut c, p, extra_kernels, &mut rows) {
+                println!("{}: FAILED: {e}", p.name);
+                errors.push(json!({ "preset": p.name, "error": e.to_string() }));
+            }
         }
     }
     c.final_summary();
