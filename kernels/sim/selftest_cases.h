@@ -469,9 +469,82 @@ inline void case_atomics(Case& c) {
 }
 
 // ---- wgmma (sm_90a) -------------------------------------------------------------------------------
+// When a GPU disagrees with the emulated wgmma, which reading of shared memory does it follow? The
+// kernel's shared-memory image (simtest_wgmma's writes) is rebuilt on the host and D recomputed
+// under each reading of the descriptors' strides and of the N-major core matrix; the failure message
+// names the one the hardware matches. Reading 0 is the emulated one (PTX ISA 9.7.15.5.1.2).
+struct WgmmaReadings {
+    int mode;                 // simtest_wgmma's mode 0 or 1
+    unsigned n;               // N: 64 or 72
+    std::vector<double> img;  // the image as values, indexed by byte offset / 2 (NaN: never written)
+    const uint16_t* A;
+    const float* C;
+    bool f16;
+    static constexpr int COUNT = 4;
+
+    WgmmaReadings(int mode_, const uint16_t* A_, const uint16_t* B, const float* C_)
+        : mode(mode_), n(mode_ == 1 ? 72 : 64), img(2304, NAN), A(A_), C(C_), f16(mode_ == 1) {
+        for (unsigned m = 0; m < 64; ++m)
+            for (unsigned k = 0; k < 16; ++k) img[((m / 8) * 256 + (k / 8) * 128 + (m % 8) * 16 + (k % 8) * 2) / 2] = cvt(A[m * 16 + k]);
+        for (unsigned k = 0; k < 16; ++k)
+            for (unsigned c = 0; c < n; ++c) {
+                unsigned off = mode == 1 ? (c / 8) * 256 + (k / 8) * 128 + (k % 8) * 16 + (c % 8) * 2
+                                         : (c / 8) * 256 + (k / 8) * 128 + (c % 8) * 16 + (k % 8) * 2;
+                img[1024 + off / 2] = cvt(B[k * n + c]);
+            }
+    }
+    double cvt(uint16_t h) const { return f16 ? f16_to_f32(h) : bf16_to_f32(h); }
+    static const char* name(int mode, int h) {
+        static const char* k_major[COUNT] = {"as emulated", "B's LBO and SBO swapped", "A's LBO and SBO swapped",
+                                             "A's and B's LBO and SBO swapped"};
+        static const char* n_major[COUNT] = {"as emulated", "LBO and SBO swapped",
+                                             "N-major core matrix rows along N (not K)", "both"};
+        return (mode == 1 ? n_major : k_major)[h];
+    }
+    // Element (mn, k) of an operand at `base` (elements) with strides lbo/sbo (bytes); `swap`
+    // exchanges the strides, `mn_rows` makes the 16-byte core-matrix rows run along MN.
+    double at(unsigned base, unsigned mn, unsigned k, unsigned lbo, unsigned sbo, bool swap, bool mn_rows) const {
+        if (swap) std::swap(lbo, sbo);
+        unsigned off = (mn / 8) * sbo + (k / 8) * lbo + (mn_rows ? (mn % 8) * 16 + (k % 8) * 2 : (k % 8) * 16 + (mn % 8) * 2);
+        return base + off / 2 < img.size() ? img[base + off / 2] : NAN;
+    }
+    // D under reading h; entry r * n + col.
+    std::vector<double> d(int h) const {
+        std::vector<double> out(64 * n);
+        for (unsigned r = 0; r < 64; ++r)
+            for (unsigned col = 0; col < n; ++col) {
+                double acc = C[r * n + col];
+                for (unsigned k = 0; k < 16; ++k) {
+                    double a = mode == 1 ? cvt(A[r * 16 + k]) : at(0, r, k, 128, 256, h >= 2, true);
+                    double b = at(1024, col, k, 128, 256, h & 1, mode == 1 ? h >= 2 : true);
+                    acc += a * b;
+                }
+                out[r * n + col] = acc;
+            }
+        return out;
+    }
+    // The reading closest to `got` and its largest error relative to max |D|.
+    int closest(const float* got, double* err_out) const {
+        int best = -1;
+        double best_err = INFINITY;
+        for (int h = 0; h < COUNT; ++h) {
+            std::vector<double> want = d(h);
+            double mx = 1e-30, err = 0;
+            for (size_t i = 0; i < want.size(); ++i) mx = std::max(mx, std::fabs(want[i]));
+            for (size_t i = 0; i < want.size(); ++i) {
+                double e = std::fabs(double(got[i]) - want[i]);
+                err = std::max(err, e != e ? INFINITY : e / mx);
+            }
+            if (err < best_err) best = h, best_err = err;
+        }
+        *err_out = best_err;
+        return best;
+    }
+};
+
 // The emulated warpgroup MMA against a float64 matmul (modes 0 and 1 of simtest_wgmma: A from
 // shared memory and from registers, B K-major and N-major, bf16 and f16), then under the shim the
-// planted misuses its diagnostics must name.
+// planted misuses its diagnostics must name, and that the readings above are told apart.
 inline void case_wgmma(Case& c) {
     Rng rng(9);
     double worst = 0;
@@ -490,6 +563,7 @@ inline void case_wgmma(Case& c) {
         SimTestParams p{};
         p.in0 = A, p.in1 = B, p.in2 = C, p.out0 = D, p.mode = mode;
         if (!ST_RUN(c, simtest_wgmma, p, dim3(1, 1, 1), dim3(128, 1, 1), 4608)) return;
+        const char* what = f16 ? "m64n72k16 f16, A in registers, B N-major" : "m64n64k16 bf16, A and B in shared memory";
         for (unsigned r = 0; r < 64; ++r)
             for (unsigned col = 0; col < n; ++col) {
                 double acc = C[r * n + col], mag = std::fabs(acc);
@@ -499,14 +573,28 @@ inline void case_wgmma(Case& c) {
                 }
                 double got = D[r * n + col], err = std::fabs(got - acc) / (mag + 1e-30);
                 worst = err > worst ? err : worst;
-                if (!(err <= (ST_SHIM ? 2e-6 : 2e-5)))
-                    return c.fail("wgmma %s: D[%u][%u] = %.9g, want %.9g (float64 matmul)",
-                                  f16 ? "m64n72k16 f16, A in registers, B N-major" : "m64n64k16 bf16, A and B in shared memory",
-                                  r, col, got, acc);
+                if (!(err <= (ST_SHIM ? 2e-6 : 2e-5))) {
+                    double e;
+                    int h = WgmmaReadings(mode, A, B, C).closest(D, &e);
+                    return c.fail("wgmma %s: D[%u][%u] = %.9g, want %.9g (float64 matmul); of the shared-memory readings "
+                                  "tried, the result is closest to \"%s\" (max error %.2e of max |D|)",
+                                  what, r, col, got, acc, h < 0 ? "none" : WgmmaReadings::name(mode, h), e);
+                }
             }
+        if (ST_SHIM) {  // the readings are told apart: each one's D is identified as itself
+            WgmmaReadings rd(mode, A, B, C);
+            for (int h = 0; h < WgmmaReadings::COUNT; ++h) {
+                std::vector<double> dh = rd.d(h);
+                std::vector<float> df(dh.begin(), dh.end());
+                double e;
+                int got = rd.closest(df.data(), &e);
+                if (got != h) return c.fail("wgmma readings: mode %d reading %d identified as %d", mode, h, got);
+            }
+        }
     }
     c.note("m64n64k16 bf16 (A, B from shared memory, K-major) and m64n72k16 f16 (A in registers, B N-major) vs a "
-           "float64 matmul: worst error %.2e of sum|a*b|", worst);
+           "float64 matmul: worst error %.2e of sum|a*b|%s", worst,
+           ST_SHIM ? "; the alternative shared-memory readings a GPU failure is matched against are told apart" : "");
     if (!ST_SHIM || (getenv("DELTADIT_SIM_ABORT") && strcmp(getenv("DELTADIT_SIM_ABORT"), "0"))) return;
     const struct {
         int mode;

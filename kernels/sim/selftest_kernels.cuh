@@ -348,11 +348,12 @@ __global__ void simtest_bench_shfl(SimTestParams p) {
 
 // wgmma.mma_async m64nNk16 (sm_90a), one warpgroup (128 threads). in0: A [64][16], in1: B as
 // [16][N] (k, n), in2: C [64][N] f32; out0: D = A·B + C [64][N]. Shared-memory layouts with
-// strides unlike the attention kernel's, so LBO and SBO are told apart:
-//   mode 0 (bf16, N = 64): A and B K-major from shared memory. A's core matrices K-plane first
-//     ((m/8)·128 + (k/8)·1024: LBO 1024, SBO 128), B's row-group first ((n/8)·256 + (k/8)·128:
-//     LBO 128, SBO 256).
-//   mode 1 (f16, N = 72): A from registers, B N-major ((n/8)·128 + (k/8)·1152: LBO 1152, SBO 128).
+// LBO ≠ SBO (and unlike the attention kernel's), chosen so that a reading with the two exchanged
+// stays inside the written bytes (the host can then tell which reading a GPU follows):
+//   mode 0 (bf16, N = 64): A and B K-major from shared memory, core matrix (mn/8, k/8) at
+//     (mn/8)·256 + (k/8)·128: LBO 128, SBO 256.
+//   mode 1 (f16, N = 72): A from registers, B N-major, core matrix (n/8, k/8) at (n/8)·256 +
+//     (k/8)·128: LBO 128, SBO 256.
 // Shim-only planted bugs: 2 no wgmma.fence, 3 no wait before exit, 4 a swizzled descriptor,
 // 5 A registers changed before the wait.
 __global__ void simtest_wgmma(SimTestParams p) {
@@ -367,11 +368,11 @@ __global__ void simtest_wgmma(SimTestParams p) {
     uint16_t* sB = sA + 1024;
     for (unsigned i = tid; i < 64 * 16; i += blockDim.x) {
         unsigned m = i / 16, k = i % 16;
-        sA[((m / 8) * 128 + (k / 8) * 1024 + (m % 8) * 16 + (k % 8) * 2) / 2] = A[i];
+        sA[((m / 8) * 256 + (k / 8) * 128 + (m % 8) * 16 + (k % 8) * 2) / 2] = A[i];
     }
     for (unsigned i = tid; i < 16u * n; i += blockDim.x) {
         unsigned k = i / n, c = i % n;
-        unsigned off = mode == 1 ? (c / 8) * 128 + (k / 8) * 1152 + (k % 8) * 16 + (c % 8) * 2
+        unsigned off = mode == 1 ? (c / 8) * 256 + (k / 8) * 128 + (k % 8) * 16 + (c % 8) * 2
                                  : (c / 8) * 256 + (k / 8) * 128 + (c % 8) * 16 + (k % 8) * 2;
         sB[off / 2] = B[i];
     }
@@ -388,9 +389,9 @@ __global__ void simtest_wgmma(SimTestParams p) {
     float(&d32)[32] = *reinterpret_cast<float(*)[32]>(d);
     if (mode != 2) wgmma_fence();
     if (mode == 1 || mode == 5) {
-        Wgmma<__half, 72>::rs_tb(d, a, wgmma_desc(sB, 1152, 128));
+        Wgmma<__half, 72>::rs_tb(d, a, wgmma_desc(sB, 128, 256));
     } else {
-        uint64_t da = wgmma_desc(sA, 1024, 128) | (mode == 4 ? uint64_t(1) << 62 : 0);
+        uint64_t da = wgmma_desc(sA, 128, 256) | (mode == 4 ? uint64_t(1) << 62 : 0);
         Wgmma<__nv_bfloat16, 64>::ss(d32, da, wgmma_desc(sB, 128, 256));
     }
     wgmma_commit();
