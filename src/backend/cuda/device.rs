@@ -165,6 +165,8 @@ pub(crate) struct Device {
     /// captured into a graph).
     pub stream: Arc<CudaStream>,
     modules: Vec<Module>,
+    /// optional modules that did not load, with the reason
+    failed_modules: Vec<(&'static str, String)>,
     funcs: Mutex<FuncTable>,
     /// stream-ordered allocation (cuMemAllocAsync/cuMemFreeAsync) is supported
     async_alloc: bool,
@@ -234,12 +236,13 @@ impl Device {
         if async_alloc {
             keep_pool_memory(&ctx)?;
         }
-        let modules = load_modules(&ctx, &info)?;
+        let (modules, failed_modules) = load_modules(&ctx, &info)?;
         Ok(Arc::new(Device {
             info,
             ctx,
             stream,
             modules,
+            failed_modules,
             funcs: Mutex::new(FuncTable::default()),
             async_alloc,
             sync_launches,
@@ -251,6 +254,11 @@ impl Device {
     /// Whether kernels/<stem>.cu was loaded (sm_90a modules load on compute capability 9.0 only).
     pub fn has_module(&self, stem: &str) -> bool {
         self.modules.iter().any(|m| m.stem == stem)
+    }
+
+    /// Why the optional module kernels/<stem>.cu did not load on this device, if it failed to.
+    pub fn module_failure(&self, stem: &str) -> Option<&str> {
+        self.failed_modules.iter().find(|(s, _)| *s == stem).map(|(_, why)| why.as_str())
     }
 
     pub fn exec(&self) -> MutexGuard<'_, ExecState> {
@@ -588,9 +596,13 @@ fn keep_pool_memory(ctx: &Arc<CudaContext>) -> Result<()> {
     .map_err(|e| drv(e, "setting the memory pool's release threshold"))
 }
 
-fn load_modules(ctx: &Arc<CudaContext>, info: &DeviceInfo) -> Result<Vec<Module>> {
+/// The loaded modules, and the optional (`*_sm90a`) ones that failed to load with the reason.
+type Loaded = (Vec<Module>, Vec<(&'static str, String)>);
+
+fn load_modules(ctx: &Arc<CudaContext>, info: &DeviceInfo) -> Result<Loaded> {
     ctx.bind_to_thread().map_err(|e| drv(e, "making the CUDA context current"))?;
     let mut modules: Vec<Module> = Vec::with_capacity(FATBINS.len());
+    let mut failed = Vec::new();
     for &(stem, image) in FATBINS {
         // sm_90a SASS runs on compute capability 9.0 exactly (and has no PTX to JIT elsewhere).
         if stem.ends_with("_sm90a") && info.compute_capability != (9, 0) {
@@ -602,6 +614,11 @@ fn load_modules(ctx: &Arc<CudaContext>, info: &DeviceInfo) -> Result<Vec<Module>
         // 8-byte aligned and kept alive with the module.
         match unsafe { result::module::load_data(words.as_ptr().cast::<c_void>()) } {
             Ok(handle) => modules.push(Module { stem, handle, _image: words }),
+            // An optional module (a faster variant with a fallback) that does not load leaves the
+            // backend working; the reason is kept for the error of whoever asks for it.
+            Err(e) if stem.ends_with("_sm90a") => {
+                failed.push((stem, format!("loading kernels/{stem}.cu (sm_90a SASS) on {}: {}", info.name, describe(&e))));
+            }
             Err(e) => {
                 for m in &modules {
                     // SAFETY: loaded above, unloaded once; nothing ran yet.
@@ -620,7 +637,7 @@ fn load_modules(ctx: &Arc<CudaContext>, info: &DeviceInfo) -> Result<Vec<Module>
             }
         }
     }
-    Ok(modules)
+    Ok((modules, failed))
 }
 
 /// One device allocation (the storage of a `Tensor<Cuda>`). Its base address is 16-byte aligned

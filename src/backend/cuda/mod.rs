@@ -124,6 +124,9 @@ impl Cuda {
     /// longer matches, so they are captured again at the next replay.
     pub fn set_attention_kernel(&self, k: AttentionKernel) -> Result<()> {
         if !self.supports_attention_kernel(k) {
+            if let Some(why) = self.dev.module_failure("attention_sm90a") {
+                return Err(Error::Unsupported(format!("attention kernel {}: {why}", k.name())));
+            }
             let (ma, mi) = self.dev.info.compute_capability;
             return Err(Error::Unsupported(format!(
                 "attention kernel {}: needs a GPU of compute capability 9.0 (H100/H200) and kernels/attention_sm90a.cu \
