@@ -297,6 +297,14 @@ if [[ "$bench" == 1 ]]; then
       run_step "bench-cli-$p" "$here/bin/deltadit" bench --device "$bdev" --preset "$p" --policies "none;delta" \
         --runs "$cli_runs" --warmup 1 --json "$bj/cli-$p.json"
     done
+    # The same with the wgmma attention kernel on Hopper (its rows are labelled "cuda (wgmma attention)").
+    cc="$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n 1 | tr -d ' ')"
+    if [[ "$bdev" == cuda && "$cc" == 9.0 ]]; then
+      for p in $cli_presets; do
+        run_step "bench-cli-wgmma-$p" env DELTADIT_ATTENTION=wgmma "$here/bin/deltadit" bench --device cuda --preset "$p" \
+          --policies "none;delta" --runs "$cli_runs" --warmup 1 --json "$bj/cli-wgmma-$p.json"
+      done
+    fi
   fi
   if [[ -f "$here/bench/torch_reference.py" ]] && command -v python3 >/dev/null; then
     # diffusers is not on the GPU image: install the bundled wheel(s) into a private folder

@@ -1,5 +1,6 @@
 //! Backend selection for the CLI and library callers that pick a device at run time.
 
+use crate::backend::kernels::{AttentionKernel, KernelDevice};
 use crate::backend::{cpu::Cpu, sim::Sim};
 use crate::{DType, Error, Result};
 use std::str::FromStr;
@@ -52,6 +53,15 @@ impl AnyBackend {
             }
             Device::Sim => Ok(AnyBackend::Sim(Sim::new(dtype)?)),
             Device::Cuda => Ok(AnyBackend::Cuda(crate::backend::cuda::Cuda::new(0, dtype)?)),
+        }
+    }
+
+    /// The attention kernel of a kernel backend (None on the CPU backend, which has one).
+    pub fn attention_kernel(&self) -> Option<AttentionKernel> {
+        match self {
+            AnyBackend::Cpu(_) => None,
+            AnyBackend::Sim(b) => Some(b.attention_kernel()),
+            AnyBackend::Cuda(b) => Some(b.attention_kernel()),
         }
     }
 

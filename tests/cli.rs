@@ -233,3 +233,27 @@ fn bad_cache_spec_and_device_options() {
     fails_with(with(&["--device", "tpu"]), &["device", "tpu"]);
     fails_with(with(&["--steps", "0"]), &["steps"]);
 }
+
+/// DELTADIT_ATTENTION picks the kernel backends' attention kernel: an unknown value is one error
+/// line naming the variable; `wgmma` on the shim labels the bench's backend (so that joined tables
+/// keep such runs apart from the default kernel's).
+#[cfg(deltadit_sim)]
+#[test]
+fn attention_kernel_environment_variable() {
+    let json = tmp("bench-wgmma.json");
+    let args = ["bench", "--device", "sim", "--preset", "pixart-cpu-small", "--steps", "1", "--runs", "1", "--warmup", "0", "--policies", "none"];
+    let bench = |value: &str, json: Option<&Path>| {
+        let mut c = bin();
+        c.args(args).env("DELTADIT_ATTENTION", value);
+        if let Some(j) = json {
+            c.arg("--json").arg(j);
+        }
+        c.output().expect("run deltadit")
+    };
+    fails_with(bench("flash", None), &["DELTADIT_ATTENTION", "flash", "mma or wgmma"]);
+    let out = bench("wgmma", Some(&json));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["backend"], "sim (wgmma attention)");
+    assert_eq!(report["rows"][0]["blocks"].as_u64(), Some(28), "one step of all 28 blocks");
+}

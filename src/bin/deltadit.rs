@@ -2,6 +2,7 @@
 //! and a non-zero exit.
 
 use clap::{Args, Parser, Subcommand};
+use deltadit::backend::kernels::AttentionKernel;
 use deltadit::bench::{self, BenchOptions, BenchReport};
 use deltadit::cache::CacheSpec;
 use deltadit::device::{AnyBackend, Device};
@@ -314,7 +315,11 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
     });
     let report = BenchReport {
         model: model_name,
-        backend: format!("{device:?}").to_lowercase(),
+        // Labelled by a non-default attention kernel, so that joined tables keep such runs apart.
+        backend: match any.attention_kernel() {
+            Some(k) if k != AttentionKernel::default() => format!("{device:?} ({} attention)", k.name()).to_lowercase(),
+            _ => format!("{device:?}").to_lowercase(),
+        },
         machine,
         dtype: dtype.to_string(),
         scheduler: sched.name().to_string(),
