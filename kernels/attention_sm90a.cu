@@ -45,7 +45,7 @@ constexpr int Q_ELEMS = BLOCK_Q * CHUNKS * 8, KV_ELEMS = BLOCK_K * CHUNKS * 8;
 constexpr int SMEM = 2 * (Q_ELEMS + 5 * KV_ELEMS) + 4 * 2 * BLOCK_K;  // Q, 2 K and 3 V stages, bias
 using namespace attention_softmax;
 
-// Element offset of chunk c of row r in a K-major (Q, K) or N-major (V) tile of `rows` rows.
+// Element offset of chunk c of row r in a K-major tile (Q, K) or in the N-major V tile.
 __device__ __forceinline__ int kmajor_at(int r, int c) { return (r >> 3) * (ROW_GROUP / 2) + c * 64 + (r & 7) * 8; }
 __device__ __forceinline__ int nmajor_at(int r, int c) { return c * BLOCK_K * 8 + (r >> 3) * 64 + (r & 7) * 8; }
 
