@@ -596,6 +596,12 @@ fn keep_pool_memory(ctx: &Arc<CudaContext>) -> Result<()> {
     .map_err(|e| drv(e, "setting the memory pool's release threshold"))
 }
 
+/// kernels/*_sm90a.cu: SASS for sm_90a alone (build.rs), optional: the other modules have a
+/// kernel for everything they offer.
+fn sm90a_only(stem: &str) -> bool {
+    stem.ends_with("_sm90a")
+}
+
 /// The loaded modules, and the optional (`*_sm90a`) ones that failed to load with the reason.
 type Loaded = (Vec<Module>, Vec<(&'static str, String)>);
 
@@ -605,7 +611,7 @@ fn load_modules(ctx: &Arc<CudaContext>, info: &DeviceInfo) -> Result<Loaded> {
     let mut failed = Vec::new();
     for &(stem, image) in FATBINS {
         // sm_90a SASS runs on compute capability 9.0 exactly (and has no PTX to JIT elsewhere).
-        if stem.ends_with("_sm90a") && info.compute_capability != (9, 0) {
+        if sm90a_only(stem) && info.compute_capability != (9, 0) {
             continue;
         }
         let mut words = vec![0u64; image.len().div_ceil(8)].into_boxed_slice();
@@ -616,7 +622,7 @@ fn load_modules(ctx: &Arc<CudaContext>, info: &DeviceInfo) -> Result<Loaded> {
             Ok(handle) => modules.push(Module { stem, handle, _image: words }),
             // An optional module (a faster variant with a fallback) that does not load leaves the
             // backend working; the reason is kept for the error of whoever asks for it.
-            Err(e) if stem.ends_with("_sm90a") => {
+            Err(e) if sm90a_only(stem) => {
                 failed.push((stem, format!("loading kernels/{stem}.cu (sm_90a SASS) on {}: {}", info.name, describe(&e))));
             }
             Err(e) => {
@@ -629,7 +635,7 @@ fn load_modules(ctx: &Arc<CudaContext>, info: &DeviceInfo) -> Result<Loaded> {
                     e,
                     format!(
                         "loading kernels/{stem}.cu (fatbin with SASS for {}, built by {}) on {} (sm_{ma}{mi})",
-                        if stem.ends_with("_sm90a") { "sm_90a" } else { "sm_80, sm_90 and compute_90 PTX" },
+                        if sm90a_only(stem) { "sm_90a" } else { "sm_80, sm_90 and compute_90 PTX" },
                         NVCC.unwrap_or("nvcc"),
                         info.name
                     ),

@@ -29,7 +29,7 @@ pub mod timing;
 pub use device::{available, device_count, driver_present, kernels_built, probe, probe_ordinal, CudaBuf, DeviceInfo};
 pub use graph::GraphStats;
 
-use super::kernels::{self, AttentionKernel, KernelDevice, KernelParams, LaunchCfg};
+use super::kernels::{self, AttentionChoice, AttentionKernel, KernelDevice, KernelParams, LaunchCfg};
 use super::{shapes, Activation, Backend};
 use crate::dtype::{bits16_to_f32, f32_to_bits16};
 use crate::{DType, Error, Result, Tensor};
@@ -37,7 +37,6 @@ use blas::{alignment, Blas, Epilogue, GemmKey};
 use device::Device;
 use error::env_flag;
 use std::ffi::c_void;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Switches of the CUDA backend.
@@ -77,8 +76,7 @@ pub struct Cuda {
     dev: Arc<Device>,
     dtype: DType,
     opts: CudaOptions,
-    /// [`AttentionKernel`] as u8
-    attention: AtomicU8,
+    attention: AttentionChoice,
 }
 
 impl Cuda {
@@ -102,7 +100,7 @@ impl Cuda {
             dev,
             dtype,
             opts,
-            attention: AtomicU8::new(AttentionKernel::Mma as u8),
+            attention: AttentionChoice::default(),
         };
         if let Some(k) = AttentionKernel::from_env()? {
             cuda.set_attention_kernel(k)?;
@@ -135,7 +133,7 @@ impl Cuda {
                 self.dev.info.name
             )));
         }
-        self.attention.store(k as u8, Ordering::Relaxed);
+        self.attention.set(k);
         Ok(())
     }
 
@@ -326,6 +324,6 @@ impl KernelDevice for Cuda {
     }
 
     fn attention_kernel(&self) -> AttentionKernel {
-        AttentionKernel::from_u8(self.attention.load(Ordering::Relaxed))
+        self.attention.get()
     }
 }

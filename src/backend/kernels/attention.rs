@@ -14,6 +14,7 @@ use crate::backend::params::{
 use crate::backend::{shapes, AttentionShape, ColSlice};
 use crate::{Error, Result, Tensor};
 use std::ffi::c_void;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 /// Which attention kernel a kernel backend launches where there is a choice.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -51,8 +52,27 @@ impl AttentionKernel {
         }
     }
 
-    pub(crate) fn from_u8(v: u8) -> Self {
-        if v == AttentionKernel::Wgmma as u8 { AttentionKernel::Wgmma } else { AttentionKernel::Mma }
+}
+
+/// A backend's current [`AttentionKernel`], settable through `&self` (the backends are shared).
+#[derive(Debug, Default)]
+pub(crate) struct AttentionChoice(AtomicU8);
+
+impl AttentionChoice {
+    pub fn get(&self) -> AttentionKernel {
+        if self.0.load(Ordering::Relaxed) == AttentionKernel::Wgmma as u8 { AttentionKernel::Wgmma } else { AttentionKernel::Mma }
+    }
+
+    pub fn set(&self, k: AttentionKernel) {
+        self.0.store(k as u8, Ordering::Relaxed);
+    }
+}
+
+impl Clone for AttentionChoice {
+    fn clone(&self) -> Self {
+        let c = AttentionChoice::default();
+        c.set(self.get());
+        c
     }
 }
 

@@ -11,6 +11,7 @@ mod norm_modulate;
 mod reduce;
 mod scheduler;
 
+pub(crate) use attention::AttentionChoice;
 pub use attention::{attention, attention_supported_head_dim, AttentionKernel};
 pub use delta::residual;
 pub use elementwise::{activation, add_bcast, cfg_combine, patchify, timestep_embedding, unpatchify};

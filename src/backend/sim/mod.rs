@@ -8,13 +8,12 @@ mod ffi;
 #[cfg(deltadit_sim)]
 pub mod selftest;
 
-use super::kernels::{self, AttentionKernel, KernelDevice, KernelParams, LaunchCfg};
+use super::kernels::{self, AttentionChoice, AttentionKernel, KernelDevice, KernelParams, LaunchCfg};
 use super::{shapes, Activation, Backend};
 use crate::dtype::{bits16_to_f32, f32_to_bits16};
 use crate::{DType, Error, Result, Tensor};
 use bytemuck::{Pod, Zeroable};
 use std::ffi::c_void;
-use std::sync::atomic::{AtomicU8, Ordering};
 
 pub use ffi::{is_built, set_warp_order, WarpOrder};
 
@@ -40,18 +39,11 @@ impl SimBuf {
 }
 
 /// The sim backend; `dtype` (bf16 or f16) is the storage of weights and activations.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Sim {
     dtype: DType,
     threads: usize,
-    /// [`AttentionKernel`] as u8 (set through `&self`, like the CUDA backend's)
-    attention: AtomicU8,
-}
-
-impl Clone for Sim {
-    fn clone(&self) -> Self {
-        Sim { dtype: self.dtype, threads: self.threads, attention: AtomicU8::new(self.attention.load(Ordering::Relaxed)) }
-    }
+    attention: AttentionChoice,
 }
 
 impl Sim {
@@ -65,7 +57,7 @@ impl Sim {
             ));
         }
         kernels::dtype_suffix("sim backend", dtype)?;
-        let sim = Sim { dtype, threads: rayon::current_num_threads(), attention: AtomicU8::new(0) };
+        let sim = Sim { dtype, threads: rayon::current_num_threads(), attention: AttentionChoice::default() };
         if let Some(k) = AttentionKernel::from_env()? {
             sim.set_attention_kernel(k);
         }
@@ -75,7 +67,7 @@ impl Sim {
     /// Chooses the attention kernel for head dim 72 (DELTADIT_ATTENTION sets it at creation).
     /// The shim emulates both, so any choice works here.
     pub fn set_attention_kernel(&self, k: AttentionKernel) {
-        self.attention.store(k as u8, Ordering::Relaxed);
+        self.attention.set(k);
     }
 
     fn to_f32(&self, t: &Tensor<Self>) -> Vec<f32> {
@@ -181,6 +173,6 @@ impl KernelDevice for Sim {
     }
 
     fn attention_kernel(&self) -> AttentionKernel {
-        AttentionKernel::from_u8(self.attention.load(Ordering::Relaxed))
+        self.attention.get()
     }
 }
