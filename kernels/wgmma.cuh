@@ -87,10 +87,10 @@ template <typename T, int N> struct Wgmma;
 template <typename T, int N> struct Wgmma {
     static constexpr bool F16 = std::is_same<T, __half>::value;
     static void ss(float (&d)[N / 2], uint64_t desc_a, uint64_t desc_b) {
-        ::deltadit_sim::wgmma_issue(d, N, nullptr, desc_a, desc_b, 1, 0, F16);
+        ::deltadit_sim::wgmma_issue(d, N, nullptr, desc_a, desc_b, 0, F16);
     }
     static void rs_tb(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t desc_b) {
-        ::deltadit_sim::wgmma_issue(d, N, a, 0, desc_b, 1, 1, F16);
+        ::deltadit_sim::wgmma_issue(d, N, a, 0, desc_b, 1, F16);
     }
 };
 #else

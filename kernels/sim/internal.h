@@ -43,7 +43,6 @@ struct WgmmaOp {
     int n;               // N of m64nNk16
     bool a_in_regs;      // A from registers (a[]) instead of shared memory (desc_a)
     bool f16;            // f16 inputs (else bf16)
-    int scale_d;         // 0: D = A·B, else D = A·B + D
     int trans_b;         // 1: B is N-major ("transposed")
     uint32_t a[4];       // A fragment, copied at issue
     const uint32_t* a_regs;  // the lane's A registers, compared with a[] at the wait

@@ -119,12 +119,11 @@ void cp_async_commit();
 void cp_async_wait(int n);
 void cp_async_wait_all();
 // wgmma (sm_90a) emulation (wgmma_sim.cpp): shared-window address of a dynamic shared memory
-// pointer (what a matrix descriptor encodes), and the wgmma.mma_async m64nNk16 family with its
-// fence / commit_group / wait_group. a == nullptr: A from shared memory through desc_a.
+// pointer (what a matrix descriptor encodes), and the wgmma.mma_async m64nNk16 family (D += A·B)
+// with its fence / commit_group / wait_group. a == nullptr: A from shared memory through desc_a.
 uint32_t smem_addr(const void* p);
 void wgmma_fence();
-void wgmma_issue(float* d, int n, const uint32_t* a, uint64_t desc_a, uint64_t desc_b, int scale_d, int trans_b,
-                 bool f16);
+void wgmma_issue(float* d, int n, const uint32_t* a, uint64_t desc_a, uint64_t desc_b, int trans_b, bool f16);
 void wgmma_commit();
 void wgmma_wait(int n);
 // Abandon the launch with a message naming the current thread (for __trap and checks in kernels).

@@ -1,5 +1,5 @@
-// Emulation of sm_90a's warpgroup MMA, as wrapped by kernels/ptx.cuh:
-// wgmma.mma_async.sync.aligned.m64nNk16.f32.{bf16,f16} with A from shared memory (a matrix
+// Emulation of sm_90a's warpgroup MMA, as wrapped by kernels/wgmma.cuh:
+// wgmma.mma_async.sync.aligned.m64nNk16.f32.{bf16,f16} (D += A·B) with A from shared memory (a matrix
 // descriptor) or from registers, B from shared memory, and wgmma.fence / commit_group /
 // wait_group. Only the no-swizzle ("interleave") shared-memory layout is emulated; a descriptor
 // asking for a swizzle fails the launch.
@@ -77,10 +77,10 @@ static void run_op(Warp& w, size_t i) {
     const WgmmaOp& op = f0->wg_queue[i];
     for (unsigned l = 1; l < 32; ++l) {
         const WgmmaOp& o = w.lanes[l]->wg_queue[i];
-        if (o.n != op.n || o.a_in_regs != op.a_in_regs || o.f16 != op.f16 || o.scale_d != op.scale_d ||
-            o.trans_b != op.trans_b || o.desc_b != op.desc_b || (!op.a_in_regs && o.desc_a != op.desc_a))
-            fail_fiber(w.lanes[l], fmt("wgmma #%zu of the group: lane %u's operands (N, descriptors, scale-d, "
-                                       "transpose, type) differ from lane 0's; they must be warpgroup-uniform",
+        if (o.n != op.n || o.a_in_regs != op.a_in_regs || o.f16 != op.f16 || o.trans_b != op.trans_b ||
+            o.desc_b != op.desc_b || (!op.a_in_regs && o.desc_a != op.desc_a))
+            fail_fiber(w.lanes[l], fmt("wgmma #%zu of the group: lane %u's operands (N, descriptors, transpose, "
+                                       "type) differ from lane 0's; they must be warpgroup-uniform",
                                        i, l));
     }
     const int n = op.n;
@@ -123,9 +123,8 @@ static void run_op(Warp& w, size_t i) {
             for (unsigned e = 0; e < 4; ++e) {
                 const double* a = A[g + 8 * (e >> 1)];
                 const double* b = &Bt[size_t(8 * j + 2 * t + (e & 1)) * 16];
-                double acc = 0;
+                double acc = double(d[4 * j + e]);
                 for (unsigned k = 0; k < 16; ++k) acc += a[k] * b[k];
-                if (op.scale_d) acc += double(d[4 * j + e]);
                 d[4 * j + e] = float(acc);
             }
     }
@@ -133,8 +132,7 @@ static void run_op(Warp& w, size_t i) {
 
 void wgmma_fence() { cur()->wg_fenced = true; }
 
-void wgmma_issue(float* d, int n, const uint32_t* a, uint64_t desc_a, uint64_t desc_b, int scale_d, int trans_b,
-                 bool f16) {
+void wgmma_issue(float* d, int n, const uint32_t* a, uint64_t desc_a, uint64_t desc_b, int trans_b, bool f16) {
     Fiber* f = cur();
     const Sched& s = S();
     if (s.warps[f->warp].exist != ~0u || s.nthreads % 128 != 0)
@@ -144,7 +142,7 @@ void wgmma_issue(float* d, int n, const uint32_t* a, uint64_t desc_a, uint64_t d
         fail_fiber(f, "wgmma.mma_async without a wgmma.fence since the thread started or its last wgmma.wait_group");
     if (n < 8 || n > 256 || n % 8 != 0) fail_fiber(f, fmt("wgmma: N = %d is not a multiple of 8 in [8, 256]", n));
     WgmmaOp op{};
-    op.d = d, op.n = n, op.a_in_regs = a != nullptr, op.f16 = f16, op.scale_d = scale_d, op.trans_b = trans_b;
+    op.d = d, op.n = n, op.a_in_regs = a != nullptr, op.f16 = f16, op.trans_b = trans_b;
     op.desc_a = desc_a, op.desc_b = desc_b;
     if (a) memcpy(op.a, a, sizeof op.a), op.a_regs = a;
     f->wg_queue.push_back(op);
