@@ -63,9 +63,16 @@ int main(int argc, char** argv) {
     int fails = 0, passes = 0;
     for (const auto& t : cases) {
         if (argc > 1 && strcmp(argv[1], t.name) != 0) continue;
-        if (!strcmp(t.name, "wgmma") && !(prop.major == 9 && prop.minor == 0)) {
-            printf("%-16s skipped: needs compute capability 9.0 (sm_90a)\n", t.name);
-            continue;
+        if (!strcmp(t.name, "wgmma")) {
+            // Only sm_90a code has the kernel's body (elsewhere it traps): check which code the
+            // runtime picked for this device before launching it.
+            cudaFuncAttributes fa{};
+            if (!(prop.major == 9 && prop.minor == 0) || cudaFuncGetAttributes(&fa, simtest_wgmma) != cudaSuccess ||
+                fa.binaryVersion != 90) {
+                printf("%-16s skipped: needs compute capability 9.0 and sm_90a code (device sm_%d%d, code sm_%d)\n", t.name,
+                       prop.major, prop.minor, fa.binaryVersion);
+                continue;
+            }
         }
         Case c;
         auto t0 = std::chrono::steady_clock::now();
