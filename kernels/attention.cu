@@ -67,19 +67,31 @@ using TileD128 = Tile<128, 4, 2, 32, false, 2>;
 using namespace attention_softmax;
 
 // Copies ROWS rows × D columns (row stride `stride` elements) into shared rows of pitch LD;
-// rows ≥ valid are zero-filled without reading global memory.
+// rows ≥ valid are zero-filled without reading global memory. Each 8-lane phase of a 16-byte
+// cp.async writes 8 distinct bank groups: the first MAIN chunks of every row go in row order (a
+// phase = 8 consecutive chunks of one row, 128 contiguous bytes of global memory too), the rest
+// (chunk 8 at d72) one row per thread, spread over all bank groups by the odd pitch (11 groups
+// of 16 bytes). Plain row order let a d72 phase straddle two rows: 1.78 wavefronts a phase
+// (tests/kernels_sim_banks.rs counts them).
 template <class K, int ROWS, typename T>
 __device__ __forceinline__ void load_rows(T* s, const T* g, int64_t stride, int valid, int tid) {
-    constexpr int TOTAL = ROWS * K::CHUNKS;
+    constexpr int MAIN = K::CHUNKS / 8 * 8, REST = K::CHUNKS - MAIN;
+    constexpr int TOTAL = ROWS * MAIN, TAIL = ROWS * REST;
+    static_assert(REST == 0 || (K::LD * 2 / 16) % 2 == 1, "odd pitch in 16-byte units for the remainder chunks");
+    // 32-bit offsets (a tile spans < 2^31 elements): these stay live across the K/V loop.
+    auto copy = [&](int r, int col) {
+        const bool ok = r < valid;
+        cp_async_16_zfill(s + r * K::LD + col, g + (ok ? r * (int)stride + col : 0), ok);
+    };
 #pragma unroll
     for (int i = 0; i < (TOTAL + K::THREADS - 1) / K::THREADS; ++i) {
         const int c = tid + i * K::THREADS;
-        if (TOTAL % K::THREADS == 0 || c < TOTAL) {
-            // 32-bit offsets (a tile spans < 2^31 elements): these stay live across the K/V loop.
-            const int r = c / K::CHUNKS, col = (c % K::CHUNKS) * 8;
-            const bool ok = r < valid;
-            cp_async_16_zfill(s + r * K::LD + col, g + (ok ? r * (int)stride + col : 0), ok);
-        }
+        if (TOTAL % K::THREADS == 0 || c < TOTAL) copy(c / MAIN, (c % MAIN) * 8);
+    }
+#pragma unroll
+    for (int i = 0; i < (TAIL + K::THREADS - 1) / K::THREADS; ++i) {
+        const int c = tid + i * K::THREADS;
+        if (TAIL % K::THREADS == 0 || c < TAIL) copy(c % ROWS, (MAIN + c / ROWS) * 8);
     }
 }
 

@@ -25,8 +25,11 @@
 //                                 stages because V_{t−1} is read while V_{t+1} is copied
 //   key bias [2][64] f32
 // Chunk 9 (columns 72..79) is zero-filled by cp.async with every tile: Q·Kᵀ reads it for Q and K;
-// V's plane 9 is never read. Two adjacent threads copy two adjacent chunks of one row (a whole
-// 32-byte sector of global memory), rows fastest across thread pairs.
+// V's plane 9 is never read. Eight consecutive threads copy one chunk of eight consecutive rows:
+// those land in the eight 16-byte bank groups (r%8)·16 of one core-matrix column, so every
+// 8-lane phase of a cp.async is free of bank conflicts (tests/kernels_sim_banks.rs counts them;
+// rows fastest across thread pairs, the earlier order, conflicted 2-way), and a warp's four
+// phases copy chunks c..c+3 (c even) of its eight rows: whole 32-byte sectors of global memory.
 #include "common.cuh"
 #include "softmax.cuh"
 #include "wgmma.cuh"
@@ -54,11 +57,12 @@ __device__ __forceinline__ int nmajor_at(int r, int c) { return c * BLOCK_K * 8 
 template <int ROWS, bool NMAJOR, typename T>
 __device__ __forceinline__ void load_tile(T* s, const T* g, int64_t stride, int valid, int tid) {
     constexpr int TOTAL = ROWS * CHUNKS;
+    static_assert(ROWS % 8 == 0 && CHUNKS % 2 == 0, "whole 8-row groups; chunk pairs within one warp");
 #pragma unroll
     for (int i = 0; i < (TOTAL + THREADS - 1) / THREADS; ++i) {
         const int idx = tid + i * THREADS;
         if (TOTAL % THREADS == 0 || idx < TOTAL) {
-            const int pair = idx >> 1, r = pair % ROWS, c = 2 * (pair / ROWS) + (idx & 1);
+            const int rest = idx >> 3, c = rest % CHUNKS, r = (rest / CHUNKS) * 8 + (idx & 7);
             const bool ok = r < valid && c < VALID_CHUNKS;
             cp_async_16_zfill(s + (NMAJOR ? nmajor_at(r, c) : kmajor_at(r, c)), g + (ok ? r * (int)stride + c * 8 : 0), ok);
         }

@@ -55,6 +55,9 @@ shim_tests! {
     /// matmul; a missing fence or wait, a swizzled descriptor, A registers changed in flight and a
     /// partial warpgroup are reported.
     wgmma,
+    /// Shared-memory bank accounting of ldmatrix and cp.async (conflict-free, 2-, 4-, 8-way and
+    /// broadcast address patterns) against wavefront counts worked out by hand.
+    smem_banks,
     /// Correct kernels give the same results with warps reversed and shuffled.
     warp_orders,
     /// A planted missing __syncthreads is caught under reversed and shuffled warp orders.

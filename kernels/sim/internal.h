@@ -62,6 +62,7 @@ struct Fiber {
     std::vector<CpCopy> cp_queue;    // issued, not yet performed (from index cp_done on)
     std::vector<size_t> cp_groups;   // committed groups, oldest first: end index into cp_queue
     size_t cp_done = 0;
+    std::vector<uintptr_t> cp_trace;  // cp.async destinations of this block, when counting banks
     // wgmma: issued ops not yet run, committed groups (end index into wg_queue), and whether a
     // wgmma.fence came since the start or the last wait (the shim requires one before an issue).
     std::vector<WgmmaOp> wg_queue;
@@ -155,6 +156,10 @@ void cp_async_flush(Fiber* f, size_t upto);
 void wgmma_check_exit(Fiber* f);
 // Warp order of launches from the calling thread only (-1: back to the process-wide setting).
 void set_thread_warp_order(int warp_order, unsigned seed);
+// smem_banks.cpp: bank accounting of ldmatrix rows and cp.async destinations (when turned on).
+bool smem_stats_on();
+void smem_count_ldmatrix(const unsigned char* const* rows, int num);
+void smem_count_cp_async_block(Sched& s);
 // Seconds per raw context switch (n round trips between two contexts).
 double bench_switch(long n);
 

@@ -116,6 +116,7 @@ template <int NUM, bool TRANS> static void ldmatrix_run(Warp& w, unsigned) {
         if (!bad.empty())
             fail_fiber(w.lanes[l], std::string(name) + ": row of lane " + std::to_string(l) + ": " + bad);
     }
+    if (smem_stats_on()) smem_count_ldmatrix(rows, NUM);
     for (unsigned l = 0; l < 32; ++l) {
         uint32_t r[4];
         for (unsigned j = 0; j < NUM; ++j) {
@@ -159,6 +160,7 @@ void cp_async_16(void* smem, const void* gmem, bool valid) {
     std::string bad = check_shared(smem, 16);
     if (!bad.empty()) fail_fiber(f, "cp.async destination: " + bad);
     f->cp_queue.push_back(CpCopy{smem, gmem, valid});
+    if (smem_stats_on()) f->cp_trace.push_back(reinterpret_cast<uintptr_t>(smem));
 }
 
 void cp_async_flush(Fiber* f, size_t upto) {

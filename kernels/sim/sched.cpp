@@ -312,7 +312,7 @@ bool run_block(Sched& s) {
     for (unsigned t = 0; t < s.nthreads; ++t) {
         Fiber& f = s.fibers[t];
         f.state = St::Ready;
-        f.cp_queue.clear(), f.cp_groups.clear(), f.cp_done = 0;
+        f.cp_queue.clear(), f.cp_groups.clear(), f.cp_done = 0, f.cp_trace.clear();
         f.wg_queue.clear(), f.wg_groups.clear(), f.wg_fenced = false;
         ctx_init(&f, s.stack_size, fiber_main);
     }
@@ -335,6 +335,7 @@ bool run_block(Sched& s) {
     ctx_switch(&s.main_ctx, &first->ctx);
     s.cur = nullptr;
     if (s.failed) return false;
+    if (smem_stats_on()) smem_count_cp_async_block(s);
     // Red zones: a plain store outside dynamic shared memory shows up as a changed poison byte.
     const unsigned char* r = s.smem_region;
     auto scan = [&](size_t from, size_t to) {  // 8-byte words first, bytes to locate

@@ -92,6 +92,20 @@ __global__ void simtest_diag(SimTestParams p) {
     static_cast<float*>(p.out0)[tid] = v + c4[0] + float(r[0] & 0);
 }
 
+// One cp.async and one ldmatrix.x4 per lane at the dynamic shared-memory offsets p.in1[lane] (bank
+// accounting, smem_banks.cpp); the data is not checked here (case_cp_async and case_ldmatrix do).
+__global__ void simtest_smem_banks(SimTestParams p) {
+    const unsigned lane = threadIdx.x % 32;
+    unsigned char* sm = dynamic_smem<unsigned char>();
+    const int off = static_cast<const int*>(p.in1)[lane];
+    cp_async_16(sm + off, static_cast<const unsigned char*>(p.in0) + 16 * lane);
+    cp_async_wait_all();
+    __syncwarp();
+    uint32_t r[4];
+    ldmatrix_x4(r, sm + off);
+    static_cast<uint32_t*>(p.out0)[lane] = r[0] ^ r[1] ^ r[2] ^ r[3];
+}
+
 static void register_selftest_kernels() {
     DELTADIT_SIM_KERNEL(simtest_geometry, SimTestParams)
     DELTADIT_SIM_KERNEL(simtest_barrier, SimTestParams)
@@ -109,6 +123,7 @@ static void register_selftest_kernels() {
     DELTADIT_SIM_KERNEL(simtest_bench_shfl, SimTestParams)
     DELTADIT_SIM_KERNEL(simtest_missing_barrier, SimTestParams)
     DELTADIT_SIM_KERNEL(simtest_diag, SimTestParams)
+    DELTADIT_SIM_KERNEL(simtest_smem_banks, SimTestParams)
 }
 
 namespace simtest {
@@ -128,6 +143,49 @@ static void case_warp_orders(Case& c) {
         }
     }
     c.note("barrier, exited, shfl, cp_async, attention_tile pass with warps reversed and shuffled (3 seeds)");
+}
+
+// The bank accounting against wavefront counts worked out by hand from the model in
+// smem_banks.cpp (4 phases of 8 lanes, for cp.async and for the 4 matrices of ldmatrix.x4).
+static void case_smem_banks(Case& c) {
+    const struct {
+        const char* what;
+        int (*offset)(int lane);
+        uint64_t wavefronts;  // per instruction, 4 phases
+    } patterns[] = {
+        {"consecutive 16-byte rows", [](int l) { return 16 * l; }, 4},
+        {"rows 128 bytes apart (8 rows in one bank group)", [](int l) { return 128 * l; }, 32},
+        {"rows 64 bytes apart (4 rows a group)", [](int l) { return 64 * l; }, 16},
+        {"one address per phase (broadcast)", [](int l) { return 16 * (l / 8); }, 4},
+        {"rows of a 144-byte pitch (head dim 72, padded)", [](int l) { return 144 * l; }, 4},
+        {"two chunks of four rows a phase, 128 bytes apart", [](int l) { return (l & 1) * 128 + (l >> 1) * 16; }, 8},
+    };
+    unsigned char* src = c.alloc<unsigned char>(32 * 16);
+    Rng rng(12);
+    for (int i = 0; i < 32 * 16; ++i) src[i] = uint8_t(rng.u32());
+    int* offs = c.alloc<int>(32);
+    uint32_t* out = c.alloc<uint32_t>(32);
+    for (const auto& pat : patterns) {
+        for (int l = 0; l < 32; ++l) offs[l] = pat.offset(l);
+        SimTestParams p{};
+        p.in0 = src, p.in1 = offs, p.out0 = out;
+        deltadit_sim_smem_stats_begin();
+        const int rc = st_launch(c, "simtest_smem_banks", p, dim3(1, 1, 1), dim3(32, 1, 1), 8192);
+        uint64_t n[6];
+        deltadit_sim_smem_stats_end(n);
+        if (rc) return c.fail("launch failed: %s", c.last_error.c_str());
+        const char* op[2] = {"ldmatrix.x4", "cp.async"};
+        for (int i = 0; i < 2; ++i)
+            if (n[3 * i] != 1 || n[3 * i + 1] != pat.wavefronts || n[3 * i + 2] != 4)
+                return c.fail("%s, %s: %llu requests, %llu wavefronts (ideal %llu); want 1, %llu (ideal 4)", pat.what, op[i],
+                              (unsigned long long)n[3 * i], (unsigned long long)n[3 * i + 1],
+                              (unsigned long long)n[3 * i + 2], (unsigned long long)pat.wavefronts);
+    }
+    uint64_t n[6];
+    const int rc = st_launch(c, "simtest_smem_banks", SimTestParams{src, offs, nullptr, out}, dim3(1, 1, 1), dim3(32, 1, 1), 8192);
+    deltadit_sim_smem_stats_end(n);
+    if (rc || n[0] || n[3]) return c.fail("launch outside begin/end counted (%llu, %llu requests)", (unsigned long long)n[0], (unsigned long long)n[3]);
+    c.note("ldmatrix.x4 and cp.async wavefronts of 6 address patterns (conflict-free, 2-, 4- and 8-way, broadcast)");
 }
 
 // A missing __syncthreads is hidden by in-order cooperative scheduling but caught under the
@@ -309,6 +367,7 @@ static const CaseDef kCases[] = {
     {"cp_async", case_cp_async},
     {"atomics", case_atomics},
     {"wgmma", case_wgmma},
+    {"smem_banks", case_smem_banks},
     {"warp_orders", case_warp_orders},
     {"missing_barrier", case_missing_barrier},
     {"diagnostics", case_diagnostics},

@@ -85,6 +85,11 @@ extern "C" int deltadit_sim_launch(const char* name, const void* params, size_t 
 extern "C" const char* deltadit_sim_last_error(void);
 // 0 in order, 1 reversed, 2 shuffled at every barrier (seeded): process-wide.
 extern "C" void deltadit_sim_set_warp_order(int warp_order, unsigned seed);
+// Shared-memory bank accounting (sim/smem_banks.cpp) of the launches the calling thread makes
+// between begin and end; end writes ldmatrix requests, wavefronts and conflict-free wavefronts,
+// then the same three for cp.async, and turns it off.
+extern "C" void deltadit_sim_smem_stats_begin(void);
+extern "C" void deltadit_sim_smem_stats_end(uint64_t out[6]);
 
 namespace deltadit_sim {
 // Registration (used by DELTADIT_SIM_KERNEL in common.cuh).

@@ -34,6 +34,8 @@ mod sys {
         ) -> c_int;
         pub fn deltadit_sim_last_error() -> *const c_char;
         pub fn deltadit_sim_set_warp_order(order: c_int, seed: c_uint);
+        pub fn deltadit_sim_smem_stats_begin();
+        pub fn deltadit_sim_smem_stats_end(out: *mut u64);
     }
 }
 
@@ -91,4 +93,53 @@ pub fn set_warp_order(order: WarpOrder) {
     }
     #[cfg(not(deltadit_sim))]
     let _ = order;
+}
+
+/// Shared-memory wavefronts of one kind of warp-wide 16-byte access (kernels/sim/smem_banks.cpp:
+/// 32 banks of 4 bytes, phases of 8 lanes; a phase costs the most distinct rows in one 16-byte
+/// bank group).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Wavefronts {
+    /// Warp instructions counted.
+    pub requests: u64,
+    /// Wavefronts they take.
+    pub wavefronts: u64,
+    /// Wavefronts they would take without bank conflicts.
+    pub ideal: u64,
+}
+
+impl Wavefronts {
+    /// `wavefronts / ideal`: 1 without bank conflicts, 2 for two-way conflicts throughout (1 when
+    /// nothing was counted).
+    pub fn conflict_factor(&self) -> f64 {
+        if self.ideal == 0 { 1.0 } else { self.wavefronts as f64 / self.ideal as f64 }
+    }
+}
+
+/// Bank accounting of the ldmatrix row reads and cp.async destination writes of some launches.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SmemBanks {
+    pub ldmatrix: Wavefronts,
+    pub cp_async: Wavefronts,
+}
+
+/// Runs `f` with the shim counting the shared-memory wavefronts of the kernels it launches on
+/// this thread (the sim backend launches synchronously on the calling thread). Other threads'
+/// launches are not counted. Without the shim library, counts nothing.
+pub fn count_smem_banks<T>(f: impl FnOnce() -> T) -> (T, SmemBanks) {
+    #[cfg(deltadit_sim)]
+    {
+        // SAFETY: resets and enables a thread-local counter in the shim.
+        unsafe { sys::deltadit_sim_smem_stats_begin() };
+        let r = f();
+        let mut n = [0u64; 6];
+        // SAFETY: the shim writes exactly six u64 into `n`.
+        unsafe { sys::deltadit_sim_smem_stats_end(n.as_mut_ptr()) };
+        let w = |i: usize| Wavefronts { requests: n[i], wavefronts: n[i + 1], ideal: n[i + 2] };
+        (r, SmemBanks { ldmatrix: w(0), cp_async: w(3) })
+    }
+    #[cfg(not(deltadit_sim))]
+    {
+        (f(), SmemBanks::default())
+    }
 }
