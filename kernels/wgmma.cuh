@@ -12,6 +12,13 @@
 // strides between core matrices (PTX ISA 9.7.15.5.1.2):
 //   K-major  (A; B with trans_b = 0): (mn, k) at start + (mn/8)·SBO + (k/8)·LBO + (mn%8)·16 + (k%8)·2
 //   MN-major (B with trans_b = 1):    (n, k)  at start + (n/8)·SBO  + (k/8)·LBO + (k%8)·16 + (n%8)·2
+// A second reading agrees: CUTLASS's make_gmma_desc (cute/atom/mma_traits_sm90_gmma.hpp), code
+// that runs on Hopper, writes the no-swizzle canonical layouts in 16-byte units as
+// ((8,m),2):((1,SBO),LBO) for K-major and ((1,n),(8,k)):((X,SBO),(1,LBO)) for MN-major, i.e. SBO
+// steps between core matrices along M/N and LBO along K in both; its GmmaDescriptor bitfield puts
+// start >> 4, LBO >> 4 and SBO >> 4 at bits 0, 16 and 32 (14 bits each), as wgmma_desc does. Its
+// register layouts (ALayout_64x16 = CLayout_64x16, CLayout_64xN) give the same a_i and d[4j + i]
+// positions as above. Only a GPU run (bin/gpu_selftest) can settle it for the hardware.
 //
 // Ordering: wgmma reads shared memory through the async proxy, so shared memory written by
 // ordinary stores or cp.async needs fence_proxy_async_smem() in each writing thread before the
