@@ -31,10 +31,13 @@ use serde_json::{json, Value};
 
 /// The op name of an attention case with `kernel` (None: the backend's default kernel).
 fn op_name(op: &'static str, kernel: Option<AttentionKernel>) -> &'static str {
-    match (op, kernel) {
-        (_, None | Some(AttentionKernel::Mma)) => op,
-        ("attn-self", Some(AttentionKernel::Wgmma)) => "attn-self-wgmma",
-        (_, Some(AttentionKernel::Wgmma)) => "attn-cross-wgmma",
+    let self_attn = op == "attn-self";
+    let pick = |s: &'static str, c: &'static str| if self_attn { s } else { c };
+    match kernel {
+        None | Some(AttentionKernel::Mma) => op,
+        Some(AttentionKernel::Wgmma) => pick("attn-self-wgmma", "attn-cross-wgmma"),
+        Some(AttentionKernel::WgmmaQRegs) => pick("attn-self-wgmma-qregs", "attn-cross-wgmma-qregs"),
+        Some(AttentionKernel::WgmmaQRegs3) => pick("attn-self-wgmma-qregs3", "attn-cross-wgmma-qregs3"),
     }
 }
 

@@ -125,6 +125,8 @@ fn preset_rows<B: Timed>(be: &B, mode: &Mode, c: &mut criterion::Criterion, p: &
             for k in be.extra_attention_kernels() {
                 let kind = match k {
                     AttentionKernel::Wgmma => "forward-wgmma",
+                    AttentionKernel::WgmmaQRegs => "forward-wgmma-qregs",
+                    AttentionKernel::WgmmaQRegs3 => "forward-wgmma-qregs3",
                     AttentionKernel::Mma => continue,
                 };
                 be.use_attention_kernel(k)?;

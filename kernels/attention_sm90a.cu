@@ -4,7 +4,8 @@
 // of Hopper's dense tensor rate. Head dim 72 (DiT-XL/2, PixArt-α/Σ) only; the launcher uses
 // attention.cu for other head dims and GPUs. Built for sm_90a alone (build.rs: *_sm90a.cu).
 //
-// One CTA = 2 warpgroups = 128 query rows of one (batch, head); warpgroup w owns rows 64w..64w+63.
+// One CTA = WGS warpgroups = 64·WGS query rows of one (batch, head); warpgroup w owns rows
+// 64w..64w+63.
 // K/V tiles of 64 keys stream through shared memory with cp.async (K double, V triple buffered);
 // one __syncthreads per tile publishes tile t and retires the buffers tile t + 1 overwrites. Per
 // tile t and warpgroup, as two wgmma groups:
@@ -14,11 +15,23 @@
 //                                 of S is the A fragment layout), B = V read N-major ("transposed")
 // then waits for the first group only and runs the online softmax of S_t (attention.cu's, one m16
 // tile per warp) while P_{t−1}·V_{t−1} is still on the tensor cores (FlashAttention-3's
-// intra-warpgroup overlap); O is rescaled once that group completes. The other warpgroup and the
-// second CTA on the SM (2 × 256 threads, ≤ 128 registers each) fill the remaining gaps.
+// intra-warpgroup overlap); O is rescaled once that group completes. The other warpgroups and,
+// for `wgmma`, the second CTA on the SM fill the remaining gaps.
+//
+// Three tile shapes (WgTile below), to be measured against each other on a GPU (none has run on
+// one yet): shared-memory bandwidth (128 B a clock an SM) is the first limit of `wgmma`. Its
+// m64n64k16 with A and B from shared memory reads 4 KB per 32 tensor-core clocks, all of it, and
+// per 64-key tile and CTA it moves ~78 KB (Q 20, K 20, V 18, copies 20) against 608 clocks of
+// MMA: ~610 clocks of shared memory, at par. With Q's A fragments in registers (loaded once by
+// ldmatrix; Q·Kᵀ as wgmma m64n64k16 RS) a tile moves ~58 KB for 2 warpgroups (456 clocks) and
+// ~78 KB for 3 (606 against 912 of MMA): the MMA becomes the limit, at the price of 20 more
+// registers a thread, hence one CTA an SM.
+//   wgmma         Q·Kᵀ from shared memory, 2 warpgroups (BLOCK_Q 128), 2 CTAs an SM (≤ 128 registers)
+//   wgmma-qregs   Q in registers, 2 warpgroups (BLOCK_Q 128), 1 CTA an SM
+//   wgmma-qregs3  Q in registers, 3 warpgroups (BLOCK_Q 192), 1 CTA an SM (≤ 168 registers)
 //
 // Shared memory, no-swizzle core matrices (wgmma.cuh), every 16-byte chunk written by cp.async:
-//   Q [128 rows][10 chunks]:      chunk c of row r at (r/8)·1280 + c·128 + (r%8)·16 B (LBO 128, SBO 1280)
+//   Q [BLOCK_Q rows][10 chunks]:  chunk c of row r at (r/8)·1280 + c·128 + (r%8)·16 B (LBO 128, SBO 1280)
 //   K [2][64 keys][10 chunks]:    the same layout per stage
 //   V [3][10 planes][64 keys]:    chunk c of key j at c·1024 + (j/8)·128 + (j%8)·16 B (N-major: LBO 128
 //                                 between 8-key groups, SBO 1024 between 8-column groups); three
@@ -37,15 +50,25 @@
 namespace attention_sm90a {
 
 constexpr int D = 72, CHUNKS = 10, VALID_CHUNKS = D / 8;  // 16-byte chunks per smem / global row
-constexpr int THREADS = 256, BLOCK_Q = 128, BLOCK_K = 64;
+constexpr int BLOCK_K = 64;
 constexpr int O_TILES = D / 8, S_TILES = BLOCK_K / 8, K_STEPS = CHUNKS / 2;
 // Byte strides of the layouts above.
 constexpr uint32_t CORE = 128;               // one core matrix; also the K-major LBO
 constexpr uint32_t ROW_GROUP = CHUNKS * CORE;  // K-major SBO: next 8 rows of Q or K
 constexpr uint32_t V_PLANE = BLOCK_K * 16;     // N-major SBO: next 8 columns of V
-// Element offsets of the regions (16-bit elements).
-constexpr int Q_ELEMS = BLOCK_Q * CHUNKS * 8, KV_ELEMS = BLOCK_K * CHUNKS * 8;
-constexpr int SMEM = 2 * (Q_ELEMS + 5 * KV_ELEMS) + 4 * 2 * BLOCK_K;  // Q, 2 K and 3 V stages, bias
+constexpr int KV_ELEMS = BLOCK_K * CHUNKS * 8;  // one K or V stage (16-bit elements)
+
+// A tile shape: WGS warpgroups of 64 query rows, Q·Kᵀ's A operand from shared memory or from
+// registers, MIN_BLOCKS CTAs an SM to fit (caps the registers).
+template <int WGS_, bool Q_IN_REGS_, int MIN_BLOCKS_> struct WgTile {
+    static constexpr int WGS = WGS_, THREADS = 128 * WGS_, BLOCK_Q = 64 * WGS_, MIN_BLOCKS = MIN_BLOCKS_;
+    static constexpr bool Q_IN_REGS = Q_IN_REGS_;
+    static constexpr int Q_ELEMS = BLOCK_Q * CHUNKS * 8;
+    static constexpr int SMEM = 2 * (Q_ELEMS + 5 * KV_ELEMS) + 4 * 2 * BLOCK_K;  // Q, 2 K and 3 V stages, bias
+};
+using TileSmemQ = WgTile<2, false, 2>;   // wgmma
+using TileQRegs = WgTile<2, true, 1>;    // wgmma-qregs
+using TileQRegs3 = WgTile<3, true, 1>;   // wgmma-qregs3
 using namespace attention_softmax;
 
 // Element offset of chunk c of row r in a K-major tile (Q, K) or in the N-major V tile.
@@ -54,7 +77,7 @@ __device__ __forceinline__ int nmajor_at(int r, int c) { return c * BLOCK_K * 8 
 
 // Copies ROWS rows of D columns (row stride `stride` elements) into the tile layout; rows ≥ valid
 // and chunk 9 are zero-filled without reading global memory.
-template <int ROWS, bool NMAJOR, typename T>
+template <int THREADS, int ROWS, bool NMAJOR, typename T>
 __device__ __forceinline__ void load_tile(T* s, const T* g, int64_t stride, int valid, int tid) {
     constexpr int TOTAL = ROWS * CHUNKS;
     static_assert(ROWS % 8 == 0 && CHUNKS % 2 == 0, "whole 8-row groups; chunk pairs within one warp");
@@ -82,7 +105,8 @@ __device__ __forceinline__ void pv(float (&o)[O_TILES][4], const uint32_t (&pa)[
     for (int kk = 0; kk < BLOCK_K / 16; ++kk) Wgmma<T, D>::rs_tb(flat(o), pa[kk], wgmma_desc(vS + kk * 2 * 64, CORE, V_PLANE));
 }
 
-template <typename T> __device__ __forceinline__ void run(const AttentionParams& p) {
+template <typename T, class K> __device__ __forceinline__ void run(const AttentionParams& p) {
+    constexpr int THREADS = K::THREADS, BLOCK_Q = K::BLOCK_Q, Q_ELEMS = K::Q_ELEMS;
     const int tid = threadIdx.x, lane = tid & 31, wg = tid >> 7, warp = (tid >> 5) & 3;
     const int q0 = blockIdx.x * BLOCK_Q, head = blockIdx.y, b = blockIdx.z;
 
@@ -97,19 +121,32 @@ template <typename T> __device__ __forceinline__ void run(const AttentionParams&
     const float* gbias = p.key_bias ? p.key_bias + b * p.bias_batch_stride : nullptr;
     const int n_tiles = (p.nk + BLOCK_K - 1) / BLOCK_K;
 
-    load_tile<BLOCK_Q, false>(sQ, gq, p.q_row_stride, min(BLOCK_Q, p.nq - q0), tid);
-    load_tile<BLOCK_K, false>(sK, gk, p.k_row_stride, min(BLOCK_K, p.nk), tid);
-    load_tile<BLOCK_K, true>(sV, gv, p.v_row_stride, min(BLOCK_K, p.nk), tid);
+    load_tile<THREADS, BLOCK_Q, false>(sQ, gq, p.q_row_stride, min(BLOCK_Q, p.nq - q0), tid);
+    load_tile<THREADS, BLOCK_K, false>(sK, gk, p.k_row_stride, min(BLOCK_K, p.nk), tid);
+    load_tile<THREADS, BLOCK_K, true>(sV, gv, p.v_row_stride, min(BLOCK_K, p.nk), tid);
     cp_async_commit();
     if (tid < BLOCK_K) sBias[tid] = key_term(gbias, tid, p.nk);
 
     const int quad = tid & 3;  // accumulator column pair 2·quad of each n8 tile
-    const T* sQw = sQ + wg * (BLOCK_Q / 2 / 8) * (ROW_GROUP / 2);  // this warpgroup's 64 rows
+    const T* sQw = sQ + wg * 8 * (ROW_GROUP / 2);  // this warpgroup's 64 rows (8 row groups)
 
     float o[O_TILES][4];
     float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
 #pragma unroll
     for (int n = 0; n < O_TILES; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+
+    // Q in registers: this warp's 16 rows as the A fragments of Q·Kᵀ's five k16 steps, by
+    // ldmatrix.x4 from the core matrices (matrix j of step ks: rows +8·(j & 1), chunk 2ks + j/2;
+    // lane L gives row L % 8 of matrix L / 8, 16 contiguous bytes: conflict-free). Loaded once,
+    // after the first copies have landed; wgmma never reads Q's shared memory then.
+    uint32_t qa[K::Q_IN_REGS ? K_STEPS : 1][4];
+    if constexpr (K::Q_IN_REGS) {
+        cp_async_wait<0>();
+        __syncthreads();
+        const int row = wg * 64 + warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
+#pragma unroll
+        for (int ks = 0; ks < K_STEPS; ++ks) ldmatrix_x4(qa[ks], sQ + kmajor_at(row, 2 * ks + (lane >> 4)));
+    }
 
     // P·V of tile t − 1 runs on the tensor cores while this warpgroup computes the softmax of tile
     // t (FlashAttention-3's intra-warpgroup overlap): per tile, S_t = Q·K_tᵀ and O += P_{t−1}·V_{t−1}
@@ -126,8 +163,8 @@ template <typename T> __device__ __forceinline__ void run(const AttentionParams&
         float bias_next = 0.0f;
         if (it + 1 < n_tiles) {
             const int k0 = (it + 1) * BLOCK_K, valid = min(BLOCK_K, p.nk - k0);
-            load_tile<BLOCK_K, false>(sK + ((it + 1) & 1) * KV_ELEMS, gk + k0 * p.k_row_stride, p.k_row_stride, valid, tid);
-            load_tile<BLOCK_K, true>(sV + ((it + 1) % 3) * KV_ELEMS, gv + k0 * p.v_row_stride, p.v_row_stride, valid, tid);
+            load_tile<THREADS, BLOCK_K, false>(sK + ((it + 1) & 1) * KV_ELEMS, gk + k0 * p.k_row_stride, p.k_row_stride, valid, tid);
+            load_tile<THREADS, BLOCK_K, true>(sV + ((it + 1) % 3) * KV_ELEMS, gv + k0 * p.v_row_stride, p.v_row_stride, valid, tid);
             if (tid < BLOCK_K) bias_next = key_term(gbias, k0 + tid, p.nk);  // stored after the compute
         }
         cp_async_commit();
@@ -142,8 +179,12 @@ template <typename T> __device__ __forceinline__ void run(const AttentionParams&
         wgmma_fence_operands(flat(o));
         wgmma_fence();
 #pragma unroll
-        for (int ks = 0; ks < K_STEPS; ++ks)  // k16 step = chunks 2ks, 2ks + 1 (128 elements on)
-            Wgmma<T, BLOCK_K>::ss(flat(s), wgmma_desc(sQw + ks * 128, CORE, ROW_GROUP), wgmma_desc(kS + ks * 128, CORE, ROW_GROUP));
+        for (int ks = 0; ks < K_STEPS; ++ks) {  // k16 step = chunks 2ks, 2ks + 1 (128 elements on)
+            if constexpr (K::Q_IN_REGS)
+                Wgmma<T, BLOCK_K>::rs(flat(s), qa[ks], wgmma_desc(kS + ks * 128, CORE, ROW_GROUP));
+            else
+                Wgmma<T, BLOCK_K>::ss(flat(s), wgmma_desc(sQw + ks * 128, CORE, ROW_GROUP), wgmma_desc(kS + ks * 128, CORE, ROW_GROUP));
+        }
         wgmma_commit();
         if (it > 0) {
             wgmma_fence();  // ptxas would inject this one itself (C7519): P arrives through a branch
@@ -211,19 +252,32 @@ template <typename T> __device__ __forceinline__ void run(const AttentionParams&
     }
 }
 
-static_assert(THREADS == ATTN_WG_THREADS && BLOCK_Q == ATTN_WG_BLOCK_Q && SMEM == ATTN_WG_SMEM_D72,
-              "params.h ATTN_WG_* constants disagree with the kernel");
+static_assert(TileSmemQ::THREADS == ATTN_WG_THREADS && TileSmemQ::BLOCK_Q == ATTN_WG_BLOCK_Q &&
+                  TileSmemQ::SMEM == ATTN_WG_SMEM_D72 && TileQRegs::THREADS == ATTN_WG_THREADS &&
+                  TileQRegs::BLOCK_Q == ATTN_WG_BLOCK_Q && TileQRegs::SMEM == ATTN_WG_SMEM_D72 &&
+                  TileQRegs3::THREADS == ATTN_WG3_THREADS && TileQRegs3::BLOCK_Q == ATTN_WG3_BLOCK_Q &&
+                  TileQRegs3::SMEM == ATTN_WG3_SMEM_D72,
+              "params.h ATTN_WG_* / ATTN_WG3_* constants disagree with the kernel");
 
 }  // namespace attention_sm90a
 
-#define ATTN_WG_KERNEL(name, T)                                                                      \
-    extern "C" __global__ void __launch_bounds__(attention_sm90a::THREADS, 2) name(AttentionParams p) { \
-        attention_sm90a::run<T>(p);                                                                  \
+#define ATTN_WG_KERNEL(name, T, TILE)                                                                \
+    extern "C" __global__ void __launch_bounds__(attention_sm90a::TILE::THREADS,                     \
+                                                 attention_sm90a::TILE::MIN_BLOCKS) name(AttentionParams p) { \
+        attention_sm90a::run<T, attention_sm90a::TILE>(p);                                           \
     }
-ATTN_WG_KERNEL(attention_wgmma_d72_bf16, bf16)
-ATTN_WG_KERNEL(attention_wgmma_d72_f16, f16)
+ATTN_WG_KERNEL(attention_wgmma_d72_bf16, bf16, TileSmemQ)
+ATTN_WG_KERNEL(attention_wgmma_d72_f16, f16, TileSmemQ)
+ATTN_WG_KERNEL(attention_wgmma_qregs_d72_bf16, bf16, TileQRegs)
+ATTN_WG_KERNEL(attention_wgmma_qregs_d72_f16, f16, TileQRegs)
+ATTN_WG_KERNEL(attention_wgmma_qregs3_d72_bf16, bf16, TileQRegs3)
+ATTN_WG_KERNEL(attention_wgmma_qregs3_d72_f16, f16, TileQRegs3)
 #undef ATTN_WG_KERNEL
 
 DELTADIT_SIM_REGISTER(attention_sm90a,
     DELTADIT_SIM_KERNEL(attention_wgmma_d72_bf16, AttentionParams)
-    DELTADIT_SIM_KERNEL(attention_wgmma_d72_f16, AttentionParams))
+    DELTADIT_SIM_KERNEL(attention_wgmma_d72_f16, AttentionParams)
+    DELTADIT_SIM_KERNEL(attention_wgmma_qregs_d72_bf16, AttentionParams)
+    DELTADIT_SIM_KERNEL(attention_wgmma_qregs_d72_f16, AttentionParams)
+    DELTADIT_SIM_KERNEL(attention_wgmma_qregs3_d72_bf16, AttentionParams)
+    DELTADIT_SIM_KERNEL(attention_wgmma_qregs3_d72_f16, AttentionParams))

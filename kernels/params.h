@@ -250,13 +250,19 @@ typedef struct RelL1Params {
 #define ATTN_SMEM_D72 45312  /* 2 * (128 + 4 * 32) * 88  + 8 * 32 */
 #define ATTN_SMEM_D128 69888 /* 2 * (128 + 4 * 32) * 136 + 8 * 32 */
 #define ATTN_SMEM_MAX 69888
-/* attention_sm90a.cu (Hopper wgmma, sm_90a only): attention_wgmma_d72_*,  */
-/* same parameters; grid (ceil(nq / ATTN_WG_BLOCK_Q), heads, batch),         */
-/* ATTN_WG_THREADS threads (2 warpgroups), ATTN_WG_SMEM_D72 bytes of dynamic */
-/* shared memory: 2 * (128 + 5 * 64) rows * 80 elements + 8 * 64.            */
+/* attention_sm90a.cu (Hopper wgmma, sm_90a only), same parameters:        */
+/* attention_wgmma_d72_* and attention_wgmma_qregs_d72_*: grid               */
+/* (ceil(nq / ATTN_WG_BLOCK_Q), heads, batch), ATTN_WG_THREADS threads (2    */
+/* warpgroups), ATTN_WG_SMEM_D72 bytes of dynamic shared memory:             */
+/* 2 * (128 + 5 * 64) rows * 80 elements + 8 * 64;                           */
+/* attention_wgmma_qregs3_d72_*: the same with ATTN_WG3_* (3 warpgroups,     */
+/* 2 * (192 + 5 * 64) * 80 + 8 * 64 bytes).                                  */
 #define ATTN_WG_THREADS 256
 #define ATTN_WG_BLOCK_Q 128
 #define ATTN_WG_SMEM_D72 72192
+#define ATTN_WG3_THREADS 384
+#define ATTN_WG3_BLOCK_Q 192
+#define ATTN_WG3_SMEM_D72 82432
 typedef struct AttentionParams {
     const void* q;
     const void* k;

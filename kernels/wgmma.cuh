@@ -86,6 +86,7 @@ template <int N> __device__ __forceinline__ void wgmma_fence_operands(float (&d)
 }
 
 // Wgmma<T, N>::ss    D(64×N) += A·B, A and B K-major in shared memory (N = 64);
+// Wgmma<T, N>::rs    D(64×N) += A·B, A from registers, B K-major in shared memory (N = 64);
 // Wgmma<T, N>::rs_tb D(64×N) += A·B, A from registers, B MN-major in shared memory (N = 72).
 // Only the shapes the kernels use are spelled out (the PTX operand lists grow with N).
 template <typename T, int N> struct Wgmma;
@@ -95,6 +96,9 @@ template <typename T, int N> struct Wgmma {
     static constexpr bool F16 = std::is_same<T, __half>::value;
     static void ss(float (&d)[N / 2], uint64_t desc_a, uint64_t desc_b) {
         ::deltadit_sim::wgmma_issue(d, N, nullptr, desc_a, desc_b, 0, F16);
+    }
+    static void rs(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t desc_b) {
+        ::deltadit_sim::wgmma_issue(d, N, a, 0, desc_b, 0, F16);
     }
     static void rs_tb(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t desc_b) {
         ::deltadit_sim::wgmma_issue(d, N, a, 0, desc_b, 1, F16);
@@ -119,6 +123,13 @@ template <typename T, int N> struct Wgmma {
                          ", %32, %33, p, 1, 1, 0, 0;\n}\n"                                                 \
                          : DELTADIT_WGMMA_OUT32                                                          \
                          : "l"(desc_a), "l"(desc_b), "r"(1));                                              \
+        }                                                                                                  \
+        static __device__ __forceinline__ void rs(float (&d)[32], const uint32_t (&a)[4], uint64_t desc_b) { \
+            asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"                                      \
+                         "wgmma.mma_async.sync.aligned.m64n64k16.f32." TY "." TY " " DELTADIT_WGMMA_D32   \
+                         ", {%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"                                 \
+                         : DELTADIT_WGMMA_OUT32                                                          \
+                         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1));               \
         }                                                                                                  \
     };                                                                                                     \
     template <> struct Wgmma<T, 72> {                                                                      \

@@ -14,7 +14,7 @@ Recognised by content:
     torch-<device>.json      bench/torch_reference.py (kind "torch-reference")
     any `deltadit bench --json` output (a BenchReport: "model", "backend", "rows")
 Ours on CUDA is paired with torch on CUDA, ours on the CPU with torch on the CPU; rows of our
-wgmma attention kernel (`attn-self-wgmma/…`, `forward-wgmma/…`) with torch's row of the same op. The ratio column
+wgmma attention kernels (`attn-self-wgmma/…`, `forward-wgmma-qregs/…`, …) with torch's row of the same op. The ratio column
 is torch's time divided by ours: above 1, ours is faster. Nothing is estimated: a cell without a
 measurement is "-". Last, the benchmarks issue's targets that the run measured, each as a ratio
 against its goal (PixArt-α 1024 shapes on a GPU; the forward against diffusers on the CPU).
@@ -22,7 +22,23 @@ against its goal (PixArt-α 1024 shapes on a GPU; the forward against diffusers 
 import argparse
 import json
 import os
+import re
 import sys
+
+# The sm_90a attention kernels' row suffixes (benches/kernels.rs, benches/step.rs), before the "/".
+WGMMA_KERNELS = ("wgmma", "wgmma-qregs", "wgmma-qregs3")
+WGMMA_SUFFIX = re.compile(r"-(wgmma(?:-qregs3?)?)/")
+
+
+def base_name(name):
+    """The row name without its wgmma kernel suffix: the op torch's row of the same work has."""
+    return WGMMA_SUFFIX.sub("/", name)
+
+
+def wgmma_kernel(name):
+    """The wgmma kernel of a row (e.g. "wgmma-qregs"), None for the default kernel's rows."""
+    m = WGMMA_SUFFIX.search(name)
+    return m.group(1) if m else None
 
 
 def load(paths):
@@ -228,7 +244,7 @@ def main():
             md,
         )
         for r in d["results"]:
-            o = tmap.get(r["name"]) or tmap.get(r["name"].replace("-wgmma/", "/"))
+            o = tmap.get(r["name"]) or tmap.get(base_name(r["name"]))
             comp = r["bound"] == "compute"
             rate = (f"{r['tflops']:.2f} TFLOP/s" if comp else f"{r['gbps']:.0f} GB/s")
             orate = None
@@ -253,8 +269,9 @@ def main():
         tv = f"diffusers {tr.get('diffusers')} on torch {tr.get('torch')} ({tr.get('dtype')}, eager)" if tr else "no torch JSON for this device"
         t = Table(f"Model: deltadit {d['backend']} ({d['dtype']}) vs {tv}", ["bench", "detail", "ours ms", "torch ms", "torch/ours"], md)
         for r in d["results"]:
-            o = tmap.get(r["name"]) or tmap.get(r["name"].replace("-wgmma/", "/"))
-            detail = "batch 2 (CFG)" + (", wgmma attention" if "-wgmma/" in r["name"] else "")
+            o = tmap.get(r["name"]) or tmap.get(base_name(r["name"]))
+            kernel = wgmma_kernel(r["name"])
+            detail = "batch 2 (CFG)" + (f", {kernel} attention" if kernel else "")
             if r["kind"] == "step":
                 detail = f"one {r.get('scheduler', '')} step with CFG, synchronised"
             elif r["kind"].startswith("sample20"):
@@ -314,13 +331,13 @@ def targets(docs):
         by = {r["name"]: r for r in d["results"]}
         tr = next((x for x in docs["torch"] if x.get("device") == dev), None)
         tmap = {r["name"]: r for r in (tr or {}).get("results", [])}
-        for kernel in ("", "-wgmma"):
+        for kernel in ("",) + WGMMA_KERNELS:
             for op, what in (("attn-self", "attention self, d 72, 2×16×4096², vs SDPA"), ("attn-cross", "attention cross 4096×120 masked, vs SDPA")):
-                ours = by.get(f"{op}{kernel}/pixart-alpha-1024")
+                ours = by.get(f"{op}{'-' + kernel if kernel else ''}/pixart-alpha-1024")
                 theirs = tmap.get(f"{op}/pixart-alpha-1024")
                 if ours and theirs:
                     r = theirs["median_us"] / ours["median_us"]
-                    add(what + (" (wgmma kernel)" if kernel else ""), d["backend"], r, f"{r:.2f}× (SDPA/ours)", "≥ 1.00×", r >= 1.0)
+                    add(what + (f" ({kernel} kernel)" if kernel else ""), d["backend"], r, f"{r:.2f}× (SDPA/ours)", "≥ 1.00×", r >= 1.0)
         for op in ("norm-modulate", "residual-gated", "residual-anchor", "residual-delta", "delta-apply"):
             r = by.get(f"{op}/pixart-alpha-1024")
             if r and r.get("roofline_frac") is not None:
@@ -333,8 +350,8 @@ def targets(docs):
         by = {r["name"]: r for r in d["results"]}
         if dev == "cuda":
             fwd = tmodel.get("forward/pixart-alpha-1024")
-            for name, what in (("step/pixart-alpha-1024", "PixArt-α 1024 step with CFG"),
-                               ("forward-wgmma/pixart-alpha-1024", "PixArt-α 1024 forward with CFG, wgmma attention")):
+            for name, what in (("step/pixart-alpha-1024", "PixArt-α 1024 step with CFG"),) + tuple(
+                    (f"forward-{k}/pixart-alpha-1024", f"PixArt-α 1024 forward with CFG, {k} attention") for k in WGMMA_KERNELS):
                 ours = by.get(name)
                 if ours and fwd:
                     r = ours["median_ms"] / fwd["median_ms"]

@@ -297,12 +297,14 @@ if [[ "$bench" == 1 ]]; then
       run_step "bench-cli-$p" "$here/bin/deltadit" bench --device "$bdev" --preset "$p" --policies "none;delta" \
         --runs "$cli_runs" --warmup 1 --json "$bj/cli-$p.json"
     done
-    # The same with the wgmma attention kernel on Hopper (its rows are labelled "cuda (wgmma attention)").
+    # The same with each wgmma attention kernel on Hopper (rows labelled "cuda (<kernel> attention)").
     cc="$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n 1 | tr -d ' ')"
     if [[ "$bdev" == cuda && "$cc" == 9.0 ]]; then
-      for p in $cli_presets; do
-        run_step "bench-cli-wgmma-$p" env DELTADIT_ATTENTION=wgmma "$here/bin/deltadit" bench --device cuda --preset "$p" \
-          --policies "none;delta" --runs "$cli_runs" --warmup 1 --json "$bj/cli-wgmma-$p.json"
+      for k in wgmma wgmma-qregs wgmma-qregs3; do
+        for p in $cli_presets; do
+          run_step "bench-cli-$k-$p" env DELTADIT_ATTENTION="$k" "$here/bin/deltadit" bench --device cuda --preset "$p" \
+            --policies "none;delta" --runs "$cli_runs" --warmup 1 --json "$bj/cli-$k-$p.json"
+        done
       done
     fi
   fi

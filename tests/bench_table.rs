@@ -35,6 +35,7 @@ fn fixture(dir: &Path) {
         kernel_row(&format!("attn-self-wgmma/{p}"), "attn-self-wgmma", "compute", 380.0, 1.546e11, 1e8),
     ];
     results.push(kernel_row(&format!("attn-cross-wgmma/{p}"), "attn-cross-wgmma", "compute", 50.0, 4.5e9, 5e7));
+    results.push(kernel_row(&format!("attn-self-wgmma-qregs/{p}"), "attn-self-wgmma-qregs", "compute", 300.0, 1.546e11, 1e8));
     write(dir, "kernels-cuda.json", &json!({ "kind": "deltadit-kernels", "backend": "cuda", "dtype": "bf16", "machine": "test GPU",
         "date": "2026-11-26", "commit": "abc1234", "results": results, "errors": [] }));
     write(dir, "torch-cuda.json", &json!({ "kind": "torch-reference", "backend": "torch", "device": "cuda", "machine": "test GPU",
@@ -50,6 +51,7 @@ fn fixture(dir: &Path) {
         "results": [
             { "name": format!("step/{p}"), "kind": "step", "preset": p, "median_ms": 33.3, "scheduler": "dpm-solver++" },
             { "name": format!("forward-wgmma/{p}"), "kind": "forward-wgmma", "preset": p, "median_ms": 20.0 },
+            { "name": format!("forward-wgmma-qregs3/{p}"), "kind": "forward-wgmma-qregs3", "preset": p, "median_ms": 24.0 },
             { "name": format!("sample20-none/{p}"), "kind": "sample20-none", "preset": p, "median_ms": 666.0, "block_ratio": 1.0 },
             { "name": format!("sample20-delta/{p}"), "kind": "sample20-delta", "preset": p, "median_ms": 416.25, "block_ratio": 0.625,
               "rel_l2_vs_none": 0.2 },
@@ -92,6 +94,7 @@ fn joined_table_pairs_rows_and_reports_targets() {
     let k = |name: &str| j["kernels"].as_array().unwrap().iter().find(|r| r["name"] == name).cloned().unwrap_or(Value::Null);
     let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * b.abs().max(1.0);
     assert!(close(k("attn-self-wgmma/pixart-alpha-1024")["torch_over_ours"].as_f64().unwrap(), 411.0 / 380.0));
+    assert!(close(k("attn-self-wgmma-qregs/pixart-alpha-1024")["torch_over_ours"].as_f64().unwrap(), 411.0 / 300.0));
     assert!(close(k("norm-modulate/pixart-alpha-1024")["roofline_frac"].as_f64().unwrap(), 0.775));
 
     // Targets: value and verdict per row.
@@ -106,6 +109,8 @@ fn joined_table_pairs_rows_and_reports_targets() {
     assert!(close(v, 411.0 / 380.0) && met == true);
     let (v, met) = t("attention cross 4096×120 masked, vs SDPA (wgmma kernel)");
     assert!(close(v, 42.2 / 50.0) && met == false);
+    let (v, met) = t("attention self, d 72, 2×16×4096², vs SDPA (wgmma-qregs kernel)");
+    assert!(close(v, 411.0 / 300.0) && met == true);
     let (v, met) = t("norm-modulate [8192, 1152]");
     assert!(close(v, 0.775) && met == false);
     let (v, met) = t("residual-delta [8192, 1152]");
@@ -114,9 +119,11 @@ fn joined_table_pairs_rows_and_reports_targets() {
     assert!(close(v, 33.3 / 37.05) && met == false);
     let (v, met) = t("wgmma attention");
     assert!(close(v, 20.0 / 37.05) && met == true);
+    let (v, met) = t("wgmma-qregs3 attention");
+    assert!(close(v, 24.0 / 37.05) && met == false);
     let (v, met) = t("step bench");
     assert!(close(v, 666.0 / 416.25) && met == true);
     let (v, met) = t("deltadit bench");
     assert!(close(v, 0.5 / 0.4) && met == false);
-    assert_eq!(j["targets"].as_array().unwrap().len(), 10, "{}", j["targets"]);
+    assert_eq!(j["targets"].as_array().unwrap().len(), 12, "{}", j["targets"]);
 }

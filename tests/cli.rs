@@ -250,7 +250,7 @@ fn attention_kernel_environment_variable() {
         }
         c.output().expect("run deltadit")
     };
-    fails_with(bench("flash", None), &["DELTADIT_ATTENTION", "flash", "mma or wgmma"]);
+    fails_with(bench("flash", None), &["DELTADIT_ATTENTION", "flash", "mma, wgmma, wgmma-qregs or wgmma-qregs3"]);
     let out = bench("wgmma", Some(&json));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();

@@ -583,22 +583,23 @@ impl Drop for WgmmaOn<'_> {
     }
 }
 
-fn wgmma_on<'a>(g: &'a Gpu) -> Option<WgmmaOn<'a>> {
-    if !g.be.supports_attention_kernel(AttentionKernel::Wgmma) {
-        let e = g.be.set_attention_kernel(AttentionKernel::Wgmma).unwrap_err().to_string();
+fn wgmma_on<'a>(g: &'a Gpu, k: AttentionKernel) -> Option<WgmmaOn<'a>> {
+    if !g.be.supports_attention_kernel(k) {
+        let e = g.be.set_attention_kernel(k).unwrap_err().to_string();
         assert!(e.contains("compute capability 9.0"), "{e}");
         println!("skipped: {e}");
         return None;
     }
-    g.be.set_attention_kernel(AttentionKernel::Wgmma).unwrap();
+    g.be.set_attention_kernel(k).unwrap();
+    println!("attention kernel {}", k.name());
     Some(WgmmaOn(g.be))
 }
 
 #[test]
 fn attention_wgmma_d72() {
-    for dt in DTYPES {
+    for (dt, k) in DTYPES.into_iter().flat_map(|dt| AttentionKernel::WGMMA.map(|k| (dt, k))) {
         let g = gpu_or_skip!(dt);
-        let Some(_on) = wgmma_on(&g) else { return };
+        let Some(_on) = wgmma_on(&g, k) else { return };
         for (j, n) in [1usize, 5, 63, 64, 65, 127, 128, 129, 257, 1024, 2048].into_iter().enumerate() {
             attention_case(&g, attn(dt, 72, 1, 2, n, n, Mask::None), 700 + j as u64);
         }
@@ -609,15 +610,16 @@ fn attention_wgmma_d72() {
         attention_case(&g, attn(dt, 72, 2, 1, 1, 120, Mask::Random(0.5)), 724);
         attention_case(&g, attn(dt, 72, 3, 3, 70, 70, Mask::Random(0.7)), 725);
         attention_case(&g, attn(dt, 72, 1, 2, 200, 333, Mask::None), 726);
+        attention_case(&g, attn(dt, 72, 2, 1, 385, 385, Mask::None), 727);  // 192-query tiles: 2 full + 1 row
     }
 }
 
 /// Small wgmma grids for compute-sanitizer (memcheck and racecheck run the `sanitize_` tests).
 #[test]
 fn sanitize_attention_wgmma_small() {
-    for dt in DTYPES {
+    for (dt, k) in DTYPES.into_iter().flat_map(|dt| AttentionKernel::WGMMA.map(|k| (dt, k))) {
         let g = gpu_or_skip!(dt);
-        let Some(_on) = wgmma_on(&g) else { return };
+        let Some(_on) = wgmma_on(&g, k) else { return };
         attention_case(&g, attn(dt, 72, 1, 1, 65, 65, Mask::None), 750);
         attention_case(&g, attn(dt, 72, 2, 1, 33, 120, Mask::KeepOne), 751);
         attention_case(&g, attn(dt, 72, 1, 2, 130, 130, Mask::Random(0.5)), 752);

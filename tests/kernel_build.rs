@@ -169,15 +169,17 @@ fn wgmma_attention_sass_uses_hgmma_without_serialisation() {
         assert!(!log.contains(bad), "ptxas on kernels/attention_sm90a.cu reports {bad}:\n{log}");
     }
     let fns = sass("attention_sm90a");
-    let attn: Vec<_> = fns.iter().filter(|((_, f), _)| f.starts_with("attention_wgmma_d72")).collect();
-    assert_eq!(attn.len(), 2, "expected bf16 and f16 on sm_90a");
+    let attn: Vec<_> = fns.iter().filter(|((_, f), _)| f.starts_with("attention_wgmma_")).collect();
+    assert_eq!(attn.len(), 6, "expected 3 tile shapes × bf16 and f16 on sm_90a");
     for ((arch, f), code) in attn {
         assert_eq!(arch, "sm_90a", "{f}");
         for instr in ["HGMMA.64x64x16.F32", "HGMMA.64x72x16.F32", "LDGSTS", "WARPGROUP.ARRIVE"] {
             assert!(code.contains(instr), "{f} on {arch}: no {instr} in the SASS");
         }
         assert!(!code.contains("HMMA"), "{f}: mma.sync (HMMA) in the wgmma kernel");
-        println!("{f:<28} {arch}: HGMMA×{} LDGSTS×{}", code.matches("HGMMA").count(), code.matches("LDGSTS").count());
+        // Q in registers: its fragments come from ldmatrix, and no Q·Kᵀ wgmma reads A from shared memory.
+        assert_eq!(f.contains("_qregs"), code.contains("LDSM"), "{f}: ldmatrix of Q exactly in the qregs kernels");
+        println!("{f:<34} {arch}: HGMMA×{} LDGSTS×{} LDSM×{}", code.matches("HGMMA").count(), code.matches("LDGSTS").count(), code.matches("LDSM").count());
     }
 }
 

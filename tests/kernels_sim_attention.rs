@@ -75,8 +75,8 @@ impl Case {
     fn layout(self, layout: Layout) -> Self {
         Case { layout, ..self }
     }
-    fn wgmma(self) -> Self {
-        Case { kernel: AttentionKernel::Wgmma, ..self }
+    fn kernel(self, kernel: AttentionKernel) -> Self {
+        Case { kernel, ..self }
     }
 }
 
@@ -284,40 +284,49 @@ fn f16_inputs() {
     eprintln!("f16, worst relative error {worst:.3e}");
 }
 
-// ---- kernels/attention_sm90a.cu (wgmma, head dim 72) ----------------------------------------------
-// Lengths around its 128-query / 64-key tiles, cross-attention with masks, batch × heads, f16.
+// ---- kernels/attention_sm90a.cu (wgmma, head dim 72), all three tile shapes ----------------------
+// Lengths around their 128- and 192-query / 64-key tiles, cross-attention with masks, batch ×
+// heads, f16.
 
 #[test]
 fn wgmma_self_and_cross_lengths() {
-    let mut worst = 0.0f64;
-    for (j, n) in LENGTHS.into_iter().enumerate() {
-        worst = worst.max(check(Case::new(72, n, n).wgmma(), 800 + j as u64));
-    }
-    for (i, nq) in [1, 129, 257].into_iter().enumerate() {
-        for (j, nk) in [1, 5, 63, 64, 65, 130].into_iter().enumerate() {
-            worst = worst.max(check(Case::new(72, nq, nk).wgmma(), 810 + (i * 10 + j) as u64));
+    for k in AttentionKernel::WGMMA {
+        let mut worst = 0.0f64;
+        for (j, n) in LENGTHS.into_iter().chain([128, 191, 192, 193, 385]).enumerate() {
+            worst = worst.max(check(Case::new(72, n, n).kernel(k), 800 + j as u64));
         }
+        for (i, nq) in [1, 129, 257].into_iter().enumerate() {
+            for (j, nk) in [1, 5, 63, 64, 65, 130].into_iter().enumerate() {
+                worst = worst.max(check(Case::new(72, nq, nk).kernel(k), 810 + (i * 10 + j) as u64));
+            }
+        }
+        eprintln!("{} self/cross bf16, worst relative error {worst:.3e}", k.name());
     }
-    eprintln!("wgmma self/cross bf16, worst relative error {worst:.3e}");
 }
 
 #[test]
 fn wgmma_masks_batch_heads_f16() {
+    for k in AttentionKernel::WGMMA {
+        wgmma_masks_batch_heads_f16_with(k);
+    }
+}
+
+fn wgmma_masks_batch_heads_f16_with(k: AttentionKernel) {
     let mut worst = 0.0f64;
-    worst = worst.max(check(Case::new(72, 300, 120).bh(2, 2).bias(Bias::RandomMask(0.3)).wgmma(), 850));
-    worst = worst.max(check(Case::new(72, 257, 120).bh(3, 1).bias(Bias::KeepOne).wgmma(), 851));
-    worst = worst.max(check(Case::new(72, 130, 130).bh(2, 1).bias(Bias::Real).wgmma(), 852));
-    worst = worst.max(check(Case::new(72, 70, 70).bh(3, 2).bias(Bias::RandomMask(0.7)).wgmma(), 853));
-    worst = worst.max(check(Case::new(72, 33, 97).bh(2, 3).wgmma(), 854));
-    worst = worst.max(check(Case::new(72, 63, 63).layout(Layout::SeparateQ).wgmma(), 855));
+    worst = worst.max(check(Case::new(72, 300, 120).bh(2, 2).bias(Bias::RandomMask(0.3)).kernel(k), 850));
+    worst = worst.max(check(Case::new(72, 257, 120).bh(3, 1).bias(Bias::KeepOne).kernel(k), 851));
+    worst = worst.max(check(Case::new(72, 130, 130).bh(2, 1).bias(Bias::Real).kernel(k), 852));
+    worst = worst.max(check(Case::new(72, 70, 70).bh(3, 2).bias(Bias::RandomMask(0.7)).kernel(k), 853));
+    worst = worst.max(check(Case::new(72, 33, 97).bh(2, 3).kernel(k), 854));
+    worst = worst.max(check(Case::new(72, 63, 63).layout(Layout::SeparateQ).kernel(k), 855));
     // 16 key tiles: the three V stages rotate five times over
-    worst = worst.max(check(Case::new(72, 1024, 1024).bh(1, 2).bias(Bias::RandomMask(0.9)).wgmma(), 856));
-    eprintln!("wgmma masks / batch × heads bf16, worst relative error {worst:.3e}");
+    worst = worst.max(check(Case::new(72, 1024, 1024).bh(1, 2).bias(Bias::RandomMask(0.9)).kernel(k), 856));
+    eprintln!("{} masks / batch × heads bf16, worst relative error {worst:.3e}", k.name());
     let mut worst = 0.0f64;
-    worst = worst.max(check(Case::new(72, 130, 130).bh(2, 2).dtype(DType::F16).wgmma(), 860));
-    worst = worst.max(check(Case::new(72, 65, 120).bh(2, 1).bias(Bias::RandomMask(0.4)).dtype(DType::F16).wgmma(), 861));
-    worst = worst.max(check(Case::new(72, 257, 5).bias(Bias::KeepOne).dtype(DType::F16).wgmma(), 862));
-    eprintln!("wgmma f16, worst relative error {worst:.3e}");
+    worst = worst.max(check(Case::new(72, 130, 130).bh(2, 2).dtype(DType::F16).kernel(k), 860));
+    worst = worst.max(check(Case::new(72, 65, 120).bh(2, 1).bias(Bias::RandomMask(0.4)).dtype(DType::F16).kernel(k), 861));
+    worst = worst.max(check(Case::new(72, 257, 5).bias(Bias::KeepOne).dtype(DType::F16).kernel(k), 862));
+    eprintln!("{} f16, worst relative error {worst:.3e}", k.name());
 }
 
 #[test]
@@ -335,7 +344,9 @@ fn warp_orders_expose_no_missing_barrier() {
         Case::new(72, 257, 257).bh(1, 2).bias(Bias::RandomMask(0.8)),
         Case::new(128, 130, 100).bh(2, 1),
         Case::new(64, 65, 200).bias(Bias::KeepOne),
-        Case::new(72, 200, 200).bh(1, 2).bias(Bias::RandomMask(0.8)).wgmma(),
+        Case::new(72, 200, 200).bh(1, 2).bias(Bias::RandomMask(0.8)).kernel(AttentionKernel::Wgmma),
+        Case::new(72, 200, 200).bh(1, 1).bias(Bias::RandomMask(0.8)).kernel(AttentionKernel::WgmmaQRegs),
+        Case::new(72, 200, 200).bh(1, 1).kernel(AttentionKernel::WgmmaQRegs3),
     ];
     for order in [WarpOrder::Reversed, WarpOrder::Shuffled(7), WarpOrder::Shuffled(1234)] {
         set_warp_order(order);

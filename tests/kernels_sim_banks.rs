@@ -67,10 +67,13 @@ fn attention_mma_kernel() {
 }
 
 #[test]
-fn attention_wgmma_kernel() {
-    for nk in [None, Some(120)] {
-        let b = attention_banks(AttentionKernel::Wgmma, 72, 256, nk);
-        check(&format!("attention_sm90a.cu d72 nq 256 nk {nk:?}"), &b, false);
+fn attention_wgmma_kernels() {
+    for k in AttentionKernel::WGMMA {
+        for nk in [None, Some(120)] {
+            let b = attention_banks(k, 72, 256, nk);
+            // Only the qregs kernels use ldmatrix (Q's fragments).
+            check(&format!("attention_sm90a.cu {} d72 nq 256 nk {nk:?}", k.name()), &b, k != AttentionKernel::Wgmma);
+        }
     }
 }
 

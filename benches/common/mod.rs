@@ -238,7 +238,7 @@ const GPU_UNIT_SECONDS: f64 = 1e-3;
 
 impl Timed for Cuda {
     fn extra_attention_kernels(&self) -> Vec<AttentionKernel> {
-        [AttentionKernel::Wgmma].into_iter().filter(|&k| self.supports_attention_kernel(k)).collect()
+        AttentionKernel::WGMMA.into_iter().filter(|&k| self.supports_attention_kernel(k)).collect()
     }
 
     fn use_attention_kernel(&self, k: AttentionKernel) -> Result<()> {

@@ -31,6 +31,9 @@ pub const ATTN_SMEM_MAX: u32 = 69888;
 pub const ATTN_WG_THREADS: u32 = 256;
 pub const ATTN_WG_BLOCK_Q: u32 = 128;
 pub const ATTN_WG_SMEM_D72: u32 = 72192;
+pub const ATTN_WG3_THREADS: u32 = 384;
+pub const ATTN_WG3_BLOCK_Q: u32 = 192;
+pub const ATTN_WG3_SMEM_D72: u32 = 82432;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct FillParams {

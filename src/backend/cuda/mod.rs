@@ -113,7 +113,9 @@ impl Cuda {
     pub fn supports_attention_kernel(&self, k: AttentionKernel) -> bool {
         match k {
             AttentionKernel::Mma => true,
-            AttentionKernel::Wgmma => self.dev.has_module("attention_sm90a"),
+            AttentionKernel::Wgmma | AttentionKernel::WgmmaQRegs | AttentionKernel::WgmmaQRegs3 => {
+                self.dev.has_module("attention_sm90a")
+            }
         }
     }
 

@@ -8,8 +8,8 @@
 
 use super::{dtype_suffix, ptr_or_null, KernelDevice, LaunchCfg};
 use crate::backend::params::{
-    AttentionParams, ATTN_BLOCK_Q, ATTN_SMEM_D128, ATTN_SMEM_D64, ATTN_SMEM_D72, ATTN_THREADS, ATTN_WG_BLOCK_Q,
-    ATTN_WG_SMEM_D72, ATTN_WG_THREADS,
+    AttentionParams, ATTN_BLOCK_Q, ATTN_SMEM_D128, ATTN_SMEM_D64, ATTN_SMEM_D72, ATTN_THREADS, ATTN_WG3_BLOCK_Q,
+    ATTN_WG3_SMEM_D72, ATTN_WG3_THREADS, ATTN_WG_BLOCK_Q, ATTN_WG_SMEM_D72, ATTN_WG_THREADS,
 };
 use crate::backend::{shapes, AttentionShape, ColSlice};
 use crate::{Error, Result, Tensor};
@@ -22,36 +22,65 @@ pub enum AttentionKernel {
     /// kernels/attention.cu (mma.sync, sm_80+), every supported head dim: the default.
     #[default]
     Mma,
-    /// kernels/attention_sm90a.cu (wgmma) for head dim 72 on compute capability 9.0 (H100/H200);
-    /// other head dims still use [`AttentionKernel::Mma`]. Checked in the SIMT shim; opt-in until
-    /// it has been measured against the mma.sync kernel on a GPU (BENCHMARKS.md).
+    /// kernels/attention_sm90a.cu (wgmma) for head dim 72 on compute capability 9.0 (H100/H200),
+    /// Q·Kᵀ with both operands from shared memory, 2 warpgroups, 2 CTAs an SM; other head dims
+    /// still use [`AttentionKernel::Mma`]. This and the two below are checked in the SIMT shim and
+    /// opt-in until they have been measured against the mma.sync kernel on a GPU (BENCHMARKS.md).
     Wgmma,
+    /// As [`AttentionKernel::Wgmma`] with Q's fragments in registers (half the shared-memory
+    /// reads of Q·Kᵀ), 2 warpgroups, 1 CTA an SM.
+    WgmmaQRegs,
+    /// Q in registers, 3 warpgroups (192 queries a CTA), 1 CTA an SM.
+    WgmmaQRegs3,
 }
 
+/// The accepted spellings, for error messages.
+const KERNEL_NAMES: &str = "mma, wgmma, wgmma-qregs or wgmma-qregs3";
+
 impl AttentionKernel {
-    pub const ALL: [AttentionKernel; 2] = [AttentionKernel::Mma, AttentionKernel::Wgmma];
+    pub const ALL: [AttentionKernel; 4] =
+        [AttentionKernel::Mma, AttentionKernel::Wgmma, AttentionKernel::WgmmaQRegs, AttentionKernel::WgmmaQRegs3];
+    /// The kernels of kernels/attention_sm90a.cu (compute capability 9.0 only).
+    pub const WGMMA: [AttentionKernel; 3] = [AttentionKernel::Wgmma, AttentionKernel::WgmmaQRegs, AttentionKernel::WgmmaQRegs3];
 
     pub fn name(self) -> &'static str {
         match self {
             AttentionKernel::Mma => "mma",
             AttentionKernel::Wgmma => "wgmma",
+            AttentionKernel::WgmmaQRegs => "wgmma-qregs",
+            AttentionKernel::WgmmaQRegs3 => "wgmma-qregs3",
         }
     }
 
-    pub fn parse(s: &str) -> Result<Self> {
-        Self::ALL.into_iter().find(|k| k.name() == s.trim()).ok_or_else(|| Error::param("attention kernel", s, "mma or wgmma"))
+    /// Whether this is one of the sm_90a wgmma kernels.
+    pub fn is_wgmma(self) -> bool {
+        self != AttentionKernel::Mma
     }
 
-    /// DELTADIT_ATTENTION (mma | wgmma), when set.
+    pub fn parse(s: &str) -> Result<Self> {
+        Self::ALL.into_iter().find(|k| k.name() == s.trim()).ok_or_else(|| Error::param("attention kernel", s, KERNEL_NAMES))
+    }
+
+    /// DELTADIT_ATTENTION (mma | wgmma | wgmma-qregs | wgmma-qregs3), when set.
     pub fn from_env() -> Result<Option<Self>> {
         match std::env::var("DELTADIT_ATTENTION") {
             Ok(v) if !v.trim().is_empty() => {
-                Self::parse(&v).map(Some).map_err(|_| Error::param("DELTADIT_ATTENTION", v, "mma or wgmma"))
+                Self::parse(&v).map(Some).map_err(|_| Error::param("DELTADIT_ATTENTION", v, KERNEL_NAMES))
             }
             _ => Ok(None),
         }
     }
 
+    /// Kernel name stem (without the dtype), queries a CTA, threads and dynamic shared memory of
+    /// the head-dim-72 kernel.
+    fn d72_launch(self) -> (&'static str, u32, u32, u32) {
+        match self {
+            AttentionKernel::Mma => ("attention_d72", ATTN_BLOCK_Q, ATTN_THREADS, ATTN_SMEM_D72),
+            AttentionKernel::Wgmma => ("attention_wgmma_d72", ATTN_WG_BLOCK_Q, ATTN_WG_THREADS, ATTN_WG_SMEM_D72),
+            AttentionKernel::WgmmaQRegs => ("attention_wgmma_qregs_d72", ATTN_WG_BLOCK_Q, ATTN_WG_THREADS, ATTN_WG_SMEM_D72),
+            AttentionKernel::WgmmaQRegs3 => ("attention_wgmma_qregs3_d72", ATTN_WG3_BLOCK_Q, ATTN_WG3_THREADS, ATTN_WG3_SMEM_D72),
+        }
+    }
 }
 
 /// A backend's current [`AttentionKernel`], settable through `&self` (the backends are shared).
@@ -60,7 +89,8 @@ pub(crate) struct AttentionChoice(AtomicU8);
 
 impl AttentionChoice {
     pub fn get(&self) -> AttentionKernel {
-        if self.0.load(Ordering::Relaxed) == AttentionKernel::Wgmma as u8 { AttentionKernel::Wgmma } else { AttentionKernel::Mma }
+        let v = self.0.load(Ordering::Relaxed);
+        AttentionKernel::ALL.into_iter().find(|&k| k as u8 == v).unwrap_or_default()
     }
 
     pub fn set(&self, k: AttentionKernel) {
@@ -114,9 +144,9 @@ pub fn attention<D: KernelDevice>(
     })?;
     let s = shape;
     let width = s.heads * s.head_dim;
-    let wgmma = s.head_dim == 72 && d.attention_kernel() == AttentionKernel::Wgmma;
-    let (name, block_q, threads, smem) = if wgmma {
-        (format!("attention_wgmma_d72_{suffix}"), ATTN_WG_BLOCK_Q, ATTN_WG_THREADS, ATTN_WG_SMEM_D72)
+    let (name, block_q, threads, smem) = if s.head_dim == 72 {
+        let (stem, block_q, threads, smem) = d.attention_kernel().d72_launch();
+        (format!("{stem}_{suffix}"), block_q, threads, smem)
     } else {
         (format!("attention_d{}_{suffix}", s.head_dim), ATTN_BLOCK_Q, ATTN_THREADS, smem)
     };
