@@ -114,7 +114,17 @@ template <typename T, int N> struct Wgmma {
     "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), \
     "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
 #define DELTADIT_WGMMA_OUT36 DELTADIT_WGMMA_OUT32, "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35])
-// Both shapes for one element type (TY: its PTX name). scale-d is the predicate p (always 1: D += A·B).
+// A from registers: NAME(d[ND], a, desc_b) = m64n<N>k16 with trans-b TB; OPS and P are the operand
+// numbers of a[0..3], desc_b and the scale-d flag, which follow the ND accumulators.
+#define DELTADIT_WGMMA_RS(NAME, N, ND, TY, TB, DLIST, DOUT, OPS, P)                                       \
+    static __device__ __forceinline__ void NAME(float (&d)[ND], const uint32_t (&a)[4], uint64_t desc_b) { \
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, " P ", 0;\n"                                        \
+                     "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." TY "." TY " " DLIST                \
+                     ", " OPS ", p, 1, 1, " #TB ";\n}\n"                                                   \
+                     : DOUT                                                                                \
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1));                   \
+    }
+// The shapes for one element type (TY: its PTX name). scale-d is the predicate p (always 1: D += A·B).
 #define DELTADIT_WGMMA_SHAPES(T, TY)                                                                       \
     template <> struct Wgmma<T, 64> {                                                                      \
         static __device__ __forceinline__ void ss(float (&d)[32], uint64_t desc_a, uint64_t desc_b) {     \
@@ -124,26 +134,15 @@ template <typename T, int N> struct Wgmma {
                          : DELTADIT_WGMMA_OUT32                                                          \
                          : "l"(desc_a), "l"(desc_b), "r"(1));                                              \
         }                                                                                                  \
-        static __device__ __forceinline__ void rs(float (&d)[32], const uint32_t (&a)[4], uint64_t desc_b) { \
-            asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"                                      \
-                         "wgmma.mma_async.sync.aligned.m64n64k16.f32." TY "." TY " " DELTADIT_WGMMA_D32   \
-                         ", {%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"                                 \
-                         : DELTADIT_WGMMA_OUT32                                                          \
-                         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1));               \
-        }                                                                                                  \
+        DELTADIT_WGMMA_RS(rs, 64, 32, TY, 0, DELTADIT_WGMMA_D32, DELTADIT_WGMMA_OUT32, "{%32, %33, %34, %35}, %36", "%37") \
     };                                                                                                     \
     template <> struct Wgmma<T, 72> {                                                                      \
-        static __device__ __forceinline__ void rs_tb(float (&d)[36], const uint32_t (&a)[4], uint64_t desc_b) { \
-            asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %41, 0;\n"                                      \
-                         "wgmma.mma_async.sync.aligned.m64n72k16.f32." TY "." TY " " DELTADIT_WGMMA_D36   \
-                         ", {%36, %37, %38, %39}, %40, p, 1, 1, 1;\n}\n"                                   \
-                         : DELTADIT_WGMMA_OUT36                                                          \
-                         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1));               \
-        }                                                                                                  \
+        DELTADIT_WGMMA_RS(rs_tb, 72, 36, TY, 1, DELTADIT_WGMMA_D36, DELTADIT_WGMMA_OUT36, "{%36, %37, %38, %39}, %40", "%41") \
     };
 DELTADIT_WGMMA_SHAPES(__nv_bfloat16, "bf16")
 DELTADIT_WGMMA_SHAPES(__half, "f16")
 #undef DELTADIT_WGMMA_SHAPES
+#undef DELTADIT_WGMMA_RS
 #undef DELTADIT_WGMMA_OUT36
 #undef DELTADIT_WGMMA_OUT32
 #undef DELTADIT_WGMMA_D36
