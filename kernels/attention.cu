@@ -72,7 +72,7 @@ using namespace attention_softmax;
 // phase = 8 consecutive chunks of one row, 128 contiguous bytes of global memory too), the rest
 // (chunk 8 at d72) one row per thread, spread over all bank groups by the odd pitch (11 groups
 // of 16 bytes). Plain row order let a d72 phase straddle two rows: 1.78 wavefronts a phase
-// (tests/kernels_sim_banks.rs counts them).
+// (tests/kernels_sim_smem.rs counts them).
 template <class K, int ROWS, typename T>
 __device__ __forceinline__ void load_rows(T* s, const T* g, int64_t stride, int valid, int tid) {
     constexpr int MAIN = K::CHUNKS / 8 * 8, REST = K::CHUNKS - MAIN;

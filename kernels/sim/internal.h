@@ -160,6 +160,8 @@ void set_thread_warp_order(int warp_order, unsigned seed);
 bool smem_stats_on();
 void smem_count_ldmatrix(const unsigned char* const* rows, int num);
 void smem_count_cp_async_block(Sched& s);
+void smem_count_wgmma(int n, bool a_in_regs);  // once a warpgroup instruction
+void smem_count_mma();                         // once a warp instruction
 // Seconds per raw context switch (n round trips between two contexts).
 double bench_switch(long n);
 

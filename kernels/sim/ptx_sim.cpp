@@ -93,6 +93,7 @@ void mma_m16n8k16(float d[4], const uint32_t a[4], const uint32_t b[2], const fl
     memcpy(in->b, b, 8);
     float cc[4] = {c[0], c[1], c[2], c[3]};  // d may alias c
     warp_collective(op, ~0u);
+    if (f->lane == 0 && smem_stats_on()) smem_count_mma();
     double acc[4];
     memcpy(acc, f->cout, sizeof acc);
     for (int i = 0; i < 4; ++i) d[i] = float(acc[i] + double(cc[i]));

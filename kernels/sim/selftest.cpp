@@ -171,8 +171,10 @@ static void case_smem_banks(Case& c) {
         p.in0 = src, p.in1 = offs, p.out0 = out;
         deltadit_sim_smem_stats_begin();
         const int rc = st_launch(c, "simtest_smem_banks", p, dim3(1, 1, 1), dim3(32, 1, 1), 8192);
-        uint64_t n[6];
-        deltadit_sim_smem_stats_end(n);
+        DeltaditSimSmemStats st;
+        deltadit_sim_smem_stats_end(&st);
+        const uint64_t n[6] = {st.ldmatrix_requests, st.ldmatrix_wavefronts, st.ldmatrix_ideal,
+                               st.cp_async_requests, st.cp_async_wavefronts, st.cp_async_ideal};
         if (rc) return c.fail("launch failed: %s", c.last_error.c_str());
         const char* op[2] = {"ldmatrix.x4", "cp.async"};
         for (int i = 0; i < 2; ++i)
@@ -181,11 +183,49 @@ static void case_smem_banks(Case& c) {
                               (unsigned long long)n[3 * i], (unsigned long long)n[3 * i + 1],
                               (unsigned long long)n[3 * i + 2], (unsigned long long)pat.wavefronts);
     }
-    uint64_t n[6];
+    DeltaditSimSmemStats st;
     const int rc = st_launch(c, "simtest_smem_banks", SimTestParams{src, offs, nullptr, out}, dim3(1, 1, 1), dim3(32, 1, 1), 8192);
-    deltadit_sim_smem_stats_end(n);
-    if (rc || n[0] || n[3]) return c.fail("launch outside begin/end counted (%llu, %llu requests)", (unsigned long long)n[0], (unsigned long long)n[3]);
-    c.note("ldmatrix.x4 and cp.async wavefronts of 6 address patterns (conflict-free, 2-, 4- and 8-way, broadcast)");
+    deltadit_sim_smem_stats_end(&st);
+    if (rc || st.ldmatrix_requests || st.cp_async_requests)
+        return c.fail("launch outside begin/end counted (%llu, %llu requests)", (unsigned long long)st.ldmatrix_requests,
+                      (unsigned long long)st.cp_async_requests);
+    // wgmma's shared-memory operand bytes and multiply-adds (one warpgroup instruction each:
+    // m64n64k16 with A and B from shared memory, m64n72k16 with A from registers), mma.sync's
+    // multiply-adds (one m16n8k16 a warp, two warps).
+    uint16_t* A = c.alloc<uint16_t>(64 * 16);
+    uint16_t* B = c.alloc<uint16_t>(16 * 72);
+    float* C = c.alloc<float>(64 * 72);
+    float* D = c.alloc<float>(64 * 72);
+    for (int i = 0; i < 64 * 16; ++i) A[i] = f32_to_bf16(rng.normal());
+    for (int i = 0; i < 16 * 72; ++i) B[i] = f32_to_bf16(rng.normal());
+    for (int i = 0; i < 64 * 72; ++i) C[i] = rng.normal();
+    const struct {
+        const char* kernel;
+        int mode;
+        unsigned threads;
+        size_t smem;
+        uint64_t wgmma_bytes, wgmma_macs, mma_macs;
+    } ops[] = {
+        {"simtest_wgmma", 0, 128, 4608, 64 * 16 * 2 + 64 * 16 * 2, 64 * 64 * 16, 0},
+        {"simtest_wgmma", 1, 128, 4608, 72 * 16 * 2, 64 * 72 * 16, 0},
+        {"simtest_mma", 0, 64, 0, 0, 0, 2 * 16 * 8 * 16},
+    };
+    for (const auto& op : ops) {
+        SimTestParams p{};
+        p.in0 = A, p.in1 = B, p.in2 = C, p.out0 = D, p.mode = op.mode;
+        deltadit_sim_smem_stats_begin();
+        const int rc = st_launch(c, op.kernel, p, dim3(1, 1, 1), dim3(op.threads, 1, 1), op.smem);
+        DeltaditSimSmemStats st;
+        deltadit_sim_smem_stats_end(&st);
+        if (rc) return c.fail("%s mode %d: launch failed: %s", op.kernel, op.mode, c.last_error.c_str());
+        if (st.wgmma_smem_bytes != op.wgmma_bytes || st.wgmma_macs != op.wgmma_macs || st.mma_macs != op.mma_macs)
+            return c.fail("%s mode %d: wgmma %llu bytes, %llu MACs, mma %llu MACs; want %llu, %llu, %llu", op.kernel, op.mode,
+                          (unsigned long long)st.wgmma_smem_bytes, (unsigned long long)st.wgmma_macs,
+                          (unsigned long long)st.mma_macs, (unsigned long long)op.wgmma_bytes,
+                          (unsigned long long)op.wgmma_macs, (unsigned long long)op.mma_macs);
+    }
+    c.note("ldmatrix.x4 and cp.async wavefronts of 6 address patterns (conflict-free, 2-, 4- and 8-way, broadcast); "
+           "wgmma operand bytes and MACs (SS m64n64k16, RS m64n72k16), mma.sync MACs");
 }
 
 // A missing __syncthreads is hidden by in-order cooperative scheduling but caught under the

@@ -85,11 +85,17 @@ extern "C" int deltadit_sim_launch(const char* name, const void* params, size_t 
 extern "C" const char* deltadit_sim_last_error(void);
 // 0 in order, 1 reversed, 2 shuffled at every barrier (seeded): process-wide.
 extern "C" void deltadit_sim_set_warp_order(int warp_order, unsigned seed);
-// Shared-memory bank accounting (sim/smem_banks.cpp) of the launches the calling thread makes
-// between begin and end; end writes ldmatrix requests, wavefronts and conflict-free wavefronts,
-// then the same three for cp.async, and turns it off.
+// Shared-memory accounting (sim/smem_banks.cpp) of the launches the calling thread makes between
+// begin and end (src/backend/sim/ffi.rs mirrors the struct); end fills it and turns counting off.
+struct DeltaditSimSmemStats {
+    uint64_t ldmatrix_requests, ldmatrix_wavefronts, ldmatrix_ideal;  // warp instructions; wavefronts
+    uint64_t cp_async_requests, cp_async_wavefronts, cp_async_ideal;  // taken / without conflicts
+    uint64_t wgmma_smem_bytes;  // operand bytes wgmma read from shared memory (A by descriptor, B)
+    uint64_t wgmma_macs;        // multiply-adds of wgmma (64·N·16 a warpgroup instruction)
+    uint64_t mma_macs;          // multiply-adds of mma.sync (16·8·16 a warp instruction)
+};
 extern "C" void deltadit_sim_smem_stats_begin(void);
-extern "C" void deltadit_sim_smem_stats_end(uint64_t out[6]);
+extern "C" void deltadit_sim_smem_stats_end(DeltaditSimSmemStats* out);
 
 namespace deltadit_sim {
 // Registration (used by DELTADIT_SIM_KERNEL in common.cuh).

@@ -1,6 +1,8 @@
-// Shared-memory bank accounting of the warp-wide 16-byte accesses the shim intercepts: the row
-// reads of ldmatrix and the destination writes of cp.async. Off unless the calling host thread
-// turns it on (deltadit_sim_smem_stats_begin), so it costs the other launches nothing.
+// Shared-memory accounting: the bank conflicts of the warp-wide 16-byte accesses the shim
+// intercepts (the row reads of ldmatrix, the destination writes of cp.async), the operand bytes
+// wgmma reads from shared memory, and the multiply-adds of wgmma and mma.sync, so a kernel's
+// shared-memory traffic can be set against its tensor-core work without a GPU. Off unless the
+// calling host thread turns it on (deltadit_sim_smem_stats_begin): it costs other launches nothing.
 //
 // The model (Hopper and Ampere alike): 32 banks of 4 bytes; a warp's 16-byte accesses are served
 // in phases of 8 lanes (128 bytes, all banks), one phase per 8×16-byte matrix for ldmatrix. Within
@@ -26,6 +28,7 @@ struct SmemCount {
 struct SmemStats {
     bool on = false;
     SmemCount ldmatrix, cp_async;
+    uint64_t wgmma_smem_bytes = 0, wgmma_macs = 0, mma_macs = 0;
 };
 static thread_local SmemStats tl_smem;
 
@@ -56,6 +59,13 @@ void smem_count_ldmatrix(const unsigned char* const* rows, int num) {
     }
 }
 
+void smem_count_wgmma(int n, bool a_in_regs) {
+    tl_smem.wgmma_smem_bytes += uint64_t(a_in_regs ? 0 : 64 * 16 * 2) + uint64_t(n) * 16 * 2;
+    tl_smem.wgmma_macs += uint64_t(64) * uint64_t(n) * 16;
+}
+
+void smem_count_mma() { tl_smem.mma_macs += 16 * 8 * 16; }
+
 void smem_count_cp_async_block(Sched& s) {
     SmemCount& c = tl_smem.cp_async;
     for (const Warp& w : s.warps) {
@@ -85,10 +95,10 @@ extern "C" void deltadit_sim_smem_stats_begin(void) {
     tl_smem.on = true;
 }
 
-// out: ldmatrix requests, wavefronts, ideal wavefronts; then the same for cp.async.
-extern "C" void deltadit_sim_smem_stats_end(uint64_t out[6]) {
+extern "C" void deltadit_sim_smem_stats_end(DeltaditSimSmemStats* out) {
     const SmemStats s = tl_smem;
     tl_smem = SmemStats{};
-    const SmemCount* c[2] = {&s.ldmatrix, &s.cp_async};
-    for (int i = 0; i < 2; ++i) out[3 * i] = c[i]->requests, out[3 * i + 1] = c[i]->wavefronts, out[3 * i + 2] = c[i]->ideal;
+    *out = DeltaditSimSmemStats{s.ldmatrix.requests, s.ldmatrix.wavefronts, s.ldmatrix.ideal,
+                                s.cp_async.requests, s.cp_async.wavefronts, s.cp_async.ideal,
+                                s.wgmma_smem_bytes,  s.wgmma_macs,          s.mma_macs};
 }

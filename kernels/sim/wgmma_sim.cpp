@@ -146,6 +146,7 @@ void wgmma_issue(float* d, int n, const uint32_t* a, uint64_t desc_a, uint64_t d
     op.desc_a = desc_a, op.desc_b = desc_b;
     if (a) memcpy(op.a, a, sizeof op.a), op.a_regs = a;
     f->wg_queue.push_back(op);
+    if (smem_stats_on() && f->lane == 0 && f->warp % 4 == 0) smem_count_wgmma(n, a != nullptr);
 }
 
 void wgmma_commit() {

@@ -35,7 +35,18 @@ mod sys {
         pub fn deltadit_sim_last_error() -> *const c_char;
         pub fn deltadit_sim_set_warp_order(order: c_int, seed: c_uint);
         pub fn deltadit_sim_smem_stats_begin();
-        pub fn deltadit_sim_smem_stats_end(out: *mut u64);
+        pub fn deltadit_sim_smem_stats_end(out: *mut SmemStats);
+    }
+
+    /// kernels/sim/shim.h `DeltaditSimSmemStats`.
+    #[repr(C)]
+    #[derive(Default)]
+    pub struct SmemStats {
+        pub ldmatrix: [u64; 3],
+        pub cp_async: [u64; 3],
+        pub wgmma_smem_bytes: u64,
+        pub wgmma_macs: u64,
+        pub mma_macs: u64,
     }
 }
 
@@ -116,30 +127,51 @@ impl Wavefronts {
     }
 }
 
-/// Bank accounting of the ldmatrix row reads and cp.async destination writes of some launches.
+/// The shared-memory traffic and tensor-core work of some launches, as the shim counts them: the
+/// bank conflicts of ldmatrix row reads and cp.async destination writes, the operand bytes wgmma
+/// reads from shared memory, and the multiply-adds of wgmma and mma.sync. Plain shared loads and
+/// stores are not counted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SmemBanks {
+pub struct SmemTraffic {
     pub ldmatrix: Wavefronts,
     pub cp_async: Wavefronts,
+    pub wgmma_smem_bytes: u64,
+    pub wgmma_macs: u64,
+    pub mma_macs: u64,
 }
 
-/// Runs `f` with the shim counting the shared-memory wavefronts of the kernels it launches on
-/// this thread (the sim backend launches synchronously on the calling thread). Other threads'
-/// launches are not counted. Without the shim library, counts nothing.
-pub fn count_smem_banks<T>(f: impl FnOnce() -> T) -> (T, SmemBanks) {
+impl SmemTraffic {
+    /// Bytes of shared-memory bandwidth the counted accesses take: 128 a wavefront (a phase of 8
+    /// 16-byte rows), plus wgmma's operand bytes.
+    pub fn smem_bytes(&self) -> u64 {
+        128 * (self.ldmatrix.wavefronts + self.cp_async.wavefronts) + self.wgmma_smem_bytes
+    }
+}
+
+/// Runs `f` with the shim counting the shared-memory traffic of the kernels it launches on this
+/// thread (the sim backend launches synchronously on the calling thread). Other threads' launches
+/// are not counted. Without the shim library, counts nothing.
+pub fn count_smem_traffic<T>(f: impl FnOnce() -> T) -> (T, SmemTraffic) {
     #[cfg(deltadit_sim)]
     {
         // SAFETY: resets and enables a thread-local counter in the shim.
         unsafe { sys::deltadit_sim_smem_stats_begin() };
         let r = f();
-        let mut n = [0u64; 6];
-        // SAFETY: the shim writes exactly six u64 into `n`.
-        unsafe { sys::deltadit_sim_smem_stats_end(n.as_mut_ptr()) };
-        let w = |i: usize| Wavefronts { requests: n[i], wavefronts: n[i + 1], ideal: n[i + 2] };
-        (r, SmemBanks { ldmatrix: w(0), cp_async: w(3) })
+        let mut n = sys::SmemStats::default();
+        // SAFETY: the shim fills the #[repr(C)] mirror of its DeltaditSimSmemStats.
+        unsafe { sys::deltadit_sim_smem_stats_end(&mut n) };
+        let w = |c: [u64; 3]| Wavefronts { requests: c[0], wavefronts: c[1], ideal: c[2] };
+        let t = SmemTraffic {
+            ldmatrix: w(n.ldmatrix),
+            cp_async: w(n.cp_async),
+            wgmma_smem_bytes: n.wgmma_smem_bytes,
+            wgmma_macs: n.wgmma_macs,
+            mma_macs: n.mma_macs,
+        };
+        (r, t)
     }
     #[cfg(not(deltadit_sim))]
     {
-        (f(), SmemBanks::default())
+        (f(), SmemTraffic::default())
     }
 }

@@ -15,7 +15,7 @@ use crate::{DType, Error, Result, Tensor};
 use bytemuck::{Pod, Zeroable};
 use std::ffi::c_void;
 
-pub use ffi::{count_smem_banks, is_built, set_warp_order, SmemBanks, WarpOrder, Wavefronts};
+pub use ffi::{count_smem_traffic, is_built, set_warp_order, SmemTraffic, WarpOrder, Wavefronts};
 
 /// 16 bytes, 16-byte aligned: the unit of sim storage, so every tensor satisfies the kernels'
 /// 16-byte vector-load and cp.async alignment like a cudaMalloc'd buffer does.
