@@ -159,7 +159,7 @@ gpu-build: bundle ready: $out ($size; $ntests test binaries, $nbench benches, th
   On the GPU machine (CUDA 13 driver; cuBLASLt 13 from the system or a pip wheel):
     $(basename "$out")/run.sh                # every test binary, compute-sanitizer memcheck + racecheck, benches
     $(basename "$out")/run.sh --quick        # gpu + golden + cpu_ops tests, memcheck on the op tests, quick
-                                             # benches on pixart-alpha-1024 (~3–5 min; DELTADIT_GPU_QUICK=1 too)
+                                             # benches on pixart-alpha-1024 (~4–6 min; DELTADIT_GPU_QUICK=1 too)
     $(basename "$out")/run.sh --help
   Logs in $(basename "$out")/logs; with \$OUT set, run.log, summary.txt, bench-table.{txt,md,json} and
   results.tar.gz (every log and JSON) are copied there; the joined benchmark table is printed last.

@@ -9,7 +9,7 @@
 # Usage: run.sh [options]
 #   --quick            (default when DELTADIT_GPU_QUICK=1) gpu + golden + cpu_ops tests; memcheck
 #                      on the op/graph tests; no racecheck; benches in quick mode on one preset
-#                      (pixart-alpha-1024): about 3–5 minutes on an H100/H200 (an estimate)
+#                      (pixart-alpha-1024): about 4–6 minutes on an H100/H200 (an estimate)
 #   --full             the opposite of --quick (overrides DELTADIT_GPU_QUICK)
 #   --no-tests         benchmarks only (no test binaries, no sanitizer)
 #   --tests "A B"      only these test binaries (names in tests/, e.g. "gpu golden")
