@@ -10,6 +10,9 @@ Ops (names as in benches/kernels.rs; eager PyTorch as diffusers runs it):
     attn-self      SDPA on strided head views of a fused [rows, 3D] QKV tensor (head dim 72)
     attn-cross     SDPA against 120 text tokens with the padding mask as an additive bias
                    ([B, H, 1, L], -10000 where masked; uncond keeps 1 token, cond 20)
+                   Both with SDPA's best backend: its default dispatch and each backend forced
+                   (flash, efficient, cuDNN; on the CPU also math) are timed, the row is the
+                   fastest, `sdpa_backend` names it and `sdpa_us` lists them all.
     norm-modulate  F.layer_norm (no affine) then * (1 + scale) + shift     (diffusers' adaLN-single)
     residual-gated x = x + gate * y   (two kernels, as diffusers)
     residual-anchor / residual-delta   the same + cache.copy_(x) / cache = x - cache
@@ -37,6 +40,11 @@ import time
 
 import torch
 import torch.nn.functional as F
+
+try:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+except ImportError:  # older torch: only the default dispatch is timed
+    SDPBackend = sdpa_kernel = None
 
 # The presets of src/bench.rs (keep in sync): family, heads, head dim, latent, text tokens,
 # caption channels, sample_size, micro-conditions, norm eps.
@@ -165,10 +173,10 @@ def op_rows(p_name, p, dev, dt, timer, cache, rows):
         n = sets_for(nbytes, cache)
         return [make() for _ in range(n)], n
 
-    def add(op, shape, bound, fn, sets, flop=0.0, nbytes=0.0):
-        t, tmin, calls = timer(fn, sets)
+    def add(op, shape, bound, fn, sets, flop=0.0, nbytes=0.0, timed=None, extra=None):
+        t, tmin, calls = timed or timer(fn, sets)
         row = dict(name=f"{op}/{p_name}", op=op, preset=p_name, shape=shape, bound=bound, median_us=t * 1e6, min_us=tmin * 1e6,
-                   flop=flop, bytes=nbytes, input_sets=sets, calls_per_sample=calls)
+                   flop=flop, bytes=nbytes, input_sets=sets, calls_per_sample=calls, **(extra or {}))
         row["tflops" if bound == "compute" else "gbps"] = (flop / t / 1e12) if bound == "compute" else nbytes / t / 1e9
         if bound == "compute":
             row["gbps"] = nbytes / t / 1e9
@@ -177,6 +185,34 @@ def op_rows(p_name, p, dev, dt, timer, cache, rows):
 
     def heads(x, n):
         return x.reshape(B, n, H, d).transpose(1, 2)
+
+    def add_sdpa(op, shape, fn, sets, flop, nbytes):
+        """SDPA with its best backend: the default dispatch and each backend forced, the fastest kept."""
+        forced = []
+        if SDPBackend is not None:
+            forced = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION]
+            if dev.type == "cpu":
+                forced.append(SDPBackend.MATH)  # never the fastest on a GPU, and slow at 4096² there
+        timings = {}
+        for b in [None] + forced:
+            name = "default" if b is None else b.name.lower().replace("_attention", "")
+
+            def run(i, b=b):
+                if b is None:
+                    return fn(i)
+                with sdpa_kernel(b):
+                    return fn(i)
+            try:
+                run(0)
+                timings[name] = timer(run, sets)
+            except RuntimeError as e:  # this backend does not take these inputs here
+                print(f"  {op}: SDPA backend {name} unavailable ({str(e).splitlines()[0][:80]})", flush=True)
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+        best = min(timings, key=lambda k: timings[k][0])
+        print(f"  {op}: SDPA " + ", ".join(f"{k} {v[0] * 1e6:.2f} us" for k, v in timings.items()) + f" -> {best}", flush=True)
+        add(op, shape, "compute", fn, sets, flop, nbytes, timed=timings[best],
+            extra=dict(sdpa_backend=best, sdpa_us={k: v[0] * 1e6 for k, v in timings.items()}))
 
     scale = d ** -0.5
     with torch.inference_mode():
@@ -188,7 +224,7 @@ def op_rows(p_name, p, dev, dt, timer, cache, rows):
             x = qkv[i]
             o = F.scaled_dot_product_attention(heads(x[:, :D], T), heads(x[:, D:2 * D], T), heads(x[:, 2 * D:], T), scale=scale)
             return o.transpose(1, 2).reshape(R, D)
-        add("attn-self", f"{B}x{H}x{T}x{T}, d {d}", "compute", attn_self, n, 4.0 * B * H * T * T * d, nb)
+        add_sdpa("attn-self", f"{B}x{H}x{T}x{T}, d {d}", attn_self, n, 4.0 * B * H * T * T * d, nb)
         del qkv
 
         if p["family"] == "pixart":
@@ -204,7 +240,7 @@ def op_rows(p_name, p, dev, dt, timer, cache, rows):
                 q, kv = qs[i]
                 o = F.scaled_dot_product_attention(heads(q, T), heads(kv[:, :D], L), heads(kv[:, D:], L), attn_mask=mask, scale=scale)
                 return o.transpose(1, 2).reshape(R, D)
-            add("attn-cross", f"{B}x{H}x{T}x{L} masked, d {d}", "compute", attn_cross, n, 4.0 * B * H * T * L * d, nb)
+            add_sdpa("attn-cross", f"{B}x{H}x{T}x{L} masked, d {d}", attn_cross, n, 4.0 * B * H * T * L * d, nb)
             del qs
 
         N = R * D

@@ -38,11 +38,14 @@ fn fixture(dir: &Path) {
     results.push(kernel_row(&format!("attn-self-wgmma-qregs/{p}"), "attn-self-wgmma-qregs", "compute", 300.0, 1.546e11, 1e8));
     write(dir, "kernels-cuda.json", &json!({ "kind": "deltadit-kernels", "backend": "cuda", "dtype": "bf16", "machine": "test GPU",
         "date": "2026-11-26", "commit": "abc1234", "results": results, "errors": [] }));
+    // torch_reference.py names SDPA's fastest backend
+    let mut sdpa_self = torch_row(&format!("attn-self/{p}"), "attn-self", 411.0, Some(376.0), 100.0);
+    sdpa_self["sdpa_backend"] = json!("flash");
     write(dir, "torch-cuda.json", &json!({ "kind": "torch-reference", "backend": "torch", "device": "cuda", "machine": "test GPU",
         "torch": "2.x", "diffusers": "0.42.1", "dtype": "bf16",
         "results": [
             torch_row("roofline-copy", "roofline-copy", 2000.0, None, 3000.0),
-            torch_row(&format!("attn-self/{p}"), "attn-self", 411.0, Some(376.0), 100.0),
+            sdpa_self,
             torch_row(&format!("attn-cross/{p}"), "attn-cross", 42.2, Some(100.0), 100.0),
         ],
         "model": [ { "name": format!("forward/{p}"), "median_ms": 37.05 } ] }));
@@ -105,6 +108,11 @@ fn joined_table_pairs_rows_and_reports_targets() {
     };
     let (v, met) = t("attention self, d 72, 2×16×4096², vs SDPA");
     assert!(close(v, 411.0 / 613.0) && met == false);
+    let measured = |needle: &str| {
+        j["targets"].as_array().unwrap().iter().find(|r| r["target"].as_str().unwrap() == needle).unwrap()["measured"].clone()
+    };
+    assert_eq!(measured("attention self, d 72, 2×16×4096², vs SDPA"), "0.67× (SDPA flash/ours)");
+    assert_eq!(measured("attention cross 4096×120 masked, vs SDPA"), "1.06× (SDPA/ours)");
     let (v, met) = t("attention self, d 72, 2×16×4096², vs SDPA (wgmma kernel)");
     assert!(close(v, 411.0 / 380.0) && met == true);
     let (v, met) = t("attention cross 4096×120 masked, vs SDPA (wgmma kernel)");
