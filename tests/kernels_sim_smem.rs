@@ -1,4 +1,4 @@
-//! Shared-memory traffic of the kernels, counted by the SIMT shim (kernels/sim/smem_banks.cpp): the
+//! Shared-memory traffic of the kernels, counted by the SIMT shim (kernels/sim/smem_traffic.cpp): the
 //! bank conflicts of every ldmatrix and cp.async at the shapes the models use, and for the wgmma
 //! attention kernels the shared-memory bytes against the tensor-core work. CPU-side checks of
 //! performance properties the kernel comments claim, which need no GPU to hold them to.

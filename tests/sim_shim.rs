@@ -55,9 +55,10 @@ shim_tests! {
     /// matmul; a missing fence or wait, a swizzled descriptor, A registers changed in flight and a
     /// partial warpgroup are reported.
     wgmma,
-    /// Shared-memory bank accounting of ldmatrix and cp.async (conflict-free, 2-, 4-, 8-way and
-    /// broadcast address patterns) against wavefront counts worked out by hand.
-    smem_banks,
+    /// Shared-memory accounting: ldmatrix and cp.async wavefronts (conflict-free, 2-, 4-, 8-way and
+    /// broadcast address patterns), wgmma operand bytes and MACs, mma.sync MACs, against counts
+    /// worked out by hand.
+    smem_traffic,
     /// Correct kernels give the same results with warps reversed and shuffled.
     warp_orders,
     /// A planted missing __syncthreads is caught under reversed and shuffled warp orders.

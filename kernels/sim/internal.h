@@ -156,7 +156,7 @@ void cp_async_flush(Fiber* f, size_t upto);
 void wgmma_check_exit(Fiber* f);
 // Warp order of launches from the calling thread only (-1: back to the process-wide setting).
 void set_thread_warp_order(int warp_order, unsigned seed);
-// smem_banks.cpp: bank accounting of ldmatrix rows and cp.async destinations (when turned on).
+// smem_traffic.cpp: bank accounting of ldmatrix rows and cp.async destinations (when turned on).
 bool smem_stats_on();
 void smem_count_ldmatrix(const unsigned char* const* rows, int num);
 void smem_count_cp_async_block(Sched& s);

@@ -93,8 +93,8 @@ __global__ void simtest_diag(SimTestParams p) {
 }
 
 // One cp.async and one ldmatrix.x4 per lane at the dynamic shared-memory offsets p.in1[lane] (bank
-// accounting, smem_banks.cpp); the data is not checked here (case_cp_async and case_ldmatrix do).
-__global__ void simtest_smem_banks(SimTestParams p) {
+// accounting, smem_traffic.cpp); the data is not checked here (case_cp_async and case_ldmatrix do).
+__global__ void simtest_smem_traffic(SimTestParams p) {
     const unsigned lane = threadIdx.x % 32;
     unsigned char* sm = dynamic_smem<unsigned char>();
     const int off = static_cast<const int*>(p.in1)[lane];
@@ -123,7 +123,7 @@ static void register_selftest_kernels() {
     DELTADIT_SIM_KERNEL(simtest_bench_shfl, SimTestParams)
     DELTADIT_SIM_KERNEL(simtest_missing_barrier, SimTestParams)
     DELTADIT_SIM_KERNEL(simtest_diag, SimTestParams)
-    DELTADIT_SIM_KERNEL(simtest_smem_banks, SimTestParams)
+    DELTADIT_SIM_KERNEL(simtest_smem_traffic, SimTestParams)
 }
 
 namespace simtest {
@@ -146,8 +146,8 @@ static void case_warp_orders(Case& c) {
 }
 
 // The bank accounting against wavefront counts worked out by hand from the model in
-// smem_banks.cpp (4 phases of 8 lanes, for cp.async and for the 4 matrices of ldmatrix.x4).
-static void case_smem_banks(Case& c) {
+// smem_traffic.cpp (4 phases of 8 lanes, for cp.async and for the 4 matrices of ldmatrix.x4).
+static void case_smem_traffic(Case& c) {
     const struct {
         const char* what;
         int (*offset)(int lane);
@@ -170,7 +170,7 @@ static void case_smem_banks(Case& c) {
         SimTestParams p{};
         p.in0 = src, p.in1 = offs, p.out0 = out;
         deltadit_sim_smem_stats_begin();
-        const int rc = st_launch(c, "simtest_smem_banks", p, dim3(1, 1, 1), dim3(32, 1, 1), 8192);
+        const int rc = st_launch(c, "simtest_smem_traffic", p, dim3(1, 1, 1), dim3(32, 1, 1), 8192);
         DeltaditSimSmemStats st;
         deltadit_sim_smem_stats_end(&st);
         const uint64_t n[6] = {st.ldmatrix_requests, st.ldmatrix_wavefronts, st.ldmatrix_ideal,
@@ -184,7 +184,7 @@ static void case_smem_banks(Case& c) {
                               (unsigned long long)n[3 * i + 2], (unsigned long long)pat.wavefronts);
     }
     DeltaditSimSmemStats st;
-    const int rc = st_launch(c, "simtest_smem_banks", SimTestParams{src, offs, nullptr, out}, dim3(1, 1, 1), dim3(32, 1, 1), 8192);
+    const int rc = st_launch(c, "simtest_smem_traffic", SimTestParams{src, offs, nullptr, out}, dim3(1, 1, 1), dim3(32, 1, 1), 8192);
     deltadit_sim_smem_stats_end(&st);
     if (rc || st.ldmatrix_requests || st.cp_async_requests)
         return c.fail("launch outside begin/end counted (%llu, %llu requests)", (unsigned long long)st.ldmatrix_requests,
@@ -407,7 +407,7 @@ static const CaseDef kCases[] = {
     {"cp_async", case_cp_async},
     {"atomics", case_atomics},
     {"wgmma", case_wgmma},
-    {"smem_banks", case_smem_banks},
+    {"smem_traffic", case_smem_traffic},
     {"warp_orders", case_warp_orders},
     {"missing_barrier", case_missing_barrier},
     {"diagnostics", case_diagnostics},

@@ -85,7 +85,7 @@ extern "C" int deltadit_sim_launch(const char* name, const void* params, size_t 
 extern "C" const char* deltadit_sim_last_error(void);
 // 0 in order, 1 reversed, 2 shuffled at every barrier (seeded): process-wide.
 extern "C" void deltadit_sim_set_warp_order(int warp_order, unsigned seed);
-// Shared-memory accounting (sim/smem_banks.cpp) of the launches the calling thread makes between
+// Shared-memory accounting (sim/smem_traffic.cpp) of the launches the calling thread makes between
 // begin and end (src/backend/sim/ffi.rs mirrors the struct); end fills it and turns counting off.
 struct DeltaditSimSmemStats {
     uint64_t ldmatrix_requests, ldmatrix_wavefronts, ldmatrix_ideal;  // warp instructions; wavefronts
