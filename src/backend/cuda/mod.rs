@@ -111,12 +111,7 @@ impl Cuda {
     /// Whether this device can run attention kernel `k` (wgmma: compute capability 9.0 and
     /// kernels/attention_sm90a.cu built and loaded).
     pub fn supports_attention_kernel(&self, k: AttentionKernel) -> bool {
-        match k {
-            AttentionKernel::Mma => true,
-            AttentionKernel::Wgmma | AttentionKernel::WgmmaQRegs | AttentionKernel::WgmmaQRegs3 => {
-                self.dev.has_module("attention_sm90a")
-            }
-        }
+        !k.is_wgmma() || self.dev.has_module("attention_sm90a")
     }
 
     /// Chooses the attention kernel for head dim 72 (DELTADIT_ATTENTION sets it at creation).
