@@ -30,6 +30,19 @@ WGMMA_KERNELS = ("wgmma", "wgmma-qregs", "wgmma-qregs3")
 WGMMA_SUFFIX = re.compile(r"-(wgmma(?:-qregs3?)?)/")
 
 
+# The op rows of one transformer block as a forward runs them (src/model/block.rs), per family:
+# PixArt: 2 norms, the QKV GEMM, self-attention, 3 D×D GEMMs (attention out, cross q, cross out),
+# cross-attention, 3 residuals (gated, ungated, gated; the kernels move the same bytes), the MLP.
+# The per-block modulation vectors ([batch, 6D]) and the embedding/final layer are left out (small).
+BLOCK_OPS = {
+    "pixart": (("norm-modulate", 2), ("gemm-qkv", 1), ("attn-self", 1), ("gemm-proj", 3), ("attn-cross", 1),
+               ("residual-gated", 3), ("gemm-ff1-gelu", 1), ("gemm-ff2", 1)),
+    "dit": (("norm-modulate", 2), ("gemm-qkv", 1), ("attn-self", 1), ("gemm-proj", 1), ("residual-gated", 2),
+            ("gemm-ff1-gelu", 1), ("gemm-ff2", 1)),
+}
+LAYERS = 28  # every preset of src/bench.rs
+
+
 def base_name(name):
     """The row name without its wgmma kernel suffix: the op torch's row of the same work has."""
     return WGMMA_SUFFIX.sub("/", name)
@@ -291,6 +304,11 @@ def main():
                 t.add(r["name"], f"{r['median_ms']:.3f}")
             out.append(t.render())
 
+    # ---- what a forward is made of ------------------------------------------------------------
+    for t, rows in composition(docs, md):
+        out.append(t.render())
+        joined.setdefault("composition", []).extend(rows)
+
     # ---- deltadit bench (CLI) -----------------------------------------------------------------
     for d in docs["cli"]:
         t = Table(
@@ -319,6 +337,45 @@ def main():
         with open(a.json, "w") as f:
             json.dump(dict(commit=commit, **joined), f, indent=1)
     return 0
+
+
+def composition(docs, md):
+    """Per preset whose op rows are all there: each op's median × its count in one forward (CFG
+    batch 2), their sum, and the measured forward beside it; for us and for torch (diffusers runs
+    the same ops, eager). Sums of this run's measurements, not a trace of the forward."""
+    tables = []
+    for d in docs["kernels"]:
+        dev = dev_of(d["backend"])
+        ours = {r["name"]: r for r in d["results"]}
+        tr = next((x for x in docs["torch"] if x.get("device") == dev), None)
+        theirs = {r["name"]: r for r in (tr or {}).get("results", [])}
+        fwd = {r["name"]: r for s in docs["step"] if dev_of(s["backend"]) == dev for r in s["results"]}
+        tfwd = {r["name"]: r for r in (tr or {}).get("model", [])}
+        presets = sorted({r["name"].split("/", 1)[1] for r in d["results"] if "/" in r["name"]})
+        for p in presets:
+            ops = BLOCK_OPS["dit" if p.startswith("dit") else "pixart"]
+            if not all(f"{op}/{p}" in ours for op, _ in ops):
+                continue
+            have_torch = all(f"{op}/{p}" in theirs for op, _ in ops)
+            per = lambda m, op, n: m[f"{op}/{p}"]["median_us"] * n * LAYERS / 1e3  # ms a forward
+            sum_ours = sum(per(ours, op, n) for op, n in ops)
+            sum_torch = sum(per(theirs, op, n) for op, n in ops) if have_torch else None
+            t = Table(f"What a forward is made of: {p} on {d['backend']}, {LAYERS} blocks (op medians of this run × their count; "
+                      "not a trace)", ["op", "per forward", "ours ms", "ours %", "torch ms", "torch %"], md)
+            rows = []
+            for op, n in ops:
+                o, th = per(ours, op, n), per(theirs, op, n) if have_torch else None
+                t.add(op, n * LAYERS, f"{o:.3f}", f"{100 * o / sum_ours:.1f}", fmt(th, ".3f"), fmt(None if th is None else 100 * th / sum_torch, ".1f"))
+                rows.append(dict(preset=p, backend=d["backend"], op=op, count=n * LAYERS, ours_ms=o, torch_ms=th))
+            t.add("sum of the ops", "", f"{sum_ours:.3f}", "100.0", fmt(sum_torch, ".3f"), "100.0" if have_torch else None)
+            f, tf = fwd.get(f"forward/{p}"), tfwd.get(f"forward/{p}")
+            if f or tf:
+                t.add("measured forward", 1, fmt(f and f["median_ms"], ".3f"), fmt(f and 100 * f["median_ms"] / sum_ours, ".1f"),
+                      fmt(tf and tf["median_ms"], ".3f"), fmt(tf and sum_torch and 100 * tf["median_ms"] / sum_torch, ".1f"))
+            rows.append(dict(preset=p, backend=d["backend"], op="sum", ours_ms=sum_ours, torch_ms=sum_torch,
+                             forward_ms=f and f["median_ms"], torch_forward_ms=tf and tf["median_ms"]))
+            tables.append((t, rows))
+    return tables
 
 
 def targets(docs):

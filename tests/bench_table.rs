@@ -1,6 +1,7 @@
 //! scripts/bench-table.py on a hand-written GPU run (kernels, step, PyTorch and CLI JSON with round
 //! numbers): the pairing of our rows with PyTorch's (the wgmma rows with the same SDPA row), the
-//! fractions it recomputes, and the targets table, against ratios worked out by hand below.
+//! fractions it recomputes, what a forward is made of, and the targets table, against ratios and
+//! sums worked out by hand below.
 //! Needs python3 (the CI machine has it); says so and passes without it.
 
 use serde_json::{json, Value};
@@ -36,6 +37,11 @@ fn fixture(dir: &Path) {
     ];
     results.push(kernel_row(&format!("attn-cross-wgmma/{p}"), "attn-cross-wgmma", "compute", 50.0, 4.5e9, 5e7));
     results.push(kernel_row(&format!("attn-self-wgmma-qregs/{p}"), "attn-self-wgmma-qregs", "compute", 300.0, 1.546e11, 1e8));
+    // The rest of a PixArt block's ops (2400 GB/s = 80% of 3000 for the residual).
+    results.push(kernel_row(&format!("residual-gated/{p}"), "residual-gated", "memory", 12.0, 0.0, 2400.0 * 12.0e3));
+    for (op, us) in [("gemm-qkv", 100.0), ("gemm-proj", 35.0), ("gemm-ff1-gelu", 140.0), ("gemm-ff2", 130.0)] {
+        results.push(kernel_row(&format!("{op}/{p}"), op, "compute", us, 1e11, 1e8));
+    }
     write(dir, "kernels-cuda.json", &json!({ "kind": "deltadit-kernels", "backend": "cuda", "dtype": "bf16", "machine": "test GPU",
         "date": "2026-11-26", "commit": "abc1234", "results": results, "errors": [] }));
     // torch_reference.py names SDPA's fastest backend
@@ -133,5 +139,15 @@ fn joined_table_pairs_rows_and_reports_targets() {
     assert!(close(v, 666.0 / 416.25) && met == true);
     let (v, met) = t("deltadit bench");
     assert!(close(v, 0.5 / 0.4) && met == false);
-    assert_eq!(j["targets"].as_array().unwrap().len(), 12, "{}", j["targets"]);
+    let (v, met) = t("residual-gated [8192, 1152]");
+    assert!(close(v, 0.8) && met == false);
+    assert_eq!(j["targets"].as_array().unwrap().len(), 13, "{}", j["targets"]);
+
+    // What a forward is made of: per block 2 norms (16 µs), QKV 100, self 613, 3 projections (35),
+    // cross 39.7, 3 residuals (12), FF1 140, FF2 130 = 1195.7 µs; × 28 blocks. Torch has no GEMM rows here.
+    let sum = j["composition"].as_array().unwrap().iter().find(|r| r["op"] == "sum" && r["preset"] == "pixart-alpha-1024").unwrap();
+    assert!(close(sum["ours_ms"].as_f64().unwrap(), 1195.7 * 28.0 / 1e3), "{sum}");
+    assert!(sum["torch_ms"].is_null() && sum["torch_forward_ms"].as_f64() == Some(37.05), "{sum}");
+    let proj = j["composition"].as_array().unwrap().iter().find(|r| r["op"] == "gemm-proj").unwrap();
+    assert_eq!(proj["count"].as_u64(), Some(84));
 }
