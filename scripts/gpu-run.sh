@@ -166,7 +166,23 @@ fi
 
 # ---- steps ---------------------------------------------------------------------------------------
 
-# run_step NAME CMD…: runs with the step timeout, logs to NAME.log, adds a summary row.
+# The wgmma attention kernels (src/backend/kernels/attention.rs); after the GPU tests, those that
+# passed them are the ones sanitized and benchmarked.
+wgmma_kernels="wgmma wgmma-qregs wgmma-qregs3"
+wgmma_tested=0
+wgmma_passed=()
+last_status=""
+# wgmma_list SEP: the wgmma kernels to go on with (all of them when no GPU test ran), joined by SEP.
+wgmma_list() {
+  local ks
+  if [[ "$wgmma_tested" == 1 ]]; then ks=(${wgmma_passed[@]+"${wgmma_passed[@]}"}); else read -ra ks <<<"$wgmma_kernels"; fi
+  local IFS="$1"
+  echo "${ks[*]}"
+}
+wgmma_run() { [[ -n "$(wgmma_list ,)" ]]; }
+
+# run_step NAME CMD…: runs with the step timeout (STEP_LIMIT overrides it for one call), logs to
+# NAME.log, adds a summary row, leaves its status in last_status.
 run_step() {
   local name="$1"
   shift
@@ -174,7 +190,7 @@ run_step() {
   local start end rc status detail
   note "step $name: $*"
   start=$(date +%s)
-  timeout --kill-after=30 "$step_timeout" "$@" >"$log" 2>&1
+  timeout --kill-after=30 "${STEP_LIMIT:-$step_timeout}" "$@" >"$log" 2>&1
   rc=$?
   end=$(date +%s)
   local passed failed_n skipped
@@ -188,7 +204,7 @@ run_step() {
   elif [[ $rc -ne 0 ]]; then
     status="FAIL($rc)"
     grep -q "ERROR SUMMARY: [1-9]" "$log" && detail="$detail; $(grep -o 'ERROR SUMMARY: [0-9]* errors*' "$log" | tail -n 1)"
-  elif [[ "$name" == *wgmma && "$skipped" -gt 0 ]] && grep -q 'compute capability 9.0' "$log" && ! grep -q 'skipped: no CUDA' "$log"; then
+  elif [[ "$name" == *wgmma* && "$skipped" -gt 0 ]] && grep -q 'compute capability 9.0' "$log" && ! grep -q 'skipped: no CUDA' "$log"; then
     status="no-sm90a"  # a GPU without wgmma (not Hopper): nothing to run, not a failure
     detail="$detail; the wgmma kernel needs compute capability 9.0"
   elif [[ "$name" == gpu* || "$name" == memcheck* || "$name" == racecheck* ]] && [[ "$skipped" -gt 0 ]]; then
@@ -198,6 +214,7 @@ run_step() {
     status="ok"
   fi
   [[ "$status" != ok && "$status" != no-sm90a ]] && failed=1
+  last_status="$status"
   summary+=("$(printf '%-28s %-9s %6ss  %s' "$name" "$status" "$((end - start))" "$detail")")
   note "step $name: $status in $((end - start)) s"
   pack
@@ -229,10 +246,17 @@ for t in ${tests[@]+"${tests[@]}"}; do
   n="$(basename "$t")"
   want_test "$n" || continue
   if [[ "$n" == gpu && ${#gpu_filters[@]} -eq 0 ]]; then
-    # The wgmma kernel has not run on hardware before: in a process of its own, so that a fault
-    # (which poisons the CUDA context) cannot take the other GPU tests with it.
+    # The wgmma kernels have not run on hardware before: each in a process of its own, so that a
+    # fault (which poisons the CUDA context) or a hang cannot take the other GPU tests with it;
+    # only those that pass are benchmarked and sanitized below (a hang there would cost the JSON).
     run_step "$n" "$t" --test-threads=1 --nocapture --skip wgmma
-    run_step gpu-wgmma "$t" --test-threads=1 --nocapture wgmma
+    wgmma_passed=()
+    for k in $wgmma_kernels; do
+      DELTADIT_WGMMA_KERNELS="$k" STEP_LIMIT=$((step_timeout < 150 ? step_timeout : 150)) \
+        run_step "gpu-$k" "$t" --test-threads=1 --nocapture wgmma
+      [[ "$last_status" == ok ]] && grep -q "attention kernel $k" "$logs/gpu-$k.log" && wgmma_passed+=("$k")
+    done
+    wgmma_tested=1
   elif [[ "$n" == gpu ]]; then
     run_step "$n" "$t" --test-threads=1 --nocapture "${gpu_filters[@]}"
   else
@@ -253,15 +277,15 @@ if [[ "$sanitizer" == 1 && -x "$here/tests/gpu" ]]; then
     [[ ${#gpu_filters[@]} -eq 0 ]] && wskip=(--skip wgmma)
     run_step memcheck "${cs[@]}" --tool memcheck "$here/tests/gpu" --test-threads=1 --nocapture ${wskip[@]+"${wskip[@]}"} \
       ${mem_filters[@]+"${mem_filters[@]}"}
-    [[ ${#gpu_filters[@]} -eq 0 ]] && run_step memcheck-wgmma "${cs[@]}" --tool memcheck "$here/tests/gpu" --test-threads=1 \
-      --nocapture sanitize_attention_wgmma
+    [[ ${#gpu_filters[@]} -eq 0 ]] && wgmma_run && DELTADIT_WGMMA_KERNELS="$(wgmma_list ,)" \
+      run_step memcheck-wgmma "${cs[@]}" --tool memcheck "$here/tests/gpu" --test-threads=1 --nocapture sanitize_attention_wgmma
     if [[ "$racecheck" == 1 ]]; then
       race_filters=(sanitize_ norm_modulate residual_ activation_ rel_l1 memory_)
       [[ ${#gpu_filters[@]} -gt 0 ]] && race_filters=("${gpu_filters[@]}")
       run_step racecheck "${cs[@]}" --tool racecheck "$here/tests/gpu" --test-threads=1 --nocapture ${wskip[@]+"${wskip[@]}"} \
         "${race_filters[@]}"
-      [[ ${#gpu_filters[@]} -eq 0 ]] && run_step racecheck-wgmma "${cs[@]}" --tool racecheck "$here/tests/gpu" --test-threads=1 \
-        --nocapture sanitize_attention_wgmma
+      [[ ${#gpu_filters[@]} -eq 0 ]] && wgmma_run && DELTADIT_WGMMA_KERNELS="$(wgmma_list ,)" \
+        run_step racecheck-wgmma "${cs[@]}" --tool racecheck "$here/tests/gpu" --test-threads=1 --nocapture sanitize_attention_wgmma
     fi
   else
     note "compute-sanitizer not found: sanitizer steps skipped"
@@ -279,6 +303,9 @@ if [[ "$bench" == 1 ]]; then
   # DELTADIT_BENCH_DEVICE=cpu makes a dry run of this section on a machine without a GPU
   bdev="${DELTADIT_BENCH_DEVICE:-cuda}"
   export CRITERION_HOME="$logs/criterion" DELTADIT_BENCH_OUT="$bj" DELTADIT_BENCH_DEVICE="$bdev"
+  # the wgmma kernels' bench rows: those whose GPU tests passed above (all when no tests ran)
+  export DELTADIT_BENCH_ATTENTION_KERNELS="$(wgmma_list ,)"
+  [[ "$wgmma_tested" == 1 ]] && note "wgmma kernels benchmarked: ${DELTADIT_BENCH_ATTENTION_KERNELS:-none} (of $wgmma_kernels)"
   DELTADIT_BENCH_COMMIT="$(sed -n 's/^commit: //p' "$here/manifest.txt" 2>/dev/null | head -n 1)"
   export DELTADIT_BENCH_COMMIT="${DELTADIT_BENCH_COMMIT:-unknown}"
   qa=()
@@ -300,7 +327,7 @@ if [[ "$bench" == 1 ]]; then
     # The same with each wgmma attention kernel on Hopper (rows labelled "cuda (<kernel> attention)").
     cc="$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n 1 | tr -d ' ')"
     if [[ "$bdev" == cuda && "$cc" == 9.0 ]]; then
-      for k in wgmma wgmma-qregs wgmma-qregs3; do
+      for k in $(wgmma_list " "); do
         for p in $cli_presets; do
           run_step "bench-cli-$k-$p" env DELTADIT_ATTENTION="$k" "$here/bin/deltadit" bench --device cuda --preset "$p" \
             --policies "none;delta" --runs "$cli_runs" --warmup 1 --json "$bj/cli-$k-$p.json"

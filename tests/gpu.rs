@@ -595,9 +595,16 @@ fn wgmma_on<'a>(g: &'a Gpu, k: AttentionKernel) -> Option<WgmmaOn<'a>> {
     Some(WgmmaOn(g.be))
 }
 
+/// (dtype, kernel) pairs of the wgmma tests: every wgmma kernel, or those DELTADIT_WGMMA_KERNELS
+/// lists (scripts/gpu-run.sh runs each kernel in a process of its own).
+fn wgmma_cases() -> Vec<(DType, AttentionKernel)> {
+    let ks = AttentionKernel::wgmma_from_env("DELTADIT_WGMMA_KERNELS").unwrap();
+    DTYPES.into_iter().flat_map(|dt| ks.iter().map(move |&k| (dt, k))).collect()
+}
+
 #[test]
 fn attention_wgmma_d72() {
-    for (dt, k) in DTYPES.into_iter().flat_map(|dt| AttentionKernel::WGMMA.map(|k| (dt, k))) {
+    for (dt, k) in wgmma_cases() {
         let g = gpu_or_skip!(dt);
         let Some(_on) = wgmma_on(&g, k) else { return };
         for (j, n) in [1usize, 5, 63, 64, 65, 127, 128, 129, 257, 1024, 2048].into_iter().enumerate() {
@@ -617,7 +624,7 @@ fn attention_wgmma_d72() {
 /// Small wgmma grids for compute-sanitizer (memcheck and racecheck run the `sanitize_` tests).
 #[test]
 fn sanitize_attention_wgmma_small() {
-    for (dt, k) in DTYPES.into_iter().flat_map(|dt| AttentionKernel::WGMMA.map(|k| (dt, k))) {
+    for (dt, k) in wgmma_cases() {
         let g = gpu_or_skip!(dt);
         let Some(_on) = wgmma_on(&g, k) else { return };
         attention_case(&g, attn(dt, 72, 1, 1, 65, 65, Mask::None), 750);

@@ -238,7 +238,12 @@ const GPU_UNIT_SECONDS: f64 = 1e-3;
 
 impl Timed for Cuda {
     fn extra_attention_kernels(&self) -> Vec<AttentionKernel> {
-        AttentionKernel::WGMMA.into_iter().filter(|&k| self.supports_attention_kernel(k)).collect()
+        // DELTADIT_BENCH_ATTENTION_KERNELS narrows them (the GPU run: those whose tests passed).
+        let ks = AttentionKernel::wgmma_from_env("DELTADIT_BENCH_ATTENTION_KERNELS").unwrap_or_else(|e| {
+            eprintln!("{e}; benchmarking no extra attention kernel");
+            Vec::new()
+        });
+        ks.into_iter().filter(|&k| self.supports_attention_kernel(k)).collect()
     }
 
     fn use_attention_kernel(&self, k: AttentionKernel) -> Result<()> {

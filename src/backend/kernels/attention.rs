@@ -61,6 +61,27 @@ impl AttentionKernel {
         Self::ALL.into_iter().find(|k| k.name() == s.trim()).ok_or_else(|| Error::param("attention kernel", s, KERNEL_NAMES))
     }
 
+    /// A comma-separated list of kernel names (blank: none), e.g. "wgmma,wgmma-qregs".
+    pub fn parse_list(s: &str) -> Result<Vec<Self>> {
+        s.split(',').map(str::trim).filter(|n| !n.is_empty()).map(Self::parse).collect()
+    }
+
+    /// The wgmma kernels the environment variable `var` lists (comma-separated), else all of them:
+    /// how the GPU run (scripts/gpu-run.sh) confines its wgmma test and bench steps to one kernel,
+    /// or to those whose tests passed.
+    pub fn wgmma_from_env(var: &str) -> Result<Vec<Self>> {
+        match std::env::var(var) {
+            Ok(v) => {
+                let ks = Self::parse_list(&v).map_err(|_| Error::param(var, &v, "wgmma, wgmma-qregs or wgmma-qregs3, comma-separated"))?;
+                match ks.iter().find(|k| !k.is_wgmma()) {
+                    Some(k) => Err(Error::param(var, k.name(), "wgmma kernels only")),
+                    None => Ok(ks),
+                }
+            }
+            Err(_) => Ok(Self::WGMMA.to_vec()),
+        }
+    }
+
     /// DELTADIT_ATTENTION (mma | wgmma | wgmma-qregs | wgmma-qregs3), when set.
     pub fn from_env() -> Result<Option<Self>> {
         match std::env::var("DELTADIT_ATTENTION") {
@@ -214,4 +235,22 @@ pub fn attention<D: KernelDevice>(
 
 fn i32_of(what: &str, n: usize) -> Result<i32> {
     i32::try_from(n).map_err(|_| Error::Unsupported(format!("attention: {what} = {n} exceeds the kernel's i32 range")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AttentionKernel;
+
+    #[test]
+    fn kernel_lists_parse() {
+        let l = AttentionKernel::parse_list(" wgmma-qregs3, mma ,").unwrap();
+        assert_eq!(l, vec![AttentionKernel::WgmmaQRegs3, AttentionKernel::Mma]);
+        assert!(AttentionKernel::parse_list("").unwrap().is_empty());
+        let e = AttentionKernel::parse_list("wgmma,flash").unwrap_err().to_string();
+        assert!(e.contains("flash") && e.contains("wgmma-qregs"), "{e}");
+        for k in AttentionKernel::ALL {
+            assert_eq!(AttentionKernel::parse(k.name()).unwrap(), k);
+            assert_eq!(k.is_wgmma(), AttentionKernel::WGMMA.contains(&k));
+        }
+    }
 }
