@@ -106,7 +106,7 @@ pub fn set_warp_order(order: WarpOrder) {
     let _ = order;
 }
 
-/// Shared-memory wavefronts of one kind of warp-wide 16-byte access (kernels/sim/smem_banks.cpp:
+/// Shared-memory wavefronts of one kind of warp-wide 16-byte access (kernels/sim/smem_traffic.cpp:
 /// 32 banks of 4 bytes, phases of 8 lanes; a phase costs the most distinct rows in one 16-byte
 /// bank group).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
