@@ -19,12 +19,16 @@
 #   --no-sanitizer     no compute-sanitizer steps
 #   --no-racecheck     memcheck only
 #   --no-bench         no benches
+#   --no-profile       no Nsight Compute steps (ncu-*: the attention and memory-bound kernels of
+#                      one pixart-alpha-1024 forward, each wgmma kernel's too, after the table)
 #   --timeout S        per-step limit in seconds (default 900; 240 with --quick)
 # Environment: OUT (set: the few files that matter are copied there after every step — run.log,
-# summary.txt, bench-table.txt/.md/.json and results.tar.gz holding every log, JSON and criterion
-# file; at most 8 files), DELTADIT_LOGS (the log folder; default <bundle>/logs),
+# summary.txt, bench-table.txt/.md/.json, ncu-summary.txt and results.tar.gz holding every log,
+# JSON, ncu CSV and criterion file; at most 8 files), DELTADIT_LOGS (the log folder; default <bundle>/logs),
 # DELTADIT_TEST_DATA (golden data; default the bundle's data/ or ../tests/data),
-# DELTADIT_CUDA_SYNC=1 (a failing kernel names itself), DELTADIT_CUDA_GRAPHS=0 (graphs off).
+# DELTADIT_CUDA_SYNC=1 (a failing kernel names itself), DELTADIT_CUDA_GRAPHS=0 (graphs off),
+# DELTADIT_GPU_BUDGET (seconds of wall time the whole run may take: the optional ncu steps are
+# skipped or cut short past it; default 540 with --quick, which fits a 600 s device call; 0: none).
 # Exit status: 0 when every step passed.
 set -uo pipefail
 
@@ -39,7 +43,9 @@ filter=""
 sanitizer=1
 racecheck=1
 bench=1
+profile=1
 step_timeout=900
+run_start=$(date +%s)
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --quick) quick=1 ;;
@@ -51,8 +57,9 @@ while [[ $# -gt 0 ]]; do
     --no-sanitizer) sanitizer=0 ;;
     --no-racecheck) racecheck=0 ;;
     --no-bench) bench=0 ;;
+    --no-profile) profile=0 ;;
     --timeout) step_timeout="$2"; timeout_set=1; shift ;;
-    -h | --help) sed -n '2,28p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    -h | --help) sed -n '2,32p' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -62,6 +69,10 @@ if [[ "$quick" == 1 ]]; then
   racecheck=0
   [[ "$timeout_set" == 0 ]] && step_timeout=240
 fi
+budget="${DELTADIT_GPU_BUDGET:-}"
+[[ -z "$budget" ]] && { [[ "$quick" == 1 ]] && budget=540 || budget=0; }
+# seconds left of the run's budget (a large number when it has none)
+time_left() { [[ "$budget" -gt 0 ]] && echo $((budget - ($(date +%s) - run_start))) || echo 1000000; }
 
 if [[ -n "${DELTADIT_LOGS:-}" ]]; then
   logs="$DELTADIT_LOGS"
@@ -81,7 +92,7 @@ pack() {
   [[ -n "${OUT:-}" ]] || return 0
   mkdir -p "$OUT"
   local f
-  for f in run.log summary.txt bench-table.txt bench-table.md bench-table.json; do
+  for f in run.log summary.txt bench-table.txt bench-table.md bench-table.json ncu-summary.txt; do
     [[ -f "$logs/$f" ]] && cp "$logs/$f" "$OUT/$f"
   done
   tar -czf "$OUT/results.tar.gz.tmp" -C "$(dirname "$logs")" "$(basename "$logs")" 2>/dev/null &&
@@ -215,6 +226,7 @@ run_step() {
   fi
   [[ "$status" != ok && "$status" != no-sm90a ]] && failed=1
   last_status="$status"
+  last_secs=$((end - start))
   summary+=("$(printf '%-28s %-9s %6ss  %s' "$name" "$status" "$((end - start))" "$detail")")
   note "step $name: $status in $((end - start)) s"
   pack
@@ -354,19 +366,98 @@ if [[ "$bench" == 1 ]]; then
 fi
 
 # ---- summary -------------------------------------------------------------------------------------
-{
-  echo
-  echo "summary (logs in $logs)"
-  printf '%-28s %-9s %7s  %s\n' step status time detail
-  printf '%s\n' ${summary[@]+"${summary[@]}"}
-} | tee -a "$logs/summary.txt" "$logs/run.log"
+# print_summary [FINAL]: the step table into summary.txt (rewritten: the profile steps add rows
+# after a first one), into run.log and the output only when FINAL.
+print_summary() {
+  {
+    echo
+    echo "summary (logs in $logs)"
+    printf '%-28s %-9s %7s  %s\n' step status time detail
+    printf '%s\n' ${summary[@]+"${summary[@]}"}
+  } >"$logs/summary.txt"
+  [[ -n "${1:-}" ]] && tee -a "$logs/run.log" <"$logs/summary.txt"
+  return 0
+}
+print_summary
 if [[ "$bench" == 1 && -f "$here/bench-table.py" ]] && command -v python3 >/dev/null; then
-  # the joined table LAST
   python3 "$here/bench-table.py" "$bj" --commit "$DELTADIT_BENCH_COMMIT" --markdown >"$logs/bench-table.md" 2>&1
   python3 "$here/bench-table.py" "$bj" --commit "$DELTADIT_BENCH_COMMIT" --json "$logs/bench-table.json" >"$logs/bench-table.txt" 2>&1
-  pack
-  cat "$logs/bench-table.txt"
-else
-  pack
 fi
+pack
+
+# ---- profile (diagnostic) ------------------------------------------------------------------------
+# Nsight Compute on the attention and memory-bound kernels of one pixart-alpha-1024 forward, with
+# the default attention kernel and with each wgmma kernel that passed its tests: why each runs as
+# fast as it does (bench/ncu_summary.py: throughputs, occupancy, tensor pipes, bank conflicts, stall
+# reasons). After the table is made, within the run's time budget, and never a failure of the run:
+# ncu cannot read the counters on every machine (not under gVisor).
+if [[ "$profile" == 1 && "${DELTADIT_BENCH_DEVICE:-cuda}" == cuda && -x "$here/bin/deltadit" ]]; then
+  if command -v ncu >/dev/null; then
+    nd="$logs/ncu"
+    ncu_tmp="${TMPDIR:-/tmp}/deltadit-ncu"
+    mkdir -p "$nd" "$ncu_tmp"
+    # Metrics beyond the detailed set, where this GPU has them: the tensor pipes' busy share (hmma:
+    # mma.sync; gmma: Hopper's wgmma).
+    extra=()
+    timeout 60 ncu --query-metrics >"$nd/query-metrics.txt" 2>&1
+    for m in sm__pipe_tensor_op_hmma_cycles_active sm__pipe_tensor_op_gmma_cycles_active; do
+      grep -qw "$m" "$nd/query-metrics.txt" && extra+=("$m.avg.pct_of_peak_sustained_active")
+    done
+    metrics=()
+    [[ ${#extra[@]} -gt 0 ]] && metrics=(--metrics "$(IFS=,; echo "${extra[*]}")")
+    ncu_working=1
+    ncu_done=()  # the captures with CSV, in the order they ran
+    # ncu_capture NAME REGEX COUNT [VAR=VALUE…]: the first COUNT launches of the kernels REGEX
+    # names in one sampling step (CFG batch 2, CUDA graphs off), into $nd/NAME.{details,raw}.csv.
+    ncu_capture() {
+      local name="$1" regex="$2" count="$3"
+      shift 3
+      local left=$(($(time_left) - 20)) row
+      if [[ "$ncu_working" == 0 || "$left" -lt 60 ]]; then
+        if [[ "$ncu_working" == 0 ]]; then row="an earlier ncu step failed"; else row="the run's time budget is spent (DELTADIT_GPU_BUDGET=$budget s)"; fi
+        note "step ncu-$name: skipped: $row"
+        summary+=("$(printf '%-28s %-9s %6s   %s' "ncu-$name" skipped - "$row")")
+        return 0
+      fi
+      local failed_before=$failed rep="$ncu_tmp/$name"
+      rm -f "$rep.ncu-rep"
+      STEP_LIMIT=$((left < 150 ? left : 150)) run_step "ncu-$name" env "$@" DELTADIT_CUDA_GRAPHS=0 \
+        ncu --clock-control none --set detailed ${metrics[@]+"${metrics[@]}"} --kernel-name "regex:$regex" \
+        --launch-count "$count" --force-overwrite --export "$rep" \
+        "$here/bin/deltadit" bench --device cuda --preset pixart-alpha-1024 --policies none --steps 1 --runs 1 --warmup 0
+      failed=$failed_before  # diagnostic: a failure here does not fail the run
+      local detail
+      if [[ "$last_status" == ok && -s "$rep.ncu-rep" ]]; then
+        ncu -i "$rep.ncu-rep" --csv --page details --print-units base >"$nd/$name.details.csv" 2>>"$logs/ncu-$name.log"
+        ncu -i "$rep.ncu-rep" --csv --page raw --print-units base >"$nd/$name.raw.csv" 2>>"$logs/ncu-$name.log"
+        ncu_done+=("$nd/$name.details.csv")
+        detail="$(grep '^"' "$nd/$name.details.csv" 2>/dev/null | awk -F'","' 'NR > 1 {print $1}' | sort -u | wc -l) kernel launches profiled"
+      else
+        ncu_working=0
+        detail="diagnostic, not a failure: $(grep -m1 -o '==ERROR==.*\|==WARNING== No kernels.*' "$logs/ncu-$name.log" || echo 'no report')"
+      fi
+      summary[${#summary[@]} - 1]="$(printf '%-28s %-9s %6ss  %s' "ncu-$name" "$last_status" "$last_secs" "$detail")"
+      pack
+    }
+    # one block's norm_modulate (2), self- and cross-attention, gated residuals (3)
+    ncu_capture default '^(attention|norm_modulate|residual)' 7
+    cc="$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n 1 | tr -d ' ')"
+    if [[ "$cc" == 9.0 ]]; then
+      for k in $(wgmma_list " "); do ncu_capture "$k" '^attention' 2 DELTADIT_ATTENTION="$k"; done
+    fi
+    rm -rf "$ncu_tmp"
+    if [[ ${#ncu_done[@]} -gt 0 ]] && command -v python3 >/dev/null; then
+      python3 "$here/bench/ncu_summary.py" --json "$nd/ncu-summary.json" "${ncu_done[@]}" >"$logs/ncu-summary.txt" 2>&1
+    fi
+  else
+    note "ncu not found: profile steps skipped"
+    summary+=("$(printf '%-28s %-9s %6s   %s' ncu "missing" "-" "Nsight Compute (ncu) not on PATH")")
+  fi
+fi
+
+print_summary final
+pack
+[[ -s "$logs/ncu-summary.txt" ]] && { echo; cat "$logs/ncu-summary.txt"; }
+# the joined table LAST
+[[ -s "$logs/bench-table.txt" ]] && cat "$logs/bench-table.txt"
 exit "$failed"
