@@ -8,6 +8,15 @@ use serde_json::Value;
 use std::path::Path;
 use std::process::Command;
 
+/// The repository root, or None (after saying so) where python3 is missing.
+fn with_python() -> Option<&'static Path> {
+    if Command::new("python3").arg("--version").output().is_err() {
+        println!("skipped: python3 not found");
+        return None;
+    }
+    Some(Path::new(env!("CARGO_MANIFEST_DIR")))
+}
+
 fn scratch(name: &str) -> std::path::PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -20,11 +29,7 @@ fn close(v: &Value, want: f64) -> bool {
 
 #[test]
 fn ncu_summary_reads_ncu_csv_exports() {
-    if Command::new("python3").arg("--version").output().is_err() {
-        println!("skipped: python3 not found");
-        return;
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let Some(root) = with_python() else { return };
     let json_path = scratch("ncu-summary").join("ncu.json");
     let out = Command::new("python3")
         .arg(root.join("bench/ncu_summary.py"))
@@ -82,11 +87,7 @@ fn ncu_summary_reads_ncu_csv_exports() {
 
 #[test]
 fn ncu_summary_fails_clearly_without_kernels() {
-    if Command::new("python3").arg("--version").output().is_err() {
-        println!("skipped: python3 not found");
-        return;
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let Some(root) = with_python() else { return };
     let dir = scratch("ncu-summary-empty");
     // what ncu leaves when it profiled nothing (e.g. no access to the counters)
     let empty = dir.join("x.details.csv");
