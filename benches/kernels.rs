@@ -15,15 +15,25 @@
 //! dit-xl-2-256 and pixart-cpu-small (+ pixart-alpha-512 in full mode); the 1024-px shapes would
 //! take minutes per case there, and the output says so.
 //!
+//! Before a case is timed, its op runs once on the first input set and is checked against the CPU
+//! backend (f32) on the same inputs (benches/common/kernel_ops.rs: outputs poisoned with NaN first,
+//! relative L2 ≤ 1e-2 for bf16/f16); a case that fails is reported and not timed
+//! (DELTADIT_BENCH_CHECK=0 skips the checks; the CPU backend, the reference itself, has none). In
+//! test mode (`cargo test --benches`, CI) a second pass checks every case of pixart-cpu-small through
+//! the CUDA kernels on the SIMT shim (sim backend, bf16, each attention kernel) the same way.
+//!
 //! Also writes <out>/kernels-<backend>.json (see benches/common/mod.rs for <out>): per case the
-//! median time, TFLOP/s or GB/s, and the fraction of the measured roofline.
+//! median time, TFLOP/s or GB/s, the fraction of the measured roofline and the check's error.
 
 mod common;
 
+use common::kernel_ops::{self, KernelOp, Residual};
 use common::{median, min, replicate, sets_for, Launcher, Mode, Pool, Timed};
 use criterion::{Criterion, Throughput};
+use deltadit::backend::cpu::Cpu;
 use deltadit::backend::kernels::AttentionKernel;
-use deltadit::backend::{Activation, AttentionShape, CacheWrite, ColSlice};
+use deltadit::backend::sim::Sim;
+use deltadit::backend::{Activation, AttentionShape};
 use deltadit::bench::Preset;
 use deltadit::model::Family;
 use deltadit::{DType, Result, Tensor};
@@ -57,12 +67,14 @@ struct Case {
     flop: f64,
     /// the fewest bytes the op must move (inputs read once, outputs written once)
     bytes: f64,
+    /// checked against the CPU backend before it is timed (not the rooflines)
+    checked: bool,
 }
 
 impl Case {
     /// Case `op` at the shapes of preset `p`, named `<op>/<preset>`.
     fn new(p: &Preset, op: &'static str, shape: String, bound: Bound, flop: f64, bytes: f64) -> Self {
-        Case { name: format!("{op}/{}", p.name), op, preset: p.name.to_string(), shape, bound, flop, bytes }
+        Case { name: format!("{op}/{}", p.name), op, preset: p.name.to_string(), shape, bound, flop, bytes, checked: true }
     }
 }
 
@@ -92,6 +104,18 @@ struct Measured {
     samples: Vec<f64>,
     sets: usize,
     per_unit: usize,
+    /// the check's ‖ours − CPU‖/‖CPU‖ (None: not checked: the CPU backend itself, or a roofline)
+    check: Option<f64>,
+}
+
+/// A tensor of one input set.
+enum Arg<'a> {
+    /// random values from the pool (shift, scale) in the run's dtype
+    Rand(&'a [usize], usize, f32),
+    /// an output (its contents unspecified)
+    Out(&'a [usize]),
+    /// these f32 values, stored as f32 (the key bias)
+    F32(&'a [f32], &'a [usize]),
 }
 
 struct Run<'c, B: Timed> {
@@ -100,21 +124,51 @@ struct Run<'c, B: Timed> {
     c: &'c mut Criterion,
     pool: Pool,
     dt: DType,
+    /// the reference every case is checked against before it is timed (None on the CPU backend)
+    reference: Option<Cpu>,
+    /// check the cases only, time none (test mode's pass over the CUDA kernels on the sim backend)
+    check_only: bool,
     results: Vec<Measured>,
+    /// (case, check) of a check-only pass
+    checked: Vec<(String, f64)>,
     errors: Vec<Value>,
 }
 
 impl<B: Timed> Run<'_, B> {
-    /// Estimates, captures and times `op` (rotating over `sets` input sets) as criterion bench
-    /// `case.name`, keeping its per-launch samples.
-    fn time(&mut self, case: Case, sets: usize, op: Box<dyn FnMut(usize) -> Result<()> + '_>) {
+    /// Checks `op` on the first input set against the CPU backend, then (unless check-only)
+    /// captures and times it, rotating over the input sets, as criterion bench `case.name`,
+    /// keeping its per-launch samples. A case that fails its check is not timed.
+    fn time(&mut self, case: Case, op: KernelOp, mut sets: Vec<Vec<Tensor<B>>>) {
         if !self.mode.wants(&case.name) {
             return;
         }
+        let mut checked = None;
+        if let (Some(cpu), true) = (&self.reference, case.checked) {
+            let tol = kernel_ops::tolerance(self.dt);
+            match kernel_ops::check(self.be, cpu, op, &mut sets[0]) {
+                Ok(e) if e <= tol => checked = Some(e),
+                r => {
+                    let why = match r {
+                        Ok(e) => format!("the check against the CPU backend failed: relative L2 {e:.3e} > {tol:.0e}"),
+                        Err(e) => format!("the check against the CPU backend could not run: {e}"),
+                    };
+                    println!("{}: FAILED: {why}", case.name);
+                    self.errors.push(json!({ "name": case.name, "error": why }));
+                    return;
+                }
+            }
+        }
+        if self.check_only {
+            if let Some(e) = checked {
+                self.checked.push((case.name, e));
+            }
+            return;
+        }
         let be = self.be;
-        let mut op = op;
-        let prepared = be.estimate(&mut *op, sets).and_then(|est| {
-            let l = be.launcher(op, sets, est)?;
+        let n_sets = sets.len();
+        let mut op: Box<dyn FnMut(usize) -> Result<()> + '_> = Box::new(move |i| op.apply(be, &mut sets[i % n_sets]));
+        let prepared = be.estimate(&mut *op, n_sets).and_then(|est| {
+            let l = be.launcher(op, n_sets, est)?;
             Ok(l)
         });
         let mut launcher: Box<dyn Launcher + '_> = match prepared {
@@ -162,7 +216,7 @@ impl<B: Timed> Run<'_, B> {
             return;
         }
         if !samples.is_empty() {
-            self.results.push(Measured { case, samples, sets, per_unit });
+            self.results.push(Measured { case, samples, sets: n_sets, per_unit, check: checked });
         }
     }
 
@@ -170,8 +224,28 @@ impl<B: Timed> Run<'_, B> {
         self.pool.tensor(self.be, shape, self.dt, shift, scale)
     }
 
+    /// Input sets whose `set_bytes` each together exceed 3 × the last-level cache (one to check).
     fn sets(&self, set_bytes: f64) -> usize {
+        if self.check_only {
+            return 1;
+        }
         sets_for(set_bytes as usize, self.be.cache_bytes())
+    }
+
+    /// `sets` input sets of tensors `args` (each set at its own addresses, same values).
+    fn sets_of(&self, args: &[Arg<'_>], sets: usize) -> Result<Vec<Vec<Tensor<B>>>> {
+        let mut out: Vec<Vec<Tensor<B>>> = (0..sets).map(|_| Vec::with_capacity(args.len())).collect();
+        for a in args {
+            let copies = match a {
+                Arg::Rand(shape, shift, scale) => replicate(self.be, self.tensor(shape, *shift, *scale)?, sets)?,
+                Arg::Out(shape) => (0..sets).map(|_| self.be.alloc(shape, self.dt)).collect::<Result<_>>()?,
+                Arg::F32(data, shape) => replicate(self.be, self.be.upload(data, shape, DType::F32)?, sets)?,
+            };
+            for (set, t) in out.iter_mut().zip(copies) {
+                set.push(t);
+            }
+        }
+        Ok(out)
     }
 
     // ---- the cases ------------------------------------------------------------------------------
@@ -180,65 +254,53 @@ impl<B: Timed> Run<'_, B> {
         let Dims { width: d, batch, rows, .. } = Dims::of(p);
         let es = self.dt.size() as f64;
         let case = |op, shape, bound, flop, bytes| Case::new(p, op, shape, bound, flop, bytes);
-        let be = self.be;
 
         self.attention_cases(p, None)?;
 
         // Memory-bound kernels on the residual stream [rows, D].
         let n = (rows * d) as f64;
+        let act = [rows, d];
         let act_shape = format!("[{rows}, {d}]");
-        let modv = self.tensor(&[batch, 6 * d], 11, 0.5)?;
-        let modv = &modv;
+        let modv = Arg::Rand(&[batch, 6 * d], 11, 0.5);
         {
             let sets = self.sets(2.0 * es * n);
-            let x = replicate(be, self.tensor(&[rows, d], 13, 1.5)?, sets)?;
-            let mut out: Vec<_> = (0..sets).map(|_| be.alloc(&[rows, d], self.dt)).collect::<Result<_>>()?;
+            let io = self.sets_of(&[Arg::Rand(&act, 13, 1.5), modv, Arg::Out(&act)], sets)?;
             let c = case("norm-modulate", act_shape.clone(), Bound::Memory, 0.0, 2.0 * es * n);
-            self.time(c, sets, Box::new(move |i| be.norm_modulate(&x[i % sets], modv, 0, 1, 1e-6, &mut out[i % sets])));
+            self.time(c, KernelOp::NormModulate, io);
         }
-        for (op, moved) in [("residual-gated", 3.0), ("residual-anchor", 4.0), ("residual-delta", 5.0), ("delta-apply", 3.0)] {
+        for (op, kind, moved) in [
+            ("residual-gated", Residual::Gated, 3.0),
+            ("residual-anchor", Residual::Anchor, 4.0),
+            ("residual-delta", Residual::Delta, 5.0),
+            ("delta-apply", Residual::Apply, 3.0),
+        ] {
             let sets = self.sets(moved * es * n);
-            let mut x = replicate(be, self.tensor(&[rows, d], 17, 1.0)?, sets)?;
-            let y = replicate(be, self.tensor(&[rows, d], 19, 1.0)?, sets)?;
-            let mut cache = if moved > 3.0 { replicate(be, self.tensor(&[rows, d], 23, 1.0)?, sets)? } else { Vec::new() };
-            let what = match op {
-                "residual-gated" => "x += gate ⊙ y",
-                "residual-anchor" => "x += gate ⊙ y; cache = x",
-                "residual-delta" => "x += gate ⊙ y; cache = x − cache",
-                _ => "x += Δ",
+            let modv = Arg::Rand(&[batch, 6 * d], 11, 0.5);
+            let mut args = vec![Arg::Rand(&act, 17, 1.0), Arg::Rand(&act, 19, 1.0), modv];
+            if moved > 3.0 {
+                args.push(Arg::Rand(&act, 23, 1.0));
+            }
+            let io = self.sets_of(&args, sets)?;
+            let what = match kind {
+                Residual::Gated => "x += gate ⊙ y",
+                Residual::Anchor => "x += gate ⊙ y; cache = x",
+                Residual::Delta => "x += gate ⊙ y; cache = x − cache",
+                Residual::Apply => "x += Δ",
             };
-            let c = case(op, format!("{act_shape}: {what}"), Bound::Memory, 0.0, moved * es * n);
-            self.time(
-                c,
-                sets,
-                Box::new(move |i| {
-                    let s = i % sets;
-                    let gate = if op == "delta-apply" { None } else { Some((modv, 2)) };
-                    let cw = match op {
-                        "residual-anchor" => CacheWrite::Anchor(&mut cache[s]),
-                        "residual-delta" => CacheWrite::Delta(&mut cache[s]),
-                        _ => CacheWrite::None,
-                    };
-                    be.residual(&mut x[s], &y[s], gate, cw)
-                }),
-            );
+            self.time(case(op, format!("{act_shape}: {what}"), Bound::Memory, 0.0, moved * es * n), KernelOp::Residual(kind), io);
         }
         {
+            let ff = [rows, 4 * d];
             let nf = (rows * 4 * d) as f64;
             let sets = self.sets(2.0 * es * nf);
-            let x = replicate(be, self.tensor(&[rows, 4 * d], 29, 1.0)?, sets)?;
-            let bias = self.tensor(&[4 * d], 31, 0.1)?;
-            let bias = &bias;
-            let mut out: Vec<_> = (0..sets).map(|_| be.alloc(&[rows, 4 * d], self.dt)).collect::<Result<_>>()?;
+            let io = self.sets_of(&[Arg::Rand(&ff, 29, 1.0), Arg::Rand(&[4 * d], 31, 0.1), Arg::Out(&ff)], sets)?;
             let c = case("gelu-bias", format!("[{rows}, {}]", 4 * d), Bound::Memory, 0.0, 2.0 * es * nf);
-            self.time(c, sets, Box::new(move |i| be.activation(&x[i % sets], Some(bias), Activation::GeluTanh, &mut out[i % sets])));
+            self.time(c, KernelOp::GeluBias, io);
         }
         {
             let sets = self.sets(2.0 * es * n);
-            let x = replicate(be, self.tensor(&[rows, d], 37, 1.0)?, sets)?;
-            let mut out: Vec<_> = (0..sets).map(|_| be.alloc(&[rows, d], self.dt)).collect::<Result<_>>()?;
-            let c = case("copy", act_shape.clone(), Bound::Memory, 0.0, 2.0 * es * n);
-            self.time(c, sets, Box::new(move |i| be.copy(&x[i % sets], &mut out[i % sets])));
+            let io = self.sets_of(&[Arg::Rand(&act, 37, 1.0), Arg::Out(&act)], sets)?;
+            self.time(case("copy", act_shape.clone(), Bound::Memory, 0.0, 2.0 * es * n), KernelOp::Copy, io);
         }
 
         // GEMMs of a block through Backend::linear (bias, and the GELU epilogue of ff1).
@@ -261,27 +323,17 @@ impl<B: Timed> Run<'_, B> {
         let Dims { heads: h, head_dim: hd, width: d, batch, tokens, rows } = Dims::of(p);
         let es = self.dt.size() as f64;
         let case = |op, shape, bound, flop, bytes| Case::new(p, op, shape, bound, flop, bytes);
-        let be = self.be;
         let scale = (hd as f32).powf(-0.5);
         // Self-attention: Q, K, V read in place from one fused [rows, 3D] projection (as the model).
         {
             let n = (rows * 3 * d) as f64;
             let bytes = es * (n + (rows * d) as f64);
             let sets = self.sets(bytes);
-            let qkv = replicate(be, self.tensor(&[rows, 3 * d], 1, 1.0)?, sets)?;
-            let mut out: Vec<_> = (0..sets).map(|_| be.alloc(&[rows, d], self.dt)).collect::<Result<_>>()?;
+            let io = self.sets_of(&[Arg::Rand(&[rows, 3 * d], 1, 1.0), Arg::Out(&[rows, d])], sets)?;
             let shape = AttentionShape { batch, heads: h, head_dim: hd, nq: tokens, nk: tokens, scale };
             let flop = 4.0 * (batch * h * tokens * tokens * hd) as f64;
             let c = case(op_name("attn-self", kernel), format!("{batch}×{h}×{tokens}×{tokens}, d {hd}"), Bound::Compute, flop, bytes);
-            self.time(
-                c,
-                sets,
-                Box::new(move |i| {
-                    let s = i % sets;
-                    let q = &qkv[s];
-                    be.attention(&shape, ColSlice::new(q, 0), ColSlice::new(q, d), ColSlice::new(q, 2 * d), None, &mut out[s])
-                }),
-            );
+            self.time(c, KernelOp::SelfAttention(shape), io);
         }
 
         // Cross-attention to the text with its padding mask (PixArt): uncond keeps 1 token, cond 20.
@@ -289,23 +341,15 @@ impl<B: Timed> Run<'_, B> {
             let l = p.text_len.max(1);
             let bytes = es * (2.0 * (rows * d) as f64 + (batch * l * 2 * d) as f64) + 4.0 * (batch * l) as f64;
             let sets = self.sets(bytes);
-            let q = replicate(be, self.tensor(&[rows, d], 3, 1.0)?, sets)?;
-            let kv = replicate(be, self.tensor(&[batch * l, 2 * d], 5, 1.0)?, sets)?;
             let bias: Vec<f32> = (0..batch).flat_map(|b| (0..l).map(move |j| if j < [1, 20.min(l)][b] { 0.0 } else { -10000.0 })).collect();
-            let bias = be.upload(&bias, &[batch, l], DType::F32)?;
-            let mut out: Vec<_> = (0..sets).map(|_| be.alloc(&[rows, d], self.dt)).collect::<Result<_>>()?;
+            let io = self.sets_of(
+                &[Arg::Rand(&[rows, d], 3, 1.0), Arg::Rand(&[batch * l, 2 * d], 5, 1.0), Arg::F32(&bias, &[batch, l]), Arg::Out(&[rows, d])],
+                sets,
+            )?;
             let shape = AttentionShape { batch, heads: h, head_dim: hd, nq: tokens, nk: l, scale };
             let flop = 4.0 * (batch * h * tokens * l * hd) as f64;
             let c = case(op_name("attn-cross", kernel), format!("{batch}×{h}×{tokens}×{l} masked, d {hd}"), Bound::Compute, flop, bytes);
-            let bias = &bias;
-            self.time(
-                c,
-                sets,
-                Box::new(move |i| {
-                    let s = i % sets;
-                    be.attention(&shape, ColSlice::new(&q[s], 0), ColSlice::new(&kv[s], 0), ColSlice::new(&kv[s], d), Some(bias), &mut out[s])
-                }),
-            );
+            self.time(c, KernelOp::CrossAttention(shape), io);
         }
         Ok(())
     }
@@ -325,29 +369,28 @@ impl<B: Timed> Run<'_, B> {
 
     /// `out[m, n] = act(x[m, k]·w[n, k]ᵀ + b)`, weights rotating with the inputs.
     fn gemm(&mut self, mut c: Case, m: usize, n: usize, k: usize, bias: bool, act: Activation) -> Result<()> {
-        let be = self.be;
         let es = self.dt.size() as f64;
         c.flop = 2.0 * (m * n * k) as f64;
         c.bytes = es * ((m * k + n * k + m * n) as f64 + if bias { n as f64 } else { 0.0 });
         c.shape = format!("{m}×{n}×{k}{}{}", if bias { " +bias" } else { "" }, if act == Activation::GeluTanh { " +GELU" } else { "" });
         let sets = self.sets(c.bytes);
-        let x = replicate(be, self.tensor(&[m, k], 41, 1.0)?, sets)?;
-        let w = replicate(be, self.tensor(&[n, k], 43, (k as f32).powf(-0.5))?, sets)?;
-        let b = if bias { Some(self.tensor(&[n], 47, 0.1)?) } else { None };
-        let mut out: Vec<_> = (0..sets).map(|_| be.alloc(&[m, n], self.dt)).collect::<Result<_>>()?;
-        let b = &b;
-        self.time(c, sets, Box::new(move |i| be.linear(&x[i % sets], &w[i % sets], b.as_ref(), act, &mut out[i % sets])));
+        let (xs, ws, bs, os) = ([m, k], [n, k], [n], [m, n]);
+        let mut args = vec![Arg::Rand(&xs, 41, 1.0), Arg::Rand(&ws, 43, (k as f32).powf(-0.5))];
+        if bias {
+            args.push(Arg::Rand(&bs, 47, 0.1));
+        }
+        args.push(Arg::Out(&os));
+        let io = self.sets_of(&args, sets)?;
+        self.time(c, KernelOp::Linear(act), io);
         Ok(())
     }
 
     /// The two ceilings, measured in this run: a large copy (bytes read + written) and a large
-    /// square GEMM.
+    /// square GEMM. Not checked: neither is a kernel of ours (a device copy; cuBLASLt).
     fn roofline(&mut self, gpu: bool) -> Result<()> {
-        let be = self.be;
         let es = self.dt.size();
         let elems = if gpu { 256 << 20 } else { 64 << 20 } / es;
-        let x = self.tensor(&[elems], 53, 1.0)?;
-        let mut y = be.alloc(&[elems], self.dt)?;
+        let io = self.sets_of(&[Arg::Rand(&[elems], 53, 1.0), Arg::Out(&[elems])], 1)?;
         let bytes = 2.0 * (elems * es) as f64;
         let c = Case {
             name: "roofline-copy".into(),
@@ -357,10 +400,20 @@ impl<B: Timed> Run<'_, B> {
             bound: Bound::Memory,
             flop: 0.0,
             bytes,
+            checked: false,
         };
-        self.time(c, 1, Box::new(|_| be.copy(&x, &mut y)));
+        self.time(c, KernelOp::Copy, io);
         let s = if gpu { 8192 } else { 1024 };
-        let c = Case { name: "roofline-gemm".into(), op: "roofline-gemm", preset: "-".into(), shape: String::new(), bound: Bound::Compute, flop: 0.0, bytes: 0.0 };
+        let c = Case {
+            name: "roofline-gemm".into(),
+            op: "roofline-gemm",
+            preset: "-".into(),
+            shape: String::new(),
+            bound: Bound::Compute,
+            flop: 0.0,
+            bytes: 0.0,
+            checked: false,
+        };
         self.gemm(c, s, s, s, false, Activation::None)
     }
 }
@@ -388,8 +441,26 @@ fn run<B: Timed>(be: &B, mode: &Mode, gpu: bool) -> Result<()> {
     if !note.is_empty() {
         println!("note: {note}");
     }
+    let reference = (B::NAME != "cpu" && !common::env_off("DELTADIT_BENCH_CHECK")).then(|| Cpu::new(rayon::current_num_threads()));
+    let check = match (&reference, B::NAME) {
+        (Some(_), _) => "each case against the CPU backend (f32) on its first input set, before it is timed",
+        (None, "cpu") => "none: the CPU backend is the reference",
+        (None, _) => "none (DELTADIT_BENCH_CHECK=0)",
+    };
+    println!("check: {check}");
     let mut c = mode.criterion(gpu);
-    let mut r = Run { be, mode, c: &mut c, pool: Pool::new(7), dt, results: Vec::new(), errors: Vec::new() };
+    let mut r = Run {
+        be,
+        mode,
+        c: &mut c,
+        pool: Pool::new(7),
+        dt,
+        reference,
+        check_only: false,
+        results: Vec::new(),
+        checked: Vec::new(),
+        errors: Vec::new(),
+    };
     r.roofline(gpu)?;
     for p in &presets {
         r.preset_cases(p)?;
@@ -408,13 +479,14 @@ fn run<B: Timed>(be: &B, mode: &Mode, gpu: bool) -> Result<()> {
     let gemm_rate = med("roofline-gemm").zip(case_of("roofline-gemm")).map(|(t, c)| c.flop / t);
     let mut rows = Vec::new();
     println!(
-        "\n{:<32} {:<44} {:>10} {:>10} {:>9} {:>8}",
+        "\n{:<32} {:<44} {:>10} {:>10} {:>9} {:>8} {:>9}",
         "case",
         "shape",
         "median µs",
         "rate",
         "roofline",
-        "vs copy"
+        "vs copy",
+        "check"
     );
     for m in &results {
         let t = median(&m.samples);
@@ -433,7 +505,7 @@ fn run<B: Timed>(be: &B, mode: &Mode, gpu: bool) -> Result<()> {
             None
         };
         println!(
-            "{:<32} {:<44} {:>10.2} {:>6.2} {:<7} {:>8} {:>8}",
+            "{:<32} {:<44} {:>10.2} {:>6.2} {:<7} {:>8} {:>8} {:>9}",
             c.name,
             c.shape,
             t * 1e6,
@@ -441,6 +513,7 @@ fn run<B: Timed>(be: &B, mode: &Mode, gpu: bool) -> Result<()> {
             unit,
             frac.map_or("-".into(), |f| format!("{:.1}%", 100.0 * f)),
             vs_copy.map_or("-".into(), |f| format!("{:.1}%", 100.0 * f)),
+            m.check.map_or("-".into(), |e| format!("{e:.1e}")),
         );
         rows.push(json!({
             "name": c.name,
@@ -459,6 +532,7 @@ fn run<B: Timed>(be: &B, mode: &Mode, gpu: bool) -> Result<()> {
             "copy_frac": vs_copy,
             "input_sets": m.sets,
             "launches_per_unit": m.per_unit,
+            "check_rel_l2": m.check,
         }));
     }
     if let Some(bw) = copy_bw {
@@ -483,6 +557,8 @@ fn run<B: Timed>(be: &B, mode: &Mode, gpu: bool) -> Result<()> {
             "timing": be.clock(),
             "cache_bytes": be.cache_bytes(),
             "note": note,
+            "check": check,
+            "check_tolerance": kernel_ops::tolerance(dt),
             "roofline": {
                 "copy_gbps": copy_bw.map(|b| b / 1e9),
                 "gemm_tflops": gemm_rate.map(|g| g / 1e12),
@@ -501,7 +577,54 @@ fn run<B: Timed>(be: &B, mode: &Mode, gpu: bool) -> Result<()> {
     Ok(())
 }
 
+/// Test mode's second pass (`cargo test --benches`, so CI): the cases of pixart-cpu-small through
+/// the CUDA kernels on the SIMT shim (the sim backend, bf16, with each attention kernel), checked
+/// against the CPU backend as a GPU run checks them before timing; none is timed.
+fn check_pass(mode: &Mode) -> Result<()> {
+    let sim = match Sim::new(DType::BF16) {
+        Ok(sim) => sim,
+        Err(e) if !common::env_flag("DELTADIT_REQUIRE_KERNELS") => {
+            println!("note: no check pass through the sim backend ({e})");
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    let p = deltadit::bench::preset("pixart-cpu-small")?;
+    let mut c = mode.criterion(false);
+    let mut r = Run {
+        be: &sim,
+        mode,
+        c: &mut c,
+        pool: Pool::new(7),
+        dt: DType::BF16,
+        reference: Some(Cpu::new(rayon::current_num_threads())),
+        check_only: true,
+        results: Vec::new(),
+        checked: Vec::new(),
+        errors: Vec::new(),
+    };
+    r.preset_cases(&p)?;
+    r.extra_kernel_cases(&p)?;
+    println!("\ncheck pass: the CUDA kernels on the sim backend (bf16) against the CPU backend (f32), {}", p.name);
+    for (name, e) in &r.checked {
+        println!("{name:<40} relative L2 {e:.2e}");
+    }
+    if !r.errors.is_empty() {
+        return Err(deltadit::Error::Unsupported(format!("{} case(s) failed the check through the sim backend (listed above)", r.errors.len())));
+    }
+    Ok(())
+}
+
 fn main() {
     let mode = Mode::from_env();
-    common::bench_main(|cpu| run(cpu, &mode, false), |cuda| run(cuda, &mode, true));
+    common::bench_main(
+        |cpu| {
+            run(cpu, &mode, false)?;
+            if !mode.bench {
+                check_pass(&mode)?;
+            }
+            Ok(())
+        },
+        |cuda| run(cuda, &mode, true),
+    );
 }

@@ -251,9 +251,12 @@ def main():
         dev = dev_of(d["backend"])
         tr = next((x for x in docs["torch"] if x.get("device") == dev), None)
         tmap = {r["name"]: r for r in (tr or {}).get("results", [])}
+        # benches/kernels.rs checks each case against the CPU backend before timing it (not on the CPU)
+        checked = any(r.get("check_rel_l2") is not None for r in d["results"])
         t = Table(
             f"Kernels: deltadit {d['backend']} ({d['dtype']}) vs torch {dev} eager" + ("" if tr else " (no torch JSON for this device)"),
-            ["case", "shape", "ours µs", "ours rate", "% roofline", "% same-size copy", "torch µs", "torch rate", "torch/ours"],
+            ["case", "shape", "ours µs", "ours rate", "% roofline", "% same-size copy", "torch µs", "torch rate", "torch/ours"]
+            + (["check (rel L2 vs CPU)"] if checked else []),
             md,
         )
         for r in d["results"]:
@@ -271,9 +274,11 @@ def main():
                 fmt(None if r.get("roofline_frac") is None else 100 * r["roofline_frac"], ".1f"),
                 fmt(None if r.get("copy_frac") is None else 100 * r["copy_frac"], ".1f"),
                 fmt(o["median_us"] if o else None, ".2f"), orate, fmt(rt, ".2f") + ("×" if rt else ""),
+                *([fmt(r.get("check_rel_l2"), ".1e")] if checked else []),
             )
             joined["kernels"].append(dict(name=r["name"], backend=d["backend"], ours_us=r["median_us"], torch_us=o["median_us"] if o else None,
-                                          torch_over_ours=rt, roofline_frac=r.get("roofline_frac"), copy_frac=r.get("copy_frac")))
+                                          torch_over_ours=rt, roofline_frac=r.get("roofline_frac"), copy_frac=r.get("copy_frac"),
+                                          check_rel_l2=r.get("check_rel_l2")))
         out.append(t.render())
 
     # ---- whole model --------------------------------------------------------------------------

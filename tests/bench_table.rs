@@ -13,8 +13,10 @@ fn write(dir: &Path, name: &str, v: &Value) {
 }
 
 fn kernel_row(name: &str, op: &str, bound: &str, us: f64, flop: f64, bytes: f64) -> Value {
+    // benches/kernels.rs's check against the CPU backend (none for the rooflines)
+    let check = if op.starts_with("roofline") { Value::Null } else { json!(2.5e-3) };
     json!({ "name": name, "op": op, "preset": name.split('/').nth(1).unwrap_or("-"), "shape": "-", "bound": bound,
-            "median_us": us, "flop": flop, "bytes": bytes })
+            "median_us": us, "flop": flop, "bytes": bytes, "check_rel_l2": check })
 }
 
 fn torch_row(name: &str, op: &str, us: f64, tflops: Option<f64>, gbps: f64) -> Value {
@@ -105,6 +107,10 @@ fn joined_table_pairs_rows_and_reports_targets() {
     assert!(close(k("attn-self-wgmma/pixart-alpha-1024")["torch_over_ours"].as_f64().unwrap(), 411.0 / 380.0));
     assert!(close(k("attn-self-wgmma-qregs/pixart-alpha-1024")["torch_over_ours"].as_f64().unwrap(), 411.0 / 300.0));
     assert!(close(k("norm-modulate/pixart-alpha-1024")["roofline_frac"].as_f64().unwrap(), 0.775));
+    // the check column: shown for a checked run, "-" for the rooflines
+    assert_eq!(k("norm-modulate/pixart-alpha-1024")["check_rel_l2"].as_f64(), Some(2.5e-3));
+    assert!(k("roofline-copy")["name"] == "roofline-copy" && k("roofline-copy")["check_rel_l2"].is_null());
+    assert!(text.contains("check (rel L2 vs CPU)") && text.contains("2.5e-03"), "no check column:\n{text}");
 
     // Targets: value and verdict per row.
     let t = |needle: &str| -> (f64, Value) {

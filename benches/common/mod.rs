@@ -12,9 +12,12 @@
 
 #![allow(dead_code)]
 
+pub mod kernel_ops;
+
 use deltadit::backend::cpu::Cpu;
 use deltadit::backend::cuda::Cuda;
 use deltadit::backend::kernels::AttentionKernel;
+use deltadit::backend::sim::Sim;
 use deltadit::bench::Preset;
 use deltadit::{Backend, DType, Error, Result, Tensor};
 use std::path::PathBuf;
@@ -83,6 +86,11 @@ impl Mode {
 
 pub fn env_flag(name: &str) -> bool {
     std::env::var(name).is_ok_and(|v| !matches!(v.trim().to_ascii_lowercase().as_str(), "" | "0" | "false" | "off" | "no"))
+}
+
+/// Set to a false value ("0", "false", "off", "no"); unset or anything else: false.
+pub fn env_off(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "0" | "false" | "off" | "no"))
 }
 
 /// Presets to run: DELTADIT_BENCH_PRESETS, else `default`.
@@ -314,6 +322,39 @@ impl Launcher for CudaLauncher<'_> {
             let end = self.cuda.record_event()?;
             Ok(start.elapsed_ms(&end)? * 1e-3)
         }
+    }
+}
+
+/// The sim backend runs the CUDA kernels on the SIMT shim: a correctness tool, never benchmarked;
+/// benches/kernels.rs's test-mode check pass uses it (so its clock is the CPU's wall clock).
+impl Timed for Sim {
+    fn machine(&self) -> String {
+        format!("SIMT shim on {}", deltadit::bench::cpu_description(rayon::current_num_threads()))
+    }
+
+    fn cache_bytes(&self) -> usize {
+        Cpu::new(1).cache_bytes()
+    }
+
+    fn launcher<'a>(&'a self, op: Box<dyn FnMut(usize) -> Result<()> + 'a>, _sets: usize, _est: f64) -> Result<Box<dyn Launcher + 'a>> {
+        Ok(Box::new(CpuLauncher { op, next: 0 }))
+    }
+
+    fn estimate(&self, op: &mut dyn FnMut(usize) -> Result<()>, sets: usize) -> Result<f64> {
+        Cpu::new(1).estimate(op, sets)
+    }
+
+    fn clock(&self) -> &'static str {
+        "wall clock (the SIMT shim: not a speed of the kernels)"
+    }
+
+    fn extra_attention_kernels(&self) -> Vec<AttentionKernel> {
+        AttentionKernel::WGMMA.to_vec()  // the shim emulates them all
+    }
+
+    fn use_attention_kernel(&self, k: AttentionKernel) -> Result<()> {
+        self.set_attention_kernel(k);
+        Ok(())
     }
 }
 

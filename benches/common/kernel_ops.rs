@@ -1,0 +1,130 @@
+//! The ops benches/kernels.rs times, as values that run on any backend: on the device under test,
+//! and on the CPU backend (f32), which checks the device's output at the same shapes and on the
+//! same inputs before the op is timed — a wrong kernel gets no speed (llm.c's dev/cuda pattern:
+//! validate, then benchmark).
+
+use deltadit::backend::cpu::Cpu;
+use deltadit::backend::{Activation, AttentionShape, CacheWrite, ColSlice};
+use deltadit::rng::rel_l2;
+use deltadit::{Backend, DType, Error, Result, Tensor};
+
+/// The gated residual and its Δ-cache variants (`Backend::residual`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Residual {
+    /// x += gate ⊙ y
+    Gated,
+    /// x += gate ⊙ y; cache = x (the Δ anchor store)
+    Anchor,
+    /// x += gate ⊙ y; cache = x − cache (the Δ store)
+    Delta,
+    /// x += y (the Δ apply: y is the cached Δ)
+    Apply,
+}
+
+/// One benchmarked op; the comment of each variant lists the tensors of one input set, in order.
+#[derive(Clone, Copy, Debug)]
+pub enum KernelOp {
+    /// [x, modv, out]: out = LN(x)·(1 + modv row 1) + modv row 0
+    NormModulate,
+    /// [x, y, modv] (+ [cache] for Anchor and Delta); the gate is modv row 2
+    Residual(Residual),
+    /// [x, bias, out]: out = GELU_tanh(x + bias)
+    GeluBias,
+    /// [x, out]
+    Copy,
+    /// [x, w, out] or [x, w, bias, out]: out = act(x·wᵀ + bias)
+    Linear(Activation),
+    /// [qkv, out]: Q, K and V are column slices of one fused projection, as in the model
+    SelfAttention(AttentionShape),
+    /// [q, kv, key bias (f32), out]: K and V are column slices of kv
+    CrossAttention(AttentionShape),
+}
+
+impl KernelOp {
+    /// Runs the op on one input set of backend `be`.
+    pub fn apply<X: Backend>(&self, be: &X, t: &mut [Tensor<X>]) -> Result<()> {
+        let n = t.len();
+        match (*self, t) {
+            (KernelOp::NormModulate, [x, modv, out]) => be.norm_modulate(x, modv, 0, 1, 1e-6, out),
+            (KernelOp::Residual(r), [x, y, modv, rest @ ..]) => {
+                let gate = if r == Residual::Apply { None } else { Some((&*modv, 2)) };
+                let cache = match (r, rest) {
+                    (Residual::Anchor, [c]) => CacheWrite::Anchor(c),
+                    (Residual::Delta, [c]) => CacheWrite::Delta(c),
+                    (Residual::Gated | Residual::Apply, []) => CacheWrite::None,
+                    _ => return Err(self.arity(n)),
+                };
+                be.residual(x, y, gate, cache)
+            }
+            (KernelOp::GeluBias, [x, bias, out]) => be.activation(x, Some(bias), Activation::GeluTanh, out),
+            (KernelOp::Copy, [x, out]) => be.copy(x, out),
+            (KernelOp::Linear(act), [x, w, out]) => be.linear(x, w, None, act, out),
+            (KernelOp::Linear(act), [x, w, bias, out]) => be.linear(x, w, Some(bias), act, out),
+            (KernelOp::SelfAttention(s), [qkv, out]) => {
+                let d = s.heads * s.head_dim;
+                be.attention(&s, ColSlice::new(qkv, 0), ColSlice::new(qkv, d), ColSlice::new(qkv, 2 * d), None, out)
+            }
+            (KernelOp::CrossAttention(s), [q, kv, bias, out]) => {
+                let d = s.heads * s.head_dim;
+                be.attention(&s, ColSlice::new(q, 0), ColSlice::new(kv, 0), ColSlice::new(kv, d), Some(bias), out)
+            }
+            _ => Err(self.arity(n)),
+        }
+    }
+
+    fn arity(&self, n: usize) -> Error {
+        Error::Unsupported(format!("bench op {self:?} given {n} tensors (see KernelOp's variant for its list)"))
+    }
+
+    /// The tensors the op writes: what the check compares.
+    pub fn outputs(&self, n: usize) -> Vec<usize> {
+        match self {
+            KernelOp::Residual(Residual::Anchor | Residual::Delta) => vec![0, 3],
+            KernelOp::Residual(_) => vec![0],
+            _ => vec![n - 1],
+        }
+    }
+
+    /// The tensors the op writes without reading: poisoned with NaN before the check, so that an
+    /// element the kernel never writes shows.
+    pub fn write_only(&self, n: usize) -> Vec<usize> {
+        match self {
+            KernelOp::Residual(Residual::Anchor) => vec![3],
+            KernelOp::Residual(_) => Vec::new(),
+            _ => vec![n - 1],
+        }
+    }
+}
+
+/// The check's bound on ‖device − CPU‖/‖CPU‖ per output: a 16-bit output carries its own
+/// rounding (2⁻⁹ for bf16) and its kernel's (P in bf16 for attention), well under 1e-2, which the
+/// GPU tests use too; an f32 backend must match the f32 reference closely.
+pub fn tolerance(dtype: DType) -> f64 {
+    if dtype == DType::F32 {
+        1e-5
+    } else {
+        1e-2
+    }
+}
+
+/// Runs `op` once on `t` (one input set of backend `be`) and on the CPU backend with the same
+/// inputs (downloaded from `be`, so both see the same rounded values), and returns the largest
+/// relative L2 distance ‖be − cpu‖/‖cpu‖ over the tensors it writes; NaN where `be` left an
+/// output element unwritten (outputs are poisoned first) or wrote a NaN.
+pub fn check<B: Backend>(be: &B, cpu: &Cpu, op: KernelOp, t: &mut [Tensor<B>]) -> Result<f64> {
+    for i in op.write_only(t.len()) {
+        let bits = t[i].dtype().nan_bits();
+        be.fill_bits(&mut t[i], bits)?;
+    }
+    let mut reference = t.iter().map(|x| cpu.upload(&be.download(x)?, x.shape(), DType::F32)).collect::<Result<Vec<_>>>()?;
+    op.apply(be, t)?;
+    op.apply(cpu, &mut reference)?;
+    let mut worst = 0.0f64;
+    for i in op.outputs(t.len()) {
+        let e = rel_l2(&be.download(&t[i])?, &cpu.download(&reference[i])?);
+        if !worst.is_nan() && (e.is_nan() || e > worst) {
+            worst = e;
+        }
+    }
+    Ok(worst)
+}
