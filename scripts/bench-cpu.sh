@@ -8,10 +8,11 @@
 #   --runs N   repetitions of the whole suite (default 3)
 #   --quick    criterion's --quick and the quick presets (a few minutes in all)
 #   --out DIR  where the JSON and tables go (default target/deltadit-bench/cpu)
-# Environment: PYTHON — a Python with torch 2.11.0 and diffusers 0.42.1 (default python3), e.g.
-#   python3 -m venv /tmp/torch-venv && /tmp/torch-venv/bin/pip install torch==2.11.0 diffusers==0.42.1
-#   (PyPI's torch wheel is the CUDA build: it imports on a CPU machine once its nvidia-* dependencies
-#   are installed, which pip does; ~3 GB)
+# Environment: PYTHON — a Python with torch and diffusers to use. Unset: python3 if it has them,
+#   else a virtual environment of its own, DELTADIT_TORCH_VENV (default <target>/torch-venv),
+#   which the first run creates with torch 2.11.0 and diffusers 0.42.1 from PyPI (PyPI's torch
+#   wheel is the CUDA build: it runs on a CPU machine once pip has installed its nvidia-*
+#   dependencies; ~3 GB, a few minutes, once).
 # Output: DIR/run-K/*.json, DIR/table.txt and DIR/table.md (the joined table, printed last).
 set -euo pipefail
 
@@ -32,11 +33,31 @@ done
 cd "$repo"
 target="${CARGO_TARGET_DIR:-$repo/target}"
 out="${out:-$target/deltadit-bench/cpu}"
-py="${PYTHON:-python3}"
-if ! "$py" -c "import torch, diffusers" 2>/dev/null; then
-  echo "bench-cpu: $py cannot import torch and diffusers (set PYTHON; see --help)" >&2
-  exit 1
+has_torch() { "$1" -c "import torch, diffusers" 2>/dev/null; }
+if [[ -n "${PYTHON:-}" ]]; then
+  py="$PYTHON"
+  has_torch "$py" || { echo "bench-cpu: PYTHON=$py cannot import torch and diffusers (see --help)" >&2; exit 1; }
+elif has_torch python3; then
+  py=python3
+else
+  venv="${DELTADIT_TORCH_VENV:-$target/torch-venv}"
+  py="$venv/bin/python"
+  if ! has_torch "$py"; then
+    echo "bench-cpu: installing torch 2.11.0 and diffusers 0.42.1 from PyPI into $venv (~3 GB, once)"
+    if ! python3 -m venv "$venv" 2>/dev/null; then
+      # Debian's python3 needs its venv module (ensurepip) from apt
+      sudo_cmd=""
+      [[ $(id -u) -ne 0 ]] && sudo_cmd="sudo"
+      $sudo_cmd apt-get update -qq && $sudo_cmd apt-get install -y -qq "python3.$(python3 -c 'import sys; print(sys.version_info[1])')-venv" >/dev/null
+      rm -rf "$venv"
+      python3 -m venv "$venv"
+    fi
+    "$venv/bin/python" -m pip install -q --upgrade pip
+    "$venv/bin/python" -m pip install -q torch==2.11.0 diffusers==0.42.1
+    has_torch "$py" || { echo "bench-cpu: $py still cannot import torch and diffusers" >&2; exit 1; }
+  fi
 fi
+echo "bench-cpu: PyTorch side: $py (torch $("$py" -c 'import torch; print(torch.__version__)'))"
 export DELTADIT_BENCH_DEVICE=cpu
 export DELTADIT_BENCH_COMMIT="$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- 2>/dev/null || echo '+uncommitted')"
 threads="$(nproc)"
