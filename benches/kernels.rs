@@ -1,7 +1,9 @@
 //! Kernel microbenchmarks at the real shapes of the presets: attention (self, and cross with the
-//! text mask; on an H100/H200 also with the wgmma kernel, rows `attn-*-wgmma`), norm_modulate, the gated residual and its Δ store/apply variants, GELU + bias, a
-//! same-size copy, and the GEMMs through `Backend::linear` — plus the two roofline figures measured
-//! in the same run (a large device copy; a large square GEMM).
+//! text mask; on an H100/H200 also with each wgmma kernel, rows `attn-*-wgmma*`), norm_modulate,
+//! the gated residual and its Δ store/apply variants, GELU + bias, a same-size copy, the
+//! once-per-step kernels (patchify, position embedding, unpatchify, CFG combine, the DPM-Solver++ 2M
+//! update) and the GEMMs through `Backend::linear` — plus the two roofline figures measured in the
+//! same run (a large device copy; a large square GEMM).
 //!
 //!   cargo bench --bench kernels                 all presets of the device (see below)
 //!   cargo bench --bench kernels -- --quick      quick: few iterations (GPU: pixart-alpha-1024 only)
@@ -33,7 +35,7 @@ use criterion::{Criterion, Throughput};
 use deltadit::backend::cpu::Cpu;
 use deltadit::backend::kernels::AttentionKernel;
 use deltadit::backend::sim::Sim;
-use deltadit::backend::{Activation, AttentionShape};
+use deltadit::backend::{Activation, AttentionShape, Cfg, SchedulerKind, SchedulerUpdate};
 use deltadit::bench::Preset;
 use deltadit::model::Family;
 use deltadit::{DType, Result, Tensor};
@@ -116,6 +118,10 @@ enum Arg<'a> {
     Out(&'a [usize]),
     /// these f32 values, stored as f32 (the key bias)
     F32(&'a [f32], &'a [usize]),
+    /// random values from the pool (shift, scale), stored as f32 (latents, model output, ε)
+    RandF32(&'a [usize], usize, f32),
+    /// an f32 output
+    OutF32(&'a [usize]),
 }
 
 struct Run<'c, B: Timed> {
@@ -240,6 +246,8 @@ impl<B: Timed> Run<'_, B> {
                 Arg::Rand(shape, shift, scale) => replicate(self.be, self.tensor(shape, *shift, *scale)?, sets)?,
                 Arg::Out(shape) => (0..sets).map(|_| self.be.alloc(shape, self.dt)).collect::<Result<_>>()?,
                 Arg::F32(data, shape) => replicate(self.be, self.be.upload(data, shape, DType::F32)?, sets)?,
+                Arg::RandF32(shape, shift, scale) => replicate(self.be, self.pool.tensor(self.be, shape, DType::F32, *shift, *scale)?, sets)?,
+                Arg::OutF32(shape) => (0..sets).map(|_| self.be.alloc(shape, DType::F32)).collect::<Result<_>>()?,
             };
             for (set, t) in out.iter_mut().zip(copies) {
                 set.push(t);
@@ -303,6 +311,8 @@ impl<B: Timed> Run<'_, B> {
             self.time(case("copy", act_shape.clone(), Bound::Memory, 0.0, 2.0 * es * n), KernelOp::Copy, io);
         }
 
+        self.step_cases(p)?;
+
         // GEMMs of a block through Backend::linear (bias, and the GELU epilogue of ff1).
         let gemms: [(&'static str, usize, usize, Activation); 4] = [
             ("gemm-qkv", 3 * d, d, Activation::None),
@@ -312,6 +322,55 @@ impl<B: Timed> Run<'_, B> {
         ];
         for (op, nout, k, act) in gemms {
             self.gemm(case(op, String::new(), Bound::Compute, 0.0, 0.0), rows, nout, k, true, act)?;
+        }
+        Ok(())
+    }
+
+    /// The once-per-step kernels around the blocks, in the order a step runs them: patchify and the
+    /// position embedding (into the first block), unpatchify, the CFG combine and the fused
+    /// DPM-Solver++ 2M update (after the last). (The cache policies' rel-L1 probe reads its two
+    /// sums back to the host, so it cannot be captured into a graph and timed alone.)
+    fn step_cases(&mut self, p: &Preset) -> Result<()> {
+        let Dims { width: d, batch, tokens, rows, .. } = Dims::of(p);
+        let cfg = &p.config;
+        let (pa, c_in, c_out, hw) = (cfg.patch_size, cfg.in_channels, cfg.out_channels, p.latent * p.latent);
+        let es = self.dt.size() as f64;
+        let case = |op, shape, bytes| Case::new(p, op, shape, Bound::Memory, 0.0, bytes);
+        let (lat, patches) = ([batch, c_in, p.latent, p.latent], [rows, c_in * pa * pa]);
+        {
+            let bytes = (batch * c_in * hw) as f64 * (4.0 + es);
+            let io = self.sets_of(&[Arg::RandF32(&lat, 59, 1.0), Arg::Out(&patches)], self.sets(bytes))?;
+            self.time(case("patchify", format!("{lat:?} f32 → {patches:?}"), bytes), KernelOp::Patchify(pa), io);
+        }
+        {
+            let (x, pos) = ([batch, tokens * d], [tokens * d]);
+            let bytes = es * (2.0 * (rows * d) as f64 + (tokens * d) as f64);
+            let io = self.sets_of(&[Arg::Rand(&x, 61, 1.0), Arg::Rand(&pos, 67, 0.5)], self.sets(bytes))?;
+            self.time(case("pos-embed", format!("[{rows}, {d}] += [{tokens}, {d}]"), bytes), KernelOp::PosEmbed, io);
+        }
+        let out = [batch, c_out, p.latent, p.latent];
+        {
+            let toks = [rows, pa * pa * c_out];
+            let bytes = (batch * c_out * hw) as f64 * (es + 4.0);
+            let io = self.sets_of(&[Arg::Rand(&toks, 71, 1.0), Arg::OutF32(&out)], self.sets(bytes))?;
+            self.time(case("unpatchify", format!("{toks:?} → {out:?} f32"), bytes), KernelOp::Unpatchify(pa), io);
+        }
+        let lat1 = [batch / 2, c_in, p.latent, p.latent];
+        let n1 = (batch / 2 * c_in * hw) as f64;
+        {
+            // reads the first C channels of both halves, writes ε
+            let bytes = 4.0 * 3.0 * n1;
+            let guide = Cfg::On { scale: 4.5, cond_first: cfg.family == Family::DiT };
+            let io = self.sets_of(&[Arg::RandF32(&out, 73, 1.0), Arg::OutF32(&lat1)], self.sets(bytes))?;
+            self.time(case("cfg-combine", format!("{out:?} → {lat1:?} f32"), bytes), KernelOp::CfgCombine(guide), io);
+        }
+        {
+            // x and x0_prev read and written, ε read
+            let bytes = 4.0 * 5.0 * n1;
+            let update = SchedulerUpdate { kind: SchedulerKind::Dpm2, c: [0.6, 0.8, 0.9, 0.3, 2.0, 0.15] };
+            let args = [Arg::RandF32(&lat1, 79, 1.0), Arg::RandF32(&lat1, 83, 1.0), Arg::RandF32(&lat1, 89, 1.0)];
+            let io = self.sets_of(&args, self.sets(bytes))?;
+            self.time(case("scheduler-dpm2", format!("{lat1:?} f32: x, ε, x0_prev"), bytes), KernelOp::SchedulerStep(update), io);
         }
         Ok(())
     }

@@ -4,7 +4,7 @@
 //! validate, then benchmark).
 
 use deltadit::backend::cpu::Cpu;
-use deltadit::backend::{Activation, AttentionShape, CacheWrite, ColSlice};
+use deltadit::backend::{Activation, AttentionShape, CacheWrite, Cfg, ColSlice, SchedulerUpdate};
 use deltadit::rng::rel_l2;
 use deltadit::{Backend, DType, Error, Result, Tensor};
 
@@ -38,6 +38,16 @@ pub enum KernelOp {
     SelfAttention(AttentionShape),
     /// [q, kv, key bias (f32), out]: K and V are column slices of kv
     CrossAttention(AttentionShape),
+    /// [latents (f32) [B, C, H, W], patches [B·h·w, C·p·p]] with patch size p
+    Patchify(usize),
+    /// [x [batch, tokens·D], position embedding [tokens·D]]: x += pos (add_bcast)
+    PosEmbed,
+    /// [tokens [B·h·w, p·p·C], out (f32) [B, C, H, W]] with patch size p
+    Unpatchify(usize),
+    /// [model output (f32) [2B, C_out, H, W], ε (f32) [B, C, H, W]]
+    CfgCombine(Cfg),
+    /// [x (f32), ε (f32), x0_prev (f32)], all [B, C, H, W]: the fused sampler update
+    SchedulerStep(SchedulerUpdate),
 }
 
 impl KernelOp {
@@ -68,6 +78,11 @@ impl KernelOp {
                 let d = s.heads * s.head_dim;
                 be.attention(&s, ColSlice::new(q, 0), ColSlice::new(kv, 0), ColSlice::new(kv, d), Some(bias), out)
             }
+            (KernelOp::Patchify(p), [latents, out]) => be.patchify(latents, p, out),
+            (KernelOp::PosEmbed, [x, pos]) => be.add_bcast(x, pos),
+            (KernelOp::Unpatchify(p), [x, out]) => be.unpatchify(x, p, out),
+            (KernelOp::CfgCombine(cfg), [out, eps]) => be.cfg_combine(out, cfg, eps),
+            (KernelOp::SchedulerStep(u), [x, eps, x0_prev]) => be.scheduler_step(&u, x, eps, Some(x0_prev), None),
             _ => Err(self.arity(n)),
         }
     }
@@ -80,7 +95,8 @@ impl KernelOp {
     pub fn outputs(&self, n: usize) -> Vec<usize> {
         match self {
             KernelOp::Residual(Residual::Anchor | Residual::Delta) => vec![0, 3],
-            KernelOp::Residual(_) => vec![0],
+            KernelOp::Residual(_) | KernelOp::PosEmbed => vec![0],
+            KernelOp::SchedulerStep(_) => vec![0, 2],
             _ => vec![n - 1],
         }
     }
@@ -90,7 +106,7 @@ impl KernelOp {
     pub fn write_only(&self, n: usize) -> Vec<usize> {
         match self {
             KernelOp::Residual(Residual::Anchor) => vec![3],
-            KernelOp::Residual(_) => Vec::new(),
+            KernelOp::Residual(_) | KernelOp::PosEmbed | KernelOp::SchedulerStep(_) => Vec::new(),
             _ => vec![n - 1],
         }
     }
