@@ -9,7 +9,7 @@ use super::error::{bytes, describe, drv, err, is_oom};
 use super::exec::{ExecState, Mode, Op, UnitReport};
 use crate::backend::kernels::{KernelParams, LaunchCfg};
 use crate::Result;
-use cudarc::driver::{result, sys, CudaContext, CudaStream, DriverError};
+use cudarc::driver::{result, sys, CudaContext, CudaGraph, CudaStream, DriverError};
 use std::collections::HashMap;
 use std::ffi::{c_void, CString};
 use std::fmt;
@@ -548,6 +548,35 @@ impl Device {
             })?;
         }
         Ok(())
+    }
+
+    /// Starts a capture unit: the exec state in capture mode and the stream capturing this
+    /// thread's work (graph_run units, bench graphs). On failure nothing is left running.
+    pub fn begin_capture(&self) -> Result<()> {
+        let mut st = self.exec();
+        st.begin(Mode::Capture)?;
+        let begun = self.bind().and_then(|()| {
+            self.stream
+                .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+                .map_err(|e| drv(e, "cuStreamBeginCapture"))
+        });
+        if begun.is_err() {
+            st.end();
+            drop(st);
+            self.free_deferred();
+        }
+        begun
+    }
+
+    /// Ends the stream's capture and instantiates what it recorded (None: nothing was enqueued);
+    /// `what` names the graph in an error. The unit stays open: [`Device::end_unit`] closes it.
+    pub fn end_capture(&self, what: &str) -> Result<Option<CudaGraph>> {
+        let _st = self.exec();
+        self.bind().and_then(|()| {
+            self.stream
+                .end_capture(sys::CUgraphInstantiate_flags(0))
+                .map_err(|e| drv(e, format!("ending the capture / instantiating {what}")))
+        })
     }
 
     /// Ends the running unit and frees what was deferred.

@@ -165,32 +165,13 @@ impl Cuda {
 
     fn capture(&self, key: &str, f: &mut dyn FnMut() -> Result<()>, stale: u32) -> Result<()> {
         let dev = &self.dev;
-        {
-            let mut st = dev.exec();
-            st.begin(Mode::Capture)?;
-            let begun = dev.bind().and_then(|()| {
-                dev.stream
-                    .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
-                    .map_err(|e| err(format!("cuStreamBeginCapture: {}", describe(&e))))
-            });
-            if let Err(e) = begun {
-                st.end();
-                drop(st);
-                dev.free_deferred();
-                return self.fall_back(key, f, &e.to_string());
-            }
+        if let Err(e) = dev.begin_capture() {
+            return self.fall_back(key, f, &e.to_string());
         }
         let guard = UnitGuard { cuda: self, active: true };
         let r = f();
         // End the capture whatever happened: the stream must leave capture mode.
-        let ended = {
-            let _st = dev.exec();
-            dev.bind().and_then(|()| {
-                dev.stream
-                    .end_capture(sys::CUgraphInstantiate_flags(0))
-                    .map_err(|e| err(format!("ending the capture / instantiating the graph: {}", describe(&e))))
-            })
-        };
+        let ended = dev.end_capture("the graph");
         let rep = guard.finish();
         let graph = match (r, ended) {
             (Ok(()), Ok(Some(graph))) if rep.host_ops == 0 => graph,

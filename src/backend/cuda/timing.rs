@@ -104,31 +104,10 @@ impl Cuda {
         f()?;
         self.dev.synchronize("capture_graph")?;
         let dev = &self.dev;
-        {
-            let mut st = dev.exec();
-            st.begin(Mode::Capture)?;
-            let begun = dev.bind().and_then(|()| {
-                dev.stream
-                    .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
-                    .map_err(|e| drv(e, "cuStreamBeginCapture"))
-            });
-            if let Err(e) = begun {
-                st.end();
-                drop(st);
-                dev.free_deferred();
-                return Err(e);
-            }
-        }
+        dev.begin_capture()?;
         let mut guard = CaptureGuard { cuda: self, active: true };
         let r = f();
-        let ended = {
-            let _st = dev.exec();
-            dev.bind().and_then(|()| {
-                dev.stream
-                    .end_capture(sys::CUgraphInstantiate_flags(0))
-                    .map_err(|e| drv(e, "ending the capture / instantiating the bench graph"))
-            })
-        };
+        let ended = dev.end_capture("the bench graph");
         guard.active = false;
         let rep = dev.end_unit();
         r?;
