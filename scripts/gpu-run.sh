@@ -104,9 +104,11 @@ pack() {
 : >"$logs/run.log"
 note "bundle $here"
 [[ -f "$here/manifest.txt" ]] && sed 's/^/  /' "$here/manifest.txt" | tee -a "$logs/run.log" >/dev/null
+cc=""  # compute capability: "9.0" on an H100/H200 (the wgmma kernels' bench and profile passes)
 if command -v nvidia-smi >/dev/null; then
   gpu_desc="$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -n 1)"
   note "GPU: ${gpu_desc:-nvidia-smi failed}"
+  cc="$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n 1 | tr -d ' ')"
 else
   note "nvidia-smi not found"
 fi
@@ -337,7 +339,6 @@ if [[ "$bench" == 1 ]]; then
         --runs "$cli_runs" --warmup 1 --json "$bj/cli-$p.json"
     done
     # The same with each wgmma attention kernel on Hopper (rows labelled "cuda (<kernel> attention)").
-    cc="$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n 1 | tr -d ' ')"
     if [[ "$bdev" == cuda && "$cc" == 9.0 ]]; then
       for k in $(wgmma_list " "); do
         for p in $cli_presets; do
@@ -441,7 +442,6 @@ if [[ "$profile" == 1 && "${DELTADIT_BENCH_DEVICE:-cuda}" == cuda && -x "$here/b
     }
     # one block's norm_modulate (2), self- and cross-attention, gated residuals (3)
     ncu_capture default '^(attention|norm_modulate|residual)' 7
-    cc="$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n 1 | tr -d ' ')"
     if [[ "$cc" == 9.0 ]]; then
       for k in $(wgmma_list " "); do ncu_capture "$k" '^attention' 2 DELTADIT_ATTENTION="$k"; done
     fi
