@@ -19,10 +19,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const ARCH_FLAGS: &[&str] = &[
-    "-gencode=arch=compute_80,code=sm_80",
-    "-gencode=arch=compute_90,code=[sm_90,compute_90]",
-];
+const ARCH_FLAGS: &[&str] =
+    &["-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=[sm_90,compute_90]"];
 /// Files named `*_sm90a.cu` use Hopper-only instructions (wgmma): SASS for sm_90a alone, which
 /// runs on compute capability 9.0 only (the CUDA backend loads those modules there only).
 const ARCH_FLAGS_SM90A: &[&str] = &["-gencode=arch=compute_90a,code=sm_90a"];
@@ -44,8 +42,7 @@ fn main() {
         .filter(|p| p.extension().is_some_and(|x| x == "cu"))
         .collect();
     sources.sort();
-    let stems: Vec<String> =
-        sources.iter().map(|p| p.file_stem().unwrap().to_string_lossy().into_owned()).collect();
+    let stems: Vec<String> = sources.iter().map(|p| p.file_stem().unwrap().to_string_lossy().into_owned()).collect();
 
     // DELTADIT_NO_NVCC / DELTADIT_NO_SIM skip a half of the build (faster iteration on Rust code).
     let nvcc = if env::var_os("DELTADIT_NO_NVCC").is_some() { None } else { find_nvcc(&root) };
@@ -62,7 +59,9 @@ fn main() {
     write_fatbin_table(&out, &fatbins, nvcc.as_deref(), &kernel_names(&sources, &stems));
 
     match find_nvcc(&root).as_deref().and_then(cuda_include_dir).or_else(|| cuda_include_dir_fallback(&root)) {
-        _ if env::var_os("DELTADIT_NO_SIM").is_some() => println!("cargo:warning=DELTADIT_NO_SIM set: sim backend not built"),
+        _ if env::var_os("DELTADIT_NO_SIM").is_some() => {
+            println!("cargo:warning=DELTADIT_NO_SIM set: sim backend not built")
+        }
         Some(include) if kernels.join("sim/shim.h").exists() => {
             build_sim(&kernels, &include, &sources, &stems, &out);
             println!("cargo:rustc-cfg=deltadit_sim");
@@ -87,9 +86,9 @@ fn find_nvcc(root: &Path) -> Option<PathBuf> {
         candidates.extend(env::split_paths(&path).map(|d| d.join("nvcc")));
     }
     candidates.push(root.join(".cuda/nvidia/cu13/bin/nvcc"));
-    candidates.into_iter().find(|p| {
-        p.is_file() && Command::new(p).arg("--version").output().is_ok_and(|o| o.status.success())
-    })
+    candidates
+        .into_iter()
+        .find(|p| p.is_file() && Command::new(p).arg("--version").output().is_ok_and(|o| o.status.success()))
 }
 
 /// `<cuda>/include` next to nvcc's `bin/`, when it holds the bf16 header.
@@ -141,14 +140,7 @@ fn compile_fatbins(
     built
 }
 
-fn nvcc_one(
-    nvcc: &Path,
-    kernels: &Path,
-    src: &Path,
-    stem: &str,
-    fatbin: &Path,
-    out: &Path,
-) -> Result<(), String> {
+fn nvcc_one(nvcc: &Path, kernels: &Path, src: &Path, stem: &str, fatbin: &Path, out: &Path) -> Result<(), String> {
     let mut cmd = Command::new(nvcc);
     cmd.arg("-fatbin")
         .args(if stem.ends_with("_sm90a") { ARCH_FLAGS_SM90A } else { ARCH_FLAGS })
@@ -159,11 +151,7 @@ fn nvcc_one(
         .arg(fatbin)
         .arg(src);
     let output = cmd.output().map_err(|e| format!("cannot run {}: {e}", nvcc.display()))?;
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let report = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     fs::write(out.join(format!("ptxas-{stem}.log")), &report).unwrap();
     if output.status.success() {
         Ok(())

@@ -76,7 +76,16 @@ struct Case {
 impl Case {
     /// Case `op` at the shapes of preset `p`, named `<op>/<preset>`.
     fn new(p: &Preset, op: &'static str, shape: String, bound: Bound, flop: f64, bytes: f64) -> Self {
-        Case { name: format!("{op}/{}", p.name), op, preset: p.name.to_string(), shape, bound, flop, bytes, checked: true }
+        Case {
+            name: format!("{op}/{}", p.name),
+            op,
+            preset: p.name.to_string(),
+            shape,
+            bound,
+            flop,
+            bytes,
+            checked: true,
+        }
     }
 }
 
@@ -246,7 +255,9 @@ impl<B: Timed> Run<'_, B> {
                 Arg::Rand(shape, shift, scale) => replicate(self.be, self.tensor(shape, *shift, *scale)?, sets)?,
                 Arg::Out(shape) => (0..sets).map(|_| self.be.alloc(shape, self.dt)).collect::<Result<_>>()?,
                 Arg::F32(data, shape) => replicate(self.be, self.be.upload(data, shape, DType::F32)?, sets)?,
-                Arg::RandF32(shape, shift, scale) => replicate(self.be, self.pool.tensor(self.be, shape, DType::F32, *shift, *scale)?, sets)?,
+                Arg::RandF32(shape, shift, scale) => {
+                    replicate(self.be, self.pool.tensor(self.be, shape, DType::F32, *shift, *scale)?, sets)?
+                }
                 Arg::OutF32(shape) => (0..sets).map(|_| self.be.alloc(shape, DType::F32)).collect::<Result<_>>()?,
             };
             for (set, t) in out.iter_mut().zip(copies) {
@@ -295,7 +306,11 @@ impl<B: Timed> Run<'_, B> {
                 Residual::Delta => "x += gate ⊙ y; cache = x − cache",
                 Residual::Apply => "x += Δ",
             };
-            self.time(case(op, format!("{act_shape}: {what}"), Bound::Memory, 0.0, moved * es * n), KernelOp::Residual(kind), io);
+            self.time(
+                case(op, format!("{act_shape}: {what}"), Bound::Memory, 0.0, moved * es * n),
+                KernelOp::Residual(kind),
+                io,
+            );
         }
         {
             let ff = [rows, 4 * d];
@@ -370,7 +385,11 @@ impl<B: Timed> Run<'_, B> {
             let update = SchedulerUpdate { kind: SchedulerKind::Dpm2, c: [0.6, 0.8, 0.9, 0.3, 2.0, 0.15] };
             let args = [Arg::RandF32(&lat1, 79, 1.0), Arg::RandF32(&lat1, 83, 1.0), Arg::RandF32(&lat1, 89, 1.0)];
             let io = self.sets_of(&args, self.sets(bytes))?;
-            self.time(case("scheduler-dpm2", format!("{lat1:?} f32: x, ε, x0_prev"), bytes), KernelOp::SchedulerStep(update), io);
+            self.time(
+                case("scheduler-dpm2", format!("{lat1:?} f32: x, ε, x0_prev"), bytes),
+                KernelOp::SchedulerStep(update),
+                io,
+            );
         }
         Ok(())
     }
@@ -391,7 +410,13 @@ impl<B: Timed> Run<'_, B> {
             let io = self.sets_of(&[Arg::Rand(&[rows, 3 * d], 1, 1.0), Arg::Out(&[rows, d])], sets)?;
             let shape = AttentionShape { batch, heads: h, head_dim: hd, nq: tokens, nk: tokens, scale };
             let flop = 4.0 * (batch * h * tokens * tokens * hd) as f64;
-            let c = case(op_name("attn-self", kernel), format!("{batch}×{h}×{tokens}×{tokens}, d {hd}"), Bound::Compute, flop, bytes);
+            let c = case(
+                op_name("attn-self", kernel),
+                format!("{batch}×{h}×{tokens}×{tokens}, d {hd}"),
+                Bound::Compute,
+                flop,
+                bytes,
+            );
             self.time(c, KernelOp::SelfAttention(shape), io);
         }
 
@@ -400,14 +425,27 @@ impl<B: Timed> Run<'_, B> {
             let l = p.text_len.max(1);
             let bytes = es * (2.0 * (rows * d) as f64 + (batch * l * 2 * d) as f64) + 4.0 * (batch * l) as f64;
             let sets = self.sets(bytes);
-            let bias: Vec<f32> = (0..batch).flat_map(|b| (0..l).map(move |j| if j < [1, 20.min(l)][b] { 0.0 } else { -10000.0 })).collect();
+            let bias: Vec<f32> = (0..batch)
+                .flat_map(|b| (0..l).map(move |j| if j < [1, 20.min(l)][b] { 0.0 } else { -10000.0 }))
+                .collect();
             let io = self.sets_of(
-                &[Arg::Rand(&[rows, d], 3, 1.0), Arg::Rand(&[batch * l, 2 * d], 5, 1.0), Arg::F32(&bias, &[batch, l]), Arg::Out(&[rows, d])],
+                &[
+                    Arg::Rand(&[rows, d], 3, 1.0),
+                    Arg::Rand(&[batch * l, 2 * d], 5, 1.0),
+                    Arg::F32(&bias, &[batch, l]),
+                    Arg::Out(&[rows, d]),
+                ],
                 sets,
             )?;
             let shape = AttentionShape { batch, heads: h, head_dim: hd, nq: tokens, nk: l, scale };
             let flop = 4.0 * (batch * h * tokens * l * hd) as f64;
-            let c = case(op_name("attn-cross", kernel), format!("{batch}×{h}×{tokens}×{l} masked, d {hd}"), Bound::Compute, flop, bytes);
+            let c = case(
+                op_name("attn-cross", kernel),
+                format!("{batch}×{h}×{tokens}×{l} masked, d {hd}"),
+                Bound::Compute,
+                flop,
+                bytes,
+            );
             self.time(c, KernelOp::CrossAttention(shape), io);
         }
         Ok(())
@@ -431,7 +469,11 @@ impl<B: Timed> Run<'_, B> {
         let es = self.dt.size() as f64;
         c.flop = 2.0 * (m * n * k) as f64;
         c.bytes = es * ((m * k + n * k + m * n) as f64 + if bias { n as f64 } else { 0.0 });
-        c.shape = format!("{m}×{n}×{k}{}{}", if bias { " +bias" } else { "" }, if act == Activation::GeluTanh { " +GELU" } else { "" });
+        c.shape = format!(
+            "{m}×{n}×{k}{}{}",
+            if bias { " +bias" } else { "" },
+            if act == Activation::GeluTanh { " +GELU" } else { "" }
+        );
         let sets = self.sets(c.bytes);
         let (xs, ws, bs, os) = ([m, k], [n, k], [n], [m, n]);
         let mut args = vec![Arg::Rand(&xs, 41, 1.0), Arg::Rand(&ws, 43, (k as f32).powf(-0.5))];
@@ -500,7 +542,8 @@ fn run<B: Timed>(be: &B, mode: &Mode, gpu: bool) -> Result<()> {
     if !note.is_empty() {
         println!("note: {note}");
     }
-    let reference = (B::NAME != "cpu" && !common::env_off("DELTADIT_BENCH_CHECK")).then(|| Cpu::new(rayon::current_num_threads()));
+    let reference =
+        (B::NAME != "cpu" && !common::env_off("DELTADIT_BENCH_CHECK")).then(|| Cpu::new(rayon::current_num_threads()));
     let check = match (&reference, B::NAME) {
         (Some(_), _) => "each case against the CPU backend (f32) on its first input set, before it is timed",
         (None, "cpu") => "none: the CPU backend is the reference",
@@ -539,13 +582,7 @@ fn run<B: Timed>(be: &B, mode: &Mode, gpu: bool) -> Result<()> {
     let mut rows = Vec::new();
     println!(
         "\n{:<32} {:<44} {:>10} {:>10} {:>9} {:>8} {:>9}",
-        "case",
-        "shape",
-        "median µs",
-        "rate",
-        "roofline",
-        "vs copy",
-        "check"
+        "case", "shape", "median µs", "rate", "roofline", "vs copy", "check"
     );
     for m in &results {
         let t = median(&m.samples);
@@ -598,7 +635,11 @@ fn run<B: Timed>(be: &B, mode: &Mode, gpu: bool) -> Result<()> {
         println!("roofline: copy {:.0} GB/s (bytes read + written)", bw / 1e9);
     }
     if let Some(g) = gemm_rate {
-        println!("roofline: {} GEMM {:.2} TFLOP/s", if gpu { "cuBLASLt bf16" } else { "CPU f32 (gemm crate)" }, g / 1e12);
+        println!(
+            "roofline: {} GEMM {:.2} TFLOP/s",
+            if gpu { "cuBLASLt bf16" } else { "CPU f32 (gemm crate)" },
+            g / 1e12
+        );
     }
     for e in &errors {
         println!("error: {e}");
@@ -669,7 +710,10 @@ fn check_pass(mode: &Mode) -> Result<()> {
         println!("{name:<40} relative L2 {e:.2e}");
     }
     if !r.errors.is_empty() {
-        return Err(deltadit::Error::Unsupported(format!("{} case(s) failed the check through the sim backend (listed above)", r.errors.len())));
+        return Err(deltadit::Error::Unsupported(format!(
+            "{} case(s) failed the check through the sim backend (listed above)",
+            r.errors.len()
+        )));
     }
     Ok(())
 }

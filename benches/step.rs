@@ -39,7 +39,12 @@ struct Row {
 
 /// Runs `f(iters)` (returns seconds for `iters` repetitions) as criterion bench `group/preset`,
 /// keeping the per-repetition samples.
-fn bench(c: &mut criterion::Criterion, group: &str, preset: &str, f: &mut dyn FnMut(u64) -> Result<f64>) -> Result<Vec<f64>> {
+fn bench(
+    c: &mut criterion::Criterion,
+    group: &str,
+    preset: &str,
+    f: &mut dyn FnMut(u64) -> Result<f64>,
+) -> Result<Vec<f64>> {
     let mut samples = Vec::new();
     let mut failed = None;
     {
@@ -72,7 +77,14 @@ fn bench(c: &mut criterion::Criterion, group: &str, preset: &str, f: &mut dyn Fn
 /// The rows of one preset. `extra_kernels`: instead, only `forward-<kernel>/<preset>` for each of
 /// the backend's extra attention kernels (a second pass, after every preset's default rows: a
 /// kernel never run on this hardware before cannot take the others' rows with it).
-fn preset_rows<B: Timed>(be: &B, mode: &Mode, c: &mut criterion::Criterion, p: &Preset, extra_kernels: bool, rows: &mut Vec<Row>) -> Result<()> {
+fn preset_rows<B: Timed>(
+    be: &B,
+    mode: &Mode,
+    c: &mut criterion::Criterion,
+    p: &Preset,
+    extra_kernels: bool,
+    rows: &mut Vec<Row>,
+) -> Result<()> {
     let steps = 20;
     let t0 = Instant::now();
     let model = p.build(be, 0)?;
@@ -88,7 +100,12 @@ fn preset_rows<B: Timed>(be: &B, mode: &Mode, c: &mut criterion::Criterion, p: &
     let numel: usize = inputs.shape.iter().product();
     let model_in: Vec<f32> = [inputs.latents.as_slice(), inputs.latents.as_slice()].concat();
     let name = |k: &str| format!("{k}/{}", p.name);
-    println!("{}: model built in {build_s:.1} s ({} blocks, {} tokens, batch 2)", p.name, layers, (p.latent / cfg.patch_size).pow(2));
+    println!(
+        "{}: model built in {build_s:.1} s ({} blocks, {} tokens, batch 2)",
+        p.name,
+        layers,
+        (p.latent / cfg.patch_size).pow(2)
+    );
 
     // One forward.
     if mode.wants(&name("forward")) || (extra_kernels && mode.wants("forward-")) {
@@ -135,7 +152,13 @@ fn preset_rows<B: Timed>(be: &B, mode: &Mode, c: &mut criterion::Criterion, p: &
                 let (samples, out) = r?;
                 let rel = deltadit::rng::rel_l2(&out, &reference);
                 println!("{kind}/{}: output vs the default attention kernel's: rel L2 {rel:.2e}", p.name);
-                rows.push(Row { name: name(kind), kind, preset: p.name.into(), samples, extra: json!({ "rel_l2_vs_default_attention": rel }) });
+                rows.push(Row {
+                    name: name(kind),
+                    kind,
+                    preset: p.name.into(),
+                    samples,
+                    extra: json!({ "rel_l2_vs_default_attention": rel }),
+                });
             }
         }
     }
@@ -163,7 +186,9 @@ fn preset_rows<B: Timed>(be: &B, mode: &Mode, c: &mut criterion::Criterion, p: &
                 be.copy_range(&latents, 0, &mut ws.model_in, copy * numel, numel)?;
             }
             be.write(&mut ws.t, &[t, t])?;
-            engine.step(be, &model, &ctx, ws, k, steps, &mut |be, ws| be.cfg_combine(&ws.model_out, guidance, &mut eps))?;
+            engine.step(be, &model, &ctx, ws, k, steps, &mut |be, ws| {
+                be.cfg_combine(&ws.model_out, guidance, &mut eps)
+            })?;
             be.scheduler_step(&sched.update(k), &mut latents, &eps, x0_prev.as_mut(), None)?;
             be.synchronize()?;
             i += 1;
@@ -179,7 +204,13 @@ fn preset_rows<B: Timed>(be: &B, mode: &Mode, c: &mut criterion::Criterion, p: &
             }
             Ok(t.elapsed().as_secs_f64())
         })?;
-        rows.push(Row { name: name("step"), kind: "step", preset: p.name.into(), samples, extra: json!({ "scheduler": p.scheduler.name() }) });
+        rows.push(Row {
+            name: name("step"),
+            kind: "step",
+            preset: p.name.into(),
+            samples,
+            extra: json!({ "scheduler": p.scheduler.name() }),
+        });
     }
     drop(ws);
     drop(ctx);
@@ -268,7 +299,13 @@ fn run<B: Timed>(be: &B, mode: &Mode, gpu: bool) -> Result<()> {
             ),
             None => String::new(),
         };
-        println!("{:<34} {:>12.3} {:>12.3} {:>8}  {notes}", r.name, 1e3 * median(&r.samples), 1e3 * min(&r.samples), r.samples.len());
+        println!(
+            "{:<34} {:>12.3} {:>12.3} {:>8}  {notes}",
+            r.name,
+            1e3 * median(&r.samples),
+            1e3 * min(&r.samples),
+            r.samples.len()
+        );
         let mut v = json!({
             "name": r.name,
             "kind": r.kind,

@@ -27,7 +27,14 @@ pub struct Preset {
     pub about: &'static str,
 }
 
-fn pixart(layers: usize, heads: usize, head_dim: usize, sample_size: usize, caption: usize, micro: bool) -> ModelConfig {
+fn pixart(
+    layers: usize,
+    heads: usize,
+    head_dim: usize,
+    sample_size: usize,
+    caption: usize,
+    micro: bool,
+) -> ModelConfig {
     ModelConfig {
         family: Family::PixArt,
         num_attention_heads: heads,
@@ -70,19 +77,86 @@ fn dit(layers: usize, heads: usize, head_dim: usize, sample_size: usize) -> Mode
 pub fn presets() -> Vec<Preset> {
     use SchedulerName::*;
     vec![
-        Preset { name: "pixart-alpha-1024", config: pixart(28, 16, 72, 128, 4096, true), latent: 128, text_len: 120, scheduler: DpmSolverPP, steps: 20, guidance: 4.5, about: "PixArt-XL-2-1024-MS: 28 × 1152, 4096 tokens, 120 text tokens" },
-        Preset { name: "pixart-alpha-512", config: pixart(28, 16, 72, 64, 4096, false), latent: 64, text_len: 120, scheduler: DpmSolverPP, steps: 20, guidance: 4.5, about: "PixArt-XL-2-512x512: 28 × 1152, 1024 tokens" },
-        Preset { name: "pixart-sigma-1024", config: pixart(28, 16, 72, 128, 4096, false), latent: 128, text_len: 300, scheduler: DpmSolverPP, steps: 20, guidance: 4.5, about: "PixArt-Σ-XL-2-1024-MS: 28 × 1152, 4096 tokens, 300 text tokens" },
-        Preset { name: "dit-xl-2-256", config: dit(28, 16, 72, 32), latent: 32, text_len: 0, scheduler: Ddim, steps: 50, guidance: 4.0, about: "DiT-XL/2 256: 28 × 1152, 256 tokens" },
-        Preset { name: "dit-xl-2-512", config: dit(28, 16, 72, 64), latent: 64, text_len: 0, scheduler: Ddim, steps: 50, guidance: 4.0, about: "DiT-XL/2 512: 28 × 1152, 1024 tokens" },
-        Preset { name: "pixart-cpu-small", config: pixart(28, 4, 72, 32, 256, false), latent: 16, text_len: 32, scheduler: DpmSolverPP, steps: 20, guidance: 4.5, about: "PixArt layout at CPU size: 28 × 288, 64 tokens, 32 text tokens" },
-        Preset { name: "dit-cpu-small", config: dit(28, 4, 72, 32), latent: 16, text_len: 0, scheduler: Ddim, steps: 20, guidance: 4.0, about: "DiT layout at CPU size: 28 × 288, 64 tokens" },
+        Preset {
+            name: "pixart-alpha-1024",
+            config: pixart(28, 16, 72, 128, 4096, true),
+            latent: 128,
+            text_len: 120,
+            scheduler: DpmSolverPP,
+            steps: 20,
+            guidance: 4.5,
+            about: "PixArt-XL-2-1024-MS: 28 × 1152, 4096 tokens, 120 text tokens",
+        },
+        Preset {
+            name: "pixart-alpha-512",
+            config: pixart(28, 16, 72, 64, 4096, false),
+            latent: 64,
+            text_len: 120,
+            scheduler: DpmSolverPP,
+            steps: 20,
+            guidance: 4.5,
+            about: "PixArt-XL-2-512x512: 28 × 1152, 1024 tokens",
+        },
+        Preset {
+            name: "pixart-sigma-1024",
+            config: pixart(28, 16, 72, 128, 4096, false),
+            latent: 128,
+            text_len: 300,
+            scheduler: DpmSolverPP,
+            steps: 20,
+            guidance: 4.5,
+            about: "PixArt-Σ-XL-2-1024-MS: 28 × 1152, 4096 tokens, 300 text tokens",
+        },
+        Preset {
+            name: "dit-xl-2-256",
+            config: dit(28, 16, 72, 32),
+            latent: 32,
+            text_len: 0,
+            scheduler: Ddim,
+            steps: 50,
+            guidance: 4.0,
+            about: "DiT-XL/2 256: 28 × 1152, 256 tokens",
+        },
+        Preset {
+            name: "dit-xl-2-512",
+            config: dit(28, 16, 72, 64),
+            latent: 64,
+            text_len: 0,
+            scheduler: Ddim,
+            steps: 50,
+            guidance: 4.0,
+            about: "DiT-XL/2 512: 28 × 1152, 1024 tokens",
+        },
+        Preset {
+            name: "pixart-cpu-small",
+            config: pixart(28, 4, 72, 32, 256, false),
+            latent: 16,
+            text_len: 32,
+            scheduler: DpmSolverPP,
+            steps: 20,
+            guidance: 4.5,
+            about: "PixArt layout at CPU size: 28 × 288, 64 tokens, 32 text tokens",
+        },
+        Preset {
+            name: "dit-cpu-small",
+            config: dit(28, 4, 72, 32),
+            latent: 16,
+            text_len: 0,
+            scheduler: Ddim,
+            steps: 20,
+            guidance: 4.0,
+            about: "DiT layout at CPU size: 28 × 288, 64 tokens",
+        },
     ]
 }
 
 pub fn preset(name: &str) -> Result<Preset> {
     presets().into_iter().find(|p| p.name == name).ok_or_else(|| {
-        Error::param("preset", name, format!("one of {}", presets().iter().map(|p| p.name).collect::<Vec<_>>().join(", ")))
+        Error::param(
+            "preset",
+            name,
+            format!("one of {}", presets().iter().map(|p| p.name).collect::<Vec<_>>().join(", ")),
+        )
     })
 }
 
@@ -94,11 +168,19 @@ impl Preset {
 
 /// Seeded sampling inputs for a model: one prompt (PixArt: a 20-token prompt and an
 /// EOS-only negative prompt, as diffusers' empty negative prompt), or class 207 (DiT).
-pub fn random_inputs(cfg: &ModelConfig, latent_h: usize, latent_w: usize, text_len: usize, steps: usize, seed: u64) -> SampleInputs {
+pub fn random_inputs(
+    cfg: &ModelConfig,
+    latent_h: usize,
+    latent_w: usize,
+    text_len: usize,
+    steps: usize,
+    seed: u64,
+) -> SampleInputs {
     let mut rng = Rng::new(seed);
     let shape = [1, cfg.in_channels, latent_h, latent_w];
     let latents = rng.normal_vec(shape.iter().product(), 1.0);
-    let mut si = SampleInputs { latents, shape, cond: None, uncond: None, resolution: None, class_labels: None, noise: None };
+    let mut si =
+        SampleInputs { latents, shape, cond: None, uncond: None, resolution: None, class_labels: None, noise: None };
     match cfg.family {
         Family::PixArt => {
             let feat = cfg.caption_channels.or(cfg.cross_attention_dim).unwrap_or(cfg.inner_dim());
@@ -181,13 +263,22 @@ fn median(v: &[f64]) -> f64 {
         return f64::NAN;
     }
     let m = s.len() / 2;
-    if s.len() % 2 == 1 { s[m] } else { 0.5 * (s[m - 1] + s[m]) }
+    if s.len() % 2 == 1 {
+        s[m]
+    } else {
+        0.5 * (s[m - 1] + s[m])
+    }
 }
 
 fn psnr(x: &[f32], reference: &[f32]) -> f64 {
     let (lo, hi) = reference.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
-    let mse = x.iter().zip(reference).map(|(&a, &b)| (a as f64 - b as f64).powi(2)).sum::<f64>() / x.len().max(1) as f64;
-    if mse == 0.0 { f64::INFINITY } else { 20.0 * ((hi - lo) as f64 / mse.sqrt()).log10() }
+    let mse =
+        x.iter().zip(reference).map(|(&a, &b)| (a as f64 - b as f64).powi(2)).sum::<f64>() / x.len().max(1) as f64;
+    if mse == 0.0 {
+        f64::INFINITY
+    } else {
+        20.0 * ((hi - lo) as f64 / mse.sqrt()).log10()
+    }
 }
 
 /// Runs every policy `warmup + runs` times; `progress(done_steps, total_steps)`.
@@ -200,9 +291,11 @@ pub fn run<B: Backend>(
     let cfg = &model.config;
     let (lh, lw) = opts.latent;
     let inputs = random_inputs(cfg, lh, lw, opts.text_len, opts.steps, opts.seed);
-    let sc = SampleConfig { scheduler: opts.scheduler, steps: opts.steps, guidance: opts.guidance, keep_per_step: false };
+    let sc =
+        SampleConfig { scheduler: opts.scheduler, steps: opts.steps, guidance: opts.guidance, keep_per_step: false };
     let batch = if opts.guidance > 1.0 { 2 } else { 1 };
-    let macs = ForwardMacs::new(cfg, batch, lh, lw, if cfg.family == Family::PixArt { opts.text_len.max(1) } else { 0 });
+    let macs =
+        ForwardMacs::new(cfg, batch, lh, lw, if cfg.family == Family::PixArt { opts.text_len.max(1) } else { 0 });
     let layers = model.num_blocks();
     let total_steps = opts.policies.len() * (opts.warmup + opts.runs) * opts.steps;
     let mut done = 0;
@@ -271,7 +364,18 @@ pub fn format_table(r: &BenchReport) -> String {
     );
     s += &format!(
         "{:<15} {:<48} {:>9} {:>9} {:>7} {:>7} {:>7} {:>8} {:>8} {:>6} {:>10} {:>8}\n",
-        "policy", "parameters", "total s", "ms/step", "blocks", "blk %", "MACs %", "theory×", "measured×", "eff", "rel L2", "PSNR dB"
+        "policy",
+        "parameters",
+        "total s",
+        "ms/step",
+        "blocks",
+        "blk %",
+        "MACs %",
+        "theory×",
+        "measured×",
+        "eff",
+        "rel L2",
+        "PSNR dB"
     );
     for row in &r.rows {
         s += &format!(
@@ -297,7 +401,12 @@ pub fn format_table(r: &BenchReport) -> String {
 pub fn cpu_description(threads: usize) -> String {
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|m| m.trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
         .unwrap_or_else(|| "unknown CPU".into());
     format!("{model}, {threads} threads")
 }

@@ -47,7 +47,11 @@ impl AnyBackend {
         match device {
             Device::Cpu => {
                 if dtype != DType::F32 {
-                    return Err(Error::param("dtype", dtype, "f32 on the CPU backend (bf16/f16 run on --device cuda or sim)"));
+                    return Err(Error::param(
+                        "dtype",
+                        dtype,
+                        "f32 on the CPU backend (bf16/f16 run on --device cuda or sim)",
+                    ));
                 }
                 Ok(AnyBackend::Cpu(Cpu::new(threads.unwrap_or_else(rayon::current_num_threads))))
             }
@@ -69,7 +73,10 @@ impl AnyBackend {
     pub fn auto() -> (Device, String) {
         match crate::backend::cuda::probe() {
             Ok(info) if crate::backend::cuda::kernels_built() => (Device::Cuda, info.to_string()),
-            Ok(_) => (Device::Cpu, "a GPU is present but the CUDA kernels were not built (run scripts/install-cuda.sh and rebuild)".into()),
+            Ok(_) => (
+                Device::Cpu,
+                "a GPU is present but the CUDA kernels were not built (run scripts/install-cuda.sh and rebuild)".into(),
+            ),
             Err(why) => (Device::Cpu, why),
         }
     }

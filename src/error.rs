@@ -16,7 +16,9 @@ pub enum Error {
     #[error("{path}: invalid config: {msg}")]
     Config { path: PathBuf, msg: String },
 
-    #[error("unknown model class `{0}` (expected PixArtTransformer2DModel, DiTTransformer2DModel or Transformer2DModel)")]
+    #[error(
+        "unknown model class `{0}` (expected PixArtTransformer2DModel, DiTTransformer2DModel or Transformer2DModel)"
+    )]
     UnknownModelClass(String),
 
     #[error("missing weight `{key}` in {source_desc}")]

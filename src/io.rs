@@ -52,13 +52,19 @@ impl SafetensorsFile {
     pub fn get(&self, name: &str) -> Option<RawTensor<'_>> {
         let info = self.metadata.info(name)?;
         let (s, e) = info.data_offsets;
-        Some(RawTensor { dtype: info.dtype, shape: &info.shape, bytes: &self.mmap[self.data_start + s..self.data_start + e] })
+        Some(RawTensor {
+            dtype: info.dtype,
+            shape: &info.shape,
+            bytes: &self.mmap[self.data_start + s..self.data_start + e],
+        })
     }
 }
 
 fn describe(e: &safetensors::SafeTensorError) -> String {
     match e {
-        safetensors::SafeTensorError::MetadataIncompleteBuffer => "truncated: the data is shorter than the header says".into(),
+        safetensors::SafeTensorError::MetadataIncompleteBuffer => {
+            "truncated: the data is shorter than the header says".into()
+        }
         safetensors::SafeTensorError::HeaderTooSmall | safetensors::SafeTensorError::InvalidHeaderLength => {
             "truncated or not a safetensors file (header length out of range)".into()
         }
@@ -76,7 +82,9 @@ impl RawTensor<'_> {
         let b = self.bytes;
         macro_rules! conv {
             ($t:ty, $f:expr) => {
-                b.chunks_exact(std::mem::size_of::<$t>()).map(|c| $f(<$t>::from_le_bytes(c.try_into().unwrap()))).collect()
+                b.chunks_exact(std::mem::size_of::<$t>())
+                    .map(|c| $f(<$t>::from_le_bytes(c.try_into().unwrap())))
+                    .collect()
             };
         }
         Ok(match self.dtype {
@@ -102,7 +110,13 @@ impl RawTensor<'_> {
             _ => self
                 .to_f32(name)?
                 .into_iter()
-                .map(|v| if v.fract() == 0.0 { Ok(v as i64) } else { Err(Error::input(name, format!("expected integers, found {v}"))) })
+                .map(|v| {
+                    if v.fract() == 0.0 {
+                        Ok(v as i64)
+                    } else {
+                        Err(Error::input(name, format!("expected integers, found {v}")))
+                    }
+                })
                 .collect(),
         }
     }
@@ -153,7 +167,9 @@ impl Inputs {
     }
 
     fn raw(&self, name: &str) -> Result<RawTensor<'_>> {
-        self.file.get(name).ok_or_else(|| Error::MissingInput { name: name.into(), path: self.file.path().to_path_buf() })
+        self.file
+            .get(name)
+            .ok_or_else(|| Error::MissingInput { name: name.into(), path: self.file.path().to_path_buf() })
     }
 
     /// f32 data and shape; `rank` checks the number of dimensions.
@@ -166,7 +182,11 @@ impl Inputs {
     }
 
     pub fn f32_opt(&self, name: &str, rank: usize) -> Result<Option<(Vec<f32>, Vec<usize>)>> {
-        if self.has(name) { self.f32(name, rank).map(Some) } else { Ok(None) }
+        if self.has(name) {
+            self.f32(name, rank).map(Some)
+        } else {
+            Ok(None)
+        }
     }
 
     pub fn i64(&self, name: &str, rank: usize) -> Result<(Vec<i64>, Vec<usize>)> {
@@ -179,9 +199,13 @@ impl Inputs {
 
     /// Shapes of all tensors (for messages).
     pub fn shapes(&self) -> HashMap<String, Vec<usize>> {
-        self.file.names().into_iter().map(|n| {
-            let s = self.file.info(&n).map(|i| i.shape.clone()).unwrap_or_default();
-            (n, s)
-        }).collect()
+        self.file
+            .names()
+            .into_iter()
+            .map(|n| {
+                let s = self.file.info(&n).map(|i| i.shape.clone()).unwrap_or_default();
+                (n, s)
+            })
+            .collect()
     }
 }

@@ -59,11 +59,20 @@ pub fn conditioning(model_family: Family, null_class: usize, inp: &SampleInputs,
     let mut c = Conditioning { batch, height: h, width: w, ..Default::default() };
     match model_family {
         Family::PixArt => {
-            let cond = inp.cond.as_ref().ok_or_else(|| Error::input("cond_embeds", "missing (PixArt sampling needs prompt embeddings)"))?;
+            let cond = inp
+                .cond
+                .as_ref()
+                .ok_or_else(|| Error::input("cond_embeds", "missing (PixArt sampling needs prompt embeddings)"))?;
             c.text = Some(if guided {
-                let un = inp.uncond.as_ref().ok_or_else(|| Error::input("uncond_embeds", "missing (needed for guidance > 1)"))?;
+                let un = inp
+                    .uncond
+                    .as_ref()
+                    .ok_or_else(|| Error::input("uncond_embeds", "missing (needed for guidance > 1)"))?;
                 if un.len != cond.len || un.embeds.len() != cond.embeds.len() {
-                    return Err(Error::input("uncond_embeds", format!("must have the shape of cond_embeds ({} tokens)", cond.len)));
+                    return Err(Error::input(
+                        "uncond_embeds",
+                        format!("must have the shape of cond_embeds ({} tokens)", cond.len),
+                    ));
                 }
                 let mask = match (&un.mask, &cond.mask) {
                     (None, None) => None,
@@ -90,7 +99,10 @@ pub fn conditioning(model_family: Family, null_class: usize, inp: &SampleInputs,
             c.aspect_ratio = Some(dup(&ar));
         }
         Family::DiT => {
-            let labels = inp.class_labels.as_ref().ok_or_else(|| Error::input("class_labels", "missing (DiT sampling needs class labels)"))?;
+            let labels = inp
+                .class_labels
+                .as_ref()
+                .ok_or_else(|| Error::input("class_labels", "missing (DiT sampling needs class labels)"))?;
             if labels.len() != n {
                 return Err(Error::input("class_labels", format!("expected {n} labels, found {}", labels.len())));
             }
@@ -116,7 +128,10 @@ pub fn sample<B: Backend>(
     let mc = &model.config;
     let [n, c, h, w] = inp.shape;
     if c != mc.in_channels {
-        return Err(Error::input("latents", format!("expected {} channels, found shape {:?}", mc.in_channels, inp.shape)));
+        return Err(Error::input(
+            "latents",
+            format!("expected {} channels, found shape {:?}", mc.in_channels, inp.shape),
+        ));
     }
     if inp.latents.len() != n * c * h * w || n == 0 {
         return Err(Error::input("latents", format!("expected {} values for shape {:?}", n * c * h * w, inp.shape)));
@@ -127,10 +142,16 @@ pub fn sample<B: Backend>(
     let sample_numel = n * c * h * w;
     if let Some(noise) = &inp.noise {
         if noise.len() != cfg.steps.saturating_sub(1) * sample_numel {
-            return Err(Error::input("noise", format!("expected [{}, {n}, {c}, {h}, {w}]", cfg.steps.saturating_sub(1))));
+            return Err(Error::input(
+                "noise",
+                format!("expected [{}, {n}, {c}, {h}, {w}]", cfg.steps.saturating_sub(1)),
+            ));
         }
     } else if cfg.scheduler == SchedulerName::Lcm && cfg.steps > 1 {
-        return Err(Error::input("noise", "LCM needs the injected noise [steps − 1, n, C, H, W] (runs are reproducible only with it)"));
+        return Err(Error::input(
+            "noise",
+            "LCM needs the injected noise [steps − 1, n, C, H, W] (runs are reproducible only with it)",
+        ));
     }
 
     let ctx = model.context(be, &cond)?;
@@ -140,7 +161,8 @@ pub fn sample<B: Backend>(
     let mut eps = be.alloc(&inp.shape, DType::F32)?;
     let mut x0_prev = if scheduler.needs_x0_prev() { Some(be.alloc(&inp.shape, DType::F32)?) } else { None };
     let mut noise_buf = if inp.noise.is_some() { Some(be.alloc(&inp.shape, DType::F32)?) } else { None };
-    let guidance = if guided { Cfg::On { scale: cfg.guidance, cond_first: mc.family == Family::DiT } } else { Cfg::Off };
+    let guidance =
+        if guided { Cfg::On { scale: cfg.guidance, cond_first: mc.family == Family::DiT } } else { Cfg::Off };
     let batch = ctx.batch;
 
     let mut out = SampleOutput {
@@ -160,13 +182,21 @@ pub fn sample<B: Backend>(
             be.copy_range(&latents, 0, &mut ws.model_in, copy * sample_numel, sample_numel)?;
         }
         be.write(&mut ws.t, &vec![t as f32; batch])?;
-        let report = engine.step(be, model, &ctx, &mut ws, i, cfg.steps, &mut |be, ws| be.cfg_combine(&ws.model_out, guidance, &mut eps))?;
+        let report = engine.step(be, model, &ctx, &mut ws, i, cfg.steps, &mut |be, ws| {
+            be.cfg_combine(&ws.model_out, guidance, &mut eps)
+        })?;
         let needs_noise = scheduler.needs_noise(i);
         if needs_noise {
             let noise = inp.noise.as_ref().expect("checked above");
             be.write(noise_buf.as_mut().unwrap(), &noise[i * sample_numel..(i + 1) * sample_numel])?;
         }
-        be.scheduler_step(&scheduler.update(i), &mut latents, &eps, x0_prev.as_mut(), if needs_noise { noise_buf.as_ref() } else { None })?;
+        be.scheduler_step(
+            &scheduler.update(i),
+            &mut latents,
+            &eps,
+            x0_prev.as_mut(),
+            if needs_noise { noise_buf.as_ref() } else { None },
+        )?;
         be.synchronize()?;
         out.step_times.push(start.elapsed());
         out.blocks_run.push(report.blocks_run);
@@ -184,7 +214,11 @@ pub fn sample<B: Backend>(
 /// One forward from the tensors of the diffusers `forward` call (`hidden_states`, `timestep`,
 /// `encoder_hidden_states`, `encoder_attention_mask`, `resolution`, `aspect_ratio`,
 /// `class_labels`); returns `sample` [B, C_out, H, W].
-pub fn forward_inputs<B: Backend>(be: &B, model: &Transformer<B>, inp: &crate::io::Inputs) -> Result<(Vec<f32>, [usize; 4])> {
+pub fn forward_inputs<B: Backend>(
+    be: &B,
+    model: &Transformer<B>,
+    inp: &crate::io::Inputs,
+) -> Result<(Vec<f32>, [usize; 4])> {
     let mc = &model.config;
     let (x, xs) = inp.f32("hidden_states", 4)?;
     let (b, h, w) = (xs[0], xs[2], xs[3]);
@@ -213,7 +247,10 @@ pub fn forward_inputs<B: Backend>(be: &B, model: &Transformer<B>, inp: &crate::i
             let mask = inp.f32_opt("encoder_attention_mask", 2)?;
             if let Some((_, ms)) = &mask {
                 if ms[..] != [b, es[1]] {
-                    return Err(Error::input("encoder_attention_mask", format!("expected [{b}, {}], found {ms:?}", es[1])));
+                    return Err(Error::input(
+                        "encoder_attention_mask",
+                        format!("expected [{b}, {}], found {ms:?}", es[1]),
+                    ));
                 }
             }
             let mask = mask.map(|(m, _)| m);
@@ -271,7 +308,15 @@ impl SampleInputs {
             }
             Ok(Some(TextInput { embeds: e, mask: m.map(|(v, _)| v), len: es[1] }))
         };
-        let mut si = SampleInputs { latents, shape, cond: None, uncond: None, resolution: None, class_labels: None, noise: None };
+        let mut si = SampleInputs {
+            latents,
+            shape,
+            cond: None,
+            uncond: None,
+            resolution: None,
+            class_labels: None,
+            noise: None,
+        };
         match family {
             Family::PixArt => {
                 si.cond = text("cond_embeds", "cond_mask")?;
@@ -289,13 +334,20 @@ impl SampleInputs {
                     return Err(Error::input("class_labels", format!("expected [{n}], found {ys:?}")));
                 }
                 si.class_labels = Some(
-                    y.iter().map(|&v| usize::try_from(v).map_err(|_| Error::input("class_labels", format!("negative label {v}")))).collect::<Result<_>>()?,
+                    y.iter()
+                        .map(|&v| {
+                            usize::try_from(v).map_err(|_| Error::input("class_labels", format!("negative label {v}")))
+                        })
+                        .collect::<Result<_>>()?,
                 );
             }
         }
         if let Some((noise, ns)) = inp.f32_opt("noise", 5)? {
             if ns[1..] != shape {
-                return Err(Error::input("noise", format!("expected [steps − 1, {n}, {}, {}, {}], found {ns:?}", shape[1], shape[2], shape[3])));
+                return Err(Error::input(
+                    "noise",
+                    format!("expected [steps − 1, {n}, {}, {}, {}], found {ns:?}", shape[1], shape[2], shape[3]),
+                ));
             }
             si.noise = Some(noise);
         }

@@ -38,26 +38,44 @@ fn fixture(dir: &Path) {
         kernel_row(&format!("attn-self-wgmma/{p}"), "attn-self-wgmma", "compute", 380.0, 1.546e11, 1e8),
     ];
     results.push(kernel_row(&format!("attn-cross-wgmma/{p}"), "attn-cross-wgmma", "compute", 50.0, 4.5e9, 5e7));
-    results.push(kernel_row(&format!("attn-self-wgmma-qregs/{p}"), "attn-self-wgmma-qregs", "compute", 300.0, 1.546e11, 1e8));
+    results.push(kernel_row(
+        &format!("attn-self-wgmma-qregs/{p}"),
+        "attn-self-wgmma-qregs",
+        "compute",
+        300.0,
+        1.546e11,
+        1e8,
+    ));
     // The rest of a PixArt block's ops (2400 GB/s = 80% of 3000 for the residual).
     results.push(kernel_row(&format!("residual-gated/{p}"), "residual-gated", "memory", 12.0, 0.0, 2400.0 * 12.0e3));
     for (op, us) in [("gemm-qkv", 100.0), ("gemm-proj", 35.0), ("gemm-ff1-gelu", 140.0), ("gemm-ff2", 130.0)] {
         results.push(kernel_row(&format!("{op}/{p}"), op, "compute", us, 1e11, 1e8));
     }
-    write(dir, "kernels-cuda.json", &json!({ "kind": "deltadit-kernels", "backend": "cuda", "dtype": "bf16", "machine": "test GPU",
-        "date": "2026-11-26", "commit": "abc1234", "results": results, "errors": [] }));
+    write(
+        dir,
+        "kernels-cuda.json",
+        &json!({ "kind": "deltadit-kernels", "backend": "cuda", "dtype": "bf16", "machine": "test GPU",
+        "date": "2026-11-26", "commit": "abc1234", "results": results, "errors": [] }),
+    );
     // torch_reference.py names SDPA's fastest backend
     let mut sdpa_self = torch_row(&format!("attn-self/{p}"), "attn-self", 411.0, Some(376.0), 100.0);
     sdpa_self["sdpa_backend"] = json!("flash");
-    write(dir, "torch-cuda.json", &json!({ "kind": "torch-reference", "backend": "torch", "device": "cuda", "machine": "test GPU",
+    write(
+        dir,
+        "torch-cuda.json",
+        &json!({ "kind": "torch-reference", "backend": "torch", "device": "cuda", "machine": "test GPU",
         "torch": "2.x", "diffusers": "0.42.1", "dtype": "bf16",
         "results": [
             torch_row("roofline-copy", "roofline-copy", 2000.0, None, 3000.0),
             sdpa_self,
             torch_row(&format!("attn-cross/{p}"), "attn-cross", 42.2, Some(100.0), 100.0),
         ],
-        "model": [ { "name": format!("forward/{p}"), "median_ms": 37.05 } ] }));
-    write(dir, "step-cuda.json", &json!({ "kind": "deltadit-step", "backend": "cuda", "dtype": "bf16", "machine": "test GPU",
+        "model": [ { "name": format!("forward/{p}"), "median_ms": 37.05 } ] }),
+    );
+    write(
+        dir,
+        "step-cuda.json",
+        &json!({ "kind": "deltadit-step", "backend": "cuda", "dtype": "bf16", "machine": "test GPU",
         "date": "2026-11-26", "commit": "abc1234", "errors": [],
         "results": [
             { "name": format!("step/{p}"), "kind": "step", "preset": p, "median_ms": 33.3, "scheduler": "dpm-solver++" },
@@ -66,15 +84,20 @@ fn fixture(dir: &Path) {
             { "name": format!("sample20-none/{p}"), "kind": "sample20-none", "preset": p, "median_ms": 666.0, "block_ratio": 1.0 },
             { "name": format!("sample20-delta/{p}"), "kind": "sample20-delta", "preset": p, "median_ms": 416.25, "block_ratio": 0.625,
               "rel_l2_vs_none": 0.2 },
-        ] }));
-    write(dir, "cli-wgmma.json", &json!({ "model": p, "backend": "cuda (wgmma attention)", "machine": "test GPU", "dtype": "bf16",
+        ] }),
+    );
+    write(
+        dir,
+        "cli-wgmma.json",
+        &json!({ "model": p, "backend": "cuda (wgmma attention)", "machine": "test GPU", "dtype": "bf16",
         "scheduler": "dpm-solver++", "steps": 20, "guidance": 4.5, "batch": 2, "tokens": 4096, "layers": 28, "warmup": 1, "runs": 2,
         "rows": [
             { "policy": "none", "params": "", "total_s": 0.5, "per_step_ms": 25.0, "block_ratio": 1.0, "theoretical_speedup": 1.0,
               "measured_speedup": 1.0, "rel_l2": 0.0 },
             { "policy": "delta", "params": "n=2,nc=21,b=12", "total_s": 0.4, "per_step_ms": 20.0, "block_ratio": 0.625,
               "theoretical_speedup": 1.6, "measured_speedup": 0.0, "rel_l2": 0.2 },
-        ] }));
+        ] }),
+    );
 }
 
 #[test]
@@ -102,7 +125,9 @@ fn joined_table_pairs_rows_and_reports_targets() {
     let j: Value = serde_json::from_str(&std::fs::read_to_string(&out_json).unwrap()).unwrap();
 
     // Kernel rows: the wgmma row is paired with SDPA's attn-self row.
-    let k = |name: &str| j["kernels"].as_array().unwrap().iter().find(|r| r["name"] == name).cloned().unwrap_or(Value::Null);
+    let k = |name: &str| {
+        j["kernels"].as_array().unwrap().iter().find(|r| r["name"] == name).cloned().unwrap_or(Value::Null)
+    };
     let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * b.abs().max(1.0);
     assert!(close(k("attn-self-wgmma/pixart-alpha-1024")["torch_over_ours"].as_f64().unwrap(), 411.0 / 380.0));
     assert!(close(k("attn-self-wgmma-qregs/pixart-alpha-1024")["torch_over_ours"].as_f64().unwrap(), 411.0 / 300.0));
@@ -121,7 +146,8 @@ fn joined_table_pairs_rows_and_reports_targets() {
     let (v, met) = t("attention self, d 72, 2×16×4096², vs SDPA");
     assert!(close(v, 411.0 / 613.0) && met == false);
     let measured = |needle: &str| {
-        j["targets"].as_array().unwrap().iter().find(|r| r["target"].as_str().unwrap() == needle).unwrap()["measured"].clone()
+        j["targets"].as_array().unwrap().iter().find(|r| r["target"].as_str().unwrap() == needle).unwrap()["measured"]
+            .clone()
     };
     assert_eq!(measured("attention self, d 72, 2×16×4096², vs SDPA"), "0.67× (SDPA flash/ours)");
     assert_eq!(measured("attention cross 4096×120 masked, vs SDPA"), "1.06× (SDPA/ours)");
@@ -151,7 +177,12 @@ fn joined_table_pairs_rows_and_reports_targets() {
 
     // What a forward is made of: per block 2 norms (16 µs), QKV 100, self 613, 3 projections (35),
     // cross 39.7, 3 residuals (12), FF1 140, FF2 130 = 1195.7 µs; × 28 blocks. Torch has no GEMM rows here.
-    let sum = j["composition"].as_array().unwrap().iter().find(|r| r["op"] == "sum" && r["preset"] == "pixart-alpha-1024").unwrap();
+    let sum = j["composition"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["op"] == "sum" && r["preset"] == "pixart-alpha-1024")
+        .unwrap();
     assert!(close(sum["ours_ms"].as_f64().unwrap(), 1195.7 * 28.0 / 1e3), "{sum}");
     assert!(sum["torch_ms"].is_null() && sum["torch_forward_ms"].as_f64() == Some(37.05), "{sum}");
     let proj = j["composition"].as_array().unwrap().iter().find(|r| r["op"] == "gemm-proj").unwrap();

@@ -6,7 +6,9 @@ mod common;
 use common::rel_l2;
 use deltadit::backend::cpu::Cpu;
 use deltadit::backend::{Backend, Cfg};
-use deltadit::cache::{schedule, CacheEngine, CachePolicy, CacheSpec, Delta, DeltaAdaptive, FirstBlock, Fora, StepInfo, StepPlan};
+use deltadit::cache::{
+    schedule, CacheEngine, CachePolicy, CacheSpec, Delta, DeltaAdaptive, FirstBlock, Fora, StepInfo, StepPlan,
+};
 use deltadit::io::Inputs;
 use deltadit::model::{Branches, Family, Transformer};
 use deltadit::pipeline::{sample, SampleConfig, SampleInputs};
@@ -20,7 +22,9 @@ fn data(name: &str) -> PathBuf {
 
 fn plans(p: &mut dyn CachePolicy, steps: usize, layers: usize, probes: &[Option<f32>]) -> Vec<StepPlan> {
     p.reset();
-    (0..steps).map(|step| p.plan(&StepInfo { step, steps, layers, probe: probes.get(step).copied().flatten() })).collect()
+    (0..steps)
+        .map(|step| p.plan(&StepInfo { step, steps, layers, probe: probes.get(step).copied().flatten() }))
+        .collect()
 }
 
 // ---------------------------------------------------------------- schedules
@@ -41,8 +45,14 @@ fn delta_paper_preset_20_steps() {
     }
     // Full steps store only what the next cached step reads.
     assert_eq!(s[0], StepPlan::Full { store_front: false, store_rear: true, store_branches: false, store_rest: false });
-    assert_eq!(s[12], StepPlan::Full { store_front: true, store_rear: false, store_branches: false, store_rest: false });
-    assert_eq!(s[10], StepPlan::Full { store_front: false, store_rear: true, store_branches: false, store_rest: false });
+    assert_eq!(
+        s[12],
+        StepPlan::Full { store_front: true, store_rear: false, store_branches: false, store_rest: false }
+    );
+    assert_eq!(
+        s[10],
+        StepPlan::Full { store_front: false, store_rear: true, store_branches: false, store_rest: false }
+    );
 }
 
 #[test]
@@ -52,12 +62,15 @@ fn delta_lcm_preset_and_other_parameters() {
     let p20 = Delta::preset(Family::PixArt, 28, 20);
     assert_eq!((p20.n, p20.nc, p20.b), (2, 21, 12));
     let mut d = Delta::new(2, 4, 2, 28, 4).unwrap();
-    assert_eq!(schedule(&mut d, 4, 28), vec![
-        StepPlan::Full { store_front: false, store_rear: true, store_branches: false, store_rest: false },
-        StepPlan::CachedRear(4),
-        StepPlan::Full { store_front: true, store_rear: false, store_branches: false, store_rest: false },
-        StepPlan::CachedFront(4),
-    ]);
+    assert_eq!(
+        schedule(&mut d, 4, 28),
+        vec![
+            StepPlan::Full { store_front: false, store_rear: true, store_branches: false, store_rest: false },
+            StepPlan::CachedRear(4),
+            StepPlan::Full { store_front: true, store_rear: false, store_branches: false, store_rest: false },
+            StepPlan::CachedFront(4),
+        ]
+    );
     // N = 3, boundary inside an interval: step 4 (< b) is rear, step 5 (≥ b) front.
     let mut d = Delta::new(3, 5, 5, 12, 9).unwrap();
     let s = schedule(&mut d, 9, 12);
@@ -81,10 +94,29 @@ fn fora_schedule() {
 #[test]
 fn delta_adaptive_refreshes_on_accumulated_change_warmup_and_cap() {
     let mut a = DeltaAdaptive::new(0.1, 2, 2, 4, 5, 8, 10).unwrap();
-    let probes = [None, Some(0.5), Some(0.03), Some(0.03), Some(0.05), Some(0.01), Some(0.01), Some(0.01), Some(0.2), Some(0.01)];
+    let probes = [
+        None,
+        Some(0.5),
+        Some(0.03),
+        Some(0.03),
+        Some(0.05),
+        Some(0.01),
+        Some(0.01),
+        Some(0.01),
+        Some(0.2),
+        Some(0.01),
+    ];
     let s = plans(&mut a, 10, 8, &probes);
     use StepPlan::*;
-    let kinds: Vec<String> = s.iter().map(|p| match p { Full { .. } => "F".into(), CachedRear(_) => "R".into(), CachedFront(_) => "Fr".into(), other => format!("{other:?}") }).collect();
+    let kinds: Vec<String> = s
+        .iter()
+        .map(|p| match p {
+            Full { .. } => "F".into(),
+            CachedRear(_) => "R".into(),
+            CachedFront(_) => "Fr".into(),
+            other => format!("{other:?}"),
+        })
+        .collect();
     // 0,1 warm-up; 2: acc .03 → cached; 3: acc .06 → cached; 4: acc .11 ≥ .1 → full;
     // 5: .01 cached (≥ b=5 → front); 6: .02 cached; 7: cap of 2 → full; 8: .2 → full; 9: .01 cached.
     assert_eq!(kinds, ["F", "F", "R", "R", "F", "Fr", "Fr", "F", "F", "Fr"]);
@@ -129,7 +161,10 @@ fn parameters_are_validated_with_the_allowed_range() {
     assert_eq!(param_name(Fora::new(0).unwrap_err()), "n");
     assert_eq!(param_name(FirstBlock::new(0.0, None).unwrap_err()), "threshold");
     let msg = Delta::new(2, 30, 2, 28, 20).unwrap_err().to_string();
-    assert!(msg.contains("nc") && msg.contains("30") && msg.contains("28"), "message names parameter, value and range: {msg}");
+    assert!(
+        msg.contains("nc") && msg.contains("30") && msg.contains("28"),
+        "message names parameter, value and range: {msg}"
+    );
 }
 
 #[test]
@@ -138,16 +173,29 @@ fn cache_specs_parse_and_reject_bad_values() {
     assert_eq!((d.name(), d.params()), ("delta", "n=3,nc=5,b=6".to_string()));
     let preset = "delta".parse::<CacheSpec>().unwrap().build(Family::PixArt, 28, 20).unwrap();
     assert_eq!(preset.params(), "n=2,nc=21,b=12");
-    let a = "delta-adaptive:threshold=0.1,warmup=2,max-cached=3".parse::<CacheSpec>().unwrap().build(Family::PixArt, 28, 20).unwrap();
+    let a = "delta-adaptive:threshold=0.1,warmup=2,max-cached=3"
+        .parse::<CacheSpec>()
+        .unwrap()
+        .build(Family::PixArt, 28, 20)
+        .unwrap();
     assert_eq!(a.name(), "delta-adaptive");
     assert!(a.params().starts_with("threshold=0.1,warmup=2,max-cached=3"));
     assert_eq!("fora:n=3".parse::<CacheSpec>().unwrap().build(Family::DiT, 28, 50).unwrap().params(), "n=3");
-    assert_eq!("first-block:threshold=0.05".parse::<CacheSpec>().unwrap().build(Family::DiT, 28, 50).unwrap().params(), "threshold=0.05");
+    assert_eq!(
+        "first-block:threshold=0.05".parse::<CacheSpec>().unwrap().build(Family::DiT, 28, 50).unwrap().params(),
+        "threshold=0.05"
+    );
     assert_eq!(param_name("magic".parse::<CacheSpec>().unwrap_err()), "cache");
     assert_eq!(param_name("delta:q=1".parse::<CacheSpec>().unwrap_err()), "cache delta parameter");
     assert_eq!(param_name("delta:n=two".parse::<CacheSpec>().unwrap().build(Family::PixArt, 28, 20).unwrap_err()), "n");
-    assert_eq!(param_name("delta:nc=28".parse::<CacheSpec>().unwrap().build(Family::PixArt, 28, 20).unwrap_err()), "nc");
-    assert_eq!(param_name("first-block:threshold=-1".parse::<CacheSpec>().unwrap().build(Family::PixArt, 28, 20).unwrap_err()), "threshold");
+    assert_eq!(
+        param_name("delta:nc=28".parse::<CacheSpec>().unwrap().build(Family::PixArt, 28, 20).unwrap_err()),
+        "nc"
+    );
+    assert_eq!(
+        param_name("first-block:threshold=-1".parse::<CacheSpec>().unwrap().build(Family::PixArt, 28, 20).unwrap_err()),
+        "threshold"
+    );
 }
 
 // ---------------------------------------------------------------- engine bookkeeping
@@ -160,7 +208,8 @@ fn cached_step_reproduces_full_step(spec: &str, expect: StepPlan) {
     let dir = data("pixart-tiny-delta-n2-nc4-b12");
     let model = Transformer::load(&be, &dir).unwrap();
     let layers = model.num_blocks();
-    let inputs = SampleInputs::from_inputs(&Inputs::open(&dir.join("inputs.safetensors")).unwrap(), Family::PixArt).unwrap();
+    let inputs =
+        SampleInputs::from_inputs(&Inputs::open(&dir.join("inputs.safetensors")).unwrap(), Family::PixArt).unwrap();
     let mut cond = deltadit::model::Conditioning { batch: 1, height: 16, width: 16, ..Default::default() };
     cond.text = inputs.cond.clone();
     let ctx = model.context(&be, &cond).unwrap();
@@ -212,7 +261,15 @@ fn first_block_bookkeeping() {
 
 /// Δ-DiT written out step by step from DELTA_DIT.md with host-side snapshots of every block
 /// boundary (no engine, no fused taps), on the PixArt DPM-Solver++ CFG loop.
-fn reference_delta(model: &Transformer<Cpu>, be: &Cpu, inp: &SampleInputs, steps: usize, n: usize, nc: usize, b: usize) -> (Vec<f32>, Vec<usize>) {
+fn reference_delta(
+    model: &Transformer<Cpu>,
+    be: &Cpu,
+    inp: &SampleInputs,
+    steps: usize,
+    n: usize,
+    nc: usize,
+    b: usize,
+) -> (Vec<f32>, Vec<usize>) {
     let l = model.num_blocks();
     let [bs, _, h, w] = inp.shape;
     let mut cond = deltadit::model::Conditioning { batch: 2 * bs, height: h, width: w, ..Default::default() };
@@ -269,7 +326,8 @@ fn delta_matches_an_independent_implementation_on_other_parameters() {
     let be = Cpu::default();
     let dir = data("pixart-tiny-delta-n2-nc4-b12");
     let model = Transformer::load(&be, &dir).unwrap();
-    let inputs = SampleInputs::from_inputs(&Inputs::open(&dir.join("inputs.safetensors")).unwrap(), Family::PixArt).unwrap();
+    let inputs =
+        SampleInputs::from_inputs(&Inputs::open(&dir.join("inputs.safetensors")).unwrap(), Family::PixArt).unwrap();
     // (steps, N, N_c, b) on the 6-block model
     for &(steps, n, nc, b) in &[(10, 3, 2, 5), (8, 2, 3, 0), (8, 2, 3, 8), (9, 4, 5, 6), (6, 1, 3, 2), (7, 2, 1, 3)] {
         let (want, want_blocks) = reference_delta(&model, &be, &inputs, steps, n, nc, b);
@@ -289,7 +347,8 @@ fn samples_in_one_cfg_batch_do_not_interfere() {
     let be = Cpu::default();
     let dir = data("pixart-tiny-delta-n2-nc4-b12");
     let model = Transformer::load(&be, &dir).unwrap();
-    let one = SampleInputs::from_inputs(&Inputs::open(&dir.join("inputs.safetensors")).unwrap(), Family::PixArt).unwrap();
+    let one =
+        SampleInputs::from_inputs(&Inputs::open(&dir.join("inputs.safetensors")).unwrap(), Family::PixArt).unwrap();
     // A second prompt: other latents, embeddings and mask.
     let mut rng = common::Rng::new(11);
     let mut two = one.clone();
@@ -303,12 +362,21 @@ fn samples_in_one_cfg_batch_do_not_interfere() {
         shape: [2, one.shape[1], one.shape[2], one.shape[3]],
         cond: Some(deltadit::model::TextInput {
             embeds: [one.cond.as_ref().unwrap().embeds.clone(), two.cond.as_ref().unwrap().embeds.clone()].concat(),
-            mask: Some([one.cond.as_ref().unwrap().mask.clone().unwrap(), two.cond.as_ref().unwrap().mask.clone().unwrap()].concat()),
+            mask: Some(
+                [one.cond.as_ref().unwrap().mask.clone().unwrap(), two.cond.as_ref().unwrap().mask.clone().unwrap()]
+                    .concat(),
+            ),
             len: one.cond.as_ref().unwrap().len,
         }),
         uncond: Some(deltadit::model::TextInput {
             embeds: [one.uncond.as_ref().unwrap().embeds.clone(), two.uncond.as_ref().unwrap().embeds.clone()].concat(),
-            mask: Some([one.uncond.as_ref().unwrap().mask.clone().unwrap(), two.uncond.as_ref().unwrap().mask.clone().unwrap()].concat()),
+            mask: Some(
+                [
+                    one.uncond.as_ref().unwrap().mask.clone().unwrap(),
+                    two.uncond.as_ref().unwrap().mask.clone().unwrap(),
+                ]
+                .concat(),
+            ),
             len: one.cond.as_ref().unwrap().len,
         }),
         resolution: None,
@@ -317,7 +385,8 @@ fn samples_in_one_cfg_batch_do_not_interfere() {
     };
     for spec in ["none", "delta:n=2,nc=4,b=5", "fora:n=2"] {
         let run = |inp: &SampleInputs| {
-            let cfg = SampleConfig { scheduler: SchedulerName::DpmSolverPP, steps: 8, guidance: 4.5, keep_per_step: false };
+            let cfg =
+                SampleConfig { scheduler: SchedulerName::DpmSolverPP, steps: 8, guidance: 4.5, keep_per_step: false };
             let policy = spec.parse::<CacheSpec>().unwrap().build(Family::PixArt, 6, 8).unwrap();
             sample(&be, &model, inp, &cfg, policy, &mut |_, _| {}).unwrap().latents
         };

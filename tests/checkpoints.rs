@@ -14,7 +14,8 @@ fn data(name: &str) -> PathBuf {
 }
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("deltadit-ckpt-{}-{name}", std::process::id()));
+    let dir =
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("deltadit-ckpt-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::copy(data("pixart-tiny").join("config.json"), dir.join("config.json")).unwrap();
     dir
@@ -22,10 +23,13 @@ fn scratch(name: &str) -> PathBuf {
 
 fn golden_weights() -> Vec<(String, Vec<f32>, Vec<usize>)> {
     let f = SafetensorsFile::open(&data("pixart-tiny").join("diffusion_pytorch_model.safetensors")).unwrap();
-    f.names().into_iter().map(|k| {
-        let t = f.get(&k).unwrap();
-        (k.clone(), t.to_f32(&k).unwrap(), t.shape.to_vec())
-    }).collect()
+    f.names()
+        .into_iter()
+        .map(|k| {
+            let t = f.get(&k).unwrap();
+            (k.clone(), t.to_f32(&k).unwrap(), t.shape.to_vec())
+        })
+        .collect()
 }
 
 fn forward(dir: &Path) -> Vec<f32> {
@@ -42,7 +46,8 @@ fn sharded_checkpoint_with_index_loads_like_a_single_file() {
     let (a, b) = w.split_at(w.len() / 2);
     let mut map = serde_json::Map::new();
     for (shard, part) in [("model-00001-of-00002.safetensors", a), ("model-00002-of-00002.safetensors", b)] {
-        let tensors: Vec<(&str, HostTensor)> = part.iter().map(|(k, v, s)| (k.as_str(), HostTensor::F32(v.clone(), s.clone()))).collect();
+        let tensors: Vec<(&str, HostTensor)> =
+            part.iter().map(|(k, v, s)| (k.as_str(), HostTensor::F32(v.clone(), s.clone()))).collect();
         write_safetensors(&dir.join(shard), &tensors).unwrap();
         for (k, _, _) in part {
             map.insert(k.clone(), shard.into());
@@ -50,7 +55,12 @@ fn sharded_checkpoint_with_index_loads_like_a_single_file() {
     }
     let index = serde_json::json!({ "metadata": {}, "weight_map": map });
     std::fs::write(dir.join("diffusion_pytorch_model.safetensors.index.json"), index.to_string()).unwrap();
-    let expected = SafetensorsFile::open(&data("pixart-tiny").join("expected.safetensors")).unwrap().get("sample").unwrap().to_f32("sample").unwrap();
+    let expected = SafetensorsFile::open(&data("pixart-tiny").join("expected.safetensors"))
+        .unwrap()
+        .get("sample")
+        .unwrap()
+        .to_f32("sample")
+        .unwrap();
     let e = rel_l2(&forward(&dir), &expected);
     assert!(e <= 1e-5, "sharded: rel err {e:.2e}");
 }
@@ -59,14 +69,20 @@ fn sharded_checkpoint_with_index_loads_like_a_single_file() {
 fn f16_and_bf16_weights_convert_exactly_at_load() {
     let w = golden_weights();
     let cases: [(&str, Box<dyn Fn(&[f32], &[usize]) -> (Vec<f32>, HostTensor)>); 2] = [
-        ("f16", Box::new(|v: &[f32], s: &[usize]| {
-            let h: Vec<half::f16> = v.iter().map(|&x| half::f16::from_f32(x)).collect();
-            (h.iter().map(|x| x.to_f32()).collect(), HostTensor::F16(h, s.to_vec()))
-        })),
-        ("bf16", Box::new(|v: &[f32], s: &[usize]| {
-            let h: Vec<half::bf16> = v.iter().map(|&x| half::bf16::from_f32(x)).collect();
-            (h.iter().map(|x| x.to_f32()).collect(), HostTensor::BF16(h, s.to_vec()))
-        })),
+        (
+            "f16",
+            Box::new(|v: &[f32], s: &[usize]| {
+                let h: Vec<half::f16> = v.iter().map(|&x| half::f16::from_f32(x)).collect();
+                (h.iter().map(|x| x.to_f32()).collect(), HostTensor::F16(h, s.to_vec()))
+            }),
+        ),
+        (
+            "bf16",
+            Box::new(|v: &[f32], s: &[usize]| {
+                let h: Vec<half::bf16> = v.iter().map(|&x| half::bf16::from_f32(x)).collect();
+                (h.iter().map(|x| x.to_f32()).collect(), HostTensor::BF16(h, s.to_vec()))
+            }),
+        ),
     ];
     for (name, conv) in cases {
         let (half_dir, f32_dir) = (scratch(&format!("{name}-stored")), scratch(&format!("{name}-as-f32")));

@@ -48,7 +48,15 @@ fn read(path: &Path, name: &str) -> Vec<f32> {
 fn forward_writes_sample_matching_diffusers() {
     let out = tmp("forward.safetensors");
     let dir = data("pixart-tiny");
-    let o = run(&["forward", "--model", dir.to_str().unwrap(), "--inputs", dir.join("inputs.safetensors").to_str().unwrap(), "--output", out.to_str().unwrap()]);
+    let o = run(&[
+        "forward",
+        "--model",
+        dir.to_str().unwrap(),
+        "--inputs",
+        dir.join("inputs.safetensors").to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let e = rel_l2(&read(&out, "sample"), &read(&dir.join("expected.safetensors"), "sample"));
     assert!(e <= 1e-5, "rel err {e:.2e}");
@@ -59,9 +67,21 @@ fn sample_with_delta_cache_writes_latents_timesteps_and_blocks_run() {
     let out = tmp("sample.safetensors");
     let dir = data("pixart-tiny-delta-n2-nc4-b12");
     let o = run(&[
-        "sample", "--model", dir.to_str().unwrap(), "--inputs", dir.join("inputs.safetensors").to_str().unwrap(),
-        "--output", out.to_str().unwrap(), "--scheduler", "dpm-solver++", "--steps", "20", "--guidance", "4.5",
-        "--cache", "delta:n=2,nc=4,b=12",
+        "sample",
+        "--model",
+        dir.to_str().unwrap(),
+        "--inputs",
+        dir.join("inputs.safetensors").to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--scheduler",
+        "dpm-solver++",
+        "--steps",
+        "20",
+        "--guidance",
+        "4.5",
+        "--cache",
+        "delta:n=2,nc=4,b=12",
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let exp = dir.join("expected.safetensors");
@@ -97,13 +117,19 @@ fn forward_args<'a>(model: &'a str, inputs: &'a str, out: &'a str) -> Vec<&'a st
 #[test]
 fn missing_model_folder() {
     let inputs = data("pixart-tiny").join("inputs.safetensors");
-    fails_with(run(&forward_args("/nonexistent/model", inputs.to_str().unwrap(), "/tmp/x.safetensors")), &["/nonexistent/model"]);
+    fails_with(
+        run(&forward_args("/nonexistent/model", inputs.to_str().unwrap(), "/tmp/x.safetensors")),
+        &["/nonexistent/model"],
+    );
 }
 
 #[test]
 fn missing_inputs_file() {
     let m = data("pixart-tiny");
-    fails_with(run(&forward_args(m.to_str().unwrap(), "/nonexistent/in.safetensors", "/tmp/x.safetensors")), &["/nonexistent/in.safetensors"]);
+    fails_with(
+        run(&forward_args(m.to_str().unwrap(), "/nonexistent/in.safetensors", "/tmp/x.safetensors")),
+        &["/nonexistent/in.safetensors"],
+    );
 }
 
 #[test]
@@ -113,22 +139,32 @@ fn truncated_weights() {
     let bytes = std::fs::read(&w).unwrap();
     std::fs::write(&w, &bytes[..bytes.len() / 2]).unwrap();
     let inputs = data("pixart-tiny").join("inputs.safetensors");
-    fails_with(run(&forward_args(dir.to_str().unwrap(), inputs.to_str().unwrap(), "/tmp/x.safetensors")), &["truncated", "diffusion_pytorch_model.safetensors"]);
+    fails_with(
+        run(&forward_args(dir.to_str().unwrap(), inputs.to_str().unwrap(), "/tmp/x.safetensors")),
+        &["truncated", "diffusion_pytorch_model.safetensors"],
+    );
 }
 
 #[test]
 fn unknown_class_name() {
     let dir = model_copy("unknown-class", "pixart-tiny");
-    let cfg = std::fs::read_to_string(dir.join("config.json")).unwrap().replace("PixArtTransformer2DModel", "UNet2DConditionModel");
+    let cfg = std::fs::read_to_string(dir.join("config.json"))
+        .unwrap()
+        .replace("PixArtTransformer2DModel", "UNet2DConditionModel");
     std::fs::write(dir.join("config.json"), cfg).unwrap();
     let inputs = data("pixart-tiny").join("inputs.safetensors");
-    fails_with(run(&forward_args(dir.to_str().unwrap(), inputs.to_str().unwrap(), "/tmp/x.safetensors")), &["UNet2DConditionModel"]);
+    fails_with(
+        run(&forward_args(dir.to_str().unwrap(), inputs.to_str().unwrap(), "/tmp/x.safetensors")),
+        &["UNet2DConditionModel"],
+    );
 }
 
 #[test]
 fn hub_class_name_is_remapped_by_norm_type() {
     let dir = model_copy("hub-class", "dit-tiny");
-    let cfg = std::fs::read_to_string(dir.join("config.json")).unwrap().replace("DiTTransformer2DModel", "Transformer2DModel");
+    let cfg = std::fs::read_to_string(dir.join("config.json"))
+        .unwrap()
+        .replace("DiTTransformer2DModel", "Transformer2DModel");
     std::fs::write(dir.join("config.json"), cfg).unwrap();
     let out = tmp("hub.safetensors");
     let inputs = data("dit-tiny").join("inputs.safetensors");
@@ -173,7 +209,10 @@ fn wrong_weight_shape_names_expected_and_found() {
     let key = "transformer_blocks.0.ff.net.2.weight";
     let dir = weights_edit("bad-shape", "pixart-tiny", None, Some((key, vec![576, 144])));
     let inputs = data("pixart-tiny").join("inputs.safetensors");
-    fails_with(run(&forward_args(dir.to_str().unwrap(), inputs.to_str().unwrap(), "/tmp/x.safetensors")), &[key, "[144, 576]", "[576, 144]"]);
+    fails_with(
+        run(&forward_args(dir.to_str().unwrap(), inputs.to_str().unwrap(), "/tmp/x.safetensors")),
+        &[key, "[144, 576]", "[576, 144]"],
+    );
 }
 
 #[test]
@@ -183,27 +222,51 @@ fn input_of_wrong_shape_or_missing_is_named() {
     let get = |k: &str| src.get(k).unwrap().to_f32(k).unwrap();
     // hidden_states with 3 channels
     let bad = tmp("bad-inputs.safetensors");
-    write_safetensors(&bad, &[
-        ("hidden_states", HostTensor::F32(get("hidden_states")[..2 * 3 * 16 * 16].to_vec(), vec![2, 3, 16, 16])),
-        ("timestep", HostTensor::F32(get("timestep"), vec![2])),
-        ("encoder_hidden_states", HostTensor::F32(get("encoder_hidden_states"), vec![2, 12, 64])),
-    ]).unwrap();
-    fails_with(run(&forward_args(m.to_str().unwrap(), bad.to_str().unwrap(), "/tmp/x.safetensors")), &["hidden_states", "[2, 3, 16, 16]"]);
+    write_safetensors(
+        &bad,
+        &[
+            ("hidden_states", HostTensor::F32(get("hidden_states")[..2 * 3 * 16 * 16].to_vec(), vec![2, 3, 16, 16])),
+            ("timestep", HostTensor::F32(get("timestep"), vec![2])),
+            ("encoder_hidden_states", HostTensor::F32(get("encoder_hidden_states"), vec![2, 12, 64])),
+        ],
+    )
+    .unwrap();
+    fails_with(
+        run(&forward_args(m.to_str().unwrap(), bad.to_str().unwrap(), "/tmp/x.safetensors")),
+        &["hidden_states", "[2, 3, 16, 16]"],
+    );
     // encoder states missing
     let missing = tmp("missing-inputs.safetensors");
-    write_safetensors(&missing, &[
-        ("hidden_states", HostTensor::F32(get("hidden_states"), vec![2, 4, 16, 16])),
-        ("timestep", HostTensor::F32(get("timestep"), vec![2])),
-    ]).unwrap();
-    fails_with(run(&forward_args(m.to_str().unwrap(), missing.to_str().unwrap(), "/tmp/x.safetensors")), &["encoder_hidden_states"]);
+    write_safetensors(
+        &missing,
+        &[
+            ("hidden_states", HostTensor::F32(get("hidden_states"), vec![2, 4, 16, 16])),
+            ("timestep", HostTensor::F32(get("timestep"), vec![2])),
+        ],
+    )
+    .unwrap();
+    fails_with(
+        run(&forward_args(m.to_str().unwrap(), missing.to_str().unwrap(), "/tmp/x.safetensors")),
+        &["encoder_hidden_states"],
+    );
     // text features of the wrong width
     let wide = tmp("wide-inputs.safetensors");
-    write_safetensors(&wide, &[
-        ("hidden_states", HostTensor::F32(get("hidden_states"), vec![2, 4, 16, 16])),
-        ("timestep", HostTensor::F32(get("timestep"), vec![2])),
-        ("encoder_hidden_states", HostTensor::F32(get("encoder_hidden_states")[..2 * 12 * 32].to_vec(), vec![2, 12, 32])),
-    ]).unwrap();
-    fails_with(run(&forward_args(m.to_str().unwrap(), wide.to_str().unwrap(), "/tmp/x.safetensors")), &["encoder_hidden_states"]);
+    write_safetensors(
+        &wide,
+        &[
+            ("hidden_states", HostTensor::F32(get("hidden_states"), vec![2, 4, 16, 16])),
+            ("timestep", HostTensor::F32(get("timestep"), vec![2])),
+            (
+                "encoder_hidden_states",
+                HostTensor::F32(get("encoder_hidden_states")[..2 * 12 * 32].to_vec(), vec![2, 12, 32]),
+            ),
+        ],
+    )
+    .unwrap();
+    fails_with(
+        run(&forward_args(m.to_str().unwrap(), wide.to_str().unwrap(), "/tmp/x.safetensors")),
+        &["encoder_hidden_states"],
+    );
 }
 
 #[test]
@@ -212,19 +275,34 @@ fn input_of_wrong_dtype_is_named() {
     let src = SafetensorsFile::open(&m.join("inputs.safetensors")).unwrap();
     let get = |k: &str| src.get(k).unwrap().to_f32(k).unwrap();
     let bad = tmp("fractional-labels.safetensors");
-    write_safetensors(&bad, &[
-        ("hidden_states", HostTensor::F32(get("hidden_states"), vec![2, 4, 16, 16])),
-        ("timestep", HostTensor::F32(get("timestep"), vec![2])),
-        ("class_labels", HostTensor::F32(vec![1.5, 3.0], vec![2])),
-    ]).unwrap();
-    fails_with(run(&forward_args(m.to_str().unwrap(), bad.to_str().unwrap(), "/tmp/x.safetensors")), &["class_labels", "integers"]);
+    write_safetensors(
+        &bad,
+        &[
+            ("hidden_states", HostTensor::F32(get("hidden_states"), vec![2, 4, 16, 16])),
+            ("timestep", HostTensor::F32(get("timestep"), vec![2])),
+            ("class_labels", HostTensor::F32(vec![1.5, 3.0], vec![2])),
+        ],
+    )
+    .unwrap();
+    fails_with(
+        run(&forward_args(m.to_str().unwrap(), bad.to_str().unwrap(), "/tmp/x.safetensors")),
+        &["class_labels", "integers"],
+    );
 }
 
 #[test]
 fn bad_cache_spec_and_device_options() {
     let dir = data("pixart-tiny-dpmpp20-cfg");
     let inputs = dir.join("inputs.safetensors");
-    let base = ["sample", "--model", dir.to_str().unwrap(), "--inputs", inputs.to_str().unwrap(), "--output", "/tmp/x.safetensors"];
+    let base = [
+        "sample",
+        "--model",
+        dir.to_str().unwrap(),
+        "--inputs",
+        inputs.to_str().unwrap(),
+        "--output",
+        "/tmp/x.safetensors",
+    ];
     let with = |extra: &[&str]| run(&[&base[..], extra].concat());
     fails_with(with(&["--cache", "delta:nc=1,b=99"]), &["b", "99", "0 ≤ b ≤ 20"]);
     fails_with(with(&["--cache", "teacache"]), &["teacache", "delta"]);
@@ -241,7 +319,21 @@ fn bad_cache_spec_and_device_options() {
 #[test]
 fn attention_kernel_environment_variable() {
     let json = tmp("bench-wgmma.json");
-    let args = ["bench", "--device", "sim", "--preset", "pixart-cpu-small", "--steps", "1", "--runs", "1", "--warmup", "0", "--policies", "none"];
+    let args = [
+        "bench",
+        "--device",
+        "sim",
+        "--preset",
+        "pixart-cpu-small",
+        "--steps",
+        "1",
+        "--runs",
+        "1",
+        "--warmup",
+        "0",
+        "--policies",
+        "none",
+    ];
     let bench = |value: &str, json: Option<&Path>| {
         let mut c = bin();
         c.args(args).env("DELTADIT_ATTENTION", value);

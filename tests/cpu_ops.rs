@@ -5,7 +5,9 @@ mod common;
 
 use common::{assert_close, poisoned, random, Rng};
 use deltadit::backend::cpu::Cpu;
-use deltadit::backend::{Activation, AttentionShape, Backend, CacheWrite, Cfg, ColSlice, SchedulerKind, SchedulerUpdate};
+use deltadit::backend::{
+    Activation, AttentionShape, Backend, CacheWrite, Cfg, ColSlice, SchedulerKind, SchedulerUpdate,
+};
 use deltadit::DType::F32;
 
 const TOL: f64 = 1e-5;
@@ -23,7 +25,9 @@ fn linear_bias_and_activations_match_f64() {
     let mut rng = Rng::new(1);
     // The large cases are cut into per-thread tiles: rows only (130×96), ragged column blocks
     // (70×200 on 2 threads: 112 + 88 columns) and a ragged 2-D grid (130×200 on 5 threads).
-    for &(threads, m, n, k) in &[(2, 1, 1, 1), (2, 3, 5, 7), (2, 17, 33, 65), (2, 130, 96, 144), (2, 70, 200, 48), (5, 130, 200, 48)] {
+    for &(threads, m, n, k) in
+        &[(2, 1, 1, 1), (2, 3, 5, 7), (2, 17, 33, 65), (2, 130, 96, 144), (2, 70, 200, 48), (5, 130, 200, 48)]
+    {
         let be = Cpu::new(threads);
         for act in [Activation::None, Activation::GeluTanh, Activation::Silu] {
             for with_bias in [false, true] {
@@ -46,7 +50,12 @@ fn linear_bias_and_activations_match_f64() {
                         } as f32;
                     }
                 }
-                assert_close(&format!("linear {m}x{n}x{k} on {threads} threads {act:?} bias={with_bias}"), &be.download(&out).unwrap(), &want, TOL);
+                assert_close(
+                    &format!("linear {m}x{n}x{k} on {threads} threads {act:?} bias={with_bias}"),
+                    &be.download(&out).unwrap(),
+                    &want,
+                    TOL,
+                );
             }
         }
     }
@@ -111,14 +120,25 @@ fn residual_gated_anchor_and_delta_match_f64() {
                     1 => got.clone(),
                     _ => got.iter().zip(&cv).map(|(&o, &c)| o - c).collect(),
                 };
-                assert_close(&format!("residual {rows}x{dim} mode {mode}: cache"), &be.download(&cache).unwrap(), &want_cache, TOL);
+                assert_close(
+                    &format!("residual {rows}x{dim} mode {mode}: cache"),
+                    &be.download(&cache).unwrap(),
+                    &want_cache,
+                    TOL,
+                );
             }
         }
     }
 }
 
 /// softmax(q·kᵀ·scale + bias)·v per (batch, head), in f64.
-fn attention64(s: &AttentionShape, q: (&[f32], usize, usize), k: (&[f32], usize, usize), v: (&[f32], usize, usize), bias: Option<&[f32]>) -> Vec<f32> {
+fn attention64(
+    s: &AttentionShape,
+    q: (&[f32], usize, usize),
+    k: (&[f32], usize, usize),
+    v: (&[f32], usize, usize),
+    bias: Option<&[f32]>,
+) -> Vec<f32> {
     let (d, width) = (s.head_dim, s.heads * s.head_dim);
     let mut out = vec![0.0f32; s.batch * s.nq * width];
     for b in 0..s.batch {
@@ -135,7 +155,8 @@ fn attention64(s: &AttentionShape, q: (&[f32], usize, usize), k: (&[f32], usize,
                 let e: Vec<f64> = scores.iter().map(|x| (x - max).exp()).collect();
                 let sum: f64 = e.iter().sum();
                 for c in 0..d {
-                    let o: f64 = (0..s.nk).map(|j| e[j] / sum * v.0[(b * s.nk + j) * v.2 + v.1 + h * d + c] as f64).sum();
+                    let o: f64 =
+                        (0..s.nk).map(|j| e[j] / sum * v.0[(b * s.nk + j) * v.2 + v.1 + h * d + c] as f64).sum();
                     out[(b * s.nq + i) * width + h * d + c] = o as f32;
                 }
             }
@@ -149,23 +170,41 @@ fn attention_self_and_cross_with_mask_match_f64() {
     let be = Cpu::new(2);
     let mut rng = Rng::new(4);
     // (batch, heads, head_dim, nq, nk, masked)
-    for &(batch, heads, d, nq, nk, masked) in &[(1, 1, 8, 1, 1, false), (2, 3, 16, 37, 37, false), (2, 2, 72, 130, 12, true), (3, 1, 64, 5, 300, true)] {
+    for &(batch, heads, d, nq, nk, masked) in
+        &[(1, 1, 8, 1, 1, false), (2, 3, 16, 37, 37, false), (2, 2, 72, 130, 12, true), (3, 1, 64, 5, 300, true)]
+    {
         let width = heads * d;
         let scale = (d as f32).powf(-0.5);
         let s = AttentionShape { batch, heads, head_dim: d, nq, nk, scale };
         let (qkv, qv) = random(&be, &mut rng, &[batch * nq, 3 * width], F32, 1.0);
         let (kv, kvv) = random(&be, &mut rng, &[batch * nk, 2 * width], F32, 1.0);
         // masks keep a random subset, at least one key (sample 0 keeps only key 0)
-        let bias_v: Vec<f32> = (0..batch * nk).map(|i| if (i % nk == 0) || (i / nk > 0 && rng.uniform() < 0.5) { 0.0 } else { -10000.0 }).collect();
+        let bias_v: Vec<f32> = (0..batch * nk)
+            .map(|i| if (i % nk == 0) || (i / nk > 0 && rng.uniform() < 0.5) { 0.0 } else { -10000.0 })
+            .collect();
         let bias = be.upload(&bias_v, &[batch, nk], F32).unwrap();
         let mut out = poisoned(&be, &[batch * nq, width], F32);
         let self_attn = nq == nk;
         let (k_t, k_arr, v_col) = if self_attn { (&qkv, &qv, 2 * width) } else { (&kv, &kvv, width) };
         let k_col = if self_attn { width } else { 0 };
-        be.attention(&s, ColSlice::new(&qkv, 0), ColSlice::new(k_t, k_col), ColSlice::new(k_t, v_col), masked.then_some(&bias), &mut out).unwrap();
+        be.attention(
+            &s,
+            ColSlice::new(&qkv, 0),
+            ColSlice::new(k_t, k_col),
+            ColSlice::new(k_t, v_col),
+            masked.then_some(&bias),
+            &mut out,
+        )
+        .unwrap();
         let ks = k_t.cols();
-        let want = attention64(&s, (&qv, 0, 3 * width), (k_arr, k_col, ks), (k_arr, v_col, ks), masked.then_some(&bias_v[..]));
-        assert_close(&format!("attention b{batch} h{heads} d{d} {nq}x{nk} mask={masked}"), &be.download(&out).unwrap(), &want, TOL);
+        let want =
+            attention64(&s, (&qv, 0, 3 * width), (k_arr, k_col, ks), (k_arr, v_col, ks), masked.then_some(&bias_v[..]));
+        assert_close(
+            &format!("attention b{batch} h{heads} d{d} {nq}x{nk} mask={masked}"),
+            &be.download(&out).unwrap(),
+            &want,
+            TOL,
+        );
     }
 }
 
@@ -221,7 +260,12 @@ fn timestep_embedding_matches_f64_formula() {
         }
         // f32 arguments up to ~1000 rad: sin/cos of the rounded argument differ from f64 by
         // about 1000·2⁻²⁴ ≈ 6e-5.
-        assert_close(&format!("timestep_embedding flip={flip} shift={shift}"), &be.download(&out).unwrap(), &want, 2e-4);
+        assert_close(
+            &format!("timestep_embedding flip={flip} shift={shift}"),
+            &be.download(&out).unwrap(),
+            &want,
+            2e-4,
+        );
     }
 }
 
@@ -242,7 +286,10 @@ fn patchify_and_unpatchify_follow_the_conv_and_einsum_layouts() {
                         for kh in 0..p {
                             for kw in 0..p {
                                 let tok = (bi * th + i) * tw + j;
-                                assert_eq!(got[tok * c * p * p + (ci * p + kh) * p + kw], xv[((bi * c + ci) * h + i * p + kh) * w + j * p + kw]);
+                                assert_eq!(
+                                    got[tok * c * p * p + (ci * p + kh) * p + kw],
+                                    xv[((bi * c + ci) * h + i * p + kh) * w + j * p + kw]
+                                );
                             }
                         }
                     }
@@ -259,7 +306,10 @@ fn patchify_and_unpatchify_follow_the_conv_and_einsum_layouts() {
                 for y in 0..h {
                     for xx in 0..w {
                         let t = (bi * th + y / p) * tw + xx / p;
-                        assert_eq!(got[((bi * c + ci) * h + y) * w + xx], tv[t * p * p * c + ((y % p) * p + xx % p) * c + ci]);
+                        assert_eq!(
+                            got[((bi * c + ci) * h + y) * w + xx],
+                            tv[t * p * p * c + ((y % p) * p + xx % p) * c + ci]
+                        );
                     }
                 }
             }
@@ -291,7 +341,8 @@ fn cfg_combine_orders_and_learned_sigma_split() {
     let (out1, o1) = random(&be, &mut rng, &[batch, c_out, h, w], F32, 1.0);
     let mut eps = poisoned(&be, &[batch, c, h, w], F32);
     be.cfg_combine(&out1, Cfg::Off, &mut eps).unwrap();
-    let want: Vec<f32> = (0..batch * c * hw).map(|i| o1[((i / (c * hw)) * c_out + (i / hw) % c) * hw + i % hw]).collect();
+    let want: Vec<f32> =
+        (0..batch * c * hw).map(|i| o1[((i / (c * hw)) * c_out + (i / hw) % c) * hw + i % hw]).collect();
     assert_eq!(be.download(&eps).unwrap(), want);
 }
 

@@ -57,7 +57,8 @@ fn outputs(be: &Cpu) -> Vec<(String, Vec<f32>)> {
     let bias_v: Vec<f32> = (0..batch * nk).map(|i| if i % 3 == 1 { -10000.0 } else { 0.0 }).collect();
     let bias = be.upload(&bias_v, &[batch, nk], F32).unwrap();
     let mut o = poisoned(be, &[rows, heads * d], F32);
-    be.attention(&s, ColSlice::new(&q, 0), ColSlice::new(&kv, 0), ColSlice::new(&kv, heads * d), Some(&bias), &mut o).unwrap();
+    be.attention(&s, ColSlice::new(&q, 0), ColSlice::new(&kv, 0), ColSlice::new(&kv, heads * d), Some(&bias), &mut o)
+        .unwrap();
     out.push(("attention".into(), be.download(&o).unwrap()));
     out
 }

@@ -70,7 +70,12 @@ fn wgmma_attention_through_a_whole_model() {
     let steps = 3;
     let inputs = deltadit::bench::random_inputs(&p.config, p.latent, p.latent, p.text_len, steps, 5);
     let sc = SampleConfig { scheduler: p.scheduler, steps, guidance: p.guidance, keep_per_step: false };
-    fn latents<B: Backend>(be: &B, p: &deltadit::bench::Preset, inputs: &deltadit::pipeline::SampleInputs, sc: &SampleConfig) -> Vec<f32> {
+    fn latents<B: Backend>(
+        be: &B,
+        p: &deltadit::bench::Preset,
+        inputs: &deltadit::pipeline::SampleInputs,
+        sc: &SampleConfig,
+    ) -> Vec<f32> {
         let model = p.build(be, 0).unwrap();
         let policy = "none".parse::<CacheSpec>().unwrap().build(p.config.family, model.num_blocks(), sc.steps).unwrap();
         sample(be, &model, inputs, sc, policy, &mut |_, _| {}).unwrap().latents
@@ -85,8 +90,13 @@ fn wgmma_attention_through_a_whole_model() {
         let wgmma = latents(&sim, &p, &inputs, &sc);
         let (between, e_wgmma) = (rel_l2(&wgmma, &mma), rel_l2(&wgmma, &f32));
         let name = k.name();
-        eprintln!("pixart-cpu-small, 3 steps: {name} vs mma {between:.2e}; vs f32: mma {e_mma:.2e}, {name} {e_wgmma:.2e}");
+        eprintln!(
+            "pixart-cpu-small, 3 steps: {name} vs mma {between:.2e}; vs f32: mma {e_mma:.2e}, {name} {e_wgmma:.2e}"
+        );
         assert!(wgmma.iter().all(|x| x.is_finite()), "non-finite latents with the {name} kernel");
-        assert!(e_wgmma <= 1.25 * e_mma && between <= 1.25 * e_mma, "{name}: {e_wgmma:.3e} from f32, {between:.3e} from mma (mma: {e_mma:.3e} from f32)");
+        assert!(
+            e_wgmma <= 1.25 * e_mma && between <= 1.25 * e_mma,
+            "{name}: {e_wgmma:.3e} from f32, {between:.3e} from mma (mma: {e_mma:.3e} from f32)"
+        );
     }
 }

@@ -40,7 +40,8 @@ fn test_options(graphs: bool) -> CudaOptions {
 }
 
 fn new_backend(dt: DType, graphs: bool) -> Cuda {
-    Cuda::with_options(0, dt, test_options(graphs)).unwrap_or_else(|e| panic!("a GPU is present but the CUDA backend fails: {e}"))
+    Cuda::with_options(0, dt, test_options(graphs))
+        .unwrap_or_else(|e| panic!("a GPU is present but the CUDA backend fails: {e}"))
 }
 
 /// The GPU, or None after printing why the test is skipped.
@@ -243,7 +244,8 @@ fn linear_epilogues_shapes() {
                 for with_bias in [true, false] {
                     let (mut og, mut oc) = g.outputs(&[m, n], dt);
                     let (bg, bc) = if with_bias { (Some(&b.g), Some(&b.c)) } else { (None, None) };
-                    g.be.linear(&x.g, &w.g, bg, act, &mut og).unwrap_or_else(|e| panic!("linear [{m}, {k}]·[{n}, {k}]ᵀ {act:?}: {e}"));
+                    g.be.linear(&x.g, &w.g, bg, act, &mut og)
+                        .unwrap_or_else(|e| panic!("linear [{m}, {k}]·[{n}, {k}]ᵀ {act:?}: {e}"));
                     g.cpu.linear(&x.c, &w.c, bc, act, &mut oc).unwrap();
                     g.check(&format!("linear {dt} [{m},{k}]x[{n},{k}]T {act:?} bias={with_bias}"), &og, &oc, TOL);
                 }
@@ -371,7 +373,8 @@ fn timestep_embedding_variants() {
 
 #[test]
 fn patchify_unpatchify() {
-    const SHAPES: &[(usize, usize, usize, usize, usize)] = &[(2, 4, 8, 12, 2), (1, 3, 6, 4, 2), (3, 4, 4, 4, 1), (1, 2, 8, 4, 4), (2, 4, 64, 64, 2)];
+    const SHAPES: &[(usize, usize, usize, usize, usize)] =
+        &[(2, 4, 8, 12, 2), (1, 3, 6, 4, 2), (3, 4, 4, 4, 1), (1, 2, 8, 4, 4), (2, 4, 64, 64, 2)];
     for dt in DTYPES {
         let g = gpu_or_skip!(dt);
         for (i, &(b, ch, h, w, p)) in SHAPES.iter().enumerate() {
@@ -388,7 +391,12 @@ fn patchify_unpatchify() {
             let (mut ug, mut uc) = g.outputs(&[b, ch, h, w], DType::F32);
             g.be.unpatchify(&tok.g, p, &mut ug).unwrap();
             g.cpu.unpatchify(&tok.c, p, &mut uc).unwrap();
-            assert_eq!(g.be.download(&ug).unwrap(), g.cpu.download(&uc).unwrap(), "unpatchify {dt} {:?}", (b, ch, h, w, p));
+            assert_eq!(
+                g.be.download(&ug).unwrap(),
+                g.cpu.download(&uc).unwrap(),
+                "unpatchify {dt} {:?}",
+                (b, ch, h, w, p)
+            );
         }
     }
 }
@@ -446,7 +454,10 @@ fn rel_l1_probe() {
                 let (dg, ng) = g.be.rel_l1(&a.g, &b.g).unwrap();
                 let (dc, nc) = g.cpu.rel_l1(&a.c, &b.c).unwrap();
                 let what = format!("rel_l1 {tdt} n={n}");
-                assert!(((dg - dc) / dc).abs() <= 1e-3 && ((ng - nc) / nc).abs() <= 1e-3, "{what}: ({dg}, {ng}) vs ({dc}, {nc})");
+                assert!(
+                    ((dg - dc) / dc).abs() <= 1e-3 && ((ng - nc) / nc).abs() <= 1e-3,
+                    "{what}: ({dg}, {ng}) vs ({dc}, {nc})"
+                );
             }
         }
     }
@@ -484,7 +495,14 @@ fn attn(dt: DType, d: usize, batch: usize, heads: usize, nq: usize, nk: usize, m
 fn attention_case(g: &Gpu, c: AttnCase, seed: u64) -> f64 {
     let mut rng = Rng::new(seed);
     let width = c.heads * c.d;
-    let shape = AttentionShape { batch: c.batch, heads: c.heads, head_dim: c.d, nq: c.nq, nk: c.nk, scale: (c.d as f32).powf(-0.5) };
+    let shape = AttentionShape {
+        batch: c.batch,
+        heads: c.heads,
+        head_dim: c.d,
+        nq: c.nq,
+        nk: c.nk,
+        scale: (c.d as f32).powf(-0.5),
+    };
     let bias = match c.mask {
         Mask::None => None,
         Mask::Random(p) => {
@@ -512,15 +530,47 @@ fn attention_case(g: &Gpu, c: AttnCase, seed: u64) -> f64 {
         let cols = 3 * width + 16;
         let qkv = g.rand(&mut rng, &[c.batch * c.nq, cols], c.dt, 1.5, 0.0);
         let [q, k, v] = [8, width + 8, 2 * width + 16];
-        g.be.attention(&shape, ColSlice::new(&qkv.g, q), ColSlice::new(&qkv.g, k), ColSlice::new(&qkv.g, v), bias.as_ref().map(|b| &b.g), &mut og)
-            .unwrap_or_else(|e| panic!("{what}: {e}"));
-        g.cpu.attention(&shape, ColSlice::new(&qkv.c, q), ColSlice::new(&qkv.c, k), ColSlice::new(&qkv.c, v), bias.as_ref().map(|b| &b.c), &mut oc).unwrap();
+        g.be.attention(
+            &shape,
+            ColSlice::new(&qkv.g, q),
+            ColSlice::new(&qkv.g, k),
+            ColSlice::new(&qkv.g, v),
+            bias.as_ref().map(|b| &b.g),
+            &mut og,
+        )
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+        g.cpu
+            .attention(
+                &shape,
+                ColSlice::new(&qkv.c, q),
+                ColSlice::new(&qkv.c, k),
+                ColSlice::new(&qkv.c, v),
+                bias.as_ref().map(|b| &b.c),
+                &mut oc,
+            )
+            .unwrap();
     } else {
         let qt = g.rand(&mut rng, &[c.batch * c.nq, width], c.dt, 1.5, 0.0);
         let kv = g.rand(&mut rng, &[c.batch * c.nk, 2 * width], c.dt, 1.2, 0.0);
-        g.be.attention(&shape, ColSlice::new(&qt.g, 0), ColSlice::new(&kv.g, 0), ColSlice::new(&kv.g, width), bias.as_ref().map(|b| &b.g), &mut og)
-            .unwrap_or_else(|e| panic!("{what}: {e}"));
-        g.cpu.attention(&shape, ColSlice::new(&qt.c, 0), ColSlice::new(&kv.c, 0), ColSlice::new(&kv.c, width), bias.as_ref().map(|b| &b.c), &mut oc).unwrap();
+        g.be.attention(
+            &shape,
+            ColSlice::new(&qt.g, 0),
+            ColSlice::new(&kv.g, 0),
+            ColSlice::new(&kv.g, width),
+            bias.as_ref().map(|b| &b.g),
+            &mut og,
+        )
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+        g.cpu
+            .attention(
+                &shape,
+                ColSlice::new(&qt.c, 0),
+                ColSlice::new(&kv.c, 0),
+                ColSlice::new(&kv.c, width),
+                bias.as_ref().map(|b| &b.c),
+                &mut oc,
+            )
+            .unwrap();
     }
     g.check(&format!("attention {what}"), &og, &oc, TOL)
 }
@@ -617,7 +667,7 @@ fn attention_wgmma_d72() {
         attention_case(&g, attn(dt, 72, 2, 1, 1, 120, Mask::Random(0.5)), 724);
         attention_case(&g, attn(dt, 72, 3, 3, 70, 70, Mask::Random(0.7)), 725);
         attention_case(&g, attn(dt, 72, 1, 2, 200, 333, Mask::None), 726);
-        attention_case(&g, attn(dt, 72, 2, 1, 385, 385, Mask::None), 727);  // 192-query tiles: 2 full + 1 row
+        attention_case(&g, attn(dt, 72, 2, 1, 385, 385, Mask::None), 727); // 192-query tiles: 2 full + 1 row
     }
 }
 
@@ -760,7 +810,10 @@ fn graph_units_checked_replay() {
             Ok(())
         })
         .unwrap();
-        let (xc, yc) = (cpu.upload(&xs[0], &[rows, cols], DType::F32).unwrap(), cpu.upload(&xs[2], &[rows, cols], DType::F32).unwrap());
+        let (xc, yc) = (
+            cpu.upload(&xs[0], &[rows, cols], DType::F32).unwrap(),
+            cpu.upload(&xs[2], &[rows, cols], DType::F32).unwrap(),
+        );
         let want = cpu.rel_l1(&xc, &yc).unwrap();
         assert!(((r.0 - want.0) / want.0).abs() < 1e-3, "probe unit: {r:?} vs {want:?}");
     }

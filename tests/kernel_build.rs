@@ -119,7 +119,12 @@ fn sass(stem: &str) -> BTreeMap<(String, String), String> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     let dir = tool.parent().unwrap().to_path_buf();
     let new_path = std::env::join_paths(std::iter::once(dir).chain(std::env::split_paths(&path))).unwrap();
-    let out = Command::new(&tool).arg("-sass").arg(fatbin_path(stem).expect("fatbin")).env("PATH", new_path).output().expect("run cuobjdump");
+    let out = Command::new(&tool)
+        .arg("-sass")
+        .arg(fatbin_path(stem).expect("fatbin"))
+        .env("PATH", new_path)
+        .output()
+        .expect("run cuobjdump");
     assert!(out.status.success(), "cuobjdump failed: {}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
     let mut map: BTreeMap<(String, String), String> = BTreeMap::new();
@@ -152,7 +157,12 @@ fn attention_sass_uses_tensor_cores_ldmatrix_and_cp_async() {
         for instr in ["HMMA.16816.F32", "LDSM", "LDGSTS"] {
             assert!(code.contains(instr), "{f} on {arch}: no {instr} in the SASS");
         }
-        println!("{f:<26} {arch}: HMMA×{} LDSM×{} LDGSTS×{}", code.matches("HMMA").count(), code.matches("LDSM").count(), code.matches("LDGSTS").count());
+        println!(
+            "{f:<26} {arch}: HMMA×{} LDSM×{} LDGSTS×{}",
+            code.matches("HMMA").count(),
+            code.matches("LDSM").count(),
+            code.matches("LDGSTS").count()
+        );
     }
 }
 
@@ -179,7 +189,12 @@ fn wgmma_attention_sass_uses_hgmma_without_serialisation() {
         assert!(!code.contains("HMMA"), "{f}: mma.sync (HMMA) in the wgmma kernel");
         // Q in registers: its fragments come from ldmatrix, and no Q·Kᵀ wgmma reads A from shared memory.
         assert_eq!(f.contains("_qregs"), code.contains("LDSM"), "{f}: ldmatrix of Q exactly in the qregs kernels");
-        println!("{f:<34} {arch}: HGMMA×{} LDGSTS×{} LDSM×{}", code.matches("HGMMA").count(), code.matches("LDGSTS").count(), code.matches("LDSM").count());
+        println!(
+            "{f:<34} {arch}: HGMMA×{} LDGSTS×{} LDSM×{}",
+            code.matches("HGMMA").count(),
+            code.matches("LDGSTS").count(),
+            code.matches("LDSM").count()
+        );
     }
 }
 
@@ -194,8 +209,15 @@ fn memory_bound_kernels_use_128_bit_loads() {
         let found: Vec<_> = fns.iter().filter(|((_, f), _)| f.starts_with(prefix)).collect();
         assert!(!found.is_empty(), "kernels/{stem}.cu: no {prefix}* functions");
         for ((arch, f), code) in found {
-            assert!(code.contains("LDG.E.128") || code.contains("LDG.E.ENL2.128"), "{f} on {arch}: no 128-bit global loads");
-            println!("{f:<26} {arch}: LDG.E.128×{} STG.E.128×{}", code.matches("LDG.E.128").count() + code.matches("LDG.E.ENL2.128").count(), code.matches("STG.E.128").count());
+            assert!(
+                code.contains("LDG.E.128") || code.contains("LDG.E.ENL2.128"),
+                "{f} on {arch}: no 128-bit global loads"
+            );
+            println!(
+                "{f:<26} {arch}: LDG.E.128×{} STG.E.128×{}",
+                code.matches("LDG.E.128").count() + code.matches("LDG.E.ENL2.128").count(),
+                code.matches("STG.E.128").count()
+            );
         }
     }
 }

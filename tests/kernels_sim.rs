@@ -27,7 +27,11 @@ fn data(rng: &mut Rng, n: usize, std: f32, offset: f32, dt: DType) -> Vec<f32> {
         .into_iter()
         .map(|v| {
             let r = dt.round(offset + v);
-            if r == 0.0 { dt.round(std * 0.5) } else { r }
+            if r == 0.0 {
+                dt.round(std * 0.5)
+            } else {
+                r
+            }
         })
         .collect()
 }
@@ -331,7 +335,8 @@ fn timestep_embedding_pixart_dit() {
 // ---- patchify / unpatchify -----------------------------------------------------------------------
 
 /// (B, C, H, W, p), square and not.
-const PATCH_SHAPES: &[(usize, usize, usize, usize, usize)] = &[(2, 4, 8, 12, 2), (1, 3, 6, 4, 2), (3, 4, 4, 4, 1), (1, 2, 8, 4, 4)];
+const PATCH_SHAPES: &[(usize, usize, usize, usize, usize)] =
+    &[(2, 4, 8, 12, 2), (1, 3, 6, 4, 2), (3, 4, 4, 4, 1), (1, 2, 8, 4, 4)];
 
 #[test]
 fn patchify_unpatchify_shapes() {

@@ -61,7 +61,17 @@ struct Case {
 impl Case {
     fn new(head_dim: usize, nq: usize, nk: usize) -> Self {
         let layout = if nq == nk { Layout::FusedQkv } else { Layout::SeparateQ };
-        Case { dtype: DType::BF16, head_dim, batch: 1, heads: 1, nq, nk, bias: Bias::None, layout, kernel: AttentionKernel::Mma }
+        Case {
+            dtype: DType::BF16,
+            head_dim,
+            batch: 1,
+            heads: 1,
+            nq,
+            nk,
+            bias: Bias::None,
+            layout,
+            kernel: AttentionKernel::Mma,
+        }
     }
     fn bh(self, batch: usize, heads: usize) -> Self {
         Case { batch, heads, ..self }
@@ -111,7 +121,15 @@ struct Operands<B: Backend> {
     bias: Option<Tensor<B>>,
 }
 
-fn upload<B: Backend>(be: &B, dtype: DType, q: &(Vec<f32>, Vec<usize>), kv: &Option<(Vec<f32>, Vec<usize>)>, cols: [usize; 3], bias: &Option<Vec<f32>>, c: &Case) -> Operands<B> {
+fn upload<B: Backend>(
+    be: &B,
+    dtype: DType,
+    q: &(Vec<f32>, Vec<usize>),
+    kv: &Option<(Vec<f32>, Vec<usize>)>,
+    cols: [usize; 3],
+    bias: &Option<Vec<f32>>,
+    c: &Case,
+) -> Operands<B> {
     Operands {
         q: be.upload(&q.0, &q.1, dtype).unwrap(),
         kv: kv.as_ref().map(|(d, s)| be.upload(d, s, dtype).unwrap()),
@@ -158,7 +176,8 @@ fn run_unguarded(c: Case, seed: u64) -> (f64, f64) {
             ((d, vec![rows, cols]), None, [8, width + 8, 2 * width + 16])
         }
         Layout::SeparateQ => {
-            let q: Vec<f32> = rng.normal_vec(c.batch * c.nq * width, 1.5).into_iter().map(|x| c.dtype.round(x)).collect();
+            let q: Vec<f32> =
+                rng.normal_vec(c.batch * c.nq * width, 1.5).into_iter().map(|x| c.dtype.round(x)).collect();
             let mut kv = rng.normal_vec(c.batch * c.nk * 2 * width, 1.0);
             for r in 0..c.batch * c.nk {
                 kv[r * 2 * width..r * 2 * width + width].iter_mut().for_each(|x| *x *= 1.5);
@@ -202,7 +221,10 @@ fn run_unguarded(c: Case, seed: u64) -> (f64, f64) {
 fn check(c: Case, seed: u64) -> f64 {
     let (rel, max) = run(c, seed);
     let (tol_rel, tol_max) = if c.dtype == DType::BF16 { (1e-2, 3e-2) } else { (2e-3, 5e-3) };
-    assert!(rel <= tol_rel && max <= tol_max, "{c:?}: relative error {rel:.3e} (≤ {tol_rel:.0e}), max error {max:.3e} of max |ref| (≤ {tol_max:.0e})");
+    assert!(
+        rel <= tol_rel && max <= tol_max,
+        "{c:?}: relative error {rel:.3e} (≤ {tol_rel:.0e}), max error {max:.3e} of max |ref| (≤ {tol_max:.0e})"
+    );
     rel
 }
 
@@ -277,7 +299,8 @@ fn f16_inputs() {
     for (i, d) in [64, 72, 128].into_iter().enumerate() {
         let seed = 500 + 10 * i as u64;
         worst = worst.max(check(Case::new(d, 130, 130).bh(2, 2).dtype(DType::F16), seed));
-        worst = worst.max(check(Case::new(d, 65, 120).bh(2, 1).bias(Bias::RandomMask(0.4)).dtype(DType::F16), seed + 1));
+        worst =
+            worst.max(check(Case::new(d, 65, 120).bh(2, 1).bias(Bias::RandomMask(0.4)).dtype(DType::F16), seed + 1));
         worst = worst.max(check(Case::new(d, 257, 5).bias(Bias::KeepOne).dtype(DType::F16), seed + 2));
         worst = worst.max(check(Case::new(d, 63, 63).layout(Layout::SeparateQ).dtype(DType::F16), seed + 3));
     }
@@ -324,7 +347,8 @@ fn wgmma_masks_batch_heads_f16_with(k: AttentionKernel) {
     eprintln!("{} masks / batch × heads bf16, worst relative error {worst:.3e}", k.name());
     let mut worst = 0.0f64;
     worst = worst.max(check(Case::new(72, 130, 130).bh(2, 2).dtype(DType::F16).kernel(k), 860));
-    worst = worst.max(check(Case::new(72, 65, 120).bh(2, 1).bias(Bias::RandomMask(0.4)).dtype(DType::F16).kernel(k), 861));
+    worst =
+        worst.max(check(Case::new(72, 65, 120).bh(2, 1).bias(Bias::RandomMask(0.4)).dtype(DType::F16).kernel(k), 861));
     worst = worst.max(check(Case::new(72, 257, 5).bias(Bias::KeepOne).dtype(DType::F16).kernel(k), 862));
     eprintln!("{} f16, worst relative error {worst:.3e}", k.name());
 }

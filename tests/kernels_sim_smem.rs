@@ -21,16 +21,35 @@ fn attention_traffic(kernel: AttentionKernel, head_dim: usize, nq: usize, nk: Op
     let heads = 2;
     let w = heads * head_dim;
     let mut out = sim.alloc(&[nq, w], DType::BF16).unwrap();
-    let shape = AttentionShape { batch: 1, heads, head_dim, nq, nk: nk.unwrap_or(nq), scale: (head_dim as f32).powf(-0.5) };
+    let shape =
+        AttentionShape { batch: 1, heads, head_dim, nq, nk: nk.unwrap_or(nq), scale: (head_dim as f32).powf(-0.5) };
     let (r, banks) = match nk {
         None => {
             let (qkv, _) = random(&sim, &mut rng, &[nq, 3 * w], DType::BF16, 1.0);
-            count_smem_traffic(|| sim.attention(&shape, ColSlice::new(&qkv, 0), ColSlice::new(&qkv, w), ColSlice::new(&qkv, 2 * w), None, &mut out))
+            count_smem_traffic(|| {
+                sim.attention(
+                    &shape,
+                    ColSlice::new(&qkv, 0),
+                    ColSlice::new(&qkv, w),
+                    ColSlice::new(&qkv, 2 * w),
+                    None,
+                    &mut out,
+                )
+            })
         }
         Some(nk) => {
             let (q, _) = random(&sim, &mut rng, &[nq, w], DType::BF16, 1.0);
             let (kv, _) = random(&sim, &mut rng, &[nk, 2 * w], DType::BF16, 1.0);
-            count_smem_traffic(|| sim.attention(&shape, ColSlice::new(&q, 0), ColSlice::new(&kv, 0), ColSlice::new(&kv, w), None, &mut out))
+            count_smem_traffic(|| {
+                sim.attention(
+                    &shape,
+                    ColSlice::new(&q, 0),
+                    ColSlice::new(&kv, 0),
+                    ColSlice::new(&kv, w),
+                    None,
+                    &mut out,
+                )
+            })
         }
     };
     r.unwrap();
@@ -54,8 +73,18 @@ fn check(what: &str, b: &SmemTraffic, uses_ldmatrix: bool) {
     );
     assert!(b.cp_async.requests > 0, "{what}: no cp.async counted");
     assert_eq!(b.ldmatrix.requests > 0, uses_ldmatrix, "{what}: ldmatrix requests {}", b.ldmatrix.requests);
-    assert_eq!(b.cp_async.wavefronts, b.cp_async.ideal, "{what}: cp.async bank conflicts ({:.2}×)", b.cp_async.conflict_factor());
-    assert_eq!(b.ldmatrix.wavefronts, b.ldmatrix.ideal, "{what}: ldmatrix bank conflicts ({:.2}×)", b.ldmatrix.conflict_factor());
+    assert_eq!(
+        b.cp_async.wavefronts,
+        b.cp_async.ideal,
+        "{what}: cp.async bank conflicts ({:.2}×)",
+        b.cp_async.conflict_factor()
+    );
+    assert_eq!(
+        b.ldmatrix.wavefronts,
+        b.ldmatrix.ideal,
+        "{what}: ldmatrix bank conflicts ({:.2}×)",
+        b.ldmatrix.conflict_factor()
+    );
 }
 
 #[test]
@@ -111,7 +140,8 @@ fn wgmma_attention_shared_memory_per_mma() {
         );
         r
     };
-    let (smem_q, qregs, qregs3) = (ratio(AttentionKernel::Wgmma), ratio(AttentionKernel::WgmmaQRegs), ratio(AttentionKernel::WgmmaQRegs3));
+    let (smem_q, qregs, qregs3) =
+        (ratio(AttentionKernel::Wgmma), ratio(AttentionKernel::WgmmaQRegs), ratio(AttentionKernel::WgmmaQRegs3));
     // The header's numbers per 64-key tile: 78 KB for 608 MMA clocks (1.03); 58 KB (0.76); 78 KB for
     // 912 clocks (0.68); the loads of Q add a little at 1024 tokens.
     assert!((1.0..1.15).contains(&smem_q), "wgmma: {smem_q:.3}");

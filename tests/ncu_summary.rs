@@ -75,14 +75,20 @@ fn ncu_summary_reads_ncu_csv_exports() {
     assert!(close(&norm["duration_us"], 15.4) && close(&norm["dram_pct"], 77.5));
     assert!(norm["occ_achieved"].is_null(), "n/a reads as no value: {}", norm["occ_achieved"]);
     // long_scoreboard 6, barrier 2 (zeros are no stall reason): 75% / 25%
-    let reasons: Vec<&str> = norm["top_stalls"].as_array().unwrap().iter().map(|s| s["reason"].as_str().unwrap()).collect();
+    let reasons: Vec<&str> =
+        norm["top_stalls"].as_array().unwrap().iter().map(|s| s["reason"].as_str().unwrap()).collect();
     assert_eq!(reasons, ["long_scoreboard", "barrier"]);
     assert!(close(&norm["top_stalls"][0]["share"], 0.75));
     // st has conflicts 0 of 0 wavefronts: no share, not a division by zero
     assert!(norm["smem_conflict_share"]["st"].is_null());
 
     // the printed table names both kernels and the shares
-    assert!(stdout.contains("attention_d72_bf16") && stdout.contains("mio_throttle 40%") && stdout.contains("long_scoreboard 75%"), "{stdout}");
+    assert!(
+        stdout.contains("attention_d72_bf16")
+            && stdout.contains("mio_throttle 40%")
+            && stdout.contains("long_scoreboard 75%"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -94,7 +100,11 @@ fn ncu_summary_fails_clearly_without_kernels() {
     std::fs::write(&empty, "==PROF== Connected to process 1\n==WARNING== No kernels were profiled.\n").unwrap();
     let out = Command::new("python3").arg(root.join("bench/ncu_summary.py")).arg(&empty).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no profiled kernel"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no profiled kernel"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let missing = dir.join("missing.details.csv");
     let out = Command::new("python3").arg(root.join("bench/ncu_summary.py")).arg(&missing).output().unwrap();
     assert_eq!(out.status.code(), Some(2));

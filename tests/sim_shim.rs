@@ -9,10 +9,7 @@ fn check(name: &str) -> String {
     let t0 = std::time::Instant::now();
     match selftest::run(name) {
         Ok(msg) => {
-            println!(
-                "shim self-test {name}: {msg} [{:.3} s]",
-                t0.elapsed().as_secs_f64()
-            );
+            println!("shim self-test {name}: {msg} [{:.3} s]", t0.elapsed().as_secs_f64());
             msg
         }
         Err(e) => panic!("shim self-test {name} failed: {e}"),
@@ -92,14 +89,7 @@ fn concurrent_launches() {
     std::thread::scope(|s| {
         for round in 0..4 {
             s.spawn(move || {
-                for name in [
-                    "barrier",
-                    "shfl",
-                    "attention_tile",
-                    "cp_async",
-                    "diagnostics",
-                    "warp_orders",
-                ] {
+                for name in ["barrier", "shfl", "attention_tile", "cp_async", "diagnostics", "warp_orders"] {
                     if let Err(e) = selftest::run(name) {
                         panic!("{name} on thread {round}: {e}");
                     }
@@ -107,8 +97,5 @@ fn concurrent_launches() {
             });
         }
     });
-    println!(
-        "4 threads x 6 self-tests concurrently in {:.3} s",
-        t0.elapsed().as_secs_f64()
-    );
+    println!("4 threads x 6 self-tests concurrently in {:.3} s", t0.elapsed().as_secs_f64());
 }

@@ -132,7 +132,8 @@ pub fn check<B: Backend>(be: &B, cpu: &Cpu, op: KernelOp, t: &mut [Tensor<B>]) -
         let bits = t[i].dtype().nan_bits();
         be.fill_bits(&mut t[i], bits)?;
     }
-    let mut reference = t.iter().map(|x| cpu.upload(&be.download(x)?, x.shape(), DType::F32)).collect::<Result<Vec<_>>>()?;
+    let mut reference =
+        t.iter().map(|x| cpu.upload(&be.download(x)?, x.shape(), DType::F32)).collect::<Result<Vec<_>>>()?;
     op.apply(be, t)?;
     op.apply(cpu, &mut reference)?;
     let mut worst = 0.0f64;

@@ -42,9 +42,26 @@ impl Mode {
         let bench = args.iter().any(|a| a == "--bench");
         // criterion's options that take a value (their values are not filters)
         const VALUED: &[&str] = &[
-            "--color", "-c", "--colour", "--save-baseline", "-s", "--baseline", "-b", "--baseline-lenient", "--load-baseline",
-            "--sample-size", "--warm-up-time", "--measurement-time", "--nresamples", "--noise-threshold",
-            "--confidence-level", "--significance-level", "--profile-time", "--plotting-backend", "--output-format", "--format",
+            "--color",
+            "-c",
+            "--colour",
+            "--save-baseline",
+            "-s",
+            "--baseline",
+            "-b",
+            "--baseline-lenient",
+            "--load-baseline",
+            "--sample-size",
+            "--warm-up-time",
+            "--measurement-time",
+            "--nresamples",
+            "--noise-threshold",
+            "--confidence-level",
+            "--significance-level",
+            "--profile-time",
+            "--plotting-backend",
+            "--output-format",
+            "--format",
         ];
         let mut filter = None;
         let mut i = 0;
@@ -85,7 +102,8 @@ impl Mode {
 }
 
 pub fn env_flag(name: &str) -> bool {
-    std::env::var(name).is_ok_and(|v| !matches!(v.trim().to_ascii_lowercase().as_str(), "" | "0" | "false" | "off" | "no"))
+    std::env::var(name)
+        .is_ok_and(|v| !matches!(v.trim().to_ascii_lowercase().as_str(), "" | "0" | "false" | "off" | "no"))
 }
 
 /// Set to a false value ("0", "false", "off", "no"); unset or anything else: false.
@@ -156,7 +174,12 @@ pub trait Timed: Backend {
     fn cache_bytes(&self) -> usize;
     /// Prepares back-to-back launches of `op(i)` (i counts launches; the op picks its input set
     /// as i % sets). `est` is one launch's time, measured by [`Timed::estimate`].
-    fn launcher<'a>(&'a self, op: Box<dyn FnMut(usize) -> Result<()> + 'a>, sets: usize, est: f64) -> Result<Box<dyn Launcher + 'a>>;
+    fn launcher<'a>(
+        &'a self,
+        op: Box<dyn FnMut(usize) -> Result<()> + 'a>,
+        sets: usize,
+        est: f64,
+    ) -> Result<Box<dyn Launcher + 'a>>;
     /// Seconds one launch of `op(i)` takes, after a warm-up (rough; sizes the timed batches).
     fn estimate(&self, op: &mut dyn FnMut(usize) -> Result<()>, sets: usize) -> Result<f64>;
     /// "events" or "wall clock"
@@ -198,7 +221,12 @@ impl Timed for Cpu {
         l3.unwrap_or(32 << 20)
     }
 
-    fn launcher<'a>(&'a self, op: Box<dyn FnMut(usize) -> Result<()> + 'a>, _sets: usize, _est: f64) -> Result<Box<dyn Launcher + 'a>> {
+    fn launcher<'a>(
+        &'a self,
+        op: Box<dyn FnMut(usize) -> Result<()> + 'a>,
+        _sets: usize,
+        _est: f64,
+    ) -> Result<Box<dyn Launcher + 'a>> {
         Ok(Box::new(CpuLauncher { op, next: 0 }))
     }
 
@@ -267,7 +295,12 @@ impl Timed for Cuda {
         self.l2_cache_bytes().unwrap_or(50 << 20).max(50 << 20)
     }
 
-    fn launcher<'a>(&'a self, mut op: Box<dyn FnMut(usize) -> Result<()> + 'a>, sets: usize, est: f64) -> Result<Box<dyn Launcher + 'a>> {
+    fn launcher<'a>(
+        &'a self,
+        mut op: Box<dyn FnMut(usize) -> Result<()> + 'a>,
+        sets: usize,
+        est: f64,
+    ) -> Result<Box<dyn Launcher + 'a>> {
         // A whole number of passes over the input sets, at least GPU_UNIT_SECONDS of device time.
         let want = (GPU_UNIT_SECONDS / est.max(1e-7)).ceil() as usize;
         let passes = want.div_ceil(sets).clamp(1, (512 / sets).max(1));
@@ -336,7 +369,12 @@ impl Timed for Sim {
         Cpu::new(1).cache_bytes()
     }
 
-    fn launcher<'a>(&'a self, op: Box<dyn FnMut(usize) -> Result<()> + 'a>, _sets: usize, _est: f64) -> Result<Box<dyn Launcher + 'a>> {
+    fn launcher<'a>(
+        &'a self,
+        op: Box<dyn FnMut(usize) -> Result<()> + 'a>,
+        _sets: usize,
+        _est: f64,
+    ) -> Result<Box<dyn Launcher + 'a>> {
         Ok(Box::new(CpuLauncher { op, next: 0 }))
     }
 
@@ -349,7 +387,7 @@ impl Timed for Sim {
     }
 
     fn extra_attention_kernels(&self) -> Vec<AttentionKernel> {
-        AttentionKernel::WGMMA.to_vec()  // the shim emulates them all
+        AttentionKernel::WGMMA.to_vec() // the shim emulates them all
     }
 
     fn use_attention_kernel(&self, k: AttentionKernel) -> Result<()> {
@@ -373,7 +411,14 @@ impl Pool {
         (0..n).map(|i| p[(i + shift) % p.len()] * scale).collect()
     }
 
-    pub fn tensor<B: Backend>(&self, be: &B, shape: &[usize], dtype: DType, shift: usize, scale: f32) -> Result<Tensor<B>> {
+    pub fn tensor<B: Backend>(
+        &self,
+        be: &B,
+        shape: &[usize],
+        dtype: DType,
+        shift: usize,
+        scale: f32,
+    ) -> Result<Tensor<B>> {
         let n = shape.iter().product();
         be.upload(&self.values(n, shift, scale), shape, dtype)
     }

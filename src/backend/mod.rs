@@ -227,5 +227,12 @@ pub trait Backend: Sized + Send + Sync + 'static {
 
     /// `dst[dst_off..dst_off + len] = src[src_off..src_off + len]` (elements, same dtype): row
     /// gathers and concatenations (class embeddings, CFG duplication of the latents).
-    fn copy_range(&self, src: &Tensor<Self>, src_off: usize, dst: &mut Tensor<Self>, dst_off: usize, len: usize) -> Result<()>;
+    fn copy_range(
+        &self,
+        src: &Tensor<Self>,
+        src_off: usize,
+        dst: &mut Tensor<Self>,
+        dst_off: usize,
+        len: usize,
+    ) -> Result<()>;
 }

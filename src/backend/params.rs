@@ -80,30 +80,20 @@ pub struct NormModulateParams {
 const _: () = {
     ["Size of NormModulateParams"][::std::mem::size_of::<NormModulateParams>() - 72usize];
     ["Alignment of NormModulateParams"][::std::mem::align_of::<NormModulateParams>() - 8usize];
-    ["Offset of field: NormModulateParams::x"]
-        [::std::mem::offset_of!(NormModulateParams, x) - 0usize];
-    ["Offset of field: NormModulateParams::y"]
-        [::std::mem::offset_of!(NormModulateParams, y) - 8usize];
-    ["Offset of field: NormModulateParams::modv"]
-        [::std::mem::offset_of!(NormModulateParams, modv) - 16usize];
-    ["Offset of field: NormModulateParams::rows"]
-        [::std::mem::offset_of!(NormModulateParams, rows) - 24usize];
-    ["Offset of field: NormModulateParams::tokens"]
-        [::std::mem::offset_of!(NormModulateParams, tokens) - 32usize];
+    ["Offset of field: NormModulateParams::x"][::std::mem::offset_of!(NormModulateParams, x) - 0usize];
+    ["Offset of field: NormModulateParams::y"][::std::mem::offset_of!(NormModulateParams, y) - 8usize];
+    ["Offset of field: NormModulateParams::modv"][::std::mem::offset_of!(NormModulateParams, modv) - 16usize];
+    ["Offset of field: NormModulateParams::rows"][::std::mem::offset_of!(NormModulateParams, rows) - 24usize];
+    ["Offset of field: NormModulateParams::tokens"][::std::mem::offset_of!(NormModulateParams, tokens) - 32usize];
     ["Offset of field: NormModulateParams::mod_batch_stride"]
         [::std::mem::offset_of!(NormModulateParams, mod_batch_stride) - 40usize];
-    ["Offset of field: NormModulateParams::dim"]
-        [::std::mem::offset_of!(NormModulateParams, dim) - 48usize];
-    ["Offset of field: NormModulateParams::shift_row"]
-        [::std::mem::offset_of!(NormModulateParams, shift_row) - 52usize];
-    ["Offset of field: NormModulateParams::scale_row"]
-        [::std::mem::offset_of!(NormModulateParams, scale_row) - 56usize];
-    ["Offset of field: NormModulateParams::eps"]
-        [::std::mem::offset_of!(NormModulateParams, eps) - 60usize];
+    ["Offset of field: NormModulateParams::dim"][::std::mem::offset_of!(NormModulateParams, dim) - 48usize];
+    ["Offset of field: NormModulateParams::shift_row"][::std::mem::offset_of!(NormModulateParams, shift_row) - 52usize];
+    ["Offset of field: NormModulateParams::scale_row"][::std::mem::offset_of!(NormModulateParams, scale_row) - 56usize];
+    ["Offset of field: NormModulateParams::eps"][::std::mem::offset_of!(NormModulateParams, eps) - 60usize];
     ["Offset of field: NormModulateParams::row_threads"]
         [::std::mem::offset_of!(NormModulateParams, row_threads) - 64usize];
-    ["Offset of field: NormModulateParams::_pad"]
-        [::std::mem::offset_of!(NormModulateParams, _pad) - 68usize];
+    ["Offset of field: NormModulateParams::_pad"][::std::mem::offset_of!(NormModulateParams, _pad) - 68usize];
 };
 impl Default for NormModulateParams {
     fn default() -> Self {
@@ -133,19 +123,14 @@ const _: () = {
     ["Alignment of ResidualParams"][::std::mem::align_of::<ResidualParams>() - 8usize];
     ["Offset of field: ResidualParams::x"][::std::mem::offset_of!(ResidualParams, x) - 0usize];
     ["Offset of field: ResidualParams::y"][::std::mem::offset_of!(ResidualParams, y) - 8usize];
-    ["Offset of field: ResidualParams::modv"]
-        [::std::mem::offset_of!(ResidualParams, modv) - 16usize];
-    ["Offset of field: ResidualParams::cache"]
-        [::std::mem::offset_of!(ResidualParams, cache) - 24usize];
-    ["Offset of field: ResidualParams::rows"]
-        [::std::mem::offset_of!(ResidualParams, rows) - 32usize];
-    ["Offset of field: ResidualParams::tokens"]
-        [::std::mem::offset_of!(ResidualParams, tokens) - 40usize];
+    ["Offset of field: ResidualParams::modv"][::std::mem::offset_of!(ResidualParams, modv) - 16usize];
+    ["Offset of field: ResidualParams::cache"][::std::mem::offset_of!(ResidualParams, cache) - 24usize];
+    ["Offset of field: ResidualParams::rows"][::std::mem::offset_of!(ResidualParams, rows) - 32usize];
+    ["Offset of field: ResidualParams::tokens"][::std::mem::offset_of!(ResidualParams, tokens) - 40usize];
     ["Offset of field: ResidualParams::mod_batch_stride"]
         [::std::mem::offset_of!(ResidualParams, mod_batch_stride) - 48usize];
     ["Offset of field: ResidualParams::dim"][::std::mem::offset_of!(ResidualParams, dim) - 56usize];
-    ["Offset of field: ResidualParams::gate_row"]
-        [::std::mem::offset_of!(ResidualParams, gate_row) - 60usize];
+    ["Offset of field: ResidualParams::gate_row"][::std::mem::offset_of!(ResidualParams, gate_row) - 60usize];
 };
 impl Default for ResidualParams {
     fn default() -> Self {
@@ -198,10 +183,8 @@ const _: () = {
     ["Alignment of AddBcastParams"][::std::mem::align_of::<AddBcastParams>() - 8usize];
     ["Offset of field: AddBcastParams::x"][::std::mem::offset_of!(AddBcastParams, x) - 0usize];
     ["Offset of field: AddBcastParams::y"][::std::mem::offset_of!(AddBcastParams, y) - 8usize];
-    ["Offset of field: AddBcastParams::rows"]
-        [::std::mem::offset_of!(AddBcastParams, rows) - 16usize];
-    ["Offset of field: AddBcastParams::cols"]
-        [::std::mem::offset_of!(AddBcastParams, cols) - 24usize];
+    ["Offset of field: AddBcastParams::rows"][::std::mem::offset_of!(AddBcastParams, rows) - 16usize];
+    ["Offset of field: AddBcastParams::cols"][::std::mem::offset_of!(AddBcastParams, cols) - 24usize];
 };
 impl Default for AddBcastParams {
     fn default() -> Self {
@@ -228,22 +211,17 @@ pub struct TimestepEmbedParams {
 const _: () = {
     ["Size of TimestepEmbedParams"][::std::mem::size_of::<TimestepEmbedParams>() - 40usize];
     ["Alignment of TimestepEmbedParams"][::std::mem::align_of::<TimestepEmbedParams>() - 8usize];
-    ["Offset of field: TimestepEmbedParams::t"]
-        [::std::mem::offset_of!(TimestepEmbedParams, t) - 0usize];
-    ["Offset of field: TimestepEmbedParams::out"]
-        [::std::mem::offset_of!(TimestepEmbedParams, out) - 8usize];
-    ["Offset of field: TimestepEmbedParams::batch"]
-        [::std::mem::offset_of!(TimestepEmbedParams, batch) - 16usize];
-    ["Offset of field: TimestepEmbedParams::dim"]
-        [::std::mem::offset_of!(TimestepEmbedParams, dim) - 20usize];
+    ["Offset of field: TimestepEmbedParams::t"][::std::mem::offset_of!(TimestepEmbedParams, t) - 0usize];
+    ["Offset of field: TimestepEmbedParams::out"][::std::mem::offset_of!(TimestepEmbedParams, out) - 8usize];
+    ["Offset of field: TimestepEmbedParams::batch"][::std::mem::offset_of!(TimestepEmbedParams, batch) - 16usize];
+    ["Offset of field: TimestepEmbedParams::dim"][::std::mem::offset_of!(TimestepEmbedParams, dim) - 20usize];
     ["Offset of field: TimestepEmbedParams::flip_sin_to_cos"]
         [::std::mem::offset_of!(TimestepEmbedParams, flip_sin_to_cos) - 24usize];
     ["Offset of field: TimestepEmbedParams::downscale_freq_shift"]
         [::std::mem::offset_of!(TimestepEmbedParams, downscale_freq_shift) - 28usize];
     ["Offset of field: TimestepEmbedParams::max_period"]
         [::std::mem::offset_of!(TimestepEmbedParams, max_period) - 32usize];
-    ["Offset of field: TimestepEmbedParams::_pad"]
-        [::std::mem::offset_of!(TimestepEmbedParams, _pad) - 36usize];
+    ["Offset of field: TimestepEmbedParams::_pad"][::std::mem::offset_of!(TimestepEmbedParams, _pad) - 36usize];
 };
 impl Default for TimestepEmbedParams {
     fn default() -> Self {
@@ -272,18 +250,12 @@ const _: () = {
     ["Alignment of PatchifyParams"][::std::mem::align_of::<PatchifyParams>() - 8usize];
     ["Offset of field: PatchifyParams::x"][::std::mem::offset_of!(PatchifyParams, x) - 0usize];
     ["Offset of field: PatchifyParams::out"][::std::mem::offset_of!(PatchifyParams, out) - 8usize];
-    ["Offset of field: PatchifyParams::batch"]
-        [::std::mem::offset_of!(PatchifyParams, batch) - 16usize];
-    ["Offset of field: PatchifyParams::channels"]
-        [::std::mem::offset_of!(PatchifyParams, channels) - 20usize];
-    ["Offset of field: PatchifyParams::height"]
-        [::std::mem::offset_of!(PatchifyParams, height) - 24usize];
-    ["Offset of field: PatchifyParams::width"]
-        [::std::mem::offset_of!(PatchifyParams, width) - 28usize];
-    ["Offset of field: PatchifyParams::patch"]
-        [::std::mem::offset_of!(PatchifyParams, patch) - 32usize];
-    ["Offset of field: PatchifyParams::_pad"]
-        [::std::mem::offset_of!(PatchifyParams, _pad) - 36usize];
+    ["Offset of field: PatchifyParams::batch"][::std::mem::offset_of!(PatchifyParams, batch) - 16usize];
+    ["Offset of field: PatchifyParams::channels"][::std::mem::offset_of!(PatchifyParams, channels) - 20usize];
+    ["Offset of field: PatchifyParams::height"][::std::mem::offset_of!(PatchifyParams, height) - 24usize];
+    ["Offset of field: PatchifyParams::width"][::std::mem::offset_of!(PatchifyParams, width) - 28usize];
+    ["Offset of field: PatchifyParams::patch"][::std::mem::offset_of!(PatchifyParams, patch) - 32usize];
+    ["Offset of field: PatchifyParams::_pad"][::std::mem::offset_of!(PatchifyParams, _pad) - 36usize];
 };
 impl Default for PatchifyParams {
     fn default() -> Self {
@@ -311,18 +283,13 @@ const _: () = {
     ["Size of UnpatchifyParams"][::std::mem::size_of::<UnpatchifyParams>() - 40usize];
     ["Alignment of UnpatchifyParams"][::std::mem::align_of::<UnpatchifyParams>() - 8usize];
     ["Offset of field: UnpatchifyParams::x"][::std::mem::offset_of!(UnpatchifyParams, x) - 0usize];
-    ["Offset of field: UnpatchifyParams::out"]
-        [::std::mem::offset_of!(UnpatchifyParams, out) - 8usize];
-    ["Offset of field: UnpatchifyParams::batch"]
-        [::std::mem::offset_of!(UnpatchifyParams, batch) - 16usize];
-    ["Offset of field: UnpatchifyParams::channels"]
-        [::std::mem::offset_of!(UnpatchifyParams, channels) - 20usize];
+    ["Offset of field: UnpatchifyParams::out"][::std::mem::offset_of!(UnpatchifyParams, out) - 8usize];
+    ["Offset of field: UnpatchifyParams::batch"][::std::mem::offset_of!(UnpatchifyParams, batch) - 16usize];
+    ["Offset of field: UnpatchifyParams::channels"][::std::mem::offset_of!(UnpatchifyParams, channels) - 20usize];
     ["Offset of field: UnpatchifyParams::h"][::std::mem::offset_of!(UnpatchifyParams, h) - 24usize];
     ["Offset of field: UnpatchifyParams::w"][::std::mem::offset_of!(UnpatchifyParams, w) - 28usize];
-    ["Offset of field: UnpatchifyParams::patch"]
-        [::std::mem::offset_of!(UnpatchifyParams, patch) - 32usize];
-    ["Offset of field: UnpatchifyParams::_pad"]
-        [::std::mem::offset_of!(UnpatchifyParams, _pad) - 36usize];
+    ["Offset of field: UnpatchifyParams::patch"][::std::mem::offset_of!(UnpatchifyParams, patch) - 32usize];
+    ["Offset of field: UnpatchifyParams::_pad"][::std::mem::offset_of!(UnpatchifyParams, _pad) - 36usize];
 };
 impl Default for UnpatchifyParams {
     fn default() -> Self {
@@ -355,12 +322,10 @@ const _: () = {
     ["Offset of field: CfgParams::eps"][::std::mem::offset_of!(CfgParams, eps) - 8usize];
     ["Offset of field: CfgParams::batch"][::std::mem::offset_of!(CfgParams, batch) - 16usize];
     ["Offset of field: CfgParams::channels"][::std::mem::offset_of!(CfgParams, channels) - 20usize];
-    ["Offset of field: CfgParams::channels_out"]
-        [::std::mem::offset_of!(CfgParams, channels_out) - 24usize];
+    ["Offset of field: CfgParams::channels_out"][::std::mem::offset_of!(CfgParams, channels_out) - 24usize];
     ["Offset of field: CfgParams::hw"][::std::mem::offset_of!(CfgParams, hw) - 28usize];
     ["Offset of field: CfgParams::cfg"][::std::mem::offset_of!(CfgParams, cfg) - 32usize];
-    ["Offset of field: CfgParams::cond_first"]
-        [::std::mem::offset_of!(CfgParams, cond_first) - 36usize];
+    ["Offset of field: CfgParams::cond_first"][::std::mem::offset_of!(CfgParams, cond_first) - 36usize];
     ["Offset of field: CfgParams::scale"][::std::mem::offset_of!(CfgParams, scale) - 40usize];
     ["Offset of field: CfgParams::_pad"][::std::mem::offset_of!(CfgParams, _pad) - 44usize];
 };
@@ -389,22 +354,14 @@ pub struct SchedulerStepParams {
 const _: () = {
     ["Size of SchedulerStepParams"][::std::mem::size_of::<SchedulerStepParams>() - 72usize];
     ["Alignment of SchedulerStepParams"][::std::mem::align_of::<SchedulerStepParams>() - 8usize];
-    ["Offset of field: SchedulerStepParams::x"]
-        [::std::mem::offset_of!(SchedulerStepParams, x) - 0usize];
-    ["Offset of field: SchedulerStepParams::eps"]
-        [::std::mem::offset_of!(SchedulerStepParams, eps) - 8usize];
-    ["Offset of field: SchedulerStepParams::x0_prev"]
-        [::std::mem::offset_of!(SchedulerStepParams, x0_prev) - 16usize];
-    ["Offset of field: SchedulerStepParams::noise"]
-        [::std::mem::offset_of!(SchedulerStepParams, noise) - 24usize];
-    ["Offset of field: SchedulerStepParams::n"]
-        [::std::mem::offset_of!(SchedulerStepParams, n) - 32usize];
-    ["Offset of field: SchedulerStepParams::kind"]
-        [::std::mem::offset_of!(SchedulerStepParams, kind) - 40usize];
-    ["Offset of field: SchedulerStepParams::c"]
-        [::std::mem::offset_of!(SchedulerStepParams, c) - 44usize];
-    ["Offset of field: SchedulerStepParams::_pad"]
-        [::std::mem::offset_of!(SchedulerStepParams, _pad) - 68usize];
+    ["Offset of field: SchedulerStepParams::x"][::std::mem::offset_of!(SchedulerStepParams, x) - 0usize];
+    ["Offset of field: SchedulerStepParams::eps"][::std::mem::offset_of!(SchedulerStepParams, eps) - 8usize];
+    ["Offset of field: SchedulerStepParams::x0_prev"][::std::mem::offset_of!(SchedulerStepParams, x0_prev) - 16usize];
+    ["Offset of field: SchedulerStepParams::noise"][::std::mem::offset_of!(SchedulerStepParams, noise) - 24usize];
+    ["Offset of field: SchedulerStepParams::n"][::std::mem::offset_of!(SchedulerStepParams, n) - 32usize];
+    ["Offset of field: SchedulerStepParams::kind"][::std::mem::offset_of!(SchedulerStepParams, kind) - 40usize];
+    ["Offset of field: SchedulerStepParams::c"][::std::mem::offset_of!(SchedulerStepParams, c) - 44usize];
+    ["Offset of field: SchedulerStepParams::_pad"][::std::mem::offset_of!(SchedulerStepParams, _pad) - 68usize];
 };
 impl Default for SchedulerStepParams {
     fn default() -> Self {
@@ -473,16 +430,11 @@ const _: () = {
     ["Offset of field: AttentionParams::k"][::std::mem::offset_of!(AttentionParams, k) - 8usize];
     ["Offset of field: AttentionParams::v"][::std::mem::offset_of!(AttentionParams, v) - 16usize];
     ["Offset of field: AttentionParams::o"][::std::mem::offset_of!(AttentionParams, o) - 24usize];
-    ["Offset of field: AttentionParams::key_bias"]
-        [::std::mem::offset_of!(AttentionParams, key_bias) - 32usize];
-    ["Offset of field: AttentionParams::q_row_stride"]
-        [::std::mem::offset_of!(AttentionParams, q_row_stride) - 40usize];
-    ["Offset of field: AttentionParams::k_row_stride"]
-        [::std::mem::offset_of!(AttentionParams, k_row_stride) - 48usize];
-    ["Offset of field: AttentionParams::v_row_stride"]
-        [::std::mem::offset_of!(AttentionParams, v_row_stride) - 56usize];
-    ["Offset of field: AttentionParams::o_row_stride"]
-        [::std::mem::offset_of!(AttentionParams, o_row_stride) - 64usize];
+    ["Offset of field: AttentionParams::key_bias"][::std::mem::offset_of!(AttentionParams, key_bias) - 32usize];
+    ["Offset of field: AttentionParams::q_row_stride"][::std::mem::offset_of!(AttentionParams, q_row_stride) - 40usize];
+    ["Offset of field: AttentionParams::k_row_stride"][::std::mem::offset_of!(AttentionParams, k_row_stride) - 48usize];
+    ["Offset of field: AttentionParams::v_row_stride"][::std::mem::offset_of!(AttentionParams, v_row_stride) - 56usize];
+    ["Offset of field: AttentionParams::o_row_stride"][::std::mem::offset_of!(AttentionParams, o_row_stride) - 64usize];
     ["Offset of field: AttentionParams::q_batch_stride"]
         [::std::mem::offset_of!(AttentionParams, q_batch_stride) - 72usize];
     ["Offset of field: AttentionParams::k_batch_stride"]
@@ -493,18 +445,12 @@ const _: () = {
         [::std::mem::offset_of!(AttentionParams, o_batch_stride) - 96usize];
     ["Offset of field: AttentionParams::bias_batch_stride"]
         [::std::mem::offset_of!(AttentionParams, bias_batch_stride) - 104usize];
-    ["Offset of field: AttentionParams::batch"]
-        [::std::mem::offset_of!(AttentionParams, batch) - 112usize];
-    ["Offset of field: AttentionParams::heads"]
-        [::std::mem::offset_of!(AttentionParams, heads) - 116usize];
-    ["Offset of field: AttentionParams::nq"]
-        [::std::mem::offset_of!(AttentionParams, nq) - 120usize];
-    ["Offset of field: AttentionParams::nk"]
-        [::std::mem::offset_of!(AttentionParams, nk) - 124usize];
-    ["Offset of field: AttentionParams::scale_log2"]
-        [::std::mem::offset_of!(AttentionParams, scale_log2) - 128usize];
-    ["Offset of field: AttentionParams::_pad"]
-        [::std::mem::offset_of!(AttentionParams, _pad) - 132usize];
+    ["Offset of field: AttentionParams::batch"][::std::mem::offset_of!(AttentionParams, batch) - 112usize];
+    ["Offset of field: AttentionParams::heads"][::std::mem::offset_of!(AttentionParams, heads) - 116usize];
+    ["Offset of field: AttentionParams::nq"][::std::mem::offset_of!(AttentionParams, nq) - 120usize];
+    ["Offset of field: AttentionParams::nk"][::std::mem::offset_of!(AttentionParams, nk) - 124usize];
+    ["Offset of field: AttentionParams::scale_log2"][::std::mem::offset_of!(AttentionParams, scale_log2) - 128usize];
+    ["Offset of field: AttentionParams::_pad"][::std::mem::offset_of!(AttentionParams, _pad) - 132usize];
 };
 impl Default for AttentionParams {
     fn default() -> Self {

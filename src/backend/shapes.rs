@@ -71,7 +71,11 @@ pub fn linear<B: Backend>(
     Ok((m, n, k))
 }
 
-pub fn same_dtype<B: Backend>(op: &'static str, reference: &Tensor<B>, others: &[(&'static str, &Tensor<B>)]) -> Result<()> {
+pub fn same_dtype<B: Backend>(
+    op: &'static str,
+    reference: &Tensor<B>,
+    others: &[(&'static str, &Tensor<B>)],
+) -> Result<()> {
     for (name, t) in others {
         if t.dtype() != reference.dtype() {
             return Err(Error::DType { op, tensor: name, expected: reference.dtype(), found: t.dtype() });
@@ -111,13 +115,24 @@ pub fn attention<B: Backend>(
             return Err(shape_err(
                 "attention",
                 name,
-                format!("[{}, ≥ {}] ({} tokens × batch {}, columns from {})", s.batch * tokens, c.col + width, tokens, s.batch, c.col),
+                format!(
+                    "[{}, ≥ {}] ({} tokens × batch {}, columns from {})",
+                    s.batch * tokens,
+                    c.col + width,
+                    tokens,
+                    s.batch,
+                    c.col
+                ),
                 c.t,
             ));
         }
         Ok(c.t.cols())
     };
-    let ops = AttentionOperands { q_stride: check("q", q, s.nq)?, k_stride: check("k", k, s.nk)?, v_stride: check("v", v, s.nk)? };
+    let ops = AttentionOperands {
+        q_stride: check("q", q, s.nq)?,
+        k_stride: check("k", k, s.nk)?,
+        v_stride: check("v", v, s.nk)?,
+    };
     if out.rows() != s.batch * s.nq || out.cols() != width {
         return Err(shape_err("attention", "out", format!("[{}, {}]", s.batch * s.nq, width), out));
     }
@@ -208,7 +223,13 @@ pub fn scheduler_step<B: Backend>(
 }
 
 /// Bounds and dtypes of a [`Backend::copy_range`].
-pub fn copy_range<B: Backend>(src: &Tensor<B>, src_off: usize, dst: &Tensor<B>, dst_off: usize, len: usize) -> Result<()> {
+pub fn copy_range<B: Backend>(
+    src: &Tensor<B>,
+    src_off: usize,
+    dst: &Tensor<B>,
+    dst_off: usize,
+    len: usize,
+) -> Result<()> {
     if src_off + len > src.numel() {
         return Err(shape_err("copy_range", "src", format!("at least {} elements", src_off + len), src));
     }

@@ -17,7 +17,11 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 #[derive(Parser)]
-#[command(name = "deltadit", version, about = "Δ-DiT block caching on a DiT/PixArt runtime (CPU, CUDA, and the CUDA kernels emulated on the CPU)")]
+#[command(
+    name = "deltadit",
+    version,
+    about = "Δ-DiT block caching on a DiT/PixArt runtime (CPU, CUDA, and the CUDA kernels emulated on the CPU)"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -254,10 +258,24 @@ fn cmd_info(dir: &Path, height: Option<usize>, width: Option<usize>, batch: usiz
     println!("model      {}", dir.display());
     println!("class      {}", cfg.family.name());
     println!("config     {}", serde_json::to_string(&cfg.to_json()).unwrap_or_default());
-    println!("blocks     {} × hidden {} ({} heads × {})", cfg.num_layers, cfg.inner_dim(), cfg.num_attention_heads, cfg.attention_head_dim);
-    println!("weights    {} tensors, {} parameters, {}", ckpt.num_tensors(), ckpt.num_parameters(), ckpt.describe_dtypes());
+    println!(
+        "blocks     {} × hidden {} ({} heads × {})",
+        cfg.num_layers,
+        cfg.inner_dim(),
+        cfg.num_attention_heads,
+        cfg.attention_head_dim
+    );
+    println!(
+        "weights    {} tensors, {} parameters, {}",
+        ckpt.num_tensors(),
+        ckpt.num_parameters(),
+        ckpt.describe_dtypes()
+    );
     let tokens = (h / cfg.patch_size) * (w / cfg.patch_size);
-    println!("forward    latent {h}×{w} ({tokens} tokens), batch {batch}{}", if text_len > 0 { format!(", {text_len} text tokens") } else { String::new() });
+    println!(
+        "forward    latent {h}×{w} ({tokens} tokens), batch {batch}{}",
+        if text_len > 0 { format!(", {text_len} text tokens") } else { String::new() }
+    );
     println!("  MACs     {:.3} G per forward: {:.3} G per block × {}, {:.3} G outside the blocks; {:.3} G once per run (text K/V)",
         macs.step(cfg.num_layers) / 1e9, macs.per_block / 1e9, cfg.num_layers, macs.outside_blocks / 1e9, macs.per_run / 1e9);
     Ok(())
@@ -281,7 +299,10 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
     let dtype = a.dtype.as_deref().map(str::parse::<DType>).transpose()?;
     let any = AnyBackend::new(device, dtype, a.threads)?;
     let dtype = dtype.unwrap_or(device.default_dtype());
-    let preset_name = a.preset.clone().unwrap_or_else(|| if device == Device::Cuda { "pixart-alpha-1024" } else { "pixart-cpu-small" }.to_string());
+    let preset_name = a
+        .preset
+        .clone()
+        .unwrap_or_else(|| if device == Device::Cuda { "pixart-alpha-1024" } else { "pixart-cpu-small" }.to_string());
     let preset = bench::preset(&preset_name)?;
     let policies = parse_policies(a.policies.as_deref())?;
     let machine = match &any {
@@ -295,20 +316,49 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
                 let s = m.config.sample_size;
                 (m, dir.display().to_string(), (s, s), 120)
             }
-            None => (preset.build(be, a.seed)?, preset.name.to_string(), (preset.latent, preset.latent), preset.text_len),
+            None => {
+                (preset.build(be, a.seed)?, preset.name.to_string(), (preset.latent, preset.latent), preset.text_len)
+            }
         };
         let family = model.config.family;
         let scheduler: SchedulerName = match &a.scheduler {
             Some(s) => s.parse()?,
-            None if a.model.is_some() => if family == Family::DiT { SchedulerName::Ddim } else { SchedulerName::DpmSolverPP },
+            None if a.model.is_some() => {
+                if family == Family::DiT {
+                    SchedulerName::Ddim
+                } else {
+                    SchedulerName::DpmSolverPP
+                }
+            }
             None => preset.scheduler,
         };
         let steps = a.steps.unwrap_or(if a.model.is_some() { 20 } else { preset.steps });
-        let guidance = a.guidance.unwrap_or(if scheduler == SchedulerName::Lcm { 0.0 } else if family == Family::DiT { 4.0 } else { 4.5 });
-        let opts = BenchOptions { policies: policies.clone(), scheduler, steps, guidance, latent, text_len, warmup: a.warmup, runs: a.runs.max(1), seed: a.seed };
+        let guidance = a.guidance.unwrap_or(if scheduler == SchedulerName::Lcm {
+            0.0
+        } else if family == Family::DiT {
+            4.0
+        } else {
+            4.5
+        });
+        let opts = BenchOptions {
+            policies: policies.clone(),
+            scheduler,
+            steps,
+            guidance,
+            latent,
+            text_len,
+            warmup: a.warmup,
+            runs: a.runs.max(1),
+            seed: a.seed,
+        };
         let total = policies.len() * (opts.warmup + opts.runs) * steps;
         let bar = indicatif::ProgressBar::new(total as u64);
-        bar.set_style(indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} steps ({eta} left)").unwrap());
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} steps ({eta} left)",
+            )
+            .unwrap(),
+        );
         let (rows, batch, tokens) = bench::run(be, &model, &opts, &mut |done, _| bar.set_position(done as u64))?;
         bar.finish_and_clear();
         (rows, batch, tokens, name, model.num_blocks(), scheduler, steps, guidance)

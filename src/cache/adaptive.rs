@@ -32,7 +32,15 @@ impl DeltaAdaptive {
     pub const DEFAULT_WARMUP: usize = 2;
     pub const DEFAULT_MAX_CACHED: usize = 2;
 
-    pub fn new(threshold: f32, warmup: usize, max_cached: usize, nc: usize, b: usize, layers: usize, steps: usize) -> Result<Self> {
+    pub fn new(
+        threshold: f32,
+        warmup: usize,
+        max_cached: usize,
+        nc: usize,
+        b: usize,
+        layers: usize,
+        steps: usize,
+    ) -> Result<Self> {
         if !(threshold > 0.0 && threshold.is_finite()) {
             return Err(Error::param("threshold", threshold, "a finite number > 0"));
         }
@@ -54,7 +62,12 @@ impl DeltaAdaptive {
     fn full(&mut self, info: &StepInfo) -> StepPlan {
         self.accumulated = 0.0;
         self.cached_in_row = 0;
-        StepPlan::Full { store_front: self.b < info.steps, store_rear: info.step + 1 < self.b, store_branches: false, store_rest: false }
+        StepPlan::Full {
+            store_front: self.b < info.steps,
+            store_rear: info.step + 1 < self.b,
+            store_branches: false,
+            store_rest: false,
+        }
     }
 }
 
@@ -64,7 +77,10 @@ impl CachePolicy for DeltaAdaptive {
     }
 
     fn params(&self) -> String {
-        format!("threshold={},warmup={},max-cached={},nc={},b={}", self.threshold, self.warmup, self.max_cached, self.nc, self.b)
+        format!(
+            "threshold={},warmup={},max-cached={},nc={},b={}",
+            self.threshold, self.warmup, self.max_cached, self.nc, self.b
+        )
     }
 
     fn probe(&self) -> Probe {
@@ -85,7 +101,11 @@ impl CachePolicy for DeltaAdaptive {
             return self.full(info);
         }
         self.cached_in_row += 1;
-        if info.step < self.b { StepPlan::CachedRear(self.nc) } else { StepPlan::CachedFront(self.nc) }
+        if info.step < self.b {
+            StepPlan::CachedRear(self.nc)
+        } else {
+            StepPlan::CachedFront(self.nc)
+        }
     }
 
     fn reset(&mut self) {

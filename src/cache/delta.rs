@@ -71,7 +71,11 @@ impl CachePolicy for Delta {
         let upcoming = (i + 1..(i + self.n).min(info.steps)).filter(|&j| self.cached(j));
         let (mut front, mut rear) = (false, false);
         for j in upcoming {
-            if j < self.b { rear = true } else { front = true }
+            if j < self.b {
+                rear = true
+            } else {
+                front = true
+            }
         }
         StepPlan::Full { store_front: front, store_rear: rear, store_branches: false, store_rest: false }
     }

@@ -79,7 +79,9 @@ impl<B: Backend> CacheEngine<B> {
             model.embed(be, ctx, ws)?;
             match probe_kind {
                 Probe::None => Ok(()),
-                Probe::Block0InputChange => model.probe_block0_input(be, ws, &mut self.probe.as_mut().expect("probe buffers").0),
+                Probe::Block0InputChange => {
+                    model.probe_block0_input(be, ws, &mut self.probe.as_mut().expect("probe buffers").0)
+                }
                 Probe::Block0ResidualDiff => {
                     // Block 0 always runs; its residual h_1 − h_0 is the probe.
                     let (res, _, _) = self.fb_residual.as_mut().expect("first-block buffers");
@@ -126,7 +128,14 @@ impl<B: Backend> CacheEngine<B> {
         }
     }
 
-    fn run_plan(&mut self, be: &B, model: &Transformer<B>, ctx: &Context<B>, ws: &mut Workspace<B>, plan: StepPlan) -> Result<()> {
+    fn run_plan(
+        &mut self,
+        be: &B,
+        model: &Transformer<B>,
+        ctx: &Context<B>,
+        ws: &mut Workspace<B>,
+        plan: StepPlan,
+    ) -> Result<()> {
         let l = self.layers;
         match plan {
             StepPlan::Full { store_front, store_rear, store_branches, store_rest } => {

@@ -36,7 +36,12 @@ impl CachePolicy for Fora {
 
     fn plan(&mut self, info: &StepInfo) -> StepPlan {
         if info.step.is_multiple_of(self.n) {
-            StepPlan::Full { store_front: false, store_rear: false, store_branches: self.n > 1 && info.step + 1 < info.steps, store_rest: false }
+            StepPlan::Full {
+                store_front: false,
+                store_rear: false,
+                store_branches: self.n > 1 && info.step + 1 < info.steps,
+                store_rest: false,
+            }
         } else {
             StepPlan::ReuseBranches
         }

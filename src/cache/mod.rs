@@ -36,7 +36,8 @@ pub enum StepPlan {
 }
 
 impl StepPlan {
-    pub const FULL: StepPlan = StepPlan::Full { store_front: false, store_rear: false, store_branches: false, store_rest: false };
+    pub const FULL: StepPlan =
+        StepPlan::Full { store_front: false, store_rear: false, store_branches: false, store_rest: false };
 
     /// Full block evaluations this plan costs, out of `layers`.
     pub fn blocks_run(&self, layers: usize) -> usize {
@@ -52,7 +53,13 @@ impl StepPlan {
     pub fn variant(&self) -> String {
         match *self {
             StepPlan::Full { store_front, store_rear, store_branches, store_rest } => {
-                format!("full{}{}{}{}", if store_front { "+front" } else { "" }, if store_rear { "+rear" } else { "" }, if store_branches { "+branches" } else { "" }, if store_rest { "+rest" } else { "" })
+                format!(
+                    "full{}{}{}{}",
+                    if store_front { "+front" } else { "" },
+                    if store_rear { "+rear" } else { "" },
+                    if store_branches { "+branches" } else { "" },
+                    if store_rest { "+rest" } else { "" }
+                )
             }
             StepPlan::CachedRear(n) => format!("cached-rear-{n}"),
             StepPlan::CachedFront(n) => format!("cached-front-{n}"),

@@ -31,7 +31,11 @@ impl FromStr for CacheSpec {
         let (name, rest) = s.split_once(':').unwrap_or((s, ""));
         let name = name.trim();
         let allowed = POLICIES.iter().find(|(p, _)| *p == name).map(|(_, a)| *a).ok_or_else(|| {
-            Error::param("cache", s, format!("a policy among {}", POLICIES.iter().map(|p| p.0).collect::<Vec<_>>().join(", ")))
+            Error::param(
+                "cache",
+                s,
+                format!("a policy among {}", POLICIES.iter().map(|p| p.0).collect::<Vec<_>>().join(", ")),
+            )
         })?;
         let mut params = BTreeMap::new();
         for kv in rest.split(',').map(str::trim).filter(|x| !x.is_empty()) {
@@ -41,7 +45,11 @@ impl FromStr for CacheSpec {
                 return Err(Error::param(
                     format!("cache {name} parameter"),
                     &k,
-                    if allowed.is_empty() { "none (this policy takes no parameters)".to_string() } else { format!("one of {}", allowed.join(", ")) },
+                    if allowed.is_empty() {
+                        "none (this policy takes no parameters)".to_string()
+                    } else {
+                        format!("one of {}", allowed.join(", "))
+                    },
                 ));
             }
             params.insert(k, v.trim().to_string());
@@ -67,7 +75,10 @@ impl CacheSpec {
     }
 
     fn usize_param(&self, k: &str) -> Result<Option<usize>> {
-        self.params.get(k).map(|v| v.parse::<usize>().map_err(|_| Error::param(k, v, "a non-negative integer"))).transpose()
+        self.params
+            .get(k)
+            .map(|v| v.parse::<usize>().map_err(|_| Error::param(k, v, "a non-negative integer")))
+            .transpose()
     }
 
     fn f32_param(&self, k: &str) -> Result<Option<f32>> {

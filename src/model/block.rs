@@ -74,11 +74,19 @@ impl<B: Backend> Block<B> {
             Family::PixArt => Modulation::Table(l.tensor(&format!("{p}.scale_shift_table"), &[6, d])?),
             Family::DiT => Modulation::AdaLnZero(l.linear(&format!("{p}.norm1.linear"), 6 * d, d, true)?, embedder),
         };
-        let qkv = l.fused_linear(&[&format!("{p}.attn1.to_q"), &format!("{p}.attn1.to_k"), &format!("{p}.attn1.to_v")], d, d, bias)?;
+        let qkv = l.fused_linear(
+            &[&format!("{p}.attn1.to_q"), &format!("{p}.attn1.to_k"), &format!("{p}.attn1.to_v")],
+            d,
+            d,
+            bias,
+        )?;
         let attn_out = l.linear(&format!("{p}.attn1.to_out.0"), d, d, true)?;
         let (cross, cross_kv) = match cfg.cross_attention_dim {
             Some(c) => (
-                Some((l.linear(&format!("{p}.attn2.to_q"), d, d, bias)?, l.linear(&format!("{p}.attn2.to_out.0"), d, d, true)?)),
+                Some((
+                    l.linear(&format!("{p}.attn2.to_q"), d, d, bias)?,
+                    l.linear(&format!("{p}.attn2.to_out.0"), d, d, true)?,
+                )),
                 Some(l.fused_linear(&[&format!("{p}.attn2.to_k"), &format!("{p}.attn2.to_v")], d, c, bias)?),
             ),
             None => (None, None),
@@ -101,7 +109,9 @@ impl<B: Backend> Block<B> {
                 be.copy(&ws.tmod, &mut ws.modv)?;
                 be.add_bcast(&mut ws.modv, table)
             }
-            Modulation::AdaLnZero(lin, e) => be.linear(&ws.cond_silu[*e], &lin.w, lin.b.as_ref(), Activation::None, &mut ws.modv),
+            Modulation::AdaLnZero(lin, e) => {
+                be.linear(&ws.cond_silu[*e], &lin.w, lin.b.as_ref(), Activation::None, &mut ws.modv)
+            }
         }
     }
 
@@ -137,7 +147,14 @@ impl<B: Backend> Block<B> {
         be.norm_modulate(&ws.x, &ws.modv, SHIFT_MSA, SCALE_MSA, eps1, &mut ws.norm)?;
         be.linear(&ws.norm, &self.qkv.w, self.qkv.b.as_ref(), Activation::None, &mut ws.qkv)?;
         let shape = AttentionShape { batch, heads, head_dim: hd, nq: tokens, nk: tokens, scale };
-        be.attention(&shape, ColSlice::new(&ws.qkv, 0), ColSlice::new(&ws.qkv, d), ColSlice::new(&ws.qkv, 2 * d), None, &mut ws.attn)?;
+        be.attention(
+            &shape,
+            ColSlice::new(&ws.qkv, 0),
+            ColSlice::new(&ws.qkv, d),
+            ColSlice::new(&ws.qkv, 2 * d),
+            None,
+            &mut ws.attn,
+        )?;
         {
             let dst = match &mut io {
                 BranchIo::Store(c) => &mut c.attn,
@@ -155,7 +172,14 @@ impl<B: Backend> Block<B> {
         if let (Some((to_q, to_out)), Some(CrossKv { kv, bias, text_len })) = (&self.cross, cross_kv) {
             be.linear(&ws.x, &to_q.w, to_q.b.as_ref(), Activation::None, &mut ws.norm)?;
             let shape = AttentionShape { batch, heads, head_dim: hd, nq: tokens, nk: text_len, scale };
-            be.attention(&shape, ColSlice::new(&ws.norm, 0), ColSlice::new(kv, 0), ColSlice::new(kv, d), bias, &mut ws.attn)?;
+            be.attention(
+                &shape,
+                ColSlice::new(&ws.norm, 0),
+                ColSlice::new(kv, 0),
+                ColSlice::new(kv, d),
+                bias,
+                &mut ws.attn,
+            )?;
             {
                 let dst = match &mut io {
                     BranchIo::Store(c) => c.cross.as_mut().expect("cross cache buffer"),

@@ -19,7 +19,10 @@ pub struct Mlp<B: Backend> {
 
 impl<B: Backend> Mlp<B> {
     fn load(l: &Loader<'_, B>, prefix: &str, inp: usize, hidden: usize, out: usize) -> Result<Self> {
-        Ok(Mlp { l1: l.linear(&format!("{prefix}.linear_1"), hidden, inp, true)?, l2: l.linear(&format!("{prefix}.linear_2"), out, hidden, true)? })
+        Ok(Mlp {
+            l1: l.linear(&format!("{prefix}.linear_1"), hidden, inp, true)?,
+            l2: l.linear(&format!("{prefix}.linear_2"), out, hidden, true)?,
+        })
     }
 
     fn run(&self, be: &B, x: &Tensor<B>, act: Activation, hidden: &mut Tensor<B>, out: &mut Tensor<B>) -> Result<()> {
@@ -133,7 +136,10 @@ impl<B: Backend> Conditioner<B> {
                     .map(|v| {
                         let t = |j: usize| l.backend.upload(&v[j], &keys(0)[j].1, dt);
                         Ok(DitEmbedder {
-                            time: Mlp { l1: Linear { w: t(0)?, b: Some(t(1)?) }, l2: Linear { w: t(2)?, b: Some(t(3)?) } },
+                            time: Mlp {
+                                l1: Linear { w: t(0)?, b: Some(t(1)?) },
+                                l2: Linear { w: t(2)?, b: Some(t(3)?) },
+                            },
                             class_table: t(4)?,
                         })
                     })
@@ -144,27 +150,36 @@ impl<B: Backend> Conditioner<B> {
     }
 
     /// Builds the per-run context. `cross_kv` projects the text for block k.
-    pub fn context(
-        &self,
-        be: &B,
-        cfg: &ModelConfig,
-        c: &Conditioning,
-        cross_kv: &[&Linear<B>],
-    ) -> Result<Context<B>> {
+    pub fn context(&self, be: &B, cfg: &ModelConfig, c: &Conditioning, cross_kv: &[&Linear<B>]) -> Result<Context<B>> {
         let d = cfg.inner_dim();
         let dt = be.act_dtype();
         let (b, p) = (c.batch, cfg.patch_size);
         let (th, tw) = (c.height / p, c.width / p);
         let pe = super::embed::pos_embed_2d(d, th, tw, cfg.base_size(), cfg.interpolation_scale);
         let pos_embed = be.upload(&pe, &[th * tw * d], dt)?;
-        let mut ctx = Context { batch: b, height: c.height, width: c.width, pos_embed, cross_kv: Vec::new(), key_bias: None, text_len: 0, extra: Vec::new() };
+        let mut ctx = Context {
+            batch: b,
+            height: c.height,
+            width: c.width,
+            pos_embed,
+            cross_kv: Vec::new(),
+            key_bias: None,
+            text_len: 0,
+            extra: Vec::new(),
+        };
         match self {
             Conditioner::PixArt { caption, sizes, .. } => {
-                let text = c.text.as_ref().ok_or_else(|| Error::input("encoder_hidden_states", "PixArt needs text embeddings"))?;
+                let text = c
+                    .text
+                    .as_ref()
+                    .ok_or_else(|| Error::input("encoder_hidden_states", "PixArt needs text embeddings"))?;
                 let l = text.len;
                 let feat = caption.as_ref().map_or(cfg.cross_attention_dim.unwrap_or(d), |m| m.l1.in_features());
                 if text.embeds.len() != b * l * feat {
-                    return Err(Error::input("encoder_hidden_states", format!("expected [{b}, {l}, {feat}], found {} values", text.embeds.len())));
+                    return Err(Error::input(
+                        "encoder_hidden_states",
+                        format!("expected [{b}, {l}, {feat}], found {} values", text.embeds.len()),
+                    ));
                 }
                 let enc = match caption {
                     Some(m) => m.run_host(be, b * l, &text.embeds, Activation::GeluTanh)?,
@@ -178,7 +193,10 @@ impl<B: Backend> Conditioner<B> {
                 ctx.text_len = l;
                 if let Some(mask) = &text.mask {
                     if mask.len() != b * l {
-                        return Err(Error::input("encoder_attention_mask", format!("expected [{b}, {l}], found {} values", mask.len())));
+                        return Err(Error::input(
+                            "encoder_attention_mask",
+                            format!("expected [{b}, {l}], found {} values", mask.len()),
+                        ));
                     }
                     ctx.key_bias = Some(be.upload(&super::embed::mask_to_bias(mask), &[b, l], DType::F32)?);
                 }
@@ -188,7 +206,10 @@ impl<B: Backend> Conditioner<B> {
                         _ => return Err(Error::input("resolution", "this model uses resolution/aspect-ratio micro-conditions: give `resolution` [B,2] and `aspect_ratio` [B,1]")),
                     };
                     if res.len() != 2 * b || ar.len() != b {
-                        return Err(Error::input("resolution", format!("expected resolution [{b}, 2] and aspect_ratio [{b}, 1]")));
+                        return Err(Error::input(
+                            "resolution",
+                            format!("expected resolution [{b}, 2] and aspect_ratio [{b}, 1]"),
+                        ));
                     }
                     let s = d / 3;
                     let re = res_mlp.run_host(be, 2 * b, &sinusoid(res, TIME_PROJ_DIM, true, 0.0), Activation::Silu)?;
@@ -203,12 +224,19 @@ impl<B: Backend> Conditioner<B> {
                 }
             }
             Conditioner::DiT { embedders, .. } => {
-                let labels = c.class_labels.as_ref().ok_or_else(|| Error::input("class_labels", "DiT needs class labels"))?;
+                let labels =
+                    c.class_labels.as_ref().ok_or_else(|| Error::input("class_labels", "DiT needs class labels"))?;
                 if labels.len() != b {
                     return Err(Error::input("class_labels", format!("expected {b} labels, found {}", labels.len())));
                 }
                 if let Some(&y) = labels.iter().find(|&&y| y > cfg.num_embeds_ada_norm) {
-                    return Err(Error::input("class_labels", format!("label {y} out of range 0..={} ({} is the null class)", cfg.num_embeds_ada_norm, cfg.num_embeds_ada_norm)));
+                    return Err(Error::input(
+                        "class_labels",
+                        format!(
+                            "label {y} out of range 0..={} ({} is the null class)",
+                            cfg.num_embeds_ada_norm, cfg.num_embeds_ada_norm
+                        ),
+                    ));
                 }
                 for e in embedders {
                     let mut extra = be.alloc(&[b, d], dt)?;
@@ -271,9 +299,13 @@ impl<B: Backend> Conditioner<B> {
                 }
                 be.add_bcast(&mut ws.final_mod, final_table)
             }
-            Conditioner::DiT { proj_out_1, block_embedder, .. } => {
-                be.linear(&ws.cond_silu[block_embedder[0]], &proj_out_1.w, proj_out_1.b.as_ref(), Activation::None, &mut ws.final_mod)
-            }
+            Conditioner::DiT { proj_out_1, block_embedder, .. } => be.linear(
+                &ws.cond_silu[block_embedder[0]],
+                &proj_out_1.w,
+                proj_out_1.b.as_ref(),
+                Activation::None,
+                &mut ws.final_mod,
+            ),
         }
     }
 }

@@ -81,13 +81,19 @@ impl ModelConfig {
         let usize_or = |k: &str, d: usize| -> Result<usize> {
             match get(k) {
                 None => Ok(d),
-                Some(v) => v.as_u64().map(|x| x as usize).ok_or_else(|| cfg_err(format!("`{k}` must be a non-negative integer, found {v}"))),
+                Some(v) => v
+                    .as_u64()
+                    .map(|x| x as usize)
+                    .ok_or_else(|| cfg_err(format!("`{k}` must be a non-negative integer, found {v}"))),
             }
         };
         let opt_usize = |k: &str| -> Result<Option<usize>> {
             match get(k) {
                 None => Ok(None),
-                Some(v) => v.as_u64().map(|x| Some(x as usize)).ok_or_else(|| cfg_err(format!("`{k}` must be an integer or null, found {v}"))),
+                Some(v) => v
+                    .as_u64()
+                    .map(|x| Some(x as usize))
+                    .ok_or_else(|| cfg_err(format!("`{k}` must be an integer or null, found {v}"))),
             }
         };
         let str_or = |k: &str, d: &str| -> String { get(k).and_then(Value::as_str).unwrap_or(d).to_string() };
@@ -140,7 +146,9 @@ impl ModelConfig {
             Some(v) => v.as_f64().ok_or_else(|| cfg_err(format!("`norm_eps` must be a number, found {v}")))?,
         } as f32;
         let interpolation_scale = match get("interpolation_scale") {
-            Some(v) => v.as_f64().ok_or_else(|| cfg_err(format!("`interpolation_scale` must be a number, found {v}")))?,
+            Some(v) => {
+                v.as_f64().ok_or_else(|| cfg_err(format!("`interpolation_scale` must be a number, found {v}")))?
+            }
             None => match family {
                 Family::PixArt => (sample_size / 64).max(1) as f64,
                 Family::DiT => 1.0,
@@ -148,7 +156,9 @@ impl ModelConfig {
         };
         let use_additional_conditions = match (family, get("use_additional_conditions")) {
             (Family::DiT, _) => false,
-            (Family::PixArt, Some(v)) => v.as_bool().ok_or_else(|| cfg_err(format!("`use_additional_conditions` must be a boolean, found {v}")))?,
+            (Family::PixArt, Some(v)) => v
+                .as_bool()
+                .ok_or_else(|| cfg_err(format!("`use_additional_conditions` must be a boolean, found {v}")))?,
             (Family::PixArt, None) => sample_size == 128,
         };
         let cfg = ModelConfig {
@@ -197,7 +207,11 @@ impl ModelConfig {
             return bad("out_channels", self.out_channels, "≥ in_channels ≥ 1");
         }
         if self.family == Family::PixArt && !self.inner_dim().is_multiple_of(3) && self.use_additional_conditions {
-            return bad("inner_dim", self.inner_dim(), "a multiple of 3 when use_additional_conditions (size embeddings are inner_dim/3 wide)");
+            return bad(
+                "inner_dim",
+                self.inner_dim(),
+                "a multiple of 3 when use_additional_conditions (size embeddings are inner_dim/3 wide)",
+            );
         }
         Ok(())
     }

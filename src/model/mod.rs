@@ -150,7 +150,10 @@ impl<B: Backend> Transformer<B> {
         if c.batch == 0 || c.height == 0 || c.width == 0 || !c.height.is_multiple_of(p) || !c.width.is_multiple_of(p) {
             return Err(Error::input(
                 "hidden_states",
-                format!("latent size {}×{} (batch {}) must be non-empty multiples of the patch size {p}", c.height, c.width, c.batch),
+                format!(
+                    "latent size {}×{} (batch {}) must be non-empty multiples of the patch size {p}",
+                    c.height, c.width, c.batch
+                ),
             ));
         }
         let kv: Vec<&Linear<B>> = self.blocks.iter().filter_map(|b| b.cross_kv.as_ref()).collect();
@@ -218,7 +221,11 @@ impl<B: Backend> Transformer<B> {
         }
         for (i, t) in taps.iter().enumerate() {
             if t.from < range.start || t.from >= t.to || t.to > range.end {
-                return Err(Error::param("cache tap", format!("{}..{}", t.from, t.to), format!("a non-empty range within {range:?}")));
+                return Err(Error::param(
+                    "cache tap",
+                    format!("{}..{}", t.from, t.to),
+                    format!("a non-empty range within {range:?}"),
+                ));
             }
             if taps[..i].iter().any(|u| u.to == t.to) {
                 return Err(Error::param("cache taps", t.to, "at most one Δ ending at a block boundary"));
@@ -232,8 +239,13 @@ impl<B: Backend> Transformer<B> {
         for k in range {
             let boundary = k + 1;
             // Fused into this block's last residual: the delta ending here, else the first anchor.
-            let fused = taps.iter().position(|t| t.to == boundary).or_else(|| taps.iter().position(|t| t.from == boundary));
-            let kv = (!ctx.cross_kv.is_empty()).then(|| block::CrossKv { kv: &ctx.cross_kv[k], bias: ctx.key_bias.as_ref(), text_len: ctx.text_len });
+            let fused =
+                taps.iter().position(|t| t.to == boundary).or_else(|| taps.iter().position(|t| t.from == boundary));
+            let kv = (!ctx.cross_kv.is_empty()).then(|| block::CrossKv {
+                kv: &ctx.cross_kv[k],
+                bias: ctx.key_bias.as_ref(),
+                text_len: ctx.text_len,
+            });
             let io = match &mut branches {
                 Branches::Compute => BranchIo::Compute,
                 Branches::Store(c) => BranchIo::Store(&mut c[k]),

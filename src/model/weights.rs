@@ -36,19 +36,26 @@ impl Checkpoint {
         if single.is_file() {
             return Self::from_files(vec![single]);
         }
-        let entries: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map_err(|e| Error::io(dir, e))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .collect();
+        let entries: Vec<PathBuf> =
+            std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?.filter_map(|e| e.ok().map(|e| e.path())).collect();
         if let Some(index) = entries.iter().find(|p| p.to_string_lossy().ends_with(".safetensors.index.json")) {
             return Self::from_index(index);
         }
-        let mut st: Vec<PathBuf> = entries.into_iter().filter(|p| p.extension().is_some_and(|e| e == "safetensors")).collect();
+        let mut st: Vec<PathBuf> =
+            entries.into_iter().filter(|p| p.extension().is_some_and(|e| e == "safetensors")).collect();
         st.sort();
         match st.len() {
             1 => Self::from_files(st),
-            0 => Err(Error::io(dir, std::io::Error::new(std::io::ErrorKind::NotFound, "no .safetensors weights in the model folder"))),
-            n => Err(Error::io(dir, std::io::Error::other(format!("{n} .safetensors files but no *.safetensors.index.json to say which holds what")))),
+            0 => Err(Error::io(
+                dir,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no .safetensors weights in the model folder"),
+            )),
+            n => Err(Error::io(
+                dir,
+                std::io::Error::other(format!(
+                    "{n} .safetensors files but no *.safetensors.index.json to say which holds what"
+                )),
+            )),
         }
     }
 
@@ -56,10 +63,10 @@ impl Checkpoint {
         let text = std::fs::read_to_string(index_path).map_err(|e| Error::io(index_path, e))?;
         let v: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| Error::Config { path: index_path.into(), msg: format!("not JSON: {e}") })?;
-        let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| Error::Config {
-            path: index_path.into(),
-            msg: "no `weight_map` object".into(),
-        })?;
+        let map = v
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| Error::Config { path: index_path.into(), msg: "no `weight_map` object".into() })?;
         let dir = index_path.parent().unwrap_or(Path::new("."));
         let mut shards: Vec<String> = map.values().filter_map(|v| v.as_str().map(String::from)).collect();
         shards.sort();
@@ -99,10 +106,11 @@ impl Checkpoint {
 
 impl WeightSource for Checkpoint {
     fn get(&self, key: &str, shape: &[usize]) -> Result<Vec<f32>> {
-        let file = self.index.get(key).map(|&i| &self.files[i]).ok_or_else(|| Error::MissingWeight {
-            key: key.into(),
-            source_desc: self.desc.clone(),
-        })?;
+        let file = self
+            .index
+            .get(key)
+            .map(|&i| &self.files[i])
+            .ok_or_else(|| Error::MissingWeight { key: key.into(), source_desc: self.desc.clone() })?;
         let raw = file.get(key).expect("indexed key");
         if raw.shape != shape {
             return Err(Error::WeightShape { key: key.into(), expected: shape.to_vec(), found: raw.shape.to_vec() });

@@ -51,7 +51,11 @@ impl Scheduler {
             return Err(Error::param("steps", steps, format!("1..={}", schedule::NUM_TRAIN_TIMESTEPS)));
         }
         if name == SchedulerName::Lcm && steps > lcm::ORIGINAL_INFERENCE_STEPS {
-            return Err(Error::param("steps", steps, format!("1..={} for lcm (its original inference steps)", lcm::ORIGINAL_INFERENCE_STEPS)));
+            return Err(Error::param(
+                "steps",
+                steps,
+                format!("1..={} for lcm (its original inference steps)", lcm::ORIGINAL_INFERENCE_STEPS),
+            ));
         }
         Ok(match name {
             SchedulerName::DpmSolverPP => Scheduler::Dpm(dpm_solver::DpmSolver::new(steps)),

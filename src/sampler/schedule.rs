@@ -14,9 +14,7 @@ pub fn torch_linspace_f32(start: f32, end: f32, steps: usize) -> Vec<f32> {
     }
     let step = (end - start) / (steps - 1) as f32;
     let half = steps / 2;
-    (0..steps)
-        .map(|i| if i < half { start + step * i as f32 } else { end - step * (steps - i - 1) as f32 })
-        .collect()
+    (0..steps).map(|i| if i < half { start + step * i as f32 } else { end - step * (steps - i - 1) as f32 }).collect()
 }
 
 /// ᾱ_t = Π (1 − β) for the linear schedule; the product accumulates in f64 (torch's CPU cumprod

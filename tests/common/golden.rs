@@ -10,7 +10,8 @@ use deltadit::Backend;
 use std::path::PathBuf;
 
 pub const FORWARD_CASES: &[&str] = &["pixart-tiny", "pixart-tiny-nonsquare-ar", "pixart-tiny-bf16-weights", "dit-tiny"];
-pub const SAMPLING_CASES: &[&str] = &["pixart-tiny-dpmpp20-cfg", "dit-tiny-ddim10-cfg", "pixart-tiny-lcm4", "pixart-tiny-delta-n2-nc4-b12"];
+pub const SAMPLING_CASES: &[&str] =
+    &["pixart-tiny-dpmpp20-cfg", "dit-tiny-ddim10-cfg", "pixart-tiny-lcm4", "pixart-tiny-delta-n2-nc4-b12"];
 
 /// `$DELTADIT_TEST_DATA/<name>` when set (the GPU bundle runs the test binaries away from the
 /// checkout), else `tests/data/<name>`.
@@ -50,7 +51,8 @@ pub struct SamplingCase {
 }
 
 pub fn read_case(name: &str) -> SamplingCase {
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(case_dir(name).join("case.json")).unwrap()).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(case_dir(name).join("case.json")).unwrap()).unwrap();
     let scheduler = match v["scheduler"]["_class_name"].as_str().unwrap() {
         "DPMSolverMultistepScheduler" => "dpm-solver++",
         "DDIMScheduler" => "ddim",
@@ -75,8 +77,11 @@ pub fn sampling_case<B: Backend>(be: &B, name: &str) -> (f64, SampleOutput) {
     let dir = case_dir(name);
     let model = Transformer::load(be, &dir).unwrap();
     let case = read_case(name);
-    let inputs = SampleInputs::from_inputs(&Inputs::open(&dir.join("inputs.safetensors")).unwrap(), model.config.family).unwrap();
-    let cfg = SampleConfig { scheduler: case.scheduler, steps: case.steps, guidance: case.guidance, keep_per_step: true };
+    let inputs =
+        SampleInputs::from_inputs(&Inputs::open(&dir.join("inputs.safetensors")).unwrap(), model.config.family)
+            .unwrap();
+    let cfg =
+        SampleConfig { scheduler: case.scheduler, steps: case.steps, guidance: case.guidance, keep_per_step: true };
     let policy = case.cache.build(model.config.family, model.num_blocks(), case.steps).unwrap();
     let out = sample(be, &model, &inputs, &cfg, policy, &mut |_, _| {}).unwrap();
     assert_eq!(out.timesteps, expected_i64(name, "timesteps"), "{name}: timesteps");

@@ -3,8 +3,8 @@
 
 pub mod golden;
 
-pub use deltadit::rng::{rel_l2, Rng};
 use deltadit::backend::SchedulerKind;
+pub use deltadit::rng::{rel_l2, Rng};
 use deltadit::{Backend, DType, Tensor};
 
 /// (kind, with x0_prev, with noise): the scheduler-update variants every backend's test runs.

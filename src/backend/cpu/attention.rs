@@ -40,11 +40,25 @@ pub fn attention_f32(
         // caller's shape checks guarantee; scores holds rows×nk floats.
         unsafe {
             gemm::gemm(
-                rows, s.nk, d,
-                scores.as_mut_ptr(), 1, s.nk as isize, false,
-                qp.as_ptr(), 1, q.2 as isize,
-                kp.as_ptr(), k.2 as isize, 1,
-                0.0f32, s.scale, false, false, false, Parallelism::None,
+                rows,
+                s.nk,
+                d,
+                scores.as_mut_ptr(),
+                1,
+                s.nk as isize,
+                false,
+                qp.as_ptr(),
+                1,
+                q.2 as isize,
+                kp.as_ptr(),
+                k.2 as isize,
+                1,
+                0.0f32,
+                s.scale,
+                false,
+                false,
+                false,
+                Parallelism::None,
             );
         }
         softmax_rows(scores, s.nk, key_bias.map(|kb| &kb[b * s.nk..(b + 1) * s.nk]));
@@ -54,11 +68,25 @@ pub fn attention_f32(
         unsafe {
             let dst = op.0.add((b * s.nq + i0) * width + h * d);
             gemm::gemm(
-                rows, d, s.nk,
-                dst, 1, width as isize, false,
-                scores.as_ptr(), 1, s.nk as isize,
-                vp.as_ptr(), 1, v.2 as isize,
-                0.0f32, 1.0f32, false, false, false, Parallelism::None,
+                rows,
+                d,
+                s.nk,
+                dst,
+                1,
+                width as isize,
+                false,
+                scores.as_ptr(),
+                1,
+                s.nk as isize,
+                vp.as_ptr(),
+                1,
+                v.2 as isize,
+                0.0f32,
+                1.0f32,
+                false,
+                false,
+                false,
+                Parallelism::None,
             );
         }
     });

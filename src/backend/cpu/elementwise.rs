@@ -1,7 +1,7 @@
 //! Element-wise ops, embeddings and layout changes: the references for elementwise.cu.
 
-use super::task_len;
 use super::simd::multiversion;
+use super::task_len;
 use crate::backend::{Activation, Cfg};
 use rayon::prelude::*;
 
@@ -57,7 +57,6 @@ pub fn gelu_tanh(x: f32) -> f32 {
 pub fn silu(x: f32) -> f32 {
     x / (1.0 + fast_exp(-x))
 }
-
 
 multiversion! {
     /// `act` over a slice, with the match outside the loop so each arm vectorises.

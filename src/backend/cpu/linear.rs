@@ -32,7 +32,10 @@ pub fn linear_f32(
     k: usize,
     threads: usize,
 ) {
-    assert!(x.len() >= m * k && w.len() >= n * k && out.len() >= m * n, "linear_f32: slices shorter than m·k, n·k, m·n");
+    assert!(
+        x.len() >= m * k && w.len() >= n * k && out.len() >= m * n,
+        "linear_f32: slices shorter than m·k, n·k, m·n"
+    );
     assert!(bias.is_none_or(|b| b.len() >= n), "linear_f32: bias shorter than n");
     if m == 0 || n == 0 {
         return;
@@ -40,10 +43,8 @@ pub fn linear_f32(
     let (mb, nb) = tiles(m, n, k, threads);
     let col_step = n.div_ceil(nb).next_multiple_of(16);
     let row_step = m.div_ceil(mb);
-    let tiles: Vec<(usize, usize)> = (0..m)
-        .step_by(row_step)
-        .flat_map(|r| (0..n).step_by(col_step).map(move |c| (r, c)))
-        .collect();
+    let tiles: Vec<(usize, usize)> =
+        (0..m).step_by(row_step).flat_map(|r| (0..n).step_by(col_step).map(move |c| (r, c))).collect();
     // Tiles are disjoint rectangles of `out`; they travel as an address because a row-major
     // rectangle is not a slice.
     let out_addr = out.as_mut_ptr() as usize;

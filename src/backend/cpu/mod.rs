@@ -11,9 +11,9 @@ mod scheduler;
 pub mod simd;
 
 pub use attention::attention_f32;
+pub use elementwise::timestep_embedding as timestep_embedding_f32;
 pub use linear::linear_f32;
 pub use norm::norm_modulate_f32;
-pub use elementwise::timestep_embedding as timestep_embedding_f32;
 
 use super::{shapes, Activation, AttentionShape, Backend, CacheWrite, Cfg, ColSlice, SchedulerUpdate};
 use crate::{DType, Error, Result, Tensor};
@@ -116,7 +116,12 @@ impl Backend for Cpu {
 
     fn write(&self, dst: &mut Tensor<Self>, data: &[f32]) -> Result<()> {
         if data.len() != dst.numel() {
-            return Err(Error::Shape { op: "write", tensor: "data", expected: format!("{} elements", dst.numel()), found: vec![data.len()] });
+            return Err(Error::Shape {
+                op: "write",
+                tensor: "data",
+                expected: format!("{} elements", dst.numel()),
+                found: vec![data.len()],
+            });
         }
         dst.buf.copy_from_slice(data);
         Ok(())
@@ -227,7 +232,12 @@ impl Backend for Cpu {
         shapes::same_shape("activation", "out", out, x)?;
         if let Some(b) = bias {
             if b.numel() != x.cols() {
-                return Err(Error::Shape { op: "activation", tensor: "bias", expected: format!("[{}]", x.cols()), found: b.shape().to_vec() });
+                return Err(Error::Shape {
+                    op: "activation",
+                    tensor: "bias",
+                    expected: format!("[{}]", x.cols()),
+                    found: b.shape().to_vec(),
+                });
             }
         }
         elementwise::activation(&x.buf, bias.map(|b| b.buf.as_slice()), act, x.cols(), &mut out.buf);
@@ -236,7 +246,12 @@ impl Backend for Cpu {
 
     fn add_bcast(&self, x: &mut Tensor<Self>, y: &Tensor<Self>) -> Result<()> {
         if y.numel() != x.cols() {
-            return Err(Error::Shape { op: "add_bcast", tensor: "y", expected: format!("[{}]", x.cols()), found: y.shape().to_vec() });
+            return Err(Error::Shape {
+                op: "add_bcast",
+                tensor: "y",
+                expected: format!("[{}]", x.cols()),
+                found: y.shape().to_vec(),
+            });
         }
         elementwise::add_bcast(&mut x.buf, &y.buf);
         Ok(())
@@ -250,7 +265,12 @@ impl Backend for Cpu {
         out: &mut Tensor<Self>,
     ) -> Result<()> {
         if out.rows() != t.numel() || !out.cols().is_multiple_of(2) {
-            return Err(Error::Shape { op: "timestep_embedding", tensor: "out", expected: format!("[{}, even dim]", t.numel()), found: out.shape().to_vec() });
+            return Err(Error::Shape {
+                op: "timestep_embedding",
+                tensor: "out",
+                expected: format!("[{}, even dim]", t.numel()),
+                found: out.shape().to_vec(),
+            });
         }
         let dim = out.cols();
         elementwise::timestep_embedding(&t.buf, dim, flip_sin_to_cos, downscale_freq_shift, &mut out.buf);
@@ -284,7 +304,13 @@ impl Backend for Cpu {
         noise: Option<&Tensor<Self>>,
     ) -> Result<()> {
         shapes::scheduler_step(x, eps, x0_prev.as_deref(), noise)?;
-        scheduler::scheduler_step(update, &mut x.buf, &eps.buf, x0_prev.map(|t| t.buf.as_mut_slice()), noise.map(|t| t.buf.as_slice()));
+        scheduler::scheduler_step(
+            update,
+            &mut x.buf,
+            &eps.buf,
+            x0_prev.map(|t| t.buf.as_mut_slice()),
+            noise.map(|t| t.buf.as_slice()),
+        );
         Ok(())
     }
 
@@ -294,7 +320,14 @@ impl Backend for Cpu {
         Ok(scheduler::rel_l1(&a.buf, &b.buf))
     }
 
-    fn copy_range(&self, src: &Tensor<Self>, src_off: usize, dst: &mut Tensor<Self>, dst_off: usize, len: usize) -> Result<()> {
+    fn copy_range(
+        &self,
+        src: &Tensor<Self>,
+        src_off: usize,
+        dst: &mut Tensor<Self>,
+        dst_off: usize,
+        len: usize,
+    ) -> Result<()> {
         shapes::copy_range(src, src_off, dst, dst_off, len)?;
         dst.buf[dst_off..dst_off + len].copy_from_slice(&src.buf[src_off..src_off + len]);
         Ok(())

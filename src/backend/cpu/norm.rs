@@ -1,8 +1,8 @@
 //! LayerNorm (no affine parameters) + adaLN modulation: the reference for norm_modulate.cu.
 
 use super::elementwise::sum8;
-use super::task_len;
 use super::simd::multiversion;
+use super::task_len;
 use crate::backend::shapes::ModSizes;
 use rayon::prelude::*;
 

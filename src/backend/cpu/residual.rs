@@ -1,7 +1,7 @@
 //! Gated residual with the fused Δ-cache writes: the reference for delta.cu.
 
-use super::task_len;
 use super::simd::multiversion;
+use super::task_len;
 use crate::backend::shapes::ModSizes;
 use rayon::prelude::*;
 

@@ -5,7 +5,13 @@
 use crate::backend::{SchedulerKind, SchedulerUpdate};
 use rayon::prelude::*;
 
-pub fn scheduler_step(u: &SchedulerUpdate, x: &mut [f32], eps: &[f32], x0_prev: Option<&mut [f32]>, noise: Option<&[f32]>) {
+pub fn scheduler_step(
+    u: &SchedulerUpdate,
+    x: &mut [f32],
+    eps: &[f32],
+    x0_prev: Option<&mut [f32]>,
+    noise: Option<&[f32]>,
+) {
     let c = u.c;
     let kind = u.kind;
     let step = |x: &mut f32, e: f32, prev: Option<&mut f32>, nz: Option<f32>| {
@@ -31,10 +37,15 @@ pub fn scheduler_step(u: &SchedulerUpdate, x: &mut [f32], eps: &[f32], x0_prev: 
         }
     };
     match (x0_prev, noise) {
-        (Some(prev), noise) => x.par_iter_mut().zip(eps).zip(prev.par_iter_mut()).enumerate().for_each(|(i, ((x, &e), p))| {
-            step(x, e, Some(p), noise.map(|n| n[i]))
-        }),
-        (None, noise) => x.par_iter_mut().zip(eps).enumerate().for_each(|(i, (x, &e))| step(x, e, None, noise.map(|n| n[i]))),
+        (Some(prev), noise) => x
+            .par_iter_mut()
+            .zip(eps)
+            .zip(prev.par_iter_mut())
+            .enumerate()
+            .for_each(|(i, ((x, &e), p))| step(x, e, Some(p), noise.map(|n| n[i]))),
+        (None, noise) => {
+            x.par_iter_mut().zip(eps).enumerate().for_each(|(i, (x, &e))| step(x, e, None, noise.map(|n| n[i])))
+        }
     }
 }
 

@@ -44,11 +44,8 @@ pub fn detected() -> SimdLevel {
     *DETECTED.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
         {
-            let avx2 = std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma");
-            if avx2
-                && std::arch::is_x86_feature_detected!("avx512f")
-                && std::arch::is_x86_feature_detected!("avx512vl")
+            let avx2 = std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
+            if avx2 && std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512vl")
             {
                 return SimdLevel::Avx512;
             }
@@ -66,9 +63,7 @@ static CAP: AtomicU8 = AtomicU8::new(0);
 /// Caps the level the loops use (`None`: the detected one). Process-wide; for benchmarks and the
 /// tests that compare levels. A cap above what the CPU has is lowered to [`detected`].
 pub fn set_cap(cap: Option<SimdLevel>) {
-    let v = cap.map_or(0, |l| {
-        SimdLevel::ALL.iter().position(|&a| a == l).unwrap_or(0) as u8 + 1
-    });
+    let v = cap.map_or(0, |l| SimdLevel::ALL.iter().position(|&a| a == l).unwrap_or(0) as u8 + 1);
     CAP.store(v, Ordering::Relaxed);
 }
 

@@ -26,9 +26,9 @@ use crate::{DType, Result};
 use cudarc::cublaslt::sys as lt;
 use std::collections::HashMap;
 use std::ffi::c_void;
+use std::fmt;
 use std::mem::MaybeUninit;
 use std::ptr::addr_of;
-use std::fmt;
 use std::sync::Arc;
 
 /// NVIDIA's recommendation for Hopper (4 MiB suffice before it).
@@ -146,7 +146,12 @@ fn cuda_dtype(dtype: DType) -> Result<lt::cudaDataType> {
 ///
 /// # Safety
 /// `desc` must be a live descriptor and `T` the attribute's C type.
-unsafe fn set_desc<T>(desc: lt::cublasLtMatmulDesc_t, attr: lt::cublasLtMatmulDescAttributes_t, v: &T, what: &str) -> Result<()> {
+unsafe fn set_desc<T>(
+    desc: lt::cublasLtMatmulDesc_t,
+    attr: lt::cublasLtMatmulDescAttributes_t,
+    v: &T,
+    what: &str,
+) -> Result<()> {
     blas(lt::cublasLtMatmulDescSetAttribute(desc, attr, (v as *const T).cast(), std::mem::size_of::<T>()), || {
         format!("setting {attr:?} for {what}")
     })
@@ -154,7 +159,11 @@ unsafe fn set_desc<T>(desc: lt::cublasLtMatmulDesc_t, attr: lt::cublasLtMatmulDe
 
 /// # Safety
 /// `pref` must be a live preference and `T` the attribute's C type.
-unsafe fn set_pref<T>(pref: lt::cublasLtMatmulPreference_t, attr: lt::cublasLtMatmulPreferenceAttributes_t, v: &T) -> Result<()> {
+unsafe fn set_pref<T>(
+    pref: lt::cublasLtMatmulPreference_t,
+    attr: lt::cublasLtMatmulPreferenceAttributes_t,
+    v: &T,
+) -> Result<()> {
     blas(lt::cublasLtMatmulPreferenceSetAttribute(pref, attr, (v as *const T).cast(), std::mem::size_of::<T>()), || {
         format!("setting cuBLASLt preference {attr:?}")
     })
@@ -178,13 +187,23 @@ impl Blas {
         let workspace = dev.alloc(WORKSPACE_BYTES, &|| "the cuBLASLt workspace".into())?;
         dev.bind()?;
         // Null handles until created: Drop destroys whatever exists if a step below fails.
-        let mut this = Blas { handle: std::ptr::null_mut(), pref: std::ptr::null_mut(), plans: HashMap::new(), workspace, version };
+        let mut this = Blas {
+            handle: std::ptr::null_mut(),
+            pref: std::ptr::null_mut(),
+            plans: HashMap::new(),
+            workspace,
+            version,
+        };
         // SAFETY: the create calls write new handles through valid pointers; `pref` is live when
         // its attribute (a uint64_t) is set.
         unsafe {
             blas(lt::cublasLtCreate(&mut this.handle), || "cublasLtCreate".into())?;
             blas(lt::cublasLtMatmulPreferenceCreate(&mut this.pref), || "cublasLtMatmulPreferenceCreate".into())?;
-            set_pref(this.pref, lt::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &(WORKSPACE_BYTES as u64))?;
+            set_pref(
+                this.pref,
+                lt::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                &(WORKSPACE_BYTES as u64),
+            )?;
         }
         Ok(this)
     }
@@ -204,13 +223,20 @@ impl Blas {
         use lt::cublasLtMatmulDescAttributes_t as D;
         use lt::cublasLtMatmulPreferenceAttributes_t as P;
         // SAFETY: writes a new descriptor through a valid pointer (freed by Plan's Drop).
-        blas(unsafe { lt::cublasLtMatmulDescCreate(&mut plan.desc, lt::cublasComputeType_t::CUBLAS_COMPUTE_32F, lt::cudaDataType::CUDA_R_32F) }, || {
-            format!("cublasLtMatmulDescCreate for {what}")
-        })?;
+        blas(
+            unsafe {
+                lt::cublasLtMatmulDescCreate(
+                    &mut plan.desc,
+                    lt::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                    lt::cudaDataType::CUDA_R_32F,
+                )
+            },
+            || format!("cublasLtMatmulDescCreate for {what}"),
+        )?;
         const OP_N: i32 = 0; // CUBLAS_OP_N
         const OP_T: i32 = 1; // CUBLAS_OP_T
-        // SAFETY: `plan.desc` is live; the values have the attributes' C types: int32
-        // cublasOperation_t, uint32 cublasLtEpilogue_t, int32 cudaDataType, a device pointer.
+                             // SAFETY: `plan.desc` is live; the values have the attributes' C types: int32
+                             // cublasOperation_t, uint32 cublasLtEpilogue_t, int32 cudaDataType, a device pointer.
         unsafe {
             set_desc(plan.desc, D::CUBLASLT_MATMUL_DESC_TRANSA, &OP_T, &what)?;
             set_desc(plan.desc, D::CUBLASLT_MATMUL_DESC_TRANSB, &OP_N, &what)?;
@@ -223,7 +249,9 @@ impl Blas {
         let (m, n, k) = (key.m, key.n, key.k);
         for (layout, rows, cols, ld) in [(&mut plan.a, k, n, k), (&mut plan.b, k, m, k), (&mut plan.d, n, m, n)] {
             // SAFETY: writes a new layout through a valid pointer (freed by Plan's Drop).
-            blas(unsafe { lt::cublasLtMatrixLayoutCreate(layout, dt, rows, cols, ld as i64) }, || format!("cublasLtMatrixLayoutCreate for {what}"))?;
+            blas(unsafe { lt::cublasLtMatrixLayoutCreate(layout, dt, rows, cols, ld as i64) }, || {
+                format!("cublasLtMatrixLayoutCreate for {what}")
+            })?;
         }
         for attr in [
             P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
@@ -240,7 +268,20 @@ impl Blas {
         // SAFETY: live handle, descriptor, layouts and preference; `base` points to room for
         // CANDIDATES results and cuBLASLt writes at most that many, reporting how many in `count`.
         blas(
-            unsafe { lt::cublasLtMatmulAlgoGetHeuristic(self.handle, plan.desc, plan.a, plan.b, plan.d, plan.d, self.pref, CANDIDATES as i32, base, &mut count) },
+            unsafe {
+                lt::cublasLtMatmulAlgoGetHeuristic(
+                    self.handle,
+                    plan.desc,
+                    plan.a,
+                    plan.b,
+                    plan.d,
+                    plan.d,
+                    self.pref,
+                    CANDIDATES as i32,
+                    base,
+                    &mut count,
+                )
+            },
             || format!("cublasLtMatmulAlgoGetHeuristic for {what}"),
         )?;
         let written = (count.max(0) as usize).min(CANDIDATES);
@@ -250,7 +291,11 @@ impl Blas {
             // an unknown enum variant is ever materialised.
             let (state, workspace, algo) = unsafe {
                 let r = base.add(i);
-                (addr_of!((*r).state).cast::<u32>().read(), addr_of!((*r).workspaceSize).read(), addr_of!((*r).algo).read())
+                (
+                    addr_of!((*r).state).cast::<u32>().read(),
+                    addr_of!((*r).workspaceSize).read(),
+                    addr_of!((*r).algo).read(),
+                )
             };
             if state == lt::cublasStatus_t::CUBLAS_STATUS_SUCCESS as u32 && workspace <= WORKSPACE_BYTES {
                 plan.algo = algo;
@@ -286,7 +331,12 @@ impl Blas {
         // concurrently. Buffers dropped later are freed in stream order after this GEMM.
         unsafe {
             if key.epilogue.has_bias() {
-                set_desc(plan.desc, lt::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER, &(bias as usize as *const c_void), "linear")?;
+                set_desc(
+                    plan.desc,
+                    lt::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                    &(bias as usize as *const c_void),
+                    "linear",
+                )?;
             }
             blas(
                 lt::cublasLtMatmul(

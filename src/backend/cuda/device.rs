@@ -110,7 +110,8 @@ pub fn probe_ordinal(ordinal: usize) -> std::result::Result<DeviceInfo, String> 
     }
     let ctx = catch("creating a CUDA context", || CudaContext::new(ordinal))?
         .map_err(|e| format!("creating a context on CUDA device {ordinal}: {}", describe(&e)))?;
-    catch("querying the device", || device_info(&ctx))?.map_err(|e| format!("querying CUDA device {ordinal}: {}", describe(&e)))
+    catch("querying the device", || device_info(&ctx))?
+        .map_err(|e| format!("querying CUDA device {ordinal}: {}", describe(&e)))
 }
 
 /// A GPU is present and the kernels were built: `Cuda::new` has what it needs.
@@ -130,7 +131,8 @@ fn device_info(ctx: &Arc<CudaContext>) -> std::result::Result<DeviceInfo, Driver
         total_memory: ctx.total_mem()?,
         free_memory: ctx.mem_get_info()?.0,
         multiprocessors: ctx.attribute(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?,
-        max_shared_memory_per_block: ctx.attribute(A::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?.max(0) as usize,
+        max_shared_memory_per_block: ctx.attribute(A::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?.max(0)
+            as usize,
         driver_version,
     })
 }
@@ -287,7 +289,10 @@ impl Device {
 
     fn last_kernel(&self, st: &ExecState) -> String {
         match st.last_kernel {
-            Some(i) => lock(&self.funcs).funcs.get(i).map_or_else(String::new, |f| format!(" (last kernel launched: {})", f.name)),
+            Some(i) => lock(&self.funcs)
+                .funcs
+                .get(i)
+                .map_or_else(String::new, |f| format!(" (last kernel launched: {})", f.name)),
             None => String::new(),
         }
     }
@@ -338,7 +343,11 @@ impl Device {
         drop(st);
         let ptr = r.map_err(|e| {
             if is_oom(&e) {
-                let free = self.ctx.mem_get_info().map(|(f, t)| format!(" ({} of {} free)", bytes(f), bytes(t))).unwrap_or_default();
+                let free = self
+                    .ctx
+                    .mem_get_info()
+                    .map(|(f, t)| format!(" ({} of {} free)", bytes(f), bytes(t)))
+                    .unwrap_or_default();
                 err(format!("out of memory allocating {} for {}{free}", bytes(size), what()))
             } else {
                 drv(e, format!("allocating {} for {}", bytes(size), what()))
@@ -501,7 +510,11 @@ impl Device {
         // The module registered for the name first (no failed lookups for compute-sanitizer to
         // report), then every module for kernels the registry does not list.
         let home = crate::backend::build_info::KERNEL_FILES.iter().find(|(k, _)| *k == name).map(|(_, s)| *s);
-        let order = self.modules.iter().filter(|m| Some(m.stem) == home).chain(self.modules.iter().filter(|m| Some(m.stem) != home));
+        let order = self
+            .modules
+            .iter()
+            .filter(|m| Some(m.stem) == home)
+            .chain(self.modules.iter().filter(|m| Some(m.stem) != home));
         for m in order {
             // SAFETY: `m.handle` is a loaded module (unloaded only in Drop).
             match unsafe { result::module::get_function(m.handle, cname.clone()) } {
@@ -538,13 +551,26 @@ impl Device {
         // bytes before returning. The device addresses inside `params` belong to tensors the
         // launcher borrows: they are live now, and a buffer dropped later is freed in stream
         // order after this kernel (see `free_now`), so the kernel never sees freed memory.
-        unsafe { result::launch_kernel(f, (gx, gy, gz), (bx, by, bz), cfg.smem, self.cu_stream(), &mut args) }.map_err(|e| {
-            drv(e, format!("launching kernel {name} (grid {:?}, block {:?}, {} B dynamic shared memory)", cfg.grid, cfg.block, cfg.smem))
-        })?;
+        unsafe { result::launch_kernel(f, (gx, gy, gz), (bx, by, bz), cfg.smem, self.cu_stream(), &mut args) }
+            .map_err(|e| {
+                drv(
+                    e,
+                    format!(
+                        "launching kernel {name} (grid {:?}, block {:?}, {} B dynamic shared memory)",
+                        cfg.grid, cfg.block, cfg.smem
+                    ),
+                )
+            })?;
         st.last_kernel = Some(idx);
         if self.sync_launches && matches!(st.mode, Mode::Eager | Mode::Track) {
             self.stream.synchronize().map_err(|e| {
-                drv(e, format!("kernel {name} (grid {:?}, block {:?}, {} B dynamic shared memory) failed", cfg.grid, cfg.block, cfg.smem))
+                drv(
+                    e,
+                    format!(
+                        "kernel {name} (grid {:?}, block {:?}, {} B dynamic shared memory) failed",
+                        cfg.grid, cfg.block, cfg.smem
+                    ),
+                )
             })?;
         }
         Ok(())
@@ -611,7 +637,8 @@ impl Drop for Device {
 /// rel_l1 probe's two floats) cost no driver allocation.
 fn keep_pool_memory(ctx: &Arc<CudaContext>) -> Result<()> {
     // SAFETY: cu_device is the context's device; the pool handle stays owned by the driver.
-    let pool = unsafe { result::device::get_mem_pool(ctx.cu_device()) }.map_err(|e| drv(e, "getting the device memory pool"))?;
+    let pool = unsafe { result::device::get_mem_pool(ctx.cu_device()) }
+        .map_err(|e| drv(e, "getting the device memory pool"))?;
     let mut threshold: u64 = u64::MAX;
     // SAFETY: CU_MEMPOOL_ATTR_RELEASE_THRESHOLD takes a cuuint64_t, which `threshold` is; the
     // pointer is only read during the call.
@@ -652,7 +679,10 @@ fn load_modules(ctx: &Arc<CudaContext>, info: &DeviceInfo) -> Result<Loaded> {
             // An optional module (a faster variant with a fallback) that does not load leaves the
             // backend working; the reason is kept for the error of whoever asks for it.
             Err(e) if sm90a_only(stem) => {
-                failed.push((stem, format!("loading kernels/{stem}.cu (sm_90a SASS) on {}: {}", info.name, describe(&e))));
+                failed.push((
+                    stem,
+                    format!("loading kernels/{stem}.cu (sm_90a SASS) on {}: {}", info.name, describe(&e)),
+                ));
             }
             Err(e) => {
                 for m in &modules {

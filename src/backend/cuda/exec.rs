@@ -82,7 +82,10 @@ impl ExecState {
     /// Starts a unit in `mode` on the calling thread.
     pub fn begin(&mut self, mode: Mode) -> Result<()> {
         if self.mode != Mode::Eager {
-            return Err(err(format!("graph_run: another unit is already running ({:?} on {:?})", self.mode, self.owner)));
+            return Err(err(format!(
+                "graph_run: another unit is already running ({:?} on {:?})",
+                self.mode, self.owner
+            )));
         }
         self.mode = mode;
         self.owner = Some(thread::current().id());
@@ -96,7 +99,11 @@ impl ExecState {
     pub fn end(&mut self) -> UnitReport {
         self.mode = Mode::Eager;
         self.owner = None;
-        UnitReport { sig: std::mem::take(&mut self.sig), host_ops: self.host_ops, first_host_op: self.first_host_op.take() }
+        UnitReport {
+            sig: std::mem::take(&mut self.sig),
+            host_ops: self.host_ops,
+            first_host_op: self.first_host_op.take(),
+        }
     }
 
     fn note_host_op(&mut self, what: &str) {

@@ -62,8 +62,14 @@ enum Entry {
     /// never capture (host operations, failed capture, too many stale replays)
     Eager,
     /// ran once (or went stale): capture on the next call
-    Warm { stale: u32 },
-    Captured { graph: Graph, sig: Vec<u8>, stale: u32 },
+    Warm {
+        stale: u32,
+    },
+    Captured {
+        graph: Graph,
+        sig: Vec<u8>,
+        stale: u32,
+    },
 }
 
 #[derive(Default)]
@@ -218,7 +224,14 @@ impl Cuda {
         }
     }
 
-    fn replay(&self, key: &str, f: &mut dyn FnMut() -> Result<()>, graph: Graph, sig: Vec<u8>, stale: u32) -> Result<()> {
+    fn replay(
+        &self,
+        key: &str,
+        f: &mut dyn FnMut() -> Result<()>,
+        graph: Graph,
+        sig: Vec<u8>,
+        stale: u32,
+    ) -> Result<()> {
         let (r, rep) = self.unit(Mode::Record, f)?;
         if r.is_ok() && rep.host_ops == 0 && rep.sig == sig {
             {

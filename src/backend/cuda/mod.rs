@@ -163,7 +163,12 @@ impl Cuda {
 
     fn check_data_len(op: &'static str, t: &Tensor<Self>, data: usize) -> Result<()> {
         if data != t.numel() {
-            return Err(Error::Shape { op, tensor: "data", expected: format!("{} elements", t.numel()), found: vec![data] });
+            return Err(Error::Shape {
+                op,
+                tensor: "data",
+                expected: format!("{} elements", t.numel()),
+                found: vec![data],
+            });
         }
         Ok(())
     }
@@ -180,7 +185,11 @@ impl Drop for Cuda {
 
 impl std::fmt::Debug for Cuda {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Cuda").field("device", &self.dev.info.name).field("dtype", &self.dtype).field("opts", &self.opts).finish()
+        f.debug_struct("Cuda")
+            .field("device", &self.dev.info.name)
+            .field("dtype", &self.dtype)
+            .field("opts", &self.opts)
+            .finish()
     }
 }
 
@@ -287,7 +296,14 @@ impl Backend for Cuda {
         };
         let (xp, wp, op) = (x.buf.device_ptr(), w.buf.device_ptr(), out.buf.device_ptr());
         let bp = bias.map_or(0, |b| b.buf.device_ptr());
-        let key = GemmKey { m: m as u64, n: n as u64, k: k as u64, epilogue, dtype: out.dtype(), align: alignment(&[xp, wp, bp, op]) };
+        let key = GemmKey {
+            m: m as u64,
+            n: n as u64,
+            k: k as u64,
+            epilogue,
+            dtype: out.dtype(),
+            align: alignment(&[xp, wp, bp, op]),
+        };
         self.blas().gemm(&self.dev, key, xp, wp, bp, op)?;
         if act == Activation::Silu {
             // In place: the activation kernel reads and writes each element in one thread.
@@ -299,7 +315,14 @@ impl Backend for Cuda {
 
     super::kernels::kernel_backend_ops!();
 
-    fn copy_range(&self, src: &Tensor<Self>, src_off: usize, dst: &mut Tensor<Self>, dst_off: usize, len: usize) -> Result<()> {
+    fn copy_range(
+        &self,
+        src: &Tensor<Self>,
+        src_off: usize,
+        dst: &mut Tensor<Self>,
+        dst_off: usize,
+        len: usize,
+    ) -> Result<()> {
         shapes::copy_range(src, src_off, dst, dst_off, len)?;
         let es = src.dtype().size() as u64;
         let (s, d) = (src.buf.device_ptr() + src_off as u64 * es, dst.buf.device_ptr() + dst_off as u64 * es);

@@ -168,7 +168,8 @@ mod tests {
         st.enqueue("k", Op::Kernel { func: 1, grid: [2, 3, 4], block: [128, 1, 1], smem: 0, params: &params }).unwrap();
         st.enqueue("g", Op::Gemm { key: [1, 2, 3, 4, 5, 6], ptrs: [7, 8, 0, 9] }).unwrap();
         st.enqueue("c", Op::Copy { dst: 1, src: 2, bytes: 3 }).unwrap();
-        st.enqueue("k", Op::Kernel { func: 2, grid: [1, 1, 1], block: [32, 1, 1], smem: 64, params: &params[..24] }).unwrap();
+        st.enqueue("k", Op::Kernel { func: 2, grid: [1, 1, 1], block: [32, 1, 1], smem: 64, params: &params[..24] })
+            .unwrap();
         assert_eq!(count_ops(&st.end().sig), 4);
     }
 }

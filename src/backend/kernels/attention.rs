@@ -41,7 +41,8 @@ impl AttentionKernel {
     pub const ALL: [AttentionKernel; 4] =
         [AttentionKernel::Mma, AttentionKernel::Wgmma, AttentionKernel::WgmmaQRegs, AttentionKernel::WgmmaQRegs3];
     /// The kernels of kernels/attention_sm90a.cu (compute capability 9.0 only).
-    pub const WGMMA: [AttentionKernel; 3] = [AttentionKernel::Wgmma, AttentionKernel::WgmmaQRegs, AttentionKernel::WgmmaQRegs3];
+    pub const WGMMA: [AttentionKernel; 3] =
+        [AttentionKernel::Wgmma, AttentionKernel::WgmmaQRegs, AttentionKernel::WgmmaQRegs3];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -58,7 +59,10 @@ impl AttentionKernel {
     }
 
     pub fn parse(s: &str) -> Result<Self> {
-        Self::ALL.into_iter().find(|k| k.name() == s.trim()).ok_or_else(|| Error::param("attention kernel", s, KERNEL_NAMES))
+        Self::ALL
+            .into_iter()
+            .find(|k| k.name() == s.trim())
+            .ok_or_else(|| Error::param("attention kernel", s, KERNEL_NAMES))
     }
 
     /// A comma-separated list of kernel names (blank: none), e.g. "wgmma,wgmma-qregs".
@@ -72,7 +76,8 @@ impl AttentionKernel {
     pub fn wgmma_from_env(var: &str) -> Result<Vec<Self>> {
         match std::env::var(var) {
             Ok(v) => {
-                let ks = Self::parse_list(&v).map_err(|_| Error::param(var, &v, "wgmma, wgmma-qregs or wgmma-qregs3, comma-separated"))?;
+                let ks = Self::parse_list(&v)
+                    .map_err(|_| Error::param(var, &v, "wgmma, wgmma-qregs or wgmma-qregs3, comma-separated"))?;
                 match ks.iter().find(|k| !k.is_wgmma()) {
                     Some(k) => Err(Error::param(var, k.name(), "wgmma kernels only")),
                     None => Ok(ks),
@@ -98,8 +103,12 @@ impl AttentionKernel {
         match self {
             AttentionKernel::Mma => ("attention_d72", ATTN_BLOCK_Q, ATTN_THREADS, ATTN_SMEM_D72),
             AttentionKernel::Wgmma => ("attention_wgmma_d72", ATTN_WG_BLOCK_Q, ATTN_WG_THREADS, ATTN_WG_SMEM_D72),
-            AttentionKernel::WgmmaQRegs => ("attention_wgmma_qregs_d72", ATTN_WG_BLOCK_Q, ATTN_WG_THREADS, ATTN_WG_SMEM_D72),
-            AttentionKernel::WgmmaQRegs3 => ("attention_wgmma_qregs3_d72", ATTN_WG3_BLOCK_Q, ATTN_WG3_THREADS, ATTN_WG3_SMEM_D72),
+            AttentionKernel::WgmmaQRegs => {
+                ("attention_wgmma_qregs_d72", ATTN_WG_BLOCK_Q, ATTN_WG_THREADS, ATTN_WG_SMEM_D72)
+            }
+            AttentionKernel::WgmmaQRegs3 => {
+                ("attention_wgmma_qregs3_d72", ATTN_WG3_BLOCK_Q, ATTN_WG3_THREADS, ATTN_WG3_SMEM_D72)
+            }
         }
     }
 }
@@ -225,11 +234,7 @@ pub fn attention<D: KernelDevice>(
         scale_log2: s.scale * std::f32::consts::LOG2_E,
         _pad: 0,
     };
-    let cfg = LaunchCfg {
-        grid: [blocks_q as u32, s.heads as u32, s.batch as u32],
-        block: [threads, 1, 1],
-        smem,
-    };
+    let cfg = LaunchCfg { grid: [blocks_q as u32, s.heads as u32, s.batch as u32], block: [threads, 1, 1], smem };
     d.launch(&name, &p, cfg)
 }
 

@@ -40,7 +40,12 @@ pub fn residual<D: KernelDevice>(
     }
     // The kernel divides row indices in 32 bits.
     if rows > i32::MAX as usize {
-        return Err(Error::Shape { op: OP, tensor: "x", expected: "fewer than 2^31 rows".into(), found: x.shape().to_vec() });
+        return Err(Error::Shape {
+            op: OP,
+            tensor: "x",
+            expected: "fewer than 2^31 rows".into(),
+            found: x.shape().to_vec(),
+        });
     }
     let p = ResidualParams {
         x: d.ptr_mut(x),

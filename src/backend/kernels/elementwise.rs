@@ -8,7 +8,12 @@ use crate::{DType, Error, Result, Tensor};
 
 /// A size that a kernel takes as a 32-bit int; the error names the tensor it came from.
 pub(crate) fn int32<D: KernelDevice>(op: &'static str, tensor: &'static str, t: &Tensor<D>, v: usize) -> Result<i32> {
-    i32::try_from(v).map_err(|_| Error::Shape { op, tensor, expected: "sizes below 2^31".into(), found: t.shape().to_vec() })
+    i32::try_from(v).map_err(|_| Error::Shape {
+        op,
+        tensor,
+        expected: "sizes below 2^31".into(),
+        found: t.shape().to_vec(),
+    })
 }
 
 /// Blocks of a grid-stride loop over `n` elements in rows of `cols`: the kernels step in 8-element
@@ -17,12 +22,23 @@ pub(crate) fn vector_blocks(n: usize, cols: usize, threads: u32) -> u64 {
     grid_stride_blocks(n, threads, if cols.is_multiple_of(8) { 8 } else { 1 })
 }
 
-pub fn activation<D: KernelDevice>(d: &D, x: &Tensor<D>, bias: Option<&Tensor<D>>, act: Activation, out: &mut Tensor<D>) -> Result<()> {
+pub fn activation<D: KernelDevice>(
+    d: &D,
+    x: &Tensor<D>,
+    bias: Option<&Tensor<D>>,
+    act: Activation,
+    out: &mut Tensor<D>,
+) -> Result<()> {
     const OP: &str = "activation";
     shapes::same_shape(OP, "out", out, x)?;
     if let Some(b) = bias {
         if b.numel() != x.cols() {
-            return Err(Error::Shape { op: OP, tensor: "bias", expected: format!("[{}]", x.cols()), found: b.shape().to_vec() });
+            return Err(Error::Shape {
+                op: OP,
+                tensor: "bias",
+                expected: format!("[{}]", x.cols()),
+                found: b.shape().to_vec(),
+            });
         }
         shapes::same_dtype(OP, x, &[("bias", b)])?;
     }
@@ -41,14 +57,20 @@ pub fn activation<D: KernelDevice>(d: &D, x: &Tensor<D>, bias: Option<&Tensor<D>
     if n == 0 {
         return Ok(());
     }
-    let p = ActParams { x: d.ptr(x), bias: ptr_or_null(d, bias), y: d.ptr_mut(out), n: n as i64, cols: x.cols() as i64 };
+    let p =
+        ActParams { x: d.ptr(x), bias: ptr_or_null(d, bias), y: d.ptr_mut(out), n: n as i64, cols: x.cols() as i64 };
     d.launch(&format!("{name}_{suffix}"), &p, LaunchCfg::linear(vector_blocks(n, x.cols(), EW_THREADS), EW_THREADS)?)
 }
 
 pub fn add_bcast<D: KernelDevice>(d: &D, x: &mut Tensor<D>, y: &Tensor<D>) -> Result<()> {
     const OP: &str = "add_bcast";
     if y.numel() != x.cols() {
-        return Err(Error::Shape { op: OP, tensor: "y", expected: format!("[{}]", x.cols()), found: y.shape().to_vec() });
+        return Err(Error::Shape {
+            op: OP,
+            tensor: "y",
+            expected: format!("[{}]", x.cols()),
+            found: y.shape().to_vec(),
+        });
     }
     shapes::same_dtype(OP, x, &[("y", y)])?;
     let suffix = dtype_suffix(OP, x.dtype())?;
@@ -63,10 +85,21 @@ pub fn add_bcast<D: KernelDevice>(d: &D, x: &mut Tensor<D>, y: &Tensor<D>) -> Re
 /// diffusers' `max_period` of the sinusoid.
 const MAX_PERIOD: f32 = 10_000.0;
 
-pub fn timestep_embedding<D: KernelDevice>(d: &D, t: &Tensor<D>, flip_sin_to_cos: bool, downscale_freq_shift: f32, out: &mut Tensor<D>) -> Result<()> {
+pub fn timestep_embedding<D: KernelDevice>(
+    d: &D,
+    t: &Tensor<D>,
+    flip_sin_to_cos: bool,
+    downscale_freq_shift: f32,
+    out: &mut Tensor<D>,
+) -> Result<()> {
     const OP: &str = "timestep_embedding";
     if out.rows() != t.numel() || !out.cols().is_multiple_of(2) {
-        return Err(Error::Shape { op: OP, tensor: "out", expected: format!("[{}, even dim]", t.numel()), found: out.shape().to_vec() });
+        return Err(Error::Shape {
+            op: OP,
+            tensor: "out",
+            expected: format!("[{}, even dim]", t.numel()),
+            found: out.shape().to_vec(),
+        });
     }
     t.expect_dtype(OP, "t", DType::F32)?;
     let suffix = dtype_suffix(OP, out.dtype())?;
@@ -84,7 +117,11 @@ pub fn timestep_embedding<D: KernelDevice>(d: &D, t: &Tensor<D>, flip_sin_to_cos
         max_period: MAX_PERIOD,
         _pad: 0,
     };
-    d.launch(&format!("{OP}_{suffix}"), &p, LaunchCfg::linear(grid_stride_blocks(batch * dim / 2, EW_THREADS, 1), EW_THREADS)?)
+    d.launch(
+        &format!("{OP}_{suffix}"),
+        &p,
+        LaunchCfg::linear(grid_stride_blocks(batch * dim / 2, EW_THREADS, 1), EW_THREADS)?,
+    )
 }
 
 pub fn patchify<D: KernelDevice>(d: &D, latents: &Tensor<D>, patch: usize, out: &mut Tensor<D>) -> Result<()> {

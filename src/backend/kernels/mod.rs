@@ -172,15 +172,30 @@ macro_rules! kernel_backend_ops {
             $crate::backend::kernels::timestep_embedding(self, t, flip_sin_to_cos, downscale_freq_shift, out)
         }
 
-        fn patchify(&self, latents: &$crate::Tensor<Self>, patch: usize, out: &mut $crate::Tensor<Self>) -> $crate::Result<()> {
+        fn patchify(
+            &self,
+            latents: &$crate::Tensor<Self>,
+            patch: usize,
+            out: &mut $crate::Tensor<Self>,
+        ) -> $crate::Result<()> {
             $crate::backend::kernels::patchify(self, latents, patch, out)
         }
 
-        fn unpatchify(&self, x: &$crate::Tensor<Self>, patch: usize, out: &mut $crate::Tensor<Self>) -> $crate::Result<()> {
+        fn unpatchify(
+            &self,
+            x: &$crate::Tensor<Self>,
+            patch: usize,
+            out: &mut $crate::Tensor<Self>,
+        ) -> $crate::Result<()> {
             $crate::backend::kernels::unpatchify(self, x, patch, out)
         }
 
-        fn cfg_combine(&self, out: &$crate::Tensor<Self>, cfg: $crate::backend::Cfg, eps: &mut $crate::Tensor<Self>) -> $crate::Result<()> {
+        fn cfg_combine(
+            &self,
+            out: &$crate::Tensor<Self>,
+            cfg: $crate::backend::Cfg,
+            eps: &mut $crate::Tensor<Self>,
+        ) -> $crate::Result<()> {
             $crate::backend::kernels::cfg_combine(self, out, cfg, eps)
         }
 

@@ -80,7 +80,11 @@ pub fn launch<P: KernelParams>(name: &str, params: &P, cfg: LaunchCfg) -> Result
     // on this thread; it is copied out at once.
     let msg = unsafe {
         let p = sys::deltadit_sim_last_error();
-        if p.is_null() { "unknown error".to_string() } else { std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned() }
+        if p.is_null() {
+            "unknown error".to_string()
+        } else {
+            std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
+        }
     };
     Err(Error::backend("sim", format!("kernel {name}: {msg}")))
 }
@@ -123,7 +127,11 @@ impl Wavefronts {
     /// `wavefronts / ideal`: 1 without bank conflicts, 2 for two-way conflicts throughout (1 when
     /// nothing was counted).
     pub fn conflict_factor(&self) -> f64 {
-        if self.ideal == 0 { 1.0 } else { self.wavefronts as f64 / self.ideal as f64 }
+        if self.ideal == 0 {
+            1.0
+        } else {
+            self.wavefronts as f64 / self.ideal as f64
+        }
     }
 }
 

@@ -110,7 +110,12 @@ impl Backend for Sim {
 
     fn write(&self, dst: &mut Tensor<Self>, data: &[f32]) -> Result<()> {
         if data.len() != dst.numel() {
-            return Err(Error::Shape { op: "write", tensor: "data", expected: format!("{} elements", dst.numel()), found: vec![data.len()] });
+            return Err(Error::Shape {
+                op: "write",
+                tensor: "data",
+                expected: format!("{} elements", dst.numel()),
+                found: vec![data.len()],
+            });
         }
         let dtype = dst.dtype();
         let b = dst.buf.bytes_mut();
@@ -151,10 +156,18 @@ impl Backend for Sim {
 
     super::kernels::kernel_backend_ops!();
 
-    fn copy_range(&self, src: &Tensor<Self>, src_off: usize, dst: &mut Tensor<Self>, dst_off: usize, len: usize) -> Result<()> {
+    fn copy_range(
+        &self,
+        src: &Tensor<Self>,
+        src_off: usize,
+        dst: &mut Tensor<Self>,
+        dst_off: usize,
+        len: usize,
+    ) -> Result<()> {
         shapes::copy_range(src, src_off, dst, dst_off, len)?;
         let es = src.dtype().size();
-        dst.buf.bytes_mut()[dst_off * es..(dst_off + len) * es].copy_from_slice(&src.buf.bytes()[src_off * es..(src_off + len) * es]);
+        dst.buf.bytes_mut()[dst_off * es..(dst_off + len) * es]
+            .copy_from_slice(&src.buf.bytes()[src_off * es..(src_off + len) * es]);
         Ok(())
     }
 }

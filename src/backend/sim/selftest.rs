@@ -12,10 +12,7 @@ extern "C" {
 pub fn names() -> Vec<String> {
     // SAFETY: returns a pointer to a static NUL-terminated string.
     let s = unsafe { CStr::from_ptr(deltadit_sim_selftest_names()) };
-    s.to_string_lossy()
-        .split_whitespace()
-        .map(str::to_string)
-        .collect()
+    s.to_string_lossy().split_whitespace().map(str::to_string).collect()
 }
 
 /// Runs one self-test: Ok(summary) when it passes, Err(reason) when it fails or is unknown.
