@@ -56,7 +56,9 @@ fn main() {
             Vec::new()
         }
     };
-    write_fatbin_table(&out, &fatbins, nvcc.as_deref(), &kernel_names(&sources, &stems));
+    write_fatbin_table(&out, &fatbins, nvcc.as_deref());
+    let (rows, attention, kinds) = kernel_rows(&kernels, &sources, &stems);
+    write_kernel_table(&out, &rows, &attention, &kinds);
 
     match find_nvcc(&root).as_deref().and_then(cuda_include_dir).or_else(|| cuda_include_dir_fallback(&root)) {
         _ if env::var_os("DELTADIT_NO_SIM").is_some() => {
@@ -160,34 +162,259 @@ fn nvcc_one(nvcc: &Path, kernels: &Path, src: &Path, stem: &str, fatbin: &Path, 
     }
 }
 
-/// (kernel, file stem) for every `DELTADIT_SIM_KERNEL(name, ...)` registration, so the CUDA
-/// backend looks a kernel up in the one module that holds it.
-fn kernel_names(sources: &[PathBuf], stems: &[String]) -> Vec<(String, String)> {
-    let mut v = Vec::new();
+/// One kernel of kernels/*.cu: its entry point, the file that defines it and its parameter struct.
+struct KernelRow {
+    name: String,
+    file: String,
+    params: String,
+}
+
+/// One row of kernels/attention_variants.h.
+struct AttentionRow {
+    kind: String,
+    stem: String,
+    file: String,
+    head_dim: String,
+    threads: String,
+    block_q: String,
+    smem: String,
+}
+
+/// The kernels of every kernels/*.cu: the plain `DELTADIT_SIM_KERNEL(name, Params)` registrations of
+/// each file, and for the files that expand a table of kernels/attention_variants.h
+/// (`DELTADIT_ATTENTION_<TABLE>(...)` at file scope) the rows of that table.
+fn kernel_rows(
+    kernels: &Path,
+    sources: &[PathBuf],
+    stems: &[String],
+) -> (Vec<KernelRow>, Vec<AttentionRow>, Vec<Vec<String>>) {
+    let variants = fs::read_to_string(kernels.join("attention_variants.h")).expect("kernels/attention_variants.h");
+    let kinds = macro_calls(&macro_body(&variants, "DELTADIT_ATTENTION_KINDS"), "KIND");
+    let mut rows = Vec::new();
+    let mut attention = Vec::new();
     for (src, stem) in sources.iter().zip(stems) {
         let text = fs::read_to_string(src).unwrap_or_default();
-        for part in text.split("DELTADIT_SIM_KERNEL(").skip(1) {
-            let name = part.split(',').next().unwrap_or("").trim();
-            if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                v.push((name.to_string(), stem.clone()));
+        for args in macro_calls(&text, "DELTADIT_SIM_KERNEL") {
+            let plain = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if args.len() == 2 && plain(&args[0]) {
+                rows.push(KernelRow { name: args[0].clone(), file: stem.clone(), params: args[1].clone() });
+            }
+        }
+        for table in ["MMA", "SM90A"] {
+            let name = format!("DELTADIT_ATTENTION_{table}");
+            if !text.contains(&format!("{name}(ATTN_ENTRY)")) {
+                continue;
+            }
+            for a in macro_calls(&macro_body(&variants, &name), "X") {
+                assert_eq!(a.len(), 7, "kernels/attention_variants.h: {name} row {a:?} needs 7 columns");
+                for dt in ["bf16", "f16"] {
+                    rows.push(KernelRow {
+                        name: format!("{}_{dt}", a[1]),
+                        file: stem.clone(),
+                        params: "AttentionParams".into(),
+                    });
+                }
+                attention.push(AttentionRow {
+                    kind: a[0].clone(),
+                    stem: a[1].clone(),
+                    file: stem.clone(),
+                    head_dim: a[2].clone(),
+                    threads: a[4].clone(),
+                    block_q: a[5].clone(),
+                    smem: a[6].clone(),
+                });
             }
         }
     }
-    v
+    (rows, attention, kinds)
 }
 
-fn write_fatbin_table(out: &Path, fatbins: &[(String, PathBuf)], nvcc: Option<&Path>, kernels: &[(String, String)]) {
+/// The replacement text of `#define NAME(...)`, continuation lines joined.
+fn macro_body(text: &str, name: &str) -> String {
+    let start = text.find(&format!("#define {name}(")).unwrap_or_else(|| panic!("#define {name} not found"));
+    let mut body = String::new();
+    for line in text[start..].lines() {
+        let cont = line.trim_end().ends_with('\\');
+        body.push_str(line.trim_end().trim_end_matches('\\'));
+        body.push(' ');
+        if !cont {
+            break;
+        }
+    }
+    body.split_once(')').map(|(_, rest)| rest.to_string()).unwrap_or_default()
+}
+
+/// The argument lists of every call `name(a, b, …)` in `text`, outside comments and string
+/// literals, split at top-level commas (string literals kept as Rust/C string literals).
+fn macro_calls(text: &str, name: &str) -> Vec<Vec<String>> {
+    let b = text.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i..].starts_with(b"//") {
+            i += text[i..].find('\n').unwrap_or(b.len() - i);
+        } else if b[i..].starts_with(b"/*") {
+            i += text[i..].find("*/").map_or(b.len() - i, |e| e + 2);
+        } else if b[i] == b'"' {
+            i += 1 + string_len(&b[i + 1..]) + 1;
+        } else if b[i..].starts_with(name.as_bytes())
+            && (i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_'))
+            && b.get(i + name.len()) == Some(&b'(')
+        {
+            let (args, len) = call_args(&text[i + name.len() + 1..]);
+            out.push(args);
+            i += name.len() + 1 + len;
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Bytes of a string literal's contents up to its closing quote.
+fn string_len(b: &[u8]) -> usize {
+    let mut j = 0;
+    while j < b.len() && b[j] != b'"' {
+        j += if b[j] == b'\\' { 2 } else { 1 };
+    }
+    j.min(b.len())
+}
+
+/// The arguments of a call whose `(` precedes `text`, and the bytes up to and including its `)`.
+fn call_args(text: &str) -> (Vec<String>, usize) {
+    let b = text.as_bytes();
+    let (mut depth, mut j, mut cur, mut args) = (0usize, 0usize, String::new(), Vec::new());
+    while j < b.len() {
+        match b[j] {
+            b'"' => {
+                let n = string_len(&b[j + 1..]);
+                cur.push_str(&text[j..j + n + 2]);
+                j += n + 2;
+                continue;
+            }
+            b'(' => depth += 1,
+            b')' if depth == 0 => {
+                args.push(cur.trim().to_string());
+                return (args, j + 1);
+            }
+            b')' => depth -= 1,
+            b',' if depth == 0 => {
+                args.push(std::mem::take(&mut cur).trim().to_string());
+                j += 1;
+                continue;
+            }
+            _ => {}
+        }
+        cur.push(b[j] as char);
+        j += 1;
+    }
+    (args, j)
+}
+
+/// `attention_d72_bf16` → `AttentionD72Bf16`.
+fn camel(name: &str) -> String {
+    name.split('_')
+        .map(|w| {
+            let mut c = w.chars();
+            c.next().map(|f| f.to_ascii_uppercase().to_string() + c.as_str()).unwrap_or_default()
+        })
+        .collect()
+}
+
+/// Element-type suffixes a kernel name may end with; the rest of the name is its family.
+const SUFFIXES: &[&str] = &["bf16", "f16", "f32", "u16", "u32"];
+
+/// `kernel_table.rs`: the `KernelId` of every kernel, their names, files and parameter structs, the
+/// per-dtype families launchers pick from, and the attention kinds and variants.
+fn write_kernel_table(out: &Path, rows: &[KernelRow], attention: &[AttentionRow], kinds: &[Vec<String>]) {
+    let mut s = String::from("// generated by build.rs from kernels/*.cu and kernels/attention_variants.h\n\n");
+    s.push_str("/// Every kernel of kernels/*.cu, by entry point.\n");
+    s.push_str("#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]\n#[allow(missing_docs)]\npub enum KernelId {\n");
+    for r in rows {
+        writeln!(s, "    {},", camel(&r.name)).unwrap();
+    }
+    s.push_str("}\n\n");
+    writeln!(s, "/// Number of kernels.\npub const KERNEL_COUNT: usize = {};\n", rows.len()).unwrap();
+    s.push_str("impl KernelId {\n    /// Every kernel, in the order of [`KERNELS`].\n");
+    writeln!(s, "    pub const ALL: [KernelId; {}] = [", rows.len()).unwrap();
+    for r in rows {
+        writeln!(s, "        KernelId::{},", camel(&r.name)).unwrap();
+    }
+    s.push_str("    ];\n}\n\n");
+    s.push_str("/// Name, file and parameter struct of each kernel, indexed by `KernelId as usize`.\n");
+    writeln!(s, "pub static KERNELS: [KernelInfo; {}] = [", rows.len()).unwrap();
+    for r in rows {
+        writeln!(s, "    KernelInfo {{ name: {:?}, file: {:?}, params: {:?} }},", r.name, r.file, r.params).unwrap();
+    }
+    s.push_str("];\n\n");
+    // Families: kernels that differ only in their element-type suffix.
+    let mut families: Vec<(String, Vec<(String, String)>)> = Vec::new();
+    for r in rows {
+        if let Some((base, sfx)) = r.name.rsplit_once('_').filter(|(_, x)| SUFFIXES.contains(x)) {
+            match families.iter_mut().find(|(b, _)| b == base) {
+                Some((_, v)) => v.push((sfx.to_string(), camel(&r.name))),
+                None => families.push((base.to_string(), vec![(sfx.to_string(), camel(&r.name))])),
+            }
+        }
+    }
+    s.push_str("/// The kernels of one op that differ only in their element type, by suffix.\npub mod family {\n    use super::{KernelFamily, KernelId};\n");
+    for (base, v) in &families {
+        let list: Vec<String> = v.iter().map(|(x, k)| format!("({x:?}, KernelId::{k})")).collect();
+        writeln!(
+            s,
+            "    /// `{base}_*`\n    pub const {}: KernelFamily = KernelFamily {{ name: {base:?}, variants: &[{}] }};",
+            base.to_uppercase(),
+            list.join(", ")
+        )
+        .unwrap();
+    }
+    s.push_str("}\n\n");
+    // The attention kernel choices.
+    s.push_str("/// Which attention kernel a kernel backend launches where a head dim has more than one\n/// (kernels/attention_variants.h). Set with `Sim::set_attention_kernel` / `Cuda::set_attention_kernel`.\n");
+    s.push_str(
+        "#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]\n#[non_exhaustive]\npub enum AttentionKernel {\n",
+    );
+    for (i, k) in kinds.iter().enumerate() {
+        assert_eq!(k.len(), 3, "kernels/attention_variants.h: KIND row {k:?} needs 3 columns");
+        writeln!(s, "    #[doc = {}]", k[2]).unwrap();
+        if i == 0 {
+            s.push_str("    #[default]\n");
+        }
+        writeln!(s, "    {},", k[0]).unwrap();
+    }
+    s.push_str("}\n\nimpl AttentionKernel {\n    /// Every choice, the default first.\n");
+    writeln!(
+        s,
+        "    pub const ALL: [AttentionKernel; {}] = [{}];",
+        kinds.len(),
+        kinds.iter().map(|k| format!("AttentionKernel::{}", k[0])).collect::<Vec<_>>().join(", ")
+    )
+    .unwrap();
+    s.push_str("    /// The name `parse` accepts (`mma`, `wgmma`, …).\n    pub const fn name(self) -> &'static str {\n        match self {\n");
+    for k in kinds {
+        writeln!(s, "            AttentionKernel::{} => {},", k[0], k[1]).unwrap();
+    }
+    s.push_str("        }\n    }\n}\n\n");
+    s.push_str("/// Every attention entry point pair (one row of kernels/attention_variants.h).\n");
+    writeln!(s, "pub static ATTENTION_VARIANTS: [AttentionVariant; {}] = [", attention.len()).unwrap();
+    for a in attention {
+        writeln!(
+            s,
+            "    AttentionVariant {{ kernel: AttentionKernel::{}, head_dim: {}, file: {:?}, threads: {}, block_q: {}, smem: {}, bf16: KernelId::{}, f16: KernelId::{} }},",
+            a.kind, a.head_dim, a.file, a.threads, a.block_q, a.smem, camel(&format!("{}_bf16", a.stem)), camel(&format!("{}_f16", a.stem))
+        )
+        .unwrap();
+    }
+    s.push_str("];\n");
+    fs::write(out.join("kernel_table.rs"), s).unwrap();
+}
+
+fn write_fatbin_table(out: &Path, fatbins: &[(String, PathBuf)], nvcc: Option<&Path>) {
     let mut s = String::new();
     s.push_str("/// (file stem, fatbin image) for every kernels/*.cu compiled by nvcc.\n");
     s.push_str("pub static FATBINS: &[(&str, &[u8])] = &[\n");
     for (stem, path) in fatbins {
         writeln!(s, "    ({stem:?}, include_bytes!({:?})),", path.display().to_string()).unwrap();
-    }
-    s.push_str("];\n");
-    s.push_str("/// (kernel name, file stem) of every kernel registered in kernels/*.cu.\n");
-    s.push_str("pub static KERNEL_FILES: &[(&str, &str)] = &[\n");
-    for (k, stem) in kernels {
-        writeln!(s, "    ({k:?}, {stem:?}),").unwrap();
     }
     s.push_str("];\n");
     writeln!(s, "/// The nvcc that built them, if any.").unwrap();

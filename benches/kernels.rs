@@ -33,23 +33,20 @@ use common::kernel_ops::{self, KernelOp, Residual};
 use common::{median, min, replicate, sets_for, Launcher, Mode, Pool, Timed};
 use criterion::{Criterion, Throughput};
 use deltadit::backend::cpu::Cpu;
-use deltadit::backend::kernels::AttentionKernel;
 use deltadit::backend::sim::Sim;
+use deltadit::backend::AttentionKernel;
 use deltadit::backend::{Activation, AttentionShape, Cfg, SchedulerKind, SchedulerUpdate};
-use deltadit::bench::Preset;
+use deltadit::internals::bench::Preset;
 use deltadit::model::Family;
 use deltadit::{DType, Result, Tensor};
 use serde_json::{json, Value};
 
-/// The op name of an attention case with `kernel` (None: the backend's default kernel).
-fn op_name(op: &'static str, kernel: Option<AttentionKernel>) -> &'static str {
-    let self_attn = op == "attn-self";
-    let pick = |s: &'static str, c: &'static str| if self_attn { s } else { c };
+/// The op name of an attention case with `kernel` (None: the backend's default kernel), e.g.
+/// `attn-self-wgmma-qregs`.
+fn op_name(op: &'static str, kernel: Option<AttentionKernel>) -> String {
     match kernel {
-        None | Some(AttentionKernel::Mma) => op,
-        Some(AttentionKernel::Wgmma) => pick("attn-self-wgmma", "attn-cross-wgmma"),
-        Some(AttentionKernel::WgmmaQRegs) => pick("attn-self-wgmma-qregs", "attn-cross-wgmma-qregs"),
-        Some(AttentionKernel::WgmmaQRegs3) => pick("attn-self-wgmma-qregs3", "attn-cross-wgmma-qregs3"),
+        Some(k) if k != AttentionKernel::default() => format!("{op}-{k}"),
+        _ => op.to_string(),
     }
 }
 
@@ -62,7 +59,7 @@ enum Bound {
 
 struct Case {
     name: String,
-    op: &'static str,
+    op: String,
     preset: String,
     shape: String,
     bound: Bound,
@@ -75,10 +72,10 @@ struct Case {
 
 impl Case {
     /// Case `op` at the shapes of preset `p`, named `<op>/<preset>`.
-    fn new(p: &Preset, op: &'static str, shape: String, bound: Bound, flop: f64, bytes: f64) -> Self {
+    fn new(p: &Preset, op: &str, shape: String, bound: Bound, flop: f64, bytes: f64) -> Self {
         Case {
             name: format!("{op}/{}", p.name),
-            op,
+            op: op.to_string(),
             preset: p.name.to_string(),
             shape,
             bound,
@@ -198,7 +195,7 @@ impl<B: Timed> Run<'_, B> {
         let mut samples = Vec::new();
         let mut failed = None;
         {
-            let mut g = self.c.benchmark_group(case.op);
+            let mut g = self.c.benchmark_group(case.op.as_str());
             g.throughput(match case.bound {
                 Bound::Compute => Throughput::Elements(case.flop as u64),
                 Bound::Memory => Throughput::Bytes(case.bytes as u64),
@@ -272,7 +269,7 @@ impl<B: Timed> Run<'_, B> {
     fn preset_cases(&mut self, p: &Preset) -> Result<()> {
         let Dims { width: d, batch, rows, .. } = Dims::of(p);
         let es = self.dt.size() as f64;
-        let case = |op, shape, bound, flop, bytes| Case::new(p, op, shape, bound, flop, bytes);
+        let case = |op: &str, shape, bound, flop, bytes| Case::new(p, op, shape, bound, flop, bytes);
 
         self.attention_cases(p, None)?;
 
@@ -400,7 +397,7 @@ impl<B: Timed> Run<'_, B> {
     fn attention_cases(&mut self, p: &Preset, kernel: Option<AttentionKernel>) -> Result<()> {
         let Dims { heads: h, head_dim: hd, width: d, batch, tokens, rows } = Dims::of(p);
         let es = self.dt.size() as f64;
-        let case = |op, shape, bound, flop, bytes| Case::new(p, op, shape, bound, flop, bytes);
+        let case = |op: &str, shape, bound, flop, bytes| Case::new(p, op, shape, bound, flop, bytes);
         let scale = (hd as f32).powf(-0.5);
         // Self-attention: Q, K, V read in place from one fused [rows, 3D] projection (as the model).
         {
@@ -411,7 +408,7 @@ impl<B: Timed> Run<'_, B> {
             let shape = AttentionShape { batch, heads: h, head_dim: hd, nq: tokens, nk: tokens, scale };
             let flop = 4.0 * (batch * h * tokens * tokens * hd) as f64;
             let c = case(
-                op_name("attn-self", kernel),
+                &op_name("attn-self", kernel),
                 format!("{batch}×{h}×{tokens}×{tokens}, d {hd}"),
                 Bound::Compute,
                 flop,
@@ -440,7 +437,7 @@ impl<B: Timed> Run<'_, B> {
             let shape = AttentionShape { batch, heads: h, head_dim: hd, nq: tokens, nk: l, scale };
             let flop = 4.0 * (batch * h * tokens * l * hd) as f64;
             let c = case(
-                op_name("attn-cross", kernel),
+                &op_name("attn-cross", kernel),
                 format!("{batch}×{h}×{tokens}×{l} masked, d {hd}"),
                 Bound::Compute,
                 flop,
@@ -495,7 +492,7 @@ impl<B: Timed> Run<'_, B> {
         let bytes = 2.0 * (elems * es) as f64;
         let c = Case {
             name: "roofline-copy".into(),
-            op: "roofline-copy",
+            op: "roofline-copy".into(),
             preset: "-".into(),
             shape: format!("{} MiB → {} MiB", (elems * es) >> 20, (elems * es) >> 20),
             bound: Bound::Memory,
@@ -507,7 +504,7 @@ impl<B: Timed> Run<'_, B> {
         let s = if gpu { 8192 } else { 1024 };
         let c = Case {
             name: "roofline-gemm".into(),
-            op: "roofline-gemm",
+            op: "roofline-gemm".into(),
             preset: "-".into(),
             shape: String::new(),
             bound: Bound::Compute,
@@ -672,7 +669,7 @@ fn run<B: Timed>(be: &B, mode: &Mode, gpu: bool) -> Result<()> {
         println!("wrote {}", path.display());
     }
     if !errors.is_empty() {
-        return Err(deltadit::Error::Unsupported(format!("{} benchmark case(s) failed (listed above)", errors.len())));
+        return Err(deltadit::Error::param("benchmark cases failed (listed above)", errors.len(), "0"));
     }
     Ok(())
 }
@@ -689,7 +686,7 @@ fn check_pass(mode: &Mode) -> Result<()> {
         }
         Err(e) => return Err(e),
     };
-    let p = deltadit::bench::preset("pixart-cpu-small")?;
+    let p = deltadit::internals::bench::preset("pixart-cpu-small")?;
     let mut c = mode.criterion(false);
     let mut r = Run {
         be: &sim,
@@ -710,10 +707,11 @@ fn check_pass(mode: &Mode) -> Result<()> {
         println!("{name:<40} relative L2 {e:.2e}");
     }
     if !r.errors.is_empty() {
-        return Err(deltadit::Error::Unsupported(format!(
-            "{} case(s) failed the check through the sim backend (listed above)",
-            r.errors.len()
-        )));
+        return Err(deltadit::Error::param(
+            "cases failing the check through the sim backend (listed above)",
+            r.errors.len(),
+            "0",
+        ));
     }
     Ok(())
 }

@@ -18,12 +18,13 @@
 mod common;
 
 use common::{median, min, Mode, Timed};
-use deltadit::backend::kernels::AttentionKernel;
+use deltadit::backend::AttentionKernel;
 use deltadit::backend::Cfg;
-use deltadit::bench::{random_inputs, Preset};
-use deltadit::cache::{CacheEngine, CacheSpec};
-use deltadit::model::{Branches, Family};
-use deltadit::pipeline::{conditioning, sample, SampleConfig};
+use deltadit::cache::CacheSpec;
+use deltadit::internals::bench::{random_inputs, Preset};
+use deltadit::internals::{ModelParts, WorkspaceParts};
+use deltadit::model::Family;
+use deltadit::pipeline::{sample, Denoiser, SampleConfig};
 use deltadit::sampler::Scheduler;
 use deltadit::{DType, Result};
 use serde_json::{json, Value};
@@ -31,7 +32,7 @@ use std::time::{Duration, Instant};
 
 struct Row {
     name: String,
-    kind: &'static str,
+    kind: String,
     preset: String,
     samples: Vec<f64>,
     extra: Value,
@@ -89,11 +90,11 @@ fn preset_rows<B: Timed>(
     let t0 = Instant::now();
     let model = p.build(be, 0)?;
     let build_s = t0.elapsed().as_secs_f64();
-    let cfg = &model.config;
+    let cfg = model.config();
     let family = cfg.family;
     let layers = model.num_blocks();
     let inputs = random_inputs(cfg, p.latent, p.latent, p.text_len, steps, 0);
-    let cond = conditioning(family, cfg.num_embeds_ada_norm, &inputs, true)?;
+    let cond = inputs.conditioning(family, cfg.num_embeds_ada_norm, true)?;
     let ctx = model.context(be, &cond)?;
     let mut ws = model.workspace(be, &ctx)?;
     let guidance = Cfg::On { scale: p.guidance, cond_first: family == Family::DiT };
@@ -109,17 +110,17 @@ fn preset_rows<B: Timed>(
 
     // One forward.
     if mode.wants(&name("forward")) || (extra_kernels && mode.wants("forward-")) {
-        be.write(&mut ws.model_in, &model_in)?;
-        be.write(&mut ws.t, &[500.0, 500.0])?;
+        be.write(ws.input_mut(), &model_in)?;
+        be.write(ws.timesteps_mut(), &[500.0, 500.0])?;
         let fwd = |ws: &mut deltadit::model::Workspace<B>, key: &str| -> Result<()> {
             be.graph_run(key, &mut || {
-                model.embed(be, &ctx, ws)?;
-                model.run_blocks(be, &ctx, ws, 0..layers, &mut [], Branches::Compute)?;
-                model.finish(be, ws)
+                model.embed_step(be, &ctx, ws)?;
+                model.run_block_range(be, &ctx, ws, 0..layers)?;
+                model.finish_step(be, ws)
             })?;
             be.synchronize()
         };
-        let mut timed = |ws: &mut deltadit::model::Workspace<B>, kind: &'static str| -> Result<Vec<f64>> {
+        let mut timed = |ws: &mut deltadit::model::Workspace<B>, kind: &str| -> Result<Vec<f64>> {
             let key = format!("bench/{kind}");
             for _ in 0..3 {
                 fwd(ws, &key)?; // warm-up, graph capture
@@ -134,26 +135,30 @@ fn preset_rows<B: Timed>(
         };
         if !extra_kernels {
             let samples = timed(&mut ws, "forward")?;
-            rows.push(Row { name: name("forward"), kind: "forward", preset: p.name.into(), samples, extra: json!({}) });
+            rows.push(Row {
+                name: name("forward"),
+                kind: "forward".into(),
+                preset: p.name.into(),
+                samples,
+                extra: json!({}),
+            });
         } else {
             // The same forward with each extra attention kernel; its output against the default's.
             fwd(&mut ws, "bench/forward")?;
-            let reference = be.download(&ws.model_out)?;
+            let reference = be.download(ws.output())?;
             for k in be.extra_attention_kernels() {
-                let kind = match k {
-                    AttentionKernel::Wgmma => "forward-wgmma",
-                    AttentionKernel::WgmmaQRegs => "forward-wgmma-qregs",
-                    AttentionKernel::WgmmaQRegs3 => "forward-wgmma-qregs3",
-                    AttentionKernel::Mma => continue,
-                };
+                if k == AttentionKernel::default() {
+                    continue;
+                }
+                let kind = format!("forward-{k}");
                 be.use_attention_kernel(k)?;
-                let r = timed(&mut ws, kind).and_then(|s| Ok((s, be.download(&ws.model_out)?)));
-                be.use_attention_kernel(AttentionKernel::Mma)?;
+                let r = timed(&mut ws, &kind).and_then(|s| Ok((s, be.download(ws.output())?)));
+                be.use_attention_kernel(AttentionKernel::default())?;
                 let (samples, out) = r?;
-                let rel = deltadit::rng::rel_l2(&out, &reference);
+                let rel = deltadit::internals::rel_l2(&out, &reference);
                 println!("{kind}/{}: output vs the default attention kernel's: rel L2 {rel:.2e}", p.name);
                 rows.push(Row {
-                    name: name(kind),
+                    name: name(&kind),
                     kind,
                     preset: p.name.into(),
                     samples,
@@ -171,42 +176,40 @@ fn preset_rows<B: Timed>(
     if mode.wants(&name("step")) {
         let sched = Scheduler::new(p.scheduler, steps)?;
         let policy = "none".parse::<CacheSpec>()?.build(family, layers, steps)?;
-        let mut engine = CacheEngine::new(be, &model, &ws, policy)?;
+        let mut denoiser = Denoiser::new(be, &model, &cond, policy)?;
         let mut latents = be.upload(&inputs.latents, &inputs.shape, DType::F32)?;
         let mut eps = be.alloc(&inputs.shape, DType::F32)?;
         let mut x0_prev = if sched.needs_x0_prev() { Some(be.alloc(&inputs.shape, DType::F32)?) } else { None };
         let mut i = 0usize;
-        let mut step = |ws: &mut deltadit::model::Workspace<B>| -> Result<()> {
+        let mut step = |d: &mut Denoiser<'_, B>| -> Result<()> {
             let k = i % steps;
             if k == 0 {
                 be.write(&mut latents, &inputs.latents)?; // a new run: the values stay in range
             }
             let t = sched.timesteps()[k] as f32;
             for copy in 0..2 {
-                be.copy_range(&latents, 0, &mut ws.model_in, copy * numel, numel)?;
+                be.copy_range(&latents, 0, d.input_mut(), copy * numel, numel)?;
             }
-            be.write(&mut ws.t, &[t, t])?;
-            engine.step(be, &model, &ctx, ws, k, steps, &mut |be, ws| {
-                be.cfg_combine(&ws.model_out, guidance, &mut eps)
-            })?;
+            be.write(d.timesteps_mut(), &[t, t])?;
+            d.forward_written_then(be, k, steps, &mut |be, out| be.cfg_combine(out, guidance, &mut eps))?;
             be.scheduler_step(&sched.update(k), &mut latents, &eps, x0_prev.as_mut(), None)?;
             be.synchronize()?;
             i += 1;
             Ok(())
         };
         for _ in 0..3 {
-            step(&mut ws)?;
+            step(&mut denoiser)?;
         }
         let samples = bench(c, "step", p.name, &mut |iters| {
             let t = Instant::now();
             for _ in 0..iters {
-                step(&mut ws)?;
+                step(&mut denoiser)?;
             }
             Ok(t.elapsed().as_secs_f64())
         })?;
         rows.push(Row {
             name: name("step"),
-            kind: "step",
+            kind: "step".into(),
             preset: p.name.into(),
             samples,
             extra: json!({ "scheduler": p.scheduler.name() }),
@@ -237,13 +240,13 @@ fn preset_rows<B: Timed>(
         let blocks: usize = out.blocks_run.iter().sum();
         let t = median(&samples);
         let (rel, speedup) = match &reference {
-            Some((r, tn)) => (Some(deltadit::rng::rel_l2(&out.latents, r)), Some(tn / t)),
+            Some((r, tn)) => (Some(deltadit::internals::rel_l2(&out.latents, r)), Some(tn / t)),
             None => (None, None),
         };
         let params = spec.build(family, layers, steps)?.params();
         rows.push(Row {
             name: name(kind),
-            kind,
+            kind: kind.into(),
             preset: p.name.into(),
             samples,
             extra: json!({
@@ -338,7 +341,7 @@ fn run<B: Timed>(be: &B, mode: &Mode, gpu: bool) -> Result<()> {
         println!("wrote {}", path.display());
     }
     if !errors.is_empty() {
-        return Err(deltadit::Error::Unsupported(format!("{} preset(s) failed (listed above)", errors.len())));
+        return Err(deltadit::Error::param("presets failed (listed above)", errors.len(), "0"));
     }
     Ok(())
 }

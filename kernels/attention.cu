@@ -23,6 +23,7 @@
 // stored.
 #include "common.cuh"
 #include "softmax.cuh"
+#include "attention_variants.h"
 
 namespace attention {
 
@@ -275,32 +276,14 @@ template <typename T, class K> __device__ __forceinline__ void run(const Attenti
     }
 }
 
-// The launcher (src/backend/kernels/attention.rs) reads the geometry from params.h.
-#define ATTN_CHECK_TILE(K, d)                                                                        \
-    static_assert(K::THREADS == ATTN_THREADS && K::BLOCK_Q == ATTN_BLOCK_Q && K::BLOCK_K == ATTN_BLOCK_K_D##d \
-                      && K::SMEM == ATTN_SMEM_D##d && K::SMEM <= ATTN_SMEM_MAX,                      \
-                  "params.h ATTN_* constants disagree with the d" #d " tile");
-ATTN_CHECK_TILE(TileD64, 64)
-ATTN_CHECK_TILE(TileD72, 72)
-ATTN_CHECK_TILE(TileD128, 128)
-#undef ATTN_CHECK_TILE
+// The K/V tile heights the comments above assume.
+static_assert(TileD64::BLOCK_K == 64 && TileD72::BLOCK_K == 32 && TileD128::BLOCK_K == 32, "K/V tile heights");
 
 }  // namespace attention
 
-#define ATTN_KERNEL(name, T, K)                                                                      \
-    extern "C" __global__ void __launch_bounds__(K::THREADS, K::MIN_BLOCKS) name(AttentionParams p) { attention::run<T, K>(p); }
-ATTN_KERNEL(attention_d64_bf16, bf16, attention::TileD64)
-ATTN_KERNEL(attention_d64_f16, f16, attention::TileD64)
-ATTN_KERNEL(attention_d72_bf16, bf16, attention::TileD72)
-ATTN_KERNEL(attention_d72_f16, f16, attention::TileD72)
-ATTN_KERNEL(attention_d128_bf16, bf16, attention::TileD128)
-ATTN_KERNEL(attention_d128_f16, f16, attention::TileD128)
-#undef ATTN_KERNEL
+// The entry points: one row of kernels/attention_variants.h each.
+#define ATTN_ENTRY(...) DELTADIT_ATTENTION_ENTRY(attention::run, __VA_ARGS__)
+DELTADIT_ATTENTION_MMA(ATTN_ENTRY)
+#undef ATTN_ENTRY
 
-DELTADIT_SIM_REGISTER(attention,
-    DELTADIT_SIM_KERNEL(attention_d64_bf16, AttentionParams)
-    DELTADIT_SIM_KERNEL(attention_d64_f16, AttentionParams)
-    DELTADIT_SIM_KERNEL(attention_d72_bf16, AttentionParams)
-    DELTADIT_SIM_KERNEL(attention_d72_f16, AttentionParams)
-    DELTADIT_SIM_KERNEL(attention_d128_bf16, AttentionParams)
-    DELTADIT_SIM_KERNEL(attention_d128_f16, AttentionParams))
+DELTADIT_SIM_REGISTER(attention, DELTADIT_ATTENTION_MMA(DELTADIT_ATTENTION_SIM_KERNELS))

@@ -48,6 +48,7 @@
 #include "common.cuh"
 #include "softmax.cuh"
 #include "wgmma.cuh"
+#include "attention_variants.h"
 
 namespace attention_sm90a {
 
@@ -63,6 +64,7 @@ constexpr int KV_ELEMS = BLOCK_K * CHUNKS * 8;  // one K or V stage (16-bit elem
 // A tile shape: WGS warpgroups of 64 query rows, Q·Kᵀ's A operand from shared memory or from
 // registers, MIN_BLOCKS CTAs an SM to fit (caps the registers).
 template <int WGS_, bool Q_IN_REGS_, int MIN_BLOCKS_> struct WgTile {
+    static constexpr int D = attention_sm90a::D;
     static constexpr int WGS = WGS_, THREADS = 128 * WGS_, BLOCK_Q = 64 * WGS_, MIN_BLOCKS = MIN_BLOCKS_;
     static constexpr bool Q_IN_REGS = Q_IN_REGS_;
     static constexpr int Q_ELEMS = BLOCK_Q * CHUNKS * 8;
@@ -254,32 +256,11 @@ template <typename T, class K> __device__ __forceinline__ void run(const Attenti
     }
 }
 
-static_assert(TileSmemQ::THREADS == ATTN_WG_THREADS && TileSmemQ::BLOCK_Q == ATTN_WG_BLOCK_Q &&
-                  TileSmemQ::SMEM == ATTN_WG_SMEM_D72 && TileQRegs::THREADS == ATTN_WG_THREADS &&
-                  TileQRegs::BLOCK_Q == ATTN_WG_BLOCK_Q && TileQRegs::SMEM == ATTN_WG_SMEM_D72 &&
-                  TileQRegs3::THREADS == ATTN_WG3_THREADS && TileQRegs3::BLOCK_Q == ATTN_WG3_BLOCK_Q &&
-                  TileQRegs3::SMEM == ATTN_WG3_SMEM_D72,
-              "params.h ATTN_WG_* / ATTN_WG3_* constants disagree with the kernel");
-
 }  // namespace attention_sm90a
 
-#define ATTN_WG_KERNEL(name, T, TILE)                                                                \
-    extern "C" __global__ void __launch_bounds__(attention_sm90a::TILE::THREADS,                     \
-                                                 attention_sm90a::TILE::MIN_BLOCKS) name(AttentionParams p) { \
-        attention_sm90a::run<T, attention_sm90a::TILE>(p);                                           \
-    }
-ATTN_WG_KERNEL(attention_wgmma_d72_bf16, bf16, TileSmemQ)
-ATTN_WG_KERNEL(attention_wgmma_d72_f16, f16, TileSmemQ)
-ATTN_WG_KERNEL(attention_wgmma_qregs_d72_bf16, bf16, TileQRegs)
-ATTN_WG_KERNEL(attention_wgmma_qregs_d72_f16, f16, TileQRegs)
-ATTN_WG_KERNEL(attention_wgmma_qregs3_d72_bf16, bf16, TileQRegs3)
-ATTN_WG_KERNEL(attention_wgmma_qregs3_d72_f16, f16, TileQRegs3)
-#undef ATTN_WG_KERNEL
+// The entry points: one row of kernels/attention_variants.h each.
+#define ATTN_ENTRY(...) DELTADIT_ATTENTION_ENTRY(attention_sm90a::run, __VA_ARGS__)
+DELTADIT_ATTENTION_SM90A(ATTN_ENTRY)
+#undef ATTN_ENTRY
 
-DELTADIT_SIM_REGISTER(attention_sm90a,
-    DELTADIT_SIM_KERNEL(attention_wgmma_d72_bf16, AttentionParams)
-    DELTADIT_SIM_KERNEL(attention_wgmma_d72_f16, AttentionParams)
-    DELTADIT_SIM_KERNEL(attention_wgmma_qregs_d72_bf16, AttentionParams)
-    DELTADIT_SIM_KERNEL(attention_wgmma_qregs_d72_f16, AttentionParams)
-    DELTADIT_SIM_KERNEL(attention_wgmma_qregs3_d72_bf16, AttentionParams)
-    DELTADIT_SIM_KERNEL(attention_wgmma_qregs3_d72_f16, AttentionParams))
+DELTADIT_SIM_REGISTER(attention_sm90a, DELTADIT_ATTENTION_SM90A(DELTADIT_ATTENTION_SIM_KERNELS))

@@ -1,5 +1,5 @@
 // Element-wise kernels around the GEMMs and the sampler:
-//   act_{gelu_tanh,silu}_*  y = act(x + bias[col])        (bias optional, x and y may alias)
+//   activation_{gelu_tanh,silu}_*  y = act(x + bias[col])        (bias optional, x and y may alias)
 //   add_bcast_*             x[r, :] += y                   (modulation table, positional embedding)
 //   timestep_embedding_*    diffusers get_timestep_embedding
 //   patchify_* / unpatchify_*  latents <-> patch tokens
@@ -42,7 +42,7 @@ template <int ACT> __device__ __forceinline__ float act(float x) {
     return x / (1.0f + __expf(-x));
 }
 
-template <typename T, int ACT, int E> __device__ __forceinline__ void activation(const ActParams& p) {
+template <typename T, int ACT, int E> __device__ __forceinline__ void activation(const ActivationParams& p) {
     const T* x = static_cast<const T*>(p.x);
     T* y = static_cast<T*>(p.y);
     const T* bias = static_cast<const T*>(p.bias);
@@ -70,7 +70,7 @@ template <typename T, int ACT, int E> __device__ __forceinline__ void activation
     }
 }
 
-template <typename T, int ACT> __device__ __forceinline__ void activation_dispatch(const ActParams& p) {
+template <typename T, int ACT> __device__ __forceinline__ void activation_dispatch(const ActivationParams& p) {
     if (p.cols <= 0) __trap();  // launcher bug
     if (p.cols % 8 == 0 && aligned16(p.x, p.y, p.bias)) activation<T, ACT, 8>(p);
     else activation<T, ACT, 1>(p);
@@ -189,10 +189,10 @@ __device__ __forceinline__ void cfg_combine(const CfgParams& p) {
 
 #define EW_KERNEL(name, Params, body)                                                              \
     extern "C" __global__ void __launch_bounds__(EW_THREADS) name(Params p) { body; }
-EW_KERNEL(act_gelu_tanh_bf16, ActParams, (elementwise::activation_dispatch<bf16, elementwise::GELU_TANH>(p)))
-EW_KERNEL(act_gelu_tanh_f16, ActParams, (elementwise::activation_dispatch<f16, elementwise::GELU_TANH>(p)))
-EW_KERNEL(act_silu_bf16, ActParams, (elementwise::activation_dispatch<bf16, elementwise::SILU>(p)))
-EW_KERNEL(act_silu_f16, ActParams, (elementwise::activation_dispatch<f16, elementwise::SILU>(p)))
+EW_KERNEL(activation_gelu_tanh_bf16, ActivationParams, (elementwise::activation_dispatch<bf16, elementwise::GELU_TANH>(p)))
+EW_KERNEL(activation_gelu_tanh_f16, ActivationParams, (elementwise::activation_dispatch<f16, elementwise::GELU_TANH>(p)))
+EW_KERNEL(activation_silu_bf16, ActivationParams, (elementwise::activation_dispatch<bf16, elementwise::SILU>(p)))
+EW_KERNEL(activation_silu_f16, ActivationParams, (elementwise::activation_dispatch<f16, elementwise::SILU>(p)))
 EW_KERNEL(add_bcast_bf16, AddBcastParams, elementwise::add_bcast_dispatch<bf16>(p))
 EW_KERNEL(add_bcast_f16, AddBcastParams, elementwise::add_bcast_dispatch<f16>(p))
 EW_KERNEL(timestep_embedding_bf16, TimestepEmbedParams, elementwise::timestep_embedding<bf16>(p))
@@ -204,10 +204,10 @@ EW_KERNEL(unpatchify_f16, UnpatchifyParams, elementwise::unpatchify<f16>(p))
 EW_KERNEL(cfg_combine_f32, CfgParams, elementwise::cfg_combine(p))
 
 DELTADIT_SIM_REGISTER(elementwise,
-    DELTADIT_SIM_KERNEL(act_gelu_tanh_bf16, ActParams)
-    DELTADIT_SIM_KERNEL(act_gelu_tanh_f16, ActParams)
-    DELTADIT_SIM_KERNEL(act_silu_bf16, ActParams)
-    DELTADIT_SIM_KERNEL(act_silu_f16, ActParams)
+    DELTADIT_SIM_KERNEL(activation_gelu_tanh_bf16, ActivationParams)
+    DELTADIT_SIM_KERNEL(activation_gelu_tanh_f16, ActivationParams)
+    DELTADIT_SIM_KERNEL(activation_silu_bf16, ActivationParams)
+    DELTADIT_SIM_KERNEL(activation_silu_f16, ActivationParams)
     DELTADIT_SIM_KERNEL(add_bcast_bf16, AddBcastParams)
     DELTADIT_SIM_KERNEL(add_bcast_f16, AddBcastParams)
     DELTADIT_SIM_KERNEL(timestep_embedding_bf16, TimestepEmbedParams)

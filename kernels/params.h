@@ -75,7 +75,7 @@ typedef struct NormModulateParams {
 } NormModulateParams;
 
 /* ------------------------------------------------------------------------ */
-/* delta.cu — gated residual with the fused Δ-cache store:                    */
+/* residual.cu — gated residual with the fused Δ-cache store:              */
 /*   x = x + gate[b] ⊙ y            (gate = row gate_row of modv; modv NULL:  */
 /*                                   no gate, plain x = x + y)                */
 /* then, by kernel variant:                                                  */
@@ -105,15 +105,15 @@ typedef struct ResidualParams {
 /* blocks (8-element vectors where the row length allows, else elements).    */
 /* ------------------------------------------------------------------------ */
 #define EW_THREADS 256
-/* act_{gelu_tanh,silu}_{bf16,f16}: y[i] = act(x[i] + bias[i % cols])        */
+/* activation_{gelu_tanh,silu}_{bf16,f16}: y[i] = act(x[i] + bias[i % cols]) */
 /* (bias may be NULL; x and y may alias). GELU is the tanh approximation.    */
-typedef struct ActParams {
+typedef struct ActivationParams {
     const void* x;
     void* y;
     const void* bias;         /* [cols] or NULL */
     int64_t n;                /* total elements */
     int64_t cols;
-} ActParams;
+} ActivationParams;
 
 /* add_bcast_{bf16,f16}: x[r, c] += y[c] for r < rows, c < cols (in place).  */
 /* Used for the PixArt modulation table and the positional embedding.       */
@@ -207,17 +207,18 @@ typedef struct SchedulerStepParams {
 } SchedulerStepParams;
 
 /* ------------------------------------------------------------------------ */
-/* reduce.cu — rel_l1_{bf16,f16}: out[0] += Σ|a - b|, out[1] += Σ|b| (f32,    */
-/* atomics; the caller zeroes out first). Cheap probes for cache policies.   */
-/* kernels: rel_l1_{bf16,f16,f32}; grid-stride, one atomicAdd pair a block,  */
-/* at most REDUCE_MAX_BLOCKS blocks of REDUCE_THREADS threads.               */
+/* rel_l1.cu — rel_l1_{bf16,f16,f32}: the two sums of a relative-L1 probe   */
+/* for cache policies, Σ|a - b| and Σ|b|, as per-block f32 partials          */
+/* partial[2 * block + {0, 1}], which the launcher sums in a fixed order:    */
+/* no atomics, so a probe gives the same value on every run. Grid-stride,    */
+/* at most REL_L1_MAX_BLOCKS blocks of REL_L1_THREADS threads.               */
 /* ------------------------------------------------------------------------ */
-#define REDUCE_THREADS 256
-#define REDUCE_MAX_BLOCKS 1024
+#define REL_L1_THREADS 256
+#define REL_L1_MAX_BLOCKS 1024
 typedef struct RelL1Params {
     const void* a;
     const void* b;
-    float* out;               /* [2] */
+    float* partial;           /* [2 * gridDim.x] */
     int64_t n;
 } RelL1Params;
 
@@ -228,41 +229,11 @@ typedef struct RelL1Params {
 /* and V can be column slices of one fused QKV GEMM output; head h uses      */
 /* columns [h*D, (h+1)*D) of its row. key_bias is f32 [batch, nk] with       */
 /* bias_batch_stride (NULL: no bias).                                        */
-/* kernels: attention_d{64,72,128}_{bf16,f16}                                */
-/* grid (ceil(nq / ATTN_BLOCK_Q), heads, batch), ATTN_THREADS threads,       */
-/* dynamic shared memory ATTN_SMEM_D{64,72,128} bytes.                       */
+/* kernels, their grids and shared memory: kernels/attention_variants.h    */
+/* (grid (ceil(nq / queries a CTA), heads, batch)).                          */
 /* Q, K, V, O: 16-byte aligned base pointers, row strides multiples of 8     */
 /* elements (cp.async and the output stores move 16-byte chunks).            */
-/* Tiles: ATTN_BLOCK_Q queries per CTA (4 warps x 32 rows) against          */
-/* double-buffered ATTN_BLOCK_K_D<d>-key K/V tiles. Shared memory =          */
-/* 2 bytes * (BLOCK_Q + 4 * BLOCK_K) rows * pitch + 2 * BLOCK_K floats of    */
-/* key bias, pitch = round_up(d, 16) + 8 elements (72, 88, 136). d64 and    */
-/* d128 need more than the 48 KB default: the CUDA backend must raise the    */
-/* function's CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES to             */
-/* ATTN_SMEM_D<d> (ATTN_SMEM_MAX covers all) before the first launch.        */
 /* ------------------------------------------------------------------------ */
-#define ATTN_THREADS 128
-#define ATTN_BLOCK_Q 128
-#define ATTN_BLOCK_K_D64 64
-#define ATTN_BLOCK_K_D72 32
-#define ATTN_BLOCK_K_D128 32
-#define ATTN_SMEM_D64 55808  /* 2 * (128 + 4 * 64) * 72  + 8 * 64 */
-#define ATTN_SMEM_D72 45312  /* 2 * (128 + 4 * 32) * 88  + 8 * 32 */
-#define ATTN_SMEM_D128 69888 /* 2 * (128 + 4 * 32) * 136 + 8 * 32 */
-#define ATTN_SMEM_MAX 69888
-/* attention_sm90a.cu (Hopper wgmma, sm_90a only), same parameters:        */
-/* attention_wgmma_d72_* and attention_wgmma_qregs_d72_*: grid               */
-/* (ceil(nq / ATTN_WG_BLOCK_Q), heads, batch), ATTN_WG_THREADS threads (2    */
-/* warpgroups), ATTN_WG_SMEM_D72 bytes of dynamic shared memory:             */
-/* 2 * (128 + 5 * 64) rows * 80 elements + 8 * 64;                           */
-/* attention_wgmma_qregs3_d72_*: the same with ATTN_WG3_* (3 warpgroups,     */
-/* 2 * (192 + 5 * 64) * 80 + 8 * 64 bytes).                                  */
-#define ATTN_WG_THREADS 256
-#define ATTN_WG_BLOCK_Q 128
-#define ATTN_WG_SMEM_D72 72192
-#define ATTN_WG3_THREADS 384
-#define ATTN_WG3_BLOCK_Q 192
-#define ATTN_WG3_SMEM_D72 82432
 typedef struct AttentionParams {
     const void* q;
     const void* k;

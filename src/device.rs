@@ -1,14 +1,19 @@
 //! Backend selection for the CLI and library callers that pick a device at run time.
 
-use crate::backend::kernels::{AttentionKernel, KernelDevice};
-use crate::backend::{cpu::Cpu, sim::Sim};
+use crate::backend::cuda::{Cuda, CudaOptions};
+use crate::backend::{cpu::Cpu, sim::Sim, AttentionKernel};
 use crate::{DType, Error, Result};
 use std::str::FromStr;
 
+/// Which backend to run on (`cpu`, `sim`, `cuda` as strings).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Device {
+    /// [`Cpu`]: f32 on the host
     Cpu,
+    /// [`Sim`]: the CUDA kernels on the host, through the SIMT shim
     Sim,
+    /// [`Cuda`]: the GPU
     Cuda,
 }
 
@@ -34,15 +39,30 @@ impl Device {
     }
 }
 
-/// A backend chosen at run time.
+/// A backend chosen at run time; [`with_backend!`](crate::with_backend) runs generic code on it.
 pub enum AnyBackend {
+    /// the CPU backend
     Cpu(Cpu),
+    /// the sim backend
     Sim(Sim),
-    Cuda(crate::backend::cuda::Cuda),
+    /// the CUDA backend (device 0)
+    Cuda(Cuda),
 }
 
 impl AnyBackend {
+    /// The backend of `device` computing in `dtype` (default: the device's), with `threads` GEMM
+    /// threads on the CPU (default: all) and the CUDA backend's default options.
     pub fn new(device: Device, dtype: Option<DType>, threads: Option<usize>) -> Result<Self> {
+        Self::with_options(device, dtype, threads, CudaOptions::default())
+    }
+
+    /// As [`AnyBackend::new`], with the CUDA backend's options.
+    pub fn with_options(
+        device: Device,
+        dtype: Option<DType>,
+        threads: Option<usize>,
+        cuda: CudaOptions,
+    ) -> Result<Self> {
         let dtype = dtype.unwrap_or(device.default_dtype());
         match device {
             Device::Cpu => {
@@ -56,7 +76,7 @@ impl AnyBackend {
                 Ok(AnyBackend::Cpu(Cpu::new(threads.unwrap_or_else(rayon::current_num_threads))))
             }
             Device::Sim => Ok(AnyBackend::Sim(Sim::new(dtype)?)),
-            Device::Cuda => Ok(AnyBackend::Cuda(crate::backend::cuda::Cuda::new(0, dtype)?)),
+            Device::Cuda => Ok(AnyBackend::Cuda(Cuda::with_options(0, dtype, cuda)?)),
         }
     }
 
@@ -69,6 +89,20 @@ impl AnyBackend {
         }
     }
 
+    /// Chooses the attention kernel of a kernel backend (the CPU backend has one: only
+    /// [`AttentionKernel::Mma`], the default, is accepted there).
+    pub fn set_attention_kernel(&self, k: AttentionKernel) -> Result<()> {
+        match self {
+            AnyBackend::Cpu(_) if k == AttentionKernel::default() => Ok(()),
+            AnyBackend::Cpu(_) => Err(Error::param("attention kernel", k, "the default on the CPU backend")),
+            AnyBackend::Sim(b) => {
+                b.set_attention_kernel(k);
+                Ok(())
+            }
+            AnyBackend::Cuda(b) => b.set_attention_kernel(k),
+        }
+    }
+
     /// CUDA when a GPU and the kernels are present, else the CPU (with the reason).
     pub fn auto() -> (Device, String) {
         match crate::backend::cuda::probe() {
@@ -77,7 +111,7 @@ impl AnyBackend {
                 Device::Cpu,
                 "a GPU is present but the CUDA kernels were not built (run scripts/install-cuda.sh and rebuild)".into(),
             ),
-            Err(why) => (Device::Cpu, why),
+            Err(why) => (Device::Cpu, why.chain()),
         }
     }
 }

@@ -6,13 +6,18 @@ use std::str::FromStr;
 /// Storage type of a tensor. The CPU backend computes in f32; the sim and CUDA backends keep
 /// weights and activations in bf16 or f16 (f32 accumulation) and latents in f32.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum DType {
+    /// IEEE single precision
     F32,
+    /// bfloat16
     BF16,
+    /// IEEE half precision
     F16,
 }
 
 impl DType {
+    /// Bytes per element.
     pub const fn size(self) -> usize {
         match self {
             DType::F32 => 4,
@@ -20,6 +25,7 @@ impl DType {
         }
     }
 
+    /// `f32`, `bf16` or `f16`.
     pub const fn name(self) -> &'static str {
         match self {
             DType::F32 => "f32",
@@ -66,7 +72,7 @@ impl FromStr for DType {
 }
 
 /// Converts f32 values to the 16-bit storage of `dtype` (bf16/f16 bit patterns).
-pub fn f32_to_bits16(dtype: DType, src: &[f32], dst: &mut [u16]) {
+pub(crate) fn f32_to_bits16(dtype: DType, src: &[f32], dst: &mut [u16]) {
     debug_assert_eq!(src.len(), dst.len());
     match dtype {
         DType::BF16 => dst.iter_mut().zip(src).for_each(|(d, &s)| *d = half::bf16::from_f32(s).to_bits()),
@@ -76,7 +82,7 @@ pub fn f32_to_bits16(dtype: DType, src: &[f32], dst: &mut [u16]) {
 }
 
 /// Converts 16-bit storage of `dtype` back to f32.
-pub fn bits16_to_f32(dtype: DType, src: &[u16], dst: &mut [f32]) {
+pub(crate) fn bits16_to_f32(dtype: DType, src: &[u16], dst: &mut [f32]) {
     debug_assert_eq!(src.len(), dst.len());
     match dtype {
         DType::BF16 => dst.iter_mut().zip(src).for_each(|(d, &s)| *d = half::bf16::from_bits(s).to_f32()),

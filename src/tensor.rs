@@ -17,24 +17,27 @@ impl<B: Backend> Tensor<B> {
         Tensor { buf, shape: shape.to_vec(), dtype }
     }
 
+    /// The shape.
     pub fn shape(&self) -> &[usize] {
         &self.shape
     }
 
+    /// The element type.
     pub fn dtype(&self) -> DType {
         self.dtype
     }
 
+    /// Elements (the product of the shape, which backends check fits in memory at allocation).
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }
 
+    /// The backend's storage (a device address on the CUDA backend: [`CudaBuf::device_ptr`]),
+    /// for interoperation with other runtimes.
+    ///
+    /// [`CudaBuf::device_ptr`]: crate::backend::cuda::CudaBuf::device_ptr
     pub fn buf(&self) -> &B::Buf {
         &self.buf
-    }
-
-    pub fn buf_mut(&mut self) -> &mut B::Buf {
-        &mut self.buf
     }
 
     /// Size of the last dimension (the row length of a [rows, cols] view).
@@ -49,8 +52,8 @@ impl<B: Backend> Tensor<B> {
 
     /// Reinterprets the shape (same number of elements).
     pub fn reshape(&mut self, shape: &[usize]) -> Result<()> {
-        let n: usize = shape.iter().product();
-        if n != self.numel() {
+        let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        if n != Some(self.numel()) {
             return Err(Error::Shape {
                 op: "reshape",
                 tensor: "tensor",
@@ -70,6 +73,7 @@ impl<B: Backend> Tensor<B> {
         Ok(())
     }
 
+    /// Checks the dtype, naming the op and tensor in the error.
     pub fn expect_dtype(&self, op: &'static str, tensor: &'static str, dtype: DType) -> Result<()> {
         if self.dtype != dtype {
             return Err(Error::DType { op, tensor, expected: dtype, found: self.dtype });

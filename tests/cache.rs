@@ -6,12 +6,11 @@ mod common;
 use common::rel_l2;
 use deltadit::backend::cpu::Cpu;
 use deltadit::backend::{Backend, Cfg};
-use deltadit::cache::{
-    schedule, CacheEngine, CachePolicy, CacheSpec, Delta, DeltaAdaptive, FirstBlock, Fora, StepInfo, StepPlan,
-};
+use deltadit::cache::{schedule, CachePolicy, CacheSpec, Delta, DeltaAdaptive, FirstBlock, Fora, StepInfo, StepPlan};
+use deltadit::internals::{ModelParts, WorkspaceParts};
 use deltadit::io::Inputs;
-use deltadit::model::{Branches, Family, Transformer};
-use deltadit::pipeline::{sample, SampleConfig, SampleInputs};
+use deltadit::model::{Family, Transformer};
+use deltadit::pipeline::{sample, Denoiser, SampleConfig, SampleInputs};
 use deltadit::sampler::{Scheduler, SchedulerName};
 use deltadit::{DType, Error};
 use std::path::PathBuf;
@@ -22,9 +21,7 @@ fn data(name: &str) -> PathBuf {
 
 fn plans(p: &mut dyn CachePolicy, steps: usize, layers: usize, probes: &[Option<f32>]) -> Vec<StepPlan> {
     p.reset();
-    (0..steps)
-        .map(|step| p.plan(&StepInfo { step, steps, layers, probe: probes.get(step).copied().flatten() }))
-        .collect()
+    (0..steps).map(|step| p.plan(&StepInfo::new(step, steps, layers, probes.get(step).copied().flatten()))).collect()
 }
 
 // ---------------------------------------------------------------- schedules
@@ -209,22 +206,18 @@ fn cached_step_reproduces_full_step(spec: &str, expect: StepPlan) {
     let model = Transformer::load(&be, &dir).unwrap();
     let layers = model.num_blocks();
     let inputs =
-        SampleInputs::from_inputs(&Inputs::open(&dir.join("inputs.safetensors")).unwrap(), Family::PixArt).unwrap();
+        SampleInputs::from_inputs(&Inputs::open(&dir.join("inputs.safetensors")).unwrap(), model.config()).unwrap();
     let mut cond = deltadit::model::Conditioning { batch: 1, height: 16, width: 16, ..Default::default() };
     cond.text = inputs.cond.clone();
-    let ctx = model.context(&be, &cond).unwrap();
-    let mut ws = model.workspace(&be, &ctx).unwrap();
     let policy = spec.parse::<CacheSpec>().unwrap().build(Family::PixArt, layers, 10).unwrap();
-    let mut engine = CacheEngine::new(&be, &model, &ws, policy).unwrap();
+    let mut d = Denoiser::new(&be, &model, &cond, policy).unwrap();
     let mut outs = Vec::new();
     for step in 0..2 {
-        be.write(&mut ws.model_in, &inputs.latents).unwrap();
-        be.write(&mut ws.t, &[500.0]).unwrap();
-        let r = engine.step(&be, &model, &ctx, &mut ws, step, 10, &mut |_, _| Ok(())).unwrap();
+        let r = d.forward(&be, &inputs.latents, &[500.0], step, 10).unwrap();
         if step == 1 {
             assert_eq!(r.plan, expect, "{spec}");
         }
-        outs.push(be.download(&ws.model_out).unwrap());
+        outs.push(be.download(d.output()).unwrap());
     }
     let e = rel_l2(&outs[1], &outs[0]);
     assert!(e < 1e-6, "{spec}: cached step differs from the full step by {e:.2e}");
@@ -289,33 +282,33 @@ fn reference_delta(
     let mut blocks = Vec::new();
     for (i, &t) in sched.timesteps().iter().enumerate() {
         let lat = be.download(&latents).unwrap();
-        be.write(&mut ws.model_in, &[lat.clone(), lat].concat()).unwrap();
-        be.write(&mut ws.t, &vec![t as f32; 2 * bs]).unwrap();
-        model.embed(be, &ctx, &mut ws).unwrap();
+        be.write(ws.input_mut(), &[lat.clone(), lat].concat()).unwrap();
+        be.write(ws.timesteps_mut(), &vec![t as f32; 2 * bs]).unwrap();
+        model.embed_step(be, &ctx, &mut ws).unwrap();
         let sub = |a: &[f32], bb: &[f32]| a.iter().zip(bb).map(|(x, y)| x - y).collect::<Vec<f32>>();
         let add = |a: &[f32], bb: &[f32]| a.iter().zip(bb).map(|(x, y)| x + y).collect::<Vec<f32>>();
         if i % n == 0 {
-            let mut hs = vec![be.download(&ws.x).unwrap()];
+            let mut hs = vec![be.download(ws.hidden()).unwrap()];
             for k in 0..l {
-                model.run_blocks(be, &ctx, &mut ws, k..k + 1, &mut [], Branches::Compute).unwrap();
-                hs.push(be.download(&ws.x).unwrap());
+                model.run_block_range(be, &ctx, &mut ws, k..k + 1).unwrap();
+                hs.push(be.download(ws.hidden()).unwrap());
             }
             d_front = sub(&hs[nc], &hs[0]);
             d_rear = sub(&hs[l], &hs[l - nc]);
             blocks.push(l);
         } else if i < b {
-            model.run_blocks(be, &ctx, &mut ws, 0..l - nc, &mut [], Branches::Compute).unwrap();
-            let x = be.download(&ws.x).unwrap();
-            be.write(&mut ws.x, &add(&x, &d_rear)).unwrap();
+            model.run_block_range(be, &ctx, &mut ws, 0..l - nc).unwrap();
+            let x = be.download(ws.hidden()).unwrap();
+            be.write(ws.hidden_mut(), &add(&x, &d_rear)).unwrap();
             blocks.push(l - nc);
         } else {
-            let x = be.download(&ws.x).unwrap();
-            be.write(&mut ws.x, &add(&x, &d_front)).unwrap();
-            model.run_blocks(be, &ctx, &mut ws, nc..l, &mut [], Branches::Compute).unwrap();
+            let x = be.download(ws.hidden()).unwrap();
+            be.write(ws.hidden_mut(), &add(&x, &d_front)).unwrap();
+            model.run_block_range(be, &ctx, &mut ws, nc..l).unwrap();
             blocks.push(l - nc);
         }
-        model.finish(be, &mut ws).unwrap();
-        be.cfg_combine(&ws.model_out, Cfg::On { scale: 4.5, cond_first: false }, &mut eps).unwrap();
+        model.finish_step(be, &mut ws).unwrap();
+        be.cfg_combine(ws.output(), Cfg::On { scale: 4.5, cond_first: false }, &mut eps).unwrap();
         be.scheduler_step(&sched.update(i), &mut latents, &eps, Some(&mut x0_prev), None).unwrap();
     }
     (be.download(&latents).unwrap(), blocks)
@@ -327,7 +320,7 @@ fn delta_matches_an_independent_implementation_on_other_parameters() {
     let dir = data("pixart-tiny-delta-n2-nc4-b12");
     let model = Transformer::load(&be, &dir).unwrap();
     let inputs =
-        SampleInputs::from_inputs(&Inputs::open(&dir.join("inputs.safetensors")).unwrap(), Family::PixArt).unwrap();
+        SampleInputs::from_inputs(&Inputs::open(&dir.join("inputs.safetensors")).unwrap(), model.config()).unwrap();
     // (steps, N, N_c, b) on the 6-block model
     for &(steps, n, nc, b) in &[(10, 3, 2, 5), (8, 2, 3, 0), (8, 2, 3, 8), (9, 4, 5, 6), (6, 1, 3, 2), (7, 2, 1, 3)] {
         let (want, want_blocks) = reference_delta(&model, &be, &inputs, steps, n, nc, b);
@@ -348,7 +341,7 @@ fn samples_in_one_cfg_batch_do_not_interfere() {
     let dir = data("pixart-tiny-delta-n2-nc4-b12");
     let model = Transformer::load(&be, &dir).unwrap();
     let one =
-        SampleInputs::from_inputs(&Inputs::open(&dir.join("inputs.safetensors")).unwrap(), Family::PixArt).unwrap();
+        SampleInputs::from_inputs(&Inputs::open(&dir.join("inputs.safetensors")).unwrap(), model.config()).unwrap();
     // A second prompt: other latents, embeddings and mask.
     let mut rng = common::Rng::new(11);
     let mut two = one.clone();

@@ -4,9 +4,10 @@ mod common;
 
 use common::rel_l2;
 use deltadit::backend::cpu::Cpu;
-use deltadit::io::{write_safetensors, HostTensor, Inputs, SafetensorsFile};
+use deltadit::internals::SafetensorsFile;
+use deltadit::io::{write_safetensors, HostTensor, Inputs};
 use deltadit::model::Transformer;
-use deltadit::pipeline::forward_inputs;
+use deltadit::pipeline::{self, ForwardInputs};
 use std::path::{Path, PathBuf};
 
 fn data(name: &str) -> PathBuf {
@@ -36,7 +37,7 @@ fn forward(dir: &Path) -> Vec<f32> {
     let be = Cpu::default();
     let model = Transformer::load(&be, dir).unwrap();
     let inputs = Inputs::open(&data("pixart-tiny").join("inputs.safetensors")).unwrap();
-    forward_inputs(&be, &model, &inputs).unwrap().0
+    pipeline::forward(&be, &model, &ForwardInputs::from_inputs(&inputs, model.config()).unwrap()).unwrap().0
 }
 
 #[test]

@@ -4,7 +4,8 @@
 mod common;
 
 use common::rel_l2;
-use deltadit::io::{write_safetensors, HostTensor, SafetensorsFile};
+use deltadit::internals::SafetensorsFile;
+use deltadit::io::{write_safetensors, HostTensor};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -342,7 +343,7 @@ fn attention_kernel_environment_variable() {
         }
         c.output().expect("run deltadit")
     };
-    fails_with(bench("flash", None), &["DELTADIT_ATTENTION", "flash", "mma, wgmma, wgmma-qregs or wgmma-qregs3"]);
+    fails_with(bench("flash", None), &["DELTADIT_ATTENTION", "flash", "mma, wgmma, wgmma-qregs, wgmma-qregs3"]);
     let out = bench("wgmma", Some(&json));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();

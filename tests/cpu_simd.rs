@@ -6,9 +6,9 @@
 mod common;
 
 use common::{poisoned, random, Rng};
-use deltadit::backend::cpu::simd::{self, SimdLevel};
 use deltadit::backend::cpu::Cpu;
 use deltadit::backend::{Activation, AttentionShape, Backend, CacheWrite, ColSlice};
+use deltadit::internals::cpu::simd::{self, SimdLevel};
 use deltadit::DType::F32;
 
 /// Runs every multiversioned op once on fixed random inputs; returns the outputs in order.

@@ -6,7 +6,7 @@ mod common;
 
 use common::golden::{forward_case, sampling_case, FORWARD_CASES, SAMPLING_CASES};
 use deltadit::backend::sim::Sim;
-use deltadit::rng::rel_l2;
+use deltadit::internals::rel_l2;
 use deltadit::DType;
 
 #[test]
@@ -60,19 +60,19 @@ fn sampling_delta_dit_bf16() {
 #[test]
 fn wgmma_attention_through_a_whole_model() {
     use deltadit::backend::cpu::Cpu;
-    use deltadit::backend::kernels::AttentionKernel;
+    use deltadit::backend::AttentionKernel;
     use deltadit::cache::CacheSpec;
     use deltadit::pipeline::{sample, SampleConfig};
     use deltadit::Backend;
 
-    let p = deltadit::bench::preset("pixart-cpu-small").unwrap();
+    let p = deltadit::internals::bench::preset("pixart-cpu-small").unwrap();
     assert_eq!(p.config.attention_head_dim, 72);
     let steps = 3;
-    let inputs = deltadit::bench::random_inputs(&p.config, p.latent, p.latent, p.text_len, steps, 5);
+    let inputs = deltadit::internals::bench::random_inputs(&p.config, p.latent, p.latent, p.text_len, steps, 5);
     let sc = SampleConfig { scheduler: p.scheduler, steps, guidance: p.guidance, keep_per_step: false };
     fn latents<B: Backend>(
         be: &B,
-        p: &deltadit::bench::Preset,
+        p: &deltadit::internals::bench::Preset,
         inputs: &deltadit::pipeline::SampleInputs,
         sc: &SampleConfig,
     ) -> Vec<f32> {
@@ -85,7 +85,7 @@ fn wgmma_attention_through_a_whole_model() {
     let f32 = latents(&Cpu::new(2), &p, &inputs, &sc);
     let e_mma = rel_l2(&mma, &f32);
     assert!(e_mma <= 8e-2, "bf16 vs f32 with the mma kernel: {e_mma:.3e}");
-    for k in AttentionKernel::WGMMA {
+    for k in AttentionKernel::wgmma_kernels() {
         sim.set_attention_kernel(k);
         let wgmma = latents(&sim, &p, &inputs, &sc);
         let (between, e_wgmma) = (rel_l2(&wgmma, &mma), rel_l2(&wgmma, &f32));

@@ -16,7 +16,7 @@ mod common;
 use common::{golden, rel_l2, Rng};
 use deltadit::backend::cpu::Cpu;
 use deltadit::backend::cuda::{self, Cuda, CudaOptions, DeviceInfo};
-use deltadit::backend::kernels::AttentionKernel;
+use deltadit::backend::AttentionKernel;
 use deltadit::backend::{Activation, AttentionShape, CacheWrite, Cfg, ColSlice, SchedulerUpdate};
 use deltadit::{Backend, DType, Tensor};
 use std::sync::{Mutex, MutexGuard, OnceLock};
@@ -36,7 +36,7 @@ static F16: OnceLock<Cuda> = OnceLock::new();
 
 /// Options of the test backends: poisoned allocations, graphs on, the rest from the environment.
 fn test_options(graphs: bool) -> CudaOptions {
-    CudaOptions { poison: true, graphs, ..CudaOptions::from_env() }
+    deltadit::internals::env::cuda_options().with_poison(true).with_graphs(graphs)
 }
 
 fn new_backend(dt: DType, graphs: bool) -> Cuda {
@@ -47,7 +47,7 @@ fn new_backend(dt: DType, graphs: bool) -> Cuda {
 /// The GPU, or None after printing why the test is skipped.
 fn probe() -> Option<&'static DeviceInfo> {
     match PROBE.get_or_init(|| {
-        let r = cuda::probe();
+        let r = cuda::probe().map_err(|e| e.chain());
         if let Ok(info) = &r {
             eprintln!("{info}");
         }
@@ -648,7 +648,7 @@ fn wgmma_on<'a>(g: &'a Gpu, k: AttentionKernel) -> Option<WgmmaOn<'a>> {
 /// (dtype, kernel) pairs of the wgmma tests: every wgmma kernel, or those DELTADIT_WGMMA_KERNELS
 /// lists (scripts/gpu-run.sh runs each kernel in a process of its own).
 fn wgmma_cases() -> Vec<(DType, AttentionKernel)> {
-    let ks = AttentionKernel::wgmma_from_env("DELTADIT_WGMMA_KERNELS").unwrap();
+    let ks = deltadit::internals::env::wgmma_kernels("DELTADIT_WGMMA_KERNELS").unwrap();
     DTYPES.into_iter().flat_map(|dt| ks.iter().map(move |&k| (dt, k))).collect()
 }
 

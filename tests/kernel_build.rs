@@ -7,7 +7,8 @@
 //! Without nvcc these checks print why they are skipped, unless DELTADIT_REQUIRE_KERNELS=1 (set by
 //! scripts/test.sh), which turns a missing toolchain into a failure.
 
-use deltadit::backend::build_info::{fatbin_path, ptxas_log, FATBINS, KERNEL_FILES, NVCC, SIM_BUILT};
+use deltadit::internals::build_info::{fatbin_path, ptxas_log, FATBINS, NVCC, SIM_BUILT};
+use deltadit::internals::kernels::KERNELS;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -204,7 +205,7 @@ fn memory_bound_kernels_use_128_bit_loads() {
         assert!(!required() || cuobjdump().is_some(), "cuobjdump missing");
         return;
     }
-    for (stem, prefix) in [("norm_modulate", "norm_modulate_"), ("delta", "residual_")] {
+    for (stem, prefix) in [("norm_modulate", "norm_modulate_"), ("residual", "residual_")] {
         let fns = sass(stem);
         let found: Vec<_> = fns.iter().filter(|((_, f), _)| f.starts_with(prefix)).collect();
         assert!(!found.is_empty(), "kernels/{stem}.cu: no {prefix}* functions");
@@ -233,7 +234,7 @@ fn shim_registrations_match_the_fatbin_entry_points() {
     for stem in kernel_stems() {
         let entries: std::collections::BTreeSet<String> = sass(&stem).into_keys().map(|(_, f)| f).collect();
         let registered: std::collections::BTreeSet<String> =
-            KERNEL_FILES.iter().filter(|(_, s)| *s == stem).map(|(k, _)| k.to_string()).collect();
-        assert_eq!(registered, entries, "kernels/{stem}.cu: DELTADIT_SIM_REGISTER list vs fatbin entry points");
+            KERNELS.iter().filter(|k| k.file == stem).map(|k| k.name.to_string()).collect();
+        assert_eq!(registered, entries, "kernels/{stem}.cu: the kernel table vs the fatbin's entry points");
     }
 }

@@ -9,8 +9,9 @@ mod common;
 
 use common::{assert_close, poisoned, rel_l2, Rng};
 use deltadit::backend::cpu::Cpu;
-use deltadit::backend::sim::{set_warp_order, Sim, WarpOrder};
+use deltadit::backend::sim::Sim;
 use deltadit::backend::{Activation, CacheWrite, Cfg, SchedulerUpdate};
+use deltadit::internals::sim::{set_warp_order, WarpOrder};
 use deltadit::{Backend, DType, Error, Tensor};
 
 const DTYPES: [DType; 2] = [DType::BF16, DType::F16];
@@ -125,8 +126,8 @@ fn norm_modulate_any_warp_order() {
 /// rows, refilling its shared-memory slot each time (the launcher gives each warp one row).
 #[test]
 fn norm_modulate_stream_small_grid() {
-    use deltadit::backend::kernels::{KernelDevice, LaunchCfg};
-    use deltadit::backend::params::{NormModulateParams, NORM_STAGES, NORM_THREADS};
+    use deltadit::internals::kernels::params::{NormModulateParams, NORM_STAGES, NORM_THREADS};
+    use deltadit::internals::kernels::{family, KernelDevice, LaunchCfg};
     for dt in DTYPES {
         for &(batch, tokens, dim) in &[(3usize, 257usize, 1152usize), (2, 33, 144)] {
             let (s, c) = (sim(dt), Cpu::default());
@@ -152,8 +153,10 @@ fn norm_modulate_stream_small_grid() {
             };
             let mut cfg = LaunchCfg::linear(3, NORM_THREADS).unwrap();
             cfg.smem = (NORM_THREADS / 32 * NORM_STAGES) * (dim * dt.size()) as u32;
-            let name = format!("norm_modulate_stream_{}", if dt == DType::BF16 { "bf16" } else { "f16" });
-            s.launch(&name, &p, cfg).unwrap();
+            let kernel = family::NORM_MODULATE_STREAM.for_dtype(dt).unwrap();
+            // SAFETY: x, ys [rows, dim] and m [batch, 6·dim] hold every element the kernel
+            // touches for these params, of its dtype.
+            unsafe { s.launch(kernel, &p, cfg) }.unwrap();
             check(&format!("norm_modulate_stream 3 CTAs {dt} [{batch}·{tokens}, {dim}]"), &s, &ys, &c, &yc, TOL);
         }
     }
@@ -275,8 +278,8 @@ fn activation_gelu_silu_none() {
 /// In place (x and y the same buffer) through the kernel directly: the op API cannot alias them.
 #[test]
 fn activation_in_place() {
-    use deltadit::backend::kernels::{KernelDevice, LaunchCfg};
-    use deltadit::backend::params::{ActParams, EW_THREADS};
+    use deltadit::internals::kernels::params::{ActivationParams, EW_THREADS};
+    use deltadit::internals::kernels::{family, KernelDevice, LaunchCfg};
     for dt in DTYPES {
         for &(rows, cols) in &[(7usize, 1152usize), (5, 100)] {
             let (s, c) = (sim(dt), Cpu::default());
@@ -286,9 +289,10 @@ fn activation_in_place() {
             let (_, mut oc) = outputs(&s, &[rows, cols], dt);
             c.activation(&x.c, Some(&b.c), Activation::GeluTanh, &mut oc).unwrap();
             let xp = s.ptr_mut(&mut x.s);
-            let p = ActParams { x: xp, y: xp, bias: s.ptr(&b.s), n: (rows * cols) as i64, cols: cols as i64 };
-            let name = format!("act_gelu_tanh_{}", if dt == DType::BF16 { "bf16" } else { "f16" });
-            s.launch(&name, &p, LaunchCfg::linear(3, EW_THREADS).unwrap()).unwrap();
+            let p = ActivationParams { x: xp, y: xp, bias: s.ptr(&b.s), n: (rows * cols) as i64, cols: cols as i64 };
+            let kernel = family::ACTIVATION_GELU_TANH.for_dtype(dt).unwrap();
+            // SAFETY: x [rows, cols] (read and written in place) and b [cols] of the kernel's dtype.
+            unsafe { s.launch(kernel, &p, LaunchCfg::linear(3, EW_THREADS).unwrap()) }.unwrap();
             check(&format!("activation in place {dt} [{rows}, {cols}]"), &s, &x.s, &c, &oc, TOL);
         }
     }

@@ -13,10 +13,12 @@ mod common;
 
 use common::{poisoned, random, rel_l2, Rng};
 use deltadit::backend::cpu::Cpu;
-use deltadit::backend::kernels::{attention_supported_head_dim, AttentionKernel};
-use deltadit::backend::sim::{set_warp_order, Sim, WarpOrder};
+use deltadit::backend::sim::Sim;
+use deltadit::backend::AttentionKernel;
 use deltadit::backend::{AttentionShape, ColSlice};
-use deltadit::{Backend, DType, Error, Tensor};
+use deltadit::internals::kernels::attention_supported_head_dim;
+use deltadit::internals::sim::{set_warp_order, WarpOrder};
+use deltadit::{Backend, BackendErrorKind, DType, Tensor};
 use std::sync::RwLock;
 
 static ORDER: RwLock<()> = RwLock::new(());
@@ -313,7 +315,7 @@ fn f16_inputs() {
 
 #[test]
 fn wgmma_self_and_cross_lengths() {
-    for k in AttentionKernel::WGMMA {
+    for k in AttentionKernel::wgmma_kernels() {
         let mut worst = 0.0f64;
         for (j, n) in LENGTHS.into_iter().chain([128, 191, 192, 193, 385]).enumerate() {
             worst = worst.max(check(Case::new(72, n, n).kernel(k), 800 + j as u64));
@@ -329,7 +331,7 @@ fn wgmma_self_and_cross_lengths() {
 
 #[test]
 fn wgmma_masks_batch_heads_f16() {
-    for k in AttentionKernel::WGMMA {
+    for k in AttentionKernel::wgmma_kernels() {
         wgmma_masks_batch_heads_f16_with(k);
     }
 }
@@ -395,7 +397,8 @@ fn rejects_unsupported_inputs() {
         .attention(&shape(80), ColSlice::new(&t, 0), ColSlice::new(&t, 160), ColSlice::new(&t, 320), None, &mut out)
         .unwrap_err();
     let msg = err.to_string();
-    assert!(matches!(err, Error::Unsupported(_)) && msg.contains("64, 72 and 128"), "{msg}");
+    assert_eq!(err.backend_kind(), Some(&BackendErrorKind::UnsupportedHeadDim { head_dim: 80 }), "{msg}");
+    assert!(msg.contains("64, 72, 128"), "{msg}");
 
     // Column offset 4: rows no longer start on 16-byte boundaries.
     let (t, _) = random(&sim, &mut rng, &[16, 3 * 144 + 8], DType::BF16, 1.0);

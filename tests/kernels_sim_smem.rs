@@ -7,9 +7,10 @@
 mod common;
 
 use common::{random, Rng};
-use deltadit::backend::kernels::AttentionKernel;
-use deltadit::backend::sim::{count_smem_traffic, Sim, SmemTraffic};
+use deltadit::backend::sim::Sim;
+use deltadit::backend::AttentionKernel;
 use deltadit::backend::{AttentionShape, ColSlice};
+use deltadit::internals::sim::{count_smem_traffic, SmemTraffic};
 use deltadit::{Backend, DType};
 
 /// Self-attention over a fused `[n, 3·heads·d]` QKV tensor (the model's layout), or cross-attention
@@ -97,7 +98,7 @@ fn attention_mma_kernel() {
 
 #[test]
 fn attention_wgmma_kernels() {
-    for k in AttentionKernel::WGMMA {
+    for k in AttentionKernel::wgmma_kernels() {
         for nk in [None, Some(120)] {
             let b = attention_traffic(k, 72, 256, nk);
             // Only the qregs kernels use ldmatrix (Q's fragments).

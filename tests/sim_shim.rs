@@ -1,9 +1,9 @@
 //! Self-tests of the SIMT shim (kernels/sim/): each test runs one C++ self-test of
-//! kernels/sim/selftest.cpp through deltadit::backend::sim::selftest and prints its summary
+//! kernels/sim/selftest.cpp through deltadit::internals::sim::selftest and prints its summary
 //! (`cargo test --release --test sim_shim -- --nocapture` shows the timings).
 #![cfg(deltadit_sim)]
 
-use deltadit::backend::sim::selftest;
+use deltadit::internals::sim::selftest;
 
 fn check(name: &str) -> String {
     let t0 = std::time::Instant::now();

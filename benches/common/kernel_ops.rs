@@ -5,7 +5,7 @@
 
 use deltadit::backend::cpu::Cpu;
 use deltadit::backend::{Activation, AttentionShape, CacheWrite, Cfg, ColSlice, SchedulerUpdate};
-use deltadit::rng::rel_l2;
+use deltadit::internals::rel_l2;
 use deltadit::{Backend, DType, Error, Result, Tensor};
 
 /// The gated residual and its Δ-cache variants (`Backend::residual`).
@@ -88,7 +88,7 @@ impl KernelOp {
     }
 
     fn arity(&self, n: usize) -> Error {
-        Error::Unsupported(format!("bench op {self:?} given {n} tensors (see KernelOp's variant for its list)"))
+        Error::param(format!("bench op {self:?}"), n, "the tensors its KernelOp variant lists")
     }
 
     /// The tensors the op writes: what the check compares.

@@ -16,9 +16,9 @@ pub mod kernel_ops;
 
 use deltadit::backend::cpu::Cpu;
 use deltadit::backend::cuda::Cuda;
-use deltadit::backend::kernels::AttentionKernel;
 use deltadit::backend::sim::Sim;
-use deltadit::bench::Preset;
+use deltadit::backend::AttentionKernel;
+use deltadit::internals::bench::Preset;
 use deltadit::{Backend, DType, Error, Result, Tensor};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -114,8 +114,10 @@ pub fn env_off(name: &str) -> bool {
 /// Presets to run: DELTADIT_BENCH_PRESETS, else `default`.
 pub fn presets(default: &[&str]) -> Result<Vec<Preset>> {
     match std::env::var("DELTADIT_BENCH_PRESETS") {
-        Ok(list) if !list.trim().is_empty() => list.split(',').map(|n| deltadit::bench::preset(n.trim())).collect(),
-        _ => default.iter().map(|n| deltadit::bench::preset(n)).collect(),
+        Ok(list) if !list.trim().is_empty() => {
+            list.split(',').map(|n| deltadit::internals::bench::preset(n.trim())).collect()
+        }
+        _ => default.iter().map(|n| deltadit::internals::bench::preset(n)).collect(),
     }
 }
 
@@ -204,7 +206,7 @@ pub trait Launcher {
 
 impl Timed for Cpu {
     fn machine(&self) -> String {
-        deltadit::bench::cpu_description(rayon::current_num_threads())
+        deltadit::internals::bench::cpu_description(rayon::current_num_threads())
     }
 
     fn cache_bytes(&self) -> usize {
@@ -256,7 +258,7 @@ impl Launcher for CpuLauncher<'_> {
     }
     /// The launches run on a rayon worker, as the ops of a forward do inside `graph_run`.
     fn time_units(&mut self, units: usize) -> Result<f64> {
-        deltadit::backend::cpu::on_worker(&mut || {
+        deltadit::internals::cpu::on_worker(&mut || {
             (self.op)(self.next)?; // untimed, like the GPU's queue fill
             self.next += 1;
             let t = Instant::now();
@@ -275,7 +277,7 @@ const GPU_UNIT_SECONDS: f64 = 1e-3;
 impl Timed for Cuda {
     fn extra_attention_kernels(&self) -> Vec<AttentionKernel> {
         // DELTADIT_BENCH_ATTENTION_KERNELS narrows them (the GPU run: those whose tests passed).
-        let ks = AttentionKernel::wgmma_from_env("DELTADIT_BENCH_ATTENTION_KERNELS").unwrap_or_else(|e| {
+        let ks = deltadit::internals::env::wgmma_kernels("DELTADIT_BENCH_ATTENTION_KERNELS").unwrap_or_else(|e| {
             eprintln!("{e}; benchmarking no extra attention kernel");
             Vec::new()
         });
@@ -334,7 +336,7 @@ impl Timed for Cuda {
 
 struct CudaLauncher<'a> {
     cuda: &'a Cuda,
-    graph: deltadit::backend::cuda::timing::BenchGraph,
+    graph: deltadit::internals::cuda_timing::BenchGraph,
     per_unit: usize,
     /// keeps the tensors the graph replays borrowed (alive) as long as the graph
     _op: Box<dyn FnMut(usize) -> Result<()> + 'a>,
@@ -362,7 +364,7 @@ impl Launcher for CudaLauncher<'_> {
 /// benches/kernels.rs's test-mode check pass uses it (so its clock is the CPU's wall clock).
 impl Timed for Sim {
     fn machine(&self) -> String {
-        format!("SIMT shim on {}", deltadit::bench::cpu_description(rayon::current_num_threads()))
+        format!("SIMT shim on {}", deltadit::internals::bench::cpu_description(rayon::current_num_threads()))
     }
 
     fn cache_bytes(&self) -> usize {
@@ -387,7 +389,7 @@ impl Timed for Sim {
     }
 
     fn extra_attention_kernels(&self) -> Vec<AttentionKernel> {
-        AttentionKernel::WGMMA.to_vec() // the shim emulates them all
+        AttentionKernel::wgmma_kernels() // the shim emulates them all
     }
 
     fn use_attention_kernel(&self, k: AttentionKernel) -> Result<()> {
@@ -403,7 +405,7 @@ pub struct Pool(Vec<f32>);
 
 impl Pool {
     pub fn new(seed: u64) -> Self {
-        Pool(deltadit::rng::Rng::new(seed).normal_vec((1 << 20) + 7, 1.0))
+        Pool(deltadit::internals::Rng::new(seed).normal_vec((1 << 20) + 7, 1.0))
     }
 
     pub fn values(&self, n: usize, shift: usize, scale: f32) -> Vec<f32> {
@@ -472,7 +474,7 @@ pub fn write_json(name: &str, value: &serde_json::Value) -> Result<PathBuf> {
     let dir = out_dir();
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     let path = dir.join(name);
-    let text = serde_json::to_string_pretty(value).map_err(|e| Error::Unsupported(format!("JSON: {e}")))?;
+    let text = serde_json::to_string_pretty(value).map_err(|e| Error::io(&path, e.into()))?;
     std::fs::write(&path, text).map_err(|e| Error::io(&path, e))?;
     Ok(path)
 }

@@ -33,20 +33,27 @@ static Sched& sched_for_thread() {
 }
 
 // ---- launch ------------------------------------------------------------------------------------
+// Filled once, by deltadit_sim_register_all() under registered()'s call_once, then read-only:
+// launches by index read it without a lock.
 struct Entry {
+    std::string name;
     size_t params_size;
     void (*fn)(const void*);
 };
-static std::mutex g_reg_mutex;
-static std::unordered_map<std::string, Entry>& registry() {
-    static std::unordered_map<std::string, Entry> m;
-    return m;
-}
+static std::vector<Entry> g_kernels;
+static std::unordered_map<std::string, int> g_index;
 
 void register_kernel(const char* name, size_t params_size, void (*fn)(const void*)) {
-    std::lock_guard<std::mutex> lock(g_reg_mutex);
-    if (!registry().emplace(name, Entry{params_size, fn}).second)
+    if (!g_index.emplace(name, int(g_kernels.size())).second) {
         fprintf(stderr, "deltadit_sim: kernel '%s' registered twice; keeping the first\n", name);
+        return;
+    }
+    g_kernels.push_back(Entry{name, params_size, fn});
+}
+
+static void registered() {
+    static std::once_flag once;
+    std::call_once(once, [] { deltadit_sim_register_all(); });
 }
 
 static int default_order_mode(unsigned* seed) {
@@ -84,19 +91,32 @@ extern "C" void deltadit_sim_set_warp_order(int warp_order, unsigned seed) {
     g_order_mode = warp_order < 0 || warp_order > 2 ? 0 : warp_order;
 }
 
+extern "C" int deltadit_sim_kernel_index(const char* name) {
+    registered();
+    auto it = g_index.find(name ? name : "");
+    return it == g_index.end() ? -1 : it->second;
+}
+
 extern "C" int deltadit_sim_launch(const char* name, const void* params, size_t params_size, unsigned gx,
                                    unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
                                    size_t dyn_smem) {
-    static std::once_flag once;
-    std::call_once(once, [] { deltadit_sim_register_all(); });
-    tl_last_error.clear();
-    Entry e;
-    {
-        std::lock_guard<std::mutex> lock(g_reg_mutex);
-        auto it = registry().find(name ? name : "");
-        if (it == registry().end()) return report(fmt("deltadit_sim: unknown kernel '%s'", name ? name : "(null)"));
-        e = it->second;
+    int idx = deltadit_sim_kernel_index(name);
+    if (idx < 0) {
+        tl_last_error.clear();
+        return report(fmt("deltadit_sim: unknown kernel '%s'", name ? name : "(null)"));
     }
+    return deltadit_sim_launch_index(idx, params, params_size, gx, gy, gz, bx, by, bz, dyn_smem);
+}
+
+extern "C" int deltadit_sim_launch_index(int index, const void* params, size_t params_size, unsigned gx,
+                                         unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
+                                         size_t dyn_smem) {
+    registered();
+    tl_last_error.clear();
+    if (index < 0 || size_t(index) >= g_kernels.size())
+        return report(fmt("deltadit_sim: no kernel with index %d (%zu registered)", index, g_kernels.size()));
+    const Entry& e = g_kernels[size_t(index)];
+    const char* name = e.name.c_str();
     if (params_size != e.params_size)
         return report(fmt("deltadit_sim: kernel '%s': params size %zu, expected %zu", name, params_size, e.params_size));
     uint64_t nthreads = uint64_t(bx) * by * bz;

@@ -82,6 +82,12 @@ static constexpr int warpSize = 32;
 extern "C" int deltadit_sim_launch(const char* name, const void* params, size_t params_size, unsigned gx,
                                    unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
                                    size_t dyn_smem);
+// The index of a registered kernel (-1: unknown), resolved once by the Rust backend, and the launch
+// by that index (no name lookup per launch).
+extern "C" int deltadit_sim_kernel_index(const char* name);
+extern "C" int deltadit_sim_launch_index(int index, const void* params, size_t params_size, unsigned gx,
+                                         unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
+                                         size_t dyn_smem);
 extern "C" const char* deltadit_sim_last_error(void);
 // 0 in order, 1 reversed, 2 shuffled at every barrier (seeded): process-wide.
 extern "C" void deltadit_sim_set_warp_order(int warp_order, unsigned seed);

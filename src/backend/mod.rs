@@ -12,19 +12,34 @@
 //! Outputs are written into tensors the caller allocated once (a workspace), so the CUDA backend
 //! can capture steps in graphs with stable addresses.
 
-pub mod build_info;
+#[allow(missing_docs)] // crate internals (re-exported by `internals`)
+pub(crate) mod build_info;
 pub mod cpu;
 pub mod cuda;
-pub mod kernels;
-pub mod params;
-pub mod shapes;
+#[allow(missing_docs)]
+pub(crate) mod kernels;
+#[allow(missing_docs)]
+pub(crate) mod params;
+#[allow(missing_docs)]
+pub(crate) mod shapes;
 pub mod sim;
+
+pub use kernels::AttentionKernel;
+
+/// Keeps [`Backend`] implementable by this crate only.
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for super::cpu::Cpu {}
+    impl Sealed for super::sim::Sim {}
+    impl Sealed for super::cuda::Cuda {}
+}
 
 use crate::{DType, Result, Tensor};
 
 /// Element-wise function applied after a bias (or fused into a GEMM epilogue).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Activation {
+    /// Identity.
     None,
     /// GELU, tanh approximation: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))).
     GeluTanh,
@@ -36,11 +51,14 @@ pub enum Activation {
 /// inside a fused projection output, read in place without a transpose.
 #[derive(Clone, Copy)]
 pub struct ColSlice<'a, B: Backend> {
+    /// the tensor
     pub t: &'a Tensor<B>,
+    /// the first column
     pub col: usize,
 }
 
 impl<'a, B: Backend> ColSlice<'a, B> {
+    /// Columns from `col` on of `t`.
     pub fn new(t: &'a Tensor<B>, col: usize) -> Self {
         ColSlice { t, col }
     }
@@ -49,8 +67,11 @@ impl<'a, B: Backend> ColSlice<'a, B> {
 /// Sizes of one attention call.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AttentionShape {
+    /// samples
     pub batch: usize,
+    /// attention heads
     pub heads: usize,
+    /// channels per head
     pub head_dim: usize,
     /// query tokens per sample
     pub nq: usize,
@@ -62,6 +83,7 @@ pub struct AttentionShape {
 
 /// What a residual update also writes into a Δ-cache buffer (see [`Backend::residual`]).
 pub enum CacheWrite<'a, B: Backend> {
+    /// No cache write.
     None,
     /// `cache = x_out`: remember the hidden state entering a cached block range.
     Anchor(&'a mut Tensor<B>),
@@ -76,6 +98,7 @@ pub enum Cfg {
     Off,
     /// model batch = 2·batch; ε = u + scale·(c − u)
     On {
+        /// the guidance scale
         scale: f32,
         /// DiT orders the batch [cond, null]; PixArt [uncond, cond].
         cond_first: bool,
@@ -85,10 +108,13 @@ pub enum Cfg {
 /// One fused scheduler update; formulas in kernels/params.h (`SCHED_*`).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SchedulerUpdate {
+    /// the formula
     pub kind: SchedulerKind,
+    /// its coefficients
     pub c: [f32; 6],
 }
 
+/// The formula of a [`SchedulerUpdate`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SchedulerKind {
     /// DPM-Solver++ first order: x0 = (x − c0·ε)/c1; x = c2·x − c3·x0
@@ -102,9 +128,14 @@ pub enum SchedulerKind {
 }
 
 /// The op set. Shapes are checked by each implementation and reported as [`crate::Error::Shape`].
-pub trait Backend: Sized + Send + Sync + 'static {
+///
+/// Implemented by the crate's three backends ([`cpu::Cpu`], [`sim::Sim`], [`cuda::Cuda`]); it is
+/// sealed (tensors can only be made by a backend of this crate), so the op set can grow without
+/// breaking callers.
+pub trait Backend: sealed::Sealed + Sized + Send + Sync + 'static {
     /// Storage of one tensor.
     type Buf: Send + Sync;
+    /// `cpu`, `sim` or `cuda`.
     const NAME: &'static str;
 
     /// dtype of weights and activations on this backend.
@@ -113,13 +144,22 @@ pub trait Backend: Sized + Send + Sync + 'static {
     /// A tensor with unspecified contents (the CPU and sim backends poison them with NaN).
     fn alloc(&self, shape: &[usize], dtype: DType) -> Result<Tensor<Self>>;
     /// Uploads f32 data, converting to `dtype`.
-    fn upload(&self, data: &[f32], shape: &[usize], dtype: DType) -> Result<Tensor<Self>>;
+    fn upload(&self, data: &[f32], shape: &[usize], dtype: DType) -> Result<Tensor<Self>> {
+        let mut t = self.alloc(shape, dtype)?;
+        self.write(&mut t, data)?;
+        Ok(t)
+    }
     /// Reads a tensor back as f32 (waits for pending work).
     fn download(&self, t: &Tensor<Self>) -> Result<Vec<f32>>;
     /// Overwrites `dst` with f32 data converted to its dtype (same element count).
     fn write(&self, dst: &mut Tensor<Self>, data: &[f32]) -> Result<()>;
-    /// dst = src (same dtype and element count).
-    fn copy(&self, src: &Tensor<Self>, dst: &mut Tensor<Self>) -> Result<()>;
+    /// dst = src (same shape and dtype).
+    fn copy(&self, src: &Tensor<Self>, dst: &mut Tensor<Self>) -> Result<()> {
+        shapes::same_shape("copy", "dst", dst, src)?;
+        shapes::same_dtype("copy", src, &[("dst", dst)])?;
+        // SAFETY: same dtype and element count, so [0, numel) lies inside both.
+        unsafe { self.copy_elems(src, 0, dst, 0, src.numel()) }
+    }
     /// Every element of `t` = the bit pattern `bits` (NaN poisoning in tests).
     fn fill_bits(&self, t: &mut Tensor<Self>, bits: u32) -> Result<()>;
     /// Runs `f`, a unit of work that enqueues the same ops on the same buffers every time it runs
@@ -228,6 +268,25 @@ pub trait Backend: Sized + Send + Sync + 'static {
     /// `dst[dst_off..dst_off + len] = src[src_off..src_off + len]` (elements, same dtype): row
     /// gathers and concatenations (class embeddings, CFG duplication of the latents).
     fn copy_range(
+        &self,
+        src: &Tensor<Self>,
+        src_off: usize,
+        dst: &mut Tensor<Self>,
+        dst_off: usize,
+        len: usize,
+    ) -> Result<()> {
+        shapes::copy_range(src, src_off, dst, dst_off, len)?;
+        // SAFETY: both ranges were checked to lie inside their tensors, of one dtype.
+        unsafe { self.copy_elems(src, src_off, dst, dst_off, len) }
+    }
+
+    /// The memory copy behind [`Backend::copy`] and [`Backend::copy_range`], unchecked.
+    ///
+    /// # Safety
+    /// `src` and `dst` have one dtype and `[src_off, src_off + len)`, `[dst_off, dst_off + len)`
+    /// lie inside them.
+    #[doc(hidden)]
+    unsafe fn copy_elems(
         &self,
         src: &Tensor<Self>,
         src_off: usize,

@@ -17,23 +17,8 @@ pub const SCHED_DPM1: u32 = 0;
 pub const SCHED_DPM2: u32 = 1;
 pub const SCHED_DDIM: u32 = 2;
 pub const SCHED_LCM: u32 = 3;
-pub const REDUCE_THREADS: u32 = 256;
-pub const REDUCE_MAX_BLOCKS: u32 = 1024;
-pub const ATTN_THREADS: u32 = 128;
-pub const ATTN_BLOCK_Q: u32 = 128;
-pub const ATTN_BLOCK_K_D64: u32 = 64;
-pub const ATTN_BLOCK_K_D72: u32 = 32;
-pub const ATTN_BLOCK_K_D128: u32 = 32;
-pub const ATTN_SMEM_D64: u32 = 55808;
-pub const ATTN_SMEM_D72: u32 = 45312;
-pub const ATTN_SMEM_D128: u32 = 69888;
-pub const ATTN_SMEM_MAX: u32 = 69888;
-pub const ATTN_WG_THREADS: u32 = 256;
-pub const ATTN_WG_BLOCK_Q: u32 = 128;
-pub const ATTN_WG_SMEM_D72: u32 = 72192;
-pub const ATTN_WG3_THREADS: u32 = 384;
-pub const ATTN_WG3_BLOCK_Q: u32 = 192;
-pub const ATTN_WG3_SMEM_D72: u32 = 82432;
+pub const REL_L1_THREADS: u32 = 256;
+pub const REL_L1_MAX_BLOCKS: u32 = 1024;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct FillParams {
@@ -143,7 +128,7 @@ impl Default for ResidualParams {
 }
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
-pub struct ActParams {
+pub struct ActivationParams {
     pub x: *const ::std::os::raw::c_void,
     pub y: *mut ::std::os::raw::c_void,
     pub bias: *const ::std::os::raw::c_void,
@@ -152,15 +137,15 @@ pub struct ActParams {
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of ActParams"][::std::mem::size_of::<ActParams>() - 40usize];
-    ["Alignment of ActParams"][::std::mem::align_of::<ActParams>() - 8usize];
-    ["Offset of field: ActParams::x"][::std::mem::offset_of!(ActParams, x) - 0usize];
-    ["Offset of field: ActParams::y"][::std::mem::offset_of!(ActParams, y) - 8usize];
-    ["Offset of field: ActParams::bias"][::std::mem::offset_of!(ActParams, bias) - 16usize];
-    ["Offset of field: ActParams::n"][::std::mem::offset_of!(ActParams, n) - 24usize];
-    ["Offset of field: ActParams::cols"][::std::mem::offset_of!(ActParams, cols) - 32usize];
+    ["Size of ActivationParams"][::std::mem::size_of::<ActivationParams>() - 40usize];
+    ["Alignment of ActivationParams"][::std::mem::align_of::<ActivationParams>() - 8usize];
+    ["Offset of field: ActivationParams::x"][::std::mem::offset_of!(ActivationParams, x) - 0usize];
+    ["Offset of field: ActivationParams::y"][::std::mem::offset_of!(ActivationParams, y) - 8usize];
+    ["Offset of field: ActivationParams::bias"][::std::mem::offset_of!(ActivationParams, bias) - 16usize];
+    ["Offset of field: ActivationParams::n"][::std::mem::offset_of!(ActivationParams, n) - 24usize];
+    ["Offset of field: ActivationParams::cols"][::std::mem::offset_of!(ActivationParams, cols) - 32usize];
 };
-impl Default for ActParams {
+impl Default for ActivationParams {
     fn default() -> Self {
         let mut s = ::std::mem::MaybeUninit::<Self>::uninit();
         unsafe {
@@ -377,7 +362,7 @@ impl Default for SchedulerStepParams {
 pub struct RelL1Params {
     pub a: *const ::std::os::raw::c_void,
     pub b: *const ::std::os::raw::c_void,
-    pub out: *mut f32,
+    pub partial: *mut f32,
     pub n: i64,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
@@ -386,7 +371,7 @@ const _: () = {
     ["Alignment of RelL1Params"][::std::mem::align_of::<RelL1Params>() - 8usize];
     ["Offset of field: RelL1Params::a"][::std::mem::offset_of!(RelL1Params, a) - 0usize];
     ["Offset of field: RelL1Params::b"][::std::mem::offset_of!(RelL1Params, b) - 8usize];
-    ["Offset of field: RelL1Params::out"][::std::mem::offset_of!(RelL1Params, out) - 16usize];
+    ["Offset of field: RelL1Params::partial"][::std::mem::offset_of!(RelL1Params, partial) - 16usize];
     ["Offset of field: RelL1Params::n"][::std::mem::offset_of!(RelL1Params, n) - 24usize];
 };
 impl Default for RelL1Params {

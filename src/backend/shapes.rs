@@ -106,12 +106,20 @@ pub fn attention<B: Backend>(
     key_bias: Option<&Tensor<B>>,
     out: &Tensor<B>,
 ) -> Result<AttentionOperands> {
-    let width = s.heads * s.head_dim;
     if s.batch == 0 || s.heads == 0 || s.head_dim == 0 || s.nq == 0 || s.nk == 0 {
         return Err(Error::param("attention shape", format!("{s:?}"), "all sizes ≥ 1"));
     }
+    let width = s
+        .heads
+        .checked_mul(s.head_dim)
+        .ok_or_else(|| Error::param("attention shape", format!("{s:?}"), "heads × head_dim that fits in memory"))?;
+    if !s.scale.is_finite() {
+        return Err(Error::param("attention scale", s.scale, "a finite number"));
+    }
     let check = |name: &'static str, c: &ColSlice<'_, B>, tokens: usize| -> Result<usize> {
-        if c.t.rows() != s.batch * tokens || c.col + width > c.t.cols() {
+        let rows_ok = s.batch.checked_mul(tokens) == Some(c.t.rows());
+        let cols_ok = c.col.checked_add(width).is_some_and(|end| end <= c.t.cols());
+        if !rows_ok || !cols_ok {
             return Err(shape_err(
                 "attention",
                 name,
@@ -222,6 +230,32 @@ pub fn scheduler_step<B: Backend>(
     Ok(n)
 }
 
+/// Bytes of a new tensor; an error when the size does not fit in memory (a product of user sizes
+/// could overflow).
+pub fn alloc_bytes(shape: &[usize], dtype: DType) -> Result<usize> {
+    shape.iter().try_fold(dtype.size(), |acc, &d| acc.checked_mul(d)).filter(|&b| b <= isize::MAX as usize).ok_or_else(
+        || Error::Shape {
+            op: "alloc",
+            tensor: "shape",
+            expected: "a size that fits in memory".into(),
+            found: shape.to_vec(),
+        },
+    )
+}
+
+/// `data.len()` values for `dst`.
+pub fn write<B: Backend>(dst: &Tensor<B>, len: usize) -> Result<()> {
+    if len != dst.numel() {
+        return Err(Error::Shape {
+            op: "write",
+            tensor: "data",
+            expected: format!("{} elements", dst.numel()),
+            found: vec![len],
+        });
+    }
+    Ok(())
+}
+
 /// Bounds and dtypes of a [`Backend::copy_range`].
 pub fn copy_range<B: Backend>(
     src: &Tensor<B>,
@@ -230,11 +264,40 @@ pub fn copy_range<B: Backend>(
     dst_off: usize,
     len: usize,
 ) -> Result<()> {
-    if src_off + len > src.numel() {
-        return Err(shape_err("copy_range", "src", format!("at least {} elements", src_off + len), src));
-    }
-    if dst_off + len > dst.numel() {
-        return Err(shape_err("copy_range", "dst", format!("at least {} elements", dst_off + len), dst));
+    for (name, t, off) in [("src", src, src_off), ("dst", dst, dst_off)] {
+        match off.checked_add(len) {
+            Some(end) if end <= t.numel() => {}
+            _ => return Err(shape_err("copy_range", name, format!("at least {off} + {len} elements"), t)),
+        }
     }
     same_dtype("copy_range", src, &[("dst", dst)])
+}
+
+/// `out = act(x + bias)`: out like x, bias one row of x, all of one dtype.
+pub fn activation<B: Backend>(x: &Tensor<B>, bias: Option<&Tensor<B>>, out: &Tensor<B>) -> Result<()> {
+    same_shape("activation", "out", out, x)?;
+    if let Some(b) = bias {
+        if b.numel() != x.cols() {
+            return Err(shape_err("activation", "bias", format!("[{}]", x.cols()), b));
+        }
+        same_dtype("activation", x, &[("bias", b)])?;
+    }
+    same_dtype("activation", x, &[("out", out)])
+}
+
+/// `x[r, :] += y`: y one row of x, of x's dtype.
+pub fn add_bcast<B: Backend>(x: &Tensor<B>, y: &Tensor<B>) -> Result<()> {
+    if y.numel() != x.cols() {
+        return Err(shape_err("add_bcast", "y", format!("[{}]", x.cols()), y));
+    }
+    same_dtype("add_bcast", x, &[("y", y)])
+}
+
+/// f32 timesteps `[batch]` into `[batch, dim]` with an even dim; returns (batch, dim).
+pub fn timestep_embedding<B: Backend>(t: &Tensor<B>, out: &Tensor<B>) -> Result<(usize, usize)> {
+    if out.rows() != t.numel() || !out.cols().is_multiple_of(2) {
+        return Err(shape_err("timestep_embedding", "out", format!("[{}, even dim]", t.numel()), out));
+    }
+    t.expect_dtype("timestep_embedding", "t", DType::F32)?;
+    Ok((t.numel(), out.cols()))
 }

@@ -2,14 +2,14 @@
 //! and a non-zero exit.
 
 use clap::{Args, Parser, Subcommand};
-use deltadit::backend::kernels::AttentionKernel;
-use deltadit::bench::{self, BenchOptions, BenchReport};
+use deltadit::backend::AttentionKernel;
 use deltadit::cache::CacheSpec;
 use deltadit::device::{AnyBackend, Device};
+use deltadit::internals::bench::{self, BenchOptions, BenchReport};
+use deltadit::internals::{env, ForwardMacs};
 use deltadit::io::{write_safetensors, HostTensor, Inputs};
-use deltadit::model::macs::ForwardMacs;
 use deltadit::model::{Checkpoint, Family, ModelConfig, Transformer};
-use deltadit::pipeline::{forward_inputs, sample, SampleConfig, SampleInputs};
+use deltadit::pipeline::{forward, sample, ForwardInputs, SampleConfig, SampleInputs};
 use deltadit::sampler::SchedulerName;
 use deltadit::{with_backend, DType, Error, Result};
 use std::path::{Path, PathBuf};
@@ -148,7 +148,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", e.chain());
             ExitCode::FAILURE
         }
     }
@@ -169,7 +169,20 @@ fn backend(args: &ModelArgs) -> Result<AnyBackend> {
     let device: Device = args.device.parse()?;
     let dtype = args.dtype.as_deref().map(str::parse::<DType>).transpose()?;
     configure_threads(args.threads)?;
-    AnyBackend::new(device, dtype, args.threads)
+    any_backend(device, dtype, args.threads)
+}
+
+/// The backend with the scripts' environment applied: DELTADIT_CUDA_* options and
+/// DELTADIT_ATTENTION (the library reads no environment variables).
+fn any_backend(device: Device, dtype: Option<DType>, threads: Option<usize>) -> Result<AnyBackend> {
+    let attention = env::attention_kernel()?;
+    let any = AnyBackend::with_options(device, dtype, threads, env::cuda_options())?;
+    if let Some(k) = attention {
+        if device != Device::Cpu {
+            any.set_attention_kernel(k)?;
+        }
+    }
+    Ok(any)
 }
 
 fn configure_threads(threads: Option<usize>) -> Result<()> {
@@ -188,7 +201,7 @@ fn cmd_forward(args: &ModelArgs, inputs: &Path, output: &Path) -> Result<()> {
     let inputs = Inputs::open(inputs)?;
     let (out, shape) = with_backend!(&any, |be| {
         let model = Transformer::load(be, &args.model)?;
-        forward_inputs(be, &model, &inputs)?
+        forward(be, &model, &ForwardInputs::from_inputs(&inputs, model.config())?)?
     });
     write_safetensors(output, &[("sample", HostTensor::F32(out, shape.to_vec()))])?;
     println!("wrote sample {:?} to {}", shape, output.display());
@@ -213,13 +226,13 @@ fn cmd_sample(
     let start = Instant::now();
     let out = with_backend!(&any, |be| {
         let model = Transformer::load(be, &args.model)?;
-        let family = model.config.family;
+        let family = model.config().family;
         let guidance = guidance.unwrap_or(match (family, scheduler) {
             (_, SchedulerName::Lcm) => 0.0,
             (Family::PixArt, _) => 4.5,
             (Family::DiT, _) => 4.0,
         });
-        let si = SampleInputs::from_inputs(&inputs, family)?;
+        let si = SampleInputs::from_inputs(&inputs, model.config())?;
         let policy = cache.build(family, model.num_blocks(), steps)?;
         let cfg = SampleConfig { scheduler, steps, guidance, keep_per_step: per_step };
         sample(be, &model, &si, &cfg, policy, &mut |_, _| {})?
@@ -297,7 +310,7 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
         eprintln!("note: using the CPU backend ({why})");
     }
     let dtype = a.dtype.as_deref().map(str::parse::<DType>).transpose()?;
-    let any = AnyBackend::new(device, dtype, a.threads)?;
+    let any = any_backend(device, dtype, a.threads)?;
     let dtype = dtype.unwrap_or(device.default_dtype());
     let preset_name = a
         .preset
@@ -313,14 +326,14 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
         let (model, name, latent, text_len) = match &a.model {
             Some(dir) => {
                 let m = Transformer::load(be, dir)?;
-                let s = m.config.sample_size;
+                let s = m.config().sample_size;
                 (m, dir.display().to_string(), (s, s), 120)
             }
             None => {
                 (preset.build(be, a.seed)?, preset.name.to_string(), (preset.latent, preset.latent), preset.text_len)
             }
         };
-        let family = model.config.family;
+        let family = model.config().family;
         let scheduler: SchedulerName = match &a.scheduler {
             Some(s) => s.parse()?,
             None if a.model.is_some() => {
@@ -384,7 +397,8 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
     };
     print!("{}", bench::format_table(&report));
     if let Some(path) = &a.json {
-        let text = serde_json::to_string_pretty(&report).map_err(|e| Error::Unsupported(format!("JSON: {e}")))?;
+        let text =
+            serde_json::to_string_pretty(&report).map_err(|e| Error::Io { path: path.clone(), source: e.into() })?;
         std::fs::write(path, text).map_err(|e| Error::io(path, e))?;
         println!("wrote {}", path.display());
     }

@@ -16,22 +16,34 @@
 use super::{CacheNeeds, CachePolicy, Probe, StepInfo, StepPlan};
 use crate::{Error, Result};
 
+/// The `delta-adaptive` policy (see the module docs); made by [`DeltaAdaptive::new`].
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct DeltaAdaptive {
+    /// accumulated probe change that triggers a full step
     pub threshold: f32,
+    /// full steps at the start
     pub warmup: usize,
+    /// most cached steps in a row
     pub max_cached: usize,
+    /// cached blocks per cached step
     pub nc: usize,
+    /// stage boundary (a step index): rear blocks skipped before it, front blocks from it on
     pub b: usize,
     accumulated: f32,
     cached_in_row: usize,
 }
 
 impl DeltaAdaptive {
+    /// The default `threshold`.
     pub const DEFAULT_THRESHOLD: f32 = 0.08;
+    /// The default `warmup`.
     pub const DEFAULT_WARMUP: usize = 2;
+    /// The default `max_cached`.
     pub const DEFAULT_MAX_CACHED: usize = 2;
 
+    /// Checks the parameters against the model depth (`layers`) and the step count.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         threshold: f32,
         warmup: usize,

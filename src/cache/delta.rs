@@ -6,7 +6,9 @@ use super::{CacheNeeds, CachePolicy, StepInfo, StepPlan};
 use crate::model::Family;
 use crate::{Error, Result};
 
+/// The `delta` policy (Δ-DiT); made by [`Delta::new`] or [`Delta::preset`].
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Delta {
     /// cache interval: full step when step % n == 0
     pub n: usize,

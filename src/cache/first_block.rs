@@ -6,16 +6,22 @@
 use super::{CacheNeeds, CachePolicy, Probe, StepInfo, StepPlan};
 use crate::{Error, Result};
 
+/// The `first-block` policy; made by [`FirstBlock::new`].
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct FirstBlock {
+    /// relative L1 difference of block 0's residual below which the other blocks are skipped
     pub threshold: f32,
+    /// most cached steps in a row (None: no cap)
     pub max_cached: Option<usize>,
     cached_in_row: usize,
 }
 
 impl FirstBlock {
+    /// The default `threshold`.
     pub const DEFAULT_THRESHOLD: f32 = 0.05;
 
+    /// Checks the parameters (threshold finite and > 0, max-cached ≥ 1).
     pub fn new(threshold: f32, max_cached: Option<usize>) -> Result<Self> {
         if !(threshold > 0.0 && threshold.is_finite()) {
             return Err(Error::param("threshold", threshold, "a finite number > 0"));

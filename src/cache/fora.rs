@@ -5,14 +5,19 @@
 use super::{CacheNeeds, CachePolicy, StepInfo, StepPlan};
 use crate::{Error, Result};
 
+/// The `fora` policy; made by [`Fora::new`].
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Fora {
+    /// cache interval: full step when step % n == 0
     pub n: usize,
 }
 
 impl Fora {
+    /// The default `n`.
     pub const DEFAULT_N: usize = 3;
 
+    /// Checks the interval (≥ 1).
     pub fn new(n: usize) -> Result<Self> {
         if n < 1 {
             return Err(Error::param("n", n, "≥ 1 (cache interval in steps)"));

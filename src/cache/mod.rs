@@ -4,26 +4,29 @@
 //! runtime computes); they never touch tensors, so they are unit-testable without a model.
 //! [`engine::CacheEngine`] owns the buffers and executes the plans on a backend.
 
-pub mod adaptive;
-pub mod delta;
-pub mod engine;
-pub mod first_block;
-pub mod fora;
+mod adaptive;
+mod delta;
+pub(crate) mod engine;
+mod first_block;
+mod fora;
 mod spec;
 
 pub use adaptive::DeltaAdaptive;
 pub use delta::Delta;
-pub use engine::CacheEngine;
+pub(crate) use engine::CacheEngine;
+pub use engine::StepReport;
 pub use first_block::FirstBlock;
 pub use fora::Fora;
 pub use spec::CacheSpec;
 
 /// What a step executes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum StepPlan {
     /// Run every block. `store_front`/`store_rear`: refresh Δ_front (blocks [0, n)) / Δ_rear
     /// (blocks [L−n, L)) with n = the policy's cached block count; `store_branches`: refresh
     /// FORA's per-block branch outputs; `store_rest`: refresh First-Block-Cache's Δ of blocks [1, L).
+    #[allow(missing_docs)]
     Full { store_front: bool, store_rear: bool, store_branches: bool, store_rest: bool },
     /// Δ-DiT early stage: run blocks [0, L−n), then h_L = h_{L−n} + Δ_rear.
     CachedRear(usize),
@@ -36,6 +39,7 @@ pub enum StepPlan {
 }
 
 impl StepPlan {
+    /// Every block, nothing stored.
     pub const FULL: StepPlan =
         StepPlan::Full { store_front: false, store_rear: false, store_branches: false, store_rest: false };
 
@@ -43,7 +47,7 @@ impl StepPlan {
     pub fn blocks_run(&self, layers: usize) -> usize {
         match *self {
             StepPlan::Full { .. } => layers,
-            StepPlan::CachedRear(n) | StepPlan::CachedFront(n) => layers - n,
+            StepPlan::CachedRear(n) | StepPlan::CachedFront(n) => layers.saturating_sub(n),
             StepPlan::ReuseBranches => 0,
             StepPlan::CachedAfterFirst => 1,
         }
@@ -71,7 +75,9 @@ impl StepPlan {
 
 /// The cheap signal a policy decides on, computed by the runtime each step.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Probe {
+    /// No probe: the plan depends on the step index only.
     None,
     /// Relative L1 change of block 0's modulated input LN(h_0)·(1+scale)+shift since the
     /// previous step (TeaCache's signal; costs one LayerNorm pass).
@@ -84,9 +90,11 @@ pub enum Probe {
 /// Which buffers the engine must allocate for a policy.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CacheNeeds {
-    /// Δ_front/Δ_rear over this many blocks
+    /// Δ_front over blocks [0, n) (read by [`StepPlan::CachedFront`]`(n)`)
     pub front: Option<usize>,
+    /// Δ_rear over blocks [L − n, L) (read by [`StepPlan::CachedRear`]`(n)`)
     pub rear: Option<usize>,
+    /// FORA's per-block branch outputs
     pub branches: bool,
     /// First-Block-Cache: block 0's residual (current and stored) and Δ of blocks [1, L)
     pub first_block: bool,
@@ -94,23 +102,39 @@ pub struct CacheNeeds {
 
 /// What a policy may look at when deciding step `step`.
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct StepInfo {
+    /// the step being decided, from 0
     pub step: usize,
+    /// steps of the run
     pub steps: usize,
+    /// the model's blocks
     pub layers: usize,
     /// The policy's probe for this step; None on the first step or without a probe.
     pub probe: Option<f32>,
 }
 
-/// A cache policy.
+impl StepInfo {
+    /// What step `step` of `steps` sees on a model of `layers` blocks (tests of a policy).
+    pub fn new(step: usize, steps: usize, layers: usize, probe: Option<f32>) -> Self {
+        StepInfo { step, steps, layers, probe }
+    }
+}
+
+/// A cache policy: plain data and a decision per step. Implement it to add a policy; the engine
+/// reads [`CachePolicy::needs`] and [`CachePolicy::probe`] once per run and checks every plan
+/// against them (a plan that skips other blocks than declared, or reads a cache no earlier step
+/// stored, is an [`Error::CachePlan`](crate::Error::CachePlan)).
 pub trait CachePolicy: Send + std::fmt::Debug {
     /// `none`, `delta`, ...
     fn name(&self) -> &'static str;
     /// Parameters as `k=v,...` (the CLI spec syntax).
     fn params(&self) -> String;
+    /// The signal [`StepInfo::probe`] carries.
     fn probe(&self) -> Probe {
         Probe::None
     }
+    /// The caches the engine must allocate.
     fn needs(&self) -> CacheNeeds;
     /// Decides step `info.step`. Called once per step, in order.
     fn plan(&mut self, info: &StepInfo) -> StepPlan;
@@ -137,8 +161,8 @@ impl CachePolicy for NoCache {
     }
 }
 
-/// Block evaluations of a whole run under `policy` when its probe never fires (data-free
-/// policies give their exact schedule; `delta-adaptive` and `first-block` depend on the run).
+/// The plans of a whole run under `policy` when its probe never fires (data-free policies give
+/// their exact schedule; `delta-adaptive` and `first-block` depend on the run).
 pub fn schedule(policy: &mut dyn CachePolicy, steps: usize, layers: usize) -> Vec<StepPlan> {
     policy.reset();
     (0..steps).map(|step| policy.plan(&StepInfo { step, steps, layers, probe: None })).collect()

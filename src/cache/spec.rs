@@ -13,6 +13,7 @@ use std::str::FromStr;
 /// A parsed `--cache` value, not yet bound to a model and step count.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CacheSpec {
+    /// the policy's name
     pub policy: String,
     params: BTreeMap<String, String>,
 }
@@ -70,6 +71,7 @@ impl fmt::Display for CacheSpec {
 }
 
 impl CacheSpec {
+    /// `none`.
     pub fn none() -> Self {
         CacheSpec { policy: "none".into(), params: BTreeMap::new() }
     }

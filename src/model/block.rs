@@ -11,7 +11,7 @@ use super::weights::{Linear, Loader};
 use super::{ModelConfig, Workspace};
 use crate::backend::{Activation, AttentionShape, CacheWrite, ColSlice};
 use crate::model::config::Family;
-use crate::{Backend, Result, Tensor};
+use crate::{Backend, Error, Result, Tensor};
 
 /// Rows of the per-block modulation vectors.
 pub const SHIFT_MSA: usize = 0;
@@ -155,18 +155,8 @@ impl<B: Backend> Block<B> {
             None,
             &mut ws.attn,
         )?;
-        {
-            let dst = match &mut io {
-                BranchIo::Store(c) => &mut c.attn,
-                _ => &mut ws.proj,
-            };
-            be.linear(&ws.attn, &self.attn_out.w, self.attn_out.b.as_ref(), Activation::None, dst)?;
-        }
-        let y = match &io {
-            BranchIo::Store(c) => &c.attn,
-            _ => &ws.proj,
-        };
-        be.residual(&mut ws.x, y, Some((&ws.modv, GATE_MSA)), CacheWrite::None)?;
+        let gate = Some((&ws.modv, GATE_MSA));
+        branch(be, &self.attn_out, &ws.attn, io.slot(Slot::Attn, &mut ws.proj)?, &mut ws.x, gate, CacheWrite::None)?;
 
         // Cross-attention to the text (no norm, no gate).
         if let (Some((to_q, to_out)), Some(CrossKv { kv, bias, text_len })) = (&self.cross, cross_kv) {
@@ -180,34 +170,52 @@ impl<B: Backend> Block<B> {
                 bias,
                 &mut ws.attn,
             )?;
-            {
-                let dst = match &mut io {
-                    BranchIo::Store(c) => c.cross.as_mut().expect("cross cache buffer"),
-                    _ => &mut ws.proj,
-                };
-                be.linear(&ws.attn, &to_out.w, to_out.b.as_ref(), Activation::None, dst)?;
-            }
-            let y = match &io {
-                BranchIo::Store(c) => c.cross.as_ref().expect("cross cache buffer"),
-                _ => &ws.proj,
-            };
-            be.residual(&mut ws.x, y, None, CacheWrite::None)?;
+            branch(be, to_out, &ws.attn, io.slot(Slot::Cross, &mut ws.proj)?, &mut ws.x, None, CacheWrite::None)?;
         }
 
         // Feed-forward: Linear → GELU(tanh) → Linear.
         be.norm_modulate(&ws.x, &ws.modv, SHIFT_MLP, SCALE_MLP, cfg.norm_eps, &mut ws.norm)?;
         be.linear(&ws.norm, &self.ff1.w, self.ff1.b.as_ref(), Activation::GeluTanh, &mut ws.ff)?;
-        {
-            let dst = match &mut io {
-                BranchIo::Store(c) => &mut c.ff,
-                _ => &mut ws.proj,
-            };
-            be.linear(&ws.ff, &self.ff2.w, self.ff2.b.as_ref(), Activation::None, dst)?;
-        }
-        let y = match &io {
-            BranchIo::Store(c) => &c.ff,
-            _ => &ws.proj,
-        };
-        be.residual(&mut ws.x, y, Some((&ws.modv, GATE_MLP)), tap)
+        let gate = Some((&ws.modv, GATE_MLP));
+        branch(be, &self.ff2, &ws.ff, io.slot(Slot::Ff, &mut ws.proj)?, &mut ws.x, gate, tap)
     }
+}
+
+/// A block's three branches, by the cache slot FORA keeps each one's output in.
+#[derive(Clone, Copy, Debug)]
+enum Slot {
+    Attn,
+    Cross,
+    Ff,
+}
+
+impl<B: Backend> BranchIo<'_, B> {
+    /// Where branch `slot`'s output goes: its cache buffer when storing, else `scratch`.
+    fn slot<'s>(&'s mut self, slot: Slot, scratch: &'s mut Tensor<B>) -> Result<&'s mut Tensor<B>> {
+        match self {
+            BranchIo::Store(c) => match slot {
+                Slot::Attn => Ok(&mut c.attn),
+                Slot::Ff => Ok(&mut c.ff),
+                Slot::Cross => c.cross.as_mut().ok_or_else(|| {
+                    Error::param("branch cache", "no cross-attention buffer", "a buffer for every branch of the block")
+                }),
+            },
+            _ => Ok(scratch),
+        }
+    }
+}
+
+/// One branch's output projection into `out`, then the (gated) residual x += gate ⊙ out with the
+/// Δ-cache write `tap`.
+fn branch<B: Backend>(
+    be: &B,
+    proj: &Linear<B>,
+    input: &Tensor<B>,
+    out: &mut Tensor<B>,
+    x: &mut Tensor<B>,
+    gate: Option<(&Tensor<B>, usize)>,
+    tap: CacheWrite<'_, B>,
+) -> Result<()> {
+    be.linear(input, &proj.w, proj.b.as_ref(), Activation::None, out)?;
+    be.residual(x, out, gate, tap)
 }

@@ -63,28 +63,35 @@ pub enum Conditioner<B: Backend> {
     },
 }
 
-pub struct DitEmbedder<B: Backend> {
+pub(crate) struct DitEmbedder<B: Backend> {
     time: Mlp<B>,
     /// class_embedder.embedding_table [num_classes + 1, D]
     class_table: Tensor<B>,
 }
 
 /// Step-invariant, per-run tensors: the text projected and turned into each block's K/V, the
-/// key bias, the micro-condition or class embedding.
+/// key bias, the micro-condition or class embedding ([`super::Transformer::context`]).
 pub struct Context<B: Backend> {
-    pub batch: usize,
-    pub height: usize,
-    pub width: usize,
+    pub(crate) batch: usize,
+    pub(crate) height: usize,
+    pub(crate) width: usize,
     /// [tokens · D] positional embedding of this latent size
-    pub pos_embed: Tensor<B>,
+    pub(crate) pos_embed: Tensor<B>,
     /// per block [batch · text_len, 2D]
-    pub cross_kv: Vec<Tensor<B>>,
+    pub(crate) cross_kv: Vec<Tensor<B>>,
     /// f32 [batch, text_len]
-    pub key_bias: Option<Tensor<B>>,
-    pub text_len: usize,
+    pub(crate) key_bias: Option<Tensor<B>>,
+    pub(crate) text_len: usize,
     /// [batch, D] added to the timestep embedding every step, per embedder (PixArt
     /// micro-conditions, DiT class labels)
-    pub extra: Vec<Tensor<B>>,
+    pub(crate) extra: Vec<Tensor<B>>,
+}
+
+impl<B: Backend> Context<B> {
+    /// The model batch (CFG copies included).
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
 }
 
 impl<B: Backend> Conditioner<B> {
@@ -123,7 +130,7 @@ impl<B: Backend> Conditioner<B> {
                 let mut distinct: Vec<Vec<Vec<f32>>> = Vec::new();
                 let mut block_embedder = Vec::with_capacity(cfg.num_layers);
                 for i in 0..cfg.num_layers {
-                    let values = keys(i).iter().map(|(k, s)| l.source.get(k, s)).collect::<Result<Vec<_>>>()?;
+                    let values = keys(i).iter().map(|(k, s)| l.get(k, s)).collect::<Result<Vec<_>>>()?;
                     let idx = distinct.iter().position(|v| *v == values).unwrap_or_else(|| {
                         distinct.push(values);
                         distinct.len() - 1

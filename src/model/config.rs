@@ -15,6 +15,7 @@ pub enum Family {
 }
 
 impl Family {
+    /// The diffusers class name.
     pub fn name(self) -> &'static str {
         match self {
             Family::PixArt => "PixArtTransformer2DModel",
@@ -23,16 +24,40 @@ impl Family {
     }
 }
 
-/// Everything the runtime needs from `config.json`.
+/// Largest hidden size, channel count or sample size a config may ask for (kernels index rows and
+/// columns in 32 bits; this keeps every product of two within range).
+const MAX_DIM: usize = 1 << 16;
+/// Most transformer blocks.
+const MAX_LAYERS: usize = 1024;
+/// Largest patch size.
+const MAX_PATCH: usize = 64;
+/// Most DiT classes.
+const MAX_CLASSES: usize = 1 << 20;
+
+fn config_err(key: Option<&str>, msg: impl Into<String>) -> Error {
+    Error::Config { path: "config.json".into(), key: key.map(str::to_string), msg: msg.into() }
+}
+
+/// Everything the runtime needs from `config.json` (made by [`ModelConfig::from_file`] or
+/// [`ModelConfig::from_json_str`], which validate it).
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct ModelConfig {
+    /// which transformer
     pub family: Family,
+    /// attention heads
     pub num_attention_heads: usize,
+    /// channels per head
     pub attention_head_dim: usize,
+    /// latent channels in
     pub in_channels: usize,
+    /// channels out (twice `in_channels` with a learned variance)
     pub out_channels: usize,
+    /// transformer blocks
     pub num_layers: usize,
+    /// patch size of the patch embedding
     pub patch_size: usize,
+    /// the latent size the model was trained at (the position embedding's base grid)
     pub sample_size: usize,
     /// Features of the text states the cross-attention reads (PixArt); None for DiT.
     pub cross_attention_dim: Option<usize>,
@@ -46,12 +71,14 @@ pub struct ModelConfig {
     pub use_additional_conditions: bool,
     /// DiT: number of classes (the table has one more row, the null class).
     pub num_embeds_ada_norm: usize,
+    /// biases on the attention projections
     pub attention_bias: bool,
 }
 
 impl ModelConfig {
+    /// The hidden size, heads × head dim.
     pub fn inner_dim(&self) -> usize {
-        self.num_attention_heads * self.attention_head_dim
+        self.num_attention_heads.saturating_mul(self.attention_head_dim)
     }
 
     /// `sample_size // patch_size`: the grid the positional embedding is normalised to.
@@ -68,42 +95,65 @@ impl ModelConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         Self::from_json_str(&text).map_err(|e| match e {
-            Error::Config { msg, .. } => Error::Config { path: path.to_path_buf(), msg },
+            Error::Config { key, msg, .. } => Error::Config { path: path.to_path_buf(), key, msg },
             other => other,
         })
     }
 
+    /// Parses and validates the text of a diffusers config.json (errors name `config.json` as
+    /// the file and the key at fault).
     pub fn from_json_str(text: &str) -> Result<Self> {
-        let cfg_err = |msg: String| Error::Config { path: "config.json".into(), msg };
-        let v: Value = serde_json::from_str(text).map_err(|e| cfg_err(format!("not JSON: {e}")))?;
-        let obj = v.as_object().ok_or_else(|| cfg_err("not a JSON object".into()))?;
+        let v: Value = serde_json::from_str(text).map_err(|e| config_err(None, format!("not JSON: {e}")))?;
+        let obj = v.as_object().ok_or_else(|| config_err(None, "not a JSON object"))?;
         let get = |k: &str| obj.get(k).filter(|v| !v.is_null());
         let usize_or = |k: &str, d: usize| -> Result<usize> {
             match get(k) {
                 None => Ok(d),
                 Some(v) => v
                     .as_u64()
-                    .map(|x| x as usize)
-                    .ok_or_else(|| cfg_err(format!("`{k}` must be a non-negative integer, found {v}"))),
+                    .and_then(|x| usize::try_from(x).ok())
+                    .ok_or_else(|| config_err(Some(k), format!("must be a non-negative integer, found {v}"))),
             }
         };
         let opt_usize = |k: &str| -> Result<Option<usize>> {
             match get(k) {
                 None => Ok(None),
-                Some(v) => v
-                    .as_u64()
-                    .map(|x| Some(x as usize))
-                    .ok_or_else(|| cfg_err(format!("`{k}` must be an integer or null, found {v}"))),
+                Some(_) => usize_or(k, 0).map(Some),
             }
         };
-        let str_or = |k: &str, d: &str| -> String { get(k).and_then(Value::as_str).unwrap_or(d).to_string() };
+        let str_or = |k: &str, d: &str| -> Result<String> {
+            match get(k) {
+                None => Ok(d.to_string()),
+                Some(v) => v
+                    .as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| config_err(Some(k), format!("must be a string, found {v}"))),
+            }
+        };
+        let bool_or = |k: &str, d: bool| -> Result<bool> {
+            match get(k) {
+                None => Ok(d),
+                Some(v) => v.as_bool().ok_or_else(|| config_err(Some(k), format!("must be a boolean, found {v}"))),
+            }
+        };
+        let f64_of = |k: &str| -> Result<Option<f64>> {
+            match get(k) {
+                None => Ok(None),
+                Some(v) => {
+                    v.as_f64().map(Some).ok_or_else(|| config_err(Some(k), format!("must be a number, found {v}")))
+                }
+            }
+        };
 
-        let class = get("_class_name").and_then(Value::as_str).unwrap_or("").to_string();
+        let class = match get("_class_name") {
+            None => return Err(config_err(Some("_class_name"), "missing")),
+            Some(_) => str_or("_class_name", "")?,
+        };
         let norm_type_default = match class.as_str() {
             "DiTTransformer2DModel" => "ada_norm_zero",
             _ => "ada_norm_single",
         };
-        let norm_type = str_or("norm_type", norm_type_default);
+        let norm_type = str_or("norm_type", norm_type_default)?;
         let family = match class.as_str() {
             "PixArtTransformer2DModel" => Family::PixArt,
             "DiTTransformer2DModel" => Family::DiT,
@@ -113,7 +163,6 @@ impl ModelConfig {
                 "ada_norm_zero" => Family::DiT,
                 other => return Err(Error::UnknownModelClass(format!("Transformer2DModel with norm_type `{other}`"))),
             },
-            "" => return Err(cfg_err("no `_class_name`".into())),
             other => return Err(Error::UnknownModelClass(other.to_string())),
         };
         let expected_norm = match family {
@@ -121,18 +170,21 @@ impl ModelConfig {
             Family::DiT => "ada_norm_zero",
         };
         if norm_type != expected_norm {
-            return Err(cfg_err(format!("{} needs norm_type `{expected_norm}`, found `{norm_type}`", family.name())));
+            return Err(config_err(
+                Some("norm_type"),
+                format!("{} needs `{expected_norm}`, found `{norm_type}`", family.name()),
+            ));
         }
-        let act = str_or("activation_fn", "gelu-approximate");
+        let act = str_or("activation_fn", "gelu-approximate")?;
         if act != "gelu-approximate" {
-            return Err(cfg_err(format!("activation_fn `{act}` is not supported (only gelu-approximate)")));
+            return Err(config_err(Some("activation_fn"), format!("`{act}` is not supported (only gelu-approximate)")));
         }
-        if get("norm_elementwise_affine").and_then(Value::as_bool).unwrap_or(false) {
-            return Err(cfg_err("norm_elementwise_affine = true is not supported".into()));
+        if bool_or("norm_elementwise_affine", false)? {
+            return Err(config_err(Some("norm_elementwise_affine"), "true is not supported"));
         }
-        let attention_type = str_or("attention_type", "default");
+        let attention_type = str_or("attention_type", "default")?;
         if attention_type != "default" {
-            return Err(cfg_err(format!("attention_type `{attention_type}` is not supported")));
+            return Err(config_err(Some("attention_type"), format!("`{attention_type}` is not supported")));
         }
 
         let (default_sample, default_eps) = match family {
@@ -141,25 +193,17 @@ impl ModelConfig {
         };
         let in_channels = usize_or("in_channels", 4)?;
         let sample_size = usize_or("sample_size", default_sample)?;
-        let norm_eps = match get("norm_eps") {
-            None => default_eps,
-            Some(v) => v.as_f64().ok_or_else(|| cfg_err(format!("`norm_eps` must be a number, found {v}")))?,
-        } as f32;
-        let interpolation_scale = match get("interpolation_scale") {
-            Some(v) => {
-                v.as_f64().ok_or_else(|| cfg_err(format!("`interpolation_scale` must be a number, found {v}")))?
-            }
+        let norm_eps = f64_of("norm_eps")?.unwrap_or(default_eps);
+        let interpolation_scale = match f64_of("interpolation_scale")? {
+            Some(v) => v,
             None => match family {
                 Family::PixArt => (sample_size / 64).max(1) as f64,
                 Family::DiT => 1.0,
             },
         };
-        let use_additional_conditions = match (family, get("use_additional_conditions")) {
-            (Family::DiT, _) => false,
-            (Family::PixArt, Some(v)) => v
-                .as_bool()
-                .ok_or_else(|| cfg_err(format!("`use_additional_conditions` must be a boolean, found {v}")))?,
-            (Family::PixArt, None) => sample_size == 128,
+        let use_additional_conditions = match family {
+            Family::DiT => false,
+            Family::PixArt => bool_or("use_additional_conditions", sample_size == 128)?,
         };
         let cfg = ModelConfig {
             family,
@@ -178,40 +222,72 @@ impl ModelConfig {
                 Family::PixArt => opt_usize("caption_channels")?,
                 Family::DiT => None,
             },
-            norm_eps,
+            norm_eps: norm_eps as f32,
             interpolation_scale,
             use_additional_conditions,
             num_embeds_ada_norm: usize_or("num_embeds_ada_norm", 1000)?,
-            attention_bias: get("attention_bias").and_then(Value::as_bool).unwrap_or(true),
+            attention_bias: bool_or("attention_bias", true)?,
         };
         cfg.validate()?;
         Ok(cfg)
     }
 
-    /// Rejects sizes the runtime cannot run, naming the key.
+    /// Rejects configs the runtime cannot run, naming the key: every constraint the model relies
+    /// on is checked here, so loading and running never meet one unchecked.
     pub fn validate(&self) -> Result<()> {
-        let bad = |k: &str, v: usize, allowed: &str| Err(Error::param(k, v, allowed));
-        if self.num_attention_heads == 0 {
-            return bad("num_attention_heads", 0, "≥ 1");
+        let range = |k: &str, v: usize, lo: usize, hi: usize| -> Result<()> {
+            if v < lo || v > hi {
+                return Err(config_err(Some(k), format!("{v} is out of range {lo}..={hi}")));
+            }
+            Ok(())
+        };
+        range("num_attention_heads", self.num_attention_heads, 1, MAX_DIM)?;
+        range("attention_head_dim", self.attention_head_dim, 1, MAX_DIM)?;
+        range("num_layers", self.num_layers, 1, MAX_LAYERS)?;
+        range("patch_size", self.patch_size, 1, MAX_PATCH)?;
+        range("in_channels", self.in_channels, 1, MAX_DIM)?;
+        range("out_channels", self.out_channels, self.in_channels, MAX_DIM)?;
+        range("sample_size", self.sample_size, 1, MAX_DIM)?;
+        if self.family == Family::DiT {
+            range("num_embeds_ada_norm", self.num_embeds_ada_norm, 1, MAX_CLASSES)?;
         }
-        if self.attention_head_dim == 0 {
-            return bad("attention_head_dim", 0, "≥ 1");
+        if let Some(c) = self.cross_attention_dim {
+            range("cross_attention_dim", c, 1, MAX_DIM)?;
         }
-        if self.num_layers == 0 {
-            return bad("num_layers", 0, "≥ 1");
+        if let Some(c) = self.caption_channels {
+            range("caption_channels", c, 1, MAX_DIM)?;
         }
-        if self.patch_size == 0 {
-            return bad("patch_size", 0, "≥ 1");
+        let d = self.num_attention_heads.saturating_mul(self.attention_head_dim);
+        if d > MAX_DIM {
+            return Err(config_err(
+                Some("num_attention_heads"),
+                format!("num_attention_heads × attention_head_dim = {d} exceeds {MAX_DIM}"),
+            ));
         }
-        if self.in_channels == 0 || self.out_channels < self.in_channels {
-            return bad("out_channels", self.out_channels, "≥ in_channels ≥ 1");
+        // The 2-D sin-cos position embedding splits the hidden size into four equal parts.
+        if !d.is_multiple_of(4) {
+            return Err(config_err(
+                Some("attention_head_dim"),
+                format!(
+                    "num_attention_heads × attention_head_dim = {} × {} = {d} must be a multiple of 4 (the 2-D position embedding's sin/cos halves per axis)",
+                    self.num_attention_heads, self.attention_head_dim
+                ),
+            ));
         }
-        if self.family == Family::PixArt && !self.inner_dim().is_multiple_of(3) && self.use_additional_conditions {
-            return bad(
-                "inner_dim",
-                self.inner_dim(),
-                "a multiple of 3 when use_additional_conditions (size embeddings are inner_dim/3 wide)",
-            );
+        if self.family == Family::PixArt && self.use_additional_conditions && !d.is_multiple_of(3) {
+            return Err(config_err(
+                Some("use_additional_conditions"),
+                format!("the size embeddings are inner_dim / 3 wide: inner dim {d} must be a multiple of 3"),
+            ));
+        }
+        if !self.norm_eps.is_finite() || self.norm_eps <= 0.0 {
+            return Err(config_err(Some("norm_eps"), format!("{} must be a finite number > 0", self.norm_eps)));
+        }
+        if !self.interpolation_scale.is_finite() || self.interpolation_scale <= 0.0 {
+            return Err(config_err(
+                Some("interpolation_scale"),
+                format!("{} must be a finite number > 0", self.interpolation_scale),
+            ));
         }
         Ok(())
     }

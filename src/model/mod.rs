@@ -7,19 +7,23 @@
 //! Transformer::finish     h_L → model output (final adaLN, projection, unpatchify)
 //! ```
 
-pub mod block;
-pub mod cond;
-pub mod config;
-pub mod embed;
-pub mod macs;
-pub mod weights;
+mod block;
+mod cond;
+mod config;
+mod embed;
+#[allow(missing_docs)] // crate internals
+pub(crate) mod macs;
+mod weights;
 
-pub use block::{Block, BranchCache, BranchIo};
-pub use cond::{Conditioner, Context};
+pub(crate) use block::{Block, BranchCache, BranchIo};
+pub(crate) use cond::Conditioner;
+pub use cond::Context;
 pub use config::{Family, ModelConfig};
-pub use weights::{Checkpoint, Linear, Loader, RandomWeights, WeightSource};
+pub use weights::{Checkpoint, RandomWeights, WeightSource};
+pub(crate) use weights::{Linear, Loader};
 
 use crate::backend::{Activation, CacheWrite};
+use crate::error::check_finite;
 use crate::{Backend, DType, Error, Result, Tensor};
 use std::ops::Range;
 use std::path::Path;
@@ -27,81 +31,117 @@ use std::path::Path;
 /// Host-side inputs fixed for a whole run (batch includes the CFG copies).
 #[derive(Clone, Debug, Default)]
 pub struct Conditioning {
+    /// the model batch
     pub batch: usize,
-    /// latent height and width
+    /// latent height
     pub height: usize,
+    /// latent width
     pub width: usize,
     /// PixArt text: embeddings [batch, len, features] and optional 0/1 mask [batch, len].
     pub text: Option<TextInput>,
-    /// PixArt-α micro-conditions: [batch, 2] (height_px, width_px) and [batch] (height/width).
+    /// PixArt-α micro-condition: [batch, 2] (height_px, width_px).
     pub resolution: Option<Vec<f32>>,
+    /// PixArt-α micro-condition: `[batch]` (height / width).
     pub aspect_ratio: Option<Vec<f32>>,
     /// DiT class labels (num_classes = the null class).
     pub class_labels: Option<Vec<usize>>,
 }
 
+/// Text embeddings of a batch: `[batch, len, features]` values and an optional 0/1 padding mask
+/// `[batch, len]` (1 keep, 0 discard).
 #[derive(Clone, Debug)]
 pub struct TextInput {
+    /// `[batch, len, features]`
     pub embeds: Vec<f32>,
+    /// `[batch, len]`
     pub mask: Option<Vec<f32>>,
+    /// tokens per sample
     pub len: usize,
+}
+
+impl Conditioning {
+    /// Checks values: every tensor finite (the error names the tensor and the first bad index).
+    /// Sizes are checked against the model when the run's context is built.
+    pub fn validate(&self) -> Result<()> {
+        if let Some(t) = &self.text {
+            check_finite("encoder_hidden_states", &t.embeds)?;
+            if let Some(m) = &t.mask {
+                check_finite("encoder_attention_mask", m)?;
+            }
+        }
+        if let Some(r) = &self.resolution {
+            check_finite("resolution", r)?;
+        }
+        if let Some(a) = &self.aspect_ratio {
+            check_finite("aspect_ratio", a)?;
+        }
+        Ok(())
+    }
 }
 
 /// Activations of one forward, allocated once per (batch, latent size) and reused every step,
 /// so the CUDA backend can replay captured graphs on fixed addresses.
 pub struct Workspace<B: Backend> {
-    pub batch: usize,
-    pub tokens: usize,
+    pub(crate) batch: usize,
+    pub(crate) tokens: usize,
     /// f32 model input [batch, C, H, W] (the pipeline writes it each step)
-    pub model_in: Tensor<B>,
+    pub(crate) model_in: Tensor<B>,
     /// f32 timesteps [batch]
-    pub t: Tensor<B>,
+    pub(crate) t: Tensor<B>,
     /// f32 model output [batch, C_out, H, W]
-    pub model_out: Tensor<B>,
+    pub(crate) model_out: Tensor<B>,
     /// the residual stream h [batch·tokens, D]
-    pub x: Tensor<B>,
-    pub norm: Tensor<B>,
-    pub qkv: Tensor<B>,
-    pub attn: Tensor<B>,
-    pub proj: Tensor<B>,
-    pub ff: Tensor<B>,
-    pub patches: Tensor<B>,
-    pub out_tokens: Tensor<B>,
-    pub t_freq: Tensor<B>,
-    pub t_hidden: Tensor<B>,
+    pub(crate) x: Tensor<B>,
+    pub(crate) norm: Tensor<B>,
+    pub(crate) qkv: Tensor<B>,
+    pub(crate) attn: Tensor<B>,
+    pub(crate) proj: Tensor<B>,
+    pub(crate) ff: Tensor<B>,
+    pub(crate) patches: Tensor<B>,
+    pub(crate) out_tokens: Tensor<B>,
+    pub(crate) t_freq: Tensor<B>,
+    pub(crate) t_hidden: Tensor<B>,
     /// conditioning per timestep embedder [batch, D] (DiT checkpoints may hold several)
-    pub cond: Vec<Tensor<B>>,
-    pub cond_silu: Vec<Tensor<B>>,
+    pub(crate) cond: Vec<Tensor<B>>,
+    pub(crate) cond_silu: Vec<Tensor<B>>,
     /// PixArt: the shared modulation rows [batch, 6D]
-    pub tmod: Tensor<B>,
+    pub(crate) tmod: Tensor<B>,
     /// the current block's modulation rows [batch, 6D]
-    pub modv: Tensor<B>,
-    pub final_mod: Tensor<B>,
+    pub(crate) modv: Tensor<B>,
+    pub(crate) final_mod: Tensor<B>,
+}
+
+impl<B: Backend> Workspace<B> {
+    /// The f32 model output `[batch, C_out, H, W]` of the last forward.
+    pub fn output(&self) -> &Tensor<B> {
+        &self.model_out
+    }
 }
 
 /// A Δ-cache write: after [`Transformer::run_blocks`], `buf = h_to − h_from`, the deviation
 /// blocks [from, to) added. The anchor h_from is written into `buf` when the run reaches it (fused
 /// into the preceding residual update, or a copy at the start of the range) and turned into the
 /// deviation by the residual update that produces h_to.
-pub struct DeltaTap<'a, B: Backend> {
+pub(crate) struct DeltaTap<'a, B: Backend> {
     pub from: usize,
     pub to: usize,
     pub buf: &'a mut Tensor<B>,
 }
 
 /// Per-block branch outputs for FORA-style caching (see [`BranchIo`]).
-pub enum Branches<'a, B: Backend> {
+pub(crate) enum Branches<'a, B: Backend> {
     Compute,
     Store(&'a mut [BranchCache<B>]),
     Reuse(&'a [BranchCache<B>]),
 }
 
+/// A PixArt or DiT transformer loaded on a backend.
 pub struct Transformer<B: Backend> {
-    pub config: ModelConfig,
-    pub patch_embed: Linear<B>,
-    pub conditioner: Conditioner<B>,
-    pub blocks: Vec<Block<B>>,
-    pub proj_out: Linear<B>,
+    pub(crate) config: ModelConfig,
+    patch_embed: Linear<B>,
+    conditioner: Conditioner<B>,
+    blocks: Vec<Block<B>>,
+    proj_out: Linear<B>,
     weights_desc: String,
 }
 
@@ -113,6 +153,8 @@ impl<B: Backend> Transformer<B> {
         Self::from_source(backend, config, &ckpt)
     }
 
+    /// Builds the model of `config` from the tensors of `source` (any [`WeightSource`]: a
+    /// checkpoint, weights handed over from another framework, random values).
     pub fn from_source(backend: &B, config: ModelConfig, source: &dyn WeightSource) -> Result<Self> {
         config.validate()?;
         let l = Loader { backend, source };
@@ -136,10 +178,17 @@ impl<B: Backend> Transformer<B> {
         Ok(Transformer { config, patch_embed, conditioner, blocks, proj_out, weights_desc: source.describe() })
     }
 
+    /// The model's configuration.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// Transformer blocks.
     pub fn num_blocks(&self) -> usize {
         self.blocks.len()
     }
 
+    /// Where the weights came from (files and stored dtypes).
     pub fn weights_desc(&self) -> &str {
         &self.weights_desc
     }
@@ -160,6 +209,7 @@ impl<B: Backend> Transformer<B> {
         self.conditioner.context(be, &self.config, c, &kv)
     }
 
+    /// The activations of a forward with `ctx`'s batch and latent size.
     pub fn workspace(&self, be: &B, ctx: &Context<B>) -> Result<Workspace<B>> {
         let cfg = &self.config;
         let (b, d, p) = (ctx.batch, cfg.inner_dim(), cfg.patch_size);
@@ -192,7 +242,7 @@ impl<B: Backend> Transformer<B> {
     }
 
     /// h_0 = patch embedding of `ws.model_in` + position; the step's conditioning from `ws.t`.
-    pub fn embed(&self, be: &B, ctx: &Context<B>, ws: &mut Workspace<B>) -> Result<()> {
+    pub(crate) fn embed(&self, be: &B, ctx: &Context<B>, ws: &mut Workspace<B>) -> Result<()> {
         let p = self.config.patch_size;
         be.patchify(&ws.model_in, p, &mut ws.patches)?;
         be.linear(&ws.patches, &self.patch_embed.w, self.patch_embed.b.as_ref(), Activation::None, &mut ws.x)?;
@@ -207,7 +257,7 @@ impl<B: Backend> Transformer<B> {
     /// Runs blocks `range` on `ws.x`, writing the Δ taps. Each tap needs range.start ≤ from <
     /// to ≤ range.end; at most one tap may end at a given boundary (its delta is fused into
     /// that residual update), anchors at the same boundary beyond the first fused write are copies.
-    pub fn run_blocks(
+    pub(crate) fn run_blocks(
         &self,
         be: &B,
         ctx: &Context<B>,
@@ -267,7 +317,7 @@ impl<B: Backend> Transformer<B> {
     }
 
     /// h_L → `ws.model_out` (f32 [batch, C_out, H, W]).
-    pub fn finish(&self, be: &B, ws: &mut Workspace<B>) -> Result<()> {
+    pub(crate) fn finish(&self, be: &B, ws: &mut Workspace<B>) -> Result<()> {
         self.conditioner.final_modulation(be, ws)?;
         be.norm_modulate(&ws.x, &ws.final_mod, 0, 1, 1e-6, &mut ws.norm)?;
         be.linear(&ws.norm, &self.proj_out.w, self.proj_out.b.as_ref(), Activation::None, &mut ws.out_tokens)?;
@@ -276,7 +326,7 @@ impl<B: Backend> Transformer<B> {
 
     /// Block 0's modulated input LN(h_0)·(1 + scale_msa) + shift_msa into `out` (the cheap probe
     /// of adaptive cache policies). Call after [`Self::embed`].
-    pub fn probe_block0_input(&self, be: &B, ws: &mut Workspace<B>, out: &mut Tensor<B>) -> Result<()> {
+    pub(crate) fn probe_block0_input(&self, be: &B, ws: &mut Workspace<B>, out: &mut Tensor<B>) -> Result<()> {
         self.blocks[0].modulate(be, ws)?;
         let eps = match self.config.family {
             Family::PixArt => self.config.norm_eps,
@@ -285,8 +335,8 @@ impl<B: Backend> Transformer<B> {
         be.norm_modulate(&ws.x, &ws.modv, block::SHIFT_MSA, block::SCALE_MSA, eps, out)
     }
 
-    /// A whole forward: writes `latents` and `t` into the workspace, runs all blocks, returns
-    /// nothing (the output is `ws.model_out`).
+    /// One uncached forward of `latents` `[batch, C, H, W]` at timesteps `t` `[batch]`; the
+    /// output is [`Workspace::output`].
     pub fn forward(&self, be: &B, ctx: &Context<B>, ws: &mut Workspace<B>, latents: &[f32], t: &[f32]) -> Result<()> {
         be.write(&mut ws.model_in, latents)?;
         be.write(&mut ws.t, t)?;
@@ -296,7 +346,7 @@ impl<B: Backend> Transformer<B> {
     }
 
     /// Allocates per-block branch caches (FORA).
-    pub fn branch_caches(&self, be: &B, ws: &Workspace<B>) -> Result<Vec<BranchCache<B>>> {
+    pub(crate) fn branch_caches(&self, be: &B, ws: &Workspace<B>) -> Result<Vec<BranchCache<B>>> {
         let shape = ws.x.shape().to_vec();
         let dt = be.act_dtype();
         self.blocks

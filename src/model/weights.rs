@@ -28,6 +28,7 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
+    /// Opens the weights of a diffusers model folder (memory-mapped; nothing is read yet).
     pub fn open_dir(dir: &Path) -> Result<Self> {
         if !dir.is_dir() {
             return Err(Error::io(dir, std::io::Error::new(std::io::ErrorKind::NotFound, "model folder not found")));
@@ -61,12 +62,16 @@ impl Checkpoint {
 
     fn from_index(index_path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(index_path).map_err(|e| Error::io(index_path, e))?;
-        let v: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| Error::Config { path: index_path.into(), msg: format!("not JSON: {e}") })?;
-        let map = v
-            .get("weight_map")
-            .and_then(|m| m.as_object())
-            .ok_or_else(|| Error::Config { path: index_path.into(), msg: "no `weight_map` object".into() })?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Config {
+            path: index_path.into(),
+            key: None,
+            msg: format!("not JSON: {e}"),
+        })?;
+        let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| Error::Config {
+            path: index_path.into(),
+            key: Some("weight_map".into()),
+            msg: "missing, or not an object".into(),
+        })?;
         let dir = index_path.parent().unwrap_or(Path::new("."));
         let mut shards: Vec<String> = map.values().filter_map(|v| v.as_str().map(String::from)).collect();
         shards.sort();
@@ -90,6 +95,7 @@ impl Checkpoint {
         Ok(Checkpoint { files, index, desc })
     }
 
+    /// Tensors over all files.
     pub fn num_tensors(&self) -> usize {
         self.index.len()
     }
@@ -99,6 +105,7 @@ impl Checkpoint {
         self.index.iter().map(|(k, &i)| self.files[i].info(k).map_or(0, |t| t.shape.iter().product::<usize>())).sum()
     }
 
+    /// The files and their dtypes.
     pub fn describe_dtypes(&self) -> String {
         self.desc.clone()
     }
@@ -111,7 +118,8 @@ impl WeightSource for Checkpoint {
             .get(key)
             .map(|&i| &self.files[i])
             .ok_or_else(|| Error::MissingWeight { key: key.into(), source_desc: self.desc.clone() })?;
-        let raw = file.get(key).expect("indexed key");
+        let raw =
+            file.get(key).ok_or_else(|| Error::MissingWeight { key: key.into(), source_desc: self.desc.clone() })?;
         if raw.shape != shape {
             return Err(Error::WeightShape { key: key.into(), expected: shape.to_vec(), found: raw.shape.to_vec() });
         }
@@ -134,6 +142,7 @@ impl WeightSource for Checkpoint {
 /// Each tensor's values derive from the seed and its key, so they do not depend on load order.
 /// Scaled like a trained model's (≈ 1/√fan_in) so activations stay in range through many blocks.
 pub struct RandomWeights {
+    /// the seed every tensor's values derive from
     pub seed: u64,
 }
 
@@ -178,8 +187,22 @@ impl<B: Backend> Linear<B> {
 }
 
 impl<B: Backend> Loader<'_, B> {
-    pub fn tensor(&self, key: &str, shape: &[usize]) -> Result<Tensor<B>> {
+    /// The values of `key`, checked: as many as `shape` holds, all finite (a source is user
+    /// code, and a NaN weight would only show as NaN images).
+    pub fn get(&self, key: &str, shape: &[usize]) -> Result<Vec<f32>> {
         let data = self.source.get(key, shape)?;
+        let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        if n != Some(data.len()) {
+            return Err(Error::WeightShape { key: key.into(), expected: shape.to_vec(), found: vec![data.len()] });
+        }
+        if let Some(index) = data.iter().position(|v| !v.is_finite()) {
+            return Err(Error::NonFiniteWeight { key: key.into(), index, value: data[index] });
+        }
+        Ok(data)
+    }
+
+    pub fn tensor(&self, key: &str, shape: &[usize]) -> Result<Tensor<B>> {
+        let data = self.get(key, shape)?;
         self.backend.upload(&data, shape, self.backend.act_dtype())
     }
 
@@ -193,9 +216,9 @@ impl<B: Backend> Loader<'_, B> {
         let mut w = Vec::with_capacity(prefixes.len() * out_each * inp);
         let mut b = Vec::with_capacity(prefixes.len() * out_each);
         for p in prefixes {
-            w.extend(self.source.get(&format!("{p}.weight"), &[out_each, inp])?);
+            w.extend(self.get(&format!("{p}.weight"), &[out_each, inp])?);
             if bias {
-                b.extend(self.source.get(&format!("{p}.bias"), &[out_each])?);
+                b.extend(self.get(&format!("{p}.bias"), &[out_each])?);
             }
         }
         let n = prefixes.len() * out_each;

@@ -1,19 +1,26 @@
 //! Schedulers: timesteps and the per-step coefficients of the fused update
 //! ([`crate::Backend::scheduler_step`]). The latents never leave the backend.
 
-pub mod ddim;
-pub mod dpm_solver;
-pub mod lcm;
-pub mod schedule;
+mod ddim;
+mod dpm_solver;
+mod lcm;
+#[allow(missing_docs)]
+pub(crate) mod schedule;
 
 use crate::backend::SchedulerUpdate;
 use crate::{Error, Result};
 use std::str::FromStr;
 
+/// A solver, as diffusers configures it for PixArt and DiT (linear betas 1e-4..0.02 over 1000
+/// training steps, ε prediction).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SchedulerName {
+    /// `DPMSolverMultistepScheduler` (DPM-Solver++ 2M, midpoint, lower order final)
     DpmSolverPP,
+    /// `DDIMScheduler` (η = 0)
     Ddim,
+    /// `LCMScheduler`
     Lcm,
 }
 
@@ -30,6 +37,7 @@ impl FromStr for SchedulerName {
 }
 
 impl SchedulerName {
+    /// The name `parse` accepts.
     pub fn name(self) -> &'static str {
         match self {
             SchedulerName::DpmSolverPP => "dpm-solver++",
@@ -39,13 +47,17 @@ impl SchedulerName {
     }
 }
 
-pub enum Scheduler {
+/// A solver set up for a number of steps: its timesteps and per-step update coefficients.
+pub struct Scheduler(Solver);
+
+enum Solver {
     Dpm(dpm_solver::DpmSolver),
     Ddim(ddim::Ddim),
     Lcm(lcm::Lcm),
 }
 
 impl Scheduler {
+    /// `name` for `steps` steps (1..=1000; LCM 1..=50).
     pub fn new(name: SchedulerName, steps: usize) -> Result<Self> {
         if steps == 0 || steps > schedule::NUM_TRAIN_TIMESTEPS {
             return Err(Error::param("steps", steps, format!("1..={}", schedule::NUM_TRAIN_TIMESTEPS)));
@@ -57,38 +69,40 @@ impl Scheduler {
                 format!("1..={} for lcm (its original inference steps)", lcm::ORIGINAL_INFERENCE_STEPS),
             ));
         }
-        Ok(match name {
-            SchedulerName::DpmSolverPP => Scheduler::Dpm(dpm_solver::DpmSolver::new(steps)),
-            SchedulerName::Ddim => Scheduler::Ddim(ddim::Ddim::new(steps)),
-            SchedulerName::Lcm => Scheduler::Lcm(lcm::Lcm::new(steps)),
-        })
+        Ok(Scheduler(match name {
+            SchedulerName::DpmSolverPP => Solver::Dpm(dpm_solver::DpmSolver::new(steps)),
+            SchedulerName::Ddim => Solver::Ddim(ddim::Ddim::new(steps)),
+            SchedulerName::Lcm => Solver::Lcm(lcm::Lcm::new(steps)),
+        }))
     }
 
+    /// The timesteps of the steps, in order (as diffusers' `scheduler.timesteps`).
     pub fn timesteps(&self) -> &[i64] {
-        match self {
-            Scheduler::Dpm(s) => &s.timesteps,
-            Scheduler::Ddim(s) => &s.timesteps,
-            Scheduler::Lcm(s) => &s.timesteps,
+        match &self.0 {
+            Solver::Dpm(s) => &s.timesteps,
+            Solver::Ddim(s) => &s.timesteps,
+            Solver::Lcm(s) => &s.timesteps,
         }
     }
 
+    /// The fused update of step `i` ([`crate::Backend::scheduler_step`]).
     pub fn update(&self, i: usize) -> SchedulerUpdate {
-        match self {
-            Scheduler::Dpm(s) => s.update(i),
-            Scheduler::Ddim(s) => s.update(i),
-            Scheduler::Lcm(s) => s.update(i),
+        match &self.0 {
+            Solver::Dpm(s) => s.update(i),
+            Solver::Ddim(s) => s.update(i),
+            Solver::Lcm(s) => s.update(i),
         }
     }
 
     /// DPM-Solver++ 2M keeps the previous x0.
     pub fn needs_x0_prev(&self) -> bool {
-        matches!(self, Scheduler::Dpm(_))
+        matches!(self.0, Solver::Dpm(_))
     }
 
     /// LCM injects noise after every step but the last.
     pub fn needs_noise(&self, i: usize) -> bool {
-        match self {
-            Scheduler::Lcm(s) => s.needs_noise(i),
+        match &self.0 {
+            Solver::Lcm(s) => s.needs_noise(i),
             _ => false,
         }
     }

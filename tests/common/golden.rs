@@ -1,10 +1,10 @@
 //! The golden cases of tests/data (diffusers 0.42.1, f32), run on any backend.
 
 use deltadit::cache::CacheSpec;
-use deltadit::io::{Inputs, SafetensorsFile};
+use deltadit::internals::{rel_l2, SafetensorsFile};
+use deltadit::io::Inputs;
 use deltadit::model::Transformer;
-use deltadit::pipeline::{forward_inputs, sample, SampleConfig, SampleInputs, SampleOutput};
-use deltadit::rng::rel_l2;
+use deltadit::pipeline::{forward, sample, ForwardInputs, SampleConfig, SampleInputs, SampleOutput};
 use deltadit::sampler::SchedulerName;
 use deltadit::Backend;
 use std::path::PathBuf;
@@ -32,12 +32,31 @@ pub fn expected_i64(name: &str, tensor: &str) -> Vec<i64> {
     f.get(tensor).unwrap_or_else(|| panic!("{name}: no expected `{tensor}`")).to_i64(tensor).unwrap()
 }
 
+/// The model folder of a case: the case folder itself, or the repository folder its case.json
+/// names under `"model"` (the trained models of models/, shared by several cases).
+pub fn model_dir(name: &str) -> PathBuf {
+    let dir = case_dir(name);
+    let case: serde_json::Value = std::fs::read_to_string(dir.join("case.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(serde_json::Value::Null);
+    match case.get("model").and_then(|m| m.as_str()) {
+        Some(m) => match std::env::var_os("DELTADIT_TEST_DATA") {
+            // the GPU bundle ships models/ beside tests/data
+            Some(root) => PathBuf::from(root).join("..").join(m),
+            None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(m),
+        },
+        None => dir,
+    }
+}
+
 /// Relative error of one forward case on `be`.
 pub fn forward_case<B: Backend>(be: &B, name: &str) -> f64 {
     let dir = case_dir(name);
-    let model = Transformer::load(be, &dir).unwrap();
+    let model = Transformer::load(be, &model_dir(name)).unwrap();
     let inputs = Inputs::open(&dir.join("inputs.safetensors")).unwrap();
-    let (out, _) = forward_inputs(be, &model, &inputs).unwrap();
+    let inputs = ForwardInputs::from_inputs(&inputs, model.config()).unwrap();
+    let (out, _) = forward(be, &model, &inputs).unwrap();
     let e = rel_l2(&out, &expected_f32(name, "sample"));
     println!("{name} on {}: rel err {e:.3e}", B::NAME);
     e
@@ -75,14 +94,13 @@ pub fn read_case(name: &str) -> SamplingCase {
 /// Checks the timesteps and, where the case has them, `blocks_run`.
 pub fn sampling_case<B: Backend>(be: &B, name: &str) -> (f64, SampleOutput) {
     let dir = case_dir(name);
-    let model = Transformer::load(be, &dir).unwrap();
+    let model = Transformer::load(be, &model_dir(name)).unwrap();
     let case = read_case(name);
     let inputs =
-        SampleInputs::from_inputs(&Inputs::open(&dir.join("inputs.safetensors")).unwrap(), model.config.family)
-            .unwrap();
+        SampleInputs::from_inputs(&Inputs::open(&dir.join("inputs.safetensors")).unwrap(), model.config()).unwrap();
     let cfg =
         SampleConfig { scheduler: case.scheduler, steps: case.steps, guidance: case.guidance, keep_per_step: true };
-    let policy = case.cache.build(model.config.family, model.num_blocks(), case.steps).unwrap();
+    let policy = case.cache.build(model.config().family, model.num_blocks(), case.steps).unwrap();
     let out = sample(be, &model, &inputs, &cfg, policy, &mut |_, _| {}).unwrap();
     assert_eq!(out.timesteps, expected_i64(name, "timesteps"), "{name}: timesteps");
     if SafetensorsFile::open(&dir.join("expected.safetensors")).unwrap().get("blocks_run").is_some() {

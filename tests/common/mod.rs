@@ -4,7 +4,7 @@
 pub mod golden;
 
 use deltadit::backend::SchedulerKind;
-pub use deltadit::rng::{rel_l2, Rng};
+pub use deltadit::internals::{rel_l2, Rng};
 use deltadit::{Backend, DType, Tensor};
 
 /// (kind, with x0_prev, with noise): the scheduler-update variants every backend's test runs.

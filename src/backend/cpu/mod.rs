@@ -5,17 +5,64 @@
 mod attention;
 mod elementwise;
 mod linear;
-mod norm;
+mod norm_modulate;
+mod rel_l1;
 mod residual;
 mod scheduler;
-pub mod simd;
+#[allow(missing_docs)] // crate internals
+pub(crate) mod simd;
 
-pub use attention::attention_f32;
-pub use elementwise::timestep_embedding as timestep_embedding_f32;
-pub use linear::linear_f32;
-pub use norm::norm_modulate_f32;
+pub(crate) use attention::attention_f32;
+pub(crate) use elementwise::timestep_embedding as timestep_embedding_f32;
+pub(crate) use linear::linear_f32;
+pub(crate) use norm_modulate::norm_modulate_f32;
+
+/// The f32 reference functions behind the ops (crate internals: the sim backend's GEMM, the
+/// benches).
+pub(crate) mod reference {
+    pub use super::attention::attention_f32;
+    pub use super::elementwise::timestep_embedding as timestep_embedding_f32;
+    pub use super::linear::linear_f32;
+    pub use super::norm_modulate::norm_modulate_f32;
+}
+
+/// The rayon pool's hand-over (crate internals).
+pub(crate) mod pool {
+    /// Runs `f` on a worker thread of the global rayon pool, the calling thread blocked until it
+    /// returns (directly when already on a worker). Each op of a forward then forks and joins from a
+    /// worker — its tasks go onto that worker's deque, where the other workers, still spinning from
+    /// the previous op, take them — instead of being injected from outside with the caller asleep on
+    /// a futex until the op ends. Measured on the small PixArt preset (2-core AMD EPYC): 34 → 31
+    /// ms per step.
+    pub fn on_worker<R>(f: &mut dyn FnMut() -> R) -> R {
+        if rayon::current_thread_index().is_some() {
+            return f();
+        }
+        /// Carries the closure and its result across to the worker.
+        struct Carried<T>(T);
+        // SAFETY: `rayon::scope` returns only after the closure has run to completion on the worker
+        // and hands the result back through its latch, so the closure, everything it borrows and the
+        // result are used by one thread at a time with happens-before edges at both hand-overs — the
+        // guarantee `Send` exists for. What that cannot cover, state tied to a thread's identity
+        // (thread-locals, thread-bound handles), is excluded by the `Backend::graph_run` contract.
+        unsafe impl<T> Send for Carried<T> {}
+        impl<T> Carried<T> {
+            fn take(self) -> T {
+                self.0
+            }
+        }
+        let job = Carried(f);
+        rayon::scope(move |_| {
+            let f = job.take();
+            Carried(f())
+        })
+        .take()
+    }
+}
+pub(crate) use pool::on_worker;
 
 use super::{shapes, Activation, AttentionShape, Backend, CacheWrite, Cfg, ColSlice, SchedulerUpdate};
+use crate::error::BackendErrorKind;
 use crate::{DType, Error, Result, Tensor};
 use rayon::prelude::*;
 
@@ -32,37 +79,6 @@ pub(crate) fn task_len(len: usize, cols: usize) -> usize {
     rows.div_ceil(tasks).max(1) * cols
 }
 
-/// Runs `f` on a worker thread of the global rayon pool, the calling thread blocked until it
-/// returns (directly when already on a worker). Each op of a forward then forks and joins from a
-/// worker — its tasks go onto that worker's deque, where the other workers, still spinning from
-/// the previous op, take them — instead of being injected from outside with the caller asleep on
-/// a futex until the op ends. Measured on the small PixArt preset (2-core AMD EPYC): 34 → 31
-/// ms per step.
-pub fn on_worker<R>(f: &mut dyn FnMut() -> R) -> R {
-    if rayon::current_thread_index().is_some() {
-        return f();
-    }
-    /// Carries the closure and its result across to the worker.
-    struct Carried<T>(T);
-    // SAFETY: `rayon::scope` returns only after the closure has run to completion on the worker
-    // and hands the result back through its latch, so the closure, everything it borrows and the
-    // result are used by one thread at a time with happens-before edges at both hand-overs — the
-    // guarantee `Send` exists for. What that cannot cover, state tied to a thread's identity
-    // (thread-locals, thread-bound handles), is excluded by the `Backend::graph_run` contract.
-    unsafe impl<T> Send for Carried<T> {}
-    impl<T> Carried<T> {
-        fn take(self) -> T {
-            self.0
-        }
-    }
-    let job = Carried(f);
-    rayon::scope(move |_| {
-        let f = job.take();
-        Carried(f())
-    })
-    .take()
-}
-
 /// The CPU backend. Uses the global rayon pool; `threads` sets the GEMM parallelism.
 #[derive(Clone, Debug)]
 pub struct Cpu {
@@ -76,10 +92,12 @@ impl Default for Cpu {
 }
 
 impl Cpu {
+    /// The backend with GEMMs on `threads` threads (element-wise ops use the global rayon pool).
     pub fn new(threads: usize) -> Self {
         Cpu { threads: threads.max(1) }
     }
 
+    /// GEMM threads.
     pub fn threads(&self) -> usize {
         self.threads
     }
@@ -99,15 +117,14 @@ impl Backend for Cpu {
 
     fn alloc(&self, shape: &[usize], dtype: DType) -> Result<Tensor<Self>> {
         if dtype != DType::F32 {
-            return Err(Error::backend("cpu", format!("computes in f32 only (asked for {dtype})")));
+            return Err(Error::backend(
+                "cpu",
+                BackendErrorKind::UnsupportedDType { dtype },
+                format!("computes in f32 only (asked for {dtype})"),
+            ));
         }
-        Ok(Tensor::from_parts(vec![f32::NAN; shape.iter().product()], shape, dtype))
-    }
-
-    fn upload(&self, data: &[f32], shape: &[usize], dtype: DType) -> Result<Tensor<Self>> {
-        let mut t = self.alloc(shape, dtype)?;
-        self.write(&mut t, data)?;
-        Ok(t)
+        let n = shapes::alloc_bytes(shape, dtype)? / dtype.size();
+        Ok(Tensor::from_parts(vec![f32::NAN; n], shape, dtype))
     }
 
     fn download(&self, t: &Tensor<Self>) -> Result<Vec<f32>> {
@@ -115,14 +132,7 @@ impl Backend for Cpu {
     }
 
     fn write(&self, dst: &mut Tensor<Self>, data: &[f32]) -> Result<()> {
-        if data.len() != dst.numel() {
-            return Err(Error::Shape {
-                op: "write",
-                tensor: "data",
-                expected: format!("{} elements", dst.numel()),
-                found: vec![data.len()],
-            });
-        }
+        shapes::write(dst, data.len())?;
         dst.buf.copy_from_slice(data);
         Ok(())
     }
@@ -130,14 +140,6 @@ impl Backend for Cpu {
     /// Runs the unit on a worker of the rayon pool while the caller waits (see [`on_worker`]).
     fn graph_run(&self, _key: &str, f: &mut dyn FnMut() -> Result<()>) -> Result<()> {
         on_worker(f)
-    }
-
-    fn copy(&self, src: &Tensor<Self>, dst: &mut Tensor<Self>) -> Result<()> {
-        super::shapes::same_shape("copy", "dst", dst, src)?;
-        // One thread's memcpy reaches about half the copy bandwidth of two.
-        let chunk = 8 * TASK_MIN_ELEMS;
-        dst.buf.par_chunks_mut(chunk).zip(src.buf.par_chunks(chunk)).for_each(|(d, s)| d.copy_from_slice(s));
-        Ok(())
     }
 
     fn fill_bits(&self, t: &mut Tensor<Self>, bits: u32) -> Result<()> {
@@ -317,10 +319,10 @@ impl Backend for Cpu {
     fn rel_l1(&self, a: &Tensor<Self>, b: &Tensor<Self>) -> Result<(f32, f32)> {
         shapes::same_shape("rel_l1", "b", b, a)?;
         Self::f32_only("rel_l1", "a", a)?;
-        Ok(scheduler::rel_l1(&a.buf, &b.buf))
+        Ok(rel_l1::rel_l1(&a.buf, &b.buf))
     }
 
-    fn copy_range(
+    unsafe fn copy_elems(
         &self,
         src: &Tensor<Self>,
         src_off: usize,
@@ -328,8 +330,10 @@ impl Backend for Cpu {
         dst_off: usize,
         len: usize,
     ) -> Result<()> {
-        shapes::copy_range(src, src_off, dst, dst_off, len)?;
-        dst.buf[dst_off..dst_off + len].copy_from_slice(&src.buf[src_off..src_off + len]);
+        // One thread's memcpy reaches about half the copy bandwidth of two.
+        let chunk = 8 * TASK_MIN_ELEMS;
+        let (d, s) = (&mut dst.buf[dst_off..dst_off + len], &src.buf[src_off..src_off + len]);
+        d.par_chunks_mut(chunk).zip(s.par_chunks(chunk)).for_each(|(d, s)| d.copy_from_slice(s));
         Ok(())
     }
 }

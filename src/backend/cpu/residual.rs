@@ -1,4 +1,4 @@
-//! Gated residual with the fused Δ-cache writes: the reference for delta.cu.
+//! Gated residual with the fused Δ-cache writes: the reference for residual.cu.
 
 use super::simd::multiversion;
 use super::task_len;

@@ -1,4 +1,4 @@
-//! The fused scheduler update and the relative-L1 probe: references for scheduler.cu/reduce.cu.
+//! The fused scheduler update: the reference for scheduler.cu.
 //! Each formula applies its coefficients in the order diffusers' tensor ops do, one f32 rounding
 //! per op, so the CPU backend matches diffusers' sampling loops to the last bits that matter.
 
@@ -47,14 +47,4 @@ pub fn scheduler_step(
             x.par_iter_mut().zip(eps).enumerate().for_each(|(i, (x, &e))| step(x, e, None, noise.map(|n| n[i])))
         }
     }
-}
-
-/// (Σ|a − b|, Σ|b|), accumulated in f64.
-pub fn rel_l1(a: &[f32], b: &[f32]) -> (f32, f32) {
-    let (d, n) = a
-        .par_iter()
-        .zip(b)
-        .map(|(&a, &b)| ((a as f64 - b as f64).abs(), (b as f64).abs()))
-        .reduce(|| (0.0, 0.0), |x, y| (x.0 + y.0, x.1 + y.1));
-    (d as f32, n as f32)
 }

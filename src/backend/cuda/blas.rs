@@ -19,9 +19,12 @@
 //! descriptors, and the 32 MiB workspace is allocated once, so a GEMM enqueues exactly one
 //! `cublasLtMatmul` and nothing else: capturable in a CUDA graph and cheap to replay.
 
-use super::device::{catch, CudaBuf, Device};
+use super::device::Device;
 use super::error::{blas, err};
 use super::exec::Op;
+use super::memory::CudaBuf;
+use super::probe::catch;
+use crate::error::BackendErrorKind;
 use crate::{DType, Result};
 use cudarc::cublaslt::sys as lt;
 use std::collections::HashMap;
@@ -138,7 +141,10 @@ fn cuda_dtype(dtype: DType) -> Result<lt::cudaDataType> {
     match dtype {
         DType::BF16 => Ok(lt::cudaDataType::CUDA_R_16BF),
         DType::F16 => Ok(lt::cudaDataType::CUDA_R_16F),
-        DType::F32 => Err(err("linear: the CUDA backend computes in bf16 or f16, not f32")),
+        DType::F32 => Err(err(
+            BackendErrorKind::UnsupportedDType { dtype: DType::F32 },
+            "linear: the CUDA backend computes in bf16 or f16, not f32",
+        )),
     }
 }
 
@@ -172,17 +178,23 @@ unsafe fn set_pref<T>(
 impl Blas {
     pub fn new(dev: &Arc<Device>) -> Result<Self> {
         // SAFETY: only dlopen()s candidate names of libcublasLt and closes them again.
-        let present = catch("looking for libcublasLt", || unsafe { lt::is_culib_present() }).map_err(err)?;
+        let present = catch("looking for libcublasLt", || unsafe { lt::is_culib_present() })
+            .map_err(|m| err(BackendErrorKind::Driver, m))?;
         if !present {
             return Err(err(
+                BackendErrorKind::NoDevice,
                 "cuBLASLt (libcublasLt.so.13) not found: install the CUDA 13 cuBLAS library (e.g. the nvidia-cublas wheel) \
                  and add the folder holding libcublasLt.so.13 to LD_LIBRARY_PATH",
             ));
         }
         // SAFETY: a plain query of the loaded library.
-        let version = catch("cublasLtGetVersion", || unsafe { lt::cublasLtGetVersion() }).map_err(err)?;
+        let version = catch("cublasLtGetVersion", || unsafe { lt::cublasLtGetVersion() })
+            .map_err(|m| err(BackendErrorKind::Driver, m))?;
         if version / 10_000 < 12 {
-            return Err(err(format!("cuBLASLt {version} is too old: the CUDA backend needs cuBLASLt 12 or 13")));
+            return Err(err(
+                BackendErrorKind::UnsupportedDevice,
+                format!("cuBLASLt {version} is too old: the CUDA backend needs cuBLASLt 12 or 13"),
+            ));
         }
         let workspace = dev.alloc(WORKSPACE_BYTES, &|| "the cuBLASLt workspace".into())?;
         dev.bind()?;
@@ -302,7 +314,10 @@ impl Blas {
                 return Ok(plan);
             }
         }
-        Err(err(format!("cuBLASLt has no algorithm for {what} ({written} candidates, none usable)")))
+        Err(err(
+            BackendErrorKind::UnsupportedLayout,
+            format!("cuBLASLt has no algorithm for {what} ({written} candidates, none usable)"),
+        ))
     }
 
     /// Enqueues `out = epilogue(x·wᵀ (+ bias))` (addresses of whole tensors; bias 0 when none).
@@ -313,7 +328,7 @@ impl Blas {
             self.plans.insert(key, plan);
         }
         let Some(plan) = self.plans.get(&key) else {
-            return Err(err(format!("cuBLASLt plan for {key} vanished")));
+            return Err(err(BackendErrorKind::Driver, format!("cuBLASLt plan for {key} vanished")));
         };
         let mut st = dev.exec();
         if !st.enqueue("linear", Op::Gemm { key: key.words(), ptrs: [x, w, bias, out] })? {

@@ -7,6 +7,8 @@
 //! meantime are deferred until the unit ends.
 
 use super::error::err;
+use crate::backend::kernels::KernelId;
+use crate::error::BackendErrorKind;
 use crate::Result;
 use std::thread::{self, ThreadId};
 
@@ -43,8 +45,8 @@ pub(crate) struct ExecState {
     pub first_host_op: Option<String>,
     /// Device addresses whose free waits for the end of the current unit.
     pub deferred_frees: Vec<u64>,
-    /// Index (in the function table) of the last kernel launched, for error messages.
-    pub last_kernel: Option<usize>,
+    /// The last kernel launched, for error messages.
+    pub last_kernel: Option<KernelId>,
 }
 
 /// What a unit did, handed back when it ends.
@@ -70,11 +72,14 @@ impl ExecState {
     /// Fails when a unit started by another thread is running.
     pub fn check_thread(&self, what: &str) -> Result<()> {
         if self.mode != Mode::Eager && self.owner != Some(thread::current().id()) {
-            return Err(err(format!(
-                "{what}: called from another thread while a graph_run unit is running on {:?}; \
+            return Err(err(
+                BackendErrorKind::InvalidUse,
+                format!(
+                    "{what}: called from another thread while a graph_run unit is running on {:?}; \
                  the CUDA backend's stream must be driven by one thread during graph_run",
-                self.owner
-            )));
+                    self.owner
+                ),
+            ));
         }
         Ok(())
     }
@@ -82,10 +87,10 @@ impl ExecState {
     /// Starts a unit in `mode` on the calling thread.
     pub fn begin(&mut self, mode: Mode) -> Result<()> {
         if self.mode != Mode::Eager {
-            return Err(err(format!(
-                "graph_run: another unit is already running ({:?} on {:?})",
-                self.mode, self.owner
-            )));
+            return Err(err(
+                BackendErrorKind::InvalidUse,
+                format!("graph_run: another unit is already running ({:?} on {:?})", self.mode, self.owner),
+            ));
         }
         self.mode = mode;
         self.owner = Some(thread::current().id());
@@ -125,10 +130,13 @@ impl ExecState {
             }
             Mode::Capture | Mode::Record => {
                 self.note_host_op(what);
-                Err(err(format!(
-                    "{what} inside a graph_run unit: host operations cannot be captured in a CUDA graph \
+                Err(err(
+                    BackendErrorKind::InvalidUse,
+                    format!(
+                        "{what} inside a graph_run unit: host operations cannot be captured in a CUDA graph \
                      (the unit runs eagerly instead)"
-                )))
+                    ),
+                ))
             }
         }
     }

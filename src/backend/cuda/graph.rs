@@ -21,7 +21,7 @@
 //! driver only records — and the unit then runs eagerly, with a one-time warning when the failure
 //! was the capture's and not the unit's. `DELTADIT_CUDA_GRAPHS=0` disables all of this.
 
-use super::error::{describe, err};
+use super::error::drv;
 use super::exec::Mode;
 use super::Cuda;
 use crate::Result;
@@ -199,7 +199,7 @@ impl Cuda {
         };
         {
             let _st = dev.exec();
-            graph.launch().map_err(|e| err(format!("launching the CUDA graph of `{key}`: {}", describe(&e))))?;
+            graph.launch().map_err(|e| drv(e, format!("launching the CUDA graph of `{key}`")))?;
         }
         let mut g = self.graphs();
         g.stats.captures += 1;
@@ -238,7 +238,7 @@ impl Cuda {
                 let st = self.dev.exec();
                 st.check_thread("graph launch")?;
                 self.dev.bind()?;
-                graph.0.launch().map_err(|e| err(format!("launching the CUDA graph of `{key}`: {}", describe(&e))))?;
+                graph.0.launch().map_err(|e| drv(e, format!("launching the CUDA graph of `{key}`")))?;
             }
             let mut g = self.graphs();
             g.stats.replays += 1;

@@ -3,11 +3,15 @@
 //! units of [`Backend::graph_run`].
 //!
 //! ```text
-//! device.rs  detection (probe, available), context, stream, modules, kernel table, memory
-//! exec.rs    the stream's mode (eager / tracked / capturing / recording) and unit signatures
-//! blas.rs    cuBLASLt GEMMs with bias/GELU epilogues, plans cached per shape
-//! graph.rs   graph_run: warm-up, capture, checked replay
-//! error.rs   CUDA and cuBLASLt statuses as crate errors with context
+//! probe.rs    driver and device detection (probe, available), DeviceInfo
+//! device.rs   the context, its one stream, capture units, synchronisation
+//! modules.rs  the fatbins, every kernel's function resolved once at load, launches
+//! memory.rs   allocations, frees, host/device copies (CudaBuf)
+//! exec.rs     the stream's mode (eager / tracked / capturing / recording) and unit signatures
+//! blas.rs     cuBLASLt GEMMs with bias/GELU epilogues, plans cached per shape
+//! graph.rs    graph_run: warm-up, capture, checked replay
+//! timing.rs   CUDA events and graphs for the benchmarks
+//! error.rs    CUDA and cuBLASLt statuses as crate errors with a kind and context
 //! ```
 //!
 //! Storage: weights and activations in bf16 (default) or f16, latents and the attention key bias
@@ -15,38 +19,43 @@
 //! launchers shared with the sim backend (`super::kernels`), so the GPU runs exactly the launch
 //! configurations the SIMT shim tests.
 //!
-//! Environment: `DELTADIT_CUDA_POISON=1` fills every new tensor with NaN (unwritten elements
-//! show), `DELTADIT_CUDA_GRAPHS=0` disables CUDA graphs, `DELTADIT_CUDA_SYNC=1` synchronises
-//! after every launch so an asynchronous fault names its kernel.
+//! The library reads no environment variables: [`CudaOptions`] is set by the caller (the CLI and
+//! the benches map `DELTADIT_CUDA_*` variables onto it).
 
 mod blas;
 mod device;
 mod error;
 mod exec;
 mod graph;
-pub mod timing;
+mod memory;
+mod modules;
+mod probe;
+pub(crate) mod timing;
 
-pub use device::{available, device_count, driver_present, kernels_built, probe, probe_ordinal, CudaBuf, DeviceInfo};
+pub use error::CudaStatus;
 pub use graph::GraphStats;
+pub use memory::CudaBuf;
+pub use probe::{available, device_count, driver_present, kernels_built, probe, probe_ordinal, DeviceInfo};
 
-use super::kernels::{self, AttentionChoice, AttentionKernel, KernelDevice, KernelParams, LaunchCfg};
+use super::kernels::{self, AttentionChoice, AttentionKernel, KernelDevice, KernelId, KernelParams, LaunchCfg};
 use super::{shapes, Activation, Backend};
 use crate::dtype::{bits16_to_f32, f32_to_bits16};
+use crate::error::BackendErrorKind;
 use crate::{DType, Error, Result, Tensor};
 use blas::{alignment, Blas, Epilogue, GemmKey};
 use device::Device;
-use error::env_flag;
 use std::ffi::c_void;
 use std::sync::{Arc, Mutex};
 
 /// Switches of the CUDA backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CudaOptions {
-    /// Fill new tensors with NaN (`DELTADIT_CUDA_POISON=1`).
+    /// Fill new tensors with NaN, so unwritten elements show (tests).
     pub poison: bool,
-    /// Capture and replay `graph_run` units as CUDA graphs (`DELTADIT_CUDA_GRAPHS=0` turns off).
+    /// Capture and replay `graph_run` units as CUDA graphs.
     pub graphs: bool,
-    /// Synchronise after every eager launch (`DELTADIT_CUDA_SYNC=1`).
+    /// Synchronise after every eager launch, so an asynchronous fault names its kernel.
     pub sync_launches: bool,
 }
 
@@ -57,14 +66,22 @@ impl Default for CudaOptions {
 }
 
 impl CudaOptions {
-    /// The defaults, overridden by the DELTADIT_CUDA_* environment variables.
-    pub fn from_env() -> Self {
-        let d = CudaOptions::default();
-        CudaOptions {
-            poison: env_flag("DELTADIT_CUDA_POISON", d.poison),
-            graphs: env_flag("DELTADIT_CUDA_GRAPHS", d.graphs),
-            sync_launches: env_flag("DELTADIT_CUDA_SYNC", d.sync_launches),
-        }
+    /// The defaults with NaN poisoning of new tensors on or off.
+    pub fn with_poison(mut self, on: bool) -> Self {
+        self.poison = on;
+        self
+    }
+
+    /// The same with CUDA graphs on or off.
+    pub fn with_graphs(mut self, on: bool) -> Self {
+        self.graphs = on;
+        self
+    }
+
+    /// The same with a synchronisation after every eager launch on or off.
+    pub fn with_sync_launches(mut self, on: bool) -> Self {
+        self.sync_launches = on;
+        self
     }
 }
 
@@ -80,58 +97,66 @@ pub struct Cuda {
 }
 
 impl Cuda {
-    /// The backend on device `ordinal` computing in `dtype` (bf16 or f16), with options from the
-    /// environment ([`CudaOptions::from_env`]).
+    /// The backend on device `ordinal` computing in `dtype` (bf16 or f16), with the default
+    /// options.
     pub fn new(ordinal: usize, dtype: DType) -> Result<Self> {
-        Self::with_options(ordinal, dtype, CudaOptions::from_env())
+        Self::with_options(ordinal, dtype, CudaOptions::default())
     }
 
+    /// The backend with `opts`. Errors: [`BackendErrorKind::NoDevice`] (no driver or device),
+    /// [`BackendErrorKind::NotBuilt`] (no kernels in this build),
+    /// [`BackendErrorKind::UnsupportedDevice`], [`BackendErrorKind::UnsupportedDType`] (f32).
     pub fn with_options(ordinal: usize, dtype: DType, opts: CudaOptions) -> Result<Self> {
         if dtype == DType::F32 {
-            return Err(Error::Unsupported(
-                "the CUDA backend computes in bf16 or f16 (weights and activations); choose --dtype bf16 or f16".into(),
+            return Err(error::err(
+                BackendErrorKind::UnsupportedDType { dtype },
+                "the CUDA backend computes in bf16 or f16 (weights and activations); choose --dtype bf16 or f16",
             ));
         }
         let dev = Device::new(ordinal, opts.sync_launches)?;
         let blas = Blas::new(&dev)?;
-        let cuda = Cuda {
+        Ok(Cuda {
             graphs: Mutex::new(graph::Graphs::default()),
             blas: Mutex::new(blas),
             dev,
             dtype,
             opts,
             attention: AttentionChoice::default(),
-        };
-        if let Some(k) = AttentionKernel::from_env()? {
-            cuda.set_attention_kernel(k)?;
-        }
-        Ok(cuda)
+        })
     }
 
-    /// Whether this device can run attention kernel `k` (wgmma: compute capability 9.0 and
-    /// kernels/attention_sm90a.cu built and loaded).
+    /// Whether this device can run attention kernel `k` (its module — for wgmma,
+    /// kernels/attention_sm90a.cu, compute capability 9.0 only — built and loaded).
     pub fn supports_attention_kernel(&self, k: AttentionKernel) -> bool {
-        !k.is_wgmma() || self.dev.has_module("attention_sm90a")
+        self.dev.has_module(k.file())
     }
 
-    /// Chooses the attention kernel for head dim 72 (DELTADIT_ATTENTION sets it at creation).
-    /// Captured graphs of earlier steps still hold the old kernel; their launch signature no
-    /// longer matches, so they are captured again at the next replay.
+    /// Chooses the attention kernel where a head dim has more than one (72);
+    /// [`BackendErrorKind::UnsupportedKernel`] where this device cannot run it. Captured graphs of
+    /// earlier steps still hold the old kernel; their launch signature no longer matches, so they
+    /// are captured again at the next replay.
     pub fn set_attention_kernel(&self, k: AttentionKernel) -> Result<()> {
         if !self.supports_attention_kernel(k) {
-            if let Some(why) = self.dev.module_failure("attention_sm90a") {
-                return Err(Error::Unsupported(format!("attention kernel {}: {why}", k.name())));
-            }
-            let (ma, mi) = self.dev.info.compute_capability;
-            return Err(Error::Unsupported(format!(
-                "attention kernel {}: needs a GPU of compute capability 9.0 (H100/H200) and kernels/attention_sm90a.cu \
-                 built by nvcc; {} is sm_{ma}{mi}",
-                k.name(),
-                self.dev.info.name
-            )));
+            let why = match self.dev.module_failure(k.file()) {
+                Some(why) => why.to_string(),
+                None => {
+                    let (ma, mi) = self.dev.info.compute_capability;
+                    format!(
+                        "needs a GPU of compute capability 9.0 (H100/H200) and kernels/{}.cu built by nvcc; {} is sm_{ma}{mi}",
+                        k.file(),
+                        self.dev.info.name
+                    )
+                }
+            };
+            return Err(error::err(BackendErrorKind::UnsupportedKernel, format!("attention kernel {k}: {why}")));
         }
         self.attention.set(k);
         Ok(())
+    }
+
+    /// The attention kernel it launches where there is a choice.
+    pub fn attention_kernel(&self) -> AttentionKernel {
+        self.attention.get()
     }
 
     /// The device this backend runs on.
@@ -139,6 +164,7 @@ impl Cuda {
         &self.dev.info
     }
 
+    /// The options it was created with.
     pub fn options(&self) -> CudaOptions {
         self.opts
     }
@@ -150,27 +176,6 @@ impl Cuda {
 
     fn blas(&self) -> std::sync::MutexGuard<'_, Blas> {
         self.blas.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn bytes_of(&self, op: &'static str, shape: &[usize], dtype: DType) -> Result<usize> {
-        shape.iter().try_fold(dtype.size(), |acc, &d| acc.checked_mul(d)).ok_or_else(|| Error::Shape {
-            op,
-            tensor: "shape",
-            expected: "a size that fits in memory".into(),
-            found: shape.to_vec(),
-        })
-    }
-
-    fn check_data_len(op: &'static str, t: &Tensor<Self>, data: usize) -> Result<()> {
-        if data != t.numel() {
-            return Err(Error::Shape {
-                op,
-                tensor: "data",
-                expected: format!("{} elements", t.numel()),
-                found: vec![data],
-            });
-        }
-        Ok(())
     }
 }
 
@@ -202,18 +207,12 @@ impl Backend for Cuda {
     }
 
     fn alloc(&self, shape: &[usize], dtype: DType) -> Result<Tensor<Self>> {
-        let len = self.bytes_of("alloc", shape, dtype)?;
+        let len = shapes::alloc_bytes(shape, dtype)?;
         let buf = self.dev.alloc(len, &|| format!("a {shape:?} {dtype} tensor"))?;
         let mut t = Tensor::from_parts(buf, shape, dtype);
         if self.opts.poison {
             kernels::fill_bits(self, &mut t, dtype.nan_bits())?;
         }
-        Ok(t)
-    }
-
-    fn upload(&self, data: &[f32], shape: &[usize], dtype: DType) -> Result<Tensor<Self>> {
-        let mut t = self.alloc(shape, dtype)?;
-        self.write(&mut t, data)?;
         Ok(t)
     }
 
@@ -236,7 +235,7 @@ impl Backend for Cuda {
     }
 
     fn write(&self, dst: &mut Tensor<Self>, data: &[f32]) -> Result<()> {
-        Self::check_data_len("write", dst, data.len())?;
+        shapes::write(dst, data.len())?;
         match dst.dtype() {
             DType::F32 => self.dev.upload(&dst.buf, data),
             dt => {
@@ -245,13 +244,6 @@ impl Backend for Cuda {
                 self.dev.upload(&dst.buf, &raw)
             }
         }
-    }
-
-    fn copy(&self, src: &Tensor<Self>, dst: &mut Tensor<Self>) -> Result<()> {
-        shapes::same_shape("copy", "dst", dst, src)?;
-        shapes::same_dtype("copy", src, &[("dst", dst)])?;
-        let len = src.numel() * src.dtype().size();
-        self.dev.copy(dst.buf.device_ptr(), src.buf.device_ptr(), len)
     }
 
     fn fill_bits(&self, t: &mut Tensor<Self>, bits: u32) -> Result<()> {
@@ -286,7 +278,12 @@ impl Backend for Cuda {
             return Ok(());
         }
         if k == 0 {
-            return Err(Error::Unsupported("linear: a weight with 0 input features".into()));
+            return Err(Error::Shape {
+                op: "linear",
+                tensor: "weight",
+                expected: "[out, in] with in ≥ 1".into(),
+                found: w.shape().to_vec(),
+            });
         }
         let epilogue = match (act, bias.is_some()) {
             (Activation::GeluTanh, false) => Epilogue::Gelu,
@@ -315,7 +312,7 @@ impl Backend for Cuda {
 
     super::kernels::kernel_backend_ops!();
 
-    fn copy_range(
+    unsafe fn copy_elems(
         &self,
         src: &Tensor<Self>,
         src_off: usize,
@@ -323,7 +320,6 @@ impl Backend for Cuda {
         dst_off: usize,
         len: usize,
     ) -> Result<()> {
-        shapes::copy_range(src, src_off, dst, dst_off, len)?;
         let es = src.dtype().size() as u64;
         let (s, d) = (src.buf.device_ptr() + src_off as u64 * es, dst.buf.device_ptr() + dst_off as u64 * es);
         self.dev.copy(d, s, len * es as usize)
@@ -339,8 +335,9 @@ impl KernelDevice for Cuda {
         t.buf.device_ptr() as usize as *mut c_void
     }
 
-    fn launch<P: KernelParams>(&self, name: &str, params: &P, cfg: LaunchCfg) -> Result<()> {
-        self.dev.launch(name, params, cfg)
+    unsafe fn launch<P: KernelParams>(&self, kernel: KernelId, params: &P, cfg: LaunchCfg) -> Result<()> {
+        // SAFETY: the caller's contract is Device::launch's.
+        unsafe { self.dev.launch(kernel, params, cfg) }
     }
 
     fn attention_kernel(&self) -> AttentionKernel {

@@ -13,9 +13,10 @@
 //! Nothing here is used by the model or the pipeline; events and bench graphs must be recorded
 //! and launched outside `graph_run` units (they are errors inside one).
 
-use super::error::{describe, drv, err};
+use super::error::{drv, err};
 use super::exec::Mode;
 use super::Cuda;
+use crate::error::BackendErrorKind;
 use crate::Result;
 use cudarc::driver::{sys, CudaEvent, CudaGraph};
 
@@ -49,10 +50,10 @@ impl BenchGraph {
     pub unsafe fn launch(&self, cuda: &Cuda) -> Result<()> {
         let st = cuda.dev.exec();
         if st.mode != Mode::Eager {
-            return Err(err("launching a bench graph inside a graph_run unit"));
+            return Err(err(BackendErrorKind::InvalidUse, "launching a bench graph inside a graph_run unit"));
         }
         cuda.dev.bind()?;
-        self.graph.launch().map_err(|e| err(format!("launching a bench graph: {}", describe(&e))))
+        self.graph.launch().map_err(|e| drv(e, "launching a bench graph"))
     }
 }
 
@@ -77,7 +78,7 @@ impl Cuda {
         let st = self.dev.exec();
         st.check_thread("record_event")?;
         if st.mode != Mode::Eager {
-            return Err(err("record_event inside a graph_run unit"));
+            return Err(err(BackendErrorKind::InvalidUse, "record_event inside a graph_run unit"));
         }
         self.dev.bind()?;
         let ev = self
@@ -112,12 +113,16 @@ impl Cuda {
         let rep = dev.end_unit();
         r?;
         if rep.host_ops > 0 {
-            return Err(err(format!(
-                "capture_graph: the closure performs host operations ({})",
-                rep.first_host_op.unwrap_or_default()
-            )));
+            return Err(err(
+                BackendErrorKind::InvalidUse,
+                format!(
+                    "capture_graph: the closure performs host operations ({})",
+                    rep.first_host_op.unwrap_or_default()
+                ),
+            ));
         }
-        let graph = ended?.ok_or_else(|| err("capture_graph: the closure enqueued nothing"))?;
+        let graph =
+            ended?.ok_or_else(|| err(BackendErrorKind::InvalidUse, "capture_graph: the closure enqueued nothing"))?;
         let launches = count_ops(&rep.sig);
         Ok(BenchGraph { graph, launches })
     }

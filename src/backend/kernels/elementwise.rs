@@ -1,10 +1,11 @@
 //! kernels/elementwise.cu: bias + activation, broadcast add, timestep embedding,
 //! patchify/unpatchify and the CFG combine.
 
-use super::{dtype_suffix, grid_stride_blocks, ptr_or_null, KernelDevice, LaunchCfg};
+use super::table::{family, KernelId};
+use super::{grid_stride_blocks, ptr_or_null, KernelDevice, LaunchCfg};
 use crate::backend::params::*;
 use crate::backend::{shapes, Activation, Cfg};
-use crate::{DType, Error, Result, Tensor};
+use crate::{Error, Result, Tensor};
 
 /// A size that a kernel takes as a 32-bit int; the error names the tensor it came from.
 pub(crate) fn int32<D: KernelDevice>(op: &'static str, tensor: &'static str, t: &Tensor<D>, v: usize) -> Result<i32> {
@@ -29,24 +30,10 @@ pub fn activation<D: KernelDevice>(
     act: Activation,
     out: &mut Tensor<D>,
 ) -> Result<()> {
-    const OP: &str = "activation";
-    shapes::same_shape(OP, "out", out, x)?;
-    if let Some(b) = bias {
-        if b.numel() != x.cols() {
-            return Err(Error::Shape {
-                op: OP,
-                tensor: "bias",
-                expected: format!("[{}]", x.cols()),
-                found: b.shape().to_vec(),
-            });
-        }
-        shapes::same_dtype(OP, x, &[("bias", b)])?;
-    }
-    shapes::same_dtype(OP, x, &[("out", out)])?;
-    let suffix = dtype_suffix(OP, x.dtype())?;
-    let name = match act {
-        Activation::GeluTanh => "act_gelu_tanh",
-        Activation::Silu => "act_silu",
+    shapes::activation(x, bias, out)?;
+    let kernels = match act {
+        Activation::GeluTanh => family::ACTIVATION_GELU_TANH,
+        Activation::Silu => family::ACTIVATION_SILU,
         // Identity: out = x (+ bias), with the copy and the broadcast add.
         Activation::None => {
             d.copy(x, out)?;
@@ -57,29 +44,31 @@ pub fn activation<D: KernelDevice>(
     if n == 0 {
         return Ok(());
     }
-    let p =
-        ActParams { x: d.ptr(x), bias: ptr_or_null(d, bias), y: d.ptr_mut(out), n: n as i64, cols: x.cols() as i64 };
-    d.launch(&format!("{name}_{suffix}"), &p, LaunchCfg::linear(vector_blocks(n, x.cols(), EW_THREADS), EW_THREADS)?)
+    let kernel = kernels.for_dtype(x.dtype())?;
+    let p = ActivationParams {
+        x: d.ptr(x),
+        bias: ptr_or_null(d, bias),
+        y: d.ptr_mut(out),
+        n: n as i64,
+        cols: x.cols() as i64,
+    };
+    let cfg = LaunchCfg::linear(vector_blocks(n, x.cols(), EW_THREADS), EW_THREADS)?;
+    // SAFETY: out has x's n elements, bias one row of x's cols, all of the kernel's dtype
+    // (shapes::activation).
+    unsafe { d.launch(kernel, &p, cfg) }
 }
 
 pub fn add_bcast<D: KernelDevice>(d: &D, x: &mut Tensor<D>, y: &Tensor<D>) -> Result<()> {
-    const OP: &str = "add_bcast";
-    if y.numel() != x.cols() {
-        return Err(Error::Shape {
-            op: OP,
-            tensor: "y",
-            expected: format!("[{}]", x.cols()),
-            found: y.shape().to_vec(),
-        });
-    }
-    shapes::same_dtype(OP, x, &[("y", y)])?;
-    let suffix = dtype_suffix(OP, x.dtype())?;
+    shapes::add_bcast(x, y)?;
+    let kernel = family::ADD_BCAST.for_dtype(x.dtype())?;
     let (n, cols) = (x.numel(), x.cols());
     if n == 0 {
         return Ok(());
     }
     let p = AddBcastParams { y: d.ptr(y), x: d.ptr_mut(x), rows: (n / cols) as i64, cols: cols as i64 };
-    d.launch(&format!("{OP}_{suffix}"), &p, LaunchCfg::linear(vector_blocks(n, cols, EW_THREADS), EW_THREADS)?)
+    let cfg = LaunchCfg::linear(vector_blocks(n, cols, EW_THREADS), EW_THREADS)?;
+    // SAFETY: x holds rows × cols elements and y one row of them, of one dtype (shapes::add_bcast).
+    unsafe { d.launch(kernel, &p, cfg) }
 }
 
 /// diffusers' `max_period` of the sinusoid.
@@ -93,17 +82,8 @@ pub fn timestep_embedding<D: KernelDevice>(
     out: &mut Tensor<D>,
 ) -> Result<()> {
     const OP: &str = "timestep_embedding";
-    if out.rows() != t.numel() || !out.cols().is_multiple_of(2) {
-        return Err(Error::Shape {
-            op: OP,
-            tensor: "out",
-            expected: format!("[{}, even dim]", t.numel()),
-            found: out.shape().to_vec(),
-        });
-    }
-    t.expect_dtype(OP, "t", DType::F32)?;
-    let suffix = dtype_suffix(OP, out.dtype())?;
-    let (batch, dim) = (t.numel(), out.cols());
+    let (batch, dim) = shapes::timestep_embedding(t, out)?;
+    let kernel = family::TIMESTEP_EMBEDDING.for_dtype(out.dtype())?;
     if batch == 0 || dim == 0 {
         return Ok(());
     }
@@ -117,17 +97,15 @@ pub fn timestep_embedding<D: KernelDevice>(
         max_period: MAX_PERIOD,
         _pad: 0,
     };
-    d.launch(
-        &format!("{OP}_{suffix}"),
-        &p,
-        LaunchCfg::linear(grid_stride_blocks(batch * dim / 2, EW_THREADS, 1), EW_THREADS)?,
-    )
+    let cfg = LaunchCfg::linear(grid_stride_blocks(batch * dim / 2, EW_THREADS, 1), EW_THREADS)?;
+    // SAFETY: t holds `batch` f32 timesteps and out [batch, dim] elements (shapes::timestep_embedding).
+    unsafe { d.launch(kernel, &p, cfg) }
 }
 
 pub fn patchify<D: KernelDevice>(d: &D, latents: &Tensor<D>, patch: usize, out: &mut Tensor<D>) -> Result<()> {
     const OP: &str = "patchify";
     let [b, c, h, w] = shapes::patchify(latents, patch, out)?;
-    let suffix = dtype_suffix(OP, out.dtype())?;
+    let kernel = family::PATCHIFY.for_dtype(out.dtype())?;
     let n = out.numel();
     if n == 0 {
         return Ok(());
@@ -143,13 +121,15 @@ pub fn patchify<D: KernelDevice>(d: &D, latents: &Tensor<D>, patch: usize, out: 
         patch: i(patch)?,
         _pad: 0,
     };
-    d.launch(&format!("{OP}_{suffix}"), &p, LaunchCfg::linear(grid_stride_blocks(n, EW_THREADS, 1), EW_THREADS)?)
+    let cfg = LaunchCfg::linear(grid_stride_blocks(n, EW_THREADS, 1), EW_THREADS)?;
+    // SAFETY: latents are f32 [b, c, h, w] and out holds their patches (shapes::patchify).
+    unsafe { d.launch(kernel, &p, cfg) }
 }
 
 pub fn unpatchify<D: KernelDevice>(d: &D, x: &Tensor<D>, patch: usize, out: &mut Tensor<D>) -> Result<()> {
     const OP: &str = "unpatchify";
     let [b, c, h, w] = shapes::unpatchify(x, patch, out)?;
-    let suffix = dtype_suffix(OP, x.dtype())?;
+    let kernel = family::UNPATCHIFY.for_dtype(x.dtype())?;
     let n = out.numel();
     if n == 0 {
         return Ok(());
@@ -165,7 +145,9 @@ pub fn unpatchify<D: KernelDevice>(d: &D, x: &Tensor<D>, patch: usize, out: &mut
         x: d.ptr(x),
         out: d.ptr_mut(out).cast(),
     };
-    d.launch(&format!("{OP}_{suffix}"), &p, LaunchCfg::linear(grid_stride_blocks(n, EW_THREADS, 1), EW_THREADS)?)
+    let cfg = LaunchCfg::linear(grid_stride_blocks(n, EW_THREADS, 1), EW_THREADS)?;
+    // SAFETY: out is f32 [b, c, h, w] and x holds its patches (shapes::unpatchify).
+    unsafe { d.launch(kernel, &p, cfg) }
 }
 
 pub fn cfg_combine<D: KernelDevice>(d: &D, out: &Tensor<D>, cfg: Cfg, eps: &mut Tensor<D>) -> Result<()> {
@@ -192,5 +174,8 @@ pub fn cfg_combine<D: KernelDevice>(d: &D, out: &Tensor<D>, cfg: Cfg, eps: &mut 
         _pad: 0,
         eps: d.ptr_mut(eps).cast(),
     };
-    d.launch("cfg_combine_f32", &p, LaunchCfg::linear(grid_stride_blocks(n, EW_THREADS, 1), EW_THREADS)?)
+    let cfg = LaunchCfg::linear(grid_stride_blocks(n, EW_THREADS, 1), EW_THREADS)?;
+    // SAFETY: out is f32 [factor·batch, c_out, h, w] and eps f32 [batch, c, h, w] with c ≤ c_out
+    // (shapes::cfg_combine).
+    unsafe { d.launch(KernelId::CfgCombineF32, &p, cfg) }
 }

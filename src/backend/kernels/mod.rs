@@ -4,25 +4,28 @@
 //! so the shim exercises exactly the launch configuration the GPU gets.
 
 mod attention;
-mod delta;
 mod elementwise;
 mod fill;
 mod norm_modulate;
-mod reduce;
+mod rel_l1;
+mod residual;
 mod scheduler;
+pub mod table;
 
 pub(crate) use attention::AttentionChoice;
-pub use attention::{attention, attention_supported_head_dim, AttentionKernel};
-pub use delta::residual;
+pub use attention::{attention, attention_supported_head_dim};
 pub use elementwise::{activation, add_bcast, cfg_combine, patchify, timestep_embedding, unpatchify};
 pub use fill::fill_bits;
 pub use norm_modulate::norm_modulate;
-pub use reduce::rel_l1;
+pub use rel_l1::rel_l1;
+pub use residual::residual;
 pub use scheduler::scheduler_step;
+pub use table::{AttentionKernel, KernelId};
 
 use super::params::*;
 use super::Backend;
-use crate::{DType, Error, Result, Tensor};
+use crate::error::BackendErrorKind;
+use crate::{Error, Result, Tensor};
 use std::ffi::c_void;
 
 /// Grid, block and dynamic shared memory of one launch.
@@ -37,7 +40,11 @@ impl LaunchCfg {
     /// A 1-D launch of `blocks` × `threads`.
     pub fn linear(blocks: u64, threads: u32) -> Result<Self> {
         if blocks == 0 || blocks > i32::MAX as u64 {
-            return Err(Error::Unsupported(format!("launch of {blocks} blocks is out of range")));
+            return Err(Error::backend(
+                "kernels",
+                BackendErrorKind::UnsupportedLayout,
+                format!("a launch of {blocks} blocks is out of range"),
+            ));
         }
         Ok(LaunchCfg { grid: [blocks as u32, 1, 1], block: [threads, 1, 1], smem: 0 })
     }
@@ -63,7 +70,7 @@ kernel_params!(
     FillParams,
     NormModulateParams,
     ResidualParams,
-    ActParams,
+    ActivationParams,
     AddBcastParams,
     TimestepEmbedParams,
     PatchifyParams,
@@ -81,20 +88,18 @@ pub trait KernelDevice: Backend {
     fn ptr(&self, t: &Tensor<Self>) -> *const c_void;
     /// Address of an output tensor (the kernel writes through it).
     fn ptr_mut(&self, t: &mut Tensor<Self>) -> *mut c_void;
-    /// Launches the kernel `name` with its parameter struct.
-    fn launch<P: KernelParams>(&self, name: &str, params: &P, cfg: LaunchCfg) -> Result<()>;
+    /// Launches `kernel` with its parameter struct.
+    ///
+    /// # Safety
+    /// `P` must be the parameter struct `kernel` takes (its `KernelInfo::params`), and every
+    /// address in `params` must point into a live tensor of this backend that holds every element
+    /// the kernel reads or writes for the sizes and strides in `params` and the grid of `cfg`
+    /// (the launchers establish this with the shape checks of `backend::shapes`). The kernel runs
+    /// without bounds checks.
+    unsafe fn launch<P: KernelParams>(&self, kernel: KernelId, params: &P, cfg: LaunchCfg) -> Result<()>;
     /// The attention kernel to launch where there is a choice (head dim 72).
     fn attention_kernel(&self) -> AttentionKernel {
-        AttentionKernel::Mma
-    }
-}
-
-/// Kernel name suffix of an activation dtype.
-pub(crate) fn dtype_suffix(op: &'static str, dtype: DType) -> Result<&'static str> {
-    match dtype {
-        DType::BF16 => Ok("bf16"),
-        DType::F16 => Ok("f16"),
-        DType::F32 => Err(Error::Unsupported(format!("{op}: the kernels take bf16 or f16 activations, not f32"))),
+        AttentionKernel::default()
     }
 }
 

@@ -1,7 +1,8 @@
 //! kernels/norm_modulate.cu: LayerNorm + adaLN modulation.
 
 use super::elementwise::int32;
-use super::{dtype_suffix, KernelDevice, LaunchCfg};
+use super::table::family;
+use super::{KernelDevice, LaunchCfg};
 use crate::backend::params::{
     NormModulateParams, NORM_SCALAR_SLOTS, NORM_STAGES, NORM_STREAM_ROWS_PER_WARP, NORM_THREADS, NORM_VEC_SLOTS,
 };
@@ -33,7 +34,11 @@ pub fn norm_modulate<D: KernelDevice>(
     let s = shapes::modulation(OP, x, modv, &[shift_row, scale_row])?;
     shapes::same_shape(OP, "out", out, x)?;
     shapes::same_dtype(OP, x, &[("out", out)])?;
-    let suffix = dtype_suffix(OP, x.dtype())?;
+    if !eps.is_finite() || eps < 0.0 {
+        return Err(crate::Error::param("norm_modulate eps", eps, "a finite number ≥ 0"));
+    }
+    let (kernel, stream_kernel) =
+        (family::NORM_MODULATE.for_dtype(x.dtype())?, family::NORM_MODULATE_STREAM.for_dtype(x.dtype())?);
     if s.rows == 0 {
         return Ok(());
     }
@@ -62,11 +67,14 @@ pub fn norm_modulate<D: KernelDevice>(
         let rows_per_cta = warps * NORM_STREAM_ROWS_PER_WARP as usize;
         let mut cfg = LaunchCfg::linear(s.rows.div_ceil(rows_per_cta) as u64, NORM_THREADS)?;
         cfg.smem = (warps * NORM_STAGES as usize * s.dim * x.dtype().size()) as u32;
-        return d.launch(&format!("{OP}_stream_{suffix}"), &p, cfg);
+        // SAFETY: x and out hold rows × dim elements, modv the shift and scale rows of every
+        // sample (shapes::modulation), all of the kernel's dtype.
+        return unsafe { d.launch(stream_kernel, &p, cfg) };
     }
     let rows_per_cta = (NORM_THREADS / tpr) as usize;
     let cfg = LaunchCfg::linear(s.rows.div_ceil(rows_per_cta) as u64, NORM_THREADS)?;
-    d.launch(&format!("{OP}_{suffix}"), &p, cfg)
+    // SAFETY: as above.
+    unsafe { d.launch(kernel, &p, cfg) }
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! kernels/scheduler.cu: the fused scheduler update of the f32 latents.
 
+use super::table::KernelId;
 use super::{grid_stride_blocks, KernelDevice, LaunchCfg};
 use crate::backend::params::{SchedulerStepParams, SCHED_DDIM, SCHED_DPM1, SCHED_DPM2, SCHED_LCM, SCHED_THREADS};
 use crate::backend::{shapes, SchedulerKind, SchedulerUpdate};
@@ -34,5 +35,8 @@ pub fn scheduler_step<D: KernelDevice>(
         _pad: 0,
     };
     // Four elements (one float4) a thread.
-    d.launch("scheduler_step_f32", &p, LaunchCfg::linear(grid_stride_blocks(n, SCHED_THREADS, 4), SCHED_THREADS)?)
+    let cfg = LaunchCfg::linear(grid_stride_blocks(n, SCHED_THREADS, 4), SCHED_THREADS)?;
+    // SAFETY: x, eps and the optional x0_prev and noise are f32 tensors of n elements
+    // (shapes::scheduler_step).
+    unsafe { d.launch(KernelId::SchedulerStepF32, &p, cfg) }
 }

@@ -1,6 +1,9 @@
-//! The C ABI of the shim library (kernels/sim/): launch a registered kernel by name.
+//! The C ABI of the shim library (kernels/sim/): every kernel's shim index is resolved once by
+//! name, then kernels launch by index.
 
+use crate::backend::kernels::table::{KernelId, KERNELS, KERNEL_COUNT};
 use crate::backend::kernels::{KernelParams, LaunchCfg};
+use crate::error::BackendErrorKind;
 use crate::{Error, Result};
 
 /// Order in which the shim runs the warps of a block: changing it exposes missing barriers.
@@ -20,8 +23,9 @@ pub const fn is_built() -> bool {
 mod sys {
     use std::ffi::{c_char, c_int, c_uint, c_void};
     extern "C" {
-        pub fn deltadit_sim_launch(
-            name: *const c_char,
+        pub fn deltadit_sim_kernel_index(name: *const c_char) -> c_int;
+        pub fn deltadit_sim_launch_index(
+            index: c_int,
             params: *const c_void,
             params_size: usize,
             gx: c_uint,
@@ -50,18 +54,46 @@ mod sys {
     }
 }
 
+fn sim_err(kind: BackendErrorKind, msg: impl Into<String>) -> Error {
+    Error::backend("sim", kind, msg)
+}
+
+/// The shim index of every kernel of the table, resolved once (None: the shim does not know it,
+/// a build that lost a registration).
 #[cfg(deltadit_sim)]
-pub fn launch<P: KernelParams>(name: &str, params: &P, cfg: LaunchCfg) -> Result<()> {
-    let cname = std::ffi::CString::new(name).map_err(|_| Error::backend("sim", "kernel name with a NUL byte"))?;
+fn indices() -> &'static [Option<i32>; KERNEL_COUNT] {
+    static TABLE: std::sync::OnceLock<[Option<i32>; KERNEL_COUNT]> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        std::array::from_fn(|i| {
+            let name = std::ffi::CString::new(KERNELS[i].name).ok()?;
+            // SAFETY: a NUL-terminated name, read during the call only.
+            let idx = unsafe { sys::deltadit_sim_kernel_index(name.as_ptr()) };
+            (idx >= 0).then_some(idx)
+        })
+    })
+}
+
+/// Runs `kernel` on the calling thread.
+///
+/// # Safety
+/// As [`KernelDevice::launch`](crate::backend::kernels::KernelDevice::launch): `P` is the kernel's
+/// parameter struct and every address in it points into live host memory large enough for the
+/// kernel's accesses.
+#[cfg(deltadit_sim)]
+pub unsafe fn launch<P: KernelParams>(kernel: KernelId, params: &P, cfg: LaunchCfg) -> Result<()> {
+    let name = kernel.name();
+    let index = indices()[kernel as usize].ok_or_else(|| {
+        sim_err(BackendErrorKind::NotBuilt, format!("kernel {name}: not registered with the shim (a stale build?)"))
+    })?;
     let [gx, gy, gz] = cfg.grid;
     let [bx, by, bz] = cfg.block;
     // SAFETY: `params` is a #[repr(C)] struct matching the kernel's C parameter struct
     // (KernelParams' contract); the shim copies size_of::<P>() bytes and checks the size against
-    // the registered kernel. Pointers inside it address live host buffers owned by the caller's
-    // tensors for the duration of this synchronous call.
+    // the registered kernel. Pointers inside it address live host buffers large enough for the
+    // kernel (this function's contract) for the duration of this synchronous call.
     let rc = unsafe {
-        sys::deltadit_sim_launch(
-            cname.as_ptr(),
+        sys::deltadit_sim_launch_index(
+            index,
             (params as *const P).cast(),
             std::mem::size_of::<P>(),
             gx,
@@ -86,12 +118,20 @@ pub fn launch<P: KernelParams>(name: &str, params: &P, cfg: LaunchCfg) -> Result
             std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
         }
     };
-    Err(Error::backend("sim", format!("kernel {name}: {msg}")))
+    Err(sim_err(BackendErrorKind::KernelLaunch { kernel: name.to_string() }, format!("kernel {name}: {msg}")))
 }
 
+/// Without the shim library: every launch fails.
+///
+/// # Safety
+/// Nothing runs.
 #[cfg(not(deltadit_sim))]
-pub fn launch<P: KernelParams>(name: &str, _params: &P, _cfg: LaunchCfg) -> Result<()> {
-    Err(Error::backend("sim", format!("kernel {name}: the shim library is not built (run scripts/install-cuda.sh)")))
+pub unsafe fn launch<P: KernelParams>(kernel: KernelId, _params: &P, _cfg: LaunchCfg) -> Result<()> {
+    let _ = (KERNELS, KERNEL_COUNT);
+    Err(sim_err(
+        BackendErrorKind::NotBuilt,
+        format!("kernel {}: the shim library is not built (run scripts/install-cuda.sh)", kernel.name()),
+    ))
 }
 
 /// Sets the warp order of later launches (process-wide).

@@ -4,18 +4,25 @@
 //! for cuBLASLt. It exists so every kernel and the whole model are tested on machines without a
 //! GPU; it is slow (each CUDA thread is a fiber).
 
+#[allow(missing_docs)] // crate internals
 mod ffi;
 #[cfg(deltadit_sim)]
-pub mod selftest;
+pub(crate) mod selftest;
 
-use super::kernels::{self, AttentionChoice, AttentionKernel, KernelDevice, KernelParams, LaunchCfg};
+use super::kernels::{self, AttentionChoice, AttentionKernel, KernelDevice, KernelId, KernelParams, LaunchCfg};
 use super::{shapes, Activation, Backend};
 use crate::dtype::{bits16_to_f32, f32_to_bits16};
+use crate::error::BackendErrorKind;
 use crate::{DType, Error, Result, Tensor};
 use bytemuck::{Pod, Zeroable};
 use std::ffi::c_void;
 
-pub use ffi::{count_smem_traffic, is_built, set_warp_order, SmemTraffic, WarpOrder, Wavefronts};
+pub use ffi::is_built;
+
+/// The shim's instruments (crate internals: tests and benches).
+pub(crate) mod instruments {
+    pub use super::ffi::{count_smem_traffic, set_warp_order, SmemTraffic, WarpOrder, Wavefronts};
+}
 
 /// 16 bytes, 16-byte aligned: the unit of sim storage, so every tensor satisfies the kernels'
 /// 16-byte vector-load and cp.async alignment like a cudaMalloc'd buffer does.
@@ -47,27 +54,36 @@ pub struct Sim {
 }
 
 impl Sim {
-    /// Fails when the shim library was not built (no CUDA headers at build time) or `dtype` is
-    /// f32 (the kernels take bf16/f16).
+    /// Fails when the shim library was not built (no CUDA headers at build time:
+    /// [`BackendErrorKind::NotBuilt`]) or `dtype` is f32 (the kernels take bf16/f16:
+    /// [`BackendErrorKind::UnsupportedDType`]).
     pub fn new(dtype: DType) -> Result<Self> {
         if !is_built() {
             return Err(Error::backend(
                 "sim",
-                "not built: the SIMT shim needs the CUDA headers at build time; run scripts/install-cuda.sh and rebuild",
+                BackendErrorKind::NotBuilt,
+                "the SIMT shim needs the CUDA headers at build time; run scripts/install-cuda.sh and rebuild",
             ));
         }
-        kernels::dtype_suffix("sim backend", dtype)?;
-        let sim = Sim { dtype, threads: rayon::current_num_threads(), attention: AttentionChoice::default() };
-        if let Some(k) = AttentionKernel::from_env()? {
-            sim.set_attention_kernel(k);
+        if dtype == DType::F32 {
+            return Err(Error::backend(
+                "sim",
+                BackendErrorKind::UnsupportedDType { dtype },
+                "the kernels compute in bf16 or f16 (weights and activations)",
+            ));
         }
-        Ok(sim)
+        Ok(Sim { dtype, threads: rayon::current_num_threads(), attention: AttentionChoice::default() })
     }
 
-    /// Chooses the attention kernel for head dim 72 (DELTADIT_ATTENTION sets it at creation).
-    /// The shim emulates both, so any choice works here.
+    /// Chooses the attention kernel where a head dim has more than one (72). The shim emulates
+    /// every one, so any choice works here.
     pub fn set_attention_kernel(&self, k: AttentionKernel) {
         self.attention.set(k);
+    }
+
+    /// The attention kernel it launches where there is a choice.
+    pub fn attention_kernel(&self) -> AttentionKernel {
+        self.attention.get()
     }
 
     fn to_f32(&self, t: &Tensor<Self>) -> Vec<f32> {
@@ -92,16 +108,10 @@ impl Backend for Sim {
     }
 
     fn alloc(&self, shape: &[usize], dtype: DType) -> Result<Tensor<Self>> {
-        let bytes = shape.iter().product::<usize>() * dtype.size();
+        let bytes = shapes::alloc_bytes(shape, dtype)?;
         // 0xff bytes are a NaN in f32, bf16 and f16: unwritten elements show.
         let buf = SimBuf { chunks: vec![Chunk([0xff; 16]); bytes.div_ceil(16).max(1)], bytes };
         Ok(Tensor::from_parts(buf, shape, dtype))
-    }
-
-    fn upload(&self, data: &[f32], shape: &[usize], dtype: DType) -> Result<Tensor<Self>> {
-        let mut t = self.alloc(shape, dtype)?;
-        self.write(&mut t, data)?;
-        Ok(t)
     }
 
     fn download(&self, t: &Tensor<Self>) -> Result<Vec<f32>> {
@@ -109,27 +119,13 @@ impl Backend for Sim {
     }
 
     fn write(&self, dst: &mut Tensor<Self>, data: &[f32]) -> Result<()> {
-        if data.len() != dst.numel() {
-            return Err(Error::Shape {
-                op: "write",
-                tensor: "data",
-                expected: format!("{} elements", dst.numel()),
-                found: vec![data.len()],
-            });
-        }
+        shapes::write(dst, data.len())?;
         let dtype = dst.dtype();
         let b = dst.buf.bytes_mut();
         match dtype {
             DType::F32 => b.copy_from_slice(bytemuck::cast_slice(data)),
             dt => f32_to_bits16(dt, data, bytemuck::cast_slice_mut(b)),
         }
-        Ok(())
-    }
-
-    fn copy(&self, src: &Tensor<Self>, dst: &mut Tensor<Self>) -> Result<()> {
-        shapes::same_shape("copy", "dst", dst, src)?;
-        shapes::same_dtype("copy", src, &[("dst", dst)])?;
-        dst.buf.bytes_mut().copy_from_slice(src.buf.bytes());
         Ok(())
     }
 
@@ -156,7 +152,7 @@ impl Backend for Sim {
 
     super::kernels::kernel_backend_ops!();
 
-    fn copy_range(
+    unsafe fn copy_elems(
         &self,
         src: &Tensor<Self>,
         src_off: usize,
@@ -164,7 +160,6 @@ impl Backend for Sim {
         dst_off: usize,
         len: usize,
     ) -> Result<()> {
-        shapes::copy_range(src, src_off, dst, dst_off, len)?;
         let es = src.dtype().size();
         dst.buf.bytes_mut()[dst_off * es..(dst_off + len) * es]
             .copy_from_slice(&src.buf.bytes()[src_off * es..(src_off + len) * es]);
@@ -181,8 +176,9 @@ impl KernelDevice for Sim {
         t.buf.chunks.as_mut_ptr().cast()
     }
 
-    fn launch<P: KernelParams>(&self, name: &str, params: &P, cfg: LaunchCfg) -> Result<()> {
-        ffi::launch(name, params, cfg)
+    unsafe fn launch<P: KernelParams>(&self, kernel: KernelId, params: &P, cfg: LaunchCfg) -> Result<()> {
+        // SAFETY: the caller's contract is ffi::launch's.
+        unsafe { ffi::launch(kernel, params, cfg) }
     }
 
     fn attention_kernel(&self) -> AttentionKernel {

@@ -1,11 +1,9 @@
-//! Reading and writing safetensors files: checkpoints (memory-mapped), the CLI's input tensors
-//! and its outputs.
+//! A memory-mapped safetensors file: checkpoints and input files are read through it.
 
 use crate::{Error, Result};
 use memmap2::Mmap;
 use safetensors::tensor::{Dtype, Metadata, TensorInfo};
 use safetensors::SafeTensors;
-use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -119,93 +117,5 @@ impl RawTensor<'_> {
                 })
                 .collect(),
         }
-    }
-}
-
-/// A host tensor to write.
-pub enum HostTensor {
-    F32(Vec<f32>, Vec<usize>),
-    F16(Vec<half::f16>, Vec<usize>),
-    BF16(Vec<half::bf16>, Vec<usize>),
-    I64(Vec<i64>, Vec<usize>),
-}
-
-/// Writes named tensors to a safetensors file (atomically: a temporary file, then a rename).
-pub fn write_safetensors(path: &Path, tensors: &[(&str, HostTensor)]) -> Result<()> {
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
-        .iter()
-        .map(|(name, t)| {
-            let (dtype, shape, bytes): (Dtype, &[usize], &[u8]) = match t {
-                HostTensor::F32(v, s) => (Dtype::F32, s, bytemuck::cast_slice(v)),
-                HostTensor::F16(v, s) => (Dtype::F16, s, bytemuck::cast_slice(v)),
-                HostTensor::BF16(v, s) => (Dtype::BF16, s, bytemuck::cast_slice(v)),
-                HostTensor::I64(v, s) => (Dtype::I64, s, bytemuck::cast_slice(v)),
-            };
-            let view = safetensors::tensor::TensorView::new(dtype, shape.to_vec(), bytes)
-                .map_err(|e| Error::input(*name, format!("cannot serialise: {e}")))?;
-            Ok((name.to_string(), view))
-        })
-        .collect::<Result<_>>()?;
-    let tmp = path.with_extension("safetensors.tmp");
-    safetensors::serialize_to_file(views, None, &tmp)
-        .map_err(|e| Error::Safetensors { path: path.to_path_buf(), msg: e.to_string() })?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
-}
-
-/// The input tensors of a CLI call, by name.
-pub struct Inputs {
-    file: SafetensorsFile,
-}
-
-impl Inputs {
-    pub fn open(path: &Path) -> Result<Self> {
-        Ok(Inputs { file: SafetensorsFile::open(path)? })
-    }
-
-    pub fn has(&self, name: &str) -> bool {
-        self.file.info(name).is_some()
-    }
-
-    fn raw(&self, name: &str) -> Result<RawTensor<'_>> {
-        self.file
-            .get(name)
-            .ok_or_else(|| Error::MissingInput { name: name.into(), path: self.file.path().to_path_buf() })
-    }
-
-    /// f32 data and shape; `rank` checks the number of dimensions.
-    pub fn f32(&self, name: &str, rank: usize) -> Result<(Vec<f32>, Vec<usize>)> {
-        let t = self.raw(name)?;
-        if t.shape.len() != rank {
-            return Err(Error::input(name, format!("expected {rank} dimensions, found shape {:?}", t.shape)));
-        }
-        Ok((t.to_f32(name)?, t.shape.to_vec()))
-    }
-
-    pub fn f32_opt(&self, name: &str, rank: usize) -> Result<Option<(Vec<f32>, Vec<usize>)>> {
-        if self.has(name) {
-            self.f32(name, rank).map(Some)
-        } else {
-            Ok(None)
-        }
-    }
-
-    pub fn i64(&self, name: &str, rank: usize) -> Result<(Vec<i64>, Vec<usize>)> {
-        let t = self.raw(name)?;
-        if t.shape.len() != rank {
-            return Err(Error::input(name, format!("expected {rank} dimensions, found shape {:?}", t.shape)));
-        }
-        Ok((t.to_i64(name)?, t.shape.to_vec()))
-    }
-
-    /// Shapes of all tensors (for messages).
-    pub fn shapes(&self) -> HashMap<String, Vec<usize>> {
-        self.file
-            .names()
-            .into_iter()
-            .map(|n| {
-                let s = self.file.info(&n).map(|i| i.shape.clone()).unwrap_or_default();
-                (n, s)
-            })
-            .collect()
     }
 }

@@ -1,7 +1,8 @@
-//! kernels/delta.cu: gated residual with the fused Δ-cache anchor/delta writes.
+//! kernels/residual.cu: gated residual with the fused Δ-cache anchor/delta writes.
 
 use super::elementwise::{int32, vector_blocks};
-use super::{dtype_suffix, KernelDevice, LaunchCfg};
+use super::table::family;
+use super::{KernelDevice, LaunchCfg};
 use crate::backend::params::{ResidualParams, RESIDUAL_THREADS};
 use crate::backend::{shapes, CacheWrite};
 use crate::{Error, Result, Tensor};
@@ -16,7 +17,6 @@ pub fn residual<D: KernelDevice>(
     const OP: &str = "residual";
     shapes::same_shape(OP, "y", y, x)?;
     shapes::same_dtype(OP, x, &[("y", y)])?;
-    let suffix = dtype_suffix(OP, x.dtype())?;
     let (rows, dim) = (x.rows(), x.cols());
     // No gate: tokens = rows (one "sample"), stride 0; the kernel never reads modv.
     let (modv, tokens, mod_stride, gate_row) = match gate {
@@ -26,11 +26,12 @@ pub fn residual<D: KernelDevice>(
         }
         None => (std::ptr::null(), rows.max(1), 0, 0),
     };
-    let (variant, cache) = match cache {
-        CacheWrite::None => ("plain", None),
-        CacheWrite::Anchor(c) => ("anchor", Some(c)),
-        CacheWrite::Delta(c) => ("delta", Some(c)),
+    let (kernels, cache) = match cache {
+        CacheWrite::None => (family::RESIDUAL_PLAIN, None),
+        CacheWrite::Anchor(c) => (family::RESIDUAL_ANCHOR, Some(c)),
+        CacheWrite::Delta(c) => (family::RESIDUAL_DELTA, Some(c)),
     };
+    let kernel = kernels.for_dtype(x.dtype())?;
     if let Some(c) = cache.as_deref() {
         shapes::same_shape(OP, "cache", c, x)?;
         shapes::same_dtype(OP, x, &[("cache", c)])?;
@@ -59,5 +60,7 @@ pub fn residual<D: KernelDevice>(
         gate_row,
     };
     let cfg = LaunchCfg::linear(vector_blocks(rows * dim, dim, RESIDUAL_THREADS), RESIDUAL_THREADS)?;
-    d.launch(&format!("{OP}_{variant}_{suffix}"), &p, cfg)
+    // SAFETY: x, y and cache have x's shape and dtype, and modv holds the gate row of every
+    // sample (shapes::modulation), so every element the kernel touches lies inside them.
+    unsafe { d.launch(kernel, &p, cfg) }
 }

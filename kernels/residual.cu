@@ -7,7 +7,7 @@
 // gate row of each sample is re-read by every token and stays in L1/L2.
 #include "common.cuh"
 
-namespace delta {
+namespace residual {
 
 enum Mode { PLAIN = 0, ANCHOR = 1, DELTA = 2 };
 
@@ -98,20 +98,20 @@ template <typename T, int MODE> __device__ __forceinline__ void residual_dispatc
     else residual<T, MODE, 1>(p);
 }
 
-}  // namespace delta
+}  // namespace residual
 
-#define DELTA_KERNEL(mode, MODE, dtype, T)                                                         \
+#define RESIDUAL_KERNEL(mode, MODE, dtype, T)                                                         \
     extern "C" __global__ void __launch_bounds__(RESIDUAL_THREADS) residual_##mode##_##dtype(ResidualParams p) { \
-        delta::residual_dispatch<T, delta::MODE>(p);                                               \
+        residual::residual_dispatch<T, residual::MODE>(p);                                               \
     }
-DELTA_KERNEL(plain, PLAIN, bf16, bf16)
-DELTA_KERNEL(anchor, ANCHOR, bf16, bf16)
-DELTA_KERNEL(delta, DELTA, bf16, bf16)
-DELTA_KERNEL(plain, PLAIN, f16, f16)
-DELTA_KERNEL(anchor, ANCHOR, f16, f16)
-DELTA_KERNEL(delta, DELTA, f16, f16)
+RESIDUAL_KERNEL(plain, PLAIN, bf16, bf16)
+RESIDUAL_KERNEL(anchor, ANCHOR, bf16, bf16)
+RESIDUAL_KERNEL(delta, DELTA, bf16, bf16)
+RESIDUAL_KERNEL(plain, PLAIN, f16, f16)
+RESIDUAL_KERNEL(anchor, ANCHOR, f16, f16)
+RESIDUAL_KERNEL(delta, DELTA, f16, f16)
 
-DELTADIT_SIM_REGISTER(delta,
+DELTADIT_SIM_REGISTER(residual,
     DELTADIT_SIM_KERNEL(residual_plain_bf16, ResidualParams)
     DELTADIT_SIM_KERNEL(residual_anchor_bf16, ResidualParams)
     DELTADIT_SIM_KERNEL(residual_delta_bf16, ResidualParams)

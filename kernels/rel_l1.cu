@@ -1,13 +1,17 @@
-// Relative-L1 probe for cache policies: out[0] += Σ|a − b|, out[1] += Σ|b| (f32 atomics; the
-// launcher zeroes `out` first and reads the two floats back).
+// Relative-L1 probe for cache policies: the two sums Σ|a − b| and Σ|b|, as one f32 pair per block
+// (partial[2·block], partial[2·block + 1]); the launcher reads the pairs back and adds them in
+// block order on the host.
 //
-// Memory-bound: 16-byte vectors, per-thread f32 partial sums, a warp-shuffle + shared-memory block
-// reduction and one pair of atomics per block. The grid is capped (REDUCE_MAX_BLOCKS) so atomics
-// stay few; each thread's partial covers at most a few thousand elements, which keeps the f32 sums
-// well within the probe's needs (the result is a ratio compared against a threshold).
+// Deterministic by construction: a thread's elements, the shuffle tree and the block's pair depend
+// only on n and the grid, never on scheduling (float atomics would add the blocks' sums in
+// whatever order they finish, and an adaptive cache policy comparing the ratio against a
+// threshold could then decide differently on two identical runs). Memory-bound: 16-byte vectors,
+// per-thread f32 partial sums, a warp-shuffle + shared-memory block reduction. The grid is capped
+// (REL_L1_MAX_BLOCKS) so the pairs read back stay few; each thread's partial covers at most a few
+// thousand elements.
 #include "common.cuh"
 
-namespace reduce {
+namespace rel_l1 {
 
 // The 16-byte vector of E elements and the scalar element, as f32.
 template <typename T> struct Elem {
@@ -35,7 +39,7 @@ __device__ __forceinline__ float warp_sum(float v) {
     return v;
 }
 
-template <typename T> __device__ __forceinline__ void rel_l1(const RelL1Params& p) {
+template <typename T> __device__ __forceinline__ void run(const RelL1Params& p) {
     using L = Elem<T>;
     constexpr int E = L::E;
     const T* a = static_cast<const T*>(p.a);
@@ -62,7 +66,7 @@ template <typename T> __device__ __forceinline__ void rel_l1(const RelL1Params& 
         norm += fabsf(fb);
     }
 
-    __shared__ float red[2][REDUCE_THREADS / 32];
+    __shared__ float red[2][REL_L1_THREADS / 32];
     diff = warp_sum(diff);
     norm = warp_sum(norm);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -78,19 +82,19 @@ template <typename T> __device__ __forceinline__ void rel_l1(const RelL1Params& 
         diff = warp_sum(diff);
         norm = warp_sum(norm);
         if (lane == 0) {
-            atomicAdd(p.out, diff);
-            atomicAdd(p.out + 1, norm);
+            p.partial[2 * blockIdx.x] = diff;
+            p.partial[2 * blockIdx.x + 1] = norm;
         }
     }
 }
 
-}  // namespace reduce
+}  // namespace rel_l1
 
-extern "C" __global__ void __launch_bounds__(REDUCE_THREADS) rel_l1_bf16(RelL1Params p) { reduce::rel_l1<bf16>(p); }
-extern "C" __global__ void __launch_bounds__(REDUCE_THREADS) rel_l1_f16(RelL1Params p) { reduce::rel_l1<f16>(p); }
-extern "C" __global__ void __launch_bounds__(REDUCE_THREADS) rel_l1_f32(RelL1Params p) { reduce::rel_l1<float>(p); }
+extern "C" __global__ void __launch_bounds__(REL_L1_THREADS) rel_l1_bf16(RelL1Params p) { rel_l1::run<bf16>(p); }
+extern "C" __global__ void __launch_bounds__(REL_L1_THREADS) rel_l1_f16(RelL1Params p) { rel_l1::run<f16>(p); }
+extern "C" __global__ void __launch_bounds__(REL_L1_THREADS) rel_l1_f32(RelL1Params p) { rel_l1::run<float>(p); }
 
-DELTADIT_SIM_REGISTER(reduce,
+DELTADIT_SIM_REGISTER(rel_l1,
     DELTADIT_SIM_KERNEL(rel_l1_bf16, RelL1Params)
     DELTADIT_SIM_KERNEL(rel_l1_f16, RelL1Params)
     DELTADIT_SIM_KERNEL(rel_l1_f32, RelL1Params))

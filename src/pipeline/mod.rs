@@ -1,0 +1,182 @@
+//! The sampling loop: timesteps, the classifier-free-guidance batch in each pipeline's order
+//! (PixArt [uncond, cond], DiT [cond, null]), the cache policy per step, the learned-sigma split
+//! and the fused scheduler update. Latents, Δ buffers and activations stay on the backend; the
+//! host reads back only the final latents (and the policies' two-float probes).
+//!
+//! [`Denoiser`] is the step-by-step piece for callers with a sampling loop of their own.
+
+mod denoiser;
+mod inputs;
+
+pub use denoiser::Denoiser;
+pub use inputs::{ForwardInputs, SampleInputs};
+
+use crate::backend::Cfg;
+use crate::cache::{CachePolicy, StepPlan};
+use crate::error::check_finite;
+use crate::model::{Family, Transformer};
+use crate::sampler::{Scheduler, SchedulerName};
+use crate::{Backend, DType, Error, Result};
+use std::time::{Duration, Instant};
+
+/// How to sample.
+#[derive(Clone, Debug)]
+pub struct SampleConfig {
+    /// the solver
+    pub scheduler: SchedulerName,
+    /// solver steps
+    pub steps: usize,
+    /// classifier-free guidance scale; guidance applies when > 1 (as in diffusers)
+    pub guidance: f32,
+    /// keep every step's latents (tests, debugging)
+    pub keep_per_step: bool,
+}
+
+impl SampleConfig {
+    /// `steps` steps of `scheduler` with guidance `guidance`.
+    pub fn new(scheduler: SchedulerName, steps: usize, guidance: f32) -> Self {
+        SampleConfig { scheduler, steps, guidance, keep_per_step: false }
+    }
+
+    /// Rejects settings that make no sense (a NaN or infinite guidance scale).
+    pub fn validate(&self) -> Result<()> {
+        if !self.guidance.is_finite() {
+            return Err(Error::param("guidance", self.guidance, "a finite number (guidance applies when > 1)"));
+        }
+        Ok(())
+    }
+}
+
+/// What a sampling run produced.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct SampleOutput {
+    /// the final latents
+    pub latents: Vec<f32>,
+    /// their shape `[n, C, H, W]`
+    pub shape: [usize; 4],
+    /// the scheduler's timesteps
+    pub timesteps: Vec<i64>,
+    /// block evaluations per step
+    pub blocks_run: Vec<usize>,
+    /// the cache plan of each step
+    pub plans: Vec<StepPlan>,
+    /// the policy's probe at each step, where it has one
+    pub probes: Vec<Option<f32>>,
+    /// wall time of each step (the backend synchronised at the end of each)
+    pub step_times: Vec<Duration>,
+    /// every step's latents, with [`SampleConfig::keep_per_step`]
+    pub latents_per_step: Vec<Vec<f32>>,
+}
+
+/// The guidance of a config for a model family (DiT orders the batch [cond, null], PixArt
+/// [uncond, cond]).
+fn guidance(cfg: &SampleConfig, family: Family) -> Cfg {
+    if cfg.guidance > 1.0 {
+        Cfg::On { scale: cfg.guidance, cond_first: family == Family::DiT }
+    } else {
+        Cfg::Off
+    }
+}
+
+/// Samples with `policy`, calling `on_step(i, steps)` after every step (progress bars).
+pub fn sample<B: Backend>(
+    be: &B,
+    model: &Transformer<B>,
+    inp: &SampleInputs,
+    cfg: &SampleConfig,
+    policy: Box<dyn CachePolicy>,
+    on_step: &mut dyn FnMut(usize, usize),
+) -> Result<SampleOutput> {
+    cfg.validate()?;
+    let mc = &model.config;
+    let [n, c, h, w] = inp.shape;
+    if c != mc.in_channels {
+        return Err(Error::input(
+            "latents",
+            format!("expected {} channels, found shape {:?}", mc.in_channels, inp.shape),
+        ));
+    }
+    let sample_numel = inp.numel().filter(|&v| v == inp.latents.len() && n > 0).ok_or_else(|| {
+        Error::input("latents", format!("{} values for shape {:?} (n ≥ 1)", inp.latents.len(), inp.shape))
+    })?;
+    check_finite("latents", &inp.latents)?;
+    let scheduler = Scheduler::new(cfg.scheduler, cfg.steps)?;
+    let guided = cfg.guidance > 1.0;
+    let cond = inp.conditioning(mc.family, mc.num_embeds_ada_norm, guided)?;
+    match &inp.noise {
+        Some(noise) => {
+            if cfg.steps.saturating_sub(1).checked_mul(sample_numel) != Some(noise.len()) {
+                return Err(Error::input(
+                    "noise",
+                    format!("expected [{}, {n}, {c}, {h}, {w}]", cfg.steps.saturating_sub(1)),
+                ));
+            }
+            check_finite("noise", noise)?;
+        }
+        None if scheduler.needs_noise(0) => {
+            return Err(Error::input(
+                "noise",
+                "LCM needs the injected noise [steps − 1, n, C, H, W] (runs are reproducible only with it)",
+            ));
+        }
+        None => {}
+    }
+
+    let mut denoiser = Denoiser::new(be, model, &cond, policy)?;
+    let mut latents = be.upload(&inp.latents, &inp.shape, DType::F32)?;
+    let mut eps = be.alloc(&inp.shape, DType::F32)?;
+    let mut x0_prev = if scheduler.needs_x0_prev() { Some(be.alloc(&inp.shape, DType::F32)?) } else { None };
+    let mut noise_buf = if inp.noise.is_some() { Some(be.alloc(&inp.shape, DType::F32)?) } else { None };
+    let guidance = guidance(cfg, mc.family);
+    let batch = denoiser.batch();
+
+    let mut out = SampleOutput {
+        latents: Vec::new(),
+        shape: inp.shape,
+        timesteps: scheduler.timesteps().to_vec(),
+        blocks_run: Vec::new(),
+        plans: Vec::new(),
+        probes: Vec::new(),
+        step_times: Vec::new(),
+        latents_per_step: Vec::new(),
+    };
+    for (i, &t) in scheduler.timesteps().iter().enumerate() {
+        let start = Instant::now();
+        // Model input: the latents, twice under CFG (both halves see the same sample).
+        for copy in 0..batch / n {
+            be.copy_range(&latents, 0, denoiser.input_mut(), copy * sample_numel, sample_numel)?;
+        }
+        be.write(denoiser.timesteps_mut(), &vec![t as f32; batch])?;
+        let report =
+            denoiser.forward_written_then(be, i, cfg.steps, &mut |be, out| be.cfg_combine(out, guidance, &mut eps))?;
+        let noise = match (&inp.noise, noise_buf.as_mut()) {
+            (Some(noise), Some(buf)) if scheduler.needs_noise(i) => {
+                be.write(buf, &noise[i * sample_numel..(i + 1) * sample_numel])?;
+                Some(&*buf)
+            }
+            _ => None,
+        };
+        be.scheduler_step(&scheduler.update(i), &mut latents, &eps, x0_prev.as_mut(), noise)?;
+        be.synchronize()?;
+        out.step_times.push(start.elapsed());
+        out.blocks_run.push(report.blocks_run);
+        out.plans.push(report.plan);
+        out.probes.push(report.probe);
+        if cfg.keep_per_step {
+            out.latents_per_step.push(be.download(&latents)?);
+        }
+        on_step(i + 1, cfg.steps);
+    }
+    out.latents = be.download(&latents)?;
+    Ok(out)
+}
+
+/// One transformer forward, as the diffusers forward call computes it; returns `sample`
+/// `[B, C_out, H, W]`.
+pub fn forward<B: Backend>(be: &B, model: &Transformer<B>, inp: &ForwardInputs) -> Result<(Vec<f32>, [usize; 4])> {
+    inp.validate()?;
+    let mut d = Denoiser::uncached(be, model, &inp.cond)?;
+    d.forward(be, &inp.hidden_states, &inp.timestep, 0, 1)?;
+    Ok((be.download(d.output())?, d.output_shape()))
+}
