@@ -27,6 +27,7 @@ mod device;
 mod error;
 mod exec;
 mod graph;
+mod interop;
 mod memory;
 mod modules;
 mod probe;
