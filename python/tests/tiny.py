@@ -1,0 +1,306 @@
+"""Tiny random diffusers models and pipelines for the tests (no hub access): PixArt-α with
+micro-conditions, PixArt-Σ, DiT, a tiny AutoencoderKL, the schedulers the CLI implements (the
+configs of the golden cases in tests/data), and the CLI's inputs for the same run."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+CLI = Path(os.environ.get("DELTADIT_CLI", REPO / "target" / "release" / "deltadit"))
+
+# The scheduler configs of the golden cases (tests/data/*/case.json): what the CLI computes.
+DPM_CONFIG = dict(
+    algorithm_type="dpmsolver++",
+    beta_end=0.02,
+    beta_schedule="linear",
+    beta_start=0.0001,
+    lower_order_final=True,
+    num_train_timesteps=1000,
+    prediction_type="epsilon",
+    solver_order=2,
+    solver_type="midpoint",
+    steps_offset=0,
+    thresholding=False,
+    timestep_spacing="linspace",
+    use_karras_sigmas=False,
+)
+DDIM_CONFIG = dict(
+    num_train_timesteps=1000,
+    beta_start=0.0001,
+    beta_end=0.02,
+    beta_schedule="linear",
+    clip_sample=False,
+    set_alpha_to_one=True,
+    steps_offset=0,
+    prediction_type="epsilon",
+    thresholding=False,
+    timestep_spacing="leading",
+    rescale_betas_zero_snr=False,
+)
+LCM_CONFIG = dict(
+    num_train_timesteps=1000,
+    beta_start=0.0001,
+    beta_end=0.02,
+    beta_schedule="linear",
+    original_inference_steps=50,
+    clip_sample=False,
+    set_alpha_to_one=True,
+    steps_offset=0,
+    prediction_type="epsilon",
+    thresholding=False,
+    timestep_spacing="leading",
+    timestep_scaling=10.0,
+    rescale_betas_zero_snr=False,
+)
+# name → (diffusers class, config, the CLI's --scheduler)
+SCHEDULERS = {
+    "dpm-solver++": ("DPMSolverMultistepScheduler", DPM_CONFIG),
+    "ddim": ("DDIMScheduler", DDIM_CONFIG),
+    "lcm": ("LCMScheduler", LCM_CONFIG),
+}
+
+
+def scheduler(name: str):
+    import diffusers
+
+    cls, cfg = SCHEDULERS[name]
+    return getattr(diffusers, cls)(**cfg)
+
+
+def randomize(module: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Every parameter random and non-zero, scaled like a trained model's (≈ 1/√fan_in), so that no
+    zero-initialised part (adaLN, output projections) hides a difference."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, p in sorted(module.named_parameters()):
+            fan_in = math.prod(p.shape[1:]) if p.ndim >= 2 else 0
+            std = 1.0 / math.sqrt(fan_in) if fan_in else 0.02
+            p.copy_(torch.randn(p.shape, generator=g) * std + (0.0 if fan_in else 0.01))
+    return module.eval()
+
+
+def pixart(
+    *,
+    layers=4,
+    heads=2,
+    head_dim=72,
+    caption_channels=64,
+    sample_size=16,
+    micro=None,
+    seed=0,
+):
+    """A PixArtTransformer2DModel; `micro` (use_additional_conditions) defaults to
+    sample_size == 128, as in diffusers (and PixArtAlphaPipeline passes micro-conditions exactly
+    when sample_size == 128)."""
+    from diffusers import PixArtTransformer2DModel
+
+    m = PixArtTransformer2DModel(
+        num_attention_heads=heads,
+        attention_head_dim=head_dim,
+        in_channels=4,
+        out_channels=8,
+        num_layers=layers,
+        cross_attention_dim=heads * head_dim,
+        caption_channels=caption_channels,
+        sample_size=sample_size,
+        patch_size=2,
+        use_additional_conditions=micro,
+    )
+    return randomize(m, seed)
+
+
+def dit(*, layers=4, heads=2, head_dim=72, sample_size=8, seed=0):
+    from diffusers import DiTTransformer2DModel
+
+    m = DiTTransformer2DModel(
+        num_attention_heads=heads,
+        attention_head_dim=head_dim,
+        in_channels=4,
+        out_channels=8,
+        num_layers=layers,
+        sample_size=sample_size,
+        patch_size=2,
+        num_embeds_ada_norm=1000,
+    )
+    return randomize(m, seed)
+
+
+def vae(seed=0):
+    """A tiny AutoencoderKL: 2 blocks of 8 channels (vae_scale_factor 2)."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    m = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(8, 8),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=32,
+    )
+    return m.eval()
+
+
+def pipeline(kind: str, sched: str, *, transformer=None, **model_kw):
+    """`alpha` (PixArtAlphaPipeline, micro-conditions: sample_size 128), `sigma`
+    (PixArtSigmaPipeline) or `dit` (DiTPipeline), with a tiny VAE and no text encoder."""
+    import diffusers
+
+    if kind == "alpha":
+        tr = transformer or pixart(sample_size=128, **model_kw)
+        pipe = diffusers.PixArtAlphaPipeline(
+            tokenizer=None, text_encoder=None, vae=vae(), transformer=tr, scheduler=scheduler(sched)
+        )
+    elif kind == "sigma":
+        tr = transformer or pixart(sample_size=16, micro=False, **model_kw)
+        pipe = diffusers.PixArtSigmaPipeline(
+            tokenizer=None, text_encoder=None, vae=vae(), transformer=tr, scheduler=scheduler(sched)
+        )
+    elif kind == "dit":
+        tr = transformer or dit(**model_kw)
+        pipe = diffusers.DiTPipeline(transformer=tr, vae=vae(), scheduler=scheduler(sched))
+    else:
+        raise ValueError(kind)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def prompts(n=1, tokens=8, features=64, seed=1, padded=True):
+    """Prompt and negative-prompt embeddings [n, tokens, features] and their masks, the prompts
+    padded (trailing zeros in the mask) when `padded`."""
+    g = torch.Generator().manual_seed(seed)
+    cond = torch.randn(n, tokens, features, generator=g)
+    uncond = torch.randn(n, tokens, features, generator=g)
+    cmask = torch.ones(n, tokens)
+    umask = torch.ones(n, tokens)
+    if padded:
+        for i in range(n):
+            cmask[i, tokens - 2 - i :] = 0
+        umask[:, tokens // 2 :] = 0
+    return cond, cmask, uncond, umask
+
+
+class Recorder:
+    """Records the latents each vae.decode call gets (the pipelines' final latents, scaled)."""
+
+    def __init__(self, pipe):
+        self.latents = []
+        self.pipe = pipe
+        decode = pipe.vae.decode
+
+        def recording(z, *a, **k):
+            self.latents.append(z.detach().clone() * pipe.vae.config.scaling_factor)
+            return decode(z, *a, **k)
+
+        pipe.vae.decode = recording
+
+    @property
+    def last(self):
+        return self.latents[-1]
+
+
+def run(pipe, kind, sched, *, steps, guidance, seed=0, height=16, width=24, n=1, padded=True, class_labels=None):
+    """One pipeline call; returns (final latents [n, 4, h, w], images as a float tensor)."""
+    rec = getattr(pipe, "_test_recorder", None) or Recorder(pipe)
+    pipe._test_recorder = rec
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # DiTPipeline's LCM steps draw from the global generator
+    if kind == "dit":
+        labels = class_labels if class_labels is not None else [1, 7][:n] + [3] * max(0, n - 2)
+        out = pipe(class_labels=labels, guidance_scale=guidance, generator=gen, num_inference_steps=steps, output_type="np")
+        images = torch.from_numpy(out.images)
+        return rec.last, images
+    cond, cmask, uncond, umask = prompts(n, padded=padded)
+    out = pipe(
+        prompt=None,
+        negative_prompt=None,
+        prompt_embeds=cond,
+        prompt_attention_mask=cmask,
+        negative_prompt_embeds=uncond,
+        negative_prompt_attention_mask=umask,
+        guidance_scale=guidance,
+        num_inference_steps=steps,
+        height=height,
+        width=width,
+        generator=gen,
+        use_resolution_binning=False,
+        output_type="pt",
+    )
+    return rec.last, out.images
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double().cpu(), b.double().cpu()
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+# -- the CLI on the same inputs --------------------------------------------------------------------
+
+
+def cli_inputs(kind, sched, *, steps, seed=0, height=16, width=24, n=1, padded=True, vae_scale=2, labels=None):
+    """The `deltadit sample` inputs of the run `run(...)` makes: the same initial noise (the
+    pipelines draw it first from the generator), LCM's injected noise (drawn next, one per step
+    but the last), the prompt embeddings and masks or the class labels."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    gen = torch.Generator().manual_seed(seed)
+    if kind == "dit":
+        h = w = height
+    else:
+        h, w = height // vae_scale, width // vae_scale
+    shape = (n, 4, h, w)
+    t = {"latents": randn_tensor(shape, generator=gen, dtype=torch.float32).contiguous()}
+    if sched == "lcm":
+        if kind == "dit":
+            raise ValueError("DiTPipeline's LCM noise comes from the global generator")
+        t["noise"] = torch.stack([randn_tensor(shape, generator=gen) for _ in range(steps - 1)]).contiguous()
+    if kind == "dit":
+        lab = labels if labels is not None else [1, 7][:n] + [3] * max(0, n - 2)
+        t["class_labels"] = torch.tensor(lab, dtype=torch.int64)
+    else:
+        cond, cmask, uncond, umask = prompts(n, padded=padded)
+        t.update(cond_embeds=cond, cond_mask=cmask, uncond_embeds=uncond, uncond_mask=umask)
+        t["resolution"] = torch.tensor([[float(height), float(width)]] * n)
+    return t
+
+
+def cli_sample(model_dir, inputs: dict, out_dir, *, sched, steps, guidance, cache):
+    """Runs `deltadit sample`; returns its output tensors (latents, timesteps, blocks_run)."""
+    from safetensors.torch import load_file, save_file
+
+    if not CLI.is_file():
+        raise FileNotFoundError(f"{CLI} not found: build it with `cargo build --release` (scripts/test-python.sh does)")
+    out_dir = Path(out_dir)
+    inp, out = out_dir / "inputs.safetensors", out_dir / "out.safetensors"
+    save_file(inputs, str(inp))
+    cmd = [
+        str(CLI),
+        "sample",
+        "--model",
+        str(model_dir),
+        "--inputs",
+        str(inp),
+        "--output",
+        str(out),
+        "--scheduler",
+        sched,
+        "--steps",
+        str(steps),
+        "--guidance",
+        str(guidance),
+        "--cache",
+        cache,
+    ]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {r.stderr}")
+    return load_file(str(out))
