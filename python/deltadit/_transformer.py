@@ -388,7 +388,13 @@ class Transformer:
                 kind="input",
                 name="hidden_states",
             )
-        b, _, h, w = x.shape
+        b, c, h, w = x.shape
+        if c != self._in_channels:
+            raise InputError(
+                f"input `hidden_states`: expected {self._in_channels} channels, found shape {list(x.shape)}",
+                kind="input",
+                name="hidden_states",
+            )
         if out_dtype is None:
             out_dtype = x.dtype if x.is_floating_point() else torch.float32
         if timestep is None:
