@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod golden;
+pub mod ops;
 
 use deltadit::backend::SchedulerKind;
 pub use deltadit::internals::{rel_l2, Rng};
