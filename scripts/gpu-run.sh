@@ -26,6 +26,7 @@
 # summary.txt, bench-table.txt/.md/.json, ncu-summary.txt and results.tar.gz holding every log,
 # JSON, ncu CSV and criterion file; at most 8 files), DELTADIT_LOGS (the log folder; default <bundle>/logs),
 # DELTADIT_TEST_DATA (golden data; default the bundle's data/ or ../tests/data),
+# DELTADIT_REQUIRE_GPU (default 1 here: the GPU tests fail without a GPU; 0: they skip),
 # DELTADIT_CUDA_SYNC=1 (a failing kernel names itself), DELTADIT_CUDA_GRAPHS=0 (graphs off),
 # DELTADIT_GPU_BUDGET (seconds of wall time the whole run may take: the optional ncu steps are
 # skipped or cut short past it; default 540 with --quick, which fits a 600 s device call; 0: none).
@@ -59,7 +60,7 @@ while [[ $# -gt 0 ]]; do
     --no-bench) bench=0 ;;
     --no-profile) profile=0 ;;
     --timeout) step_timeout="$2"; timeout_set=1; shift ;;
-    -h | --help) sed -n '2,32p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    -h | --help) sed -n '2,33p' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -248,7 +249,9 @@ if [[ "$tests_on" == 1 && -x "$here/bin/gpu_selftest" ]]; then
   run_step gpu-selftest "$here/bin/gpu_selftest"
 fi
 
-# gpu first: it is the one this machine is for.
+# gpu first: it is the one this machine is for. On this machine a missing GPU fails the GPU tests
+# (tests/gpu.rs) instead of skipping them; DELTADIT_REQUIRE_GPU=0 (a dry run elsewhere) skips again.
+export DELTADIT_REQUIRE_GPU="${DELTADIT_REQUIRE_GPU:-1}"
 tests=()
 [[ -x "$here/tests/gpu" ]] && tests+=("$here/tests/gpu")
 for t in "$here"/tests/*; do
