@@ -347,7 +347,7 @@ pub fn run<B: Backend>(
             psnr_db: ps,
         });
         if reference.is_none() {
-            if spec.policy != "none" {
+            if spec.policy() != "none" {
                 return Err(Error::param("policies", spec, "the first policy must be `none` (the reference)"));
             }
             reference = Some((out.latents, total));

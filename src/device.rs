@@ -40,6 +40,8 @@ impl Device {
 }
 
 /// A backend chosen at run time; [`with_backend!`](crate::with_backend) runs generic code on it.
+// One per process, and `with_backend!` hands out the backend itself: no box.
+#[allow(clippy::large_enum_variant)]
 pub enum AnyBackend {
     /// the CPU backend
     Cpu(Cpu),

@@ -40,6 +40,8 @@
 //! at fault, and backend failures carry a [`BackendErrorKind`]. The library reads no
 //! environment variables.
 #![warn(missing_docs)]
+// Without `internals`, the pieces only the CLI, benches and tests reach are unused.
+#![cfg_attr(not(feature = "internals"), allow(dead_code, unused_imports))]
 
 pub mod backend;
 pub mod cache;

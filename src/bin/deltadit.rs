@@ -227,11 +227,7 @@ fn cmd_sample(
     let out = with_backend!(&any, |be| {
         let model = Transformer::load(be, &args.model)?;
         let family = model.config().family;
-        let guidance = guidance.unwrap_or(match (family, scheduler) {
-            (_, SchedulerName::Lcm) => 0.0,
-            (Family::PixArt, _) => 4.5,
-            (Family::DiT, _) => 4.0,
-        });
+        let guidance = guidance.unwrap_or(SampleConfig::default_guidance(family, scheduler));
         let si = SampleInputs::from_inputs(&inputs, model.config())?;
         let policy = cache.build(family, model.num_blocks(), steps)?;
         let cfg = SampleConfig { scheduler, steps, guidance, keep_per_step: per_step };
@@ -346,13 +342,7 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
             None => preset.scheduler,
         };
         let steps = a.steps.unwrap_or(if a.model.is_some() { 20 } else { preset.steps });
-        let guidance = a.guidance.unwrap_or(if scheduler == SchedulerName::Lcm {
-            0.0
-        } else if family == Family::DiT {
-            4.0
-        } else {
-            4.5
-        });
+        let guidance = a.guidance.unwrap_or(SampleConfig::default_guidance(family, scheduler));
         let opts = BenchOptions {
             policies: policies.clone(),
             scheduler,

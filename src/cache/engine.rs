@@ -77,12 +77,25 @@ fn check_needs(policy: &dyn CachePolicy, needs: &CacheNeeds, probe: Probe, layer
             }
         }
     }
+    // Each block boundary takes at most one fused Δ write: Δ_rear always ends at L.
+    if needs.front == Some(layers) && needs.rear.is_some() {
+        return Err(bad(format!(
+            "Δ_front over all {layers} blocks ends where Δ_rear does; a front range must be shorter than the model when a rear one is declared"
+        )));
+    }
     // First-Block-Cache runs block 0 in the probe phase; the two go together.
     if needs.first_block != (probe == Probe::Block0ResidualDiff) {
         return Err(bad(format!(
             "needs.first_block = {} with probe {probe:?}: First-Block-Cache's buffers and the Block0ResidualDiff probe go together",
             needs.first_block
         )));
+    }
+    // Block 0 runs on h_0 in the probe phase of every step: the other caches' ranges, which start
+    // from h_0 or rerun block 0, cannot follow it.
+    if needs.first_block && (needs.front.is_some() || needs.rear.is_some() || needs.branches) {
+        return Err(bad(
+            "First-Block-Cache (needs.first_block) cannot be combined with Δ_front, Δ_rear or branch caches".into(),
+        ));
     }
     if needs.first_block && layers < 2 {
         return Err(bad("First-Block-Cache needs at least 2 blocks".into()));

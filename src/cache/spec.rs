@@ -13,8 +13,7 @@ use std::str::FromStr;
 /// A parsed `--cache` value, not yet bound to a model and step count.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CacheSpec {
-    /// the policy's name
-    pub policy: String,
+    policy: String,
     params: BTreeMap<String, String>,
 }
 
@@ -71,6 +70,11 @@ impl fmt::Display for CacheSpec {
 }
 
 impl CacheSpec {
+    /// The policy's name (`none`, `delta`, …).
+    pub fn policy(&self) -> &str {
+        &self.policy
+    }
+
     /// `none`.
     pub fn none() -> Self {
         CacheSpec { policy: "none".into(), params: BTreeMap::new() }
@@ -113,7 +117,13 @@ impl CacheSpec {
                 self.f32_param("threshold")?.unwrap_or(FirstBlock::DEFAULT_THRESHOLD),
                 self.usize_param("max-cached")?,
             )?),
-            other => unreachable!("validated at parse: {other}"),
+            other => {
+                return Err(Error::param(
+                    "cache",
+                    other,
+                    "a policy among none, delta, delta-adaptive, fora, first-block",
+                ))
+            }
         })
     }
 }

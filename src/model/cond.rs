@@ -41,6 +41,8 @@ impl<B: Backend> Mlp<B> {
     }
 }
 
+// One per model: the size difference of the variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Conditioner<B: Backend> {
     PixArt {
         time: Mlp<B>,
@@ -162,7 +164,7 @@ impl<B: Backend> Conditioner<B> {
         let dt = be.act_dtype();
         let (b, p) = (c.batch, cfg.patch_size);
         let (th, tw) = (c.height / p, c.width / p);
-        let pe = super::embed::pos_embed_2d(d, th, tw, cfg.base_size(), cfg.interpolation_scale);
+        let pe = super::embed::pos_embed_2d(d, th, tw, cfg.base_size(), cfg.interpolation_scale)?;
         let pos_embed = be.upload(&pe, &[th * tw * d], dt)?;
         let mut ctx = Context {
             batch: b,

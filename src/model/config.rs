@@ -7,6 +7,7 @@ use std::path::Path;
 
 /// Which transformer the checkpoint holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Family {
     /// `PixArtTransformer2DModel` (adaLN-single, cross-attention to T5 text).
     PixArt,
@@ -280,6 +281,15 @@ impl ModelConfig {
                 format!("the size embeddings are inner_dim / 3 wide: inner dim {d} must be a multiple of 3"),
             ));
         }
+        // caption_projection maps the text to the hidden size, which attn2's K/V then read.
+        if let (Some(_), Some(c)) = (self.caption_channels, self.cross_attention_dim) {
+            if c != d {
+                return Err(config_err(
+                    Some("cross_attention_dim"),
+                    format!("{c} must equal the inner dim {d}: caption_projection maps the text to the inner dim"),
+                ));
+            }
+        }
         if !self.norm_eps.is_finite() || self.norm_eps <= 0.0 {
             return Err(config_err(Some("norm_eps"), format!("{} must be a finite number > 0", self.norm_eps)));
         }
@@ -309,7 +319,7 @@ impl ModelConfig {
             "activation_fn": "gelu-approximate",
             "norm_elementwise_affine": false,
         });
-        let o = v.as_object_mut().unwrap();
+        let Some(o) = v.as_object_mut() else { return v };
         match self.family {
             Family::PixArt => {
                 o.insert("norm_type".into(), "ada_norm_single".into());

@@ -5,8 +5,18 @@
 /// row-major (token k = i·w + j). Grid coordinates in f32 as torch computes them, the sinusoid in
 /// f64, rounded to f32 at the end. Channels [0, dim/2) encode the column coordinate, the rest
 /// the row coordinate.
-pub fn pos_embed_2d(dim: usize, h: usize, w: usize, base_size: usize, interpolation_scale: f64) -> Vec<f32> {
-    assert!(dim.is_multiple_of(4), "positional embedding needs a hidden size divisible by 4, got {dim}");
+///
+/// `dim` must be a multiple of 4 (the config check guarantees it); an error otherwise.
+pub fn pos_embed_2d(
+    dim: usize,
+    h: usize,
+    w: usize,
+    base_size: usize,
+    interpolation_scale: f64,
+) -> crate::Result<Vec<f32>> {
+    if !dim.is_multiple_of(4) {
+        return Err(crate::Error::param("inner dim", dim, "a multiple of 4 (the 2-D position embedding)"));
+    }
     let axis = |n: usize| -> Vec<f64> {
         let step = (n as f64 / base_size as f64) as f32;
         let s = interpolation_scale as f32;
@@ -30,7 +40,7 @@ pub fn pos_embed_2d(dim: usize, h: usize, w: usize, base_size: usize, interpolat
             }
         }
     }
-    out
+    Ok(out)
 }
 
 /// `(1 − mask)·(−10000)` in f32: the additive key bias diffusers builds from a 0/1 text mask.

@@ -86,7 +86,9 @@ impl Checkpoint {
         let mut dtypes = std::collections::BTreeSet::new();
         for (i, f) in files.iter().enumerate() {
             for name in f.names() {
-                dtypes.insert(format!("{:?}", f.info(&name).unwrap().dtype));
+                if let Some(info) = f.info(&name) {
+                    dtypes.insert(format!("{:?}", info.dtype));
+                }
                 index.insert(name, i);
             }
         }

@@ -38,6 +38,16 @@ impl SampleConfig {
         SampleConfig { scheduler, steps, guidance, keep_per_step: false }
     }
 
+    /// The guidance scale the diffusers pipelines default to: PixArt 4.5, DiT 4.0, none (0) for
+    /// LCM, which is distilled without guidance.
+    pub fn default_guidance(family: Family, scheduler: SchedulerName) -> f32 {
+        match (family, scheduler) {
+            (_, SchedulerName::Lcm) => 0.0,
+            (Family::DiT, _) => 4.0,
+            _ => 4.5,
+        }
+    }
+
     /// Rejects settings that make no sense (a NaN or infinite guidance scale).
     pub fn validate(&self) -> Result<()> {
         if !self.guidance.is_finite() {

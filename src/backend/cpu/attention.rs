@@ -13,7 +13,16 @@ const QBLOCK: usize = 128;
 /// One operand: (data, first column, row stride).
 pub type Operand<'a> = (&'a [f32], usize, usize);
 
+/// Whether an operand of `rows` rows, `width` columns from its first column, fits its slice.
+fn fits((data, col, stride): Operand<'_>, rows: usize, width: usize) -> bool {
+    let last = rows.checked_sub(1).and_then(|r| r.checked_mul(stride)).and_then(|v| v.checked_add(col + width));
+    rows == 0 || last.is_some_and(|end| end <= data.len() && col + width <= stride)
+}
+
 /// `out[b·nq + i, h·d..] = softmax_j(scale·q·k_j + bias[b, j]) · v`.
+///
+/// Checked: every operand must hold the rows and columns the shape implies (a panic otherwise,
+/// before any raw GEMM reads them).
 pub fn attention_f32(
     s: &AttentionShape,
     q: Operand<'_>,
@@ -23,6 +32,13 @@ pub fn attention_f32(
     out: &mut [f32],
 ) {
     let (d, width) = (s.head_dim, s.heads * s.head_dim);
+    let (qrows, krows) = (s.batch * s.nq, s.batch * s.nk);
+    assert!(
+        fits(q, qrows, width) && fits(k, krows, width) && fits(v, krows, width),
+        "attention_f32: q, k or v shorter than the shape {s:?} implies"
+    );
+    assert!(out.len() >= qrows * width, "attention_f32: out shorter than [{qrows}, {width}]");
+    assert!(key_bias.is_none_or(|b| b.len() >= krows), "attention_f32: key_bias shorter than [{}, {}]", s.batch, s.nk);
     let qblocks = s.nq.div_ceil(QBLOCK);
     // Each task owns a disjoint [rows, columns-of-one-head] region of out; the raw pointer is
     // shared because those regions interleave in memory.

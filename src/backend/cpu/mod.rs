@@ -17,8 +17,8 @@ pub(crate) use elementwise::timestep_embedding as timestep_embedding_f32;
 pub(crate) use linear::linear_f32;
 pub(crate) use norm_modulate::norm_modulate_f32;
 
-/// The f32 reference functions behind the ops (crate internals: the sim backend's GEMM, the
-/// benches).
+/// The f32 reference functions behind the ops (crate internals: the benches and tests).
+#[cfg(feature = "internals")]
 pub(crate) mod reference {
     pub use super::attention::attention_f32;
     pub use super::elementwise::timestep_embedding as timestep_embedding_f32;

@@ -20,6 +20,7 @@ use std::ffi::c_void;
 pub use ffi::is_built;
 
 /// The shim's instruments (crate internals: tests and benches).
+#[cfg(feature = "internals")]
 pub(crate) mod instruments {
     pub use super::ffi::{count_smem_traffic, set_warp_order, SmemTraffic, WarpOrder, Wavefronts};
 }
