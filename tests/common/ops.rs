@@ -552,6 +552,9 @@ pub fn rel_l1_many_block_operands<B: Device>(be: &B) -> Vec<(String, Tensor<B>, 
     v
 }
 
+/// A determinism case: what it is, its operands a and b, and their sums (Σ|a − b|, Σ|b|).
+pub type RelL1Sums<B> = (String, Tensor<B>, Tensor<B>, (f32, f32));
+
 /// The sums' bits: equal means bit-identical.
 pub fn bits((d, n): (f32, f32)) -> (u32, u32) {
     (d.to_bits(), n.to_bits())
@@ -560,7 +563,7 @@ pub fn bits((d, n): (f32, f32)) -> (u32, u32) {
 /// rel_l1 gives bit-identical sums on repeated calls at sizes that use many blocks (the cache
 /// policies compare its ratio against a threshold: a sum that depends on the order blocks finish
 /// could flip a decision between two identical runs). Returns the operands and their sums.
-pub fn rel_l1_repeatable<B: Device>(be: &B) -> Vec<(String, Tensor<B>, Tensor<B>, (f32, f32))> {
+pub fn rel_l1_repeatable<B: Device>(be: &B) -> Vec<RelL1Sums<B>> {
     rel_l1_many_block_operands(be)
         .into_iter()
         .map(|(what, a, b)| {
