@@ -12,6 +12,7 @@ Cases: pixart-digits-forward, pixart-digits-dpmpp20-cfg, dit-digits-forward, dit
 Per-step tensors are [steps, n, C, H, W] (step k: after the scheduler's k-th update).
 """
 import json
+import math
 import os
 import sys
 
@@ -29,8 +30,15 @@ def spec(tensors):
     return {k: [list(v.shape), str(v.dtype)] for k, v in tensors.items()}
 
 
+def json_value(v):
+    """Non-finite floats (lambda_min_clipped = -inf) as the strings "inf"/"-inf"/"nan": strict JSON."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    return v
+
+
 def scheduler_json(sched):
-    c = {k: v for k, v in dict(sched.config).items() if not k.startswith("_")}
+    c = {k: json_value(v) for k, v in dict(sched.config).items() if not k.startswith("_")}
     c["_class_name"] = type(sched).__name__
     return c
 
@@ -42,7 +50,7 @@ def write_case(name, case, inputs, expected):
     expected = {k: v.contiguous() for k, v in expected.items()}
     case = dict(case, inputs=spec(inputs), expected=spec(expected))
     with open(os.path.join(d, "case.json"), "w") as f:
-        json.dump(case, f, indent=2)
+        json.dump(case, f, indent=2, allow_nan=False)
         f.write("\n")
     save_file(inputs, os.path.join(d, "inputs.safetensors"))
     save_file(expected, os.path.join(d, "expected.safetensors"))
