@@ -114,6 +114,8 @@ echo "gpu-build: nvcc kernels/sim/gpu_selftest.cu"
   -cudart static -L "$(dirname "$nvcc_bin")/../lib" -I kernels kernels/sim/gpu_selftest.cu -o "$out/bin/gpu_selftest"
 if [[ "$with_data" == 1 ]]; then
   cp -r tests/data "$out/data"
+  # the trained reference models the golden cases on trained weights name (case.json "model")
+  cp -r models "$out/models"
 fi
 if [[ -d bench ]]; then
   mkdir -p "$out/bench" && cp bench/*.py "$out/bench/" 2>/dev/null || true

@@ -36,4 +36,8 @@ cu="$dir/nvidia/cu13"
 find "$cu/bin" "$cu/nvvm/bin" -type f -exec chmod +x {} + 2>/dev/null || true
 "$cu/bin/nvcc" --version | tail -n 2
 printf '%s\n' "${pins[@]}" >"$stamp"
+# build.rs watches kernels/ (cargo:rerun-if-changed): a crate built before this install must
+# rerun it to find nvcc and the headers now (watching .cuda/ itself, absent on most machines,
+# would rerun it on every build)
+touch "$(dirname "${BASH_SOURCE[0]}")/../kernels/README.md"
 echo "install-cuda: done; CUDA_HOME=$cu"

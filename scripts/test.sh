@@ -11,6 +11,8 @@
 #             --no-fail-fast, so every failing test binary is reported
 #   doctests  the examples in the documentation and README.md
 #   examples  examples/ run on the golden checkpoints
+#   python    scripts/test-python.sh: the Python package (python/) built into the project venv and
+#             its pytest suite (tiny diffusers pipelines, accelerated vs not)
 # Extra arguments go to the `tests` step's `cargo test`.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -73,6 +75,7 @@ step lib-only lib_only
 step tests cargo test --release --all-targets --no-fail-fast "$@"
 step doctests cargo test --release --doc
 step examples run_examples
+step python scripts/test-python.sh
 
 echo
 if ((${#failed[@]})); then

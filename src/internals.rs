@@ -27,9 +27,14 @@ pub mod kernels {
     }
 }
 
-/// The latency run and its presets.
+/// The latency run and its presets, the quality harness and the calibrator.
 pub mod bench {
     pub use crate::bench::*;
+}
+
+/// PSNR, SSIM, the digits classifier, PNG grids.
+pub mod quality {
+    pub use crate::quality::*;
 }
 
 /// What build.rs produced (fatbins, ptxas reports, whether the shim is linked).

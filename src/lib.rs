@@ -56,6 +56,8 @@ mod bench;
 mod dtype;
 mod error;
 #[allow(missing_docs)]
+mod quality;
+#[allow(missing_docs)]
 mod rng;
 mod tensor;
 

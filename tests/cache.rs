@@ -178,9 +178,13 @@ fn cache_specs_parse_and_reject_bad_values() {
     assert_eq!(a.name(), "delta-adaptive");
     assert!(a.params().starts_with("threshold=0.1,warmup=2,max-cached=3"));
     assert_eq!("fora:n=3".parse::<CacheSpec>().unwrap().build(Family::DiT, 28, 50).unwrap().params(), "n=3");
+    let first_block = |spec: &str| spec.parse::<CacheSpec>().unwrap().build(Family::DiT, 28, 50).unwrap().params();
+    assert_eq!(first_block("first-block:threshold=0.05"), "threshold=0.05,max-cached=1");
+    assert_eq!(first_block("first-block:max-cached=none"), "threshold=0.2");
+    assert_eq!(first_block("first-block:threshold=0.3,max-cached=4"), "threshold=0.3,max-cached=4");
     assert_eq!(
-        "first-block:threshold=0.05".parse::<CacheSpec>().unwrap().build(Family::DiT, 28, 50).unwrap().params(),
-        "threshold=0.05"
+        param_name("first-block:max-cached=few".parse::<CacheSpec>().unwrap().build(Family::DiT, 28, 50).unwrap_err()),
+        "max-cached"
     );
     assert_eq!(param_name("magic".parse::<CacheSpec>().unwrap_err()), "cache");
     assert_eq!(param_name("delta:q=1".parse::<CacheSpec>().unwrap_err()), "cache delta parameter");

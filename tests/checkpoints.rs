@@ -69,7 +69,8 @@ fn sharded_checkpoint_with_index_loads_like_a_single_file() {
 #[test]
 fn f16_and_bf16_weights_convert_exactly_at_load() {
     let w = golden_weights();
-    let cases: [(&str, Box<dyn Fn(&[f32], &[usize]) -> (Vec<f32>, HostTensor)>); 2] = [
+    type Convert = Box<dyn Fn(&[f32], &[usize]) -> (Vec<f32>, HostTensor)>;
+    let cases: [(&str, Convert); 2] = [
         (
             "f16",
             Box::new(|v: &[f32], s: &[usize]| {

@@ -350,3 +350,122 @@ fn attention_kernel_environment_variable() {
     assert_eq!(report["backend"], "sim (wgmma attention)");
     assert_eq!(report["rows"][0]["blocks"].as_u64(), Some(28), "one step of all 28 blocks");
 }
+
+fn models(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models").join(name)
+}
+
+/// `sample --image` on the golden DiT-digits case writes a PNG of the samples; on a latent model
+/// it is one error line saying that decoding needs a VAE.
+#[test]
+fn sample_writes_a_png_grid_of_pixel_space_samples() {
+    let case = data("dit-digits-ddim20-cfg");
+    let (out, png) = (tmp("digits.safetensors"), tmp("digits.png"));
+    let o = run(&[
+        "sample",
+        "--model",
+        models("dit-digits").to_str().unwrap(),
+        "--inputs",
+        case.join("inputs.safetensors").to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--scheduler",
+        "ddim",
+        "--steps",
+        "20",
+        "--image",
+        png.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let bytes = std::fs::read(&png).unwrap();
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+    // Two 16×16 samples drawn 4× with one-pixel borders, side by side: 2·65 + 1 by 65 + 2.
+    let (w, h) =
+        (u32::from_be_bytes(bytes[16..20].try_into().unwrap()), u32::from_be_bytes(bytes[20..24].try_into().unwrap()));
+    assert_eq!((w, h), (131, 66));
+
+    let latent = data("pixart-tiny-dpmpp20-cfg");
+    let o = run(&[
+        "sample",
+        "--model",
+        latent.to_str().unwrap(),
+        "--inputs",
+        latent.join("inputs.safetensors").to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--image",
+        png.to_str().unwrap(),
+    ]);
+    fails_with(o, &["image", "4 latent channels", "VAE"]);
+}
+
+/// `bench --model` on a trained model judges the samples: PSNR/SSIM/accuracy columns, the
+/// fewer-steps baseline rows, and the JSON with every row's quality.
+#[test]
+fn bench_on_a_trained_model_reports_quality_and_the_fewer_steps_baseline() {
+    let json = tmp("bench-digits.json");
+    let o = run(&[
+        "bench",
+        "--device",
+        "cpu",
+        "--model",
+        models("dit-digits").to_str().unwrap(),
+        "--images",
+        "4",
+        "--steps",
+        "8",
+        "--runs",
+        "1",
+        "--warmup",
+        "0",
+        "--policies",
+        "none;delta:n=2,nc=4,b=4",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}{}", text, String::from_utf8_lossy(&o.stderr));
+    assert!(text.contains("SSIM") && text.contains("acc %") && text.contains("fewer-steps"), "{text}");
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows[0]["quality"]["psnr_mean"], 100.0, "none against itself");
+    let delta = &rows[1];
+    assert!(delta["block_ratio"].as_f64().unwrap() < 1.0);
+    let q = delta["quality"]["psnr_mean"].as_f64().unwrap();
+    assert!(q > 10.0 && q < 100.0, "delta's PSNR {q}");
+    // The fewer-steps row at delta's compute: steps = round(8 · block ratio).
+    let k = (8.0 * delta["block_ratio"].as_f64().unwrap()).round() as u64;
+    assert!(rows.iter().any(|r| r["policy"] == "fewer-steps" && r["steps"] == k), "{v}");
+}
+
+/// `calibrate` sweeps every kind of policy and names the cheapest setting over a target.
+#[test]
+fn calibrate_prints_the_frontier_and_the_choice() {
+    let json = tmp("calibrate.json");
+    let o = run(&[
+        "calibrate",
+        "--device",
+        "cpu",
+        "--model",
+        models("dit-digits").to_str().unwrap(),
+        "--images",
+        "2",
+        "--steps",
+        "8",
+        "--target-psnr",
+        "25",
+        "--budget",
+        "0.5",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}{}", text, String::from_utf8_lossy(&o.stderr));
+    assert!(text.contains("frontier") && text.contains("PSNR ≥ 25") && text.contains("within 50% compute"), "{text}");
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let kinds: std::collections::BTreeSet<&str> =
+        v.as_array().unwrap().iter().map(|s| s["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds.len(), 5, "{kinds:?}");
+    assert!(v.as_array().unwrap().iter().any(|s| s["frontier"] == true));
+    fails_with(run(&["calibrate", "--model", models("dit-digits").to_str().unwrap(), "--budget", "2"]), &["budget"]);
+}

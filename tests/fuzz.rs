@@ -642,7 +642,7 @@ fn user_policies_error_or_run() {
             }
             let mut n = CacheNeeds::default();
             // First-Block-Cache stands alone: its policies plan full steps and cached-after-first.
-            if plans.iter().any(|p| *p == StepPlan::CachedAfterFirst) {
+            if plans.contains(&StepPlan::CachedAfterFirst) {
                 for p in &mut plans {
                     if !matches!(p, StepPlan::Full { .. }) {
                         *p = StepPlan::CachedAfterFirst;

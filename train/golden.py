@@ -7,6 +7,7 @@ relative to the repository root.
 
   .venv/bin/python train/golden.py            # all four cases (a few seconds)
   .venv/bin/python train/golden.py check      # our loops against diffusers' own pipelines
+  .venv/bin/python train/golden.py bf16       # diffusers' own bf16 drift on the sampling cases
 
 Cases: pixart-digits-forward, pixart-digits-dpmpp20-cfg, dit-digits-forward, dit-digits-ddim20-cfg.
 Per-step tensors are [steps, n, C, H, W] (step k: after the scheduler's k-th update).
@@ -214,11 +215,39 @@ def check_pipelines():
     assert e < 1e-5, e
 
 
+@torch.no_grad()
+def bf16_drift():
+    """How far diffusers' own bf16 run lands from the f32 golden sampling cases: the scale of the
+    bf16 tolerance of tests/golden_trained.rs (model, caption embeddings and latents cast to bf16)."""
+    from diffusers import DiTTransformer2DModel, PixArtTransformer2DModel
+
+    def case(name):
+        d = os.path.join(REPO, "tests", "data", name)
+        return load_file(os.path.join(d, "inputs.safetensors")), load_file(os.path.join(d, "expected.safetensors"))
+
+    def rel(out, exp):
+        return ((out.float() - exp).norm() / exp.norm()).item()
+
+    d = os.path.join(REPO, "models/pixart-digits")
+    model = PixArtTransformer2DModel.from_pretrained(d, torch_dtype=torch.bfloat16, low_cpu_mem_usage=False).eval()
+    cap = load_file(os.path.join(d, "captions.safetensors"))
+    inp, exp = case("pixart-digits-dpmpp20-cfg")
+    out = sample_pixart(model, cap["embeds"].bfloat16(), cap["mask"], torch.tensor([3, 8]), inp["latents"].bfloat16())[0]
+    print(f"pixart-digits-dpmpp20-cfg: diffusers bf16 vs f32, relative L2 {rel(out, exp['latents']):.3e}")
+    model = DiTTransformer2DModel.from_pretrained(os.path.join(REPO, "models/dit-digits"), torch_dtype=torch.bfloat16,
+                                                  low_cpu_mem_usage=False).eval()
+    inp, exp = case("dit-digits-ddim20-cfg")
+    out = sample_dit(model, torch.tensor([1, 5]), inp["latents"].bfloat16())[0]
+    print(f"dit-digits-ddim20-cfg: diffusers bf16 vs f32, relative L2 {rel(out, exp['latents']):.3e}")
+
+
 def main():
     setup()
     only = sys.argv[1:] or ["pixart", "dit"]
     if "check" in only:
         check_pipelines()
+    if "bf16" in only:
+        bf16_drift()
     if "pixart" in only:
         pixart_cases()
     if "dit" in only:

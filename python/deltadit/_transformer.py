@@ -311,7 +311,7 @@ class Transformer:
     @property
     def cache(self) -> str:
         """The cache policy spec (``none``, ``delta``, ``delta:n=3,nc=5,b=6``,
-        ``delta-adaptive:threshold=0.08``, ``fora:n=3``, ``first-block:threshold=0.05``)."""
+        ``delta-adaptive:threshold=0.1``, ``fora:n=3``, ``first-block:threshold=0.2``)."""
         return self._cache
 
     @cache.setter

@@ -1,6 +1,9 @@
 //! Δ-DiT exactly as DELTA_DIT.md specifies: a full step every N steps stores Δ_front = h_Nc − h_0
 //! and Δ_rear = h_L − h_{L−Nc}; cached steps before the stage boundary b skip the rear N_c blocks
 //! (h_L = h_{L−Nc} + Δ_rear), from b on the front N_c blocks (h_Nc = h_0 + Δ_front).
+//! `order=reverse` swaps the stages (front blocks cached before b, rear ones from b on): the
+//! paper's ordering is not best on every model, and the calibrator (`deltadit calibrate`) tries
+//! both.
 
 use super::{CacheNeeds, CachePolicy, StepInfo, StepPlan};
 use crate::model::Family;
@@ -16,6 +19,8 @@ pub struct Delta {
     pub nc: usize,
     /// stage boundary (a step index): rear blocks skipped before it, front blocks from it on
     pub b: usize,
+    /// the stages swapped: front blocks skipped before `b`, rear ones from it on
+    pub reverse: bool,
 }
 
 impl Delta {
@@ -30,7 +35,13 @@ impl Delta {
         if b > steps {
             return Err(Error::param("b", b, format!("0 ≤ b ≤ {steps} (the number of steps)")));
         }
-        Ok(Delta { n, nc, b })
+        Ok(Delta { n, nc, b, reverse: false })
+    }
+
+    /// The same with the stages swapped (`reverse`) or as the paper orders them.
+    pub fn reversed(mut self, reverse: bool) -> Self {
+        self.reverse = reverse;
+        self
     }
 
     /// The paper's settings where it gives them (20-step PixArt: N=2, N_c=21 of 28, b=12; 4-step
@@ -43,11 +54,16 @@ impl Delta {
         let b_frac = if few_steps { 0.5 } else { 12.0 / 20.0 };
         let nc = ((layers as f64 * nc_frac).round() as usize).clamp(1, layers.saturating_sub(1).max(1));
         let b = ((steps as f64 * b_frac).round() as usize).min(steps);
-        Delta { n, nc, b }
+        Delta { n, nc, b, reverse: false }
     }
 
     fn cached(&self, step: usize) -> bool {
         !step.is_multiple_of(self.n)
+    }
+
+    /// Whether a cached step `step` skips the rear blocks (else the front ones).
+    fn rear_stage(&self, step: usize) -> bool {
+        (step < self.b) != self.reverse
     }
 }
 
@@ -57,7 +73,8 @@ impl CachePolicy for Delta {
     }
 
     fn params(&self) -> String {
-        format!("n={},nc={},b={}", self.n, self.nc, self.b)
+        let order = if self.reverse { ",order=reverse" } else { "" };
+        format!("n={},nc={},b={}{order}", self.n, self.nc, self.b)
     }
 
     fn needs(&self) -> CacheNeeds {
@@ -67,13 +84,13 @@ impl CachePolicy for Delta {
     fn plan(&mut self, info: &StepInfo) -> StepPlan {
         let i = info.step;
         if self.cached(i) {
-            return if i < self.b { StepPlan::CachedRear(self.nc) } else { StepPlan::CachedFront(self.nc) };
+            return if self.rear_stage(i) { StepPlan::CachedRear(self.nc) } else { StepPlan::CachedFront(self.nc) };
         }
         // Store only the deviations the cached steps before the next full step will read.
         let upcoming = (i + 1..(i + self.n).min(info.steps)).filter(|&j| self.cached(j));
         let (mut front, mut rear) = (false, false);
         for j in upcoming {
-            if j < self.b {
+            if self.rear_stage(j) {
                 rear = true
             } else {
                 front = true

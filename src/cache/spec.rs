@@ -1,6 +1,6 @@
 //! `--cache SPEC` parsing: `none`, `delta` (preset), `delta:n=3,nc=5,b=6`,
-//! `delta-adaptive:threshold=0.1,warmup=2,max-cached=3[,nc=..,b=..]`, `fora:n=3`,
-//! `first-block:threshold=0.05[,max-cached=..]`. Unset values come from the presets for the model
+//! `delta-adaptive:threshold=0.1,warmup=2,max-cached=1[,nc=..,b=..]`, `fora:n=3`,
+//! `first-block:threshold=0.2[,max-cached=1|none]`. Unset values come from the presets for the model
 //! and step count when the policy is built.
 
 use super::{CachePolicy, Delta, DeltaAdaptive, FirstBlock, Fora, NoCache};
@@ -19,7 +19,7 @@ pub struct CacheSpec {
 
 const POLICIES: &[(&str, &[&str])] = &[
     ("none", &[]),
-    ("delta", &["n", "nc", "b"]),
+    ("delta", &["n", "nc", "b", "order"]),
     ("delta-adaptive", &["threshold", "warmup", "max-cached", "nc", "b"]),
     ("fora", &["n"]),
     ("first-block", &["threshold", "max-cached"]),
@@ -96,13 +96,23 @@ impl CacheSpec {
         let preset = Delta::preset(family, layers, steps);
         Ok(match self.policy.as_str() {
             "none" => Box::new(NoCache),
-            "delta" => Box::new(Delta::new(
-                self.usize_param("n")?.unwrap_or(preset.n),
-                self.usize_param("nc")?.unwrap_or(preset.nc),
-                self.usize_param("b")?.unwrap_or(preset.b),
-                layers,
-                steps,
-            )?),
+            "delta" => {
+                let reverse = match self.params.get("order").map(String::as_str) {
+                    None | Some("paper") => false,
+                    Some("reverse") => true,
+                    Some(other) => return Err(Error::param("order", other, "paper or reverse")),
+                };
+                Box::new(
+                    Delta::new(
+                        self.usize_param("n")?.unwrap_or(preset.n),
+                        self.usize_param("nc")?.unwrap_or(preset.nc),
+                        self.usize_param("b")?.unwrap_or(preset.b),
+                        layers,
+                        steps,
+                    )?
+                    .reversed(reverse),
+                )
+            }
             "delta-adaptive" => Box::new(DeltaAdaptive::new(
                 self.f32_param("threshold")?.unwrap_or(DeltaAdaptive::DEFAULT_THRESHOLD),
                 self.usize_param("warmup")?.unwrap_or(DeltaAdaptive::DEFAULT_WARMUP.min(steps)),
@@ -115,7 +125,11 @@ impl CacheSpec {
             "fora" => Box::new(Fora::new(self.usize_param("n")?.unwrap_or(Fora::DEFAULT_N))?),
             "first-block" => Box::new(FirstBlock::new(
                 self.f32_param("threshold")?.unwrap_or(FirstBlock::DEFAULT_THRESHOLD),
-                self.usize_param("max-cached")?,
+                match self.params.get("max-cached").map(String::as_str) {
+                    None => FirstBlock::DEFAULT_MAX_CACHED,
+                    Some("none") => None,
+                    Some(_) => self.usize_param("max-cached")?,
+                },
             )?),
             other => {
                 return Err(Error::param(

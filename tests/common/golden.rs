@@ -36,16 +36,24 @@ pub fn expected_i64(name: &str, tensor: &str) -> Vec<i64> {
 /// names under `"model"` (the trained models of models/, shared by several cases).
 pub fn model_dir(name: &str) -> PathBuf {
     let dir = case_dir(name);
-    let case: serde_json::Value = std::fs::read_to_string(dir.join("case.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or(serde_json::Value::Null);
+    // A case.json that is there must parse: a silent fallback to the case folder would hide it.
+    let case: serde_json::Value = match std::fs::read_to_string(dir.join("case.json")) {
+        Ok(t) => serde_json::from_str(&t).unwrap_or_else(|e| panic!("{name}: case.json: {e}")),
+        Err(_) => serde_json::Value::Null,
+    };
     match case.get("model").and_then(|m| m.as_str()) {
-        Some(m) => match std::env::var_os("DELTADIT_TEST_DATA") {
-            // the GPU bundle ships models/ beside tests/data
-            Some(root) => PathBuf::from(root).join("..").join(m),
-            None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(m),
-        },
+        // The repository path: beside the GPU bundle's data/ (bundle/models), above a
+        // checkout's tests/data, or in the source tree.
+        Some(m) => {
+            let mut candidates = Vec::new();
+            if let Some(root) = std::env::var_os("DELTADIT_TEST_DATA").map(PathBuf::from) {
+                candidates.push(root.join("..").join(m));
+                candidates.push(root.join("../..").join(m));
+            }
+            candidates.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(m));
+            let fallback = candidates[candidates.len() - 1].clone();
+            candidates.into_iter().find(|c| c.join("config.json").is_file()).unwrap_or(fallback)
+        }
         None => dir,
     }
 }

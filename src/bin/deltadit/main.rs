@@ -1,11 +1,12 @@
 //! The `deltadit` command line: parse, call the library, print. Errors become one line on stderr
 //! and a non-zero exit.
 
+mod bench_cmd;
+
 use clap::{Args, Parser, Subcommand};
-use deltadit::backend::AttentionKernel;
 use deltadit::cache::CacheSpec;
 use deltadit::device::{AnyBackend, Device};
-use deltadit::internals::bench::{self, BenchOptions, BenchReport};
+use deltadit::internals::quality::{is_pixel_space, png_grid};
 use deltadit::internals::{env, ForwardMacs};
 use deltadit::io::{write_safetensors, HostTensor, Inputs};
 use deltadit::model::{Checkpoint, Family, ModelConfig, Transformer};
@@ -59,13 +60,17 @@ enum Cmd {
         /// CFG scale; guidance applies when > 1
         #[arg(long)]
         guidance: Option<f32>,
-        /// none | delta | delta:n=2,nc=21,b=12 | delta-adaptive:threshold=0.08,warmup=2,max-cached=2 |
-        /// fora:n=3 | first-block:threshold=0.05
+        /// none | delta | delta:n=2,nc=21,b=12[,order=reverse] |
+        /// delta-adaptive:threshold=0.1,warmup=2,max-cached=1 | fora:n=3 |
+        /// first-block:threshold=0.2,max-cached=1|none
         #[arg(long, default_value = "none")]
         cache: String,
         /// also write `latents_per_step`
         #[arg(long)]
         per_step: bool,
+        /// also write the samples as a PNG grid (pixel-space models; a latent model needs a VAE)
+        #[arg(long)]
+        image: Option<PathBuf>,
     },
     /// Config, parameter count, weight dtype and MACs per forward.
     Info {
@@ -83,8 +88,12 @@ enum Cmd {
         #[arg(long, default_value_t = 120)]
         text_len: usize,
     },
-    /// End-to-end latency of several cache policies side by side.
-    Bench(BenchArgs),
+    /// End-to-end latency and quality of the cache policies side by side (default: the trained
+    /// PixArt model of models/, 64 images, with the fewer-steps baselines).
+    Bench(bench_cmd::BenchArgs),
+    /// The speed/quality frontier of every policy's settings on one model, and the cheapest
+    /// setting that keeps a target PSNR.
+    Calibrate(bench_cmd::CalibrateArgs),
 }
 
 #[derive(Args)]
@@ -103,46 +112,6 @@ struct ModelArgs {
     threads: Option<usize>,
 }
 
-#[derive(Args)]
-struct BenchArgs {
-    /// a preset built in memory with seeded random weights (see --list-presets)
-    #[arg(long, conflicts_with = "model")]
-    preset: Option<String>,
-    /// a diffusers transformer folder instead of a preset
-    #[arg(long)]
-    model: Option<PathBuf>,
-    /// cpu, cuda or sim; default: cuda when a GPU and the kernels are present, else cpu
-    #[arg(long)]
-    device: Option<String>,
-    #[arg(long)]
-    dtype: Option<String>,
-    /// cache specs separated by `;` (specs use commas), `none` first; default:
-    /// "none;delta;delta-adaptive;fora;first-block"
-    #[arg(long, value_delimiter = ';')]
-    policies: Option<Vec<String>>,
-    #[arg(long)]
-    scheduler: Option<String>,
-    #[arg(long)]
-    steps: Option<usize>,
-    #[arg(long)]
-    guidance: Option<f32>,
-    /// runs per policy after the warm-up (the median is reported)
-    #[arg(long, default_value_t = 5)]
-    runs: usize,
-    #[arg(long, default_value_t = 1)]
-    warmup: usize,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    #[arg(long)]
-    threads: Option<usize>,
-    /// also write the table as JSON
-    #[arg(long)]
-    json: Option<PathBuf>,
-    /// list the presets and exit
-    #[arg(long)]
-    list_presets: bool,
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
@@ -157,11 +126,12 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Forward { model, inputs, output } => cmd_forward(&model, &inputs, &output),
-        Cmd::Sample { model, inputs, output, scheduler, steps, guidance, cache, per_step } => {
-            cmd_sample(&model, &inputs, &output, &scheduler, steps, guidance, &cache, per_step)
+        Cmd::Sample { model, inputs, output, scheduler, steps, guidance, cache, per_step, image } => {
+            cmd_sample(&model, &inputs, &output, &scheduler, steps, guidance, &cache, per_step, image.as_deref())
         }
         Cmd::Info { model, height, width, batch, text_len } => cmd_info(&model, height, width, batch, text_len),
-        Cmd::Bench(args) => cmd_bench(args),
+        Cmd::Bench(args) => bench_cmd::bench(args),
+        Cmd::Calibrate(args) => bench_cmd::calibrate(args),
     }
 }
 
@@ -174,7 +144,7 @@ fn backend(args: &ModelArgs) -> Result<AnyBackend> {
 
 /// The backend with the scripts' environment applied: DELTADIT_CUDA_* options and
 /// DELTADIT_ATTENTION (the library reads no environment variables).
-fn any_backend(device: Device, dtype: Option<DType>, threads: Option<usize>) -> Result<AnyBackend> {
+pub(crate) fn any_backend(device: Device, dtype: Option<DType>, threads: Option<usize>) -> Result<AnyBackend> {
     let attention = env::attention_kernel()?;
     let any = AnyBackend::with_options(device, dtype, threads, env::cuda_options())?;
     if let Some(k) = attention {
@@ -185,7 +155,7 @@ fn any_backend(device: Device, dtype: Option<DType>, threads: Option<usize>) -> 
     Ok(any)
 }
 
-fn configure_threads(threads: Option<usize>) -> Result<()> {
+pub(crate) fn configure_threads(threads: Option<usize>) -> Result<()> {
     if let Some(t) = threads {
         if t == 0 {
             return Err(Error::param("threads", 0, "≥ 1"));
@@ -218,12 +188,22 @@ fn cmd_sample(
     guidance: Option<f32>,
     cache: &str,
     per_step: bool,
+    image: Option<&Path>,
 ) -> Result<()> {
     let scheduler: SchedulerName = scheduler.parse()?;
     let cache: CacheSpec = cache.parse()?;
     let any = backend(args)?;
     let inputs = Inputs::open(inputs)?;
     let start = Instant::now();
+    let channels = ModelConfig::from_file(&args.model.join("config.json"))?.in_channels;
+    if image.is_some() && !is_pixel_space(channels) {
+        return Err(Error::param(
+            "image",
+            format!("a model of {channels} latent channels"),
+            "a pixel-space model (1 or 3 channels): a latent model's samples are latents, and decoding \
+             them needs its VAE (write --output and decode with diffusers' AutoencoderKL)",
+        ));
+    }
     let out = with_backend!(&any, |be| {
         let model = Transformer::load(be, &args.model)?;
         let family = model.config().family;
@@ -246,6 +226,12 @@ fn cmd_sample(
         tensors.push(("latents_per_step", HostTensor::F32(flat, shape)));
     }
     write_safetensors(output, &tensors)?;
+    if let Some(path) = image {
+        let cols = (out.shape[0] as f64).sqrt().ceil() as usize;
+        let png = png_grid(&out.latents, out.shape, cols, 4)?;
+        std::fs::write(path, png).map_err(|e| Error::io(path, e))?;
+        println!("wrote {} samples as a PNG grid to {}", out.shape[0], path.display());
+    }
     println!(
         "sampled {} steps in {:.3} s ({} block evaluations); wrote latents {:?} to {}",
         steps_done,
@@ -288,117 +274,4 @@ fn cmd_info(dir: &Path, height: Option<usize>, width: Option<usize>, batch: usiz
     println!("  MACs     {:.3} G per forward: {:.3} G per block × {}, {:.3} G outside the blocks; {:.3} G once per run (text K/V)",
         macs.step(cfg.num_layers) / 1e9, macs.per_block / 1e9, cfg.num_layers, macs.outside_blocks / 1e9, macs.per_run / 1e9);
     Ok(())
-}
-
-fn cmd_bench(a: BenchArgs) -> Result<()> {
-    if a.list_presets {
-        for p in bench::presets() {
-            println!("{:<20} {}", p.name, p.about);
-        }
-        return Ok(());
-    }
-    configure_threads(a.threads)?;
-    let (device, why) = match &a.device {
-        Some(d) => (d.parse::<Device>()?, String::new()),
-        None => AnyBackend::auto(),
-    };
-    if !why.is_empty() && device == Device::Cpu {
-        eprintln!("note: using the CPU backend ({why})");
-    }
-    let dtype = a.dtype.as_deref().map(str::parse::<DType>).transpose()?;
-    let any = any_backend(device, dtype, a.threads)?;
-    let dtype = dtype.unwrap_or(device.default_dtype());
-    let preset_name = a
-        .preset
-        .clone()
-        .unwrap_or_else(|| if device == Device::Cuda { "pixart-alpha-1024" } else { "pixart-cpu-small" }.to_string());
-    let preset = bench::preset(&preset_name)?;
-    let policies = parse_policies(a.policies.as_deref())?;
-    let machine = match &any {
-        AnyBackend::Cuda(c) => c.info().to_string(),
-        _ => bench::cpu_description(rayon::current_num_threads()),
-    };
-    let (rows, batch, tokens, model_name, layers, sched, steps, guidance) = with_backend!(&any, |be| {
-        let (model, name, latent, text_len) = match &a.model {
-            Some(dir) => {
-                let m = Transformer::load(be, dir)?;
-                let s = m.config().sample_size;
-                (m, dir.display().to_string(), (s, s), 120)
-            }
-            None => {
-                (preset.build(be, a.seed)?, preset.name.to_string(), (preset.latent, preset.latent), preset.text_len)
-            }
-        };
-        let family = model.config().family;
-        let scheduler: SchedulerName = match &a.scheduler {
-            Some(s) => s.parse()?,
-            None if a.model.is_some() => {
-                if family == Family::DiT {
-                    SchedulerName::Ddim
-                } else {
-                    SchedulerName::DpmSolverPP
-                }
-            }
-            None => preset.scheduler,
-        };
-        let steps = a.steps.unwrap_or(if a.model.is_some() { 20 } else { preset.steps });
-        let guidance = a.guidance.unwrap_or(SampleConfig::default_guidance(family, scheduler));
-        let opts = BenchOptions {
-            policies: policies.clone(),
-            scheduler,
-            steps,
-            guidance,
-            latent,
-            text_len,
-            warmup: a.warmup,
-            runs: a.runs.max(1),
-            seed: a.seed,
-        };
-        let total = policies.len() * (opts.warmup + opts.runs) * steps;
-        let bar = indicatif::ProgressBar::new(total as u64);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} steps ({eta} left)",
-            )
-            .unwrap(),
-        );
-        let (rows, batch, tokens) = bench::run(be, &model, &opts, &mut |done, _| bar.set_position(done as u64))?;
-        bar.finish_and_clear();
-        (rows, batch, tokens, name, model.num_blocks(), scheduler, steps, guidance)
-    });
-    let report = BenchReport {
-        model: model_name,
-        // Labelled by a non-default attention kernel, so that joined tables keep such runs apart.
-        backend: match any.attention_kernel() {
-            Some(k) if k != AttentionKernel::default() => format!("{device:?} ({} attention)", k.name()).to_lowercase(),
-            _ => format!("{device:?}").to_lowercase(),
-        },
-        machine,
-        dtype: dtype.to_string(),
-        scheduler: sched.name().to_string(),
-        steps,
-        guidance,
-        batch,
-        tokens,
-        layers,
-        warmup: a.warmup,
-        runs: a.runs.max(1),
-        rows,
-    };
-    print!("{}", bench::format_table(&report));
-    if let Some(path) = &a.json {
-        let text =
-            serde_json::to_string_pretty(&report).map_err(|e| Error::Io { path: path.clone(), source: e.into() })?;
-        std::fs::write(path, text).map_err(|e| Error::io(path, e))?;
-        println!("wrote {}", path.display());
-    }
-    Ok(())
-}
-
-/// `--policies "none;delta:n=2,nc=21,b=12;fora:n=3"` (specs separated by `;`, since specs use commas).
-fn parse_policies(list: Option<&[String]>) -> Result<Vec<CacheSpec>> {
-    match list {
-        None => Ok(bench::default_policies()),
-        Some(l) => l.iter().map(|s| s.trim().parse()).collect(),
-    }
 }

@@ -2,6 +2,12 @@
 //! process, with the deviation of each from the uncached result. Models are real checkpoint folders
 //! or presets built in memory with seeded random weights (latency does not depend on the values).
 
+mod calibrate;
+mod kit;
+
+pub use calibrate::{calibrate, format_frontier, CalibrateOptions, Setting};
+pub use kit::{quality, ModelKit, Quality};
+
 use crate::cache::CacheSpec;
 use crate::model::macs::ForwardMacs;
 use crate::model::{Family, ModelConfig, RandomWeights, TextInput, Transformer};
@@ -200,6 +206,8 @@ pub fn random_inputs(
 pub struct BenchRow {
     pub policy: String,
     pub params: String,
+    /// solver steps of the row (fewer-steps rows run fewer)
+    pub steps: usize,
     /// median total time of a sampling run, seconds
     pub total_s: f64,
     pub per_step_ms: f64,
@@ -207,6 +215,7 @@ pub struct BenchRow {
     pub runs_s: Vec<f64>,
     pub blocks: usize,
     pub blocks_per_step: Vec<usize>,
+    /// Σ blocks / (steps·L) of the uncached run
     pub block_ratio: f64,
     pub macs: f64,
     pub mac_ratio: f64,
@@ -220,6 +229,15 @@ pub struct BenchRow {
     pub rel_l2: f64,
     /// 20·log10(range(x_none) / RMSE), ∞ when identical
     pub psnr_db: f64,
+    /// per-image quality against the uncached run from the same noise (pixel-space models with
+    /// prompts or classes)
+    pub quality: Option<Quality>,
+    /// the final latents of the last run (for the PNG grids; not in the JSON)
+    #[serde(skip)]
+    pub latents: Vec<f32>,
+    /// their shape [n, C, H, W]
+    #[serde(skip)]
+    pub shape: [usize; 4],
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -231,7 +249,10 @@ pub struct BenchReport {
     pub scheduler: String,
     pub steps: usize,
     pub guidance: f32,
+    /// model batch (images × the CFG copies)
     pub batch: usize,
+    /// images a run samples
+    pub images: usize,
     pub tokens: usize,
     pub layers: usize,
     pub warmup: usize,
@@ -250,13 +271,18 @@ pub struct BenchOptions {
     pub warmup: usize,
     pub runs: usize,
     pub seed: u64,
+    /// images a run samples (one batch)
+    pub images: usize,
+    /// add the fewer-steps baseline of each cache row: uncached sampling with as many steps as
+    /// the row's compute pays for
+    pub fewer_steps: bool,
 }
 
 pub fn default_policies() -> Vec<CacheSpec> {
-    ["none", "delta", "delta-adaptive", "fora", "first-block"].iter().map(|s| s.parse().unwrap()).collect()
+    ["none", "delta", "delta-adaptive", "fora", "first-block"].iter().filter_map(|s| s.parse().ok()).collect()
 }
 
-fn median(v: &[f64]) -> f64 {
+pub(crate) fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.total_cmp(b));
     if s.is_empty() {
@@ -281,59 +307,124 @@ fn psnr(x: &[f32], reference: &[f32]) -> f64 {
     }
 }
 
-/// Runs every policy `warmup + runs` times; `progress(done_steps, total_steps)`.
+/// The sampling inputs of a bench: the kit's prompts or classes when it has them, else seeded
+/// random ones; the classes asked for (empty without a kit).
+pub fn bench_inputs(
+    cfg: &ModelConfig,
+    kit: Option<&ModelKit>,
+    opts: &BenchOptions,
+    steps: usize,
+) -> Result<(SampleInputs, Vec<usize>)> {
+    match kit {
+        Some(k) if k.classes().is_some() => k.inputs(opts.images.max(1), opts.latent, steps, opts.seed),
+        _ => {
+            let (lh, lw) = opts.latent;
+            let mut si = random_inputs(cfg, lh, lw, opts.text_len, steps, opts.seed);
+            let n = opts.images.max(1);
+            if n > 1 {
+                // n copies of the prompt, each with its own noise
+                let mut rng = Rng::new(opts.seed ^ 0xba7c4);
+                si.shape[0] = n;
+                si.latents = rng.normal_vec(si.shape.iter().product(), 1.0);
+                let rep = |t: &TextInput| TextInput {
+                    embeds: t.embeds.repeat(n),
+                    mask: t.mask.as_ref().map(|m| m.repeat(n)),
+                    len: t.len,
+                };
+                si.cond = si.cond.as_ref().map(rep);
+                si.uncond = si.uncond.as_ref().map(rep);
+                si.class_labels = si.class_labels.map(|l| l.repeat(n));
+                si.noise = Some(rng.normal_vec(steps.saturating_sub(1) * si.shape.iter().product::<usize>(), 1.0));
+            }
+            Ok((si, Vec::new()))
+        }
+    }
+}
+
+/// One measured setting: `warmup + runs` sampling runs of `inputs` under `spec` with `steps`
+/// steps; the median time and the last run's output.
+pub(crate) fn measure<B: Backend>(
+    be: &B,
+    model: &Transformer<B>,
+    inputs: &SampleInputs,
+    spec: &CacheSpec,
+    sc: &SampleConfig,
+    (warmup, runs): (usize, usize),
+    progress: &mut dyn FnMut(usize),
+) -> Result<(f64, Vec<f64>, crate::pipeline::SampleOutput, String)> {
+    let cfg = model.config();
+    let mut times = Vec::new();
+    let mut last = None;
+    let mut params = String::new();
+    for run in 0..warmup + runs.max(1) {
+        let policy = spec.build(cfg.family, model.num_blocks(), sc.steps)?;
+        params = policy.params();
+        let out = sample(be, model, inputs, sc, policy, &mut |_, _| progress(1))?;
+        if run >= warmup {
+            times.push(out.step_times.iter().map(Duration::as_secs_f64).sum::<f64>());
+        }
+        last = Some(out);
+    }
+    let out = last.ok_or_else(|| Error::param("runs", runs, "≥ 1"))?;
+    Ok((median(&times), times, out, params))
+}
+
+/// Runs every policy `warmup + runs` times (then the fewer-steps baselines); `progress(done_steps,
+/// total_steps)`. Returns the rows, the model batch and the tokens.
 pub fn run<B: Backend>(
     be: &B,
     model: &Transformer<B>,
+    kit: Option<&ModelKit>,
     opts: &BenchOptions,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<(Vec<BenchRow>, usize, usize)> {
-    let cfg = &model.config;
+    let cfg = model.config();
     let (lh, lw) = opts.latent;
-    let inputs = random_inputs(cfg, lh, lw, opts.text_len, opts.steps, opts.seed);
-    let sc =
-        SampleConfig { scheduler: opts.scheduler, steps: opts.steps, guidance: opts.guidance, keep_per_step: false };
-    let batch = if opts.guidance > 1.0 { 2 } else { 1 };
-    let macs =
-        ForwardMacs::new(cfg, batch, lh, lw, if cfg.family == Family::PixArt { opts.text_len.max(1) } else { 0 });
+    let (inputs, asked) = bench_inputs(cfg, kit, opts, opts.steps)?;
+    let images = inputs.shape[0];
+    let sc = SampleConfig::new(opts.scheduler, opts.steps, opts.guidance);
+    sc.validate()?;
+    let batch = if opts.guidance > 1.0 { 2 * images } else { images };
+    let text_len = inputs.cond.as_ref().map_or(0, |t| t.len);
+    let macs = ForwardMacs::new(cfg, batch, lh, lw, if cfg.family == Family::PixArt { text_len.max(1) } else { 0 });
     let layers = model.num_blocks();
-    let total_steps = opts.policies.len() * (opts.warmup + opts.runs) * opts.steps;
+    let judged = kit.is_some_and(|k| k.judges_images());
+    let classifier = kit.and_then(|k| k.classifier.as_ref());
+    let total_steps =
+        opts.policies.len() * (opts.warmup + opts.runs.max(1)) * opts.steps * if opts.fewer_steps { 2 } else { 1 };
     let mut done = 0;
-    let mut rows = Vec::new();
+    let mut tick = |k: usize| {
+        done += k;
+        progress(done, total_steps);
+    };
+    let mut rows: Vec<BenchRow> = Vec::new();
     let mut reference: Option<(Vec<f32>, f64)> = None;
-    for spec in &opts.policies {
-        let mut times = Vec::new();
-        let mut last = None;
-        for run in 0..opts.warmup + opts.runs {
-            let policy = spec.build(cfg.family, layers, opts.steps)?;
-            let out = sample(be, model, &inputs, &sc, policy, &mut |_, _| {
-                done += 1;
-                progress(done, total_steps);
-            })?;
-            if run >= opts.warmup {
-                times.push(out.step_times.iter().map(Duration::as_secs_f64).sum::<f64>());
-            }
-            last = Some(out);
-        }
-        let out = last.expect("at least one run");
-        let policy = spec.build(cfg.family, layers, opts.steps)?;
+    let full_blocks = (opts.steps * layers) as f64;
+    let full_macs = opts.steps as f64 * macs.step(layers);
+    let row_of = |policy: String,
+                  params: String,
+                  sc: &SampleConfig,
+                  out: &crate::pipeline::SampleOutput,
+                  total: f64,
+                  times: Vec<f64>,
+                  reference: &Option<(Vec<f32>, f64)>|
+     -> Result<BenchRow> {
         let blocks: usize = out.blocks_run.iter().sum();
-        let total = median(&times);
         let step_macs: f64 = out.blocks_run.iter().map(|&b| macs.step(b)).sum();
-        let (rel, ps) = match &reference {
-            None => (0.0, f64::INFINITY),
-            Some((r, _)) => (crate::rng::rel_l2(&out.latents, r), psnr(&out.latents, r)),
+        let (rel, ps, none_time, refl) = match reference {
+            None => (0.0, f64::INFINITY, total, &out.latents),
+            Some((r, t)) => (crate::rng::rel_l2(&out.latents, r), psnr(&out.latents, r), *t, r),
         };
-        let full_blocks = (opts.steps * layers) as f64;
-        let full_macs = opts.steps as f64 * macs.step(layers);
-        let none_time = reference.as_ref().map_or(total, |r| r.1);
+        let quality =
+            if judged { Some(kit::quality(&out.latents, refl, out.shape, classifier, &asked)?) } else { None };
         let theoretical = full_blocks / blocks.max(1) as f64;
         let measured = none_time / total;
-        rows.push(BenchRow {
-            policy: policy.name().to_string(),
-            params: policy.params(),
+        Ok(BenchRow {
+            policy,
+            params,
+            steps: sc.steps,
             total_s: total,
-            per_step_ms: 1e3 * total / opts.steps as f64,
+            per_step_ms: 1e3 * total / sc.steps as f64,
             runs_s: times,
             blocks,
             blocks_per_step: out.blocks_run.clone(),
@@ -345,54 +436,90 @@ pub fn run<B: Backend>(
             efficiency: measured / theoretical,
             rel_l2: rel,
             psnr_db: ps,
-        });
+            quality,
+            latents: out.latents.clone(),
+            shape: out.shape,
+        })
+    };
+    for spec in &opts.policies {
+        if reference.is_none() && spec.policy() != "none" {
+            return Err(Error::param("policies", spec, "the first policy must be `none` (the reference)"));
+        }
+        let (total, times, out, params) = measure(be, model, &inputs, spec, &sc, (opts.warmup, opts.runs), &mut tick)?;
+        rows.push(row_of(spec.policy().to_string(), params, &sc, &out, total, times, &reference)?);
         if reference.is_none() {
-            if spec.policy() != "none" {
-                return Err(Error::param("policies", spec, "the first policy must be `none` (the reference)"));
+            reference = Some((out.latents.clone(), total));
+        }
+    }
+    if opts.fewer_steps {
+        let mut seen = vec![opts.steps];
+        let targets: Vec<usize> =
+            rows.iter().map(|r| ((r.block_ratio * opts.steps as f64).round() as usize).max(1)).collect();
+        for k in targets {
+            if seen.contains(&k) {
+                continue;
             }
-            reference = Some((out.latents, total));
+            seen.push(k);
+            let (inp, _) = bench_inputs(cfg, kit, opts, k)?;
+            let sck = SampleConfig::new(opts.scheduler, k, opts.guidance);
+            let (total, times, out, _) =
+                measure(be, model, &inp, &CacheSpec::none(), &sck, (opts.warmup, opts.runs), &mut tick)?;
+            rows.push(row_of("fewer-steps".into(), format!("steps={k}"), &sck, &out, total, times, &reference)?);
         }
     }
     Ok((rows, batch, (lh / cfg.patch_size) * (lw / cfg.patch_size)))
 }
 
-/// The latency table, fixed-width.
+/// `x` with 1 decimal, or `-`.
+fn opt1(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".into(), |v| format!("{v:.1}"))
+}
+
+/// The latency (and quality) table, fixed-width.
 pub fn format_table(r: &BenchReport) -> String {
     let mut s = format!(
-        "model {} | {} ({}) on {} | {} {} steps, guidance {}, batch {} × {} tokens, {} blocks | median of {} runs after {} warm-up\n",
-        r.model, r.backend, r.dtype, r.machine, r.scheduler, r.steps, r.guidance, r.batch, r.tokens, r.layers, r.runs, r.warmup
+        "model {} | {} ({}) on {} | {} {} steps, guidance {}, {} image(s): batch {} × {} tokens, {} blocks | median of {} runs after {} warm-up\n",
+        r.model, r.backend, r.dtype, r.machine, r.scheduler, r.steps, r.guidance, r.images, r.batch, r.tokens, r.layers, r.runs, r.warmup
     );
+    let quality = r.rows.iter().any(|row| row.quality.is_some());
     s += &format!(
-        "{:<15} {:<48} {:>9} {:>9} {:>7} {:>7} {:>7} {:>8} {:>8} {:>6} {:>10} {:>8}\n",
-        "policy",
-        "parameters",
-        "total s",
-        "ms/step",
-        "blocks",
-        "blk %",
-        "MACs %",
-        "theory×",
-        "measured×",
-        "eff",
-        "rel L2",
-        "PSNR dB"
+        "{:<15} {:<40} {:>5} {:>9} {:>8} {:>6} {:>7} {:>8} {:>9}",
+        "policy", "parameters", "steps", "total s", "ms/step", "blk %", "MACs %", "theory×", "measured×"
     );
+    if quality {
+        s += &format!(" {:>9} {:>9} {:>8} {:>8} {:>6}\n", "PSNR dB", "worst dB", "SSIM", "worst", "acc %");
+    } else {
+        s += &format!(" {:>6} {:>10} {:>8}\n", "eff", "rel L2", "PSNR dB");
+    }
     for row in &r.rows {
         s += &format!(
-            "{:<15} {:<48} {:>9.3} {:>9.2} {:>7} {:>6.1}% {:>6.1}% {:>8.2} {:>9.2} {:>5.0}% {:>10.2e} {:>8.1}\n",
+            "{:<15} {:<40} {:>5} {:>9.3} {:>8.2} {:>5.1}% {:>6.1}% {:>8.2} {:>9.2}",
             row.policy,
             if row.params.is_empty() { "-" } else { &row.params },
+            row.steps,
             row.total_s,
             row.per_step_ms,
-            row.blocks,
             100.0 * row.block_ratio,
             100.0 * row.mac_ratio,
             row.theoretical_speedup,
             row.measured_speedup,
-            100.0 * row.efficiency,
-            row.rel_l2,
-            row.psnr_db
         );
+        match &row.quality {
+            Some(q) => {
+                s += &format!(
+                    " {:>9.1} {:>9.1} {:>8.4} {:>8.4} {:>6}\n",
+                    q.psnr_mean,
+                    q.psnr_worst,
+                    q.ssim_mean,
+                    q.ssim_worst,
+                    opt1(q.accuracy.map(|a| 100.0 * a))
+                );
+            }
+            None => s += &format!(" {:>5.0}% {:>10.2e} {:>8.1}\n", 100.0 * row.efficiency, row.rel_l2, row.psnr_db),
+        }
+    }
+    if quality {
+        s += "PSNR/SSIM: each image against the uncached run from the same noise (100 dB: identical); acc: the classifier reads the class asked for\n";
     }
     s
 }

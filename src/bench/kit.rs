@@ -1,0 +1,186 @@
+//! A model folder with what it takes to judge samples, not only time them: the prompts a
+//! text-conditioned model was trained on (`captions.safetensors`: `embeds` [K + 1, L, C] and
+//! `mask` [K + 1, L], the last row the null caption for guidance), the classes of a
+//! class-conditional one, and a classifier of its images (models/digits-classifier beside it).
+//! The trained reference models of models/ are such folders.
+
+use crate::io::safetensors_file::SafetensorsFile;
+use crate::model::{Family, ModelConfig, TextInput};
+use crate::pipeline::SampleInputs;
+use crate::quality::{is_pixel_space, Classifier};
+use crate::rng::Rng;
+use crate::{Error, Result};
+use std::path::{Path, PathBuf};
+
+/// The caption table of a text-conditioned model.
+struct Captions {
+    embeds: Vec<f32>,
+    mask: Vec<f32>,
+    /// rows: K classes, then the null caption
+    rows: usize,
+    len: usize,
+    features: usize,
+}
+
+/// A model folder and what its samples are judged by.
+pub struct ModelKit {
+    /// the model folder
+    pub dir: PathBuf,
+    /// its config
+    pub config: ModelConfig,
+    captions: Option<Captions>,
+    /// the classifier of its images, where one was found
+    pub classifier: Option<Classifier>,
+}
+
+impl ModelKit {
+    /// Reads `dir`'s config, its `captions.safetensors` if any, and the classifier `classifier`
+    /// (default: `../digits-classifier/classifier.safetensors` beside the folder, when present).
+    pub fn open(dir: &Path, classifier: Option<&Path>) -> Result<Self> {
+        let config = ModelConfig::from_file(&dir.join("config.json"))?;
+        let captions_path = dir.join("captions.safetensors");
+        let captions = if config.family == Family::PixArt && captions_path.is_file() {
+            let f = SafetensorsFile::open(&captions_path)?;
+            let get = |k: &str| -> Result<(Vec<f32>, Vec<usize>)> {
+                let t = f.get(k).ok_or_else(|| Error::MissingInput { name: k.into(), path: captions_path.clone() })?;
+                Ok((t.to_f32(k)?, t.shape.to_vec()))
+            };
+            let ((embeds, es), (mask, ms)) = (get("embeds")?, get("mask")?);
+            if es.len() != 3 || ms[..] != es[..2] || es[0] < 2 {
+                return Err(Error::input(
+                    "embeds",
+                    format!("expected [K + 1, L, C] and a mask [K + 1, L], found {es:?} and {ms:?}"),
+                ));
+            }
+            Some(Captions { embeds, mask, rows: es[0], len: es[1], features: es[2] })
+        } else {
+            None
+        };
+        let default = dir.parent().map(|p| p.join("digits-classifier/classifier.safetensors"));
+        let classifier = match (classifier, default) {
+            (Some(p), _) => Some(Classifier::load(p)?),
+            (None, Some(p)) if p.is_file() && is_pixel_space(config.in_channels) => Some(Classifier::load(&p)?),
+            _ => None,
+        };
+        Ok(ModelKit { dir: dir.to_path_buf(), config, captions, classifier })
+    }
+
+    /// The classes samples are asked for: the caption rows but the null one, or the DiT classes.
+    /// None: a text model without a caption table.
+    pub fn classes(&self) -> Option<usize> {
+        match self.config.family {
+            Family::DiT => Some(self.config.num_embeds_ada_norm),
+            _ => self.captions.as_ref().map(|c| c.rows - 1),
+        }
+    }
+
+    /// Whether the kit judges images (pixel space, with prompts or classes).
+    pub fn judges_images(&self) -> bool {
+        is_pixel_space(self.config.in_channels) && self.classes().is_some()
+    }
+
+    /// `n` samples of `h × w`: image i from its own seeded noise, asking for class i mod K (the
+    /// class's caption for PixArt, the null caption as the negative prompt); the classes asked for.
+    /// `steps` sizes the injected noise of LCM.
+    pub fn inputs(
+        &self,
+        n: usize,
+        (h, w): (usize, usize),
+        steps: usize,
+        seed: u64,
+    ) -> Result<(SampleInputs, Vec<usize>)> {
+        let classes = self.classes().ok_or_else(|| {
+            Error::input("captions.safetensors", format!("{} has no caption table to prompt with", self.dir.display()))
+        })?;
+        let c = self.config.in_channels;
+        let numel = c * h * w;
+        let mut latents = Vec::with_capacity(n * numel);
+        for i in 0..n {
+            latents.extend(Rng::new(seed.wrapping_mul(1_000_003).wrapping_add(i as u64)).normal_vec(numel, 1.0));
+        }
+        let asked: Vec<usize> = (0..n).map(|i| i % classes).collect();
+        let shape = [n, c, h, w];
+        let mut si = SampleInputs {
+            latents,
+            shape,
+            cond: None,
+            uncond: None,
+            resolution: None,
+            class_labels: None,
+            noise: None,
+        };
+        match (&self.captions, self.config.family) {
+            (Some(t), _) => {
+                let row = |r: usize| {
+                    let e = &t.embeds[r * t.len * t.features..][..t.len * t.features];
+                    (e, &t.mask[r * t.len..][..t.len])
+                };
+                let text = |rows: &mut dyn Iterator<Item = usize>| {
+                    let (mut e, mut m) = (Vec::new(), Vec::new());
+                    for r in rows {
+                        let (re, rm) = row(r);
+                        e.extend_from_slice(re);
+                        m.extend_from_slice(rm);
+                    }
+                    TextInput { embeds: e, mask: Some(m), len: t.len }
+                };
+                si.cond = Some(text(&mut asked.iter().copied()));
+                si.uncond = Some(text(&mut std::iter::repeat_n(t.rows - 1, n)));
+            }
+            _ => si.class_labels = Some(asked.clone()),
+        }
+        if steps > 1 {
+            si.noise = Some(Rng::new(seed ^ 0x5eed).normal_vec((steps - 1) * n * numel, 1.0));
+        }
+        Ok((si, asked))
+    }
+}
+
+/// Per-image quality of `images` against `reference` (the uncached run from the same noise) and
+/// the classifier's accuracy on the classes asked for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct Quality {
+    /// mean and worst (lowest) PSNR, dB
+    pub psnr_mean: f64,
+    #[allow(missing_docs)]
+    pub psnr_worst: f64,
+    /// mean and worst SSIM
+    pub ssim_mean: f64,
+    #[allow(missing_docs)]
+    pub ssim_worst: f64,
+    /// share of images the classifier reads as the class asked for
+    pub accuracy: Option<f64>,
+}
+
+/// The quality of a batch `[n, c, h, w]` of samples.
+pub fn quality(
+    images: &[f32],
+    reference: &[f32],
+    [n, c, h, w]: [usize; 4],
+    classifier: Option<&Classifier>,
+    asked: &[usize],
+) -> Result<Quality> {
+    let per = c * h * w;
+    if images.len() != n * per || reference.len() != n * per || n == 0 {
+        return Err(Error::input(
+            "images",
+            format!("{} and {} values for {n} images of {per}", images.len(), reference.len()),
+        ));
+    }
+    let judged = classifier.is_some_and(|cl| cl.inputs() == per) && asked.len() == n;
+    let (mut q, mut hits) = (Quality { psnr_worst: f64::INFINITY, ssim_worst: f64::INFINITY, ..Default::default() }, 0);
+    for (i, (img, r)) in images.chunks(per).zip(reference.chunks(per)).enumerate() {
+        let (p, s) = (crate::quality::psnr(img, r), crate::quality::ssim(img, r, [c, h, w]));
+        q.psnr_mean += p / n as f64;
+        q.ssim_mean += s / n as f64;
+        q.psnr_worst = q.psnr_worst.min(p);
+        q.ssim_worst = q.ssim_worst.min(s);
+        if let (Some(cl), Some(&want), true) = (classifier, asked.get(i), judged) {
+            if cl.predict(img)? == want {
+                hits += 1;
+            }
+        }
+    }
+    q.accuracy = judged.then(|| hits as f64 / n as f64);
+    Ok(q)
+}
