@@ -146,42 +146,35 @@ pub fn png_grid(images: &[f32], [n, c, h, w]: [usize; 4], cols: usize, scale: us
     let rows = n.div_ceil(cols);
     let (cw, ch) = (w * scale + 1, h * scale + 1);
     let (width, height) = (cols * cw + 1, rows * ch + 1);
-    let mut rgb = vec![128u8; width * height * 3];
+    // One byte a pixel for gray images, three for RGB; 128 (mid-gray) is the border.
+    let mut pixels = vec![128u8; width * height * c];
     for i in 0..n {
         let (ox, oy) = (1 + (i % cols) * cw, 1 + (i / cols) * ch);
         for y in 0..h * scale {
             for x in 0..w * scale {
-                let px = |k: usize| (unit(images[((i * c + k) * h + y / scale) * w + x / scale]) * 255.0).round() as u8;
-                let o = ((oy + y) * width + ox + x) * 3;
-                for (k, out) in rgb[o..o + 3].iter_mut().enumerate() {
-                    *out = px(if c == 3 { k } else { 0 });
+                let o = ((oy + y) * width + ox + x) * c;
+                for (k, out) in pixels[o..o + c].iter_mut().enumerate() {
+                    *out = (unit(images[((i * c + k) * h + y / scale) * w + x / scale]) * 255.0).round() as u8;
                 }
             }
         }
     }
-    Ok(png_rgb(&rgb, width, height))
+    Ok(png_encode(&pixels, width, height, c))
 }
 
-/// An 8-bit RGB PNG, its image data in stored (uncompressed) deflate blocks.
-fn png_rgb(rgb: &[u8], width: usize, height: usize) -> Vec<u8> {
-    let mut raw = Vec::with_capacity((width * 3 + 1) * height);
-    for row in rgb.chunks(width * 3) {
-        raw.push(0); // filter: none
+/// An 8-bit gray (`channels` 1) or RGB (3) PNG, its image data deflated (zlib, miniz_oxide).
+fn png_encode(pixels: &[u8], width: usize, height: usize, channels: usize) -> Vec<u8> {
+    let mut raw = Vec::with_capacity((width * channels + 1) * height);
+    for row in pixels.chunks(width * channels) {
+        raw.push(0); // filter: none (the scaled pixels repeat, which deflate finds anyway)
         raw.extend_from_slice(row);
     }
-    let mut z = vec![0x78, 0x01];
-    let mut blocks = raw.chunks(65_535).peekable();
-    while let Some(b) = blocks.next() {
-        z.push(blocks.peek().is_none() as u8);
-        z.extend_from_slice(&(b.len() as u16).to_le_bytes());
-        z.extend_from_slice(&(!(b.len() as u16)).to_le_bytes());
-        z.extend_from_slice(b);
-    }
-    z.extend_from_slice(&adler32(&raw).to_be_bytes());
+    let z = miniz_oxide::deflate::compress_to_vec_zlib(&raw, 9);
     let mut ihdr = Vec::new();
     ihdr.extend_from_slice(&(width as u32).to_be_bytes());
     ihdr.extend_from_slice(&(height as u32).to_be_bytes());
-    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]); // 8-bit, RGB, deflate, no filter, no interlace
+    let color_type = if channels == 3 { 2 } else { 0 };
+    ihdr.extend_from_slice(&[8, color_type, 0, 0, 0]); // 8-bit, gray/RGB, deflate, no filter, no interlace
     let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
     for (kind, data) in [(b"IHDR", &ihdr[..]), (b"IDAT", &z[..]), (b"IEND", &[][..])] {
         png.extend_from_slice(&(data.len() as u32).to_be_bytes());
@@ -204,15 +197,6 @@ fn crc32(data: &[u8]) -> u32 {
     !c
 }
 
-fn adler32(data: &[u8]) -> u32 {
-    let (mut a, mut b) = (1u32, 0u32);
-    for &v in data {
-        a = (a + v as u32) % 65_521;
-        b = (b + a) % 65_521;
-    }
-    (b << 16) | a
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,13 +206,13 @@ mod tests {
         let a: Vec<f32> = (0..256).map(|i| ((i * 37 % 256) as f32 / 127.5) - 1.0).collect();
         assert_eq!(psnr(&a, &a), 100.0);
         assert!((ssim(&a, &a, [1, 16, 16]) - 1.0).abs() < 1e-12);
-        // A constant offset of 0.2 in [-1, 1] is 0.1 on [0, 1]: MSE 0.01, 20 dB.
+        // A constant offset of 0.25 in [-1, 1] (exact in f32) is 1/8 on [0, 1]: 20·log10(8) dB.
         let b: Vec<f32> = vec![0.0; 256];
-        let c: Vec<f32> = vec![0.2; 256];
-        assert!((psnr(&b, &c) - 20.0).abs() < 1e-9);
+        let c: Vec<f32> = vec![0.25; 256];
+        assert!((psnr(&b, &c) - 20.0 * 8f64.log10()).abs() < 1e-9);
         // Flat images differing by a constant: SSIM = luminance term only,
-        // (2·0.5·0.6 + C1) / (0.25 + 0.36 + C1).
-        let want = (2.0 * 0.5 * 0.6 + 1e-4) / (0.25 + 0.36 + 1e-4);
+        // (2·0.5·0.625 + C1) / (0.5² + 0.625² + C1).
+        let want = (2.0 * 0.5 * 0.625 + 1e-4) / (0.25 + 0.390625 + 1e-4);
         assert!((ssim(&b, &c, [1, 16, 16]) - want).abs() < 1e-9);
         // Noise lowers SSIM below 1.
         let noisy: Vec<f32> = a.iter().enumerate().map(|(i, v)| v + if i % 3 == 0 { 0.3 } else { -0.2 }).collect();
@@ -244,7 +228,18 @@ mod tests {
         assert_eq!(&png[12..16], b"IHDR");
         assert_eq!(u32::from_be_bytes(png[16..20].try_into().unwrap()), 2 * 9 + 1);
         assert_eq!(crc32(b"IEND"), 0xae42_6082);
-        assert_eq!(adler32(b"Wikipedia"), 0x11e6_0398);
+        assert_eq!(png[25], 0, "color type gray");
+        // The image data inflates back to the filtered rows: border gray, then image 0's first
+        // row (values -1, -15/16, …: the first pixel is black), each pixel twice.
+        let idat_len = u32::from_be_bytes(png[33..37].try_into().unwrap()) as usize;
+        assert_eq!(&png[37..41], b"IDAT");
+        let raw = miniz_oxide::inflate::decompress_to_vec_zlib(&png[41..41 + idat_len]).unwrap();
+        let width = 2 * 9 + 1;
+        assert_eq!(raw.len(), (width + 1) * (9 + 1));
+        assert!(raw[1..=width].iter().all(|&v| v == 128), "top border");
+        let row1 = &raw[width + 1..2 * (width + 1)];
+        assert_eq!((row1[0], row1[1], row1[2], row1[3]), (0, 128, 0, 0), "filter, border, pixel 0 twice");
+        assert_eq!(row1[4], (((1.0 / 16.0) / 2.0) * 255.0f32).round() as u8);
         assert!(png_grid(&img, [2, 4, 2, 2], 2, 1).is_err(), "4 channels is a latent model");
     }
 }
