@@ -466,6 +466,24 @@ fn calibrate_prints_the_frontier_and_the_choice() {
     let kinds: std::collections::BTreeSet<&str> =
         v.as_array().unwrap().iter().map(|s| s["kind"].as_str().unwrap()).collect();
     assert_eq!(kinds.len(), 5, "{kinds:?}");
-    assert!(v.as_array().unwrap().iter().any(|s| s["frontier"] == true));
+    let settings = v.as_array().unwrap();
+    assert!(settings.iter().any(|s| s["frontier"] == true));
+    // The two choices, checked against the JSON: the setting printed under each heading (its
+    // kind first, its spec in the line; the longest spec that fits, as specs extend each other).
+    let chosen = |heading: &str| -> &serde_json::Value {
+        let line = text.lines().skip_while(|l| !l.starts_with(heading)).nth(1).unwrap_or_else(|| panic!("{text}"));
+        settings
+            .iter()
+            .filter(|s| line.starts_with(s["kind"].as_str().unwrap()) && line.contains(s["spec"].as_str().unwrap()))
+            .max_by_key(|s| s["spec"].as_str().unwrap().len())
+            .unwrap_or_else(|| panic!("no setting of the JSON in `{line}`"))
+    };
+    let f = |s: &serde_json::Value, k: &str| s[k].as_f64().unwrap();
+    let cheapest = chosen("cheapest setting with PSNR ≥ 25 dB");
+    let min_compute = settings.iter().filter(|s| f(s, "psnr") >= 25.0).map(|s| f(s, "compute")).fold(2.0, f64::min);
+    assert!(f(cheapest, "psnr") >= 25.0 && f(cheapest, "compute") == min_compute, "{cheapest}");
+    let best = chosen("best setting within 50% compute");
+    let max_psnr = settings.iter().filter(|s| f(s, "compute") <= 0.5).map(|s| f(s, "psnr")).fold(f64::MIN, f64::max);
+    assert!(f(best, "compute") <= 0.5 && f(best, "psnr") == max_psnr, "{best}");
     fails_with(run(&["calibrate", "--model", models("dit-digits").to_str().unwrap(), "--budget", "2"]), &["budget"]);
 }

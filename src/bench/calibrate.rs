@@ -104,7 +104,7 @@ pub fn sweep(layers: usize, steps: usize) -> Vec<(String, String, usize)> {
     v
 }
 
-/// Measures every setting of [`sweep`] (and the uncached reference); marks the frontier.
+/// Measures every setting of `sweep` (and the uncached reference); marks the frontier.
 pub fn calibrate<B: Backend>(
     be: &B,
     model: &Transformer<B>,
