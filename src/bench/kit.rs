@@ -100,15 +100,7 @@ impl ModelKit {
         }
         let asked: Vec<usize> = (0..n).map(|i| i % classes).collect();
         let shape = [n, c, h, w];
-        let mut si = SampleInputs {
-            latents,
-            shape,
-            cond: None,
-            uncond: None,
-            resolution: None,
-            class_labels: None,
-            noise: None,
-        };
+        let mut si = SampleInputs::new(latents, shape);
         match (&self.captions, self.config.family) {
             (Some(t), _) => {
                 let row = |r: usize| {

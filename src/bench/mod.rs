@@ -185,8 +185,7 @@ pub fn random_inputs(
     let mut rng = Rng::new(seed);
     let shape = [1, cfg.in_channels, latent_h, latent_w];
     let latents = rng.normal_vec(shape.iter().product(), 1.0);
-    let mut si =
-        SampleInputs { latents, shape, cond: None, uncond: None, resolution: None, class_labels: None, noise: None };
+    let mut si = SampleInputs::new(latents, shape);
     match cfg.family {
         Family::PixArt => {
             let feat = cfg.caption_channels.or(cfg.cross_attention_dim).unwrap_or(cfg.inner_dim());

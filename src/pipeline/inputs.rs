@@ -141,21 +141,19 @@ impl ForwardInputs {
 }
 
 impl SampleInputs {
+    /// Initial noise `latents` of `shape` [n, C, H, W] and no conditioning yet (set `cond`/`uncond`
+    /// for PixArt, `class_labels` for DiT, `noise` for LCM).
+    pub fn new(latents: Vec<f32>, shape: [usize; 4]) -> Self {
+        SampleInputs { latents, shape, cond: None, uncond: None, resolution: None, class_labels: None, noise: None }
+    }
+
     /// Reads the sampling tensors: `latents` [n, C, H, W]; PixArt `cond_embeds`/`cond_mask`/
     /// `uncond_embeds`/`uncond_mask` (and optional `resolution` `[n, 2]`); DiT `class_labels` `[n]`;
     /// LCM `noise` [steps − 1, n, C, H, W].
     pub fn from_inputs(inp: &Inputs, cfg: &ModelConfig) -> Result<Self> {
         let (latents, shape) = read_latents(inp, "latents", cfg)?;
         let n = shape[0];
-        let mut si = SampleInputs {
-            latents,
-            shape,
-            cond: None,
-            uncond: None,
-            resolution: None,
-            class_labels: None,
-            noise: None,
-        };
+        let mut si = SampleInputs::new(latents, shape);
         match cfg.family {
             Family::PixArt => {
                 si.cond = read_text(inp, "cond_embeds", "cond_mask", n)?;
