@@ -463,10 +463,9 @@ fn calibrate_prints_the_frontier_and_the_choice() {
     assert!(o.status.success(), "{}{}", text, String::from_utf8_lossy(&o.stderr));
     assert!(text.contains("frontier") && text.contains("PSNR ≥ 25") && text.contains("within 50% compute"), "{text}");
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    let kinds: std::collections::BTreeSet<&str> =
-        v.as_array().unwrap().iter().map(|s| s["kind"].as_str().unwrap()).collect();
+    let settings = v["settings"].as_array().unwrap();
+    let kinds: std::collections::BTreeSet<&str> = settings.iter().map(|s| s["kind"].as_str().unwrap()).collect();
     assert_eq!(kinds.len(), 5, "{kinds:?}");
-    let settings = v.as_array().unwrap();
     assert!(settings.iter().any(|s| s["frontier"] == true));
     // The two choices, checked against the JSON: the setting printed under each heading (its
     // kind first, its spec in the line; the longest spec that fits, as specs extend each other).
@@ -482,8 +481,10 @@ fn calibrate_prints_the_frontier_and_the_choice() {
     let cheapest = chosen("cheapest setting with PSNR ≥ 25 dB");
     let min_compute = settings.iter().filter(|s| f(s, "psnr") >= 25.0).map(|s| f(s, "compute")).fold(2.0, f64::min);
     assert!(f(cheapest, "psnr") >= 25.0 && f(cheapest, "compute") == min_compute, "{cheapest}");
+    assert_eq!(&v["cheapest_over_target"], cheapest, "the JSON's choice is the printed one");
     let best = chosen("best setting within 50% compute");
     let max_psnr = settings.iter().filter(|s| f(s, "compute") <= 0.5).map(|s| f(s, "psnr")).fold(f64::MIN, f64::max);
     assert!(f(best, "compute") <= 0.5 && f(best, "psnr") == max_psnr, "{best}");
+    assert_eq!(&v["best_within_budget"], best, "the JSON's choice is the printed one");
     fails_with(run(&["calibrate", "--model", models("dit-digits").to_str().unwrap(), "--budget", "2"]), &["budget"]);
 }

@@ -244,24 +244,54 @@ pub fn format_frontier(settings: &[Setting], opts: &CalibrateOptions) -> String 
             s += &row(b);
         }
     }
+    let choice = Calibration::new(settings, opts);
     if let Some(t) = opts.target_psnr {
-        let pick = settings
-            .iter()
-            .filter(|x| x.psnr >= t)
-            .min_by(|a, b| a.compute.total_cmp(&b.compute).then(a.time_s.total_cmp(&b.time_s)));
-        s += &match pick {
+        s += &match choice.cheapest_over_target {
             Some(x) => format!("cheapest setting with PSNR ≥ {t} dB:\n{}", row(x)),
             None => format!("no setting keeps PSNR ≥ {t} dB\n"),
         };
     }
     if let Some(b) = opts.budget {
-        let pick = settings.iter().filter(|x| x.compute <= b).max_by(|a, b| a.psnr.total_cmp(&b.psnr));
-        s += &match pick {
+        s += &match choice.best_within_budget {
             Some(x) => format!("best setting within {:.0}% compute:\n{}", 100.0 * b, row(x)),
             None => format!("no setting within {:.0}% compute\n", 100.0 * b),
         };
     }
     s
+}
+
+/// What `calibrate` found (its JSON): every setting, and the choices the options asked for.
+#[derive(Debug, Serialize)]
+pub struct Calibration<'a> {
+    pub settings: &'a [Setting],
+    pub target_psnr: Option<f64>,
+    /// the cheapest setting (compute, then time) whose mean PSNR is at least `target_psnr`
+    pub cheapest_over_target: Option<&'a Setting>,
+    pub budget: Option<f64>,
+    /// the setting of highest mean PSNR within `budget` compute
+    pub best_within_budget: Option<&'a Setting>,
+}
+
+impl<'a> Calibration<'a> {
+    /// The choices of `opts` among `settings`.
+    pub fn new(settings: &'a [Setting], opts: &CalibrateOptions) -> Self {
+        let cheapest_over_target = opts.target_psnr.and_then(|t| {
+            settings
+                .iter()
+                .filter(|x| x.psnr >= t)
+                .min_by(|a, b| a.compute.total_cmp(&b.compute).then(a.time_s.total_cmp(&b.time_s)))
+        });
+        let best_within_budget = opts
+            .budget
+            .and_then(|b| settings.iter().filter(|x| x.compute <= b).max_by(|a, b| a.psnr.total_cmp(&b.psnr)));
+        Calibration {
+            settings,
+            target_psnr: opts.target_psnr,
+            cheapest_over_target,
+            budget: opts.budget,
+            best_within_budget,
+        }
+    }
 }
 
 #[cfg(test)]

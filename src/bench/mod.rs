@@ -5,7 +5,7 @@
 mod calibrate;
 mod kit;
 
-pub use calibrate::{calibrate, format_frontier, CalibrateOptions, Setting};
+pub use calibrate::{calibrate, format_frontier, CalibrateOptions, Calibration, Setting};
 pub use kit::{quality, ModelKit, Quality};
 
 use crate::cache::CacheSpec;

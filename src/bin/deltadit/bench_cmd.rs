@@ -324,5 +324,5 @@ pub fn calibrate(a: CalibrateArgs) -> Result<()> {
         (settings, opts)
     });
     print!("{}", bench::format_frontier(&settings, &opts));
-    write_json(a.m.json.as_deref(), &settings)
+    write_json(a.m.json.as_deref(), &bench::Calibration::new(&settings, &opts))
 }
