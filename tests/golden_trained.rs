@@ -99,3 +99,44 @@ fn trained_models_draw_the_digits_asked_for() {
         assert!(q.accuracy.unwrap() >= 0.85 && q.psnr_mean > 15.0, "{name}: delta {q:?}");
     }
 }
+
+/// The main job's claim, on its own inputs (`deltadit bench`: pixart-digits, 64 images, 20
+/// DPM-Solver++ steps, CFG 4.5, seed 0): every cache policy at its default skips blocks there,
+/// and no policy changes which digit the classifier reads. (That skipping makes them faster is
+/// what the bench measures; a test does not time.)
+#[test]
+fn every_default_policy_skips_blocks_on_the_main_job() {
+    use deltadit::internals::bench::{default_policies, run, BenchOptions};
+    let be = Cpu::default();
+    let dir = models("pixart-digits");
+    let model = Transformer::load(&be, &dir).unwrap();
+    let kit = ModelKit::open(&dir, None).unwrap();
+    let opts = BenchOptions {
+        policies: default_policies(),
+        scheduler: SchedulerName::DpmSolverPP,
+        steps: 20,
+        guidance: SampleConfig::default_guidance(model.config().family, SchedulerName::DpmSolverPP),
+        latent: (16, 16),
+        text_len: 120,
+        warmup: 0,
+        runs: 1,
+        seed: 0,
+        images: 64,
+        fewer_steps: false,
+    };
+    let (rows, _, _) = run(&be, &model, Some(&kit), &opts, &mut |_, _| {}).unwrap();
+    assert_eq!(rows.len(), 5);
+    for row in &rows[1..] {
+        let q = row.quality.unwrap();
+        println!("{} {}: blocks {:.1}%, PSNR {:.1} dB", row.policy, row.params, 100.0 * row.block_ratio, q.psnr_mean);
+        assert!(
+            row.block_ratio < 0.95,
+            "{} ({}) runs {:.1}% of the blocks",
+            row.policy,
+            row.params,
+            100.0 * row.block_ratio
+        );
+        assert_eq!(q.accuracy, Some(1.0), "{}: {q:?}", row.policy);
+        assert!(q.psnr_mean > 25.0, "{}: {q:?}", row.policy);
+    }
+}
