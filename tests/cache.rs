@@ -227,6 +227,31 @@ fn cached_step_reproduces_full_step(spec: &str, expect: StepPlan) {
     assert!(e < 1e-6, "{spec}: cached step differs from the full step by {e:.2e}");
 }
 
+/// `Denoiser::shared` (holding an `Arc` of the model, as the Python package does) runs exactly
+/// what `Denoiser::new` (borrowing it) runs: the same plans and bit-identical outputs over a
+/// cached run; it holds a share of the model.
+#[test]
+fn shared_denoiser_equals_borrowed() {
+    let be = Cpu::default();
+    let dir = data("pixart-tiny-delta-n2-nc4-b12");
+    let model = std::sync::Arc::new(Transformer::load(&be, &dir).unwrap());
+    let inputs =
+        SampleInputs::from_inputs(&Inputs::open(&dir.join("inputs.safetensors")).unwrap(), model.config()).unwrap();
+    let mut cond = deltadit::model::Conditioning { batch: 1, height: 16, width: 16, ..Default::default() };
+    cond.text = inputs.cond.clone();
+    let policy = || "delta:n=2,nc=4,b=2".parse::<CacheSpec>().unwrap().build(Family::PixArt, 6, 4).unwrap();
+    let mut borrowed = Denoiser::new(&be, &model, &cond, policy()).unwrap();
+    let mut shared = Denoiser::shared(&be, model.clone(), &cond, policy()).unwrap();
+    assert_eq!(std::sync::Arc::strong_count(&model), 2, "the shared denoiser holds a share of the model");
+    for (step, t) in [900.0f32, 700.0, 500.0, 300.0].into_iter().enumerate() {
+        let x: Vec<f32> = inputs.latents.iter().map(|v| v * (1.0 + step as f32 * 0.1)).collect();
+        let a = borrowed.forward(&be, &x, &[t], step, 4).unwrap();
+        let b = shared.forward(&be, &x, &[t], step, 4).unwrap();
+        assert_eq!(a.plan, b.plan, "step {step}");
+        assert_eq!(be.download(borrowed.output()).unwrap(), be.download(shared.output()).unwrap(), "step {step}");
+    }
+}
+
 #[test]
 fn delta_rear_bookkeeping() {
     cached_step_reproduces_full_step("delta:n=2,nc=4,b=5", StepPlan::CachedRear(4));

@@ -38,7 +38,8 @@ use std::time::Instant;
 /// A model and the backend it lives on.
 struct Loaded<B: Backend> {
     be: B,
-    model: Transformer<B>,
+    /// shared with the denoisers of the runs (`Denoiser::shared`)
+    model: Arc<Transformer<B>>,
 }
 
 enum AnyLoaded {
@@ -125,15 +126,15 @@ fn load_any(be: AnyBackend, cfg: ModelConfig, src: &dyn WeightSource) -> deltadi
     Ok(match be {
         AnyBackend::Cpu(be) => {
             let model = Transformer::from_source(&be, cfg, src)?;
-            AnyLoaded::Cpu(Arc::new(Loaded { be, model }))
+            AnyLoaded::Cpu(Arc::new(Loaded { be, model: Arc::new(model) }))
         }
         AnyBackend::Sim(be) => {
             let model = Transformer::from_source(&be, cfg, src)?;
-            AnyLoaded::Sim(Arc::new(Loaded { be, model }))
+            AnyLoaded::Sim(Arc::new(Loaded { be, model: Arc::new(model) }))
         }
         AnyBackend::Cuda(be) => {
             let model = Transformer::from_source(&be, cfg, src)?;
-            AnyLoaded::Cuda(Arc::new(Loaded { be, model }))
+            AnyLoaded::Cuda(Arc::new(Loaded { be, model: Arc::new(model) }))
         }
     })
 }
@@ -383,20 +384,15 @@ impl HostOutput for Cpu {
 impl HostOutput for Sim {}
 impl HostOutput for Cuda {}
 
-/// A denoiser and the model it borrows.
+/// A denoiser (holding a share of the model) and the backend it runs on.
 struct Run<B: Backend> {
-    // Declared first, so it is dropped before `loaded`, whose model it borrows.
     denoiser: Denoiser<'static, B>,
     loaded: Arc<Loaded<B>>,
 }
 
 impl<B: Backend + HostOutput> Run<B> {
     fn new(loaded: Arc<Loaded<B>>, cond: &Conditioning, policy: Box<dyn CachePolicy>) -> deltadit::Result<Self> {
-        // SAFETY: the model lives in the Arc's heap allocation, which `Run` holds, never mutates
-        // and drops only after the denoiser that borrows it (field order). The 'static lifetime
-        // never leaves `Run`.
-        let model: &'static Transformer<B> = unsafe { &*(&loaded.model as *const Transformer<B>) };
-        let denoiser = Denoiser::new(&loaded.be, model, cond, policy)?;
+        let denoiser = Denoiser::shared(&loaded.be, loaded.model.clone(), cond, policy)?;
         Ok(Run { denoiser, loaded })
     }
 

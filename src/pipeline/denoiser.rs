@@ -6,6 +6,7 @@ use crate::cache::{CacheEngine, CachePolicy, NoCache, StepReport};
 use crate::error::check_finite;
 use crate::model::{Conditioning, Context, Transformer, Workspace};
 use crate::{Backend, Error, Result, Tensor};
+use std::sync::Arc;
 
 /// A [`Transformer`] with one run's conditioning and cache state.
 ///
@@ -14,7 +15,7 @@ use crate::{Backend, Error, Result, Tensor};
 /// step 0 starts a new run (the policy's state and the cached deviations are dropped), so the
 /// same denoiser serves several runs with the same conditioning.
 pub struct Denoiser<'m, B: Backend> {
-    model: &'m Transformer<B>,
+    model: ModelRef<'m, B>,
     ctx: Context<B>,
     ws: Workspace<B>,
     engine: CacheEngine<B>,
@@ -22,14 +23,48 @@ pub struct Denoiser<'m, B: Backend> {
     next_step: usize,
 }
 
+impl<B: Backend> Denoiser<'static, B> {
+    /// As [`Denoiser::new`], holding a share of `model`: the denoiser owns what it runs, so it
+    /// can be stored beside the model's other users (no borrow to outlive).
+    pub fn shared(
+        be: &B,
+        model: Arc<Transformer<B>>,
+        cond: &Conditioning,
+        policy: Box<dyn CachePolicy>,
+    ) -> Result<Self> {
+        Self::bind(be, ModelRef::Shared(model), cond, policy)
+    }
+}
+
+/// The model a denoiser runs: borrowed, or shared with its other users (a denoiser that must
+/// outlive the caller's stack frame, e.g. one held by a Python object).
+enum ModelRef<'m, B: Backend> {
+    Borrowed(&'m Transformer<B>),
+    Shared(Arc<Transformer<B>>),
+}
+
+impl<B: Backend> std::ops::Deref for ModelRef<'_, B> {
+    type Target = Transformer<B>;
+    fn deref(&self) -> &Transformer<B> {
+        match self {
+            ModelRef::Borrowed(m) => m,
+            ModelRef::Shared(m) => m,
+        }
+    }
+}
+
 impl<'m, B: Backend> Denoiser<'m, B> {
     /// Binds `model` to the conditioning `cond` of a run (its batch includes the CFG copies) with
     /// cache `policy`.
     pub fn new(be: &B, model: &'m Transformer<B>, cond: &Conditioning, policy: Box<dyn CachePolicy>) -> Result<Self> {
+        Self::bind(be, ModelRef::Borrowed(model), cond, policy)
+    }
+
+    fn bind(be: &B, model: ModelRef<'m, B>, cond: &Conditioning, policy: Box<dyn CachePolicy>) -> Result<Self> {
         cond.validate()?;
         let ctx = model.context(be, cond)?;
         let ws = model.workspace(be, &ctx)?;
-        let engine = CacheEngine::new(be, model, &ws, policy)?;
+        let engine = CacheEngine::new(be, &model, &ws, policy)?;
         Ok(Denoiser { model, ctx, ws, engine, next_step: 0 })
     }
 
@@ -122,7 +157,7 @@ impl<'m, B: Backend> Denoiser<'m, B> {
         }
         let report = self
             .engine
-            .step(be, self.model, &self.ctx, &mut self.ws, step, steps, &mut |be, ws| tail(be, &ws.model_out))?;
+            .step(be, &self.model, &self.ctx, &mut self.ws, step, steps, &mut |be, ws| tail(be, &ws.model_out))?;
         self.next_step = if step + 1 == steps { 0 } else { step + 1 };
         Ok(report)
     }
