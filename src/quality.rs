@@ -18,6 +18,20 @@ pub fn is_pixel_space(channels: usize) -> bool {
     channels == 1 || channels == 3
 }
 
+/// Ok for a pixel-space model; else the error, naming option `param`, that an image of a latent
+/// model's samples needs its VAE.
+pub fn require_pixel_space(param: &str, channels: usize) -> Result<()> {
+    if is_pixel_space(channels) {
+        return Ok(());
+    }
+    Err(Error::param(
+        param,
+        format!("a model of {channels} latent channels"),
+        "a pixel-space model (1 or 3 channels): a latent model's samples are latents, and decoding \
+         them needs its VAE (write --output and decode with diffusers' AutoencoderKL)",
+    ))
+}
+
 /// PSNR in dB of `a` against `b` (same length, values in [-1, 1]) on the [0, 1] scale; 100 dB
 /// for identical images (the mean squared error is 0).
 pub fn psnr(a: &[f32], b: &[f32]) -> f64 {

@@ -281,7 +281,7 @@ pub fn default_policies() -> Vec<CacheSpec> {
     ["none", "delta", "delta-adaptive", "fora", "first-block"].iter().filter_map(|s| s.parse().ok()).collect()
 }
 
-pub(crate) fn median(v: &[f64]) -> f64 {
+fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.total_cmp(b));
     if s.is_empty() {

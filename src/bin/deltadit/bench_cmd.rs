@@ -8,7 +8,7 @@ use deltadit::backend::AttentionKernel;
 use deltadit::cache::CacheSpec;
 use deltadit::device::{AnyBackend, Device};
 use deltadit::internals::bench::{self, BenchOptions, BenchReport, CalibrateOptions, ModelKit, Preset};
-use deltadit::internals::quality::{is_pixel_space, png_grid};
+use deltadit::internals::quality::{png_grid, require_pixel_space};
 use deltadit::model::{Family, Transformer};
 use deltadit::pipeline::SampleConfig;
 use deltadit::sampler::SchedulerName;
@@ -257,14 +257,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
 
 /// One PNG grid per row of `report`, 8 images a row, each pixel 4×4.
 fn write_grids(dir: &Path, report: &BenchReport) -> Result<()> {
-    let channels = report.rows.first().map_or(0, |r| r.shape[1]);
-    if !is_pixel_space(channels) {
-        return Err(Error::param(
-            "grids",
-            format!("a model of {channels} latent channels"),
-            "a pixel-space model (1 or 3 channels): decoding latents needs the model's VAE",
-        ));
-    }
+    require_pixel_space("grids", report.rows.first().map_or(0, |r| r.shape[1]))?;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     for (i, row) in report.rows.iter().enumerate() {
         let name = match row.policy.as_str() {

@@ -6,7 +6,7 @@ mod bench_cmd;
 use clap::{Args, Parser, Subcommand};
 use deltadit::cache::CacheSpec;
 use deltadit::device::{AnyBackend, Device};
-use deltadit::internals::quality::{is_pixel_space, png_grid};
+use deltadit::internals::quality::{png_grid, require_pixel_space};
 use deltadit::internals::{env, ForwardMacs};
 use deltadit::io::{write_safetensors, HostTensor, Inputs};
 use deltadit::model::{Checkpoint, Family, ModelConfig, Transformer};
@@ -196,13 +196,8 @@ fn cmd_sample(
     let inputs = Inputs::open(inputs)?;
     let start = Instant::now();
     let channels = ModelConfig::from_file(&args.model.join("config.json"))?.in_channels;
-    if image.is_some() && !is_pixel_space(channels) {
-        return Err(Error::param(
-            "image",
-            format!("a model of {channels} latent channels"),
-            "a pixel-space model (1 or 3 channels): a latent model's samples are latents, and decoding \
-             them needs its VAE (write --output and decode with diffusers' AutoencoderKL)",
-        ));
+    if image.is_some() {
+        require_pixel_space("image", channels)?;
     }
     let out = with_backend!(&any, |be| {
         let model = Transformer::load(be, &args.model)?;
