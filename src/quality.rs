@@ -28,7 +28,7 @@ pub fn require_pixel_space(param: &str, channels: usize) -> Result<()> {
         param,
         format!("a model of {channels} latent channels"),
         "a pixel-space model (1 or 3 channels): a latent model's samples are latents, and decoding \
-         them needs its VAE (write --output and decode with diffusers' AutoencoderKL)",
+         them needs its VAE (diffusers' AutoencoderKL on the latents `sample --output` writes)",
     ))
 }
 
