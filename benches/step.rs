@@ -219,7 +219,7 @@ fn preset_rows<B: Timed>(
     drop(ctx);
 
     // 20 steps without and with the Δ-DiT cache, in the same process.
-    let sc = SampleConfig { scheduler: p.scheduler, steps, guidance: p.guidance, keep_per_step: false };
+    let sc = SampleConfig::new(p.scheduler, steps, p.guidance);
     let mut reference: Option<(Vec<f32>, f64)> = None;
     for spec in ["none", "delta"] {
         let kind = if spec == "none" { "sample20-none" } else { "sample20-delta" };

@@ -118,10 +118,10 @@ impl<B: Backend> WorkspaceParts<B> for Workspace<B> {
         &mut self.t
     }
     fn hidden(&self) -> &Tensor<B> {
-        &self.x
+        &self.streams[0]
     }
     fn hidden_mut(&mut self) -> &mut Tensor<B> {
-        &mut self.x
+        &mut self.streams[0]
     }
 }
 

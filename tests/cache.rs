@@ -354,7 +354,7 @@ fn delta_matches_an_independent_implementation_on_other_parameters() {
     for &(steps, n, nc, b) in &[(10, 3, 2, 5), (8, 2, 3, 0), (8, 2, 3, 8), (9, 4, 5, 6), (6, 1, 3, 2), (7, 2, 1, 3)] {
         let (want, want_blocks) = reference_delta(&model, &be, &inputs, steps, n, nc, b);
         let policy = Box::new(Delta::new(n, nc, b, 6, steps).unwrap());
-        let cfg = SampleConfig { scheduler: SchedulerName::DpmSolverPP, steps, guidance: 4.5, keep_per_step: false };
+        let cfg = SampleConfig::new(SchedulerName::DpmSolverPP, steps, 4.5);
         let out = sample(&be, &model, &inputs, &cfg, policy, &mut |_, _| {}).unwrap();
         assert_eq!(out.blocks_run, want_blocks, "steps {steps} N {n} Nc {nc} b {b}: blocks_run");
         let e = rel_l2(&out.latents, &want);
@@ -403,12 +403,13 @@ fn samples_in_one_cfg_batch_do_not_interfere() {
         }),
         resolution: None,
         class_labels: None,
+        pooled: None,
+        uncond_pooled: None,
         noise: None,
     };
     for spec in ["none", "delta:n=2,nc=4,b=5", "fora:n=2"] {
         let run = |inp: &SampleInputs| {
-            let cfg =
-                SampleConfig { scheduler: SchedulerName::DpmSolverPP, steps: 8, guidance: 4.5, keep_per_step: false };
+            let cfg = SampleConfig::new(SchedulerName::DpmSolverPP, 8, 4.5);
             let policy = spec.parse::<CacheSpec>().unwrap().build(Family::PixArt, 6, 8).unwrap();
             sample(&be, &model, inp, &cfg, policy, &mut |_, _| {}).unwrap().latents
         };

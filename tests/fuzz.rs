@@ -472,6 +472,8 @@ fn sampling_inputs_error_or_run() {
             uncond: (!dit && bits & 2 == 0).then(|| text(&emb)),
             resolution: None,
             class_labels: dit.then(|| (0..n).map(|i| i * 600 + (bits as usize & 4) * 100).collect()),
+            pooled: None,
+            uncond_pooled: None,
             noise: (bits & 8 == 0).then(|| vec![0.1; steps.saturating_sub(1) * n * 4 * h * 16]),
         };
         let scheduler = [SchedulerName::DpmSolverPP, SchedulerName::Ddim, SchedulerName::Lcm][sched as usize];

@@ -55,3 +55,18 @@ fn sampling_pixart_lcm_4_injected_noise() {
 fn sampling_pixart_delta_dit_n2_nc4_b12() {
     assert!(sampling_case(&Cpu::default(), "pixart-tiny-delta-n2-nc4-b12").0 <= 1e-4);
 }
+
+#[test]
+fn forward_sd3_tiny() {
+    assert!(forward_case(&Cpu::default(), "sd3-tiny") <= 1e-5);
+}
+
+#[test]
+fn forward_sd35_qk_norm_dual_attention_nonsquare() {
+    assert!(forward_case(&Cpu::default(), "sd35-tiny-nonsquare") <= 1e-5);
+}
+
+#[test]
+fn sampling_sd3_flow_match_12_cfg() {
+    assert!(sampling_case(&Cpu::default(), "sd3-tiny-flowmatch12-cfg").0 <= 1e-4);
+}

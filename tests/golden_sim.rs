@@ -69,7 +69,7 @@ fn wgmma_attention_through_a_whole_model() {
     assert_eq!(p.config.attention_head_dim, 72);
     let steps = 3;
     let inputs = deltadit::internals::bench::random_inputs(&p.config, p.latent, p.latent, p.text_len, steps, 5);
-    let sc = SampleConfig { scheduler: p.scheduler, steps, guidance: p.guidance, keep_per_step: false };
+    let sc = SampleConfig::new(p.scheduler, steps, p.guidance);
     fn latents<B: Backend>(
         be: &B,
         p: &deltadit::internals::bench::Preset,

@@ -57,6 +57,11 @@ fn pixart(
         use_additional_conditions: micro,
         num_embeds_ada_norm: 1000,
         attention_bias: true,
+        joint_attention_dim: None,
+        pooled_projection_dim: None,
+        pos_embed_max_size: None,
+        qk_norm: false,
+        dual_attention_layers: Vec::new(),
     }
 }
 
@@ -77,6 +82,11 @@ fn dit(layers: usize, heads: usize, head_dim: usize, sample_size: usize) -> Mode
         use_additional_conditions: false,
         num_embeds_ada_norm: 1000,
         attention_bias: true,
+        joint_attention_dim: None,
+        pooled_projection_dim: None,
+        pos_embed_max_size: None,
+        qk_norm: false,
+        dual_attention_layers: Vec::new(),
     }
 }
 
@@ -195,6 +205,16 @@ pub fn random_inputs(
             si.uncond = Some(TextInput { embeds: rng.normal_vec(l * feat, 0.2), mask: Some(keep(1)), len: l });
         }
         Family::DiT => si.class_labels = Some(vec![207]),
+        _ => {
+            // SD3: text and pooled text for both halves of the guided batch, no mask
+            let feat = cfg.joint_attention_dim.unwrap_or(cfg.inner_dim());
+            let pf = cfg.pooled_projection_dim.unwrap_or(1);
+            let l = text_len.max(1);
+            si.cond = Some(TextInput { embeds: rng.normal_vec(l * feat, 0.2), mask: None, len: l });
+            si.uncond = Some(TextInput { embeds: rng.normal_vec(l * feat, 0.2), mask: None, len: l });
+            si.pooled = Some(rng.normal_vec(pf, 0.5));
+            si.uncond_pooled = Some(rng.normal_vec(pf, 0.5));
+        }
     }
     si.noise = Some(rng.normal_vec(steps.saturating_sub(1) * shape.iter().product::<usize>(), 1.0));
     si

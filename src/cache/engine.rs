@@ -14,7 +14,6 @@
 //! instead of a silently wrong image.
 
 use super::{CacheNeeds, CachePolicy, Probe, StepInfo, StepPlan};
-use crate::backend::CacheWrite;
 use crate::model::{BranchCache, Branches, Context, DeltaTap, Transformer, Workspace};
 use crate::{Backend, Error, Result, Tensor};
 
@@ -25,13 +24,14 @@ pub struct CacheEngine<B: Backend> {
     /// what the policy declared at creation
     needs: CacheNeeds,
     probe_kind: Probe,
-    /// Δ_front (anchor h_0 until the delta is written)
-    front: Option<Tensor<B>>,
-    /// Δ_rear (anchor h_{L−n} until the delta is written)
-    rear: Option<Tensor<B>>,
+    /// Δ_front per stream (anchor h_0 until the delta is written)
+    front: Option<Vec<Tensor<B>>>,
+    /// Δ_rear per stream (anchor h_{L−n} until the delta is written)
+    rear: Option<Vec<Tensor<B>>>,
     branches: Option<Vec<BranchCache<B>>>,
-    /// First-Block-Cache: block 0's residual now, at the last full step, and Δ of blocks [1, L)
-    fb_residual: Option<(Tensor<B>, Tensor<B>, Tensor<B>)>,
+    /// First-Block-Cache: block 0's residual now (per stream), the image part at the last full
+    /// step, and Δ of blocks [1, L) (per stream)
+    fb_residual: Option<(Vec<Tensor<B>>, Tensor<B>, Vec<Tensor<B>>)>,
     /// Block-0-input probe now and at the previous step
     probe: Option<(Tensor<B>, Tensor<B>)>,
     /// which caches hold values written since the run began
@@ -111,17 +111,18 @@ impl<B: Backend> CacheEngine<B> {
         let needs = policy.needs();
         let probe_kind = policy.probe();
         check_needs(&*policy, &needs, probe_kind, layers)?;
-        let shape = ws.x.shape().to_vec();
-        let dt = be.act_dtype();
-        let buf = || be.alloc(&shape, dt);
+        // Buffers shaped like the image stream (probes), or one per stream (Δ caches).
+        let image = &ws.streams[0];
+        let buf = || be.alloc(image.shape(), image.dtype());
+        let bufs = || model.stream_buffers(be, ws);
         Ok(CacheEngine {
             layers,
             needs,
             probe_kind,
-            front: needs.front.map(|_| buf()).transpose()?,
-            rear: needs.rear.map(|_| buf()).transpose()?,
+            front: needs.front.map(|_| bufs()).transpose()?,
+            rear: needs.rear.map(|_| bufs()).transpose()?,
             branches: if needs.branches { Some(model.branch_caches(be, ws)?) } else { None },
-            fb_residual: if needs.first_block { Some((buf()?, buf()?, buf()?)) } else { None },
+            fb_residual: if needs.first_block { Some((bufs()?, buf()?, bufs()?)) } else { None },
             probe: if probe_kind == Probe::Block0InputChange { Some((buf()?, buf()?)) } else { None },
             stored: Stored::default(),
             probe_has_prev: false,
@@ -163,7 +164,7 @@ impl<B: Backend> CacheEngine<B> {
                 (Probe::Block0InputChange, Some((cur, _)), _) => model.probe_block0_input(be, ws, cur),
                 (Probe::Block0ResidualDiff, _, Some((res, _, _))) => {
                     // Block 0 always runs; its residual h_1 − h_0 is the probe.
-                    let mut taps = [DeltaTap { from: 0, to: 1, buf: res }];
+                    let mut taps = [DeltaTap { from: 0, to: 1, bufs: res }];
                     model.run_blocks(be, ctx, ws, 0..1, &mut taps, Branches::Compute)
                 }
                 _ => Ok(()),
@@ -249,7 +250,7 @@ impl<B: Backend> CacheEngine<B> {
                 Ok(v)
             }
             (Probe::Block0ResidualDiff, _, Some((cur, prev, _))) if self.stored.rest => {
-                Ok(Some(ratio(be.rel_l1(cur, prev)?)))
+                Ok(Some(ratio(be.rel_l1(&cur[0], prev)?)))
             }
             _ => Ok(None),
         }
@@ -274,16 +275,16 @@ impl<B: Backend> CacheEngine<B> {
         match plan {
             StepPlan::Full { store_front, store_rear, store_branches, store_rest } => {
                 let mut taps = Vec::new();
-                if let (true, Some(n), Some(buf)) = (store_front, self.needs.front, self.front.as_mut()) {
-                    taps.push(DeltaTap { from: 0, to: n, buf });
+                if let (true, Some(n), Some(bufs)) = (store_front, self.needs.front, self.front.as_mut()) {
+                    taps.push(DeltaTap { from: 0, to: n, bufs });
                 }
-                if let (true, Some(n), Some(buf)) = (store_rear, self.needs.rear, self.rear.as_mut()) {
-                    taps.push(DeltaTap { from: l - n, to: l, buf });
+                if let (true, Some(n), Some(bufs)) = (store_rear, self.needs.rear, self.rear.as_mut()) {
+                    taps.push(DeltaTap { from: l - n, to: l, bufs });
                 }
                 // First-Block-Cache: block 0 ran in phase A.
                 let start = if self.fb_residual.is_some() { 1 } else { 0 };
                 if let (true, Some((_, _, rest))) = (store_rest, self.fb_residual.as_mut()) {
-                    taps.push(DeltaTap { from: 1, to: l, buf: rest });
+                    taps.push(DeltaTap { from: 1, to: l, bufs: rest });
                 }
                 let branches = match (self.branches.as_mut(), store_branches) {
                     (Some(c), true) => Branches::Store(c),
@@ -291,18 +292,18 @@ impl<B: Backend> CacheEngine<B> {
                 };
                 model.run_blocks(be, ctx, ws, start..l, &mut taps, branches)?;
                 if let (true, Some((res, prev, _))) = (store_rest, self.fb_residual.as_mut()) {
-                    be.copy(res, prev)?;
+                    be.copy(&res[0], prev)?;
                 }
                 Ok(())
             }
             StepPlan::CachedRear(n) => {
                 let rear = self.rear.as_ref().ok_or_else(|| missing("Δ_rear"))?;
                 model.run_blocks(be, ctx, ws, 0..l - n, &mut [], Branches::Compute)?;
-                be.residual(&mut ws.x, rear, None, CacheWrite::None)
+                model.apply_delta(be, ws, l, rear)
             }
             StepPlan::CachedFront(n) => {
                 let front = self.front.as_ref().ok_or_else(|| missing("Δ_front"))?;
-                be.residual(&mut ws.x, front, None, CacheWrite::None)?;
+                model.apply_delta(be, ws, n, front)?;
                 model.run_blocks(be, ctx, ws, n..l, &mut [], Branches::Compute)
             }
             StepPlan::ReuseBranches => {
@@ -311,7 +312,7 @@ impl<B: Backend> CacheEngine<B> {
             }
             StepPlan::CachedAfterFirst => {
                 let (_, _, rest) = self.fb_residual.as_ref().ok_or_else(|| missing("First-Block-Cache"))?;
-                be.residual(&mut ws.x, rest, None, CacheWrite::None)
+                model.apply_delta(be, ws, l, rest)
             }
         }
     }

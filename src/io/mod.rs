@@ -100,6 +100,15 @@ impl Inputs {
         Ok((t.to_i64(name)?, t.shape.to_vec()))
     }
 
+    /// [`Inputs::i64`] of an optional tensor.
+    pub fn i64_opt(&self, name: &str, rank: usize) -> Result<Option<(Vec<i64>, Vec<usize>)>> {
+        if self.has(name) {
+            self.i64(name, rank).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
     /// Shapes of all tensors (for messages).
     pub fn shapes(&self) -> HashMap<String, Vec<usize>> {
         self.file

@@ -13,6 +13,9 @@ pub enum Family {
     PixArt,
     /// `DiTTransformer2DModel` (adaLN-Zero, class labels).
     DiT,
+    /// `SD3Transformer2DModel` (MMDiT: joint attention over image and text streams; SD3, SD3.5
+    /// with RMS qk norm and MMDiT-X dual attention).
+    Sd3,
 }
 
 impl Family {
@@ -21,21 +24,112 @@ impl Family {
         match self {
             Family::PixArt => "PixArtTransformer2DModel",
             Family::DiT => "DiTTransformer2DModel",
+            Family::Sd3 => "SD3Transformer2DModel",
+        }
+    }
+
+    /// The short name (`pixart`, `dit`, `sd3`) used by the golden cases and the Python package.
+    pub fn short_name(self) -> &'static str {
+        match self {
+            Family::PixArt => "pixart",
+            Family::DiT => "dit",
+            Family::Sd3 => "sd3",
+        }
+    }
+
+    /// Whether the pipeline orders a guided batch [cond, uncond] (DiT: [cond, null]); PixArt and
+    /// SD3 use [uncond, cond].
+    pub fn cond_first(self) -> bool {
+        self == Family::DiT
+    }
+
+    /// Whether the model is trained for flow matching (velocity prediction, σ schedules).
+    pub fn flow_matching(self) -> bool {
+        self == Family::Sd3
+    }
+}
+
+/// The keys of a config.json object, read with the defaults diffusers uses; errors name the key.
+pub(crate) struct Keys<'a>(pub &'a serde_json::Map<String, Value>);
+
+impl Keys<'_> {
+    fn get(&self, k: &str) -> Option<&Value> {
+        self.0.get(k).filter(|v| !v.is_null())
+    }
+
+    pub fn usize_or(&self, k: &str, d: usize) -> Result<usize> {
+        match self.get(k) {
+            None => Ok(d),
+            Some(v) => v
+                .as_u64()
+                .and_then(|x| usize::try_from(x).ok())
+                .ok_or_else(|| config_err(Some(k), format!("must be a non-negative integer, found {v}"))),
+        }
+    }
+
+    pub fn opt_usize(&self, k: &str) -> Result<Option<usize>> {
+        match self.get(k) {
+            None => Ok(None),
+            Some(_) => self.usize_or(k, 0).map(Some),
+        }
+    }
+
+    pub fn opt_str(&self, k: &str) -> Result<Option<String>> {
+        match self.get(k) {
+            None => Ok(None),
+            Some(v) => v
+                .as_str()
+                .map(|s| Some(s.to_string()))
+                .ok_or_else(|| config_err(Some(k), format!("must be a string, found {v}"))),
+        }
+    }
+
+    pub fn str_or(&self, k: &str, d: &str) -> Result<String> {
+        Ok(self.opt_str(k)?.unwrap_or_else(|| d.to_string()))
+    }
+
+    pub fn bool_or(&self, k: &str, d: bool) -> Result<bool> {
+        match self.get(k) {
+            None => Ok(d),
+            Some(v) => v.as_bool().ok_or_else(|| config_err(Some(k), format!("must be a boolean, found {v}"))),
+        }
+    }
+
+    pub fn f64_of(&self, k: &str) -> Result<Option<f64>> {
+        match self.get(k) {
+            None => Ok(None),
+            Some(v) => v.as_f64().map(Some).ok_or_else(|| config_err(Some(k), format!("must be a number, found {v}"))),
+        }
+    }
+
+    /// A list of non-negative integers (a tuple in diffusers), empty when absent.
+    pub fn usize_list(&self, k: &str) -> Result<Vec<usize>> {
+        match self.get(k) {
+            None => Ok(Vec::new()),
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|v| {
+                    v.as_u64()
+                        .and_then(|x| usize::try_from(x).ok())
+                        .ok_or_else(|| config_err(Some(k), format!("must list non-negative integers, found {v}")))
+                })
+                .collect(),
+            Some(v) => Err(config_err(Some(k), format!("must be a list of integers, found {v}"))),
         }
     }
 }
 
 /// Largest hidden size, channel count or sample size a config may ask for (kernels index rows and
 /// columns in 32 bits; this keeps every product of two within range).
-const MAX_DIM: usize = 1 << 16;
+pub(crate) const MAX_DIM: usize = 1 << 16;
 /// Most transformer blocks.
-const MAX_LAYERS: usize = 1024;
+pub(crate) const MAX_LAYERS: usize = 1024;
 /// Largest patch size.
 const MAX_PATCH: usize = 64;
 /// Most DiT classes.
 const MAX_CLASSES: usize = 1 << 20;
 
-fn config_err(key: Option<&str>, msg: impl Into<String>) -> Error {
+pub(crate) fn config_err(key: Option<&str>, msg: impl Into<String>) -> Error {
     Error::Config { path: "config.json".into(), key: key.map(str::to_string), msg: msg.into() }
 }
 
@@ -74,6 +168,16 @@ pub struct ModelConfig {
     pub num_embeds_ada_norm: usize,
     /// biases on the attention projections
     pub attention_bias: bool,
+    /// SD3: features of the text states (`joint_attention_dim`); None for the other families.
+    pub joint_attention_dim: Option<usize>,
+    /// SD3: features of the pooled text vector (`pooled_projection_dim`).
+    pub pooled_projection_dim: Option<usize>,
+    /// SD3: side of the stored position table (`pos_embed_max_size`), centre-cropped per latent.
+    pub pos_embed_max_size: Option<usize>,
+    /// SD3.5: RMSNorm on each head of Q and K (`qk_norm: "rms_norm"`).
+    pub qk_norm: bool,
+    /// SD3.5 (MMDiT-X): blocks with a second, image-only attention (`dual_attention_layers`).
+    pub dual_attention_layers: Vec<usize>,
 }
 
 impl ModelConfig {
@@ -106,50 +210,24 @@ impl ModelConfig {
     pub fn from_json_str(text: &str) -> Result<Self> {
         let v: Value = serde_json::from_str(text).map_err(|e| config_err(None, format!("not JSON: {e}")))?;
         let obj = v.as_object().ok_or_else(|| config_err(None, "not a JSON object"))?;
-        let get = |k: &str| obj.get(k).filter(|v| !v.is_null());
-        let usize_or = |k: &str, d: usize| -> Result<usize> {
-            match get(k) {
-                None => Ok(d),
-                Some(v) => v
-                    .as_u64()
-                    .and_then(|x| usize::try_from(x).ok())
-                    .ok_or_else(|| config_err(Some(k), format!("must be a non-negative integer, found {v}"))),
-            }
-        };
-        let opt_usize = |k: &str| -> Result<Option<usize>> {
-            match get(k) {
-                None => Ok(None),
-                Some(_) => usize_or(k, 0).map(Some),
-            }
-        };
-        let str_or = |k: &str, d: &str| -> Result<String> {
-            match get(k) {
-                None => Ok(d.to_string()),
-                Some(v) => v
-                    .as_str()
-                    .map(str::to_string)
-                    .ok_or_else(|| config_err(Some(k), format!("must be a string, found {v}"))),
-            }
-        };
-        let bool_or = |k: &str, d: bool| -> Result<bool> {
-            match get(k) {
-                None => Ok(d),
-                Some(v) => v.as_bool().ok_or_else(|| config_err(Some(k), format!("must be a boolean, found {v}"))),
-            }
-        };
-        let f64_of = |k: &str| -> Result<Option<f64>> {
-            match get(k) {
-                None => Ok(None),
-                Some(v) => {
-                    v.as_f64().map(Some).ok_or_else(|| config_err(Some(k), format!("must be a number, found {v}")))
-                }
-            }
-        };
+        let keys = Keys(obj);
+        let get = |k: &str| keys.get(k);
+        let usize_or = |k: &str, d: usize| keys.usize_or(k, d);
+        let opt_usize = |k: &str| keys.opt_usize(k);
+        let str_or = |k: &str, d: &str| keys.str_or(k, d);
+        let bool_or = |k: &str, d: bool| keys.bool_or(k, d);
+        let f64_of = |k: &str| keys.f64_of(k);
 
         let class = match get("_class_name") {
             None => return Err(config_err(Some("_class_name"), "missing")),
             Some(_) => str_or("_class_name", "")?,
         };
+        // The registry of class names: a family with its own config keys parses them itself.
+        if class == Family::Sd3.name() {
+            let cfg = crate::model::families::sd3::config_from_keys(&keys)?;
+            cfg.validate()?;
+            return Ok(cfg);
+        }
         let norm_type_default = match class.as_str() {
             "DiTTransformer2DModel" => "ada_norm_zero",
             _ => "ada_norm_single",
@@ -167,8 +245,8 @@ impl ModelConfig {
             other => return Err(Error::UnknownModelClass(other.to_string())),
         };
         let expected_norm = match family {
-            Family::PixArt => "ada_norm_single",
             Family::DiT => "ada_norm_zero",
+            _ => "ada_norm_single",
         };
         if norm_type != expected_norm {
             return Err(config_err(
@@ -189,8 +267,8 @@ impl ModelConfig {
         }
 
         let (default_sample, default_eps) = match family {
-            Family::PixArt => (128, 1e-6),
             Family::DiT => (32, 1e-5),
+            _ => (128, 1e-6),
         };
         let in_channels = usize_or("in_channels", 4)?;
         let sample_size = usize_or("sample_size", default_sample)?;
@@ -198,13 +276,13 @@ impl ModelConfig {
         let interpolation_scale = match f64_of("interpolation_scale")? {
             Some(v) => v,
             None => match family {
-                Family::PixArt => (sample_size / 64).max(1) as f64,
                 Family::DiT => 1.0,
+                _ => (sample_size / 64).max(1) as f64,
             },
         };
         let use_additional_conditions = match family {
-            Family::DiT => false,
             Family::PixArt => bool_or("use_additional_conditions", sample_size == 128)?,
+            _ => false,
         };
         let cfg = ModelConfig {
             family,
@@ -217,18 +295,24 @@ impl ModelConfig {
             sample_size,
             cross_attention_dim: match family {
                 Family::PixArt => Some(usize_or("cross_attention_dim", 1152)?),
-                Family::DiT => None,
+                _ => None,
             },
             caption_channels: match family {
                 Family::PixArt => opt_usize("caption_channels")?,
-                Family::DiT => None,
+                _ => None,
             },
             norm_eps: norm_eps as f32,
             interpolation_scale,
             use_additional_conditions,
             num_embeds_ada_norm: usize_or("num_embeds_ada_norm", 1000)?,
             attention_bias: bool_or("attention_bias", true)?,
+            joint_attention_dim: None,
+            pooled_projection_dim: None,
+            pos_embed_max_size: None,
+            qk_norm: false,
+            dual_attention_layers: Vec::new(),
         };
+        let _ = get;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -299,6 +383,9 @@ impl ModelConfig {
                 format!("{} must be a finite number > 0", self.interpolation_scale),
             ));
         }
+        if self.family == Family::Sd3 {
+            crate::model::families::sd3::validate_config(self)?;
+        }
         Ok(())
     }
 
@@ -331,6 +418,7 @@ impl ModelConfig {
             Family::DiT => {
                 o.insert("norm_type".into(), "ada_norm_zero".into());
             }
+            Family::Sd3 => return crate::model::families::sd3::config_to_json(self),
         }
         v
     }

@@ -42,6 +42,20 @@ impl ForwardMacs {
                 block += d * 6.0 * d; // per-block adaLN-Zero modulation (per sample)
                 outside += d * 2.0 * d; // proj_out_1
             }
+            _ => {
+                // MMDiT (SD3): the context stream's own projections and MLP, the joint attention
+                // over t + l tokens instead of t, the modulation of both streams.
+                let j = t + l;
+                block += l * d * 3.0 * d + l * d * d + 2.0 * l * d * 4.0 * d;
+                block += 2.0 * (j * j - t * t) * d;
+                block += d * 12.0 * d;
+                if !cfg.dual_attention_layers.is_empty() {
+                    let share = cfg.dual_attention_layers.len() as f64 / cfg.num_layers as f64;
+                    block += share * (t * d * 4.0 * d + 2.0 * t * t * d + 3.0 * d * d);
+                }
+                outside += d * 2.0 * d + cfg.pooled_projection_dim.unwrap_or(0) as f64 * d;
+                per_run += l * cfg.joint_attention_dim.unwrap_or(0) as f64 * d;
+            }
         }
         ForwardMacs { per_block: block * b, outside_blocks: outside * b, per_run: per_run * b }
     }

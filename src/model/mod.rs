@@ -1,34 +1,51 @@
-//! PixArt-α/Σ (`PixArtTransformer2DModel`) and DiT (`DiTTransformer2DModel`) over a [`Backend`],
-//! written once for every backend. A forward is split where the Δ-DiT cache needs to cut it:
+//! Diffusion transformers over a [`Backend`], written once for every backend. Each model family
+//! is one module of [`families`] behind the [`families::Arch`] trait, chosen from the config's
+//! `_class_name` by one registry; what every family shares lives here: the block-range executor
+//! with its Δ-cache taps, the workspace, the per-run context, the hidden streams.
+//!
+//! A forward is split where the cache needs to cut it:
 //!
 //! ```text
-//! Transformer::embed      latents → h_0 (patch embedding + position), per-step conditioning
-//! Transformer::run_blocks h_k → h_m for any contiguous block range, with cache taps
-//! Transformer::finish     h_L → model output (final adaLN, projection, unpatchify)
+//! Transformer::embed      latents → the streams at boundary 0 (image tokens; context tokens for
+//!                         MMDiT), the step's conditioning
+//! Transformer::run_blocks streams at boundary k → boundary m for any block range, with cache taps
+//! Transformer::finish     the image stream at boundary L → model output
 //! ```
+//!
+//! The hidden state is a list of named streams ([`Transformer::streams`]): `image` `[batch·tokens,
+//! D]`, and for MMDiT families `context` `[batch·text_len, D]`. A cached deviation covers every
+//! stream that is still read after its range ends ([`Transformer::live_streams`]).
 
-mod block;
-mod cond;
-mod config;
-mod embed;
+pub(crate) mod embed;
+pub(crate) mod families;
+pub(crate) mod layers;
 #[allow(missing_docs)] // crate internals
 pub(crate) mod macs;
+
+mod config;
 mod weights;
 
-pub(crate) use block::{Block, BranchCache, BranchIo};
-pub(crate) use cond::Conditioner;
-pub use cond::Context;
 pub use config::{Family, ModelConfig};
 pub use weights::{Checkpoint, RandomWeights, WeightSource};
 pub(crate) use weights::{Linear, Loader};
 
-use crate::backend::{Activation, CacheWrite};
+use crate::backend::CacheWrite;
 use crate::error::check_finite;
-use crate::{Backend, DType, Error, Result, Tensor};
+use crate::{Backend, Error, Result, Tensor};
+use families::Arch;
+use std::any::Any;
 use std::ops::Range;
 use std::path::Path;
 
-/// Host-side inputs fixed for a whole run (batch includes the CFG copies).
+/// Most image tokens (latent patches per sample) a run may have: a bound that keeps every size
+/// product in range and turns a mistyped latent size into an error instead of an allocation that
+/// takes the process down.
+pub const MAX_TOKENS: usize = 1 << 18;
+/// Most text tokens per sample.
+pub const MAX_TEXT_TOKENS: usize = 1 << 16;
+
+/// Host-side inputs fixed for a whole run (batch includes the CFG copies). Which fields a family
+/// reads: PixArt `text` (+ micro-conditions), DiT `class_labels`, SD3 `text` + `pooled`.
 #[derive(Clone, Debug, Default)]
 pub struct Conditioning {
     /// the model batch
@@ -37,7 +54,7 @@ pub struct Conditioning {
     pub height: usize,
     /// latent width
     pub width: usize,
-    /// PixArt text: embeddings [batch, len, features] and optional 0/1 mask [batch, len].
+    /// Text embeddings [batch, len, features] and optional 0/1 mask [batch, len].
     pub text: Option<TextInput>,
     /// PixArt-α micro-condition: [batch, 2] (height_px, width_px).
     pub resolution: Option<Vec<f32>>,
@@ -45,6 +62,11 @@ pub struct Conditioning {
     pub aspect_ratio: Option<Vec<f32>>,
     /// DiT class labels (num_classes = the null class).
     pub class_labels: Option<Vec<usize>>,
+    /// SD3: pooled text embeddings `[batch, pooled_projection_dim]` (`pooled_projections`).
+    pub pooled: Option<Vec<f32>>,
+    /// SD3 `skip_layers`: blocks left out of every forward of the run (skip-layer guidance);
+    /// uncached runs only.
+    pub skip_layers: Vec<usize>,
 }
 
 /// Text embeddings of a batch: `[batch, len, features]` values and an optional 0/1 padding mask
@@ -75,7 +97,30 @@ impl Conditioning {
         if let Some(a) = &self.aspect_ratio {
             check_finite("aspect_ratio", a)?;
         }
+        if let Some(p) = &self.pooled {
+            check_finite("pooled_projections", p)?;
+        }
         Ok(())
+    }
+}
+
+/// Step-invariant, per-run tensors (text projections, K/V of the text, class or micro-condition
+/// embeddings, the position table at this latent size), made by [`Transformer::context`].
+pub struct Context<B: Backend> {
+    pub(crate) batch: usize,
+    pub(crate) height: usize,
+    pub(crate) width: usize,
+    /// per block: left out of the forward (`skip_layers`)
+    pub(crate) skip: Vec<bool>,
+    /// the family's own per-run tensors
+    pub(crate) family: Box<dyn Any + Send + Sync>,
+    _backend: std::marker::PhantomData<fn() -> B>,
+}
+
+impl<B: Backend> Context<B> {
+    /// The model batch (CFG copies included).
+    pub fn batch(&self) -> usize {
+        self.batch
     }
 }
 
@@ -83,6 +128,7 @@ impl Conditioning {
 /// so the CUDA backend can replay captured graphs on fixed addresses.
 pub struct Workspace<B: Backend> {
     pub(crate) batch: usize,
+    /// image tokens per sample
     pub(crate) tokens: usize,
     /// f32 model input [batch, C, H, W] (the pipeline writes it each step)
     pub(crate) model_in: Tensor<B>,
@@ -90,25 +136,10 @@ pub struct Workspace<B: Backend> {
     pub(crate) t: Tensor<B>,
     /// f32 model output [batch, C_out, H, W]
     pub(crate) model_out: Tensor<B>,
-    /// the residual stream h [batch·tokens, D]
-    pub(crate) x: Tensor<B>,
-    pub(crate) norm: Tensor<B>,
-    pub(crate) qkv: Tensor<B>,
-    pub(crate) attn: Tensor<B>,
-    pub(crate) proj: Tensor<B>,
-    pub(crate) ff: Tensor<B>,
-    pub(crate) patches: Tensor<B>,
-    pub(crate) out_tokens: Tensor<B>,
-    pub(crate) t_freq: Tensor<B>,
-    pub(crate) t_hidden: Tensor<B>,
-    /// conditioning per timestep embedder [batch, D] (DiT checkpoints may hold several)
-    pub(crate) cond: Vec<Tensor<B>>,
-    pub(crate) cond_silu: Vec<Tensor<B>>,
-    /// PixArt: the shared modulation rows [batch, 6D]
-    pub(crate) tmod: Tensor<B>,
-    /// the current block's modulation rows [batch, 6D]
-    pub(crate) modv: Tensor<B>,
-    pub(crate) final_mod: Tensor<B>,
+    /// the hidden streams, in the order of [`Transformer::streams`]
+    pub(crate) streams: Vec<Tensor<B>>,
+    /// the family's own scratch buffers
+    pub(crate) scratch: Box<dyn Any + Send + Sync>,
 }
 
 impl<B: Backend> Workspace<B> {
@@ -118,14 +149,59 @@ impl<B: Backend> Workspace<B> {
     }
 }
 
-/// A Δ-cache write: after [`Transformer::run_blocks`], `buf = h_to − h_from`, the deviation
-/// blocks [from, to) added. The anchor h_from is written into `buf` when the run reaches it (fused
-/// into the preceding residual update, or a copy at the start of the range) and turned into the
-/// deviation by the residual update that produces h_to.
+/// The family part of a context or workspace, as the family that made it.
+pub(crate) fn family_part<T: 'static>(part: &(dyn Any + Send + Sync)) -> Result<&T> {
+    part.downcast_ref::<T>()
+        .ok_or_else(|| Error::param("workspace", "made by another model", "the context and workspace of this model"))
+}
+
+/// Mutable [`family_part`].
+pub(crate) fn family_part_mut<T: 'static>(part: &mut (dyn Any + Send + Sync)) -> Result<&mut T> {
+    part.downcast_mut::<T>()
+        .ok_or_else(|| Error::param("workspace", "made by another model", "the context and workspace of this model"))
+}
+
+/// A Δ-cache write: after [`Transformer::run_blocks`], `bufs[s] = s_to − s_from` for every stream
+/// s live at `to`, the deviation blocks [from, to) added. The anchor s_from is written into the
+/// buffer when the run reaches it (fused into the preceding residual update, or a copy at the
+/// start of the range) and turned into the deviation by the residual update that produces s_to.
 pub(crate) struct DeltaTap<'a, B: Backend> {
     pub from: usize,
     pub to: usize,
-    pub buf: &'a mut Tensor<B>,
+    /// one buffer per stream
+    pub bufs: &'a mut [Tensor<B>],
+}
+
+/// One block's cached branch outputs (before their gates), in slots its family defines.
+pub(crate) struct BranchCache<B: Backend> {
+    pub slots: Vec<Tensor<B>>,
+}
+
+/// Where a block's branch outputs go: the workspace, or per-block cache buffers (FORA stores
+/// them on full steps and reuses them).
+pub(crate) enum BranchIo<'a, B: Backend> {
+    Compute,
+    Store(&'a mut BranchCache<B>),
+    Reuse(&'a BranchCache<B>),
+}
+
+impl<B: Backend> BranchIo<'_, B> {
+    /// Where branch `slot`'s output goes: its cache buffer when storing, else `scratch`.
+    pub fn slot<'s>(&'s mut self, slot: usize, scratch: &'s mut Tensor<B>) -> Result<&'s mut Tensor<B>> {
+        match self {
+            BranchIo::Store(c) => {
+                let n = c.slots.len();
+                c.slots.get_mut(slot).ok_or_else(|| {
+                    Error::param(
+                        "branch cache",
+                        format!("slot {slot} of {n}"),
+                        "a buffer for every branch of the block",
+                    )
+                })
+            }
+            _ => Ok(scratch),
+        }
+    }
 }
 
 /// Per-block branch outputs for FORA-style caching (see [`BranchIo`]).
@@ -135,18 +211,16 @@ pub(crate) enum Branches<'a, B: Backend> {
     Reuse(&'a [BranchCache<B>]),
 }
 
-/// A PixArt or DiT transformer loaded on a backend.
+/// A diffusion transformer loaded on a backend: PixArt-α/Σ, DiT, SD3/SD3.5.
 pub struct Transformer<B: Backend> {
     pub(crate) config: ModelConfig,
-    patch_embed: Linear<B>,
-    conditioner: Conditioner<B>,
-    blocks: Vec<Block<B>>,
-    proj_out: Linear<B>,
+    arch: Box<dyn Arch<B>>,
     weights_desc: String,
 }
 
 impl<B: Backend> Transformer<B> {
-    /// Loads `dir/config.json` and the diffusers safetensors weights in `dir`.
+    /// Loads `dir/config.json` and the diffusers safetensors weights in `dir` (one file or an
+    /// index of shards).
     pub fn load(backend: &B, dir: &Path) -> Result<Self> {
         let config = ModelConfig::from_file(&dir.join("config.json"))?;
         let ckpt = Checkpoint::open_dir(dir)?;
@@ -158,24 +232,8 @@ impl<B: Backend> Transformer<B> {
     pub fn from_source(backend: &B, config: ModelConfig, source: &dyn WeightSource) -> Result<Self> {
         config.validate()?;
         let l = Loader { backend, source };
-        let d = config.inner_dim();
-        let (c, p) = (config.in_channels, config.patch_size);
-        let patch_embed = Linear {
-            w: l.tensor("pos_embed.proj.weight", &[d, c, p, p])?,
-            b: Some(l.tensor("pos_embed.proj.bias", &[d])?),
-        };
-        let mut patch_embed = patch_embed;
-        patch_embed.w.reshape(&[d, c * p * p])?;
-        let conditioner = Conditioner::load(&l, &config)?;
-        let blocks = (0..config.num_layers)
-            .map(|i| Block::load(&l, &config, i, conditioner.block_embedder(i)))
-            .collect::<Result<Vec<_>>>()?;
-        let proj_name = match config.family {
-            Family::PixArt => "proj_out",
-            Family::DiT => "proj_out_2",
-        };
-        let proj_out = l.linear(proj_name, p * p * config.out_channels, d, true)?;
-        Ok(Transformer { config, patch_embed, conditioner, blocks, proj_out, weights_desc: source.describe() })
+        let arch = families::build(&l, &config)?;
+        Ok(Transformer { config, arch, weights_desc: source.describe() })
     }
 
     /// The model's configuration.
@@ -185,7 +243,18 @@ impl<B: Backend> Transformer<B> {
 
     /// Transformer blocks.
     pub fn num_blocks(&self) -> usize {
-        self.blocks.len()
+        self.arch.num_blocks()
+    }
+
+    /// The hidden streams' names: `["image"]`, or `["image", "context"]` for MMDiT families.
+    pub fn streams(&self) -> &'static [&'static str] {
+        self.arch.streams()
+    }
+
+    /// How many streams (the first ones of [`Self::streams`]) are read after block boundary
+    /// `boundary` (0..=L): a stream no later block reads needs no cached deviation there.
+    pub fn live_streams(&self, boundary: usize) -> usize {
+        self.arch.live_streams(boundary)
     }
 
     /// Where the weights came from (files and stored dtypes).
@@ -193,7 +262,8 @@ impl<B: Backend> Transformer<B> {
         &self.weights_desc
     }
 
-    /// Per-run context (text K/V for every block, micro-conditions or class embeddings).
+    /// Per-run context (text K/V for every block, micro-conditions or class embeddings, the
+    /// position table of this latent size).
     pub fn context(&self, be: &B, c: &Conditioning) -> Result<Context<B>> {
         let p = self.config.patch_size;
         if c.batch == 0 || c.height == 0 || c.width == 0 || !c.height.is_multiple_of(p) || !c.width.is_multiple_of(p) {
@@ -205,58 +275,67 @@ impl<B: Backend> Transformer<B> {
                 ),
             ));
         }
-        let kv: Vec<&Linear<B>> = self.blocks.iter().filter_map(|b| b.cross_kv.as_ref()).collect();
-        self.conditioner.context(be, &self.config, c, &kv)
+        let tokens = (c.height / p).checked_mul(c.width / p).filter(|&t| t <= MAX_TOKENS);
+        if tokens.is_none() {
+            return Err(Error::input(
+                "hidden_states",
+                format!("latent size {}×{} gives more than {MAX_TOKENS} tokens at patch size {p}", c.height, c.width),
+            ));
+        }
+        if let Some(t) = &c.text {
+            if t.len == 0 || t.len > MAX_TEXT_TOKENS {
+                return Err(Error::input(
+                    "encoder_hidden_states",
+                    format!("{} text tokens (1..={MAX_TEXT_TOKENS})", t.len),
+                ));
+            }
+        }
+        let rows = c.batch.checked_mul(tokens.unwrap_or(0)).and_then(|r| r.checked_mul(self.config.inner_dim()));
+        if rows.is_none_or(|n| n > isize::MAX as usize / 8) {
+            return Err(Error::input("hidden_states", format!("batch {} is too large for this latent size", c.batch)));
+        }
+        let mut skip = vec![false; self.num_blocks()];
+        for &k in &c.skip_layers {
+            *skip
+                .get_mut(k)
+                .ok_or_else(|| Error::param("skip_layers", k, format!("block indices 0..{}", self.num_blocks())))? =
+                true;
+        }
+        let family = self.arch.context(be, &self.config, c)?;
+        Ok(Context {
+            batch: c.batch,
+            height: c.height,
+            width: c.width,
+            skip,
+            family,
+            _backend: std::marker::PhantomData,
+        })
     }
 
     /// The activations of a forward with `ctx`'s batch and latent size.
     pub fn workspace(&self, be: &B, ctx: &Context<B>) -> Result<Workspace<B>> {
         let cfg = &self.config;
-        let (b, d, p) = (ctx.batch, cfg.inner_dim(), cfg.patch_size);
-        let tokens = (ctx.height / p) * (ctx.width / p);
-        let rows = b * tokens;
-        let dt = be.act_dtype();
-        let a = |shape: &[usize]| be.alloc(shape, dt);
-        Ok(Workspace {
-            batch: b,
-            tokens,
-            model_in: be.alloc(&[b, cfg.in_channels, ctx.height, ctx.width], DType::F32)?,
-            t: be.alloc(&[b], DType::F32)?,
-            model_out: be.alloc(&[b, cfg.out_channels, ctx.height, ctx.width], DType::F32)?,
-            x: a(&[rows, d])?,
-            norm: a(&[rows, d])?,
-            qkv: a(&[rows, 3 * d])?,
-            attn: a(&[rows, d])?,
-            proj: a(&[rows, d])?,
-            ff: a(&[rows, 4 * d])?,
-            patches: a(&[rows, cfg.in_channels * p * p])?,
-            out_tokens: a(&[rows, p * p * cfg.out_channels])?,
-            t_freq: a(&[b, cond::TIME_PROJ_DIM])?,
-            t_hidden: a(&[b, d])?,
-            cond: (0..self.conditioner.num_embedders()).map(|_| a(&[b, d])).collect::<Result<_>>()?,
-            cond_silu: (0..self.conditioner.num_embedders()).map(|_| a(&[b, d])).collect::<Result<_>>()?,
-            tmod: a(&[b, 6 * d])?,
-            modv: a(&[b, 6 * d])?,
-            final_mod: a(&[b, 2 * d])?,
-        })
+        let b = ctx.batch;
+        let tokens = (ctx.height / cfg.patch_size) * (ctx.width / cfg.patch_size);
+        let f32_ = crate::DType::F32;
+        let (model_in, t, model_out) = (
+            be.alloc(&[b, cfg.in_channels, ctx.height, ctx.width], f32_)?,
+            be.alloc(&[b], f32_)?,
+            be.alloc(&[b, cfg.out_channels, ctx.height, ctx.width], f32_)?,
+        );
+        let (streams, scratch) = self.arch.workspace(be, cfg, ctx, tokens)?;
+        Ok(Workspace { batch: b, tokens, model_in, t, model_out, streams, scratch })
     }
 
-    /// h_0 = patch embedding of `ws.model_in` + position; the step's conditioning from `ws.t`.
+    /// The streams at boundary 0 from `ws.model_in`, and the step's conditioning from `ws.t`.
     pub(crate) fn embed(&self, be: &B, ctx: &Context<B>, ws: &mut Workspace<B>) -> Result<()> {
-        let p = self.config.patch_size;
-        be.patchify(&ws.model_in, p, &mut ws.patches)?;
-        be.linear(&ws.patches, &self.patch_embed.w, self.patch_embed.b.as_ref(), Activation::None, &mut ws.x)?;
-        let shape = ws.x.shape().to_vec();
-        ws.x.reshape(&[ws.batch, ws.tokens * shape[1]])?;
-        let r = be.add_bcast(&mut ws.x, &ctx.pos_embed);
-        ws.x.reshape(&shape)?;
-        r?;
-        self.conditioner.step(be, ctx, ws)
+        self.arch.embed(be, &self.config, ctx, ws)
     }
 
-    /// Runs blocks `range` on `ws.x`, writing the Δ taps. Each tap needs range.start ≤ from <
-    /// to ≤ range.end; at most one tap may end at a given boundary (its delta is fused into
-    /// that residual update), anchors at the same boundary beyond the first fused write are copies.
+    /// Runs blocks `range` on the streams, writing the Δ taps. Each tap needs range.start ≤ from
+    /// < to ≤ range.end; at most one tap may end at a given boundary (its delta is fused into
+    /// that residual update), anchors at the same boundary beyond the first fused write are
+    /// copies.
     pub(crate) fn run_blocks(
         &self,
         be: &B,
@@ -266,9 +345,11 @@ impl<B: Backend> Transformer<B> {
         taps: &mut [DeltaTap<'_, B>],
         branches: Branches<'_, B>,
     ) -> Result<()> {
-        if range.start > range.end || range.end > self.blocks.len() {
-            return Err(Error::param("block range", format!("{range:?}"), format!("within 0..{}", self.blocks.len())));
+        let layers = self.num_blocks();
+        if range.start > range.end || range.end > layers {
+            return Err(Error::param("block range", format!("{range:?}"), format!("within 0..{layers}")));
         }
+        let n_streams = ws.streams.len();
         for (i, t) in taps.iter().enumerate() {
             if t.from < range.start || t.from >= t.to || t.to > range.end {
                 return Err(Error::param(
@@ -277,62 +358,88 @@ impl<B: Backend> Transformer<B> {
                     format!("a non-empty range within {range:?}"),
                 ));
             }
+            if t.bufs.len() != n_streams {
+                return Err(Error::param("cache tap", t.bufs.len(), format!("one buffer per stream ({n_streams})")));
+            }
             if taps[..i].iter().any(|u| u.to == t.to) {
                 return Err(Error::param("cache taps", t.to, "at most one Δ ending at a block boundary"));
             }
         }
-        // Anchors at the start of the range: copies of h_start.
+        let cached = !taps.is_empty() || !matches!(branches, Branches::Compute);
+        if cached && ctx.skip[range.clone()].iter().any(|&s| s) {
+            return Err(Error::param(
+                "skip_layers",
+                "with a cache policy",
+                "an uncached run (skip-layer guidance skips blocks itself)",
+            ));
+        }
+        // Anchors at the start of the range: copies of the streams there.
+        let live = self.live_streams(range.start);
         for t in taps.iter_mut().filter(|t| t.from == range.start) {
-            be.copy(&ws.x, t.buf)?;
+            for s in 0..live {
+                be.copy(&ws.streams[s], &mut t.bufs[s])?;
+            }
         }
         let mut branches = branches;
         for k in range {
+            if ctx.skip[k] {
+                continue;
+            }
             let boundary = k + 1;
-            // Fused into this block's last residual: the delta ending here, else the first anchor.
+            let live = self.live_streams(boundary);
+            // Fused into this block's last residual of each stream: the delta ending here, else
+            // the first anchor.
             let fused =
                 taps.iter().position(|t| t.to == boundary).or_else(|| taps.iter().position(|t| t.from == boundary));
-            let kv = (!ctx.cross_kv.is_empty()).then(|| block::CrossKv {
-                kv: &ctx.cross_kv[k],
-                bias: ctx.key_bias.as_ref(),
-                text_len: ctx.text_len,
-            });
             let io = match &mut branches {
                 Branches::Compute => BranchIo::Compute,
                 Branches::Store(c) => BranchIo::Store(&mut c[k]),
                 Branches::Reuse(c) => BranchIo::Reuse(&c[k]),
             };
-            let tap = match fused {
-                Some(i) if taps[i].to == boundary => CacheWrite::Delta(&mut *taps[i].buf),
-                Some(i) => CacheWrite::Anchor(&mut *taps[i].buf),
-                None => CacheWrite::None,
-            };
-            self.blocks[k].forward(be, &self.config, ws, kv, tap, io)?;
+            let mut writes: Vec<CacheWrite<'_, B>> = Vec::with_capacity(n_streams);
+            match fused {
+                Some(i) => {
+                    let delta = taps[i].to == boundary;
+                    for (s, buf) in taps[i].bufs.iter_mut().enumerate() {
+                        writes.push(match (s < live, delta) {
+                            (false, _) => CacheWrite::None,
+                            (true, true) => CacheWrite::Delta(buf),
+                            (true, false) => CacheWrite::Anchor(buf),
+                        });
+                    }
+                }
+                None => writes.extend((0..n_streams).map(|_| CacheWrite::None)),
+            }
+            self.arch.block(be, &self.config, ctx, ws, k, &mut writes, io)?;
+            drop(writes);
             for (i, t) in taps.iter_mut().enumerate() {
                 if t.from == boundary && Some(i) != fused {
-                    be.copy(&ws.x, t.buf)?;
+                    for s in 0..live {
+                        be.copy(&ws.streams[s], &mut t.bufs[s])?;
+                    }
                 }
             }
         }
         Ok(())
     }
 
-    /// h_L → `ws.model_out` (f32 [batch, C_out, H, W]).
-    pub(crate) fn finish(&self, be: &B, ws: &mut Workspace<B>) -> Result<()> {
-        self.conditioner.final_modulation(be, ws)?;
-        be.norm_modulate(&ws.x, &ws.final_mod, 0, 1, 1e-6, &mut ws.norm)?;
-        be.linear(&ws.norm, &self.proj_out.w, self.proj_out.b.as_ref(), Activation::None, &mut ws.out_tokens)?;
-        be.unpatchify(&ws.out_tokens, self.config.patch_size, &mut ws.model_out)
+    /// Adds a cached deviation at boundary `boundary`: every stream live there moves by its Δ.
+    pub(crate) fn apply_delta(&self, be: &B, ws: &mut Workspace<B>, boundary: usize, bufs: &[Tensor<B>]) -> Result<()> {
+        for s in 0..self.live_streams(boundary) {
+            be.residual(&mut ws.streams[s], &bufs[s], None, CacheWrite::None)?;
+        }
+        Ok(())
     }
 
-    /// Block 0's modulated input LN(h_0)·(1 + scale_msa) + shift_msa into `out` (the cheap probe
-    /// of adaptive cache policies). Call after [`Self::embed`].
+    /// The image stream at boundary L → `ws.model_out` (f32 [batch, C_out, H, W]).
+    pub(crate) fn finish(&self, be: &B, ws: &mut Workspace<B>) -> Result<()> {
+        self.arch.finish(be, &self.config, ws)
+    }
+
+    /// Block 0's modulated image input (e.g. LN(h_0)·(1 + scale_msa) + shift_msa) into `out`
+    /// (the cheap probe of adaptive cache policies). Call after [`Self::embed`].
     pub(crate) fn probe_block0_input(&self, be: &B, ws: &mut Workspace<B>, out: &mut Tensor<B>) -> Result<()> {
-        self.blocks[0].modulate(be, ws)?;
-        let eps = match self.config.family {
-            Family::PixArt => self.config.norm_eps,
-            Family::DiT => 1e-6,
-        };
-        be.norm_modulate(&ws.x, &ws.modv, block::SHIFT_MSA, block::SCALE_MSA, eps, out)
+        self.arch.probe_block0_input(be, &self.config, ws, out)
     }
 
     /// One uncached forward of `latents` `[batch, C, H, W]` at timesteps `t` `[batch]`; the
@@ -341,22 +448,26 @@ impl<B: Backend> Transformer<B> {
         be.write(&mut ws.model_in, latents)?;
         be.write(&mut ws.t, t)?;
         self.embed(be, ctx, ws)?;
-        self.run_blocks(be, ctx, ws, 0..self.blocks.len(), &mut [], Branches::Compute)?;
+        self.run_blocks(be, ctx, ws, 0..self.num_blocks(), &mut [], Branches::Compute)?;
         self.finish(be, ws)
+    }
+
+    /// One buffer per stream, shaped like the streams of `ws` (a Δ cache).
+    pub(crate) fn stream_buffers(&self, be: &B, ws: &Workspace<B>) -> Result<Vec<Tensor<B>>> {
+        ws.streams.iter().map(|s| be.alloc(s.shape(), s.dtype())).collect()
     }
 
     /// Allocates per-block branch caches (FORA).
     pub(crate) fn branch_caches(&self, be: &B, ws: &Workspace<B>) -> Result<Vec<BranchCache<B>>> {
-        let shape = ws.x.shape().to_vec();
-        let dt = be.act_dtype();
-        self.blocks
-            .iter()
-            .map(|b| {
-                Ok(BranchCache {
-                    attn: be.alloc(&shape, dt)?,
-                    cross: if b.cross.is_some() { Some(be.alloc(&shape, dt)?) } else { None },
-                    ff: be.alloc(&shape, dt)?,
-                })
+        (0..self.num_blocks())
+            .map(|k| {
+                let slots = self
+                    .arch
+                    .branch_slots(k)
+                    .iter()
+                    .map(|&s| be.alloc(ws.streams[s].shape(), ws.streams[s].dtype()))
+                    .collect::<Result<_>>()?;
+                Ok(BranchCache { slots })
             })
             .collect()
     }

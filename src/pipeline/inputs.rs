@@ -33,6 +33,10 @@ pub struct SampleInputs {
     pub resolution: Option<Vec<f32>>,
     /// DiT class labels `[n]`
     pub class_labels: Option<Vec<usize>>,
+    /// SD3: pooled prompt embeddings `[n, P]` (`cond_pooled`)
+    pub pooled: Option<Vec<f32>>,
+    /// SD3: pooled negative-prompt embeddings `[n, P]` (`uncond_pooled`)
+    pub uncond_pooled: Option<Vec<f32>>,
     /// LCM: noise injected after step k, [steps − 1, n, C, H, W]
     pub noise: Option<Vec<f32>>,
 }
@@ -114,6 +118,22 @@ impl ForwardInputs {
                 }
             }
             Family::DiT => cond.class_labels = Some(read_labels(inp, b)?),
+            _ => {
+                let missing = |n: &str| Error::MissingInput { name: n.into(), path: inp.path().to_path_buf() };
+                let text = read_text(inp, "encoder_hidden_states", "encoder_attention_mask", b)?;
+                cond.text = Some(text.ok_or_else(|| missing("encoder_hidden_states"))?);
+                let p = cfg.pooled_projection_dim.unwrap_or(0);
+                cond.pooled =
+                    Some(read_rows(inp, "pooled_projections", b, p)?.ok_or_else(|| missing("pooled_projections"))?);
+                if let Some((v, _)) = inp.i64_opt("skip_layers", 1)? {
+                    cond.skip_layers = v
+                        .iter()
+                        .map(|&k| {
+                            usize::try_from(k).map_err(|_| Error::input("skip_layers", format!("negative block {k}")))
+                        })
+                        .collect::<Result<_>>()?;
+                }
+            }
         }
         Ok(ForwardInputs { hidden_states, shape, timestep, cond })
     }
@@ -144,7 +164,17 @@ impl SampleInputs {
     /// Initial noise `latents` of `shape` [n, C, H, W] and no conditioning yet (set `cond`/`uncond`
     /// for PixArt, `class_labels` for DiT, `noise` for LCM).
     pub fn new(latents: Vec<f32>, shape: [usize; 4]) -> Self {
-        SampleInputs { latents, shape, cond: None, uncond: None, resolution: None, class_labels: None, noise: None }
+        SampleInputs {
+            latents,
+            shape,
+            cond: None,
+            uncond: None,
+            resolution: None,
+            class_labels: None,
+            pooled: None,
+            uncond_pooled: None,
+            noise: None,
+        }
     }
 
     /// Reads the sampling tensors: `latents` [n, C, H, W]; PixArt `cond_embeds`/`cond_mask`/
@@ -161,6 +191,13 @@ impl SampleInputs {
                 si.resolution = read_rows(inp, "resolution", n, 2)?;
             }
             Family::DiT => si.class_labels = Some(read_labels(inp, n)?),
+            _ => {
+                let p = cfg.pooled_projection_dim.unwrap_or(0);
+                si.cond = read_text(inp, "cond_embeds", "cond_mask", n)?;
+                si.uncond = read_text(inp, "uncond_embeds", "uncond_mask", n)?;
+                si.pooled = read_rows(inp, "cond_pooled", n, p)?;
+                si.uncond_pooled = read_rows(inp, "uncond_pooled", n, p)?;
+            }
         }
         if let Some((noise, ns)) = inp.f32_opt("noise", 5)? {
             if ns[1..] != shape {
@@ -179,6 +216,33 @@ impl SampleInputs {
         self.shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))
     }
 
+    /// The prompt embeddings of the model batch: `cond`, or [uncond, cond] when guided.
+    fn guided_text(&self, family: Family, guided: bool) -> Result<TextInput> {
+        let n = self.shape[0];
+        let cond = self.cond.as_ref().ok_or_else(|| {
+            Error::input("cond_embeds", format!("missing ({} sampling needs prompt embeddings)", family.short_name()))
+        })?;
+        if !guided {
+            return Ok(cond.clone());
+        }
+        let un =
+            self.uncond.as_ref().ok_or_else(|| Error::input("uncond_embeds", "missing (needed for guidance > 1)"))?;
+        if un.len != cond.len || un.embeds.len() != cond.embeds.len() {
+            return Err(Error::input(
+                "uncond_embeds",
+                format!("must have the shape of cond_embeds ({} tokens)", cond.len),
+            ));
+        }
+        let mask = match (&un.mask, &cond.mask) {
+            (None, None) => None,
+            (u, c2) => {
+                let ones = vec![1.0; n * cond.len];
+                Some([u.as_deref().unwrap_or(&ones), c2.as_deref().unwrap_or(&ones)].concat())
+            }
+        };
+        Ok(TextInput { embeds: [un.embeds.as_slice(), cond.embeds.as_slice()].concat(), mask, len: cond.len })
+    }
+
     /// The per-run conditioning of the model batch (CFG copies included, in each pipeline's
     /// order: PixArt [uncond, cond], DiT [cond, null]). `null_class`: DiT's class for the
     /// unconditional half.
@@ -188,32 +252,7 @@ impl SampleInputs {
         let mut c = Conditioning { batch, height: h, width: w, ..Default::default() };
         match family {
             Family::PixArt => {
-                let cond = self
-                    .cond
-                    .as_ref()
-                    .ok_or_else(|| Error::input("cond_embeds", "missing (PixArt sampling needs prompt embeddings)"))?;
-                c.text = Some(if guided {
-                    let un = self
-                        .uncond
-                        .as_ref()
-                        .ok_or_else(|| Error::input("uncond_embeds", "missing (needed for guidance > 1)"))?;
-                    if un.len != cond.len || un.embeds.len() != cond.embeds.len() {
-                        return Err(Error::input(
-                            "uncond_embeds",
-                            format!("must have the shape of cond_embeds ({} tokens)", cond.len),
-                        ));
-                    }
-                    let mask = match (&un.mask, &cond.mask) {
-                        (None, None) => None,
-                        (u, c2) => {
-                            let ones = vec![1.0; n * cond.len];
-                            Some([u.as_deref().unwrap_or(&ones), c2.as_deref().unwrap_or(&ones)].concat())
-                        }
-                    };
-                    TextInput { embeds: [un.embeds.as_slice(), cond.embeds.as_slice()].concat(), mask, len: cond.len }
-                } else {
-                    cond.clone()
-                });
+                c.text = Some(self.guided_text(family, guided)?);
                 // PixArt-α passes the (binned) pixel size of the image: the latent size × 8.
                 let res: Vec<f32> = match &self.resolution {
                     Some(r) => r.clone(),
@@ -227,7 +266,26 @@ impl SampleInputs {
                 c.resolution = Some(dup(&res));
                 c.aspect_ratio = Some(dup(&ar));
             }
-            Family::DiT => {
+            Family::Sd3 => {
+                // StableDiffusion3Pipeline: [uncond, cond] for both the text and the pooled text
+                c.text = Some(self.guided_text(family, guided)?);
+                let cond = self.pooled.as_ref().ok_or_else(|| {
+                    Error::input("cond_pooled", "missing (SD3 sampling needs pooled prompt embeddings)")
+                })?;
+                c.pooled = Some(if guided {
+                    let un = self
+                        .uncond_pooled
+                        .as_ref()
+                        .ok_or_else(|| Error::input("uncond_pooled", "missing (needed for guidance > 1)"))?;
+                    if un.len() != cond.len() {
+                        return Err(Error::input("uncond_pooled", "must have the shape of cond_pooled"));
+                    }
+                    [un.as_slice(), cond.as_slice()].concat()
+                } else {
+                    cond.clone()
+                });
+            }
+            _ => {
                 let labels = self
                     .class_labels
                     .as_ref()

@@ -15,12 +15,13 @@ use crate::backend::Cfg;
 use crate::cache::{CachePolicy, StepPlan};
 use crate::error::check_finite;
 use crate::model::{Family, Transformer};
-use crate::sampler::{Scheduler, SchedulerName};
+use crate::sampler::{Scheduler, SchedulerConfig, SchedulerName};
 use crate::{Backend, DType, Error, Result};
 use std::time::{Duration, Instant};
 
-/// How to sample.
+/// How to sample ([`SampleConfig::new`], then set the other fields).
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct SampleConfig {
     /// the solver
     pub scheduler: SchedulerName,
@@ -30,21 +31,34 @@ pub struct SampleConfig {
     pub guidance: f32,
     /// keep every step's latents (tests, debugging)
     pub keep_per_step: bool,
+    /// the scheduler's parameters (a diffusers `scheduler_config.json`; defaults otherwise)
+    pub scheduler_config: SchedulerConfig,
 }
 
 impl SampleConfig {
     /// `steps` steps of `scheduler` with guidance `guidance`.
     pub fn new(scheduler: SchedulerName, steps: usize, guidance: f32) -> Self {
-        SampleConfig { scheduler, steps, guidance, keep_per_step: false }
+        SampleConfig { scheduler, steps, guidance, keep_per_step: false, scheduler_config: SchedulerConfig::default() }
     }
 
-    /// The guidance scale the diffusers pipelines default to: PixArt 4.5, DiT 4.0, none (0) for
-    /// LCM, which is distilled without guidance.
+    /// The guidance scale the diffusers pipelines default to: PixArt 4.5, DiT 4.0, SD3 7.0,
+    /// none (0) for LCM, which is distilled without guidance.
     pub fn default_guidance(family: Family, scheduler: SchedulerName) -> f32 {
         match (family, scheduler) {
             (_, SchedulerName::Lcm) => 0.0,
             (Family::DiT, _) => 4.0,
+            (Family::Sd3, _) => 7.0,
             _ => 4.5,
+        }
+    }
+
+    /// The solver a family's pipeline uses by default: flow-match Euler for flow-matching
+    /// models, DPM-Solver++ (PixArt) or DDIM (DiT) otherwise.
+    pub fn default_scheduler(family: Family) -> SchedulerName {
+        match family {
+            Family::DiT => SchedulerName::Ddim,
+            f if f.flow_matching() => SchedulerName::FlowMatchEuler,
+            _ => SchedulerName::DpmSolverPP,
         }
     }
 
@@ -65,8 +79,10 @@ pub struct SampleOutput {
     pub latents: Vec<f32>,
     /// their shape `[n, C, H, W]`
     pub shape: [usize; 4],
-    /// the scheduler's timesteps
-    pub timesteps: Vec<i64>,
+    /// the scheduler's timesteps (the model's `timestep` input at each step)
+    pub timesteps: Vec<f32>,
+    /// flow matching: the scheduler's σ of every step and a final 0
+    pub sigmas: Option<Vec<f32>>,
     /// block evaluations per step
     pub blocks_run: Vec<usize>,
     /// the cache plan of each step
@@ -83,7 +99,7 @@ pub struct SampleOutput {
 /// [uncond, cond]).
 fn guidance(cfg: &SampleConfig, family: Family) -> Cfg {
     if cfg.guidance > 1.0 {
-        Cfg::On { scale: cfg.guidance, cond_first: family == Family::DiT }
+        Cfg::On { scale: cfg.guidance, cond_first: family.cond_first() }
     } else {
         Cfg::Off
     }
@@ -111,7 +127,17 @@ pub fn sample<B: Backend>(
         Error::input("latents", format!("{} values for shape {:?} (n ≥ 1)", inp.latents.len(), inp.shape))
     })?;
     check_finite("latents", &inp.latents)?;
-    let scheduler = Scheduler::new(cfg.scheduler, cfg.steps)?;
+    if (cfg.scheduler == SchedulerName::FlowMatchEuler) != mc.family.flow_matching() {
+        let want = if mc.family.flow_matching() { "flow-match-euler" } else { "dpm-solver++, ddim or lcm" };
+        return Err(Error::param(
+            "scheduler",
+            cfg.scheduler.name(),
+            format!("{want} for a {} (its training objective)", mc.family.name()),
+        ));
+    }
+    let tokens = (h / mc.patch_size.max(1)) * (w / mc.patch_size.max(1));
+    let scheduler = Scheduler::with_config(cfg.scheduler, cfg.steps, &cfg.scheduler_config, tokens)?;
+    let timesteps = scheduler.timesteps();
     let guided = cfg.guidance > 1.0;
     let cond = inp.conditioning(mc.family, mc.num_embeds_ada_norm, guided)?;
     match &inp.noise {
@@ -144,20 +170,21 @@ pub fn sample<B: Backend>(
     let mut out = SampleOutput {
         latents: Vec::new(),
         shape: inp.shape,
-        timesteps: scheduler.timesteps().to_vec(),
+        timesteps: timesteps.clone(),
+        sigmas: scheduler.sigmas().map(<[f32]>::to_vec),
         blocks_run: Vec::new(),
         plans: Vec::new(),
         probes: Vec::new(),
         step_times: Vec::new(),
         latents_per_step: Vec::new(),
     };
-    for (i, &t) in scheduler.timesteps().iter().enumerate() {
+    for (i, &t) in timesteps.iter().enumerate() {
         let start = Instant::now();
         // Model input: the latents, twice under CFG (both halves see the same sample).
         for copy in 0..batch / n {
             be.copy_range(&latents, 0, denoiser.input_mut(), copy * sample_numel, sample_numel)?;
         }
-        be.write(denoiser.timesteps_mut(), &vec![t as f32; batch])?;
+        be.write(denoiser.timesteps_mut(), &vec![t; batch])?;
         let report =
             denoiser.forward_written_then(be, i, cfg.steps, &mut |be, out| be.cfg_combine(out, guidance, &mut eps))?;
         let noise = match (&inp.noise, noise_buf.as_mut()) {

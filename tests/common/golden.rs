@@ -5,13 +5,25 @@ use deltadit::internals::{rel_l2, SafetensorsFile};
 use deltadit::io::Inputs;
 use deltadit::model::Transformer;
 use deltadit::pipeline::{forward, sample, ForwardInputs, SampleConfig, SampleInputs, SampleOutput};
-use deltadit::sampler::SchedulerName;
+use deltadit::sampler::{SchedulerConfig, SchedulerName};
 use deltadit::Backend;
 use std::path::PathBuf;
 
-pub const FORWARD_CASES: &[&str] = &["pixart-tiny", "pixart-tiny-nonsquare-ar", "pixart-tiny-bf16-weights", "dit-tiny"];
-pub const SAMPLING_CASES: &[&str] =
-    &["pixart-tiny-dpmpp20-cfg", "dit-tiny-ddim10-cfg", "pixart-tiny-lcm4", "pixart-tiny-delta-n2-nc4-b12"];
+pub const FORWARD_CASES: &[&str] = &[
+    "pixart-tiny",
+    "pixart-tiny-nonsquare-ar",
+    "pixart-tiny-bf16-weights",
+    "dit-tiny",
+    "sd3-tiny",
+    "sd35-tiny-nonsquare",
+];
+pub const SAMPLING_CASES: &[&str] = &[
+    "pixart-tiny-dpmpp20-cfg",
+    "dit-tiny-ddim10-cfg",
+    "pixart-tiny-lcm4",
+    "pixart-tiny-delta-n2-nc4-b12",
+    "sd3-tiny-flowmatch12-cfg",
+];
 
 /// `$DELTADIT_TEST_DATA/<name>` when set (the GPU bundle runs the test binaries away from the
 /// checkout), else `tests/data/<name>`.
@@ -75,6 +87,7 @@ pub struct SamplingCase {
     pub steps: usize,
     pub guidance: f32,
     pub cache: CacheSpec,
+    pub scheduler_config: SchedulerConfig,
 }
 
 pub fn read_case(name: &str) -> SamplingCase {
@@ -84,8 +97,10 @@ pub fn read_case(name: &str) -> SamplingCase {
         "DPMSolverMultistepScheduler" => "dpm-solver++",
         "DDIMScheduler" => "ddim",
         "LCMScheduler" => "lcm",
+        "FlowMatchEulerDiscreteScheduler" => "flow-match-euler",
         other => panic!("unknown scheduler {other}"),
     };
+    let scheduler_config = SchedulerConfig::from_json_str(&v["scheduler"].to_string()).unwrap();
     let cache = match v.get("cache") {
         Some(c) => format!("delta:n={},nc={},b={}", c["N"], c["Nc"], c["b"]).parse().unwrap(),
         None => CacheSpec::none(),
@@ -95,6 +110,7 @@ pub fn read_case(name: &str) -> SamplingCase {
         steps: v["steps"].as_u64().unwrap() as usize,
         guidance: v["guidance_scale"].as_f64().unwrap() as f32,
         cache,
+        scheduler_config,
     }
 }
 
@@ -106,11 +122,15 @@ pub fn sampling_case<B: Backend>(be: &B, name: &str) -> (f64, SampleOutput) {
     let case = read_case(name);
     let inputs =
         SampleInputs::from_inputs(&Inputs::open(&dir.join("inputs.safetensors")).unwrap(), model.config()).unwrap();
-    let cfg =
-        SampleConfig { scheduler: case.scheduler, steps: case.steps, guidance: case.guidance, keep_per_step: true };
+    let mut cfg = SampleConfig::new(case.scheduler, case.steps, case.guidance);
+    cfg.keep_per_step = true;
+    cfg.scheduler_config = case.scheduler_config.clone();
     let policy = case.cache.build(model.config().family, model.num_blocks(), case.steps).unwrap();
     let out = sample(be, &model, &inputs, &cfg, policy, &mut |_, _| {}).unwrap();
-    assert_eq!(out.timesteps, expected_i64(name, "timesteps"), "{name}: timesteps");
+    assert_eq!(out.timesteps, expected_f32(name, "timesteps"), "{name}: timesteps");
+    if let Some(sigmas) = &out.sigmas {
+        assert_eq!(sigmas, &expected_f32(name, "sigmas"), "{name}: sigmas");
+    }
     if SafetensorsFile::open(&dir.join("expected.safetensors")).unwrap().get("blocks_run").is_some() {
         let blocks: Vec<i64> = out.blocks_run.iter().map(|&b| b as i64).collect();
         assert_eq!(blocks, expected_i64(name, "blocks_run"), "{name}: blocks_run per step");

@@ -11,7 +11,7 @@ use deltadit::internals::{env, ForwardMacs};
 use deltadit::io::{write_safetensors, HostTensor, Inputs};
 use deltadit::model::{Checkpoint, Family, ModelConfig, Transformer};
 use deltadit::pipeline::{forward, sample, ForwardInputs, SampleConfig, SampleInputs};
-use deltadit::sampler::SchedulerName;
+use deltadit::sampler::{SchedulerConfig, SchedulerName};
 use deltadit::{with_backend, DType, Error, Result};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -47,14 +47,20 @@ enum Cmd {
         #[command(flatten)]
         model: ModelArgs,
         /// safetensors with latents and cond_embeds/cond_mask/uncond_embeds/uncond_mask (PixArt),
-        /// class_labels (DiT), noise (LCM)
+        /// class_labels (DiT), cond_embeds/uncond_embeds/cond_pooled/uncond_pooled (SD3), noise
+        /// (LCM)
         #[arg(long)]
         inputs: PathBuf,
         #[arg(long)]
         output: PathBuf,
-        /// dpm-solver++, ddim or lcm
-        #[arg(long, default_value = "dpm-solver++")]
-        scheduler: String,
+        /// dpm-solver++, ddim, lcm or flow-match-euler (default: the scheduler config's, else
+        /// the family's: dpm-solver++ for PixArt, ddim for DiT, flow-match-euler for SD3)
+        #[arg(long)]
+        scheduler: Option<String>,
+        /// a diffusers scheduler_config.json (default: the model folder's, or its pipeline's
+        /// scheduler/scheduler_config.json when the model is a pipeline's transformer/)
+        #[arg(long)]
+        scheduler_config: Option<PathBuf>,
         #[arg(long, default_value_t = 20)]
         steps: usize,
         /// CFG scale; guidance applies when > 1
@@ -126,8 +132,9 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Forward { model, inputs, output } => cmd_forward(&model, &inputs, &output),
-        Cmd::Sample { model, inputs, output, scheduler, steps, guidance, cache, per_step, image } => {
-            cmd_sample(&model, &inputs, &output, &scheduler, steps, guidance, &cache, per_step, image.as_deref())
+        Cmd::Sample { model, inputs, output, scheduler, scheduler_config, steps, guidance, cache, per_step, image } => {
+            let sched = SchedulerArgs { name: scheduler, config: scheduler_config };
+            cmd_sample(&model, &inputs, &output, &sched, steps, guidance, &cache, per_step, image.as_deref())
         }
         Cmd::Info { model, height, width, batch, text_len } => cmd_info(&model, height, width, batch, text_len),
         Cmd::Bench(args) => bench_cmd::bench(args),
@@ -178,24 +185,54 @@ fn cmd_forward(args: &ModelArgs, inputs: &Path, output: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `--scheduler` and `--scheduler-config`.
+struct SchedulerArgs {
+    name: Option<String>,
+    config: Option<PathBuf>,
+}
+
+/// The scheduler config of a model folder: `--scheduler-config`, else `scheduler_config.json`
+/// beside the model, else the pipeline's `../scheduler/scheduler_config.json`.
+fn scheduler_config(model_dir: &Path, explicit: Option<&Path>) -> Result<SchedulerConfig> {
+    if let Some(p) = explicit {
+        return SchedulerConfig::from_file(p);
+    }
+    let beside = model_dir.join("scheduler_config.json");
+    let pipeline = model_dir.join("..").join("scheduler").join("scheduler_config.json");
+    match [beside, pipeline].into_iter().find(|p| p.is_file()) {
+        Some(p) => SchedulerConfig::from_file(&p),
+        None => Ok(SchedulerConfig::default()),
+    }
+}
+
+/// The solver: `--scheduler`, else the one the scheduler config names, else the family's.
+fn pick_scheduler(name: Option<&str>, cfg: &SchedulerConfig, family: Family) -> Result<SchedulerName> {
+    match name {
+        Some(n) => n.parse(),
+        None => Ok(cfg.solver().unwrap_or(SampleConfig::default_scheduler(family))),
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn cmd_sample(
     args: &ModelArgs,
     inputs: &Path,
     output: &Path,
-    scheduler: &str,
+    sched: &SchedulerArgs,
     steps: usize,
     guidance: Option<f32>,
     cache: &str,
     per_step: bool,
     image: Option<&Path>,
 ) -> Result<()> {
-    let scheduler: SchedulerName = scheduler.parse()?;
     let cache: CacheSpec = cache.parse()?;
+    let model_cfg = ModelConfig::from_file(&args.model.join("config.json"))?;
+    let scheduler_config = scheduler_config(&args.model, sched.config.as_deref())?;
+    let scheduler = pick_scheduler(sched.name.as_deref(), &scheduler_config, model_cfg.family)?;
     let any = backend(args)?;
     let inputs = Inputs::open(inputs)?;
     let start = Instant::now();
-    let channels = ModelConfig::from_file(&args.model.join("config.json"))?.in_channels;
+    let channels = model_cfg.in_channels;
     if image.is_some() {
         require_pixel_space("image", channels)?;
     }
@@ -205,15 +242,20 @@ fn cmd_sample(
         let guidance = guidance.unwrap_or(SampleConfig::default_guidance(family, scheduler));
         let si = SampleInputs::from_inputs(&inputs, model.config())?;
         let policy = cache.build(family, model.num_blocks(), steps)?;
-        let cfg = SampleConfig { scheduler, steps, guidance, keep_per_step: per_step };
+        let mut cfg = SampleConfig::new(scheduler, steps, guidance);
+        cfg.keep_per_step = per_step;
+        cfg.scheduler_config = scheduler_config.clone();
         sample(be, &model, &si, &cfg, policy, &mut |_, _| {})?
     });
     let steps_done = out.timesteps.len();
     let mut tensors = vec![
         ("latents", HostTensor::F32(out.latents.clone(), out.shape.to_vec())),
-        ("timesteps", HostTensor::I64(out.timesteps.clone(), vec![steps_done])),
+        ("timesteps", HostTensor::F32(out.timesteps.clone(), vec![steps_done])),
         ("blocks_run", HostTensor::I64(out.blocks_run.iter().map(|&b| b as i64).collect(), vec![steps_done])),
     ];
+    if let Some(sigmas) = &out.sigmas {
+        tensors.push(("sigmas", HostTensor::F32(sigmas.clone(), vec![sigmas.len()])));
+    }
     if per_step {
         let flat: Vec<f32> = out.latents_per_step.concat();
         let mut shape = vec![steps_done];
@@ -243,7 +285,7 @@ fn cmd_info(dir: &Path, height: Option<usize>, width: Option<usize>, batch: usiz
     let ckpt = Checkpoint::open_dir(dir)?;
     let h = height.unwrap_or(cfg.sample_size);
     let w = width.unwrap_or(h);
-    let text_len = if cfg.family == Family::PixArt { text_len } else { 0 };
+    let text_len = if cfg.family == Family::DiT { 0 } else { text_len };
     let macs = ForwardMacs::new(&cfg, batch, h, w, text_len);
     println!("model      {}", dir.display());
     println!("class      {}", cfg.family.name());

@@ -1,45 +1,12 @@
 //! Everything outside the blocks that differs between PixArt and DiT: the timestep (and label or
 //! micro-condition) embedding, the per-run text/label context, and the final layer's modulation.
 
-use super::embed::sinusoid;
-use super::weights::{Linear, Loader};
-use super::{Conditioning, ModelConfig, Workspace};
+use super::Scratch;
 use crate::backend::Activation;
-use crate::model::config::Family;
+use crate::model::embed::sinusoid;
+use crate::model::layers::{Mlp, TIME_PROJ_DIM};
+use crate::model::{Conditioning, Family, Linear, Loader, ModelConfig};
 use crate::{Backend, DType, Error, Result, Tensor};
-
-/// Width of the sinusoidal timestep (and size) embedding.
-pub const TIME_PROJ_DIM: usize = 256;
-
-/// A 2-layer MLP with SiLU between (diffusers TimestepEmbedding).
-pub struct Mlp<B: Backend> {
-    pub l1: Linear<B>,
-    pub l2: Linear<B>,
-}
-
-impl<B: Backend> Mlp<B> {
-    fn load(l: &Loader<'_, B>, prefix: &str, inp: usize, hidden: usize, out: usize) -> Result<Self> {
-        Ok(Mlp {
-            l1: l.linear(&format!("{prefix}.linear_1"), hidden, inp, true)?,
-            l2: l.linear(&format!("{prefix}.linear_2"), out, hidden, true)?,
-        })
-    }
-
-    fn run(&self, be: &B, x: &Tensor<B>, act: Activation, hidden: &mut Tensor<B>, out: &mut Tensor<B>) -> Result<()> {
-        be.linear(x, &self.l1.w, self.l1.b.as_ref(), act, hidden)?;
-        be.linear(hidden, &self.l2.w, self.l2.b.as_ref(), Activation::None, out)
-    }
-
-    /// Runs on a fresh [rows, inp] host input (once-per-run embeddings).
-    fn run_host(&self, be: &B, rows: usize, input: &[f32], act: Activation) -> Result<Tensor<B>> {
-        let dt = be.act_dtype();
-        let x = be.upload(input, &[rows, self.l1.in_features()], dt)?;
-        let mut h = be.alloc(&[rows, self.l1.out_features()], dt)?;
-        let mut o = be.alloc(&[rows, self.l2.out_features()], dt)?;
-        self.run(be, &x, act, &mut h, &mut o)?;
-        Ok(o)
-    }
-}
 
 // One per model: the size difference of the variants costs nothing.
 #[allow(clippy::large_enum_variant)]
@@ -72,11 +39,8 @@ pub(crate) struct DitEmbedder<B: Backend> {
 }
 
 /// Step-invariant, per-run tensors: the text projected and turned into each block's K/V, the
-/// key bias, the micro-condition or class embedding ([`super::Transformer::context`]).
-pub struct Context<B: Backend> {
-    pub(crate) batch: usize,
-    pub(crate) height: usize,
-    pub(crate) width: usize,
+/// key bias, the micro-condition or class embedding.
+pub struct RunCtx<B: Backend> {
     /// [tokens · D] positional embedding of this latent size
     pub(crate) pos_embed: Tensor<B>,
     /// per block [batch · text_len, 2D]
@@ -87,13 +51,6 @@ pub struct Context<B: Backend> {
     /// [batch, D] added to the timestep embedding every step, per embedder (PixArt
     /// micro-conditions, DiT class labels)
     pub(crate) extra: Vec<Tensor<B>>,
-}
-
-impl<B: Backend> Context<B> {
-    /// The model batch (CFG copies included).
-    pub fn batch(&self) -> usize {
-        self.batch
-    }
 }
 
 impl<B: Backend> Conditioner<B> {
@@ -118,7 +75,7 @@ impl<B: Backend> Conditioner<B> {
                 },
                 final_table: l.tensor("scale_shift_table", &[2, d])?,
             }),
-            Family::DiT => {
+            _ => {
                 let keys = |i: usize| -> Vec<(String, Vec<usize>)> {
                     let p = format!("transformer_blocks.{i}.norm1.emb");
                     vec![
@@ -159,23 +116,14 @@ impl<B: Backend> Conditioner<B> {
     }
 
     /// Builds the per-run context. `cross_kv` projects the text for block k.
-    pub fn context(&self, be: &B, cfg: &ModelConfig, c: &Conditioning, cross_kv: &[&Linear<B>]) -> Result<Context<B>> {
+    pub fn context(&self, be: &B, cfg: &ModelConfig, c: &Conditioning, cross_kv: &[&Linear<B>]) -> Result<RunCtx<B>> {
         let d = cfg.inner_dim();
         let dt = be.act_dtype();
         let (b, p) = (c.batch, cfg.patch_size);
         let (th, tw) = (c.height / p, c.width / p);
-        let pe = super::embed::pos_embed_2d(d, th, tw, cfg.base_size(), cfg.interpolation_scale)?;
+        let pe = crate::model::embed::pos_embed_2d(d, th, tw, cfg.base_size(), cfg.interpolation_scale)?;
         let pos_embed = be.upload(&pe, &[th * tw * d], dt)?;
-        let mut ctx = Context {
-            batch: b,
-            height: c.height,
-            width: c.width,
-            pos_embed,
-            cross_kv: Vec::new(),
-            key_bias: None,
-            text_len: 0,
-            extra: Vec::new(),
-        };
+        let mut ctx = RunCtx { pos_embed, cross_kv: Vec::new(), key_bias: None, text_len: 0, extra: Vec::new() };
         match self {
             Conditioner::PixArt { caption, sizes, .. } => {
                 let text = c
@@ -207,7 +155,7 @@ impl<B: Backend> Conditioner<B> {
                             format!("expected [{b}, {l}], found {} values", mask.len()),
                         ));
                     }
-                    ctx.key_bias = Some(be.upload(&super::embed::mask_to_bias(mask), &[b, l], DType::F32)?);
+                    ctx.key_bias = Some(be.upload(&crate::model::embed::mask_to_bias(mask), &[b, l], DType::F32)?);
                 }
                 if let Some((res_mlp, ar_mlp)) = sizes {
                     let (res, ar) = match (&c.resolution, &c.aspect_ratio) {
@@ -275,14 +223,15 @@ impl<B: Backend> Conditioner<B> {
         }
     }
 
-    /// Per-step conditioning from `ws.t`: `ws.cond[e]` (the embedded timestep + extra),
-    /// `ws.cond_silu[e]` per embedder e, and for PixArt the shared modulation rows `ws.tmod`.
-    pub fn step(&self, be: &B, ctx: &Context<B>, ws: &mut Workspace<B>) -> Result<()> {
+    /// Per-step conditioning from the timesteps `t`: `ws.cond[e]` (the embedded timestep +
+    /// extra), `ws.cond_silu[e]` per embedder e, and for PixArt the shared modulation rows
+    /// `ws.tmod`.
+    pub fn step(&self, be: &B, ctx: &RunCtx<B>, t: &Tensor<B>, ws: &mut Scratch<B>) -> Result<()> {
         let (times, shift): (Vec<&Mlp<B>>, f32) = match self {
             Conditioner::PixArt { time, .. } => (vec![time], 0.0),
             Conditioner::DiT { embedders, .. } => (embedders.iter().map(|e| &e.time).collect(), 1.0),
         };
-        be.timestep_embedding(&ws.t, true, shift, &mut ws.t_freq)?;
+        be.timestep_embedding(t, true, shift, &mut ws.t_freq)?;
         for (e, time) in times.into_iter().enumerate() {
             time.run(be, &ws.t_freq, Activation::Silu, &mut ws.t_hidden, &mut ws.cond[e])?;
             if let Some(extra) = ctx.extra.get(e) {
@@ -297,12 +246,12 @@ impl<B: Backend> Conditioner<B> {
     }
 
     /// The final layer's [shift | scale] rows into `ws.final_mod` `[B, 2D]`.
-    pub fn final_modulation(&self, be: &B, ws: &mut Workspace<B>) -> Result<()> {
+    pub fn final_modulation(&self, be: &B, batch: usize, ws: &mut Scratch<B>) -> Result<()> {
         match self {
             Conditioner::PixArt { final_table, .. } => {
                 // table[r] + embedded_timestep, for r = shift, scale
                 let d = ws.cond[0].cols();
-                for i in 0..ws.batch {
+                for i in 0..batch {
                     be.copy_range(&ws.cond[0], i * d, &mut ws.final_mod, 2 * i * d, d)?;
                     be.copy_range(&ws.cond[0], i * d, &mut ws.final_mod, (2 * i + 1) * d, d)?;
                 }

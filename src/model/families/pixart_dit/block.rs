@@ -7,11 +7,11 @@
 //! n = LN(x)·(1 + scale_mlp) + shift_mlp;   x = x + gate_mlp ⊙ ff(n)
 //! ```
 
-use super::weights::{Linear, Loader};
-use super::{ModelConfig, Workspace};
+use super::Scratch;
 use crate::backend::{Activation, AttentionShape, CacheWrite, ColSlice};
-use crate::model::config::Family;
-use crate::{Backend, Error, Result, Tensor};
+use crate::model::layers::branch;
+use crate::model::{BranchIo, Family, Linear, Loader, ModelConfig};
+use crate::{Backend, Result, Tensor};
 
 /// Rows of the per-block modulation vectors.
 pub const SHIFT_MSA: usize = 0;
@@ -43,26 +43,11 @@ pub struct Block<B: Backend> {
     pub ff2: Linear<B>,
 }
 
-/// Where a block's branch outputs (attention, cross-attention and MLP, before gating) go: the
-/// workspace, or per-block cache buffers (FORA stores them on full steps and reuses them).
-pub enum BranchIo<'a, B: Backend> {
-    Compute,
-    Store(&'a mut BranchCache<B>),
-    Reuse(&'a BranchCache<B>),
-}
-
 /// A block's view of the per-run text: its K|V projection [batch·L, 2D], the f32 key bias and L.
 pub struct CrossKv<'a, B: Backend> {
     pub kv: &'a Tensor<B>,
     pub bias: Option<&'a Tensor<B>>,
     pub text_len: usize,
-}
-
-/// One block's cached branch outputs, `[rows, D]` each.
-pub struct BranchCache<B: Backend> {
-    pub attn: Tensor<B>,
-    pub cross: Option<Tensor<B>>,
-    pub ff: Tensor<B>,
 }
 
 impl<B: Backend> Block<B> {
@@ -71,8 +56,8 @@ impl<B: Backend> Block<B> {
         let p = format!("transformer_blocks.{i}");
         let bias = cfg.attention_bias;
         let modulation = match cfg.family {
-            Family::PixArt => Modulation::Table(l.tensor(&format!("{p}.scale_shift_table"), &[6, d])?),
             Family::DiT => Modulation::AdaLnZero(l.linear(&format!("{p}.norm1.linear"), 6 * d, d, true)?, embedder),
+            _ => Modulation::Table(l.tensor(&format!("{p}.scale_shift_table"), &[6, d])?),
         };
         let qkv = l.fused_linear(
             &[&format!("{p}.attn1.to_q"), &format!("{p}.attn1.to_k"), &format!("{p}.attn1.to_v")],
@@ -102,8 +87,9 @@ impl<B: Backend> Block<B> {
         })
     }
 
-    /// The block's modulation vectors into `ws.modv` `[batch, 6D]`.
-    pub fn modulate(&self, be: &B, ws: &mut Workspace<B>) -> Result<()> {
+    /// The block's modulation vectors into `s.modv` `[batch, 6D]`.
+    pub fn modulate(&self, be: &B, s: &mut Scratch<B>) -> Result<()> {
+        let ws = s;
         match &self.modulation {
             Modulation::Table(table) => {
                 be.copy(&ws.tmod, &mut ws.modv)?;
@@ -115,36 +101,39 @@ impl<B: Backend> Block<B> {
         }
     }
 
-    /// Runs the block on `ws.x` in place. `tap` is fused into the last residual update.
+    /// Runs the block on the image stream `x` in place. `tap` is fused into the last residual
+    /// update.
+    #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
         be: &B,
         cfg: &ModelConfig,
-        ws: &mut Workspace<B>,
+        x: &mut Tensor<B>,
+        ws: &mut Scratch<B>,
+        (batch, tokens): (usize, usize),
         cross_kv: Option<CrossKv<'_, B>>,
         tap: CacheWrite<'_, B>,
         io: BranchIo<'_, B>,
     ) -> Result<()> {
         self.modulate(be, ws)?;
-        let ws = &mut *ws;
         let eps1 = match cfg.family {
-            Family::PixArt => cfg.norm_eps,
             Family::DiT => 1e-6, // AdaLayerNormZero hard-codes it
+            _ => cfg.norm_eps,
         };
         if let BranchIo::Reuse(c) = &io {
-            be.residual(&mut ws.x, &c.attn, Some((&ws.modv, GATE_MSA)), CacheWrite::None)?;
-            if let Some(cross) = &c.cross {
-                be.residual(&mut ws.x, cross, None, CacheWrite::None)?;
+            be.residual(x, &c.slots[SLOT_ATTN], Some((&ws.modv, GATE_MSA)), CacheWrite::None)?;
+            if self.cross.is_some() {
+                be.residual(x, &c.slots[SLOT_CROSS], None, CacheWrite::None)?;
             }
-            return be.residual(&mut ws.x, &c.ff, Some((&ws.modv, GATE_MLP)), tap);
+            return be.residual(x, &c.slots[self.slot_ff()], Some((&ws.modv, GATE_MLP)), tap);
         }
-        let (batch, tokens, heads, hd) = (ws.batch, ws.tokens, cfg.num_attention_heads, cfg.attention_head_dim);
+        let (heads, hd) = (cfg.num_attention_heads, cfg.attention_head_dim);
         let d = cfg.inner_dim();
         let scale = (hd as f32).powf(-0.5);
         let mut io = io;
 
         // Self-attention.
-        be.norm_modulate(&ws.x, &ws.modv, SHIFT_MSA, SCALE_MSA, eps1, &mut ws.norm)?;
+        be.norm_modulate(x, &ws.modv, SHIFT_MSA, SCALE_MSA, eps1, &mut ws.norm)?;
         be.linear(&ws.norm, &self.qkv.w, self.qkv.b.as_ref(), Activation::None, &mut ws.qkv)?;
         let shape = AttentionShape { batch, heads, head_dim: hd, nq: tokens, nk: tokens, scale };
         be.attention(
@@ -156,11 +145,11 @@ impl<B: Backend> Block<B> {
             &mut ws.attn,
         )?;
         let gate = Some((&ws.modv, GATE_MSA));
-        branch(be, &self.attn_out, &ws.attn, io.slot(Slot::Attn, &mut ws.proj)?, &mut ws.x, gate, CacheWrite::None)?;
+        branch(be, &self.attn_out, &ws.attn, io.slot(SLOT_ATTN, &mut ws.proj)?, x, gate, CacheWrite::None)?;
 
         // Cross-attention to the text (no norm, no gate).
         if let (Some((to_q, to_out)), Some(CrossKv { kv, bias, text_len })) = (&self.cross, cross_kv) {
-            be.linear(&ws.x, &to_q.w, to_q.b.as_ref(), Activation::None, &mut ws.norm)?;
+            be.linear(x, &to_q.w, to_q.b.as_ref(), Activation::None, &mut ws.norm)?;
             let shape = AttentionShape { batch, heads, head_dim: hd, nq: tokens, nk: text_len, scale };
             be.attention(
                 &shape,
@@ -170,52 +159,26 @@ impl<B: Backend> Block<B> {
                 bias,
                 &mut ws.attn,
             )?;
-            branch(be, to_out, &ws.attn, io.slot(Slot::Cross, &mut ws.proj)?, &mut ws.x, None, CacheWrite::None)?;
+            branch(be, to_out, &ws.attn, io.slot(SLOT_CROSS, &mut ws.proj)?, x, None, CacheWrite::None)?;
         }
 
         // Feed-forward: Linear → GELU(tanh) → Linear.
-        be.norm_modulate(&ws.x, &ws.modv, SHIFT_MLP, SCALE_MLP, cfg.norm_eps, &mut ws.norm)?;
+        be.norm_modulate(x, &ws.modv, SHIFT_MLP, SCALE_MLP, cfg.norm_eps, &mut ws.norm)?;
         be.linear(&ws.norm, &self.ff1.w, self.ff1.b.as_ref(), Activation::GeluTanh, &mut ws.ff)?;
         let gate = Some((&ws.modv, GATE_MLP));
-        branch(be, &self.ff2, &ws.ff, io.slot(Slot::Ff, &mut ws.proj)?, &mut ws.x, gate, tap)
+        branch(be, &self.ff2, &ws.ff, io.slot(self.slot_ff(), &mut ws.proj)?, x, gate, tap)
     }
-}
 
-/// A block's three branches, by the cache slot FORA keeps each one's output in.
-#[derive(Clone, Copy, Debug)]
-enum Slot {
-    Attn,
-    Cross,
-    Ff,
-}
-
-impl<B: Backend> BranchIo<'_, B> {
-    /// Where branch `slot`'s output goes: its cache buffer when storing, else `scratch`.
-    fn slot<'s>(&'s mut self, slot: Slot, scratch: &'s mut Tensor<B>) -> Result<&'s mut Tensor<B>> {
-        match self {
-            BranchIo::Store(c) => match slot {
-                Slot::Attn => Ok(&mut c.attn),
-                Slot::Ff => Ok(&mut c.ff),
-                Slot::Cross => c.cross.as_mut().ok_or_else(|| {
-                    Error::param("branch cache", "no cross-attention buffer", "a buffer for every branch of the block")
-                }),
-            },
-            _ => Ok(scratch),
+    /// The FORA slot of the MLP output: after the cross-attention's, where the block has one.
+    pub fn slot_ff(&self) -> usize {
+        if self.cross.is_some() {
+            2
+        } else {
+            1
         }
     }
 }
 
-/// One branch's output projection into `out`, then the (gated) residual x += gate ⊙ out with the
-/// Δ-cache write `tap`.
-fn branch<B: Backend>(
-    be: &B,
-    proj: &Linear<B>,
-    input: &Tensor<B>,
-    out: &mut Tensor<B>,
-    x: &mut Tensor<B>,
-    gate: Option<(&Tensor<B>, usize)>,
-    tap: CacheWrite<'_, B>,
-) -> Result<()> {
-    be.linear(input, &proj.w, proj.b.as_ref(), Activation::None, out)?;
-    be.residual(x, out, gate, tap)
-}
+/// FORA cache slots of a block's branch outputs (all on the image stream).
+pub const SLOT_ATTN: usize = 0;
+pub const SLOT_CROSS: usize = 1;
