@@ -10,7 +10,7 @@ use deltadit::cache::{schedule, CachePolicy, CacheSpec, Delta, DeltaAdaptive, Fi
 use deltadit::internals::{ModelParts, WorkspaceParts};
 use deltadit::io::Inputs;
 use deltadit::model::{Family, Transformer};
-use deltadit::pipeline::{sample, Denoiser, SampleConfig, SampleInputs};
+use deltadit::pipeline::{sample, Denoiser, ForwardInputs, SampleConfig, SampleInputs};
 use deltadit::sampler::{Scheduler, SchedulerName};
 use deltadit::{DType, Error};
 use std::path::PathBuf;
@@ -277,6 +277,57 @@ fn fora_bookkeeping() {
 #[test]
 fn first_block_bookkeeping() {
     cached_step_reproduces_full_step("first-block:threshold=1000", StepPlan::CachedAfterFirst);
+}
+
+/// The same on SD3.5 (qk norm, dual attention in block 0, 3 blocks, batch 2): every range and
+/// branch cache covers both streams — a front range's Δ must move the context stream too (the
+/// blocks after it read it), which a cache of the image stream alone would get wrong.
+fn sd3_cached_step_reproduces_full_step(spec: &str, expect: StepPlan) {
+    let be = Cpu::default();
+    let dir = data("sd35-tiny-nonsquare");
+    let model = Transformer::load(&be, &dir).unwrap();
+    let inputs =
+        ForwardInputs::from_inputs(&Inputs::open(&dir.join("inputs.safetensors")).unwrap(), model.config()).unwrap();
+    let policy = spec.parse::<CacheSpec>().unwrap().build(Family::Sd3, model.num_blocks(), 10).unwrap();
+    let mut d = Denoiser::new(&be, &model, &inputs.cond, policy).unwrap();
+    let mut outs = Vec::new();
+    for step in 0..2 {
+        let r = d.forward(&be, &inputs.hidden_states, &inputs.timestep, step, 10).unwrap();
+        if step == 1 {
+            assert_eq!(r.plan, expect, "{spec}");
+        }
+        outs.push(be.download(d.output()).unwrap());
+    }
+    let e = rel_l2(&outs[1], &outs[0]);
+    assert!(e < 1e-6, "sd3 {spec}: cached step differs from the full step by {e:.2e}");
+}
+
+#[test]
+fn sd3_delta_front_covers_the_context_stream() {
+    sd3_cached_step_reproduces_full_step("delta:n=2,nc=1,b=0", StepPlan::CachedFront(1));
+    sd3_cached_step_reproduces_full_step("delta:n=2,nc=2,b=0", StepPlan::CachedFront(2));
+}
+
+#[test]
+fn sd3_delta_rear_ends_at_the_context_pre_only_block() {
+    sd3_cached_step_reproduces_full_step("delta:n=2,nc=1,b=5", StepPlan::CachedRear(1));
+    sd3_cached_step_reproduces_full_step("delta:n=2,nc=2,b=5", StepPlan::CachedRear(2));
+}
+
+#[test]
+fn sd3_fora_and_first_block_bookkeeping() {
+    sd3_cached_step_reproduces_full_step("fora:n=2", StepPlan::ReuseBranches);
+    sd3_cached_step_reproduces_full_step("first-block:threshold=1000", StepPlan::CachedAfterFirst);
+}
+
+/// SD3's streams, and where the context stops being read (after the context-pre-only block).
+#[test]
+fn sd3_streams_and_where_the_context_is_live() {
+    let be = Cpu::default();
+    let dir = data("sd35-tiny-nonsquare");
+    let model = Transformer::load(&be, &dir).unwrap();
+    assert_eq!(model.streams(), ["image", "context"]);
+    assert_eq!((model.live_streams(0), model.live_streams(2), model.live_streams(3)), (2, 2, 1));
 }
 
 // ---------------------------------------------------------------- independent Δ-DiT

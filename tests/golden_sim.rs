@@ -51,6 +51,12 @@ fn sampling_delta_dit_bf16() {
     assert!(e <= 2e-2, "rel err {e:.3e}");
 }
 
+#[test]
+fn sampling_sd3_flow_match_bf16() {
+    let e = sampling_case(&Sim::new(DType::BF16).unwrap(), SAMPLING_CASES[4]).0;
+    assert!(e <= 3e-2, "rel err {e:.3e}");
+}
+
 /// The wgmma attention kernel (kernels/attention_sm90a.cu, head dim 72) through a whole model:
 /// pixart-cpu-small (28 blocks, 4 heads × 72, 64 image and 32 text tokens, seeded random weights),
 /// 3 DPM-Solver++ steps with CFG, on the shim with each attention kernel and on the f32 CPU

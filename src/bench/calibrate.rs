@@ -7,7 +7,6 @@
 use super::{bench_inputs, kit::quality, measure, BenchOptions, ModelKit, Quality};
 use crate::cache::CacheSpec;
 use crate::model::Transformer;
-use crate::pipeline::SampleConfig;
 use crate::sampler::SchedulerName;
 use crate::{Backend, Error, Result};
 use serde::Serialize;
@@ -29,6 +28,8 @@ pub struct CalibrateOptions {
     pub budget: Option<f64>,
     /// timed runs per setting (after none for warm-up: the uncached reference warms the caches)
     pub runs: usize,
+    /// the scheduler's parameters
+    pub scheduler_config: crate::sampler::SchedulerConfig,
 }
 
 /// One swept setting, measured.
@@ -127,6 +128,7 @@ pub fn calibrate<B: Backend>(
         seed: opts.seed,
         images: opts.images,
         fewer_steps: false,
+        scheduler_config: opts.scheduler_config.clone(),
     };
     let judged = kit.is_some_and(|k| k.judges_images());
     let classifier = kit.and_then(|k| k.classifier.as_ref());
@@ -137,7 +139,7 @@ pub fn calibrate<B: Backend>(
         progress(done, total);
     };
     let runs = (0, opts.runs.max(1));
-    let sc = SampleConfig::new(opts.scheduler, opts.steps, opts.guidance);
+    let sc = bench.sample_config(opts.steps);
     sc.validate()?;
     let (inputs, asked) = bench_inputs(cfg, kit, &bench, opts.steps)?;
     // The uncached reference, run once first to warm up.
@@ -147,7 +149,7 @@ pub fn calibrate<B: Backend>(
     let mut out = Vec::with_capacity(settings.len());
     for (kind, spec, steps) in settings {
         let parsed: CacheSpec = spec.parse()?;
-        let sck = SampleConfig::new(opts.scheduler, steps, opts.guidance);
+        let sck = bench.sample_config(steps);
         let fresh;
         let inp = if steps == opts.steps {
             &inputs

@@ -13,7 +13,7 @@ use crate::model::macs::ForwardMacs;
 use crate::model::{Family, ModelConfig, RandomWeights, TextInput, Transformer};
 use crate::pipeline::{sample, SampleConfig, SampleInputs};
 use crate::rng::Rng;
-use crate::sampler::SchedulerName;
+use crate::sampler::{SchedulerConfig, SchedulerName};
 use crate::{Backend, Error, Result};
 use serde::Serialize;
 use std::time::Duration;
@@ -30,6 +30,8 @@ pub struct Preset {
     pub scheduler: SchedulerName,
     pub steps: usize,
     pub guidance: f32,
+    /// flow matching: the scheduler's static shift (the pipeline's scheduler_config.json)
+    pub shift: f64,
     pub about: &'static str,
 }
 
@@ -90,6 +92,43 @@ fn dit(layers: usize, heads: usize, head_dim: usize, sample_size: usize) -> Mode
     }
 }
 
+/// An `SD3Transformer2DModel` config: `layers` blocks of `heads` × 64, 16 latent channels, the
+/// text and pooled widths, the position table's side, qk norm and the dual-attention blocks.
+#[allow(clippy::too_many_arguments)]
+fn sd3(
+    layers: usize,
+    heads: usize,
+    joint: usize,
+    pooled: usize,
+    pos_max: usize,
+    sample_size: usize,
+    qk_norm: bool,
+    dual: std::ops::Range<usize>,
+) -> ModelConfig {
+    ModelConfig {
+        family: Family::Sd3,
+        num_attention_heads: heads,
+        attention_head_dim: 64,
+        in_channels: 16,
+        out_channels: 16,
+        num_layers: layers,
+        patch_size: 2,
+        sample_size,
+        cross_attention_dim: None,
+        caption_channels: None,
+        norm_eps: 1e-6,
+        interpolation_scale: 1.0,
+        use_additional_conditions: false,
+        num_embeds_ada_norm: 0,
+        attention_bias: true,
+        joint_attention_dim: Some(joint),
+        pooled_projection_dim: Some(pooled),
+        pos_embed_max_size: Some(pos_max),
+        qk_norm,
+        dual_attention_layers: dual.collect(),
+    }
+}
+
 pub fn presets() -> Vec<Preset> {
     use SchedulerName::*;
     vec![
@@ -101,6 +140,7 @@ pub fn presets() -> Vec<Preset> {
             scheduler: DpmSolverPP,
             steps: 20,
             guidance: 4.5,
+            shift: 1.0,
             about: "PixArt-XL-2-1024-MS: 28 × 1152, 4096 tokens, 120 text tokens",
         },
         Preset {
@@ -111,6 +151,7 @@ pub fn presets() -> Vec<Preset> {
             scheduler: DpmSolverPP,
             steps: 20,
             guidance: 4.5,
+            shift: 1.0,
             about: "PixArt-XL-2-512x512: 28 × 1152, 1024 tokens",
         },
         Preset {
@@ -121,6 +162,7 @@ pub fn presets() -> Vec<Preset> {
             scheduler: DpmSolverPP,
             steps: 20,
             guidance: 4.5,
+            shift: 1.0,
             about: "PixArt-Σ-XL-2-1024-MS: 28 × 1152, 4096 tokens, 300 text tokens",
         },
         Preset {
@@ -131,6 +173,7 @@ pub fn presets() -> Vec<Preset> {
             scheduler: Ddim,
             steps: 50,
             guidance: 4.0,
+            shift: 1.0,
             about: "DiT-XL/2 256: 28 × 1152, 256 tokens",
         },
         Preset {
@@ -141,6 +184,7 @@ pub fn presets() -> Vec<Preset> {
             scheduler: Ddim,
             steps: 50,
             guidance: 4.0,
+            shift: 1.0,
             about: "DiT-XL/2 512: 28 × 1152, 1024 tokens",
         },
         Preset {
@@ -151,6 +195,7 @@ pub fn presets() -> Vec<Preset> {
             scheduler: DpmSolverPP,
             steps: 20,
             guidance: 4.5,
+            shift: 1.0,
             about: "PixArt layout at CPU size: 28 × 288, 64 tokens, 32 text tokens",
         },
         Preset {
@@ -161,7 +206,52 @@ pub fn presets() -> Vec<Preset> {
             scheduler: Ddim,
             steps: 20,
             guidance: 4.0,
+            shift: 1.0,
             about: "DiT layout at CPU size: 28 × 288, 64 tokens",
+        },
+        Preset {
+            name: "sd3-medium-1024",
+            config: sd3(24, 24, 4096, 2048, 192, 128, false, 0..0),
+            latent: 128,
+            text_len: 333,
+            scheduler: FlowMatchEuler,
+            steps: 28,
+            guidance: 7.0,
+            shift: 3.0,
+            about: "SD3-medium: 24 × 1536, 4096 image + 333 text tokens, FlowMatch Euler shift 3",
+        },
+        Preset {
+            name: "sd35-medium-1024",
+            config: sd3(24, 24, 4096, 2048, 384, 128, true, 0..13),
+            latent: 128,
+            text_len: 333,
+            scheduler: FlowMatchEuler,
+            steps: 40,
+            guidance: 4.5,
+            shift: 3.0,
+            about: "SD3.5-medium: 24 × 1536, RMS qk norm, dual attention in blocks 0-12, 4096 + 333 tokens",
+        },
+        Preset {
+            name: "sd35-large-1024",
+            config: sd3(38, 38, 4096, 2048, 192, 128, true, 0..0),
+            latent: 128,
+            text_len: 333,
+            scheduler: FlowMatchEuler,
+            steps: 28,
+            guidance: 3.5,
+            shift: 3.0,
+            about: "SD3.5-large: 38 × 2432, RMS qk norm, 4096 + 333 tokens",
+        },
+        Preset {
+            name: "sd35-cpu-small",
+            config: sd3(24, 4, 256, 128, 32, 32, true, 0..13),
+            latent: 16,
+            text_len: 32,
+            scheduler: FlowMatchEuler,
+            steps: 20,
+            guidance: 4.5,
+            shift: 3.0,
+            about: "SD3.5-medium layout at CPU size: 24 × 256, dual attention in blocks 0-12, 64 + 32 tokens",
         },
     ]
 }
@@ -177,6 +267,13 @@ pub fn preset(name: &str) -> Result<Preset> {
 }
 
 impl Preset {
+    /// The scheduler config of the preset's pipeline.
+    pub fn scheduler_config(&self) -> SchedulerConfig {
+        let mut c = SchedulerConfig::default();
+        c.flow_match.shift = self.shift;
+        c
+    }
+
     pub fn build<B: Backend>(&self, be: &B, seed: u64) -> Result<Transformer<B>> {
         Transformer::from_source(be, self.config.clone(), &RandomWeights { seed })
     }
@@ -295,6 +392,17 @@ pub struct BenchOptions {
     /// add the fewer-steps baseline of each cache row: uncached sampling with as many steps as
     /// the row's compute pays for
     pub fewer_steps: bool,
+    /// the scheduler's parameters
+    pub scheduler_config: SchedulerConfig,
+}
+
+impl BenchOptions {
+    /// The sampling config of `steps` steps.
+    pub fn sample_config(&self, steps: usize) -> SampleConfig {
+        let mut c = SampleConfig::new(self.scheduler, steps, self.guidance);
+        c.scheduler_config = self.scheduler_config.clone();
+        c
+    }
 }
 
 pub fn default_policies() -> Vec<CacheSpec> {
@@ -401,11 +509,11 @@ pub fn run<B: Backend>(
     let (lh, lw) = opts.latent;
     let (inputs, asked) = bench_inputs(cfg, kit, opts, opts.steps)?;
     let images = inputs.shape[0];
-    let sc = SampleConfig::new(opts.scheduler, opts.steps, opts.guidance);
+    let sc = opts.sample_config(opts.steps);
     sc.validate()?;
     let batch = if opts.guidance > 1.0 { 2 * images } else { images };
     let text_len = inputs.cond.as_ref().map_or(0, |t| t.len);
-    let macs = ForwardMacs::new(cfg, batch, lh, lw, if cfg.family == Family::PixArt { text_len.max(1) } else { 0 });
+    let macs = ForwardMacs::new(cfg, batch, lh, lw, if cfg.family == Family::DiT { 0 } else { text_len.max(1) });
     let layers = model.num_blocks();
     let judged = kit.is_some_and(|k| k.judges_images());
     let classifier = kit.and_then(|k| k.classifier.as_ref());
@@ -480,7 +588,7 @@ pub fn run<B: Backend>(
             }
             seen.push(k);
             let (inp, _) = bench_inputs(cfg, kit, opts, k)?;
-            let sck = SampleConfig::new(opts.scheduler, k, opts.guidance);
+            let sck = opts.sample_config(k);
             let (total, times, out, _) =
                 measure(be, model, &inp, &CacheSpec::none(), &sck, (opts.warmup, opts.runs), &mut tick)?;
             rows.push(row_of("fewer-steps".into(), format!("steps={k}"), &sck, &out, total, times, &reference)?);

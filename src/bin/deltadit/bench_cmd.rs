@@ -11,7 +11,7 @@ use deltadit::internals::bench::{self, BenchOptions, BenchReport, CalibrateOptio
 use deltadit::internals::quality::{png_grid, require_pixel_space};
 use deltadit::model::{Family, Transformer};
 use deltadit::pipeline::SampleConfig;
-use deltadit::sampler::SchedulerName;
+use deltadit::sampler::{SchedulerConfig, SchedulerName};
 use deltadit::{with_backend, Backend, DType, Error, Result};
 use std::path::{Path, PathBuf};
 
@@ -158,15 +158,22 @@ fn load<B: Backend>(be: &B, s: &Setup, m: &ModelChoice) -> Result<Loaded<B>> {
 
 /// Scheduler, steps and guidance: the options, else the preset's, else each pipeline's defaults
 /// (PixArt DPM-Solver++, DiT DDIM; 20 steps).
-fn schedule(m: &ModelChoice, preset: Option<&Preset>, family: Family) -> Result<(SchedulerName, usize, f32)> {
+fn schedule(m: &ModelChoice, s: &Setup, family: Family) -> Result<(SchedulerName, usize, f32, SchedulerConfig)> {
+    let preset = s.preset.as_ref();
+    let config = match (preset, &s.model_dir) {
+        (Some(p), _) => p.scheduler_config(),
+        (None, Some(dir)) => super::scheduler_config(dir, None)?,
+        (None, None) => SchedulerConfig::default(),
+    };
     let scheduler: SchedulerName = match (&m.scheduler, preset) {
         (Some(s), _) => s.parse()?,
         (None, Some(p)) => p.scheduler,
-        (None, None) if family == Family::DiT => SchedulerName::Ddim,
-        (None, None) => SchedulerName::DpmSolverPP,
+        (None, None) => config.solver().unwrap_or(SampleConfig::default_scheduler(family)),
     };
     let steps = m.steps.unwrap_or(preset.map_or(20, |p| p.steps));
-    Ok((scheduler, steps, m.guidance.unwrap_or(SampleConfig::default_guidance(family, scheduler))))
+    let guidance =
+        m.guidance.or(preset.map(|p| p.guidance)).unwrap_or(SampleConfig::default_guidance(family, scheduler));
+    Ok((scheduler, steps, guidance, config))
 }
 
 fn progress_bar(total: usize) -> indicatif::ProgressBar {
@@ -204,7 +211,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     let (rows, batch, tokens, name, layers, sched, steps, guidance, images, runs) = with_backend!(&s.any, |be| {
         let (model, kit, name, latent, text_len) = load(be, &s, &a.m)?;
         let judged = kit.as_ref().is_some_and(|k| k.judges_images());
-        let (scheduler, steps, guidance) = schedule(&a.m, s.preset.as_ref(), model.config().family)?;
+        let (scheduler, steps, guidance, scheduler_config) = schedule(&a.m, &s, model.config().family)?;
         let images = a.m.images.unwrap_or(if judged { 64 } else { 1 });
         let runs = a.runs.unwrap_or(if judged { 3 } else { 5 }).max(1);
         let opts = BenchOptions {
@@ -219,6 +226,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             seed: a.m.seed,
             images,
             fewer_steps: judged && !a.no_baseline,
+            scheduler_config,
         };
         let bar = progress_bar(1);
         let (rows, batch, tokens) = bench::run(be, &model, kit.as_ref(), &opts, &mut |done, total| {
@@ -285,7 +293,7 @@ pub fn calibrate(a: CalibrateArgs) -> Result<()> {
     let s = setup(&a.m)?;
     let (settings, opts) = with_backend!(&s.any, |be| {
         let (model, kit, name, latent, text_len) = load(be, &s, &a.m)?;
-        let (scheduler, steps, guidance) = schedule(&a.m, s.preset.as_ref(), model.config().family)?;
+        let (scheduler, steps, guidance, scheduler_config) = schedule(&a.m, &s, model.config().family)?;
         let judged = kit.as_ref().is_some_and(|k| k.judges_images());
         let opts = CalibrateOptions {
             scheduler,
@@ -298,6 +306,7 @@ pub fn calibrate(a: CalibrateArgs) -> Result<()> {
             target_psnr: a.target_psnr,
             budget: a.budget,
             runs: a.runs,
+            scheduler_config,
         };
         println!(
             "calibrating {name} on {} ({}, {}), {} {} steps, guidance {}",

@@ -193,7 +193,7 @@ struct SchedulerArgs {
 
 /// The scheduler config of a model folder: `--scheduler-config`, else `scheduler_config.json`
 /// beside the model, else the pipeline's `../scheduler/scheduler_config.json`.
-fn scheduler_config(model_dir: &Path, explicit: Option<&Path>) -> Result<SchedulerConfig> {
+pub(crate) fn scheduler_config(model_dir: &Path, explicit: Option<&Path>) -> Result<SchedulerConfig> {
     if let Some(p) = explicit {
         return SchedulerConfig::from_file(p);
     }
