@@ -1,6 +1,6 @@
 //! `deltadit._native`: the Python package's native module. Two classes:
 //!
-//! - `Runtime`: a model loaded on a backend (`cpu` f32, `sim` or `cuda` bf16/f16), from a
+//! - `Runtime`: a model (PixArt, DiT or SD3/SD3.5) loaded on a backend (`cpu` f32, `sim` or `cuda` bf16/f16), from a
 //!   diffusers folder (`Runtime.load`) or from a loaded torch module's tensors
 //!   (`Runtime.from_weights`, a [`WeightSource`](deltadit::model::WeightSource) over them).
 //! - `Session`: the runtime bound to one run's conditioning and cache policy
@@ -146,6 +146,12 @@ struct Runtime {
     device: String,
 }
 
+impl Runtime {
+    fn family_of(&self) -> Family {
+        with_loaded!(&self.inner, |l| l.model.config().family)
+    }
+}
+
 #[pymethods]
 impl Runtime {
     /// Loads a diffusers transformer folder (`config.json` + safetensors weights).
@@ -200,13 +206,22 @@ impl Runtime {
         with_loaded!(&self.inner, |l| l.model.config().to_json().to_string())
     }
 
-    /// `pixart` or `dit`.
+    /// The family's short name (`Family::short_name`): `pixart`, `dit` or `sd3`.
     #[getter]
     fn family(&self) -> &'static str {
-        match with_loaded!(&self.inner, |l| l.model.config().family) {
-            Family::PixArt => "pixart",
-            _ => "dit",
-        }
+        self.family_of().short_name()
+    }
+
+    /// The diffusers class the family is (`Family::name`): `PixArtTransformer2DModel`, ...
+    #[getter]
+    fn class_name(&self) -> &'static str {
+        self.family_of().name()
+    }
+
+    /// Whether the model is trained for flow matching (SD3: velocity prediction, σ schedules).
+    #[getter]
+    fn flow_matching(&self) -> bool {
+        self.family_of().flow_matching()
     }
 
     #[getter]
@@ -241,7 +256,8 @@ impl Runtime {
     /// Binds the model to one run: its conditioning (the whole model batch, CFG copies
     /// included, as contiguous float32 host tensors) and a cache policy for `steps` steps.
     #[pyo3(signature = (batch, height, width, *, encoder_hidden_states = None, encoder_attention_mask = None,
-                        resolution = None, aspect_ratio = None, class_labels = None, cache = "none", steps = 1))]
+                        resolution = None, aspect_ratio = None, class_labels = None, pooled_projections = None,
+                        skip_layers = None, cache = "none", steps = 1))]
     #[allow(clippy::too_many_arguments)]
     fn session(
         &self,
@@ -254,6 +270,8 @@ impl Runtime {
         resolution: Option<Bound<'_, PyAny>>,
         aspect_ratio: Option<Bound<'_, PyAny>>,
         class_labels: Option<Vec<i64>>,
+        pooled_projections: Option<Bound<'_, PyAny>>,
+        skip_layers: Option<Vec<i64>>,
         cache: &str,
         steps: usize,
     ) -> PyResult<Session> {
@@ -308,6 +326,21 @@ impl Runtime {
             }
             let l: Option<Vec<usize>> = labels.iter().map(|&v| usize::try_from(v).ok()).collect();
             cond.class_labels = Some(l.ok_or_else(|| input_error(py, "class_labels", "negative label".into()))?);
+        }
+        if let Some(p) = pooled_projections {
+            let v = host_view(py, &p, "pooled_projections")?;
+            let dim = with_loaded!(&self.inner, |l| l.model.config().pooled_projection_dim);
+            let want = dim.map(|d| vec![batch, d]);
+            if v.shape.len() != 2 || v.shape[0] != batch || want.as_ref().is_some_and(|w| *w != v.shape) {
+                let cols = dim.map_or("pooled_projection_dim".to_string(), |d| d.to_string());
+                return Err(input_error(py, "pooled_projections", format!("expected [{batch}, {cols}], found {:?}", v.shape)));
+            }
+            // SAFETY: as above
+            cond.pooled = Some(unsafe { v.host_slice() }.to_vec());
+        }
+        if let Some(layers) = skip_layers {
+            let l: Option<Vec<usize>> = layers.iter().map(|&v| usize::try_from(v).ok()).collect();
+            cond.skip_layers = l.ok_or_else(|| input_error(py, "skip_layers", "negative block index".into()))?;
         }
         let policy = build_policy(&self.inner, cache, steps)?;
         let policy_name = policy_desc(&*policy);
