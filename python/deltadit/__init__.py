@@ -1,5 +1,5 @@
-"""deltadit: a DiT / PixArt transformer runtime with the Δ-DiT block cache, as a drop-in backend
-for Hugging Face diffusers pipelines.
+"""deltadit: a DiT / PixArt / SD3 transformer runtime with the Δ-DiT block cache, as a drop-in
+backend for Hugging Face diffusers pipelines (the supported classes: ``deltadit._classes``).
 
 - :class:`Transformer`: ``Transformer.from_pretrained(path, device=..., dtype=...)`` or
   ``Transformer.from_diffusers(module)``, called like the diffusers transformer's forward.

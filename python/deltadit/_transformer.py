@@ -1,9 +1,9 @@
-"""`deltadit.Transformer`: a PixArt or DiT transformer run by the deltadit runtime, called like the
-diffusers transformer's forward on torch tensors (numpy arrays too)."""
+"""`deltadit.Transformer`: a PixArt, DiT or SD3/SD3.5 transformer run by the deltadit runtime, called
+like the diffusers transformer's forward on torch tensors (numpy arrays too). Which classes, and
+their forward signatures: the table of :mod:`deltadit._classes`."""
 
 from __future__ import annotations
 
-import inspect
 import json
 import threading
 from dataclasses import dataclass
@@ -13,6 +13,7 @@ from typing import Any, Optional
 import torch
 
 from . import _native
+from ._classes import MODEL_CLASSES, ModelClass, by_class_name, by_family, class_names
 from ._errors import InputError, ParameterError, UnsupportedError
 
 __all__ = ["Transformer", "StepReport"]
@@ -97,27 +98,8 @@ class StepReport:
     time_s: float
 
 
-# The diffusers forward signatures (positional order included).
-def _pixart_forward(
-    hidden_states,
-    encoder_hidden_states=None,
-    timestep=None,
-    added_cond_kwargs=None,
-    cross_attention_kwargs=None,
-    attention_mask=None,
-    encoder_attention_mask=None,
-    return_dict=True,
-):  # pragma: no cover - a signature only
-    pass
-
-
-def _dit_forward(
-    hidden_states, timestep=None, class_labels=None, cross_attention_kwargs=None, return_dict=True
-):  # pragma: no cover - a signature only
-    pass
-
-
-FORWARD_SIGNATURES = {"pixart": inspect.signature(_pixart_forward), "dit": inspect.signature(_dit_forward)}
+# The diffusers forward signatures by runtime family (from the class table).
+FORWARD_SIGNATURES = {c.family: c.forward for c in MODEL_CLASSES}
 
 
 def _output(sample: torch.Tensor, return_dict: bool):
@@ -174,34 +156,35 @@ def _ident(t) -> Any:
 
 
 class Transformer:
-    """A `PixArtTransformer2DModel` or `DiTTransformer2DModel` run by deltadit.
+    """A `PixArtTransformer2DModel`, `DiTTransformer2DModel` or `SD3Transformer2DModel` run by
+    deltadit (the classes of :data:`deltadit._classes.MODEL_CLASSES`).
 
-    Call it with the diffusers forward's arguments (``hidden_states``, ``encoder_hidden_states``,
-    ``timestep``, ``added_cond_kwargs``, ``encoder_attention_mask`` for PixArt; ``hidden_states``,
-    ``timestep``, ``class_labels`` for DiT; ``return_dict``) as torch tensors or numpy arrays; the
-    result is a torch tensor on the input's device, in the input's floating dtype, as
-    ``Transformer2DModelOutput(sample=...)`` or ``(sample,)``.
+    Call it with the diffusers forward's arguments, as torch tensors or numpy arrays:
+    ``hidden_states``, ``encoder_hidden_states``, ``timestep``, ``added_cond_kwargs``,
+    ``encoder_attention_mask`` for PixArt; ``hidden_states``, ``timestep``, ``class_labels`` for
+    DiT; ``hidden_states``, ``encoder_hidden_states``, ``pooled_projections``, ``timestep``,
+    ``skip_layers`` for SD3; ``return_dict``. The result is a torch tensor on the input's device, in
+    the input's floating dtype, as ``Transformer2DModelOutput(sample=...)`` or ``(sample,)``.
 
     With a cache policy (``cache="delta"``, ...), pass ``step=`` and ``num_steps=`` as well: the
     policy decides from the step index which blocks run, and step 0 starts a new run. A
-    diffusers pipeline does this by itself through :func:`deltadit.diffusers.accelerate`.
+    diffusers pipeline does this by itself through :func:`deltadit.diffusers.accelerate`. An SD3
+    forward with ``skip_layers`` (skip-layer guidance) runs uncached, beside the cached run.
     """
 
     def __init__(self, runtime: "_native.Runtime", config: dict, *, cache: str = "none"):
         self._rt = runtime
         self._config = _Config(config)
+        self._class: ModelClass = by_family(runtime.family)
         self._lock = threading.Lock()
-        self._session = None
-        self._key = None  # identity of the conditioning the session was built for
-        self._key_refs = None  # keeps those tensors alive (so their ids stay theirs)
-        self._skey = None  # (batch, height, width, cache, steps) of the session
-        self._snapshot = None  # host copies of the session's conditioning, to compare by value
+        # the runs bound to a conditioning, most recent first: at most one without and one with
+        # the class's `uncached_with` argument (SD3's skip-layer guidance pass)
+        self._runs: list = []
         self.last_report: Optional[StepReport] = None
         self._cache = "none"
         self.cache = cache
-        lib = json.loads(runtime.config_json())
-        self._use_additional_conditions = bool(lib.get("use_additional_conditions", False))
-        self._in_channels = int(lib["in_channels"])
+        self._lib_config = json.loads(runtime.config_json())
+        self._in_channels = int(self._lib_config["in_channels"])
 
     # -- construction ----------------------------------------------------------------------
 
@@ -236,11 +219,11 @@ class Transformer:
     def from_diffusers(
         cls, module, device=None, dtype=None, *, cache: str = "none", threads: Optional[int] = None
     ) -> "Transformer":
-        """Takes the weights of a loaded diffusers ``PixArtTransformer2DModel`` or
-        ``DiTTransformer2DModel`` (any device and dtype) straight from its tensors: no file is
-        written. ``device`` defaults to the module's (``cuda`` for a module on a GPU, else
-        ``cpu``); ``dtype`` to f32 on the CPU and to the module's half dtype (else bf16) on a
-        kernel device. Raises :class:`UnsupportedError` for another class, an attention
+        """Takes the weights of a loaded diffusers ``PixArtTransformer2DModel``,
+        ``DiTTransformer2DModel`` or ``SD3Transformer2DModel`` (any device and dtype) straight from
+        its tensors: no file is written. ``device`` defaults to the module's (``cuda`` for a
+        module on a GPU, else ``cpu``); ``dtype`` to f32 on the CPU and to the module's half dtype
+        (else bf16) on a kernel device. Raises :class:`UnsupportedError` for another class, an attention
         processor other than diffusers' default ones, LoRA adapters not fused, or weights on the
         meta device."""
         module = _unwrap(module)
@@ -286,8 +269,19 @@ class Transformer:
 
     @property
     def family(self) -> str:
-        """``pixart`` or ``dit``."""
+        """The runtime's family: ``pixart``, ``dit`` or ``sd3``."""
         return self._rt.family
+
+    @property
+    def class_name(self) -> str:
+        """The diffusers class: ``PixArtTransformer2DModel``, ``DiTTransformer2DModel`` or
+        ``SD3Transformer2DModel``."""
+        return self._class.name
+
+    @property
+    def _session(self):
+        """The session of the last forward (None before the first)."""
+        return self._runs[0].session if self._runs else None
 
     @property
     def num_blocks(self) -> int:
@@ -323,8 +317,7 @@ class Transformer:
         self._rt.check_cache(spec, 1000)
         with self._lock:
             self._cache = spec
-            self._session = None
-            self._key = self._skey = self._snapshot = self._key_refs = None
+            self._runs = []
 
     def check_cache(self, spec: str, steps: int) -> str:
         """The policy ``spec`` builds for this model and ``steps`` steps, as ``name:params``
@@ -333,7 +326,7 @@ class Transformer:
 
     def __repr__(self) -> str:
         return (
-            f"deltadit.Transformer({self.config.get('_class_name', self.family)}, {self.num_blocks} blocks, "
+            f"deltadit.Transformer({self.class_name}, {self.num_blocks} blocks, "
             f"device={self.device}, dtype={self.dtype}, cache={self.cache!r})"
         )
 
@@ -341,9 +334,9 @@ class Transformer:
 
     def __call__(self, *args, step: Optional[int] = None, num_steps: Optional[int] = None, **kwargs):
         try:
-            bound = FORWARD_SIGNATURES[self.family].bind(*args, **kwargs)
+            bound = self._class.forward.bind(*args, **kwargs)
         except TypeError as e:
-            raise TypeError(f"{self.config.get('_class_name', self.family)}.forward: {e}") from None
+            raise TypeError(f"{self.class_name}.forward: {e}") from None
         bound.apply_defaults()
         a = dict(bound.arguments)
         return_dict = a.pop("return_dict")
@@ -356,31 +349,19 @@ class Transformer:
         self,
         hidden_states,
         timestep=None,
-        encoder_hidden_states=None,
-        encoder_attention_mask=None,
-        added_cond_kwargs=None,
-        class_labels=None,
-        cross_attention_kwargs=None,
-        attention_mask=None,
         *,
         step: Optional[int] = None,
         num_steps: Optional[int] = None,
         out_dtype: Optional[torch.dtype] = None,
+        **inputs,
     ) -> torch.Tensor:
-        """The forward's ``sample`` tensor (what ``__call__`` wraps)."""
-        if attention_mask is not None:
-            raise UnsupportedError(
-                "attention_mask (a mask over the image tokens) is not supported; encoder_attention_mask is",
-                kind="unsupported_argument",
-                name="attention_mask",
-            )
-        if cross_attention_kwargs:
-            raise UnsupportedError(
-                f"cross_attention_kwargs {sorted(cross_attention_kwargs)} are not supported (LoRA scales, "
-                "IP-adapter inputs, ...): fuse LoRA weights first",
-                kind="unsupported_argument",
-                name="cross_attention_kwargs",
-            )
+        """The forward's ``sample`` tensor (what ``__call__`` wraps); ``inputs``: the forward's
+        other arguments, by name."""
+        cls = self._class
+        unknown = sorted(set(inputs) - set(cls.inputs))
+        if unknown:
+            raise TypeError(f"{cls.name}.forward: unexpected arguments {unknown}")
+        cls.check_arguments(inputs)
         x = _as_tensor(hidden_states, "hidden_states")
         if x.ndim != 4:
             raise InputError(
@@ -406,9 +387,10 @@ class Transformer:
             raise InputError(
                 f"input `timestep`: expected 1 or {b} values, found shape {list(t.shape)}", kind="input", name="timestep"
             )
-        cond = self._conditioning(b, encoder_hidden_states, encoder_attention_mask, added_cond_kwargs, class_labels)
-        if self._cache == "none" or step is None:
-            if self._cache != "none":
+        cond = cls.conditioning(b, inputs, self._lib_config)
+        uncached = cls.uncached_with is not None and bool(cond.get(cls.uncached_with))
+        if self._cache == "none" or step is None or uncached:
+            if self._cache != "none" and step is None and not uncached:
                 raise ParameterError(
                     f"cache {self._cache!r} needs step= and num_steps= (the step index of a sampling loop); "
                     "a diffusers pipeline passes them through deltadit.diffusers.accelerate",
@@ -421,124 +403,34 @@ class Transformer:
                 raise ParameterError("step= needs num_steps=", kind="param", name="num_steps")
             spec = self._cache
         with self._lock:
-            return self._run(x, t, b, h, w, cond, spec, int(step), int(num_steps), out_dtype)
+            return self._run(x, t, b, h, w, cond, spec, int(step), int(num_steps), out_dtype, uncached)
 
-    def _conditioning(self, b, ehs, mask, added, labels) -> dict:
-        if self.family == "pixart":
-            if ehs is None:
-                raise InputError(
-                    "input `encoder_hidden_states`: missing (PixArt needs the text embeddings)",
-                    kind="missing_input",
-                    name="encoder_hidden_states",
-                )
-            ehs = _as_tensor(ehs, "encoder_hidden_states")
-            if ehs.ndim != 3:
-                raise InputError(
-                    f"input `encoder_hidden_states`: expected [batch, tokens, features], found {list(ehs.shape)}",
-                    kind="input",
-                    name="encoder_hidden_states",
-                )
-            if ehs.shape[0] != b:
-                raise InputError(
-                    f"input `encoder_hidden_states`: batch {ehs.shape[0]}, hidden_states has {b}",
-                    kind="input",
-                    name="encoder_hidden_states",
-                )
-            if mask is not None:
-                mask = _as_tensor(mask, "encoder_attention_mask")
-                if mask.ndim != 2:
-                    raise InputError(
-                        "input `encoder_attention_mask`: expected a [batch, tokens] 1 (keep) / 0 (discard) mask, "
-                        f"found shape {list(mask.shape)}",
-                        kind="input",
-                        name="encoder_attention_mask",
-                    )
-            res = ar = None
-            if self._use_additional_conditions:
-                added = added_cond_kwargs_dict(added)
-                res, ar = added.get("resolution"), added.get("aspect_ratio")
-                if res is None or ar is None:
-                    raise InputError(
-                        "input `added_cond_kwargs`: this model uses micro-conditions: pass `resolution` "
-                        "[batch, 2] and `aspect_ratio` [batch, 1]",
-                        kind="missing_input",
-                        name="added_cond_kwargs",
-                    )
-                res, ar = _as_tensor(res, "resolution"), _as_tensor(ar, "aspect_ratio")
-            return {
-                "encoder_hidden_states": ehs,
-                "encoder_attention_mask": mask,
-                "resolution": res,
-                "aspect_ratio": ar,
-                "class_labels": None,
-            }
-        if labels is None:
-            raise InputError(
-                "input `class_labels`: missing (DiT needs the class labels)", kind="missing_input", name="class_labels"
-            )
-        labels = _as_tensor(labels, "class_labels").reshape(-1)
-        if labels.is_floating_point() or labels.is_complex():
-            raise InputError("input `class_labels`: expected integers", kind="input", name="class_labels")
-        if labels.numel() != b:
-            raise InputError(
-                f"input `class_labels`: expected {b} labels, found {labels.numel()}", kind="input", name="class_labels"
-            )
-        return {
-            "encoder_hidden_states": None,
-            "encoder_attention_mask": None,
-            "resolution": None,
-            "aspect_ratio": None,
-            "class_labels": labels,
-        }
-
-    def _session_for(self, b, h, w, cond, spec, steps):
+    def _session_for(self, b, h, w, cond, spec, steps, slot):
         skey = (b, h, w, spec, steps)
-        key = (skey,) + tuple(_ident(cond[k]) for k in sorted(cond))
-        if self._session is not None and key == self._key:
-            return self._session
-        host = {k: (_host_f32(v) if k != "class_labels" else v) for k, v in cond.items()}
-        labels = None if cond["class_labels"] is None else [int(v) for v in cond["class_labels"].cpu().tolist()]
-        if self._session is not None and self._skey == skey and self._same_conditioning(host, labels):
-            self._key, self._key_refs = key, list(cond.values())
-            return self._session
-        sess = self._rt.session(
-            b,
-            h,
-            w,
-            encoder_hidden_states=host["encoder_hidden_states"],
-            encoder_attention_mask=host["encoder_attention_mask"],
-            resolution=host["resolution"],
-            aspect_ratio=host["aspect_ratio"],
-            class_labels=labels,
-            cache=spec,
-            steps=steps,
-        )
+        key = (skey,) + tuple((k, _ident(cond[k])) for k in sorted(cond))
+        runs = self._runs
+        for i, r in enumerate(runs):
+            if r.key == key:
+                runs.insert(0, runs.pop(i))
+                return r.session
+        host = {k: _host_value(v) for k, v in cond.items()}
+        for i, r in enumerate(runs):
+            if r.skey == skey and r.slot == slot and _same_values(host, r.snapshot):
+                r.key, r.refs = key, list(cond.values())
+                runs.insert(0, runs.pop(i))
+                return r.session
+        sess = self._rt.session(b, h, w, cache=spec, steps=steps, **host)
         snap = {}
         for k, v in host.items():
-            if k == "class_labels" or v is None:
-                continue
             src = cond[k]
-            snap[k] = v.clone() if (src.device.type == "cpu" and v.data_ptr() == src.data_ptr()) else v
-        snap["class_labels"] = labels
-        self._session, self._key, self._key_refs, self._skey, self._snapshot = sess, key, list(cond.values()), skey, snap
+            own = isinstance(v, torch.Tensor) and src.device.type == "cpu" and v.data_ptr() == src.data_ptr()
+            snap[k] = v.clone() if own else v
+        # one run per slot: the new one replaces the slot's old one (and its memory)
+        self._runs = [_Bound(sess, key, list(cond.values()), skey, snap, slot)] + [r for r in runs if r.slot != slot]
         return sess
 
-    def _same_conditioning(self, host, labels) -> bool:
-        snap = self._snapshot or {}
-        if labels != snap.get("class_labels"):
-            return False
-        for k, v in host.items():
-            if k == "class_labels":
-                continue
-            s = snap.get(k)
-            if (v is None) != (s is None):
-                return False
-            if v is not None and (v.shape != s.shape or not torch.equal(v, s)):
-                return False
-        return True
-
-    def _run(self, x, t, b, h, w, cond, spec, step, steps, out_dtype) -> torch.Tensor:
-        sess = self._session_for(b, h, w, cond, spec, steps)
+    def _run(self, x, t, b, h, w, cond, spec, step, steps, out_dtype, slot=False) -> torch.Tensor:
+        sess = self._session_for(b, h, w, cond, spec, steps, slot)
         in_device = x.device
         rt_cuda = self.device.startswith("cuda")
         if rt_cuda and x.device.type == "cuda" and x.device.index == int(self.device.split(":")[1]):
@@ -559,22 +451,46 @@ class Transformer:
         return out.to(device=in_device, dtype=out_dtype)
 
 
-def added_cond_kwargs_dict(added) -> dict:
-    if added is None:
-        return {}
-    if not isinstance(added, dict):
-        raise InputError(
-            f"input `added_cond_kwargs`: expected a dict, found {type(added).__name__}",
-            kind="input",
-            name="added_cond_kwargs",
-        )
-    return added
+@dataclass
+class _Bound:
+    """A session and what it was built for."""
+
+    session: Any
+    key: Any  # identity of the conditioning (objects, versions, storage), with the run's shape
+    refs: list  # keeps those tensors alive (so their ids stay theirs)
+    skey: tuple  # (batch, height, width, cache, steps)
+    snapshot: dict  # host copies of the conditioning, to compare by value
+    slot: bool  # built with the class's `uncached_with` argument (SD3: skip_layers)
+
+
+def _host_value(v):
+    """A conditioning value as the native session takes it: float tensors as contiguous float32
+    host tensors, integer tensors as lists of ints, anything else as is."""
+    if isinstance(v, torch.Tensor):
+        if v.is_floating_point():
+            return _host_f32(v)
+        return [int(k) for k in v.reshape(-1).cpu().tolist()]
+    return v
+
+
+def _same_values(host: dict, snap: dict) -> bool:
+    if host.keys() != snap.keys():
+        return False
+    for k, v in host.items():
+        s = snap[k]
+        if isinstance(v, torch.Tensor) or isinstance(s, torch.Tensor):
+            if not (isinstance(v, torch.Tensor) and isinstance(s, torch.Tensor)):
+                return False
+            if v.shape != s.shape or not torch.equal(v, s):
+                return False
+        elif v != s:
+            return False
+    return True
 
 
 # -- what a diffusers module must be for its weights to be taken -------------------------------------
 
-SUPPORTED_CLASSES = ("PixArtTransformer2DModel", "DiTTransformer2DModel")
-SUPPORTED_PROCESSORS = ("AttnProcessor2_0", "AttnProcessor")
+SUPPORTED_CLASSES = class_names()
 
 
 def _unwrap(module):
@@ -582,28 +498,36 @@ def _unwrap(module):
     return getattr(module, "_orig_mod", module)
 
 
-def check_module(module) -> None:
-    """Raises :class:`UnsupportedError` unless `module` is a diffusers PixArt/DiT transformer
-    this runtime computes exactly: the class, its attention processors, no unfused adapters."""
+def module_class(module) -> ModelClass:
+    """The table row of `module` (exactly one of the diffusers classes of the table), else
+    :class:`UnsupportedError`."""
     try:
         import diffusers
     except ImportError as e:  # pragma: no cover
         raise UnsupportedError(f"from_diffusers needs diffusers: {e}", kind="unsupported_class") from None
-    supported = tuple(getattr(diffusers, n) for n in SUPPORTED_CLASSES)
-    if type(module) not in supported:
+    row = by_class_name(type(module).__name__)
+    if row is None or getattr(diffusers, row.name, None) is not type(module):
         raise UnsupportedError(
             f"{type(module).__module__}.{type(module).__qualname__} is not supported: deltadit runs "
-            f"{' and '.join(SUPPORTED_CLASSES)} (exactly these classes)",
+            f"{', '.join(SUPPORTED_CLASSES[:-1])} and {SUPPORTED_CLASSES[-1]} (exactly these classes)",
             kind="unsupported_class",
             class_name=type(module).__name__,
         )
+    return row
+
+
+def check_module(module) -> ModelClass:
+    """Raises :class:`UnsupportedError` unless `module` is a diffusers transformer of the class
+    table that this runtime computes exactly: the class, its attention processors, no unfused
+    adapters. Returns its row of the table."""
+    row = module_class(module)
     procs = getattr(module, "attn_processors", {}) or {}
     for layer, proc in procs.items():
         name = type(proc).__name__
-        if name not in SUPPORTED_PROCESSORS or type(proc).__module__.split(".")[0] != "diffusers":
+        if name not in row.processors or type(proc).__module__.split(".")[0] != "diffusers":
             raise UnsupportedError(
                 f"attention processor {type(proc).__module__}.{type(proc).__qualname__} at `{layer}` is not "
-                f"implemented by deltadit (only diffusers' {' / '.join(SUPPORTED_PROCESSORS)}; "
+                f"implemented by deltadit (only diffusers' {' / '.join(row.processors)} for {row.name}; "
                 "call module.set_default_attn_processor() or unfuse QKV projections first)",
                 kind="unsupported_attention_processor",
                 processor=name,
@@ -615,3 +539,4 @@ def check_module(module) -> None:
             "(pipe.fuse_lora(); pipe.unload_lora_weights()) before accelerating",
             kind="unsupported_adapters",
         )
+    return row

@@ -6,23 +6,27 @@
     image = pipe("a small cactus with a happy face in the Sahara desert").images[0]
     deltadit.diffusers.stats(pipe)      # per step of that call: plan, blocks run, time
 
-:func:`accelerate` replaces ``pipe.transformer`` (a ``PixArtTransformer2DModel`` or
-``DiTTransformer2DModel``: PixArtAlphaPipeline, PixArtSigmaPipeline, DiTPipeline, or any pipeline
-with one of them) by a module of the same class name, config, dtype and device whose forward runs
-in deltadit; the pipeline's text encoder, VAE, scheduler and prompts stay as they are. The cache
-policy follows the pipeline's own step loop: the step index is the current timestep's index in
-``pipe.scheduler.timesteps``, and each call of the pipeline starts a new run.
+:func:`accelerate` replaces ``pipe.transformer`` (a ``PixArtTransformer2DModel``,
+``DiTTransformer2DModel`` or ``SD3Transformer2DModel``: PixArtAlphaPipeline, PixArtSigmaPipeline,
+DiTPipeline, StableDiffusion3Pipeline, or any pipeline with one of them; the classes and their
+forward signatures come from the table of :mod:`deltadit._classes`) by a module of the same class
+name, config, dtype and device whose forward runs in deltadit; the pipeline's text encoders, VAE,
+scheduler and prompts stay as they are. The cache policy follows the pipeline's own step loop:
+the step index is the current timestep's index in ``pipe.scheduler.timesteps``, and each call of
+the pipeline starts a new run.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 import time
 import weakref
 from typing import Optional
 
 import torch
 
+from ._classes import ModelClass, by_class_name
 from ._errors import ParameterError, UnsupportedError
 from ._transformer import Transformer, _output, _unwrap, check_module
 
@@ -114,8 +118,9 @@ class _State:
                 name="step",
                 value=str(i),
             )
-        if i == 0 and run.next != 0:
-            # a new pass over the timesteps within the same call or loop: a new run
+        if i == 0 and run.next > 1:
+            # a new pass over the timesteps within the same call or loop: a new run (a second
+            # forward at the same step, e.g. SD3's skip-layer guidance pass, is not one)
             run.stats.clear()
         run.next = i + 1
         if steps is not None and run.next >= steps and not self.in_call:
@@ -214,43 +219,34 @@ class _AcceleratedModule:
         return _output(sample, return_dict)
 
 
-def _pixart_forward(
-    self,
-    hidden_states,
-    encoder_hidden_states=None,
-    timestep=None,
-    added_cond_kwargs=None,
-    cross_attention_kwargs=None,
-    attention_mask=None,
-    encoder_attention_mask=None,
-    return_dict=True,
-):
-    return self._dd_forward(
-        return_dict,
-        timestep,
-        hidden_states=hidden_states,
-        encoder_hidden_states=encoder_hidden_states,
-        added_cond_kwargs=added_cond_kwargs,
-        cross_attention_kwargs=cross_attention_kwargs,
-        attention_mask=attention_mask,
-        encoder_attention_mask=encoder_attention_mask,
-    )
+def _forward_for(row: ModelClass):
+    """The accelerated module's ``forward``: the diffusers signature of `row` (bound exactly as
+    diffusers would bind it), handed to the runtime by name."""
+    sig = row.forward
 
+    def forward(self, *args, **kwargs):
+        try:
+            bound = sig.bind(*args, **kwargs)
+        except TypeError as e:
+            raise TypeError(f"{row.name}.forward: {e}") from None
+        bound.apply_defaults()
+        a = dict(bound.arguments)
+        return_dict = a.pop("return_dict")
+        timestep = a.pop("timestep")
+        return self._dd_forward(return_dict, timestep, **a)
 
-def _dit_forward(self, hidden_states, timestep=None, class_labels=None, cross_attention_kwargs=None, return_dict=True):
-    return self._dd_forward(
-        return_dict,
-        timestep,
-        hidden_states=hidden_states,
-        class_labels=class_labels,
-        cross_attention_kwargs=cross_attention_kwargs,
-    )
+    self_param = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    forward.__signature__ = sig.replace(parameters=[self_param, *sig.parameters.values()])
+    return forward
 
 
 @functools.lru_cache(maxsize=None)
 def _module_class(cls):
     """The accelerated module class for diffusers class `cls`: same name, a subclass of it."""
-    forward = _pixart_forward if cls.__name__.startswith("PixArt") else _dit_forward
+    row = by_class_name(cls.__name__)
+    if row is None:  # pragma: no cover - check_module ran before
+        raise UnsupportedError(f"{cls.__name__} is not supported", kind="unsupported_class")
+    forward = _forward_for(row)
     functools.update_wrapper(forward, cls.forward, assigned=("__doc__",), updated=())
     return type(
         cls.__name__,
@@ -319,8 +315,9 @@ def accelerate(pipe, *, device=None, dtype=None, cache: str = "none", threads: O
       ``fora:n=3``, ``first-block:threshold=0.2``.
 
     Raises :class:`deltadit.UnsupportedError` (a ``ValueError``) for a transformer class other
-    than ``PixArtTransformer2DModel`` / ``DiTTransformer2DModel``, an attention processor other
-    than diffusers' default, unfused LoRA adapters, a head dim the device has no kernel for;
+    than ``PixArtTransformer2DModel`` / ``DiTTransformer2DModel`` / ``SD3Transformer2DModel``, an
+    attention processor other than diffusers' default, unfused LoRA adapters, a head dim the
+    device has no kernel for;
     :class:`deltadit.ParameterError` for a bad device, dtype or cache spec. An already
     accelerated pipeline only takes a new ``cache`` (and the same device and dtype).
     """

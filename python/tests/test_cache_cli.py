@@ -1,6 +1,7 @@
 """Cache policies through an accelerated pipeline: the blocks run at each step and the final
 latents equal those of the CLI's `deltadit sample` on the same inputs (the same weights, noise,
-prompts or labels, scheduler, guidance and policy), and two calls in a row give the same result."""
+prompts or labels, scheduler, guidance and policy), and two calls in a row give the same result;
+PixArt, DiT, and SD3 / SD3.5 with the flow-matching Euler scheduler."""
 
 import pytest
 import torch
@@ -25,7 +26,26 @@ CASES = [
     ("sigma", "dpm-solver++", 20, 4.5, "delta-adaptive:threshold=0.000001", False),
     ("alpha", "dpm-solver++", 20, 4.5, "first-block:threshold=1000,max-cached=3", True),
     ("dit", "ddim", 10, 4.0, "first-block:threshold=0.000001", False),
+    # SD3 (no qk norm) and SD3.5 (RMS qk norm, dual attention in block 0): StableDiffusion3Pipeline
+    # with FlowMatchEulerDiscreteScheduler (shift 3), CFG
+    ("sd3", "flow-match-euler", 12, 5.0, "delta", True),
+    ("sd35", "flow-match-euler", 12, 5.0, "delta", True),
+    ("sd35", "flow-match-euler", 12, 5.0, "delta:n=3,nc=2,b=8", True),
+    ("sd3", "flow-match-euler", 12, 5.0, "fora:n=2", True),
+    ("sd35", "flow-match-euler", 12, 5.0, "fora:n=2", True),
+    ("sd3", "flow-match-euler", 12, 5.0, "first-block:threshold=1000,max-cached=3", True),
+    ("sd35", "flow-match-euler", 12, 5.0, "first-block:threshold=0.000001", False),
+    ("sd35", "flow-match-euler", 12, 5.0, "delta-adaptive:threshold=1000,warmup=2,max-cached=2", True),
+    ("sd3", "flow-match-euler", 12, 5.0, "delta-adaptive:threshold=0.000001", False),
 ]
+
+
+def sample_size(kind):
+    if kind == "dit":
+        return dict(height=8)
+    if kind in tiny.SD3_KINDS:
+        return dict(height=64, width=96)  # the VAE-less pipeline: 8×12 latents
+    return dict(height=16, width=24)
 
 
 @pytest.mark.parametrize("kind,sched,steps,guidance,cache,skips", CASES, ids=[f"{c[0]}-{c[1]}-{c[4]}" for c in CASES])
@@ -33,7 +53,7 @@ def test_cache_matches_cli(cli, tmp_path, kind, sched, steps, guidance, cache, s
     pipe = tiny.pipeline(kind, sched, layers=LAYERS)
     model_dir = tmp_path / "transformer"
     pipe.transformer.save_pretrained(str(model_dir))
-    size = dict(height=8) if kind == "dit" else dict(height=16, width=24)
+    size = sample_size(kind)
     dd.accelerate(pipe, cache=cache)
     lat, img = tiny.run(pipe, kind, sched, steps=steps, guidance=guidance, **size)
     st = dd.stats(pipe)

@@ -11,7 +11,14 @@ from safetensors.torch import load_file
 import deltadit
 from tiny import REPO, rel
 
-FORWARD_CASES = ["pixart-tiny", "pixart-tiny-nonsquare-ar", "pixart-tiny-bf16-weights", "dit-tiny"]
+FORWARD_CASES = [
+    "pixart-tiny",
+    "pixart-tiny-nonsquare-ar",
+    "pixart-tiny-bf16-weights",
+    "dit-tiny",
+    "sd3-tiny",
+    "sd35-tiny-nonsquare",
+]
 
 
 def model_dir(data_dir, case):
@@ -25,6 +32,14 @@ def model_dir(data_dir, case):
 
 
 def call(model, inp, **kw):
+    if "pooled_projections" in inp:
+        return model(
+            inp["hidden_states"],
+            encoder_hidden_states=inp["encoder_hidden_states"],
+            pooled_projections=inp["pooled_projections"],
+            timestep=inp["timestep"],
+            **kw,
+        )
     if "class_labels" in inp:
         return model(inp["hidden_states"], timestep=inp["timestep"], class_labels=inp["class_labels"], **kw)
     added = None
@@ -43,6 +58,8 @@ def call(model, inp, **kw):
 @pytest.mark.parametrize("case", FORWARD_CASES)
 def test_forward_golden_cpu(data_dir, case):
     m = deltadit.Transformer.from_pretrained(model_dir(data_dir, case))
+    family = json.loads((data_dir / case / "case.json").read_text()).get("family", case.split("-")[0])
+    assert m.family == family and m.class_name == m.config["_class_name"]
     inp = load_file(str(data_dir / case / "inputs.safetensors"))
     exp = load_file(str(data_dir / case / "expected.safetensors"))["sample"]
     out = call(m, inp)
@@ -95,7 +112,7 @@ def test_pipeline_folder_resolves_transformer_subfolder(data_dir, tmp_path):
     assert m.config.num_layers == 2  # attribute access, as on a diffusers config
 
 
-@pytest.mark.parametrize("case", ["pixart-tiny", "pixart-tiny-nonsquare-ar", "dit-tiny"])
+@pytest.mark.parametrize("case", ["pixart-tiny", "pixart-tiny-nonsquare-ar", "dit-tiny", "sd3-tiny", "sd35-tiny-nonsquare"])
 def test_forward_golden_sim_bf16(data_dir, case):
     """The sim device runs the CUDA kernels (bf16) on the CPU through the SIMT shim."""
     if not deltadit.build_info()["sim"]:

@@ -1,6 +1,7 @@
 """Tiny random diffusers models and pipelines for the tests (no hub access): PixArt-α with
-micro-conditions, PixArt-Σ, DiT, a tiny AutoencoderKL, the schedulers the CLI implements (the
-configs of the golden cases in tests/data), and the CLI's inputs for the same run."""
+micro-conditions, PixArt-Σ, DiT, SD3 and SD3.5 (RMS qk norm, MMDiT-X dual attention), a tiny
+AutoencoderKL, the schedulers the CLI implements (the configs of the golden cases in
+tests/data), and the CLI's inputs for the same run."""
 
 from __future__ import annotations
 
@@ -58,12 +59,18 @@ LCM_CONFIG = dict(
     timestep_scaling=10.0,
     rescale_betas_zero_snr=False,
 )
-# name → (diffusers class, config, the CLI's --scheduler)
+# sd3-tiny-flowmatch12-cfg's: SD3's static shift 3.0
+FLOW_CONFIG = dict(num_train_timesteps=1000, shift=3.0)
+# name (the CLI's --scheduler) → (diffusers class, config)
 SCHEDULERS = {
     "dpm-solver++": ("DPMSolverMultistepScheduler", DPM_CONFIG),
     "ddim": ("DDIMScheduler", DDIM_CONFIG),
     "lcm": ("LCMScheduler", LCM_CONFIG),
+    "flow-match-euler": ("FlowMatchEulerDiscreteScheduler", FLOW_CONFIG),
 }
+# the SD3 pipelines of `pipeline`: kind → SD3.5 layout (RMS qk norm, dual attention in block 0)
+SD3_KINDS = {"sd3": False, "sd35": True}
+SD3_JOINT, SD3_POOLED, SD3_TOKENS = 48, 40, 7
 
 
 def scheduler(name: str):
@@ -131,6 +138,29 @@ def dit(*, layers=4, heads=2, head_dim=72, sample_size=8, seed=0):
     return randomize(m, seed)
 
 
+def sd3(*, layers=4, heads=2, head_dim=32, sample_size=16, sd35=False, seed=0):
+    """An SD3Transformer2DModel: SD3's layout, or SD3.5's (`sd35`: qk_norm="rms_norm" and
+    MMDiT-X dual attention in block 0); 4 latent channels, a 16×16 position table."""
+    from diffusers import SD3Transformer2DModel
+
+    extra = dict(qk_norm="rms_norm", dual_attention_layers=(0,)) if sd35 else {}
+    m = SD3Transformer2DModel(
+        sample_size=sample_size,
+        patch_size=2,
+        in_channels=4,
+        out_channels=4,
+        num_layers=layers,
+        attention_head_dim=head_dim,
+        num_attention_heads=heads,
+        joint_attention_dim=SD3_JOINT,
+        caption_projection_dim=heads * head_dim,
+        pooled_projection_dim=SD3_POOLED,
+        pos_embed_max_size=16,
+        **extra,
+    )
+    return randomize(m, seed)
+
+
 def vae(seed=0):
     """A tiny AutoencoderKL: 2 blocks of 8 channels (vae_scale_factor 2)."""
     from diffusers import AutoencoderKL
@@ -152,10 +182,16 @@ def vae(seed=0):
 
 def pipeline(kind: str, sched: str, *, transformer=None, **model_kw):
     """`alpha` (PixArtAlphaPipeline, micro-conditions: sample_size 128), `sigma`
-    (PixArtSigmaPipeline) or `dit` (DiTPipeline), with a tiny VAE and no text encoder."""
+    (PixArtSigmaPipeline) or `dit` (DiTPipeline), with a tiny VAE and no text encoder; `sd3` or
+    `sd35` (StableDiffusion3Pipeline, scheduler `flow-match-euler`) with no text encoders,
+    tokenizers or VAE (it is called with prompt embeddings and output_type="latent")."""
     import diffusers
 
-    if kind == "alpha":
+    if kind in SD3_KINDS:
+        tr = transformer or sd3(sd35=SD3_KINDS[kind], **model_kw)
+        none = dict.fromkeys(["text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "text_encoder_3", "tokenizer_3"])
+        pipe = diffusers.StableDiffusion3Pipeline(transformer=tr, scheduler=scheduler(sched), vae=None, **none)
+    elif kind == "alpha":
         tr = transformer or pixart(sample_size=128, **model_kw)
         pipe = diffusers.PixArtAlphaPipeline(
             tokenizer=None, text_encoder=None, vae=vae(), transformer=tr, scheduler=scheduler(sched)
@@ -189,6 +225,16 @@ def prompts(n=1, tokens=8, features=64, seed=1, padded=True):
     return cond, cmask, uncond, umask
 
 
+def sd3_prompts(n=1, tokens=SD3_TOKENS, seed=1):
+    """SD3 prompt and negative-prompt embeddings [n, tokens, joint] and pooled ones [n, pooled]."""
+    g = torch.Generator().manual_seed(seed)
+    cond = torch.randn(n, tokens, SD3_JOINT, generator=g)
+    uncond = torch.randn(n, tokens, SD3_JOINT, generator=g)
+    pooled = torch.randn(n, SD3_POOLED, generator=g)
+    upooled = torch.randn(n, SD3_POOLED, generator=g)
+    return cond, pooled, uncond, upooled
+
+
 class Recorder:
     """Records the latents each vae.decode call gets (the pipelines' final latents, scaled)."""
 
@@ -209,7 +255,26 @@ class Recorder:
 
 
 def run(pipe, kind, sched, *, steps, guidance, seed=0, height=16, width=24, n=1, padded=True, class_labels=None):
-    """One pipeline call; returns (final latents [n, 4, h, w], images as a float tensor)."""
+    """One pipeline call; returns (final latents [n, 4, h, w], images as a float tensor). SD3:
+    `height` and `width` in pixels of the VAE-less pipeline (latents 8× smaller), and the
+    latents twice (output_type="latent")."""
+    if kind in SD3_KINDS:
+        # on the pipeline's device: StableDiffusion3Pipeline does not move given embeddings
+        cond, pooled, uncond, upooled = (e.to(pipe.device) for e in sd3_prompts(n))
+        gen = torch.Generator().manual_seed(seed)
+        out = pipe(
+            prompt_embeds=cond,
+            negative_prompt_embeds=uncond,
+            pooled_prompt_embeds=pooled,
+            negative_pooled_prompt_embeds=upooled,
+            guidance_scale=guidance,
+            num_inference_steps=steps,
+            height=height,
+            width=width,
+            generator=gen,
+            output_type="latent",
+        )
+        return out.images, out.images
     rec = getattr(pipe, "_test_recorder", None) or Recorder(pipe)
     pipe._test_recorder = rec
     gen = torch.Generator().manual_seed(seed)
@@ -253,6 +318,8 @@ def cli_inputs(kind, sched, *, steps, seed=0, height=16, width=24, n=1, padded=T
     from diffusers.utils.torch_utils import randn_tensor
 
     gen = torch.Generator().manual_seed(seed)
+    if kind in SD3_KINDS:
+        vae_scale = 8  # StableDiffusion3Pipeline without a VAE
     if kind == "dit":
         h = w = height
     else:
@@ -263,7 +330,10 @@ def cli_inputs(kind, sched, *, steps, seed=0, height=16, width=24, n=1, padded=T
         if kind == "dit":
             raise ValueError("DiTPipeline's LCM noise comes from the global generator")
         t["noise"] = torch.stack([randn_tensor(shape, generator=gen) for _ in range(steps - 1)]).contiguous()
-    if kind == "dit":
+    if kind in SD3_KINDS:
+        cond, pooled, uncond, upooled = sd3_prompts(n)
+        t.update(cond_embeds=cond, cond_pooled=pooled, uncond_embeds=uncond, uncond_pooled=upooled)
+    elif kind == "dit":
         lab = labels if labels is not None else [1, 7][:n] + [3] * max(0, n - 2)
         t["class_labels"] = torch.tensor(lab, dtype=torch.int64)
     else:
@@ -274,7 +344,9 @@ def cli_inputs(kind, sched, *, steps, seed=0, height=16, width=24, n=1, padded=T
 
 
 def cli_sample(model_dir, inputs: dict, out_dir, *, sched, steps, guidance, cache):
-    """Runs `deltadit sample`; returns its output tensors (latents, timesteps, blocks_run)."""
+    """Runs `deltadit sample`; returns its output tensors (latents, timesteps, blocks_run). The
+    flow-matching scheduler's config (tiny.FLOW_CONFIG as diffusers completes it) goes in a
+    scheduler_config.json (--scheduler-config)."""
     from safetensors.torch import load_file, save_file
 
     if not CLI.is_file():
@@ -300,6 +372,9 @@ def cli_sample(model_dir, inputs: dict, out_dir, *, sched, steps, guidance, cach
         "--cache",
         cache,
     ]
+    if sched == "flow-match-euler":
+        scheduler(sched).save_config(str(out_dir / "scheduler"))
+        cmd += ["--scheduler-config", str(out_dir / "scheduler" / "scheduler_config.json")]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed: {r.stderr}")
