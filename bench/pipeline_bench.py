@@ -12,11 +12,15 @@ Text encoding is not part of it: the prompts come as `prompt_embeds` (random, fi
 Weights are random (scaled like a trained model's), so the numbers are latency only.
 
     .venv/bin/python bench/pipeline_bench.py --preset pixart-cpu-small              # CPU, f32
+    .venv/bin/python bench/pipeline_bench.py --preset sd35-cpu-small                # SD3.5 layout, CPU
+    .venv/bin/python bench/pipeline_bench.py --preset sd3-tiny --runs 1             # seconds: a smoke run
     .venv/bin/python bench/pipeline_bench.py --preset pixart-alpha-1024 --device cuda --dtype f16
 
-Presets mirror `deltadit bench --list-presets` (same transformer shapes, steps and guidance); the
-CPU presets decode with a small VAE (--vae small), the GPU ones with Stable Diffusion's VAE
-layout (--vae sd). Needs the package installed (`pip install .`, scripts/test-python.sh).
+Presets mirror `deltadit bench --list-presets` (same transformer shapes, steps, guidance and
+flow-matching shift; `sd3-tiny` is this script's own); the CPU presets decode with a small VAE,
+the GPU ones with Stable Diffusion's VAE layout (SD3's: 16 latent channels). SD3 presets run
+StableDiffusion3Pipeline with FlowMatchEulerDiscreteScheduler, prompt and pooled embeddings given.
+Needs the package installed (`pip install .`, scripts/test-python.sh).
 """
 
 from __future__ import annotations
@@ -30,20 +34,67 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Tuple
 
 import torch
 
-# name: (family, layers, heads, head_dim, sample_size, caption_channels, micro, latent, text_len,
-#        scheduler, steps, guidance, vae)
+@dataclass(frozen=True)
+class Preset:
+    family: str  # pixart, dit or sd3
+    layers: int
+    heads: int
+    head_dim: int
+    sample_size: int
+    latent: int  # latent side (pixels / 8)
+    scheduler: str
+    steps: int
+    guidance: float
+    vae: str  # small (CPU) or sd (Stable Diffusion's layout)
+    caption_channels: int = 0  # PixArt: T5 features
+    micro: bool = False  # PixArt-α micro-conditions
+    text_len: int = 0  # text tokens
+    joint: int = 0  # SD3: joint_attention_dim
+    pooled: int = 0  # SD3: pooled_projection_dim
+    pos_max: int = 0  # SD3: pos_embed_max_size
+    qk_norm: bool = False  # SD3.5
+    dual: Tuple[int, ...] = ()  # SD3.5: dual_attention_layers
+    shift: float = 1.0  # flow matching: the static shift
+    channels: int = 4  # latent channels
+
+    def describe(self, steps):
+        tokens = (self.latent // 2) ** 2
+        extra = f" + {self.text_len} text" if self.family == "sd3" else ""
+        return (f"{self.family}, {self.layers} blocks × {self.heads * self.head_dim}, {tokens}{extra} tokens, "
+                f"{steps} {self.scheduler} steps, CFG {self.guidance}, VAE {self.vae}")
+
+
+def _sd3(layers, heads, joint, pooled, pos_max, sample, latent, text_len, steps, guidance, vae, *, qk_norm=False,
+         dual=(), head_dim=64):
+    return Preset("sd3", layers, heads, head_dim, sample, latent, "flow-match-euler", steps, guidance, vae,
+                  text_len=text_len, joint=joint, pooled=pooled, pos_max=pos_max, qk_norm=qk_norm, dual=tuple(dual),
+                  shift=3.0, channels=16)
+
+
 PRESETS = {
-    "pixart-cpu-small": ("pixart", 28, 4, 72, 32, 256, False, 16, 32, "dpm-solver++", 20, 4.5, "small"),
-    "dit-cpu-small": ("dit", 28, 4, 72, 16, 0, False, 16, 0, "ddim", 20, 4.0, "small"),
-    "pixart-alpha-1024": ("pixart", 28, 16, 72, 128, 4096, True, 128, 120, "dpm-solver++", 20, 4.5, "sd"),
-    "pixart-alpha-512": ("pixart", 28, 16, 72, 64, 4096, False, 64, 120, "dpm-solver++", 20, 4.5, "sd"),
-    "pixart-sigma-1024": ("pixart", 28, 16, 72, 128, 4096, False, 128, 300, "dpm-solver++", 20, 4.5, "sd"),
-    "dit-xl-2-256": ("dit", 28, 16, 72, 32, 0, False, 32, 0, "ddim", 50, 4.0, "sd"),
-    "dit-xl-2-512": ("dit", 28, 16, 72, 64, 0, False, 64, 0, "ddim", 50, 4.0, "sd"),
+    "pixart-cpu-small": Preset("pixart", 28, 4, 72, 32, 16, "dpm-solver++", 20, 4.5, "small", caption_channels=256,
+                               text_len=32),
+    "dit-cpu-small": Preset("dit", 28, 4, 72, 16, 16, "ddim", 20, 4.0, "small"),
+    "pixart-alpha-1024": Preset("pixart", 28, 16, 72, 128, 128, "dpm-solver++", 20, 4.5, "sd", caption_channels=4096,
+                                micro=True, text_len=120),
+    "pixart-alpha-512": Preset("pixart", 28, 16, 72, 64, 64, "dpm-solver++", 20, 4.5, "sd", caption_channels=4096,
+                               text_len=120),
+    "pixart-sigma-1024": Preset("pixart", 28, 16, 72, 128, 128, "dpm-solver++", 20, 4.5, "sd", caption_channels=4096,
+                                text_len=300),
+    "dit-xl-2-256": Preset("dit", 28, 16, 72, 32, 32, "ddim", 50, 4.0, "sd"),
+    "dit-xl-2-512": Preset("dit", 28, 16, 72, 64, 64, "ddim", 50, 4.0, "sd"),
+    # SD3 / SD3.5 (StableDiffusion3Pipeline, FlowMatch Euler shift 3)
+    "sd3-tiny": _sd3(4, 2, 64, 32, 16, 16, 16, 16, 8, 5.0, "small", head_dim=32),
+    "sd35-cpu-small": _sd3(24, 4, 256, 128, 32, 32, 16, 32, 20, 4.5, "small", qk_norm=True, dual=range(13)),
+    "sd3-medium-1024": _sd3(24, 24, 4096, 2048, 192, 128, 128, 333, 28, 7.0, "sd"),
+    "sd35-medium-1024": _sd3(24, 24, 4096, 2048, 384, 128, 128, 333, 40, 4.5, "sd", qk_norm=True, dual=range(13)),
+    "sd35-large-1024": _sd3(38, 38, 4096, 2048, 192, 128, 128, 333, 28, 3.5, "sd", qk_norm=True),
 }
 
 SCHEDULERS = {
@@ -58,6 +109,7 @@ SCHEDULERS = {
              timestep_spacing="leading"),
     ),
     "lcm": ("LCMScheduler", dict(beta_schedule="linear", beta_start=0.0001, beta_end=0.02, timestep_spacing="leading")),
+    "flow-match-euler": ("FlowMatchEulerDiscreteScheduler", {}),
 }
 
 
@@ -71,39 +123,57 @@ def randomize(module, seed):
     return module.eval()
 
 
-def build(preset, device, dtype):
+def build(p: Preset, device, dtype):
     import diffusers
 
-    fam, layers, heads, hd, sample, caption, micro, latent, text_len, sched, steps, guidance, vae_kind = preset
-    if fam == "pixart":
+    if p.family == "pixart":
         tr = diffusers.PixArtTransformer2DModel(
-            num_attention_heads=heads, attention_head_dim=hd, in_channels=4, out_channels=8, num_layers=layers,
-            cross_attention_dim=heads * hd, caption_channels=caption, sample_size=sample, patch_size=2,
-            use_additional_conditions=micro,
+            num_attention_heads=p.heads, attention_head_dim=p.head_dim, in_channels=4, out_channels=8,
+            num_layers=p.layers, cross_attention_dim=p.heads * p.head_dim, caption_channels=p.caption_channels,
+            sample_size=p.sample_size, patch_size=2, use_additional_conditions=p.micro,
+        )
+    elif p.family == "sd3":
+        tr = diffusers.SD3Transformer2DModel(
+            sample_size=p.sample_size, patch_size=2, in_channels=p.channels, out_channels=p.channels,
+            num_layers=p.layers, attention_head_dim=p.head_dim, num_attention_heads=p.heads,
+            joint_attention_dim=p.joint, caption_projection_dim=p.heads * p.head_dim, pooled_projection_dim=p.pooled,
+            pos_embed_max_size=p.pos_max, qk_norm="rms_norm" if p.qk_norm else None,
+            dual_attention_layers=p.dual,
         )
     else:
         tr = diffusers.DiTTransformer2DModel(
-            num_attention_heads=heads, attention_head_dim=hd, in_channels=4, out_channels=8, num_layers=layers,
-            sample_size=sample, patch_size=2, num_embeds_ada_norm=1000,
+            num_attention_heads=p.heads, attention_head_dim=p.head_dim, in_channels=4, out_channels=8,
+            num_layers=p.layers, sample_size=p.sample_size, patch_size=2, num_embeds_ada_norm=1000,
         )
     randomize(tr, 0)
-    if vae_kind == "sd":  # Stable Diffusion's VAE layout (what PixArt and DiT decode with)
+    # SD3's VAE: 16 latent channels, a shift and scale of its own, no quant convs
+    sd3_vae = dict(shift_factor=0.0609, scaling_factor=1.5305, use_quant_conv=False,
+                   use_post_quant_conv=False) if p.family == "sd3" else {}
+    if p.vae == "sd":  # Stable Diffusion's VAE layout (what PixArt and DiT decode with; SD3's has 16 channels)
         vae = diffusers.AutoencoderKL(
             down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-            block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, norm_num_groups=32,
+            block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=p.channels,
+            norm_num_groups=32, **sd3_vae,
         )
     else:  # small: the same 8× upsampling, a few channels
         vae = diffusers.AutoencoderKL(
             down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-            block_out_channels=(16, 16, 32, 32), layers_per_block=1, latent_channels=4, norm_num_groups=8,
+            block_out_channels=(16, 16, 32, 32), layers_per_block=1, latent_channels=p.channels, norm_num_groups=8,
+            **sd3_vae,
         )
     torch.manual_seed(0)
     randomize(vae, 1)
-    cls, cfg = SCHEDULERS[sched]
-    scheduler = getattr(diffusers, cls)(num_train_timesteps=1000, **cfg)
-    if fam == "pixart":
-        pipe_cls = diffusers.PixArtAlphaPipeline if micro else diffusers.PixArtSigmaPipeline
+    cls, cfg = SCHEDULERS[p.scheduler]
+    if p.scheduler == "flow-match-euler":
+        scheduler = getattr(diffusers, cls)(num_train_timesteps=1000, shift=p.shift)
+    else:
+        scheduler = getattr(diffusers, cls)(num_train_timesteps=1000, **cfg)
+    if p.family == "pixart":
+        pipe_cls = diffusers.PixArtAlphaPipeline if p.micro else diffusers.PixArtSigmaPipeline
         pipe = pipe_cls(tokenizer=None, text_encoder=None, vae=vae, transformer=tr, scheduler=scheduler)
+    elif p.family == "sd3":
+        none = dict.fromkeys(["text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "text_encoder_3", "tokenizer_3"])
+        pipe = diffusers.StableDiffusion3Pipeline(transformer=tr, scheduler=scheduler, vae=vae, **none)
     else:
         pipe = diffusers.DiTPipeline(transformer=tr, vae=vae, scheduler=scheduler)
     pipe.set_progress_bar_config(disable=True)
@@ -125,29 +195,41 @@ class Recorder:
         pipe.vae.decode = rec
 
 
-def make_call(pipe, preset, device, dtype, steps, seed):
-    fam, layers, heads, hd, sample, caption, micro, latent, text_len, sched, _, guidance, _ = preset
-    if fam == "dit":
+def make_call(pipe, p: Preset, device, dtype, steps, seed):
+    if p.family == "dit":
         labels = [207]
 
         def call():
             gen = torch.Generator(device="cpu").manual_seed(seed)
-            return pipe(class_labels=labels, guidance_scale=guidance, generator=gen, num_inference_steps=steps,
+            return pipe(class_labels=labels, guidance_scale=p.guidance, generator=gen, num_inference_steps=steps,
                         output_type="pt")
 
         return call
     g = torch.Generator().manual_seed(1)
-    emb = torch.randn(2, 1, text_len, caption, generator=g)
-    mask = torch.ones(2, 1, text_len)
-    mask[:, :, text_len // 2 :] = 0  # prompts padded to the text length, as T5's are
+    px = p.latent * 8
+    if p.family == "sd3":
+        emb = torch.randn(2, 1, p.text_len, p.joint, generator=g)
+        pooled = torch.randn(2, 1, p.pooled, generator=g)
+        cond, uncond = (e.to(device=device, dtype=dtype) for e in emb)
+        cpool, upool = (e.to(device=device, dtype=dtype) for e in pooled)
+
+        def call():
+            gen = torch.Generator(device="cpu").manual_seed(seed)
+            return pipe(prompt_embeds=cond, negative_prompt_embeds=uncond, pooled_prompt_embeds=cpool,
+                        negative_pooled_prompt_embeds=upool, guidance_scale=p.guidance, num_inference_steps=steps,
+                        height=px, width=px, generator=gen, output_type="pt")
+
+        return call
+    emb = torch.randn(2, 1, p.text_len, p.caption_channels, generator=g)
+    mask = torch.ones(2, 1, p.text_len)
+    mask[:, :, p.text_len // 2 :] = 0  # prompts padded to the text length, as T5's are
     cond, uncond = (e.to(device=device, dtype=dtype) for e in emb)
     cmask, umask = (m.to(device) for m in mask)
-    px = latent * 8
 
     def call():
         gen = torch.Generator(device="cpu").manual_seed(seed)
         return pipe(prompt=None, negative_prompt=None, prompt_embeds=cond, prompt_attention_mask=cmask,
-                    negative_prompt_embeds=uncond, negative_prompt_attention_mask=umask, guidance_scale=guidance,
+                    negative_prompt_embeds=uncond, negative_prompt_attention_mask=umask, guidance_scale=p.guidance,
                     num_inference_steps=steps, height=px, width=px, generator=gen, use_resolution_binning=False,
                     output_type="pt")
 
@@ -214,12 +296,11 @@ def main(argv=None):
     ]
     if a.threads:
         torch.set_num_threads(a.threads)
-    steps = a.steps or preset[10]
+    steps = a.steps or preset.steps
     threads = a.threads or torch.get_num_threads()
     machine = torch.cuda.get_device_name() if device == "cuda" else f"{cpu_name()}, {os.cpu_count()} CPUs"
-    print(f"pipeline bench: preset {name} ({preset[0]}, {preset[1]} blocks × "
-          f"{preset[2] * preset[3]}, {(preset[7] // 2) ** 2} tokens, {steps} {preset[9]} steps, CFG {preset[11]}, "
-          f"VAE {preset[12]}), {device} {str(dtype).removeprefix('torch.')}, {threads} threads")
+    print(f"pipeline bench: preset {name} ({preset.describe(steps)}), {device} {str(dtype).removeprefix('torch.')}, "
+          f"{threads} threads")
     print(f"machine: {machine}; torch {torch.__version__}, diffusers {__import__('diffusers').__version__}, "
           f"deltadit {deltadit.__version__}, commit {commit()}")
     print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
@@ -231,7 +312,7 @@ def main(argv=None):
     ref = rec.last
     native = statistics.median(t)
     rows.append(dict(variant="diffusers (native)", median_s=native, times=t, ratio=1.0,
-                     blocks=steps * preset[1], rel_l2=0.0))
+                     blocks=steps * preset.layers, rel_l2=0.0))
     for pol in [p.strip() for p in a.policies.split(";") if p.strip()]:
         dd.accelerate(pipe, device="cuda" if device == "cuda" else "cpu", cache=pol, threads=a.threads)
         t = timed(call, device, a.runs, a.warmup)
