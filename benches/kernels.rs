@@ -178,7 +178,8 @@ impl<B: Timed> Run<'_, B> {
         }
         let be = self.be;
         let n_sets = sets.len();
-        let mut op: Box<dyn FnMut(usize) -> Result<()> + '_> = Box::new(move |i| op.apply(be, &mut sets[i % n_sets]));
+        let mut op: Box<dyn FnMut(usize) -> Result<()> + Send + '_> =
+            Box::new(move |i| op.apply(be, &mut sets[i % n_sets]));
         let prepared = be.estimate(&mut *op, n_sets).and_then(|est| {
             let l = be.launcher(op, n_sets, est)?;
             Ok(l)

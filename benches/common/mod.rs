@@ -178,7 +178,7 @@ pub trait Timed: Backend {
     /// as i % sets). `est` is one launch's time, measured by [`Timed::estimate`].
     fn launcher<'a>(
         &'a self,
-        op: Box<dyn FnMut(usize) -> Result<()> + 'a>,
+        op: Box<dyn FnMut(usize) -> Result<()> + Send + 'a>,
         sets: usize,
         est: f64,
     ) -> Result<Box<dyn Launcher + 'a>>;
@@ -225,7 +225,7 @@ impl Timed for Cpu {
 
     fn launcher<'a>(
         &'a self,
-        op: Box<dyn FnMut(usize) -> Result<()> + 'a>,
+        op: Box<dyn FnMut(usize) -> Result<()> + Send + 'a>,
         _sets: usize,
         _est: f64,
     ) -> Result<Box<dyn Launcher + 'a>> {
@@ -248,7 +248,7 @@ impl Timed for Cpu {
 }
 
 struct CpuLauncher<'a> {
-    op: Box<dyn FnMut(usize) -> Result<()> + 'a>,
+    op: Box<dyn FnMut(usize) -> Result<()> + Send + 'a>,
     next: usize,
 }
 
@@ -299,7 +299,7 @@ impl Timed for Cuda {
 
     fn launcher<'a>(
         &'a self,
-        mut op: Box<dyn FnMut(usize) -> Result<()> + 'a>,
+        mut op: Box<dyn FnMut(usize) -> Result<()> + Send + 'a>,
         sets: usize,
         est: f64,
     ) -> Result<Box<dyn Launcher + 'a>> {
@@ -339,7 +339,7 @@ struct CudaLauncher<'a> {
     graph: deltadit::internals::cuda_timing::BenchGraph,
     per_unit: usize,
     /// keeps the tensors the graph replays borrowed (alive) as long as the graph
-    _op: Box<dyn FnMut(usize) -> Result<()> + 'a>,
+    _op: Box<dyn FnMut(usize) -> Result<()> + Send + 'a>,
 }
 
 impl Launcher for CudaLauncher<'_> {
@@ -373,7 +373,7 @@ impl Timed for Sim {
 
     fn launcher<'a>(
         &'a self,
-        op: Box<dyn FnMut(usize) -> Result<()> + 'a>,
+        op: Box<dyn FnMut(usize) -> Result<()> + Send + 'a>,
         _sets: usize,
         _est: f64,
     ) -> Result<Box<dyn Launcher + 'a>> {

@@ -166,7 +166,7 @@ pub trait Backend: sealed::Sealed + Sized + Send + Sync + 'static {
     /// under `key`. The CUDA backend captures it as a graph after its first run and replays it;
     /// the CPU backend runs it on one of its worker threads while the caller waits, so `f` must
     /// not depend on which thread runs it (no thread-locals). Host reads must stay outside `f`.
-    fn graph_run(&self, key: &str, f: &mut dyn FnMut() -> Result<()>) -> Result<()> {
+    fn graph_run(&self, key: &str, f: &mut (dyn FnMut() -> Result<()> + Send)) -> Result<()> {
         let _ = key;
         f()
     }

@@ -153,7 +153,7 @@ impl<B: Backend> CacheEngine<B> {
         ws: &mut Workspace<B>,
         step: usize,
         steps: usize,
-        tail: &mut dyn FnMut(&B, &mut Workspace<B>) -> Result<()>,
+        tail: &mut (dyn FnMut(&B, &mut Workspace<B>) -> Result<()> + Send),
     ) -> Result<StepReport> {
         let probe_kind = self.probe_kind;
         let key = format!("embed/{probe_kind:?}");
@@ -174,7 +174,9 @@ impl<B: Backend> CacheEngine<B> {
         let probe = self.read_probe(be)?;
         let plan = self.policy.plan(&StepInfo { step, steps, layers: self.layers, probe });
         self.check_plan(step, &plan)?;
-        let blocks_run = plan.blocks_run(self.layers);
+        // skip_layers (uncached runs only) leaves blocks out of a full step
+        let skipped = ctx.skip.iter().filter(|&&s| s).count();
+        let blocks_run = plan.blocks_run(self.layers).saturating_sub(skipped);
         be.graph_run(&plan.variant(), &mut || {
             self.run_plan(be, model, ctx, ws, plan)?;
             model.finish(be, ws)?;

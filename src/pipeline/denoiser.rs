@@ -141,7 +141,7 @@ impl<'m, B: Backend> Denoiser<'m, B> {
         be: &B,
         step: usize,
         steps: usize,
-        tail: &mut dyn FnMut(&B, &Tensor<B>) -> Result<()>,
+        tail: &mut (dyn FnMut(&B, &Tensor<B>) -> Result<()> + Send),
     ) -> Result<StepReport> {
         if steps == 0 || step >= steps {
             return Err(Error::param("step", step, format!("0..{steps} (steps = {steps})")));

@@ -31,8 +31,16 @@ pub fn attention_f32(
     key_bias: Option<&[f32]>,
     out: &mut [f32],
 ) {
-    let (d, width) = (s.head_dim, s.heads * s.head_dim);
-    let (qrows, krows) = (s.batch * s.nq, s.batch * s.nk);
+    let sizes = s
+        .heads
+        .checked_mul(s.head_dim)
+        .zip(s.batch.checked_mul(s.nq))
+        .zip(s.batch.checked_mul(s.nk))
+        .filter(|((w, q), _)| q.checked_mul(*w).is_some());
+    let Some(((width, qrows), krows)) = sizes else {
+        panic!("attention_f32: the sizes of {s:?} overflow");
+    };
+    let d = s.head_dim;
     assert!(
         fits(q, qrows, width) && fits(k, krows, width) && fits(v, krows, width),
         "attention_f32: q, k or v shorter than the shape {s:?} implies"

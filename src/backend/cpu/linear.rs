@@ -32,8 +32,10 @@ pub fn linear_f32(
     k: usize,
     threads: usize,
 ) {
+    // checked products: a wrapped m·k in release would let a short slice through to the raw GEMM
+    let holds = |len: usize, a: usize, b: usize| a.checked_mul(b).is_some_and(|p| len >= p);
     assert!(
-        x.len() >= m * k && w.len() >= n * k && out.len() >= m * n,
+        holds(x.len(), m, k) && holds(w.len(), n, k) && holds(out.len(), m, n),
         "linear_f32: slices shorter than m·k, n·k, m·n"
     );
     assert!(bias.is_none_or(|b| b.len() >= n), "linear_f32: bias shorter than n");

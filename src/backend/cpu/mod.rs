@@ -34,29 +34,11 @@ pub(crate) mod pool {
     /// the previous op, take them — instead of being injected from outside with the caller asleep on
     /// a futex until the op ends. Measured on the small PixArt preset (2-core AMD EPYC): 34 → 31
     /// ms per step.
-    pub fn on_worker<R>(f: &mut dyn FnMut() -> R) -> R {
+    pub fn on_worker<R: Send>(f: &mut (dyn FnMut() -> R + Send)) -> R {
         if rayon::current_thread_index().is_some() {
             return f();
         }
-        /// Carries the closure and its result across to the worker.
-        struct Carried<T>(T);
-        // SAFETY: `rayon::scope` returns only after the closure has run to completion on the worker
-        // and hands the result back through its latch, so the closure, everything it borrows and the
-        // result are used by one thread at a time with happens-before edges at both hand-overs — the
-        // guarantee `Send` exists for. What that cannot cover, state tied to a thread's identity
-        // (thread-locals, thread-bound handles), is excluded by the `Backend::graph_run` contract.
-        unsafe impl<T> Send for Carried<T> {}
-        impl<T> Carried<T> {
-            fn take(self) -> T {
-                self.0
-            }
-        }
-        let job = Carried(f);
-        rayon::scope(move |_| {
-            let f = job.take();
-            Carried(f())
-        })
-        .take()
+        rayon::scope(move |_| f())
     }
 }
 pub(crate) use pool::on_worker;
@@ -138,7 +120,7 @@ impl Backend for Cpu {
     }
 
     /// Runs the unit on a worker of the rayon pool while the caller waits (see [`on_worker`]).
-    fn graph_run(&self, _key: &str, f: &mut dyn FnMut() -> Result<()>) -> Result<()> {
+    fn graph_run(&self, _key: &str, f: &mut (dyn FnMut() -> Result<()> + Send)) -> Result<()> {
         on_worker(f)
     }
 

@@ -251,7 +251,7 @@ impl Backend for Cuda {
         kernels::fill_bits(self, t, bits)
     }
 
-    fn graph_run(&self, key: &str, f: &mut dyn FnMut() -> Result<()>) -> Result<()> {
+    fn graph_run(&self, key: &str, f: &mut (dyn FnMut() -> Result<()> + Send)) -> Result<()> {
         self.run_graph(key, f)
     }
 
