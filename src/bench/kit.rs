@@ -1,6 +1,7 @@
 //! A model folder with what it takes to judge samples, not only time them: the prompts a
-//! text-conditioned model was trained on (`captions.safetensors`: `embeds` [K + 1, L, C] and
-//! `mask` [K + 1, L], the last row the null caption for guidance), the classes of a
+//! text-conditioned model was trained on (`captions.safetensors`: `embeds` [K + 1, L, C], and
+//! `mask` [K + 1, L] (PixArt) or `pooled` [K + 1, P] (SD3), the last row the null caption for
+//! guidance), the classes of a
 //! class-conditional one, and a classifier of its images (models/digits-classifier beside it).
 //! The trained reference models of models/ are such folders.
 
@@ -15,7 +16,10 @@ use std::path::{Path, PathBuf};
 /// The caption table of a text-conditioned model.
 struct Captions {
     embeds: Vec<f32>,
-    mask: Vec<f32>,
+    /// PixArt: the padding mask [rows, len]
+    mask: Option<Vec<f32>>,
+    /// SD3: the pooled embedding [rows, pooled]
+    pooled: Option<(Vec<f32>, usize)>,
     /// rows: K classes, then the null caption
     rows: usize,
     len: usize,
@@ -39,20 +43,31 @@ impl ModelKit {
     pub fn open(dir: &Path, classifier: Option<&Path>) -> Result<Self> {
         let config = ModelConfig::from_file(&dir.join("config.json"))?;
         let captions_path = dir.join("captions.safetensors");
-        let captions = if config.family == Family::PixArt && captions_path.is_file() {
+        let captions = if config.family != Family::DiT && captions_path.is_file() {
             let f = SafetensorsFile::open(&captions_path)?;
             let get = |k: &str| -> Result<(Vec<f32>, Vec<usize>)> {
                 let t = f.get(k).ok_or_else(|| Error::MissingInput { name: k.into(), path: captions_path.clone() })?;
                 Ok((t.to_f32(k)?, t.shape.to_vec()))
             };
-            let ((embeds, es), (mask, ms)) = (get("embeds")?, get("mask")?);
-            if es.len() != 3 || ms[..] != es[..2] || es[0] < 2 {
-                return Err(Error::input(
-                    "embeds",
-                    format!("expected [K + 1, L, C] and a mask [K + 1, L], found {es:?} and {ms:?}"),
-                ));
+            let (embeds, es) = get("embeds")?;
+            if es.len() != 3 || es[0] < 2 {
+                return Err(Error::input("embeds", format!("expected [K + 1, L, C] (K ≥ 1), found {es:?}")));
             }
-            Some(Captions { embeds, mask, rows: es[0], len: es[1], features: es[2] })
+            let (mut mask, mut pooled) = (None, None);
+            if config.family == Family::Sd3 {
+                let (p, ps) = get("pooled")?;
+                if ps.len() != 2 || ps[0] != es[0] {
+                    return Err(Error::input("pooled", format!("expected [{}, P], found {ps:?}", es[0])));
+                }
+                pooled = Some((p, ps[1]));
+            } else {
+                let (m, ms) = get("mask")?;
+                if ms[..] != es[..2] {
+                    return Err(Error::input("mask", format!("expected [{}, {}], found {ms:?}", es[0], es[1])));
+                }
+                mask = Some(m);
+            }
+            Some(Captions { embeds, mask, pooled, rows: es[0], len: es[1], features: es[2] })
         } else {
             None
         };
@@ -103,21 +118,26 @@ impl ModelKit {
         let mut si = SampleInputs::new(latents, shape);
         match (&self.captions, self.config.family) {
             (Some(t), _) => {
-                let row = |r: usize| {
-                    let e = &t.embeds[r * t.len * t.features..][..t.len * t.features];
-                    (e, &t.mask[r * t.len..][..t.len])
-                };
-                let text = |rows: &mut dyn Iterator<Item = usize>| {
+                let text = |rows: &[usize]| {
                     let (mut e, mut m) = (Vec::new(), Vec::new());
-                    for r in rows {
-                        let (re, rm) = row(r);
-                        e.extend_from_slice(re);
-                        m.extend_from_slice(rm);
+                    for &r in rows {
+                        e.extend_from_slice(&t.embeds[r * t.len * t.features..][..t.len * t.features]);
+                        if let Some(mask) = &t.mask {
+                            m.extend_from_slice(&mask[r * t.len..][..t.len]);
+                        }
                     }
-                    TextInput { embeds: e, mask: Some(m), len: t.len }
+                    TextInput { embeds: e, mask: t.mask.as_ref().map(|_| m), len: t.len }
                 };
-                si.cond = Some(text(&mut asked.iter().copied()));
-                si.uncond = Some(text(&mut std::iter::repeat_n(t.rows - 1, n)));
+                let pooled = |rows: &[usize]| {
+                    t.pooled
+                        .as_ref()
+                        .map(|(p, w)| rows.iter().flat_map(|&r| p[r * w..][..*w].iter().copied()).collect())
+                };
+                let null = vec![t.rows - 1; n];
+                si.cond = Some(text(&asked));
+                si.uncond = Some(text(&null));
+                si.pooled = pooled(&asked);
+                si.uncond_pooled = pooled(&null);
             }
             _ => si.class_labels = Some(asked.clone()),
         }
