@@ -187,6 +187,10 @@ typedef struct CfgParams {
 /*   SCHED_DDIM  x0 = (x - c0*eps) / c1;  x = c2*x0 + c3*eps                  */
 /*   SCHED_LCM   x0 = (x - c0*eps) / c1;  den = c2*x0 + c3*x;                  */
 /*               x = noise ? c4*den + c5*noise : den                          */
+/*   SCHED_FLOW_EULER  flow matching (diffusers FlowMatchEulerDiscrete-      */
+/*               Scheduler.step, eps = the predicted velocity):               */
+/*               x0 = x - c1*eps  (c1 = sigma: the clean-sample estimate);    */
+/*               x = x + c0*eps   (c0 = sigma_next - sigma)                    */
 /* Every kind then stores x0_prev = x0 (when x0_prev is not NULL).           */
 /* DPM2 without x0_prev reads NaN for it. Grid-stride over float4 vectors.   */
 /* ------------------------------------------------------------------------ */
@@ -195,6 +199,7 @@ typedef struct CfgParams {
 #define SCHED_DPM2 1
 #define SCHED_DDIM 2
 #define SCHED_LCM 3
+#define SCHED_FLOW_EULER 4
 typedef struct SchedulerStepParams {
     float* x;                 /* [n] latents, updated in place */
     const float* eps;         /* [n] guided model output */

@@ -352,7 +352,7 @@ fn scheduler_step_formulas_match_f64() {
     let mut rng = Rng::new(8);
     let n = 301;
     let c = [0.7f32, 0.9, 1.1, -0.3, 2.0, 0.25];
-    for kind in [SchedulerKind::Dpm1, SchedulerKind::Dpm2, SchedulerKind::Ddim, SchedulerKind::Lcm] {
+    for kind in SchedulerKind::ALL {
         let (mut x, xv) = random(&be, &mut rng, &[n], F32, 1.0);
         let (eps, ev) = random(&be, &mut rng, &[n], F32, 1.0);
         let (mut prev, pv) = random(&be, &mut rng, &[n], F32, 1.0);
@@ -360,7 +360,13 @@ fn scheduler_step_formulas_match_f64() {
         let u = SchedulerUpdate { kind, c };
         be.scheduler_step(&u, &mut x, &eps, Some(&mut prev), Some(&noise)).unwrap();
         let cd: Vec<f64> = c.iter().map(|&v| v as f64).collect();
-        let x0: Vec<f64> = (0..n).map(|i| (xv[i] as f64 - cd[0] * ev[i] as f64) / cd[1]).collect();
+        let x0: Vec<f64> = (0..n)
+            .map(|i| match kind {
+                // flow matching: x0 = x − σ·v with σ = c1
+                SchedulerKind::FlowEuler => xv[i] as f64 - cd[1] * ev[i] as f64,
+                _ => (xv[i] as f64 - cd[0] * ev[i] as f64) / cd[1],
+            })
+            .collect();
         let want: Vec<f32> = (0..n)
             .map(|i| {
                 let xi = xv[i] as f64;
@@ -369,6 +375,7 @@ fn scheduler_step_formulas_match_f64() {
                     SchedulerKind::Dpm2 => cd[2] * xi - cd[3] * x0[i] - cd[5] * cd[4] * (x0[i] - pv[i] as f64),
                     SchedulerKind::Ddim => cd[2] * x0[i] + cd[3] * ev[i] as f64,
                     SchedulerKind::Lcm => cd[4] * (cd[2] * x0[i] + cd[3] * xi) + cd[5] * nv[i] as f64,
+                    SchedulerKind::FlowEuler => xi + cd[0] * ev[i] as f64,
                 }) as f32
             })
             .collect();

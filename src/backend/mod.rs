@@ -125,6 +125,16 @@ pub enum SchedulerKind {
     Ddim,
     /// LCM: den = c2·x0 + c3·x; x = c4·den + c5·noise (or den on the last step)
     Lcm,
+    /// Flow-matching Euler (diffusers `FlowMatchEulerDiscreteScheduler.step`, ε the predicted
+    /// velocity): x = x + c0·ε with c0 = σ_next − σ, in f32; x0 = x − c1·ε (c1 = σ) is what
+    /// x0_prev receives.
+    FlowEuler,
+}
+
+impl SchedulerKind {
+    /// Every formula (the tests cover each).
+    pub const ALL: [SchedulerKind; 5] =
+        [SchedulerKind::Dpm1, SchedulerKind::Dpm2, SchedulerKind::Ddim, SchedulerKind::Lcm, SchedulerKind::FlowEuler];
 }
 
 /// The op set. Shapes are checked by each implementation and reported as [`crate::Error::Shape`].

@@ -17,6 +17,7 @@ pub const SCHED_DPM1: u32 = 0;
 pub const SCHED_DPM2: u32 = 1;
 pub const SCHED_DDIM: u32 = 2;
 pub const SCHED_LCM: u32 = 3;
+pub const SCHED_FLOW_EULER: u32 = 4;
 pub const REL_L1_THREADS: u32 = 256;
 pub const REL_L1_MAX_BLOCKS: u32 = 1024;
 #[repr(C)]

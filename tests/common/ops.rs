@@ -476,10 +476,12 @@ pub const SCHEDULER_SIZES: &[usize] = &[576, 1001, 2 * 4 * 128 * 128];
 pub fn scheduler_step_kinds<B: Device>(be: &B) {
     let o = Ops::new(be);
     let coeffs = [0.83f32, 0.57, 1.07, 0.31, 0.62, 0.5];
+    // flow matching: c0 = σ_next − σ < 0, c1 = σ (a step of SD3's shifted 28-step schedule)
+    let flow = [-0.0437f32, 0.8125, 0.0, 0.0, 0.0, 0.0];
     for &n in SCHEDULER_SIZES {
         for &(kind, with_prev, with_noise) in super::SCHEDULER_CASES {
             let mut rng = Rng::new(1000 + n as u64);
-            let u = SchedulerUpdate { kind, c: coeffs };
+            let u = SchedulerUpdate { kind, c: if kind == SchedulerKind::FlowEuler { flow } else { coeffs } };
             let mut x = o.rand(&mut rng, &[n], DType::F32, 1.0, 0.0);
             let eps = o.rand(&mut rng, &[n], DType::F32, 1.0, 0.0);
             let mut prev = o.rand(&mut rng, &[n], DType::F32, 1.0, 0.0);
@@ -496,7 +498,7 @@ pub fn scheduler_step_kinds<B: Device>(be: &B) {
         }
     }
     // every formula is covered
-    for kind in [SchedulerKind::Dpm1, SchedulerKind::Dpm2, SchedulerKind::Ddim, SchedulerKind::Lcm] {
+    for kind in SchedulerKind::ALL {
         assert!(super::SCHEDULER_CASES.iter().any(|c| c.0 == kind), "{kind:?} untested");
     }
 }
