@@ -168,6 +168,47 @@ pub fn close(what: &str, got: &[f32], want: &[f32], tol: f64) -> f64 {
     e
 }
 
+// ---- the suite's tests ---------------------------------------------------------------------------
+
+/// The op suite as tests: `crate::op_suite!(each_dtype);` in a backend's test file (tests/ops_sim.rs,
+/// tests/gpu.rs) defines one `#[test]` per row below, `fn <test>() { each_dtype(ops::<function>) }`,
+/// where `each_dtype` is that file's runner of a suite function on its backend in every dtype. A new
+/// op's suite functions are registered here, once, for both backends.
+#[macro_export]
+macro_rules! op_suite {
+    ($each_dtype:ident) => {
+        $crate::op_suite!(@tests $each_dtype;
+            memory_round_trips = memory_round_trips,
+            linear_epilogues_shapes = linear_epilogues,
+            norm_modulate_shapes = norm_modulate_shapes,
+            norm_modulate_rejects_bad_shapes = norm_modulate_rejects_bad_shapes,
+            residual_plain_and_gated = residual_plain_and_gated,
+            residual_anchor_then_delta = residual_anchor_then_delta,
+            activation_and_add_bcast = activation_and_add_bcast,
+            timestep_embedding_variants = timestep_embedding_variants,
+            patchify_unpatchify = patchify_unpatchify,
+            cfg_combine_orders = cfg_combine_orders,
+            scheduler_step_kinds = scheduler_step_kinds,
+            rel_l1_probe = rel_l1_probe,
+            attention_self_odd_lengths = attention_self_odd_lengths,
+            attention_cross_and_masks = attention_cross_and_masks,
+            attention_rejects_unsupported_inputs = attention_rejects_unsupported_inputs,
+            /// Small attention grids for compute-sanitizer (racecheck is slow on large grids;
+            /// scripts/gpu-run.sh runs racecheck on the `sanitize_` tests and the small op tests).
+            sanitize_attention_small = sanitize_attention_small,
+        );
+    };
+    (@tests $each_dtype:ident; $($(#[$doc:meta])* $test:ident = $f:ident,)*) => {
+        $(
+            $(#[$doc])*
+            #[test]
+            fn $test() {
+                $each_dtype($crate::common::ops::$f);
+            }
+        )*
+    };
+}
+
 // ---- memory --------------------------------------------------------------------------------------
 
 /// Element counts of the memory round trips.
