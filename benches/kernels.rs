@@ -1,5 +1,6 @@
 //! Kernel microbenchmarks at the real shapes of the presets: attention (self, and cross with the
 //! text mask; on an H100/H200 also with each wgmma kernel, rows `attn-*-wgmma*`), norm_modulate,
+//! qk_norm (at SD3.5-medium's and FLUX's shapes, rows `qk-norm/*`: no preset has Q/K norms yet),
 //! the gated residual and its Δ store/apply variants, GELU + bias, a same-size copy, the
 //! once-per-step kernels (patchify, position embedding, unpatchify, CFG combine, the DPM-Solver++ 2M
 //! update) and the GEMMs through `Backend::linear` — plus the two roofline figures measured in the
@@ -21,8 +22,9 @@
 //! backend (f32) on the same inputs (benches/common/kernel_ops.rs: outputs poisoned with NaN first,
 //! relative L2 ≤ 1e-2 for bf16/f16); a case that fails is reported and not timed
 //! (DELTADIT_BENCH_CHECK=0 skips the checks; the CPU backend, the reference itself, has none). In
-//! test mode (`cargo test --benches`, CI) a second pass checks every case of pixart-cpu-small through
-//! the CUDA kernels on the SIMT shim (sim backend, bf16, each attention kernel) the same way.
+//! test mode (`cargo test --benches`, CI) a second pass checks every case of pixart-cpu-small and
+//! the qk-norm rows through the CUDA kernels on the SIMT shim (sim backend, bf16, each attention
+//! kernel) the same way.
 //!
 //! Also writes <out>/kernels-<backend>.json (see benches/common/mod.rs for <out>): per case the
 //! median time, TFLOP/s or GB/s, the fraction of the measured roofline and the check's error.
@@ -339,6 +341,40 @@ impl<B: Timed> Run<'_, B> {
         Ok(())
     }
 
+    /// RMSNorm of Q's and K's heads in place in the fused QKV projection output `[rows, 3D]` (batch
+    /// 1, 1024² images): SD3.5-medium, 24 heads × 64, on its 4096 image tokens and on its 333
+    /// context tokens (each stream has its own projection and norms); FLUX, 24 × 128, on the 4096 +
+    /// 512 tokens of a single-stream block. Bytes: Q and K read and written once.
+    fn qk_norm_cases(&mut self) -> Result<()> {
+        let es = self.dt.size() as f64;
+        for (preset, rows, heads, head_dim) in [
+            ("sd35-medium-1024-image", 4096, 24, 64),
+            ("sd35-medium-1024-context", 333, 24, 64),
+            ("flux-1024", 4096 + 512, 24, 128),
+        ] {
+            let d = heads * head_dim;
+            let bytes = es * 4.0 * (rows * d) as f64;
+            let args = [
+                Arg::Rand(&[rows, 3 * d], 97, 1.5),
+                Arg::Rand(&[head_dim], 101, 0.5),
+                Arg::Rand(&[head_dim], 103, 0.5),
+            ];
+            let io = self.sets_of(&args, self.sets(bytes / 2.0))?;
+            let c = Case {
+                name: format!("qk-norm/{preset}"),
+                op: "qk-norm".into(),
+                preset: preset.into(),
+                shape: format!("[{rows}, {}]: Q, K {heads}×{head_dim}", 3 * d),
+                bound: Bound::Memory,
+                flop: 0.0,
+                bytes,
+                checked: true,
+            };
+            self.time(c, KernelOp::QkNorm { heads, head_dim }, io);
+        }
+        Ok(())
+    }
+
     /// The once-per-step kernels around the blocks, in the order a step runs them: patchify and the
     /// position embedding (into the first block), unpatchify, the CFG combine and the fused
     /// DPM-Solver++ 2M update (after the last). (The cache policies' rel-L1 probe reads its two
@@ -565,6 +601,7 @@ fn run<B: Timed>(be: &B, mode: &Mode, gpu: bool) -> Result<()> {
     for p in &presets {
         r.preset_cases(p)?;
     }
+    r.qk_norm_cases()?;
     for p in &presets {
         r.extra_kernel_cases(p)?;
     }
@@ -675,8 +712,9 @@ fn run<B: Timed>(be: &B, mode: &Mode, gpu: bool) -> Result<()> {
     Ok(())
 }
 
-/// Test mode's second pass (`cargo test --benches`, so CI): the cases of pixart-cpu-small through
-/// the CUDA kernels on the SIMT shim (the sim backend, bf16, with each attention kernel), checked
+/// Test mode's second pass (`cargo test --benches`, so CI): the cases of pixart-cpu-small and the
+/// qk-norm rows through the CUDA kernels on the SIMT shim (the sim backend, bf16, with each
+/// attention kernel), checked
 /// against the CPU backend as a GPU run checks them before timing; none is timed.
 fn check_pass(mode: &Mode) -> Result<()> {
     let sim = match Sim::new(DType::BF16) {
@@ -702,6 +740,7 @@ fn check_pass(mode: &Mode) -> Result<()> {
         errors: Vec::new(),
     };
     r.preset_cases(&p)?;
+    r.qk_norm_cases()?;
     r.extra_kernel_cases(&p)?;
     println!("\ncheck pass: the CUDA kernels on the sim backend (bf16) against the CPU backend (f32), {}", p.name);
     for (name, e) in &r.checked {

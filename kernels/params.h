@@ -75,6 +75,43 @@ typedef struct NormModulateParams {
 } NormModulateParams;
 
 /* ------------------------------------------------------------------------ */
+/* qk_norm.cu — RMSNorm of each attention head of Q and K, in place (SD3.5 /  */
+/* FLUX attn.norm_q, attn.norm_k: diffusers RMSNorm(head_dim, eps) with a    */
+/* weight). For row r < rows, t in {Q, K} and head h < heads, the head_dim   */
+/* elements v at column col_t + h * head_dim of row r become                 */
+/*   v * (1 / sqrt(mean(v^2) + eps)) * w_t      (f32, rounded once)           */
+/* with (col_t, w_t) = (q_col, wq) and (k_col, wk); the two column ranges are */
+/* disjoint (checked by the launcher). kernels: qk_norm_{bf16,f16}.           */
+/* One item = one (row, t, head), items ordered row, t, head (consecutive    */
+/* items are adjacent in memory). An item is owned by a group of              */
+/* `group_lanes` lanes of one warp (a power of two dividing 32):             */
+/*   vector path (head_dim % 8 == 0, head_dim <= 8 * 32, row_stride, q_col,  */
+/*     k_col multiples of 8, 16-byte aligned x, wq, wk): lane j of the group  */
+/*     holds 16-byte chunk j of the head in registers; group_lanes = head_dim */
+/*     / 8 rounded up to a power of two (64 -> 8 lanes, 4 heads a warp; 128   */
+/*     -> 16 lanes; 256 -> 32);                                               */
+/*   scalar path (any other head dim or layout): two passes over the head in  */
+/*     global memory (the second hits L1), any group_lanes (the launcher     */
+/*     gives 32).                                                             */
+/* Grid-stride over items in warp-uniform steps: grid <= ceil(items /         */
+/* (QK_NORM_THREADS / group_lanes)) blocks of QK_NORM_THREADS threads.        */
+/* ------------------------------------------------------------------------ */
+#define QK_NORM_THREADS 256
+typedef struct QkNormParams {
+    void* x;                  /* [rows, row_stride], updated in place */
+    const void* wq;           /* [head_dim] */
+    const void* wk;           /* [head_dim] */
+    int64_t rows;
+    int64_t row_stride;       /* elements between rows (the tensor's width) */
+    int64_t q_col;            /* first column of Q's heads */
+    int64_t k_col;            /* first column of K's heads */
+    int32_t heads;
+    int32_t head_dim;
+    int32_t group_lanes;      /* lanes a (row, head): 1, 2, 4, 8, 16 or 32 */
+    float eps;
+} QkNormParams;
+
+/* ------------------------------------------------------------------------ */
 /* residual.cu — gated residual with the fused Δ-cache store:              */
 /*   x = x + gate[b] ⊙ y            (gate = row gate_row of modv; modv NULL:  */
 /*                                   no gate, plain x = x + y)                */
@@ -187,6 +224,10 @@ typedef struct CfgParams {
 /*   SCHED_DDIM  x0 = (x - c0*eps) / c1;  x = c2*x0 + c3*eps                  */
 /*   SCHED_LCM   x0 = (x - c0*eps) / c1;  den = c2*x0 + c3*x;                  */
 /*               x = noise ? c4*den + c5*noise : den                          */
+/*   SCHED_FLOW_EULER  flow matching (diffusers FlowMatchEulerDiscrete-      */
+/*               Scheduler.step, eps = the predicted velocity):               */
+/*               x0 = x - c1*eps  (c1 = sigma: the clean-sample estimate);    */
+/*               x = x + c0*eps   (c0 = sigma_next - sigma)                    */
 /* Every kind then stores x0_prev = x0 (when x0_prev is not NULL).           */
 /* DPM2 without x0_prev reads NaN for it. Grid-stride over float4 vectors.   */
 /* ------------------------------------------------------------------------ */
@@ -195,6 +236,7 @@ typedef struct CfgParams {
 #define SCHED_DPM2 1
 #define SCHED_DDIM 2
 #define SCHED_LCM 3
+#define SCHED_FLOW_EULER 4
 typedef struct SchedulerStepParams {
     float* x;                 /* [n] latents, updated in place */
     const float* eps;         /* [n] guided model output */

@@ -285,7 +285,7 @@ if [[ "$sanitizer" == 1 && -x "$here/tests/gpu" ]]; then
   if command -v compute-sanitizer >/dev/null; then
     cs=(compute-sanitizer --error-exitcode 86 --print-limit 50)
     if [[ "$quick" == 1 && ${#gpu_filters[@]} -eq 0 ]]; then
-      mem_filters=(linear_ norm_modulate residual_ activation_ timestep_ patchify cfg_ scheduler_ rel_l1 memory_ sanitize_ graph_units)
+      mem_filters=(linear_ norm_modulate qk_norm residual_ activation_ timestep_ patchify cfg_ scheduler_ rel_l1 memory_ sanitize_ graph_units)
     else
       mem_filters=(${gpu_filters[@]+"${gpu_filters[@]}"})
     fi

@@ -89,6 +89,56 @@ fn norm_modulate_matches_f64() {
 }
 
 #[test]
+fn qk_norm_matches_f64() {
+    let be = Cpu::new(2);
+    let mut rng = Rng::new(10);
+    // (rows, heads, head_dim, q_col, k_col, width, eps): a tiny head; the fused QKV layout; K
+    // before Q at odd offsets with a head dim of 8 lanes and a tail of 3; rows enough for several
+    // rayon tasks; eps inside the square root
+    for &(rows, heads, hd, q_col, k_col, width, eps) in &[
+        (1, 1, 4, 0, 4, 12, 1e-6f32),
+        (7, 3, 64, 0, 192, 576, 1e-6),
+        (5, 2, 19, 45, 3, 90, 1e-6),
+        (301, 4, 128, 0, 512, 1536, 1e-6),
+        (9, 2, 8, 0, 16, 48, 0.5),
+    ] {
+        let (mut x, xv) = random(&be, &mut rng, &[rows, width], F32, 2.0);
+        let (wq, wqv) = random(&be, &mut rng, &[hd], F32, 1.0);
+        let (wk, wkv) = random(&be, &mut rng, &[hd], F32, 1.0);
+        be.qk_norm(&mut x, q_col, k_col, heads, hd, &wq, &wk, eps).unwrap();
+        let mut want = xv.clone();
+        for r in 0..rows {
+            for (col, w) in [(q_col, &wqv), (k_col, &wkv)] {
+                for h in 0..heads {
+                    let v = &mut want[r * width + col + h * hd..][..hd];
+                    let ms = v.iter().map(|&a| (a as f64).powi(2)).sum::<f64>() / hd as f64;
+                    let rstd = 1.0 / (ms + eps as f64).sqrt();
+                    for (a, &wj) in v.iter_mut().zip(w.iter()) {
+                        *a = (*a as f64 * rstd * wj as f64) as f32;
+                    }
+                }
+            }
+        }
+        let got = be.download(&x).unwrap();
+        let what = format!("qk_norm [{rows}, {width}] {heads}×{hd} q {q_col} k {k_col} eps {eps}");
+        assert_close(&what, &got, &want, TOL);
+        // the other columns are left as they were, bit for bit
+        for (i, (&g, &v)) in got.iter().zip(&xv).enumerate() {
+            let c = i % width;
+            if !(q_col..q_col + heads * hd).contains(&c) && !(k_col..k_col + heads * hd).contains(&c) {
+                assert_eq!(g.to_bits(), v.to_bits(), "{what}: column {c} changed");
+            }
+        }
+    }
+}
+
+/// The shape, parameter and dtype errors of the op suite's check, on the reference.
+#[test]
+fn qk_norm_rejects_bad_inputs() {
+    common::ops::qk_norm_rejects_bad_inputs(&Cpu::new(2));
+}
+
+#[test]
 fn residual_gated_anchor_and_delta_match_f64() {
     let be = Cpu::new(2);
     let mut rng = Rng::new(3);
@@ -352,7 +402,7 @@ fn scheduler_step_formulas_match_f64() {
     let mut rng = Rng::new(8);
     let n = 301;
     let c = [0.7f32, 0.9, 1.1, -0.3, 2.0, 0.25];
-    for kind in [SchedulerKind::Dpm1, SchedulerKind::Dpm2, SchedulerKind::Ddim, SchedulerKind::Lcm] {
+    for kind in SchedulerKind::ALL {
         let (mut x, xv) = random(&be, &mut rng, &[n], F32, 1.0);
         let (eps, ev) = random(&be, &mut rng, &[n], F32, 1.0);
         let (mut prev, pv) = random(&be, &mut rng, &[n], F32, 1.0);
@@ -360,7 +410,13 @@ fn scheduler_step_formulas_match_f64() {
         let u = SchedulerUpdate { kind, c };
         be.scheduler_step(&u, &mut x, &eps, Some(&mut prev), Some(&noise)).unwrap();
         let cd: Vec<f64> = c.iter().map(|&v| v as f64).collect();
-        let x0: Vec<f64> = (0..n).map(|i| (xv[i] as f64 - cd[0] * ev[i] as f64) / cd[1]).collect();
+        let x0: Vec<f64> = (0..n)
+            .map(|i| match kind {
+                // flow matching: x0 = x − σ·v with σ = c1
+                SchedulerKind::FlowEuler => xv[i] as f64 - cd[1] * ev[i] as f64,
+                _ => (xv[i] as f64 - cd[0] * ev[i] as f64) / cd[1],
+            })
+            .collect();
         let want: Vec<f32> = (0..n)
             .map(|i| {
                 let xi = xv[i] as f64;
@@ -369,6 +425,7 @@ fn scheduler_step_formulas_match_f64() {
                     SchedulerKind::Dpm2 => cd[2] * xi - cd[3] * x0[i] - cd[5] * cd[4] * (x0[i] - pv[i] as f64),
                     SchedulerKind::Ddim => cd[2] * x0[i] + cd[3] * ev[i] as f64,
                     SchedulerKind::Lcm => cd[4] * (cd[2] * x0[i] + cd[3] * xi) + cd[5] * nv[i] as f64,
+                    SchedulerKind::FlowEuler => xi + cd[0] * ev[i] as f64,
                 }) as f32
             })
             .collect();

@@ -49,6 +49,12 @@ fn outputs(be: &Cpu) -> Vec<(String, Vec<f32>)> {
     let mut xb = be.upload(&be.download(&x).unwrap(), &[rows, dim], F32).unwrap();
     be.add_bcast(&mut xb, &b).unwrap();
     out.push(("add_bcast".into(), be.download(&xb).unwrap()));
+    // Q at 0 and K at 73 of the 147 columns: 2 heads of 36 (a tail of 4 after 8-wide sums) each
+    let mut xq = be.upload(&be.download(&x).unwrap(), &[rows, dim], F32).unwrap();
+    let (wq, _) = random(be, &mut rng, &[36], F32, 1.0);
+    let (wk, _) = random(be, &mut rng, &[36], F32, 1.0);
+    be.qk_norm(&mut xq, 0, 73, 2, 36, &wq, &wk, 1e-6).unwrap();
+    out.push(("qk_norm".into(), be.download(&xq).unwrap()));
 
     let (heads, d, nk) = (2, 72, 37);
     let s = AttentionShape { batch, heads, head_dim: d, nq: tokens, nk, scale: (d as f32).powf(-0.5) };

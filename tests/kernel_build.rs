@@ -205,7 +205,7 @@ fn memory_bound_kernels_use_128_bit_loads() {
         assert!(!required() || cuobjdump().is_some(), "cuobjdump missing");
         return;
     }
-    for (stem, prefix) in [("norm_modulate", "norm_modulate_"), ("residual", "residual_")] {
+    for (stem, prefix) in [("norm_modulate", "norm_modulate_"), ("qk_norm", "qk_norm_"), ("residual", "residual_")] {
         let fns = sass(stem);
         let found: Vec<_> = fns.iter().filter(|((_, f), _)| f.starts_with(prefix)).collect();
         assert!(!found.is_empty(), "kernels/{stem}.cu: no {prefix}* functions");

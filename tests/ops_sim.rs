@@ -58,85 +58,8 @@ fn each_dtype(f: impl Fn(&Sim)) {
 
 // ---- the op suite --------------------------------------------------------------------------------
 
-#[test]
-fn memory_round_trips() {
-    each_dtype(ops::memory_round_trips);
-}
-
-#[test]
-fn linear_epilogues_shapes() {
-    each_dtype(ops::linear_epilogues);
-}
-
-#[test]
-fn norm_modulate_shapes() {
-    each_dtype(ops::norm_modulate_shapes);
-}
-
-#[test]
-fn norm_modulate_rejects_bad_shapes() {
-    each_dtype(ops::norm_modulate_rejects_bad_shapes);
-}
-
-#[test]
-fn residual_plain_and_gated() {
-    each_dtype(ops::residual_plain_and_gated);
-}
-
-#[test]
-fn residual_anchor_then_delta() {
-    each_dtype(ops::residual_anchor_then_delta);
-}
-
-#[test]
-fn activation_and_add_bcast() {
-    each_dtype(ops::activation_and_add_bcast);
-}
-
-#[test]
-fn timestep_embedding_variants() {
-    each_dtype(ops::timestep_embedding_variants);
-}
-
-#[test]
-fn patchify_unpatchify() {
-    each_dtype(ops::patchify_unpatchify);
-}
-
-#[test]
-fn cfg_combine_orders() {
-    each_dtype(ops::cfg_combine_orders);
-}
-
-#[test]
-fn scheduler_step_kinds() {
-    each_dtype(ops::scheduler_step_kinds);
-}
-
-#[test]
-fn rel_l1_probe() {
-    each_dtype(ops::rel_l1_probe);
-}
-
-#[test]
-fn attention_self_odd_lengths() {
-    each_dtype(ops::attention_self_odd_lengths);
-}
-
-#[test]
-fn attention_cross_and_masks() {
-    each_dtype(ops::attention_cross_and_masks);
-}
-
-#[test]
-fn sanitize_attention_small() {
-    each_dtype(ops::sanitize_attention_small);
-}
-
-#[test]
-fn attention_rejects_unsupported_inputs() {
-    each_dtype(ops::attention_rejects_unsupported_inputs);
-}
+// One #[test] per suite function of tests/common/ops.rs (`op_suite!`), named as listed there.
+crate::op_suite!(each_dtype);
 
 /// Each wgmma kernel (the shim emulates all three) in tests of its own: its op cases, then
 /// PixArt-α 1024's 4096-token self-attention (the longest case on the shim).

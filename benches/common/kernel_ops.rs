@@ -26,6 +26,9 @@ pub enum Residual {
 pub enum KernelOp {
     /// [x, modv, out]: out = LN(x)·(1 + modv row 1) + modv row 0
     NormModulate,
+    /// [qkv [rows, 3·heads·head_dim], wq, wk [head_dim]]: RMSNorm of every head of Q (columns
+    /// from 0) and K (from heads·head_dim) in place, eps 1e-6
+    QkNorm { heads: usize, head_dim: usize },
     /// [x, y, modv] (+ [cache] for Anchor and Delta); the gate is modv row 2
     Residual(Residual),
     /// [x, bias, out]: out = GELU_tanh(x + bias)
@@ -66,6 +69,9 @@ impl KernelOp {
                 };
                 be.residual(x, y, gate, cache)
             }
+            (KernelOp::QkNorm { heads, head_dim }, [qkv, wq, wk]) => {
+                be.qk_norm(qkv, 0, heads * head_dim, heads, head_dim, wq, wk, 1e-6)
+            }
             (KernelOp::GeluBias, [x, bias, out]) => be.activation(x, Some(bias), Activation::GeluTanh, out),
             (KernelOp::Copy, [x, out]) => be.copy(x, out),
             (KernelOp::Linear(act), [x, w, out]) => be.linear(x, w, None, act, out),
@@ -95,7 +101,7 @@ impl KernelOp {
     pub fn outputs(&self, n: usize) -> Vec<usize> {
         match self {
             KernelOp::Residual(Residual::Anchor | Residual::Delta) => vec![0, 3],
-            KernelOp::Residual(_) | KernelOp::PosEmbed => vec![0],
+            KernelOp::Residual(_) | KernelOp::PosEmbed | KernelOp::QkNorm { .. } => vec![0],
             KernelOp::SchedulerStep(_) => vec![0, 2],
             _ => vec![n - 1],
         }
@@ -106,7 +112,9 @@ impl KernelOp {
     pub fn write_only(&self, n: usize) -> Vec<usize> {
         match self {
             KernelOp::Residual(Residual::Anchor) => vec![3],
-            KernelOp::Residual(_) | KernelOp::PosEmbed | KernelOp::SchedulerStep(_) => Vec::new(),
+            KernelOp::Residual(_) | KernelOp::PosEmbed | KernelOp::SchedulerStep(_) | KernelOp::QkNorm { .. } => {
+                Vec::new()
+            }
             _ => vec![n - 1],
         }
     }

@@ -125,6 +125,16 @@ pub enum SchedulerKind {
     Ddim,
     /// LCM: den = c2·x0 + c3·x; x = c4·den + c5·noise (or den on the last step)
     Lcm,
+    /// Flow-matching Euler (diffusers `FlowMatchEulerDiscreteScheduler.step`, ε the predicted
+    /// velocity): x = x + c0·ε with c0 = σ_next − σ, in f32; x0 = x − c1·ε (c1 = σ) is what
+    /// x0_prev receives.
+    FlowEuler,
+}
+
+impl SchedulerKind {
+    /// Every formula (the tests cover each).
+    pub const ALL: [SchedulerKind; 5] =
+        [SchedulerKind::Dpm1, SchedulerKind::Dpm2, SchedulerKind::Ddim, SchedulerKind::Lcm, SchedulerKind::FlowEuler];
 }
 
 /// The op set. Shapes are checked by each implementation and reported as [`crate::Error::Shape`].
@@ -196,6 +206,28 @@ pub trait Backend: sealed::Sealed + Sized + Send + Sync + 'static {
         scale_row: usize,
         eps: f32,
         out: &mut Tensor<Self>,
+    ) -> Result<()>;
+
+    /// RMSNorm over each head of Q and K in place, as diffusers' `RMSNorm(head_dim, eps)` with a
+    /// weight (SD3.5 / FLUX `attn.norm_q`, `attn.norm_k`): for every row r and head h,
+    /// v = x[r, col + h·head_dim ..][..head_dim] becomes v·rsqrt(mean(v²) + eps)·w (mean and
+    /// product in f32, rounded once to x's dtype), with (col, w) = (q_col, wq) and (k_col, wk).
+    /// `x`: 2-D `[rows, width]` (typically the fused QKV projection output `[rows, 3·D]`), both
+    /// column ranges inside a row and disjoint; `wq`, `wk`: `[head_dim]` of x's dtype.
+    ///
+    /// (diffusers with a bf16/f16 weight rounds v·rsqrt(…) to the weight's dtype before the
+    /// product: a second rounding this op leaves out.)
+    #[allow(clippy::too_many_arguments)]
+    fn qk_norm(
+        &self,
+        x: &mut Tensor<Self>,
+        q_col: usize,
+        k_col: usize,
+        heads: usize,
+        head_dim: usize,
+        wq: &Tensor<Self>,
+        wk: &Tensor<Self>,
+        eps: f32,
     ) -> Result<()>;
 
     /// `x = x + gate ⊙ y` (gate: row `gate_row` of each sample's modulation vectors; `None`: no

@@ -10,6 +10,7 @@ pub const NORM_SCALAR_SLOTS: u32 = 16;
 pub const NORM_STAGES: u32 = 1;
 pub const NORM_STREAM_ROWS_PER_WARP: u32 = 1;
 pub const NORM_STREAM_MIN_BLOCKS: u32 = 4;
+pub const QK_NORM_THREADS: u32 = 256;
 pub const RESIDUAL_THREADS: u32 = 256;
 pub const EW_THREADS: u32 = 256;
 pub const SCHED_THREADS: u32 = 256;
@@ -17,6 +18,7 @@ pub const SCHED_DPM1: u32 = 0;
 pub const SCHED_DPM2: u32 = 1;
 pub const SCHED_DDIM: u32 = 2;
 pub const SCHED_LCM: u32 = 3;
+pub const SCHED_FLOW_EULER: u32 = 4;
 pub const REL_L1_THREADS: u32 = 256;
 pub const REL_L1_MAX_BLOCKS: u32 = 1024;
 #[repr(C)]
@@ -81,6 +83,46 @@ const _: () = {
     ["Offset of field: NormModulateParams::_pad"][::std::mem::offset_of!(NormModulateParams, _pad) - 68usize];
 };
 impl Default for NormModulateParams {
+    fn default() -> Self {
+        let mut s = ::std::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::std::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct QkNormParams {
+    pub x: *mut ::std::os::raw::c_void,
+    pub wq: *const ::std::os::raw::c_void,
+    pub wk: *const ::std::os::raw::c_void,
+    pub rows: i64,
+    pub row_stride: i64,
+    pub q_col: i64,
+    pub k_col: i64,
+    pub heads: i32,
+    pub head_dim: i32,
+    pub group_lanes: i32,
+    pub eps: f32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of QkNormParams"][::std::mem::size_of::<QkNormParams>() - 72usize];
+    ["Alignment of QkNormParams"][::std::mem::align_of::<QkNormParams>() - 8usize];
+    ["Offset of field: QkNormParams::x"][::std::mem::offset_of!(QkNormParams, x) - 0usize];
+    ["Offset of field: QkNormParams::wq"][::std::mem::offset_of!(QkNormParams, wq) - 8usize];
+    ["Offset of field: QkNormParams::wk"][::std::mem::offset_of!(QkNormParams, wk) - 16usize];
+    ["Offset of field: QkNormParams::rows"][::std::mem::offset_of!(QkNormParams, rows) - 24usize];
+    ["Offset of field: QkNormParams::row_stride"][::std::mem::offset_of!(QkNormParams, row_stride) - 32usize];
+    ["Offset of field: QkNormParams::q_col"][::std::mem::offset_of!(QkNormParams, q_col) - 40usize];
+    ["Offset of field: QkNormParams::k_col"][::std::mem::offset_of!(QkNormParams, k_col) - 48usize];
+    ["Offset of field: QkNormParams::heads"][::std::mem::offset_of!(QkNormParams, heads) - 56usize];
+    ["Offset of field: QkNormParams::head_dim"][::std::mem::offset_of!(QkNormParams, head_dim) - 60usize];
+    ["Offset of field: QkNormParams::group_lanes"][::std::mem::offset_of!(QkNormParams, group_lanes) - 64usize];
+    ["Offset of field: QkNormParams::eps"][::std::mem::offset_of!(QkNormParams, eps) - 68usize];
+};
+impl Default for QkNormParams {
     fn default() -> Self {
         let mut s = ::std::mem::MaybeUninit::<Self>::uninit();
         unsafe {

@@ -44,6 +44,65 @@ pub fn modulation<B: Backend>(
     Ok(ModSizes { rows, dim, batch, tokens: rows / batch, mod_stride })
 }
 
+/// Sizes of a [`Backend::qk_norm`](super::Backend::qk_norm): x `[rows, width]`.
+#[derive(Clone, Copy, Debug)]
+pub struct QkNormSizes {
+    pub rows: usize,
+    pub width: usize,
+}
+
+/// Operands of a [`Backend::qk_norm`](super::Backend::qk_norm): x 2-D, Q's and K's heads inside
+/// its rows and disjoint (the op writes in place), weights `[head_dim]` of x's dtype, eps ≥ 0.
+#[allow(clippy::too_many_arguments)]
+pub fn qk_norm<B: Backend>(
+    x: &Tensor<B>,
+    q_col: usize,
+    k_col: usize,
+    heads: usize,
+    head_dim: usize,
+    wq: &Tensor<B>,
+    wk: &Tensor<B>,
+    eps: f32,
+) -> Result<QkNormSizes> {
+    const OP: &str = "qk_norm";
+    if heads == 0 || head_dim == 0 {
+        return Err(Error::param("qk_norm heads × head_dim", format!("{heads} × {head_dim}"), "both ≥ 1"));
+    }
+    if !eps.is_finite() || eps < 0.0 {
+        return Err(Error::param("qk_norm eps", eps, "a finite number ≥ 0"));
+    }
+    if x.shape().len() != 2 {
+        return Err(shape_err(OP, "x", "[rows, width]".into(), x));
+    }
+    let width = x.cols();
+    let span = heads.checked_mul(head_dim);
+    for (name, col) in [("q_col", q_col), ("k_col", k_col)] {
+        if span.and_then(|s| col.checked_add(s)).is_none_or(|end| end > width) {
+            return Err(shape_err(
+                OP,
+                "x",
+                format!("[rows, ≥ {col} + {heads}·{head_dim}] ({name} {col}, {heads} heads of {head_dim})"),
+                x,
+            ));
+        }
+    }
+    let span = heads * head_dim; // fits: checked above
+    if q_col < k_col + span && k_col < q_col + span {
+        return Err(Error::param(
+            "qk_norm k_col",
+            k_col,
+            format!("columns disjoint from Q's [{q_col}, {}) ({heads} heads of {head_dim})", q_col + span),
+        ));
+    }
+    for (name, w) in [("wq", wq), ("wk", wk)] {
+        if w.shape() != [head_dim] {
+            return Err(shape_err(OP, name, format!("[{head_dim}]"), w));
+        }
+    }
+    same_dtype(OP, x, &[("wq", wq), ("wk", wk)])?;
+    Ok(QkNormSizes { rows: x.rows(), width })
+}
+
 /// `[m, k] · [n, k]ᵀ (+ bias [n]) → [m, n]`; returns (m, n, k).
 pub fn linear<B: Backend>(
     x: &Tensor<B>,

@@ -17,6 +17,8 @@ pub const SCHEDULER_CASES: &[(SchedulerKind, bool, bool)] = &[
     (SchedulerKind::Ddim, true, false),
     (SchedulerKind::Lcm, true, true),
     (SchedulerKind::Lcm, false, false),
+    (SchedulerKind::FlowEuler, true, false),
+    (SchedulerKind::FlowEuler, false, false),
 ];
 
 /// Uploads random normal data (never zeros) and returns the tensor with its f32 values as stored

@@ -168,6 +168,49 @@ pub fn close(what: &str, got: &[f32], want: &[f32], tol: f64) -> f64 {
     e
 }
 
+// ---- the suite's tests ---------------------------------------------------------------------------
+
+/// The op suite as tests: `crate::op_suite!(each_dtype);` in a backend's test file (tests/ops_sim.rs,
+/// tests/gpu.rs) defines one `#[test]` per row below, `fn <test>() { each_dtype(ops::<function>) }`,
+/// where `each_dtype` is that file's runner of a suite function on its backend in every dtype. A new
+/// op's suite functions are registered here, once, for both backends.
+#[macro_export]
+macro_rules! op_suite {
+    ($each_dtype:ident) => {
+        $crate::op_suite!(@tests $each_dtype;
+            memory_round_trips = memory_round_trips,
+            linear_epilogues_shapes = linear_epilogues,
+            norm_modulate_shapes = norm_modulate_shapes,
+            norm_modulate_rejects_bad_shapes = norm_modulate_rejects_bad_shapes,
+            qk_norm_shapes = qk_norm_shapes,
+            qk_norm_rejects_bad_inputs = qk_norm_rejects_bad_inputs,
+            residual_plain_and_gated = residual_plain_and_gated,
+            residual_anchor_then_delta = residual_anchor_then_delta,
+            activation_and_add_bcast = activation_and_add_bcast,
+            timestep_embedding_variants = timestep_embedding_variants,
+            patchify_unpatchify = patchify_unpatchify,
+            cfg_combine_orders = cfg_combine_orders,
+            scheduler_step_kinds = scheduler_step_kinds,
+            rel_l1_probe = rel_l1_probe,
+            attention_self_odd_lengths = attention_self_odd_lengths,
+            attention_cross_and_masks = attention_cross_and_masks,
+            attention_rejects_unsupported_inputs = attention_rejects_unsupported_inputs,
+            /// Small attention grids for compute-sanitizer (racecheck is slow on large grids;
+            /// scripts/gpu-run.sh runs racecheck on the `sanitize_` tests and the small op tests).
+            sanitize_attention_small = sanitize_attention_small,
+        );
+    };
+    (@tests $each_dtype:ident; $($(#[$doc:meta])* $test:ident = $f:ident,)*) => {
+        $(
+            $(#[$doc])*
+            #[test]
+            fn $test() {
+                $each_dtype($crate::common::ops::$f);
+            }
+        )*
+    };
+}
+
 // ---- memory --------------------------------------------------------------------------------------
 
 /// Element counts of the memory round trips.
@@ -301,6 +344,167 @@ pub fn norm_modulate_rejects_bad_shapes<B: Device>(be: &B) {
         Err(Error::Shape { op: "norm_modulate", tensor: "out", .. }) => {}
         r => panic!("expected an out shape error, got {r:?}"),
     }
+}
+
+// ---- qk_norm -------------------------------------------------------------------------------------
+
+/// Where Q and K sit in the rows of a qk_norm case's x (D = heads·head_dim).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum QkLayout {
+    /// The fused QKV projection output `[rows, 3D]`: Q at 0, K at D (V after them, untouched).
+    Fused,
+    /// `[rows, 3D + 16]`, K before Q: K at 8, Q at D + 16 (offsets and a row stride ≠ 3D).
+    Offset,
+    /// `[rows, 3D + 3]`: Q at 1, K at D + 2 (heads off 16-byte boundaries: the looped path).
+    Unaligned,
+}
+
+impl QkLayout {
+    /// (width, q_col, k_col)
+    pub fn columns(self, d: usize) -> (usize, usize, usize) {
+        match self {
+            QkLayout::Fused => (3 * d, 0, d),
+            QkLayout::Offset => (3 * d + 16, d + 16, 8),
+            QkLayout::Unaligned => (3 * d + 3, 1, d + 2),
+        }
+    }
+}
+
+/// (rows, heads, head_dim, layout, eps): SD3.5-medium (24 × 64) and FLUX (24 × 128) heads on 4096
+/// image + 333 context tokens; small odd cases of each vector-path group width (head dim 8: one
+/// lane a head, 64: 8 lanes, 72: 9 chunks in 16 lanes, 128: 16, 256: 32) and of the looped path
+/// (head dims 100 and 320, unaligned columns); eps inside the square root (0.5).
+pub const QK_NORM_CASES: &[(usize, usize, usize, QkLayout, f32)] = &[
+    (4096 + 333, 24, 64, QkLayout::Fused, 1e-6),
+    (4096 + 333, 24, 128, QkLayout::Fused, 1e-6),
+    (1, 1, 64, QkLayout::Fused, 1e-6),
+    (7, 3, 128, QkLayout::Offset, 1e-6),
+    (33, 5, 64, QkLayout::Offset, 1e-6),
+    (5, 2, 72, QkLayout::Fused, 1e-6),
+    (3, 3, 256, QkLayout::Offset, 1e-6),
+    (9, 2, 100, QkLayout::Fused, 1e-6),
+    (3, 1, 320, QkLayout::Fused, 1e-6),
+    (11, 3, 64, QkLayout::Unaligned, 1e-6),
+    (5, 3, 8, QkLayout::Fused, 0.5),
+];
+
+/// The columns `[col, col + len)` of every row of a `[rows, width]` matrix.
+pub fn columns(v: &[f32], width: usize, col: usize, len: usize) -> Vec<f32> {
+    v.chunks_exact(width).flat_map(|r| r[col..col + len].iter().copied()).collect()
+}
+
+/// One qk_norm case on `be` and the CPU reference: Q and K within TOL and each element within
+/// half a storage ulp (plus 4e-6 relative) of the f32 reference, what one rounding of the f32
+/// result allows (diffusers' second rounding would not pass); every other column unchanged, bit
+/// for bit (they hold NaN). Returns the worst relative error of Q and K.
+pub fn qk_norm_case<B: Device>(
+    be: &B,
+    (rows, heads, head_dim, layout, eps): (usize, usize, usize, QkLayout, f32),
+    seed: u64,
+) -> f64 {
+    let o = Ops::new(be);
+    let dt = o.dt;
+    let d = heads * head_dim;
+    let (width, q_col, k_col) = layout.columns(d);
+    let mut rng = Rng::new(seed);
+    let mut untouched = vec![true; width];
+    for col in [q_col, k_col] {
+        untouched[col..col + d].iter_mut().for_each(|u| *u = false);
+    }
+    // Q and K random; V and the gaps NaN: the op must neither read nor write them
+    let mut v = data(&mut rng, rows * width, 2.0, 0.5, dt);
+    v.iter_mut().enumerate().filter(|(i, _)| untouched[i % width]).for_each(|(_, x)| *x = f32::NAN);
+    let mut x = o.pair(v, &[rows, width], dt);
+    let wq = o.rand(&mut rng, &[head_dim], dt, 0.5, 0.8);
+    let wk = o.rand(&mut rng, &[head_dim], dt, 0.5, 0.8);
+    let before = be.download(&x.d).unwrap();
+    be.qk_norm(&mut x.d, q_col, k_col, heads, head_dim, &wq.d, &wk.d, eps).unwrap();
+    o.cpu.qk_norm(&mut x.c, q_col, k_col, heads, head_dim, &wq.c, &wk.c, eps).unwrap();
+    let (got, want) = (be.download(&x.d).unwrap(), o.cpu.download(&x.c).unwrap());
+    let what = format!("qk_norm {dt} [{rows}, {width}] {heads}×{head_dim} {layout:?} eps {eps}");
+    // |got − want| ≤ half an ulp of the storage type at |want| (one rounding of a value within 4e-6
+    // of the reference), or half f16's subnormal step
+    let mantissa = if dt == DType::BF16 { 8 } else { 11 };
+    let half_ulp = |w: f32| {
+        let e = ((w.abs() * (1.0 + 1e-5)).to_bits() >> 23) as i32 - 127;
+        2f32.powi(e - mantissa).max(if dt == DType::F16 { 2f32.powi(-25) } else { 0.0 })
+    };
+    let mut worst = 0.0f64;
+    for (name, col) in [("Q", q_col), ("K", k_col)] {
+        let (g, w) = (columns(&got, width, col, d), columns(&want, width, col, d));
+        worst = worst.max(close(&format!("{what} {name}"), &g, &w, TOL));
+        let mut worst_ulps = 0.0f32;
+        for (i, (&g, &w)) in g.iter().zip(&w).enumerate() {
+            let bound = half_ulp(w) + 4e-6 * w.abs();
+            assert!(
+                (g - w).abs() <= bound,
+                "{what} {name} element {i}: {g} vs the f32 reference {w} (bound {bound:e})"
+            );
+            worst_ulps = worst_ulps.max((g - w).abs() / (2.0 * half_ulp(w)));
+        }
+        eprintln!("{what} {name}: max error {worst_ulps:.3} ulp of the f32 reference");
+    }
+    for (i, (&g, &b)) in got.iter().zip(&before).enumerate() {
+        if untouched[i % width] {
+            assert_eq!(g.to_bits(), b.to_bits(), "{what}: row {} column {} is outside Q and K", i / width, i % width);
+        }
+    }
+    worst
+}
+
+pub fn qk_norm_shapes<B: Device>(be: &B) {
+    for (i, &case) in QK_NORM_CASES.iter().enumerate() {
+        qk_norm_case(be, case, 1300 + i as u64);
+    }
+}
+
+/// Bad columns, sizes, weights, dtypes and eps are errors naming the op and the tensor or
+/// parameter (never a panic or a launch), and leave x as it was. Any backend (the CPU's too).
+pub fn qk_norm_rejects_bad_inputs<B: Backend>(be: &B) {
+    let dt = be.act_dtype();
+    let (rows, heads, hd) = (5, 2, 64);
+    let d = heads * hd;
+    let vals: Vec<f32> = (0..rows * 3 * d).map(|i| dt.round(1.0 + (i % 7) as f32 * 0.25)).collect();
+    let mut x = be.upload(&vals, &[rows, 3 * d], dt).unwrap();
+    let w = be.upload(&vec![1.0; hd], &[hd], dt).unwrap();
+    let short = be.upload(&vec![1.0; hd / 2], &[hd / 2], dt).unwrap();
+    let two_d = be.upload(&vec![1.0; hd], &[1, hd], dt).unwrap();
+    let expect_shape = |r: deltadit::Result<()>, tensor: &str, what: &str| match r {
+        Err(Error::Shape { op: "qk_norm", tensor: t, .. }) if t == tensor => {}
+        r => panic!("qk_norm {what}: expected a shape error on {tensor}, got {r:?}"),
+    };
+    let expect_param = |r: deltadit::Result<()>, name: &str, what: &str| match r {
+        Err(Error::Param { name: n, .. }) if n.starts_with("qk_norm") && n.contains(name) => {}
+        r => panic!("qk_norm {what}: expected a parameter error on {name}, got {r:?}"),
+    };
+    expect_shape(be.qk_norm(&mut x, 2 * d + 1, 0, heads, hd, &w, &w, 1e-6), "x", "Q past the row's end");
+    expect_shape(be.qk_norm(&mut x, 0, 2 * d + 8, heads, hd, &w, &w, 1e-6), "x", "K past the row's end");
+    expect_shape(be.qk_norm(&mut x, 0, usize::MAX - 4, heads, hd, &w, &w, 1e-6), "x", "k_col overflowing");
+    expect_shape(be.qk_norm(&mut x, 0, d, usize::MAX / 2, hd, &w, &w, 1e-6), "x", "heads × head_dim overflowing");
+    expect_shape(be.qk_norm(&mut x, 0, d, heads, hd, &short, &w, 1e-6), "wq", "wq of half a head");
+    expect_shape(be.qk_norm(&mut x, 0, d, heads, hd, &w, &two_d, 1e-6), "wk", "wk of shape [1, head_dim]");
+    expect_param(be.qk_norm(&mut x, 0, d / 2, heads, hd, &w, &w, 1e-6), "k_col", "K overlapping Q");
+    expect_param(be.qk_norm(&mut x, d / 2, 0, heads, hd, &w, &w, 1e-6), "k_col", "Q overlapping K");
+    expect_param(be.qk_norm(&mut x, 0, d, 0, hd, &w, &w, 1e-6), "heads", "no heads");
+    expect_param(be.qk_norm(&mut x, 0, d, heads, 0, &w, &w, 1e-6), "head_dim", "head_dim 0");
+    for eps in [f32::NAN, -1e-6, f32::INFINITY] {
+        expect_param(be.qk_norm(&mut x, 0, d, heads, hd, &w, &w, eps), "eps", "a bad eps");
+    }
+    let mut x3 = be.upload(&vals, &[1, rows, 3 * d], dt).unwrap();
+    expect_shape(be.qk_norm(&mut x3, 0, d, heads, hd, &w, &w, 1e-6), "x", "a 3-D x");
+    if dt != DType::F32 {
+        // weights of another dtype; x in f32 (the kernels take bf16 and f16 only)
+        let wf = be.upload(&vec![1.0; hd], &[hd], DType::F32).unwrap();
+        match be.qk_norm(&mut x, 0, d, heads, hd, &w, &wf, 1e-6) {
+            Err(Error::DType { op: "qk_norm", tensor: "wk", .. }) => {}
+            r => panic!("qk_norm: expected a dtype error on wk, got {r:?}"),
+        }
+        let mut xf = be.upload(&vals, &[rows, 3 * d], DType::F32).unwrap();
+        let e = be.qk_norm(&mut xf, 0, d, heads, hd, &wf, &wf, 1e-6).unwrap_err();
+        assert!(matches!(e.backend_kind(), Some(BackendErrorKind::UnsupportedDType { .. })), "{e:?}");
+        assert!(e.to_string().contains("qk_norm"), "{e}");
+    }
+    assert_eq!(be.download(&x).unwrap(), vals, "a rejected qk_norm changed x");
 }
 
 // ---- residual ------------------------------------------------------------------------------------
@@ -476,10 +680,12 @@ pub const SCHEDULER_SIZES: &[usize] = &[576, 1001, 2 * 4 * 128 * 128];
 pub fn scheduler_step_kinds<B: Device>(be: &B) {
     let o = Ops::new(be);
     let coeffs = [0.83f32, 0.57, 1.07, 0.31, 0.62, 0.5];
+    // flow matching: c0 = σ_next − σ < 0, c1 = σ (a step of SD3's shifted 28-step schedule)
+    let flow = [-0.0437f32, 0.8125, 0.0, 0.0, 0.0, 0.0];
     for &n in SCHEDULER_SIZES {
         for &(kind, with_prev, with_noise) in super::SCHEDULER_CASES {
             let mut rng = Rng::new(1000 + n as u64);
-            let u = SchedulerUpdate { kind, c: coeffs };
+            let u = SchedulerUpdate { kind, c: if kind == SchedulerKind::FlowEuler { flow } else { coeffs } };
             let mut x = o.rand(&mut rng, &[n], DType::F32, 1.0, 0.0);
             let eps = o.rand(&mut rng, &[n], DType::F32, 1.0, 0.0);
             let mut prev = o.rand(&mut rng, &[n], DType::F32, 1.0, 0.0);
@@ -496,7 +702,7 @@ pub fn scheduler_step_kinds<B: Device>(be: &B) {
         }
     }
     // every formula is covered
-    for kind in [SchedulerKind::Dpm1, SchedulerKind::Dpm2, SchedulerKind::Ddim, SchedulerKind::Lcm] {
+    for kind in SchedulerKind::ALL {
         assert!(super::SCHEDULER_CASES.iter().any(|c| c.0 == kind), "{kind:?} untested");
     }
 }

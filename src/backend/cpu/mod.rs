@@ -6,6 +6,7 @@ mod attention;
 mod elementwise;
 mod linear;
 mod norm_modulate;
+mod qk_norm;
 mod rel_l1;
 mod residual;
 mod scheduler;
@@ -16,6 +17,7 @@ pub(crate) use attention::attention_f32;
 pub(crate) use elementwise::timestep_embedding as timestep_embedding_f32;
 pub(crate) use linear::linear_f32;
 pub(crate) use norm_modulate::norm_modulate_f32;
+pub(crate) use qk_norm::qk_norm_f32;
 
 /// The f32 reference functions behind the ops (crate internals: the benches and tests).
 #[cfg(feature = "internals")]
@@ -24,6 +26,7 @@ pub(crate) mod reference {
     pub use super::elementwise::timestep_embedding as timestep_embedding_f32;
     pub use super::linear::linear_f32;
     pub use super::norm_modulate::norm_modulate_f32;
+    pub use super::qk_norm::qk_norm_f32;
 }
 
 /// The rayon pool's hand-over (crate internals).
@@ -154,6 +157,23 @@ impl Backend for Cpu {
         let s = shapes::modulation("norm_modulate", x, modv, &[shift_row, scale_row])?;
         shapes::same_shape("norm_modulate", "out", out, x)?;
         norm_modulate_f32(&x.buf, &modv.buf, s, shift_row, scale_row, eps, &mut out.buf);
+        Ok(())
+    }
+
+    fn qk_norm(
+        &self,
+        x: &mut Tensor<Self>,
+        q_col: usize,
+        k_col: usize,
+        heads: usize,
+        head_dim: usize,
+        wq: &Tensor<Self>,
+        wk: &Tensor<Self>,
+        eps: f32,
+    ) -> Result<()> {
+        let s = shapes::qk_norm(x, q_col, k_col, heads, head_dim, wq, wk, eps)?;
+        let heads_at = [(q_col, &wq.buf[..]), (k_col, &wk.buf[..])];
+        qk_norm_f32(&mut x.buf, s.width, heads_at, heads, head_dim, eps);
         Ok(())
     }
 

@@ -15,7 +15,11 @@ pub fn scheduler_step(
     let c = u.c;
     let kind = u.kind;
     let step = |x: &mut f32, e: f32, prev: Option<&mut f32>, nz: Option<f32>| {
-        let x0 = (*x - c[0] * e) / c[1];
+        let x0 = match kind {
+            // flow matching: ε is the velocity, σ = c1
+            SchedulerKind::FlowEuler => *x - c[1] * e,
+            _ => (*x - c[0] * e) / c[1],
+        };
         *x = match kind {
             SchedulerKind::Dpm1 => c[2] * *x - c[3] * x0,
             SchedulerKind::Dpm2 => {
@@ -31,6 +35,7 @@ pub fn scheduler_step(
                     None => den,
                 }
             }
+            SchedulerKind::FlowEuler => *x + c[0] * e,
         };
         if let Some(p) = prev {
             *p = x0;

@@ -7,6 +7,7 @@ mod attention;
 mod elementwise;
 mod fill;
 mod norm_modulate;
+mod qk_norm;
 mod rel_l1;
 mod residual;
 mod scheduler;
@@ -17,6 +18,7 @@ pub use attention::{attention, attention_supported_head_dim};
 pub use elementwise::{activation, add_bcast, cfg_combine, patchify, timestep_embedding, unpatchify};
 pub use fill::fill_bits;
 pub use norm_modulate::norm_modulate;
+pub use qk_norm::qk_norm;
 pub use rel_l1::rel_l1;
 pub use residual::residual;
 pub use scheduler::scheduler_step;
@@ -69,6 +71,7 @@ macro_rules! kernel_params {
 kernel_params!(
     FillParams,
     NormModulateParams,
+    QkNormParams,
     ResidualParams,
     ActivationParams,
     AddBcastParams,
@@ -129,6 +132,20 @@ macro_rules! kernel_backend_ops {
             out: &mut $crate::Tensor<Self>,
         ) -> $crate::Result<()> {
             $crate::backend::kernels::norm_modulate(self, x, modv, shift_row, scale_row, eps, out)
+        }
+
+        fn qk_norm(
+            &self,
+            x: &mut $crate::Tensor<Self>,
+            q_col: usize,
+            k_col: usize,
+            heads: usize,
+            head_dim: usize,
+            wq: &$crate::Tensor<Self>,
+            wk: &$crate::Tensor<Self>,
+            eps: f32,
+        ) -> $crate::Result<()> {
+            $crate::backend::kernels::qk_norm(self, x, q_col, k_col, heads, head_dim, wq, wk, eps)
         }
 
         fn residual(

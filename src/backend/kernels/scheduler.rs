@@ -2,7 +2,9 @@
 
 use super::table::KernelId;
 use super::{grid_stride_blocks, KernelDevice, LaunchCfg};
-use crate::backend::params::{SchedulerStepParams, SCHED_DDIM, SCHED_DPM1, SCHED_DPM2, SCHED_LCM, SCHED_THREADS};
+use crate::backend::params::{
+    SchedulerStepParams, SCHED_DDIM, SCHED_DPM1, SCHED_DPM2, SCHED_FLOW_EULER, SCHED_LCM, SCHED_THREADS,
+};
 use crate::backend::{shapes, SchedulerKind, SchedulerUpdate};
 use crate::{Result, Tensor};
 
@@ -23,6 +25,7 @@ pub fn scheduler_step<D: KernelDevice>(
         SchedulerKind::Dpm2 => SCHED_DPM2,
         SchedulerKind::Ddim => SCHED_DDIM,
         SchedulerKind::Lcm => SCHED_LCM,
+        SchedulerKind::FlowEuler => SCHED_FLOW_EULER,
     };
     let p = SchedulerStepParams {
         x: d.ptr_mut(x).cast(),
