@@ -294,36 +294,6 @@ pub trait Backend: sealed::Sealed + Sized + Send + Sync + 'static {
         noise: Option<&Tensor<Self>>,
     ) -> Result<()>;
 
-    /// TEMPORARY host round trip until the qk_norm kernels land (replaced by the op).
-    #[allow(clippy::too_many_arguments)]
-    fn qk_norm(
-        &self,
-        x: &mut Tensor<Self>,
-        q_col: usize,
-        k_col: usize,
-        heads: usize,
-        head_dim: usize,
-        wq: &Tensor<Self>,
-        wk: &Tensor<Self>,
-        eps: f32,
-    ) -> Result<()> {
-        let mut v = self.download(x)?;
-        let cols = x.cols();
-        for (col, w) in [(q_col, self.download(wq)?), (k_col, self.download(wk)?)] {
-            for r in 0..x.rows() {
-                for h in 0..heads {
-                    let s = &mut v[r * cols + col + h * head_dim..][..head_dim];
-                    let var = s.iter().map(|a| a * a).sum::<f32>() / head_dim as f32;
-                    let inv = 1.0 / (var + eps).sqrt();
-                    for (a, wj) in s.iter_mut().zip(&w) {
-                        *a = *a * inv * wj;
-                    }
-                }
-            }
-        }
-        self.write(x, &v)
-    }
-
     /// (Σ|a − b|, Σ|b|): relative-L1 probes for cache policies (reads two floats back).
     fn rel_l1(&self, a: &Tensor<Self>, b: &Tensor<Self>) -> Result<(f32, f32)>;
 

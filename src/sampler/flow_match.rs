@@ -210,7 +210,6 @@ impl FlowMatch {
     /// The Euler update of step `i`: x ← x + (σ_{i+1} − σ_i)·v.
     pub fn update(&self, i: usize) -> SchedulerUpdate {
         let dt = self.sigmas[i + 1] - self.sigmas[i];
-        // x0 = (x − (−dt)·v)/1 = x + dt·v;  x = 0·x − (−1)·x0: the DPM-1 formula, exact in f32
-        SchedulerUpdate { kind: SchedulerKind::Dpm1, c: [-dt, 1.0, 0.0, -1.0, 0.0, 0.0] }
+        SchedulerUpdate { kind: SchedulerKind::FlowEuler, c: [dt, self.sigmas[i], 0.0, 0.0, 0.0, 0.0] }
     }
 }
