@@ -409,7 +409,7 @@ impl<B: Timed> Run<'_, B> {
         {
             // reads the first C channels of both halves, writes ε
             let bytes = 4.0 * 3.0 * n1;
-            let guide = Cfg::On { scale: 4.5, cond_first: cfg.family == Family::DiT };
+            let guide = Cfg::On { scale: 4.5, cond_first: cfg.family.cond_first() };
             let io = self.sets_of(&[Arg::RandF32(&out, 73, 1.0), Arg::OutF32(&lat1)], self.sets(bytes))?;
             self.time(case("cfg-combine", format!("{out:?} → {lat1:?} f32"), bytes), KernelOp::CfgCombine(guide), io);
         }

@@ -11,9 +11,10 @@
 //!
 //!   cargo bench --bench step [-- --quick] [FILTER]
 //!
-//! GPU: pixart-alpha-1024 (quick) or also dit-xl-2-256, pixart-alpha-512, dit-xl-2-512 (full);
-//! CPU: pixart-cpu-small (+ dit-cpu-small in full mode). Wall clock with a device synchronisation
-//! at the end of each forward/step/run (what a caller sees). Writes <out>/step-<backend>.json.
+//! GPU: pixart-alpha-1024 and sd35-medium-1024 (quick) or also dit-xl-2-256, pixart-alpha-512,
+//! dit-xl-2-512, sd3-medium-1024, sd35-large-1024 (full); CPU: pixart-cpu-small and
+//! sd35-cpu-small (+ dit-cpu-small in full mode). Wall clock with a device synchronisation at the
+//! end of each forward/step/run (what a caller sees). Writes <out>/step-<backend>.json.
 
 mod common;
 
@@ -23,7 +24,6 @@ use deltadit::backend::Cfg;
 use deltadit::cache::CacheSpec;
 use deltadit::internals::bench::{random_inputs, Preset};
 use deltadit::internals::{ModelParts, WorkspaceParts};
-use deltadit::model::Family;
 use deltadit::pipeline::{sample, Denoiser, SampleConfig};
 use deltadit::sampler::Scheduler;
 use deltadit::{DType, Result};
@@ -97,7 +97,7 @@ fn preset_rows<B: Timed>(
     let cond = inputs.conditioning(family, cfg.num_embeds_ada_norm, true)?;
     let ctx = model.context(be, &cond)?;
     let mut ws = model.workspace(be, &ctx)?;
-    let guidance = Cfg::On { scale: p.guidance, cond_first: family == Family::DiT };
+    let guidance = Cfg::On { scale: p.guidance, cond_first: family.cond_first() };
     let numel: usize = inputs.shape.iter().product();
     let model_in: Vec<f32> = [inputs.latents.as_slice(), inputs.latents.as_slice()].concat();
     let name = |k: &str| format!("{k}/{}", p.name);
@@ -174,7 +174,9 @@ fn preset_rows<B: Timed>(
 
     // One sampling step with CFG, as the pipeline runs it (policy none: every step is full).
     if mode.wants(&name("step")) {
-        let sched = Scheduler::new(p.scheduler, steps)?;
+        let tokens = (p.latent / p.config.patch_size).pow(2);
+        let sched = Scheduler::with_config(p.scheduler, steps, &p.scheduler_config(), tokens)?;
+        let timesteps = sched.timesteps();
         let policy = "none".parse::<CacheSpec>()?.build(family, layers, steps)?;
         let mut denoiser = Denoiser::new(be, &model, &cond, policy)?;
         let mut latents = be.upload(&inputs.latents, &inputs.shape, DType::F32)?;
@@ -186,7 +188,7 @@ fn preset_rows<B: Timed>(
             if k == 0 {
                 be.write(&mut latents, &inputs.latents)?; // a new run: the values stay in range
             }
-            let t = sched.timesteps()[k] as f32;
+            let t = timesteps[k];
             for copy in 0..2 {
                 be.copy_range(&latents, 0, d.input_mut(), copy * numel, numel)?;
             }
@@ -219,7 +221,8 @@ fn preset_rows<B: Timed>(
     drop(ctx);
 
     // 20 steps without and with the Δ-DiT cache, in the same process.
-    let sc = SampleConfig::new(p.scheduler, steps, p.guidance);
+    let mut sc = SampleConfig::new(p.scheduler, steps, p.guidance);
+    sc.scheduler_config = p.scheduler_config();
     let mut reference: Option<(Vec<f32>, f64)> = None;
     for spec in ["none", "delta"] {
         let kind = if spec == "none" { "sample20-none" } else { "sample20-delta" };
@@ -268,11 +271,20 @@ fn preset_rows<B: Timed>(
 
 fn run<B: Timed>(be: &B, mode: &Mode, gpu: bool) -> Result<()> {
     let default: Vec<&str> = match (gpu, mode.quick) {
-        (true, true) => vec!["pixart-alpha-1024"],
-        (true, false) => vec!["pixart-alpha-1024", "dit-xl-2-256", "pixart-alpha-512", "dit-xl-2-512"],
-        (false, _) if !mode.bench => vec!["pixart-cpu-small"], // criterion's test mode: a smoke test
-        (false, true) => vec!["pixart-cpu-small"],
-        (false, false) => vec!["pixart-cpu-small", "dit-cpu-small"],
+        (true, true) => vec!["pixart-alpha-1024", "sd35-medium-1024"],
+        (true, false) => vec![
+            "pixart-alpha-1024",
+            "dit-xl-2-256",
+            "pixart-alpha-512",
+            "dit-xl-2-512",
+            "sd3-medium-1024",
+            "sd35-medium-1024",
+            "sd35-large-1024",
+        ],
+        // criterion's test mode: a smoke test of each family
+        (false, _) if !mode.bench => vec!["pixart-cpu-small", "sd35-cpu-small"],
+        (false, true) => vec!["pixart-cpu-small", "sd35-cpu-small"],
+        (false, false) => vec!["pixart-cpu-small", "dit-cpu-small", "sd35-cpu-small"],
     };
     let presets = common::presets(&default)?;
     println!("deltadit step: {} backend ({}) on {}; wall clock, synchronised", B::NAME, be.act_dtype(), be.machine());
