@@ -134,6 +134,12 @@ const CONFIG_KEYS: &[&str] = &[
     "activation_fn",
     "norm_elementwise_affine",
     "attention_type",
+    "joint_attention_dim",
+    "caption_projection_dim",
+    "pooled_projection_dim",
+    "pos_embed_max_size",
+    "qk_norm",
+    "dual_attention_layers",
 ];
 
 /// A small valid config, then some keys replaced by arbitrary values or removed.
@@ -152,6 +158,18 @@ fn config_json() -> impl Strategy<Value = Value> {
         Just(json!({"_class_name": "Transformer2DModel", "norm_type": "ada_norm_single", "num_layers": 1,
             "num_attention_heads": 1, "attention_head_dim": 12, "sample_size": 8, "in_channels": 1,
             "cross_attention_dim": 4, "caption_channels": 4})),
+        Just(json!({
+            "_class_name": "SD3Transformer2DModel", "num_attention_heads": 2, "attention_head_dim": 8,
+            "in_channels": 2, "out_channels": 2, "num_layers": 2, "patch_size": 2, "sample_size": 8,
+            "joint_attention_dim": 12, "caption_projection_dim": 16, "pooled_projection_dim": 6,
+            "pos_embed_max_size": 6, "qk_norm": null, "dual_attention_layers": []
+        })),
+        Just(json!({
+            "_class_name": "SD3Transformer2DModel", "num_attention_heads": 1, "attention_head_dim": 12,
+            "in_channels": 1, "num_layers": 3, "patch_size": 1, "sample_size": 8,
+            "joint_attention_dim": 5, "caption_projection_dim": 12, "pooled_projection_dim": 3,
+            "pos_embed_max_size": 10, "qk_norm": "rms_norm", "dual_attention_layers": [0, 2]
+        })),
     ];
     let edits = prop::collection::vec((0..CONFIG_KEYS.len(), prop::option::of(any_value())), 0..4);
     (base, edits).prop_map(|(mut v, edits)| {
@@ -182,7 +200,13 @@ fn configs_error_or_run() {
         if cfg.inner_dim() % 4 != 0 || !(cfg.norm_eps.is_finite() && cfg.norm_eps > 0.0) {
             return Err(format!("accepted a config the model cannot run: {cfg:?}"));
         }
-        let small = cfg.inner_dim() <= 64 && cfg.num_layers <= 4 && cfg.sample_size <= 16 && cfg.in_channels <= 8;
+        let small = cfg.inner_dim() <= 64
+            && cfg.num_layers <= 4
+            && cfg.sample_size <= 16
+            && cfg.in_channels <= 8
+            && cfg.joint_attention_dim.unwrap_or(0) <= 64
+            && cfg.pooled_projection_dim.unwrap_or(0) <= 64
+            && cfg.pos_embed_max_size.unwrap_or(0) <= 64;
         if !small || cfg.patch_size > cfg.sample_size {
             return Ok(());
         }
@@ -192,7 +216,9 @@ fn configs_error_or_run() {
             Err(e) => return Err(format!("a validated config failed to build with random weights: {e}")),
         };
         let p = cfg.patch_size;
-        let side = (cfg.sample_size / p).max(1) * p;
+        // SD3 crops its position table: a latent larger than it is an error, not a forward
+        let grid = (cfg.sample_size / p).max(1).min(cfg.pos_embed_max_size.unwrap_or(usize::MAX));
+        let side = grid * p;
         let mut cond = Conditioning { batch: 2, height: side, width: side, ..Default::default() };
         match cfg.family {
             Family::PixArt => {
@@ -208,7 +234,11 @@ fn configs_error_or_run() {
                 }
             }
             Family::DiT => cond.class_labels = Some(vec![0, cfg.num_embeds_ada_norm]),
-            _ => {}
+            _ => {
+                let (feat, pooled) = (cfg.joint_attention_dim.unwrap_or(1), cfg.pooled_projection_dim.unwrap_or(1));
+                cond.text = Some(TextInput { embeds: vec![0.5; 2 * 3 * feat], mask: None, len: 3 });
+                cond.pooled = Some((0..2 * pooled).map(|i| (i as f32 * 0.7).cos()).collect());
+            }
         }
         let n = 2 * cfg.in_channels * side * side;
         let inp = ForwardInputs {
@@ -328,6 +358,21 @@ fn tiny_dit() -> &'static Transformer<Cpu> {
     M.get_or_init(|| Transformer::load(&be(), &data("dit-tiny")).unwrap())
 }
 
+/// SD3.5 layout: qk norm, dual attention, text features 64, pooled 48, a 32×32 position table.
+fn tiny_sd3() -> &'static Transformer<Cpu> {
+    static M: OnceLock<Transformer<Cpu>> = OnceLock::new();
+    M.get_or_init(|| Transformer::load(&be(), &data("sd35-tiny-nonsquare")).unwrap())
+}
+
+/// The model of a fuzz case's kind: 0 PixArt, 1 DiT, 2 SD3.
+fn tiny_model(kind: u8) -> &'static Transformer<Cpu> {
+    match kind {
+        0 => tiny_pixart(),
+        1 => tiny_dit(),
+        _ => tiny_sd3(),
+    }
+}
+
 /// `n` values, a quarter of the time with one NaN, infinity or huge value at a random place.
 fn values(n: usize) -> impl Strategy<Value = Vec<f32>> {
     let bad = prop_oneof![Just(f32::NAN), Just(f32::INFINITY), Just(f32::NEG_INFINITY), Just(-1e30f32)];
@@ -346,7 +391,7 @@ fn values(n: usize) -> impl Strategy<Value = Vec<f32>> {
 /// A tensor to write: name, values, shape.
 type Named = (String, Vec<f32>, Vec<usize>);
 
-fn forward_file() -> impl Strategy<Value = (bool, Vec<Named>)> {
+fn forward_file() -> impl Strategy<Value = (u8, Vec<Named>)> {
     let dims = (
         prop_oneof![3 => Just(1usize), 3 => Just(2usize), 1 => 0usize..4],
         prop_oneof![6 => Just(4usize), 1 => 1usize..6],
@@ -354,23 +399,25 @@ fn forward_file() -> impl Strategy<Value = (bool, Vec<Named>)> {
         prop_oneof![6 => Just(16usize), 1 => 1usize..20],
     );
     (
-        any::<bool>(),
+        0u8..3,
         dims,
         prop_oneof![6 => Just(12usize), 1 => 0usize..14],
         prop_oneof![6 => Just(64usize), 1 => 1usize..70],
         any::<u8>(),
+        prop_oneof![6 => Just(48usize), 1 => 0usize..50],
     )
-        .prop_flat_map(|(dit, (b, c, h, w), l, feat, drop)| {
+        .prop_flat_map(|(kind, (b, c, h, w), l, feat, drop, pooled)| {
             let n = b * c * h * w;
             (
-                Just(dit),
-                Just((b, c, h, w, l, feat, drop)),
+                Just(kind),
+                Just((b, c, h, w, l, feat, drop, pooled)),
                 values(n.min(4096)),
                 values(b.max(1)),
                 values((b * l * feat).min(8192)),
+                values((b * pooled).min(512)),
             )
         })
-        .prop_map(|(dit, (b, c, h, w, l, feat, drop), x, t, e)| {
+        .prop_map(|(kind, (b, c, h, w, l, feat, drop, pooled), x, t, e, pv)| {
             let mut v = Vec::new();
             let full = |d: Vec<f32>, s: Vec<usize>| {
                 let n: usize = s.iter().product();
@@ -384,7 +431,7 @@ fn forward_file() -> impl Strategy<Value = (bool, Vec<Named>)> {
                 let (t, ts) = full(t, vec![b]);
                 v.push(("timestep".into(), t, ts));
             }
-            if dit {
+            if kind == 1 {
                 v.push((
                     "class_labels".into(),
                     (0..b).map(|i| ((i * 700 + drop as usize) % 1200) as f32).collect(),
@@ -393,11 +440,19 @@ fn forward_file() -> impl Strategy<Value = (bool, Vec<Named>)> {
             } else {
                 let (e, es) = full(e, vec![b, l, feat]);
                 v.push(("encoder_hidden_states".into(), e, es));
-                if drop % 2 == 0 {
+                // a mask is an error for SD3 (it attends to every context token)
+                if drop % 2 == 0 && (kind == 0 || drop % 7 == 0) {
                     v.push(("encoder_attention_mask".into(), vec![1.0; b * l], vec![b, l]));
                 }
+                if kind == 2 && drop % 5 != 0 {
+                    let (p, ps) = full(pv, vec![b, pooled]);
+                    v.push(("pooled_projections".into(), p, ps));
+                }
+                if kind == 2 && drop % 11 == 0 {
+                    v.push(("skip_layers".into(), vec![(drop % 4) as f32], vec![1]));
+                }
             }
-            (dit, v)
+            (kind, v)
         })
 }
 
@@ -407,8 +462,8 @@ fn forward_file() -> impl Strategy<Value = (bool, Vec<Named>)> {
 fn forward_inputs_error_or_run() {
     let dir = scratch("forward");
     let path = dir.join("inputs.safetensors");
-    check("forward inputs", 120, 10, forward_file(), |(dit, tensors)| {
-        let model = if dit { tiny_dit() } else { tiny_pixart() };
+    check("forward inputs", 150, 10, forward_file(), |(kind, tensors)| {
+        let model = tiny_model(kind);
         let list: Vec<(&str, HostTensor)> =
             tensors.iter().map(|(n, d, s)| (n.as_str(), HostTensor::F32(d.clone(), s.clone()))).collect();
         write_safetensors(&path, &list).map_err(|e| e.to_string())?;
@@ -449,22 +504,16 @@ fn forward_inputs_error_or_run() {
 #[test]
 fn sampling_inputs_error_or_run() {
     let guidance = prop_oneof![Just(4.5f32), Just(0.0), Just(1.0), Just(f32::NAN), Just(f32::INFINITY), -10.0f32..10.0];
-    let strategy = (
-        any::<bool>(),
-        1usize..3,
-        prop_oneof![6 => Just(16usize), 1 => 1usize..18],
-        1usize..4,
-        guidance,
-        any::<u8>(),
-        0u8..3,
-    )
-        .prop_flat_map(|(dit, n, h, steps, g, bits, sched)| {
-            (Just((dit, n, h, steps, g, bits, sched)), values(n * 4 * h * 16), values(n * 12 * 64))
-        });
-    check("sampling inputs", 60, 15, strategy, |((dit, n, h, steps, g, bits, sched), lat, emb)| {
-        let model = if dit { tiny_dit() } else { tiny_pixart() };
-        let text =
-            |e: &[f32]| TextInput { embeds: e.to_vec(), mask: (bits & 1 == 0).then(|| vec![1.0; n * 12]), len: 12 };
+    let strategy =
+        (0u8..3, 1usize..3, prop_oneof![6 => Just(16usize), 1 => 1usize..18], 1usize..4, guidance, any::<u8>(), 0u8..4)
+            .prop_flat_map(|(kind, n, h, steps, g, bits, sched)| {
+                (Just((kind, n, h, steps, g, bits, sched)), values(n * 4 * h * 16), values(n * 12 * 64), values(n * 48))
+            });
+    check("sampling inputs", 80, 15, strategy, |((kind, n, h, steps, g, bits, sched), lat, emb, pooled)| {
+        let (model, dit, sd3) = (tiny_model(kind), kind == 1, kind == 2);
+        // SD3 attends to every context token: a mask is an error there (bits & 16 adds one)
+        let masked = if sd3 { bits & 16 != 0 } else { bits & 1 == 0 };
+        let text = |e: &[f32]| TextInput { embeds: e.to_vec(), mask: masked.then(|| vec![1.0; n * 12]), len: 12 };
         let inp = SampleInputs {
             latents: lat,
             shape: [n, 4, h, 16],
@@ -472,11 +521,16 @@ fn sampling_inputs_error_or_run() {
             uncond: (!dit && bits & 2 == 0).then(|| text(&emb)),
             resolution: None,
             class_labels: dit.then(|| (0..n).map(|i| i * 600 + (bits as usize & 4) * 100).collect()),
-            pooled: None,
-            uncond_pooled: None,
+            pooled: (sd3 && bits & 32 == 0).then(|| pooled.clone()),
+            uncond_pooled: (sd3 && bits & 64 == 0).then(|| pooled.iter().map(|v| -v).collect()),
             noise: (bits & 8 == 0).then(|| vec![0.1; steps.saturating_sub(1) * n * 4 * h * 16]),
         };
-        let scheduler = [SchedulerName::DpmSolverPP, SchedulerName::Ddim, SchedulerName::Lcm][sched as usize];
+        // each family's own solvers, and now and then another family's (an error)
+        let scheduler = match (sd3, sched) {
+            (true, 0) | (false, 3) => SchedulerName::DpmSolverPP,
+            (true, _) => SchedulerName::FlowMatchEuler,
+            (false, _) => [SchedulerName::DpmSolverPP, SchedulerName::Ddim, SchedulerName::Lcm][sched as usize],
+        };
         let cfg = SampleConfig::new(scheduler, steps, g);
         let policy = "delta".parse::<CacheSpec>().unwrap().build(model.config().family, model.num_blocks(), steps);
         let Ok(policy) = policy else { return Ok(()) };
@@ -688,4 +742,38 @@ fn user_policies_error_or_run() {
         }
         Ok(())
     });
+}
+
+/// Sizes the process cannot hold are errors that name the size, checked when the run's context
+/// is built, before anything is allocated (a latent of 2^20 × 2^20, a text of 2^20 tokens, a
+/// batch whose activations overflow), on each family; an SD3 latent larger than its position
+/// table is an error too.
+#[test]
+fn huge_sizes_are_errors_not_aborts() {
+    let be = be();
+    for model in [tiny_pixart(), tiny_dit(), tiny_sd3()] {
+        let family = model.config().family;
+        let text = |len: usize| Some(TextInput { embeds: vec![0.1; len * 64], mask: None, len });
+        let mut huge_latent = Conditioning { batch: 1, height: 1 << 20, width: 1 << 20, ..Default::default() };
+        huge_latent.text = text(4);
+        huge_latent.class_labels = Some(vec![0]);
+        huge_latent.pooled = Some(vec![0.1; 48]);
+        let e = model.context(&be, &huge_latent).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("tokens"), "{family:?}: a 2^20 × 2^20 latent: `{e}`");
+        let mut huge_batch = Conditioning { batch: usize::MAX / 2, height: 16, width: 16, ..Default::default() };
+        huge_batch.text = text(4);
+        let e = model.context(&be, &huge_batch).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("batch"), "{family:?}: a huge batch: `{e}`");
+        let mut long_text = Conditioning { batch: 1, height: 16, width: 16, ..Default::default() };
+        long_text.text = Some(TextInput { embeds: Vec::new(), mask: None, len: 1 << 20 });
+        if family != Family::DiT {
+            let e = model.context(&be, &long_text).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.contains("text tokens"), "{family:?}: 2^20 text tokens: `{e}`");
+        }
+    }
+    let mut too_large = Conditioning { batch: 1, height: 66, width: 16, ..Default::default() };
+    too_large.text = Some(TextInput { embeds: vec![0.1; 4 * 64], mask: None, len: 4 });
+    too_large.pooled = Some(vec![0.1; 48]);
+    let e = tiny_sd3().context(&be, &too_large).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(e.contains("position table"), "an SD3 latent larger than its position table: `{e}`");
 }
