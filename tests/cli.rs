@@ -488,3 +488,82 @@ fn calibrate_prints_the_frontier_and_the_choice() {
     assert_eq!(&v["best_within_budget"], best, "the JSON's choice is the printed one");
     fails_with(run(&["calibrate", "--model", models("dit-digits").to_str().unwrap(), "--budget", "2"]), &["budget"]);
 }
+
+/// SD3 through the CLI: `sample` with the flow-match scheduler from `--scheduler-config` (the
+/// diffusers scheduler_config.json of the golden case) reproduces diffusers' latents, timesteps
+/// and sigmas.
+#[test]
+fn sample_sd3_with_a_scheduler_config_matches_diffusers() {
+    let dir = data("sd3-tiny-flowmatch12-cfg");
+    let case: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("case.json")).unwrap()).unwrap();
+    let sched = tmp("sd3-scheduler_config.json");
+    std::fs::write(&sched, case["scheduler"].to_string()).unwrap();
+    let out = tmp("sd3-sample.safetensors");
+    let o = run(&[
+        "sample",
+        "--model",
+        dir.to_str().unwrap(),
+        "--inputs",
+        dir.join("inputs.safetensors").to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--scheduler-config",
+        sched.to_str().unwrap(),
+        "--steps",
+        "12",
+        "--guidance",
+        "5.0",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let exp = dir.join("expected.safetensors");
+    let e = rel_l2(&read(&out, "latents"), &read(&exp, "latents"));
+    assert!(e <= 1e-4, "rel err {e:.2e}");
+    assert_eq!(read(&out, "timesteps"), read(&exp, "timesteps"));
+    assert_eq!(read(&out, "sigmas"), read(&exp, "sigmas"));
+    // a DDPM solver on a flow-matching model is an error that names the scheduler
+    let o = run(&[
+        "sample",
+        "--model",
+        dir.to_str().unwrap(),
+        "--inputs",
+        dir.join("inputs.safetensors").to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--scheduler",
+        "ddim",
+    ]);
+    fails_with(o, &["scheduler", "flow-match-euler"]);
+}
+
+/// `bench` on the trained SD3 model judges its samples, and the table's columns stay aligned
+/// whatever the length of a policy's spec.
+#[test]
+fn bench_on_sd3_digits_keeps_its_columns_aligned() {
+    let o = run(&[
+        "bench",
+        "--device",
+        "cpu",
+        "--model",
+        models("sd3-digits").to_str().unwrap(),
+        "--images",
+        "2",
+        "--steps",
+        "6",
+        "--runs",
+        "1",
+        "--warmup",
+        "0",
+        "--no-baseline",
+        "--policies",
+        "none;delta-adaptive:threshold=0.05,warmup=1,max-cached=2,nc=3,b=3;fora:n=2",
+    ]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}{}", text, String::from_utf8_lossy(&o.stderr));
+    let table: Vec<&str> =
+        text.lines().skip_while(|l| !l.starts_with("policy")).take_while(|l| !l.starts_with("PSNR/SSIM")).collect();
+    assert_eq!(table.len(), 4, "{text}");
+    let width = table[0].chars().count();
+    assert!(table.iter().all(|l| l.chars().count() == width), "rows of unequal width:\n{}", table.join("\n"));
+    assert!(text.contains("acc %"), "{text}");
+}

@@ -609,8 +609,11 @@ pub fn format_table(r: &BenchReport) -> String {
         r.model, r.backend, r.dtype, r.machine, r.scheduler, r.steps, r.guidance, r.images, r.batch, r.tokens, r.layers, r.runs, r.warmup
     );
     let quality = r.rows.iter().any(|row| row.quality.is_some());
+    // columns as wide as their longest entry: a long spec keeps its row in line
+    let pw = r.rows.iter().map(|row| row.policy.chars().count()).chain([6]).max().unwrap_or(6);
+    let aw = r.rows.iter().map(|row| row.params.chars().count()).chain([10]).max().unwrap_or(10);
     s += &format!(
-        "{:<15} {:<40} {:>5} {:>9} {:>8} {:>6} {:>7} {:>8} {:>9}",
+        "{:<pw$} {:<aw$} {:>5} {:>9} {:>8} {:>6} {:>7} {:>8} {:>9}",
         "policy", "parameters", "steps", "total s", "ms/step", "blk %", "MACs %", "theory×", "measured×"
     );
     if quality {
@@ -620,7 +623,7 @@ pub fn format_table(r: &BenchReport) -> String {
     }
     for row in &r.rows {
         s += &format!(
-            "{:<15} {:<40} {:>5} {:>9.3} {:>8.2} {:>5.1}% {:>6.1}% {:>8.2} {:>9.2}",
+            "{:<pw$} {:<aw$} {:>5} {:>9.3} {:>8.2} {:>5.1}% {:>6.1}% {:>8.2} {:>9.2}",
             row.policy,
             if row.params.is_empty() { "-" } else { &row.params },
             row.steps,

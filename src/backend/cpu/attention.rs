@@ -1,5 +1,18 @@
 //! Multi-head attention in f32: the reference for attention.cu. Scores for one block of query
 //! rows at a time (never the whole score matrix), GEMMs from the `gemm` crate.
+//!
+//! Key biases (the text padding mask: 0 for kept tokens, −10000 for the others) cost nothing
+//! beyond the keys they keep:
+//! - softmax flushes every weight below the normal range to an exact 0 (a masked key's
+//!   e^(−10000) would otherwise come out of the clamped exp as ≈ 1.2·10⁻³⁸, or a subnormal once
+//!   normalised, and subnormal operands make the P·V GEMM's multiply-adds take microcode
+//!   assists on many x86 cores: several times the unmasked time);
+//! - keys whose bias lies far below the sample's largest are left out of both GEMMs whenever a
+//!   bound on the scores proves their weights would be flushed to 0 in every row of the block
+//!   (see [`Compaction`]), so a sample that keeps one text token does one key's work.
+//!
+//! Both only drop weights under 2·2⁻¹²⁶ of the row sum: the outputs match the full computation
+//! to rounding.
 
 use super::elementwise::{fast_exp, sum8};
 use super::simd::multiversion;
@@ -10,6 +23,19 @@ use rayon::prelude::*;
 /// Query rows per task: bounds the score block to QBLOCK × nk floats.
 const QBLOCK: usize = 128;
 
+/// A weight `e` (its row's max at e⁰ = 1, row sum `s` ≥ 1) under `FLUSH · s` becomes an exact 0:
+/// then `e / s` would be below 2⁻¹²⁶ (subnormal), and every weight kept stays normal.
+const FLUSH: f32 = 2.0 * f32::MIN_POSITIVE;
+
+/// A key is a candidate to leave out when its bias is this far below the sample's largest one.
+const DROP_GAP: f32 = 100.0;
+
+/// Score margin (below the row max) past which a weight is surely flushed: fast_exp(x) for
+/// x ≤ −86.6 is below `FLUSH` (its clamp at −87.3 gives ≈ 1.22·10⁻³⁸ < 2.35·10⁻³⁸); 90 leaves
+/// room for the f32 rounding of the scores and the bias sums, bounded separately in
+/// [`Compaction`].
+const FLUSHED_BELOW: f64 = 90.0;
+
 /// One operand: (data, first column, row stride).
 pub type Operand<'a> = (&'a [f32], usize, usize);
 
@@ -17,6 +43,81 @@ pub type Operand<'a> = (&'a [f32], usize, usize);
 fn fits((data, col, stride): Operand<'_>, rows: usize, width: usize) -> bool {
     let last = rows.checked_sub(1).and_then(|r| r.checked_mul(stride)).and_then(|v| v.checked_add(col + width));
     rows == 0 || last.is_some_and(|end| end <= data.len() && col + width <= stride)
+}
+
+/// Per sample, the keys its bias puts at least [`DROP_GAP`] below its largest bias (`dropped`),
+/// the others (`kept`), and the largest dropped bias. A task leaves the dropped keys out when,
+/// for every query row `i` of its block, with `c = scale·|q_i|` and `r = 1 + 2·d·ε` covering
+/// the f32 rounding of a d-term dot product,
+///
+///   max_{k kept} (b_k − c·|k_k|·r)  −  (c·max_{j dropped} |k_j|·r + max_{j dropped} b_j)  >  90 + slack,
+///
+/// i.e. the row's max score (≥ the left term, by Cauchy–Schwarz) beats every dropped key's
+/// score (≤ the right term) by more than [`FLUSHED_BELOW`]: each dropped weight would be an exact
+/// 0 after the flush, and the row sum only gains terms below its last bit. `slack` bounds the
+/// f32 rounding of the bias sums (relative 10⁻⁵ of the magnitudes involved). Otherwise the
+/// block runs on all keys.
+struct Compaction {
+    kept: Vec<usize>,
+    dropped: Vec<usize>,
+    /// max dropped bias, −10³⁰ at the least (−∞ biases then stay finite in the bound)
+    max_dropped_bias: f64,
+}
+
+impl Compaction {
+    /// The compaction of one sample's `bias` row, or None when no key is a candidate.
+    fn of(bias: &[f32]) -> Option<Compaction> {
+        let max = bias.iter().fold(f32::NEG_INFINITY, |m, &b| m.max(b));
+        if !max.is_finite() {
+            return None;
+        }
+        let (dropped, kept): (Vec<usize>, Vec<usize>) = (0..bias.len()).partition(|&j| bias[j] < max - DROP_GAP);
+        if dropped.is_empty() {
+            return None;
+        }
+        let max_dropped_bias = dropped.iter().fold(-1e30f64, |m, &j| m.max(bias[j] as f64));
+        Some(Compaction { kept, dropped, max_dropped_bias })
+    }
+
+    /// Whether every row of `q` (`rows` rows of `d` floats, stride `qs`) leaves the dropped keys
+    /// of `k` (stride `ks`) flushed; see the type's documentation.
+    #[allow(clippy::too_many_arguments)]
+    fn holds(
+        &self,
+        bias: &[f32],
+        scale: f32,
+        d: usize,
+        q: &[f32],
+        qs: usize,
+        rows: usize,
+        k: &[f32],
+        ks: usize,
+    ) -> bool {
+        let norm = |v: &[f32]| v[..d].iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
+        let r = 1.0 + 2.0 * d as f64 * f32::EPSILON as f64;
+        let kd = self.dropped.iter().fold(0.0f64, |m, &j| m.max(norm(&k[j * ks..]))) * r;
+        let kept: Vec<(f64, f64)> = self.kept.iter().map(|&j| (bias[j] as f64, norm(&k[j * ks..]) * r)).collect();
+        (0..rows).all(|i| {
+            let c = scale.abs() as f64 * norm(&q[i * qs..]);
+            let (lo, lo_mag) = kept
+                .iter()
+                .map(|&(b, n)| (b - c * n, b.abs() + c * n))
+                .fold((f64::NEG_INFINITY, 0.0), |a, x| if x.0 > a.0 { x } else { a });
+            let hi = c * kd + self.max_dropped_bias;
+            let slack = 1e-5 * (lo_mag + c * kd + self.max_dropped_bias.abs());
+            lo - hi > FLUSHED_BELOW + slack
+        })
+    }
+}
+
+/// A task's buffers, reused across its blocks.
+#[derive(Default)]
+struct Scratch {
+    scores: Vec<f32>,
+    /// kept keys, values and biases gathered for a compacted block
+    k: Vec<f32>,
+    v: Vec<f32>,
+    bias: Vec<f32>,
 }
 
 /// `out[b·nq + i, h·d..] = softmax_j(scale·q·k_j + bias[b, j]) · v`.
@@ -47,35 +148,56 @@ pub fn attention_f32(
     );
     assert!(out.len() >= qrows * width, "attention_f32: out shorter than [{qrows}, {width}]");
     assert!(key_bias.is_none_or(|b| b.len() >= krows), "attention_f32: key_bias shorter than [{}, {}]", s.batch, s.nk);
+    let compaction: Vec<Option<Compaction>> = match key_bias {
+        Some(kb) => (0..s.batch).map(|b| Compaction::of(&kb[b * s.nk..(b + 1) * s.nk])).collect(),
+        None => Vec::new(),
+    };
     let qblocks = s.nq.div_ceil(QBLOCK);
     // Each task owns a disjoint [rows, columns-of-one-head] region of out; the raw pointer is
     // shared because those regions interleave in memory.
     let out_ptr = SendPtr(out.as_mut_ptr());
-    (0..s.batch * s.heads * qblocks).into_par_iter().for_each_init(Vec::new, |scores, task| {
+    (0..s.batch * s.heads * qblocks).into_par_iter().for_each_init(Scratch::default, |buf, task| {
         let (bh, qb) = (task / qblocks, task % qblocks);
         let (b, h) = (bh / s.heads, bh % s.heads);
         let i0 = qb * QBLOCK;
         let rows = QBLOCK.min(s.nq - i0);
-        scores.resize(rows * s.nk, 0.0);
         let qp = &q.0[(b * s.nq + i0) * q.2 + q.1 + h * d..];
         let kp = &k.0[b * s.nk * k.2 + k.1 + h * d..];
         let vp = &v.0[b * s.nk * v.2 + v.1 + h * d..];
-        // SAFETY: qp/kp are in bounds for rows×d (stride q.2) and nk×d (stride k.2) reads, as the
-        // caller's shape checks guarantee; scores holds rows×nk floats.
+        let bias = key_bias.map(|kb| &kb[b * s.nk..(b + 1) * s.nk]);
+        // (keys, their rows: data and stride, values likewise, their biases)
+        let (nk, kp, ks, vp, vs, bias) = match (compaction.get(b).and_then(Option::as_ref), bias) {
+            (Some(c), Some(bias)) if c.holds(bias, s.scale, d, qp, q.2, rows, kp, k.2) => {
+                buf.k.clear();
+                buf.v.clear();
+                buf.bias.clear();
+                for &j in &c.kept {
+                    buf.k.extend_from_slice(&kp[j * k.2..j * k.2 + d]);
+                    buf.v.extend_from_slice(&vp[j * v.2..j * v.2 + d]);
+                    buf.bias.push(bias[j]);
+                }
+                (c.kept.len(), &buf.k[..], d, &buf.v[..], d, Some(&buf.bias[..]))
+            }
+            _ => (s.nk, kp, k.2, vp, v.2, bias),
+        };
+        let scores = &mut buf.scores;
+        scores.resize(rows * nk, 0.0);
+        // SAFETY: qp/kp are in bounds for rows×d (stride q.2) and nk×d (stride ks) reads, as the
+        // caller's shape checks (or the gather above) guarantee; scores holds rows×nk floats.
         unsafe {
             gemm::gemm(
                 rows,
-                s.nk,
+                nk,
                 d,
                 scores.as_mut_ptr(),
                 1,
-                s.nk as isize,
+                nk as isize,
                 false,
                 qp.as_ptr(),
                 1,
                 q.2 as isize,
                 kp.as_ptr(),
-                k.2 as isize,
+                ks as isize,
                 1,
                 0.0f32,
                 s.scale,
@@ -85,26 +207,26 @@ pub fn attention_f32(
                 Parallelism::None,
             );
         }
-        softmax_rows(scores, s.nk, key_bias.map(|kb| &kb[b * s.nk..(b + 1) * s.nk]));
+        softmax_rows(scores, nk, bias);
         let op = out_ptr;
         // SAFETY: this task writes rows [b·nq + i0, +rows) × columns [h·d, h·d + d) of out, a
-        // region no other task touches; vp is in bounds for nk×d reads with stride v.2.
+        // region no other task touches; vp is in bounds for nk×d reads with stride vs.
         unsafe {
             let dst = op.0.add((b * s.nq + i0) * width + h * d);
             gemm::gemm(
                 rows,
                 d,
-                s.nk,
+                nk,
                 dst,
                 1,
                 width as isize,
                 false,
                 scores.as_ptr(),
                 1,
-                s.nk as isize,
+                nk as isize,
                 vp.as_ptr(),
                 1,
-                v.2 as isize,
+                vs as isize,
                 0.0f32,
                 1.0f32,
                 false,
@@ -117,7 +239,8 @@ pub fn attention_f32(
 }
 
 multiversion! {
-    /// Each `nk`-wide row of `scores` ← softmax(row + bias).
+    /// Each `nk`-wide row of `scores` ← softmax(row + bias), weights under `FLUSH` of the row
+    /// sum flushed to 0 (so no weight is subnormal).
     fn softmax_rows(scores: &mut [f32], nk: usize, bias: Option<&[f32]>) {
         for row in scores.chunks_mut(nk) {
             if let Some(bias) = bias {
@@ -125,8 +248,9 @@ multiversion! {
             }
             let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
             row.iter_mut().for_each(|x| *x = fast_exp(*x - max));
-            let inv = 1.0 / sum8(row);
-            row.iter_mut().for_each(|x| *x *= inv);
+            let sum = sum8(row);
+            let (inv, floor) = (1.0 / sum, FLUSH * sum);
+            row.iter_mut().for_each(|x| *x = if *x < floor { 0.0 } else { *x * inv });
         }
     }
 }
