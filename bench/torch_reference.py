@@ -3,8 +3,9 @@
 benches/kernels.rs, and the diffusers model forward of the same preset as benches/step.rs, timed on
 the same machine. Writes one JSON file that scripts/bench-table.py joins with ours.
 
-    python3 bench/torch_reference.py [--device auto|cuda|cpu] [--presets a,b] [--quick]
-                                     [--threads N] [--no-model] [--out FILE]
+    python3 bench/torch_reference.py [--device auto|cuda|cpu] [--presets a,b] [--model-presets a,b]
+                                     [--quick] [--runs N] [--compile] [--threads N]
+                                     [--no-ops] [--no-model] [--out FILE]
 
 Ops (names as in benches/kernels.rs; eager PyTorch as diffusers runs it):
     attn-self      SDPA on strided head views of a fused [rows, 3D] QKV tensor (head dim 72)
@@ -21,8 +22,20 @@ Ops (names as in benches/kernels.rs; eager PyTorch as diffusers runs it):
     copy           y.copy_(x)
     gemm-*         F.linear (+ F.gelu for ff1, as diffusers' GELU(approximate="tanh") module)
     roofline-*     a 256 MiB (GPU) / 64 MiB (CPU) copy and an 8192^3 (GPU) / 1024^3 (CPU) matmul
-Model: diffusers PixArtTransformer2DModel / DiTTransformer2DModel with random weights, the config
-of the preset, one forward of the CFG batch (2), eager, inference mode.
+Model (names as in benches/step.rs): diffusers PixArtTransformer2DModel / DiTTransformer2DModel /
+SD3Transformer2DModel (SD3, SD3.5 with RMS qk norm and MMDiT-X dual attention) with random
+weights, the config of the preset, inference mode, SDPA's default dispatch:
+    forward/<preset>          one eager forward of the CFG batch (2)
+    step/<preset>             one sampling step as the diffusers pipeline runs it: latents into the
+                              CFG batch, the forward, the CFG combine, scheduler.step (PixArt
+                              DPMSolverMultistepScheduler (DPM-Solver++ 2M), DiT DDIMScheduler, SD3
+                              FlowMatchEulerDiscreteScheduler at the preset's shift), one step of a
+                              20-step run as benches/step.rs; wall clock, synchronised at the end
+    forward-compile/<preset>  with --compile (or DELTADIT_TORCH_COMPILE=1): the same forward under
+                              torch.compile(mode="max-autotune") (minutes of autotuning per preset;
+                              compile_s in the row)
+Op rows of an SD3 preset (only when asked for with --presets): attn-self over the image tokens
+(d 64), no cross-attention, as benches/kernels.rs would run them.
 
 GPU: bf16; inputs rotate through sets larger than 3 x L2; calls captured into CUDA graphs and
 timed with CUDA events (median of the replays). CPU: f32, time.perf_counter, torch threads =
@@ -46,18 +59,41 @@ try:
 except ImportError:  # older torch: only the default dispatch is timed
     SDPBackend = sdpa_kernel = None
 
-# The presets of src/bench.rs (keep in sync): family, heads, head dim, latent, text tokens,
-# caption channels, sample_size, micro-conditions, norm eps.
+# The presets of src/bench/mod.rs (keep in sync): family, layers, heads, head dim, latent, text
+# tokens, caption channels, sample_size, micro-conditions; SD3: joint_attention_dim, pooled dim,
+# pos_embed_max_size, qk_norm, dual-attention blocks (0..dual); the sampler of the step row (its
+# scheduler kind, guidance and flow-matching shift; benches/step.rs times a step of a 20-step run).
+_PIXART = dict(family="pixart", layers=28, head_dim=72, scheduler="dpm-solver++", guidance=4.5, shift=1.0)
+_DIT = dict(family="dit", layers=28, head_dim=72, text_len=0, caption=0, micro=False, scheduler="ddim", guidance=4.0, shift=1.0)
+_SD3 = dict(family="sd3", head_dim=64, caption=0, micro=False, scheduler="flow-match-euler", shift=3.0)
 PRESETS = {
-    "pixart-alpha-1024": dict(family="pixart", heads=16, head_dim=72, latent=128, text_len=120, caption=4096, sample_size=128, micro=True),
-    "pixart-alpha-512": dict(family="pixart", heads=16, head_dim=72, latent=64, text_len=120, caption=4096, sample_size=64, micro=False),
-    "pixart-sigma-1024": dict(family="pixart", heads=16, head_dim=72, latent=128, text_len=300, caption=4096, sample_size=128, micro=False),
-    "dit-xl-2-256": dict(family="dit", heads=16, head_dim=72, latent=32, text_len=0, caption=0, sample_size=32, micro=False),
-    "dit-xl-2-512": dict(family="dit", heads=16, head_dim=72, latent=64, text_len=0, caption=0, sample_size=64, micro=False),
-    "pixart-cpu-small": dict(family="pixart", heads=4, head_dim=72, latent=16, text_len=32, caption=256, sample_size=32, micro=False),
-    "dit-cpu-small": dict(family="dit", heads=4, head_dim=72, latent=16, text_len=0, caption=0, sample_size=32, micro=False),
+    "pixart-alpha-1024": dict(_PIXART, heads=16, latent=128, text_len=120, caption=4096, sample_size=128, micro=True),
+    "pixart-alpha-512": dict(_PIXART, heads=16, latent=64, text_len=120, caption=4096, sample_size=64, micro=False),
+    "pixart-sigma-1024": dict(_PIXART, heads=16, latent=128, text_len=300, caption=4096, sample_size=128, micro=False),
+    "dit-xl-2-256": dict(_DIT, heads=16, latent=32, sample_size=32),
+    "dit-xl-2-512": dict(_DIT, heads=16, latent=64, sample_size=64),
+    "pixart-cpu-small": dict(_PIXART, heads=4, latent=16, text_len=32, caption=256, sample_size=32, micro=False),
+    "dit-cpu-small": dict(_DIT, heads=4, latent=16, sample_size=32),
+    "sd3-medium-1024": dict(_SD3, layers=24, heads=24, latent=128, text_len=333, joint=4096, pooled=2048, pos_max=192, sample_size=128,
+                            qk_norm=False, dual=0, guidance=7.0),
+    "sd35-medium-1024": dict(_SD3, layers=24, heads=24, latent=128, text_len=333, joint=4096, pooled=2048, pos_max=384, sample_size=128,
+                             qk_norm=True, dual=13, guidance=4.5),
+    "sd35-large-1024": dict(_SD3, layers=38, heads=38, latent=128, text_len=333, joint=4096, pooled=2048, pos_max=192, sample_size=128,
+                            qk_norm=True, dual=0, guidance=3.5),
+    "sd35-cpu-small": dict(_SD3, layers=24, heads=4, latent=16, text_len=32, joint=256, pooled=128, pos_max=32, sample_size=32,
+                           qk_norm=True, dual=13, guidance=4.5),
 }
-LAYERS = 28
+STEP_RUN = 20  # benches/step.rs: the step row is one step of a 20-step schedule
+# The sampling schedulers as the pipelines ship them (bench/pipeline_bench.py, train/train.py).
+_TRAIN = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
+SCHEDULERS = {
+    "dpm-solver++": ("DPMSolverMultistepScheduler", dict(_TRAIN, algorithm_type="dpmsolver++", solver_order=2, solver_type="midpoint",
+                                                          lower_order_final=True, prediction_type="epsilon", steps_offset=0,
+                                                          thresholding=False, timestep_spacing="linspace", use_karras_sigmas=False)),
+    "ddim": ("DDIMScheduler", dict(_TRAIN, clip_sample=False, set_alpha_to_one=True, steps_offset=0, prediction_type="epsilon",
+                                   thresholding=False, timestep_spacing="leading")),
+    "flow-match-euler": ("FlowMatchEulerDiscreteScheduler", dict(num_train_timesteps=1000)),
+}
 
 
 class Timer:
@@ -322,15 +358,23 @@ def build_model(p, dev, dt):
     if p["family"] == "pixart":
         from diffusers import PixArtTransformer2DModel
         D = p["heads"] * p["head_dim"]
-        cfg = dict(num_attention_heads=p["heads"], attention_head_dim=p["head_dim"], in_channels=4, out_channels=8, num_layers=LAYERS,
+        cfg = dict(num_attention_heads=p["heads"], attention_head_dim=p["head_dim"], in_channels=4, out_channels=8, num_layers=p["layers"],
                    dropout=0.0, cross_attention_dim=D, attention_bias=True, sample_size=p["sample_size"], patch_size=2,
                    activation_fn="gelu-approximate", num_embeds_ada_norm=1000, norm_type="ada_norm_single",
                    norm_elementwise_affine=False, norm_eps=1e-6, interpolation_scale=max(p["sample_size"] // 64, 1),
                    use_additional_conditions=p["micro"], caption_channels=p["caption"])
         cls = PixArtTransformer2DModel
+    elif p["family"] == "sd3":
+        from diffusers import SD3Transformer2DModel
+        cfg = dict(sample_size=p["sample_size"], patch_size=2, in_channels=16, out_channels=16, num_layers=p["layers"],
+                   attention_head_dim=p["head_dim"], num_attention_heads=p["heads"], joint_attention_dim=p["joint"],
+                   caption_projection_dim=p["heads"] * p["head_dim"], pooled_projection_dim=p["pooled"],
+                   pos_embed_max_size=p["pos_max"], qk_norm="rms_norm" if p["qk_norm"] else None,
+                   dual_attention_layers=tuple(range(p["dual"])))
+        cls = SD3Transformer2DModel
     else:
         from diffusers import DiTTransformer2DModel
-        cfg = dict(num_attention_heads=p["heads"], attention_head_dim=p["head_dim"], in_channels=4, out_channels=8, num_layers=LAYERS,
+        cfg = dict(num_attention_heads=p["heads"], attention_head_dim=p["head_dim"], in_channels=4, out_channels=8, num_layers=p["layers"],
                    dropout=0.0, attention_bias=True, sample_size=p["sample_size"], patch_size=2, activation_fn="gelu-approximate",
                    num_embeds_ada_norm=1000, norm_type="ada_norm_zero", norm_elementwise_affine=False, norm_eps=1e-5)
         cls = DiTTransformer2DModel
@@ -340,14 +384,12 @@ def build_model(p, dev, dt):
     return model.to(dtype=dt).eval(), cfg
 
 
-def model_row(p_name, p, dev, dt, quick, rows):
-    t0 = time.perf_counter()
-    model, cfg = build_model(p, dev, dt)
-    build_s = time.perf_counter() - t0
-    B, lat = 2, p["latent"]
-    g = torch.Generator(device=dev).manual_seed(0)
-    x = torch.randn(B, 4, lat, lat, device=dev, generator=g).to(dt)
-    t = torch.full((B,), 500, device=dev, dtype=torch.long)
+def conditioning(p, dev, dt, g):
+    """The CFG batch's conditioning as the pipeline passes it (uncond first but for DiT, whose
+    pipeline puts the class first): PixArt the T5 features with their padding mask (uncond keeps 1
+    token, cond 20) and the micro-conditions; DiT class 207 and the null class 1000; SD3 the
+    prompt embeddings (no mask) and the pooled projections."""
+    B = 2
     if p["family"] == "pixart":
         L = p["text_len"]
         enc = (torch.randn(B, L, p["caption"], device=dev, generator=g) * 0.2).to(dt)
@@ -355,47 +397,180 @@ def model_row(p_name, p, dev, dt, quick, rows):
         keep[0, :1] = 1
         keep[1, :min(20, L)] = 1
         if p["micro"]:
-            res = torch.tensor([[lat * 8.0, lat * 8.0]] * B, device=dev, dtype=dt)
-            ar = torch.ones(B, 1, device=dev, dtype=dt)
-            extra = {"resolution": res, "aspect_ratio": ar}
+            lat = p["latent"]
+            extra = {"resolution": torch.tensor([[lat * 8.0, lat * 8.0]] * B, device=dev, dtype=dt),
+                     "aspect_ratio": torch.ones(B, 1, device=dev, dtype=dt)}
         else:
             extra = {"resolution": None, "aspect_ratio": None}
+        return dict(encoder_hidden_states=enc, added_cond_kwargs=extra, encoder_attention_mask=keep)
+    if p["family"] == "sd3":
+        enc = (torch.randn(B, p["text_len"], p["joint"], device=dev, generator=g) * 0.2).to(dt)
+        pooled = torch.randn(B, p["pooled"], device=dev, generator=g).to(dt)
+        return dict(encoder_hidden_states=enc, pooled_projections=pooled)
+    return dict(class_labels=torch.tensor([207, 1000], device=dev))
 
-        def fwd():
-            return model(x, encoder_hidden_states=enc, timestep=t, added_cond_kwargs=extra, encoder_attention_mask=keep, return_dict=False)[0]
-    else:
-        labels = torch.tensor([207, 1000], device=dev)
 
-        def fwd():
-            return model(x, timestep=t, class_labels=labels, return_dict=False)[0]
+def make_scheduler(p):
+    import diffusers
+    cls, cfg = SCHEDULERS[p["scheduler"]]
+    if p["scheduler"] == "flow-match-euler":
+        cfg = dict(cfg, shift=p["shift"])
+    return getattr(diffusers, cls)(**cfg)
+
+
+def make_step(p, model, cond, dev, dt, g):
+    """One sampling step as the diffusers pipeline runs it (PixArtAlphaPipeline, DiTPipeline,
+    StableDiffusion3Pipeline): the latents into the CFG batch, the timestep expanded, the forward,
+    the CFG combine (and the learned-sigma split for PixArt/DiT), scheduler.step. Returns
+    (before, step): `before` starts a new 20-step run when the last one ended (untimed: fresh
+    latents, set_timesteps), `step` runs the next step."""
+    fam, C, lat, guidance = p["family"], 16 if p["family"] == "sd3" else 4, p["latent"], p["guidance"]
+    sched = make_scheduler(p)
+    lat0 = torch.randn(1, C, lat, lat, device=dev, generator=g).to(dt)
+    st = dict(i=0, lat=None)
+
+    def before():
+        if st["i"] % STEP_RUN == 0:
+            sched.set_timesteps(STEP_RUN, device=dev)
+            st["lat"] = torch.cat([lat0, lat0]) if fam == "dit" else lat0.clone()  # DiTPipeline keeps the batch of 2
+
+    def step():
+        t = sched.timesteps[st["i"] % STEP_RUN]
+        lat = st["lat"]
+        if fam == "dit":
+            half = lat[: len(lat) // 2]
+            x = torch.cat([half, half], dim=0)
+            out = model(x, timestep=t[None].expand(2), return_dict=False, **cond)[0]
+            eps, rest = out[:, :C], out[:, C:]
+            cond_eps, uncond_eps = torch.split(eps, len(eps) // 2, dim=0)
+            half_eps = uncond_eps + guidance * (cond_eps - uncond_eps)
+            out = torch.cat([torch.cat([half_eps, half_eps], dim=0), rest], dim=1)
+            model_output, _ = torch.split(out, C, dim=1)
+            st["lat"] = sched.step(model_output, t, x, return_dict=False)[0]
+        else:
+            x = torch.cat([lat] * 2)
+            if fam == "pixart":
+                x = sched.scale_model_input(x, t)
+                out = model(x, timestep=t[None].expand(2), return_dict=False, **cond)[0]
+            else:
+                out = model(hidden_states=x, timestep=t.expand(2), return_dict=False, **cond)[0]
+            uncond, text = out.chunk(2)
+            out = uncond + guidance * (text - uncond)
+            if fam == "pixart":
+                out = out.chunk(2, dim=1)[0]  # learned sigma
+            st["lat"] = sched.step(out, t, lat, return_dict=False)[0]
+        st["i"] += 1
+    return before, step, type(sched).__name__
+
+
+def time_calls(fn, runs, cuda, before=None, events=True):
+    """Seconds of each of `runs` calls of fn (sorted): CUDA events around the call (events=True) or
+    perf_counter around the call and a device synchronisation; `before` runs untimed before each."""
+    times = []
+    for _ in range(runs):
+        if before:
+            before()
+        if cuda:
+            torch.cuda.synchronize()
+        if cuda and events:
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            s.record()
+            fn()
+            e.record()
+            torch.cuda.synchronize()
+            times.append(s.elapsed_time(e) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            if cuda:
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+    return sorted(times)
+
+
+def model_rows(p_name, p, dev, dt, quick, runs, compile_, rows, notes):
+    """forward/<preset> (eager), step/<preset> (one pipeline step, eager) and, with compile_,
+    forward-compile/<preset> (torch.compile mode max-autotune); each part fails on its own."""
+    t0 = time.perf_counter()
+    model, cfg = build_model(p, dev, dt)
+    build_s = time.perf_counter() - t0
+    B, lat = 2, p["latent"]
+    C = 16 if p["family"] == "sd3" else 4
+    g = torch.Generator(device=dev).manual_seed(0)
+    x = torch.randn(B, C, lat, lat, device=dev, generator=g).to(dt)
+    # SD3's pipeline passes the flow-matching timestep (sigma × 1000) as a float
+    t = torch.full((B,), 500.0, device=dev) if p["family"] == "sd3" else torch.full((B,), 500, device=dev, dtype=torch.long)
+    cond = conditioning(p, dev, dt, g)
+
+    def fwd(m=model):
+        return m(x, timestep=t, return_dict=False, **cond)[0]
     cuda = dev.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    with torch.inference_mode():
-        out = fwd()
-        assert torch.isfinite(out.float()).all(), "non-finite diffusers output"
-        fwd()
-        sync()
-        runs = (5 if quick else 20) if cuda else (3 if quick else 10)
-        times = []
-        for _ in range(runs):
-            if cuda:
-                s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                s.record()
-                fwd()
-                e.record()
-                sync()
-                times.append(s.elapsed_time(e) / 1e3)
-            else:
-                t0 = time.perf_counter()
-                fwd()
-                times.append(time.perf_counter() - t0)
-    times.sort()
-    med = times[len(times) // 2]
+    n_runs = runs or ((5 if quick else 20) if cuda else (3 if quick else 10))
+    cls = type(model).__name__
     tokens = (lat // 2) ** 2
-    rows.append(dict(name=f"forward/{p_name}", kind="forward", preset=p_name, median_ms=med * 1e3, min_ms=times[0] * 1e3, samples=len(times),
-                     batch=B, tokens=tokens, model=type(model).__name__, build_s=build_s, eager=True,
-                     timing="CUDA events around one eager forward" if cuda else "perf_counter around one forward"))
-    print(f"  forward/{p_name:<26} {med * 1e3:10.3f} ms  ({type(model).__name__}, built in {build_s:.1f} s)", flush=True)
+    common = dict(preset=p_name, batch=B, tokens=tokens, text_tokens=p["text_len"] if p["family"] != "dit" else 0, model=cls,
+                  layers=p["layers"], build_s=build_s, sdpa="default dispatch")
+
+    def part(name, f):
+        try:
+            f()
+        except Exception as e:  # noqa: BLE001 - report and go on
+            notes.append(f"{name}/{p_name} failed: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}")
+            print("note:", notes[-1], flush=True)
+            if cuda:
+                torch.cuda.synchronize()
+
+    def forward():
+        with torch.inference_mode():
+            out = fwd()
+            assert torch.isfinite(out.float()).all(), "non-finite diffusers output"
+            fwd()
+            sync()
+            times = time_calls(fwd, n_runs, cuda)
+        med = times[len(times) // 2]
+        rows.append(dict(name=f"forward/{p_name}", kind="forward", median_ms=med * 1e3, min_ms=times[0] * 1e3, samples=len(times), eager=True,
+                         timing="CUDA events around one eager forward" if cuda else "perf_counter around one forward", **common))
+        print(f"  forward/{p_name:<26} {med * 1e3:10.3f} ms  ({cls}, built in {build_s:.1f} s)", flush=True)
+
+    def step():
+        before, one, sname = make_step(p, model, cond, dev, dt, torch.Generator(device=dev).manual_seed(1))
+        with torch.inference_mode():
+            for _ in range(2):
+                before()
+                one()
+            sync()
+            times = time_calls(one, runs or max(n_runs, 5), cuda, before=before, events=False)
+        med = times[len(times) // 2]
+        rows.append(dict(name=f"step/{p_name}", kind="step", median_ms=med * 1e3, min_ms=times[0] * 1e3, samples=len(times), eager=True,
+                         scheduler=sname, schedule_steps=STEP_RUN, guidance=p["guidance"], shift=p["shift"] if p["scheduler"] == "flow-match-euler" else None,
+                         timing="perf_counter around one pipeline step (CFG batch, forward, CFG combine, scheduler.step)"
+                         + (", synchronised" if cuda else ""), **common))
+        print(f"  step/{p_name:<29} {med * 1e3:10.3f} ms  ({sname}, {STEP_RUN}-step schedule, guidance {p['guidance']})", flush=True)
+
+    def compiled():
+        cm = torch.compile(model, mode="max-autotune")
+        with torch.inference_mode():
+            c0 = time.perf_counter()
+            out = fwd(cm)
+            assert torch.isfinite(out.float()).all(), "non-finite compiled output"
+            sync()
+            compile_s = time.perf_counter() - c0
+            for _ in range(2):  # CUDA graph recording (max-autotune uses CUDA graphs)
+                fwd(cm)
+            sync()
+            times = time_calls(lambda: fwd(cm), n_runs, cuda)
+        med = times[len(times) // 2]
+        rows.append(dict(name=f"forward-compile/{p_name}", kind="forward-compile", median_ms=med * 1e3, min_ms=times[0] * 1e3,
+                         samples=len(times), eager=False, compile_mode="max-autotune", compile_s=compile_s,
+                         timing="CUDA events around one compiled forward" if cuda else "perf_counter around one compiled forward", **common))
+        print(f"  forward-compile/{p_name:<18} {med * 1e3:10.3f} ms  (torch.compile max-autotune, compiled in {compile_s:.1f} s)", flush=True)
+
+    part("forward", forward)
+    part("step", step)
+    if compile_:
+        part("forward-compile", compiled)
+        torch._dynamo.reset()
     del model
 
 
@@ -406,7 +581,11 @@ def main():
     ap.add_argument("--model-presets", default=None, help="presets for the diffusers forward (default: $DELTADIT_BENCH_PRESETS, else as benches/step.rs)")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
-    ap.add_argument("--no-model", action="store_true", help="skip the diffusers forward")
+    ap.add_argument("--runs", type=int, default=None, help="timed calls per model row (default: 3/10 CPU, 5/20 GPU, quick/full; steps at least 5)")
+    ap.add_argument("--compile", action="store_true", default=os.environ.get("DELTADIT_TORCH_COMPILE", "") not in ("", "0"),
+                    help="also time the forward under torch.compile(mode='max-autotune') (forward-compile/<preset>; minutes of "
+                         "autotuning per preset; default: $DELTADIT_TORCH_COMPILE=1)")
+    ap.add_argument("--no-model", action="store_true", help="skip the diffusers forward and step")
     ap.add_argument("--no-ops", action="store_true", help="skip the op microbenchmarks")
     ap.add_argument("--out", default=None, help="JSON path (default: $DELTADIT_BENCH_OUT or target/deltadit-bench, torch-<device>.json)")
     a = ap.parse_args()
@@ -430,10 +609,11 @@ def main():
         presets = ["pixart-cpu-small", "dit-xl-2-256"] if a.quick else ["pixart-cpu-small", "dit-xl-2-256", "pixart-alpha-512"]
     if a.model_presets:
         mpresets = [s.strip() for s in a.model_presets.split(",") if s.strip()]
-    elif cuda:
-        mpresets = ["pixart-alpha-1024"] if a.quick else ["pixart-alpha-1024", "dit-xl-2-256", "pixart-alpha-512", "dit-xl-2-512"]
+    elif cuda:  # as benches/step.rs
+        mpresets = ["pixart-alpha-1024", "sd35-medium-1024"] if a.quick else [
+            "pixart-alpha-1024", "dit-xl-2-256", "pixart-alpha-512", "dit-xl-2-512", "sd3-medium-1024", "sd35-medium-1024", "sd35-large-1024"]
     else:
-        mpresets = ["pixart-cpu-small"] if a.quick else ["pixart-cpu-small", "dit-cpu-small"]
+        mpresets = ["pixart-cpu-small", "sd35-cpu-small"] if a.quick else ["pixart-cpu-small", "dit-cpu-small", "sd35-cpu-small"]
     for n in presets + mpresets:
         if n not in PRESETS:
             sys.exit(f"unknown preset {n}; one of {', '.join(PRESETS)}")
@@ -441,7 +621,7 @@ def main():
     print(f"torch_reference: {machine(dev)}, {dt}", flush=True)
     timer = Timer(dev, a.quick)
     cache = cache_bytes(dev)
-    rows, model_rows, notes = [], [], []
+    rows, model_rows_out, notes = [], [], []
     if not a.no_ops:
         roofline_rows(dev, dt, timer, cache, rows)
         for n in presets:
@@ -461,9 +641,9 @@ def main():
             for n in mpresets:
                 print(f"model {n}:", flush=True)
                 try:
-                    model_row(n, PRESETS[n], dev, dt, a.quick, model_rows)
+                    model_rows(n, PRESETS[n], dev, dt, a.quick, a.runs, a.compile, model_rows_out, notes)
                 except Exception as e:  # noqa: BLE001 - report and go on
-                    notes.append(f"forward/{n} failed: {type(e).__name__}: {e}")
+                    notes.append(f"model {n} failed: {type(e).__name__}: {e}")
                     print("note:", notes[-1], flush=True)
                 if cuda:
                     torch.cuda.empty_cache()
@@ -482,7 +662,8 @@ def main():
         quick=a.quick,
         roofline=dict(copy_gbps=roof.get("roofline-copy", {}).get("gbps"), gemm_tflops=roof.get("roofline-gemm", {}).get("tflops")),
         results=rows,
-        model=model_rows,
+        compile=a.compile,
+        model=model_rows_out,
         notes=notes,
     )
     out = a.out or os.path.join(os.environ.get("DELTADIT_BENCH_OUT") or os.path.join(os.environ.get("CARGO_TARGET_DIR", "target"), "deltadit-bench"),

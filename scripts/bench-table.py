@@ -13,7 +13,9 @@ Recognised by content:
     step-<backend>.json      benches/step.rs      (kind "deltadit-step")
     torch-<device>.json      bench/torch_reference.py (kind "torch-reference")
     any `deltadit bench --json` output (a BenchReport: "model", "backend", "rows")
-Ours on CUDA is paired with torch on CUDA, ours on the CPU with torch on the CPU; rows of our
+Ours on CUDA is paired with torch on CUDA, ours on the CPU with torch on the CPU (forward/ and
+step/ rows by name, every family: PixArt, DiT, SD3; torch's forward-compile/<preset> row, when
+torch_reference.py ran with --compile, as two more columns of the forward rows); rows of our
 wgmma attention kernels (`attn-self-wgmma/…`, `forward-wgmma-qregs/…`, …) with torch's row of the same op. The ratio column
 is torch's time divided by ours: above 1, ours is faster. Nothing is estimated: a cell without a
 measurement is "-". Last, the benchmarks issue's targets that the run measured, each as a ratio
@@ -287,7 +289,12 @@ def main():
         tr = next((x for x in docs["torch"] if x.get("device") == dev), None)
         tmap = {r["name"]: r for r in (tr or {}).get("model", [])}
         tv = f"diffusers {tr.get('diffusers')} on torch {tr.get('torch')} ({tr.get('dtype')}, eager)" if tr else "no torch JSON for this device"
-        t = Table(f"Model: deltadit {d['backend']} ({d['dtype']}) vs {tv}", ["bench", "detail", "ours ms", "torch ms", "torch/ours"], md)
+        # torch_reference.py --compile: the forward under torch.compile(mode="max-autotune") beside the eager one
+        compiled = any(k.startswith("forward-compile/") for k in tmap)
+        if compiled:
+            tv += "; compiled: the same forward under torch.compile(mode=max-autotune)"
+        t = Table(f"Model: deltadit {d['backend']} ({d['dtype']}) vs {tv}", ["bench", "detail", "ours ms", "torch ms", "torch/ours"]
+                  + (["torch compiled ms", "compiled/ours"] if compiled else []), md)
         for r in d["results"]:
             o = tmap.get(r["name"]) or tmap.get(base_name(r["name"]))
             kernel = wgmma_kernel(r["name"])
@@ -299,8 +306,12 @@ def main():
                 if r.get("speedup_vs_none") is not None:
                     detail += f", {r['speedup_vs_none']:.2f}× vs none, rel L2 {r.get('rel_l2_vs_none', 0):.2e}"
             rt = ratio(o["median_ms"] if o else None, r["median_ms"])
-            t.add(r["name"], detail, f"{r['median_ms']:.3f}", fmt(o["median_ms"] if o else None, ".3f"), fmt(rt, ".2f") + ("×" if rt else ""))
-            joined["model"].append(dict(name=r["name"], backend=d["backend"], ours_ms=r["median_ms"], torch_ms=o["median_ms"] if o else None, torch_over_ours=rt))
+            oc = tmap.get(f"forward-compile/{r['preset']}") if r["kind"].startswith("forward") else None
+            rc = ratio(oc["median_ms"] if oc else None, r["median_ms"])
+            t.add(r["name"], detail, f"{r['median_ms']:.3f}", fmt(o["median_ms"] if o else None, ".3f"), fmt(rt, ".2f") + ("×" if rt else ""),
+                  *([fmt(oc["median_ms"] if oc else None, ".3f"), fmt(rc, ".2f") + ("×" if rc else "")] if compiled else []))
+            joined["model"].append(dict(name=r["name"], backend=d["backend"], ours_ms=r["median_ms"], torch_ms=o["median_ms"] if o else None, torch_over_ours=rt,
+                                        torch_compiled_ms=oc["median_ms"] if oc else None, torch_compiled_over_ours=rc))
         out.append(t.render())
     for tr in docs["torch"]:
         if not any(dev_of(d["backend"]) == tr.get("device") for d in docs["step"]) and tr.get("model"):
