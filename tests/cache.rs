@@ -57,7 +57,12 @@ fn delta_lcm_preset_and_other_parameters() {
     let p = Delta::preset(Family::PixArt, 28, 4);
     assert_eq!((p.n, p.nc, p.b), (2, 4, 2));
     let p20 = Delta::preset(Family::PixArt, 28, 20);
-    assert_eq!((p20.n, p20.nc, p20.b), (2, 21, 12));
+    assert_eq!((p20.n, p20.nc, p20.b, p20.reverse), (2, 21, 12, false));
+    // SD3: ¾ of the blocks, the reverse order, b at ¾ of the steps (SD3.5-medium at 28 steps)
+    let sd3 = Delta::preset(Family::Sd3, 24, 28);
+    assert_eq!((sd3.n, sd3.nc, sd3.b, sd3.reverse), (2, 18, 21, true));
+    let sd3_lcm = Delta::preset(Family::Sd3, 24, 4);
+    assert_eq!((sd3_lcm.n, sd3_lcm.nc, sd3_lcm.b, sd3_lcm.reverse), (2, 3, 2, false));
     let mut d = Delta::new(2, 4, 2, 28, 4).unwrap();
     assert_eq!(
         schedule(&mut d, 4, 28),

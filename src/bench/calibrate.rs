@@ -214,13 +214,15 @@ pub fn format_frontier(settings: &[Setting], opts: &CalibrateOptions) -> String 
     );
     let mut front: Vec<&Setting> = settings.iter().filter(|x| x.frontier).collect();
     front.sort_by(|a, b| a.compute.total_cmp(&b.compute));
+    // the spec column as wide as the longest spec: every row stays in line
+    let w = settings.iter().map(|x| x.spec.chars().count()).chain([7]).max().unwrap_or(7);
     s += &format!(
-        "{:<16} {:<56} {:>5} {:>9} {:>9} {:>9} {:>9} {:>7}\n",
+        "{:<16} {:<w$} {:>5} {:>9} {:>9} {:>9} {:>9} {:>7}\n",
         "frontier", "setting", "steps", "compute", "speedup", "PSNR dB", "worst dB", "acc %"
     );
     let row = |x: &Setting| {
         format!(
-            "{:<16} {:<56} {:>5} {:>8.1}% {:>8.2}× {:>9.1} {:>9} {:>7}\n",
+            "{:<16} {:<w$} {:>5} {:>8.1}% {:>8.2}× {:>9.1} {:>9} {:>7}\n",
             x.kind,
             x.spec,
             x.steps,

@@ -45,21 +45,25 @@ fn fits((data, col, stride): Operand<'_>, rows: usize, width: usize) -> bool {
     rows == 0 || last.is_some_and(|end| end <= data.len() && col + width <= stride)
 }
 
-/// Per sample, the keys its bias puts at least [`DROP_GAP`] below its largest bias (`dropped`),
-/// the others (`kept`), and the largest dropped bias. A task leaves the dropped keys out when,
-/// for every query row `i` of its block, with `c = scale·|q_i|` and `r = 1 + 2·d·ε` covering
-/// the f32 rounding of a d-term dot product,
+/// Per sample, the keys its bias puts at least [`DROP_GAP`] below its largest bias `b_max`
+/// (`dropped`, the largest of their biases `b_drop`) and the others (`kept`). A task leaves the
+/// dropped keys out when, with `c = scale·max_i |q_i|` over its block's query rows, `n*` the
+/// smallest |k| among the keys at `b_max`, `n_drop` the largest among the dropped ones, and
+/// `r = 1 + 8(d+1)ε` covering the f32 rounding of the norms and of a d-term dot product,
 ///
-///   max_{k kept} (b_k − c·|k_k|·r)  −  (c·max_{j dropped} |k_j|·r + max_{j dropped} b_j)  >  90 + slack,
+///   (b_max − c·n*·r) − (b_drop + c·n_drop·r)  >  90 + slack.
 ///
-/// i.e. the row's max score (≥ the left term, by Cauchy–Schwarz) beats every dropped key's
-/// score (≤ the right term) by more than [`FLUSHED_BELOW`]: each dropped weight would be an exact
-/// 0 after the flush, and the row sum only gains terms below its last bit. `slack` bounds the
-/// f32 rounding of the bias sums (relative 10⁻⁵ of the magnitudes involved). Otherwise the
-/// block runs on all keys.
+/// By Cauchy–Schwarz the left term is at most each row's max score and the right one at least
+/// each dropped key's score, so every dropped key lies more than [`FLUSHED_BELOW`] under its
+/// row's max: its weight would be an exact 0 after the flush, and the row sum only loses terms
+/// below its last bit. `slack` (relative 10⁻⁵ of the magnitudes) bounds the f32 rounding of the
+/// bias sums. Otherwise the block runs on all keys.
 struct Compaction {
     kept: Vec<usize>,
     dropped: Vec<usize>,
+    /// the keys whose bias is `max_bias`
+    top: Vec<usize>,
+    max_bias: f64,
     /// max dropped bias, −10³⁰ at the least (−∞ biases then stay finite in the bound)
     max_dropped_bias: f64,
 }
@@ -75,16 +79,16 @@ impl Compaction {
         if dropped.is_empty() {
             return None;
         }
+        let top = kept.iter().copied().filter(|&j| bias[j] == max).collect();
         let max_dropped_bias = dropped.iter().fold(-1e30f64, |m, &j| m.max(bias[j] as f64));
-        Some(Compaction { kept, dropped, max_dropped_bias })
+        Some(Compaction { kept, dropped, top, max_bias: max as f64, max_dropped_bias })
     }
 
-    /// Whether every row of `q` (`rows` rows of `d` floats, stride `qs`) leaves the dropped keys
-    /// of `k` (stride `ks`) flushed; see the type's documentation.
+    /// Whether the dropped keys of `k` (stride `ks`) are flushed in every one of the `rows` rows
+    /// of `q` (stride `qs`), `d` columns each; see the type's documentation. `norms`: scratch.
     #[allow(clippy::too_many_arguments)]
     fn holds(
         &self,
-        bias: &[f32],
         scale: f32,
         d: usize,
         q: &[f32],
@@ -92,21 +96,43 @@ impl Compaction {
         rows: usize,
         k: &[f32],
         ks: usize,
+        norms: &mut Vec<f32>,
     ) -> bool {
-        let norm = |v: &[f32]| v[..d].iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
-        let r = 1.0 + 2.0 * d as f64 * f32::EPSILON as f64;
-        let kd = self.dropped.iter().fold(0.0f64, |m, &j| m.max(norm(&k[j * ks..]))) * r;
-        let kept: Vec<(f64, f64)> = self.kept.iter().map(|&j| (bias[j] as f64, norm(&k[j * ks..]) * r)).collect();
-        (0..rows).all(|i| {
-            let c = scale.abs() as f64 * norm(&q[i * qs..]);
-            let (lo, lo_mag) = kept
-                .iter()
-                .map(|&(b, n)| (b - c * n, b.abs() + c * n))
-                .fold((f64::NEG_INFINITY, 0.0), |a, x| if x.0 > a.0 { x } else { a });
-            let hi = c * kd + self.max_dropped_bias;
-            let slack = 1e-5 * (lo_mag + c * kd + self.max_dropped_bias.abs());
-            lo - hi > FLUSHED_BELOW + slack
-        })
+        let mut extreme = |rows: &[usize], min: bool| {
+            norms.resize(rows.len(), 0.0);
+            sq_norms(k, ks, d, Some(rows), norms);
+            let m =
+                norms.iter().fold(if min { f32::INFINITY } else { 0.0 }, |m, &x| if min { m.min(x) } else { m.max(x) });
+            (m as f64).sqrt()
+        };
+        let (n_top, n_drop) = (extreme(&self.top, true), extreme(&self.dropped, false));
+        norms.resize(rows, 0.0);
+        sq_norms(q, qs, d, None, norms);
+        let q_max = norms.iter().fold(0.0f32, |m, &x| m.max(x)) as f64;
+        let r = 1.0 + 8.0 * (d + 1) as f64 * f32::EPSILON as f64;
+        let c = scale.abs() as f64 * q_max.sqrt() * r;
+        let (lo, hi) = (self.max_bias - c * n_top, self.max_dropped_bias + c * n_drop);
+        let slack = 1e-5 * (self.max_bias.abs() + self.max_dropped_bias.abs() + c * (n_top + n_drop));
+        lo - hi > FLUSHED_BELOW + slack
+    }
+}
+
+multiversion! {
+    /// `out[n] = Σ_c x[r·stride + c]²` over `d` columns of row `r = rows[n]` (None: `r = n`).
+    fn sq_norms(x: &[f32], stride: usize, d: usize, rows: Option<&[usize]>, out: &mut [f32]) {
+        for (n, o) in out.iter_mut().enumerate() {
+            let r = rows.map_or(n, |rows| rows[n]);
+            let row = &x[r * stride..r * stride + d];
+            let mut acc = [0.0f32; 8];
+            let chunks = row.chunks_exact(8);
+            let tail: f32 = chunks.remainder().iter().map(|&v| v * v).sum();
+            for c in chunks {
+                for l in 0..8 {
+                    acc[l] += c[l] * c[l];
+                }
+            }
+            *o = acc.iter().sum::<f32>() + tail;
+        }
     }
 }
 
@@ -118,6 +144,7 @@ struct Scratch {
     k: Vec<f32>,
     v: Vec<f32>,
     bias: Vec<f32>,
+    norms: Vec<f32>,
 }
 
 /// `out[b·nq + i, h·d..] = softmax_j(scale·q·k_j + bias[b, j]) · v`.
@@ -167,7 +194,7 @@ pub fn attention_f32(
         let bias = key_bias.map(|kb| &kb[b * s.nk..(b + 1) * s.nk]);
         // (keys, their rows: data and stride, values likewise, their biases)
         let (nk, kp, ks, vp, vs, bias) = match (compaction.get(b).and_then(Option::as_ref), bias) {
-            (Some(c), Some(bias)) if c.holds(bias, s.scale, d, qp, q.2, rows, kp, k.2) => {
+            (Some(c), Some(bias)) if c.holds(s.scale, d, qp, q.2, rows, kp, k.2, &mut buf.norms) => {
                 buf.k.clear();
                 buf.v.clear();
                 buf.bias.clear();
@@ -238,19 +265,28 @@ pub fn attention_f32(
     });
 }
 
+/// Scores per softmax pass: the exps of this many rows' worth run as one loop (full vectors
+/// even for short rows), still within L1.
+const SOFTMAX_GROUP: usize = 2048;
+
 multiversion! {
     /// Each `nk`-wide row of `scores` ← softmax(row + bias), weights under `FLUSH` of the row
     /// sum flushed to 0 (so no weight is subnormal).
     fn softmax_rows(scores: &mut [f32], nk: usize, bias: Option<&[f32]>) {
-        for row in scores.chunks_mut(nk) {
-            if let Some(bias) = bias {
-                row.iter_mut().zip(bias).for_each(|(x, &bb)| *x += bb);
+        for group in scores.chunks_mut(nk * (SOFTMAX_GROUP / nk).max(1)) {
+            for row in group.chunks_mut(nk) {
+                if let Some(bias) = bias {
+                    row.iter_mut().zip(bias).for_each(|(x, &bb)| *x += bb);
+                }
+                let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+                row.iter_mut().for_each(|x| *x -= max);
             }
-            let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-            row.iter_mut().for_each(|x| *x = fast_exp(*x - max));
-            let sum = sum8(row);
-            let (inv, floor) = (1.0 / sum, FLUSH * sum);
-            row.iter_mut().for_each(|x| *x = if *x < floor { 0.0 } else { *x * inv });
+            group.iter_mut().for_each(|x| *x = fast_exp(*x));
+            for row in group.chunks_mut(nk) {
+                let sum = sum8(row);
+                let (inv, floor) = (1.0 / sum, FLUSH * sum);
+                row.iter_mut().for_each(|x| *x = if *x < floor { 0.0 } else { *x * inv });
+            }
         }
     }
 }
