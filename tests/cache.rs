@@ -61,6 +61,10 @@ fn delta_lcm_preset_and_other_parameters() {
     // SD3: ¾ of the blocks, the reverse order, b at ¾ of the steps (SD3.5-medium at 28 steps)
     let sd3 = Delta::preset(Family::Sd3, 24, 28);
     assert_eq!((sd3.n, sd3.nc, sd3.b, sd3.reverse), (2, 18, 21, true));
+    let spec = "delta".parse::<CacheSpec>().unwrap();
+    assert_eq!(spec.build(Family::Sd3, 24, 28).unwrap().params(), "n=2,nc=18,b=21,order=reverse");
+    let paper = "delta:order=paper".parse::<CacheSpec>().unwrap();
+    assert_eq!(paper.build(Family::Sd3, 24, 28).unwrap().params(), "n=2,nc=18,b=21");
     let sd3_lcm = Delta::preset(Family::Sd3, 24, 4);
     assert_eq!((sd3_lcm.n, sd3_lcm.nc, sd3_lcm.b, sd3_lcm.reverse), (2, 3, 2, false));
     let mut d = Delta::new(2, 4, 2, 28, 4).unwrap();
@@ -309,14 +313,14 @@ fn sd3_cached_step_reproduces_full_step(spec: &str, expect: StepPlan) {
 
 #[test]
 fn sd3_delta_front_covers_the_context_stream() {
-    sd3_cached_step_reproduces_full_step("delta:n=2,nc=1,b=0", StepPlan::CachedFront(1));
-    sd3_cached_step_reproduces_full_step("delta:n=2,nc=2,b=0", StepPlan::CachedFront(2));
+    sd3_cached_step_reproduces_full_step("delta:n=2,nc=1,b=0,order=paper", StepPlan::CachedFront(1));
+    sd3_cached_step_reproduces_full_step("delta:n=2,nc=2,b=0,order=paper", StepPlan::CachedFront(2));
 }
 
 #[test]
 fn sd3_delta_rear_ends_at_the_context_pre_only_block() {
-    sd3_cached_step_reproduces_full_step("delta:n=2,nc=1,b=5", StepPlan::CachedRear(1));
-    sd3_cached_step_reproduces_full_step("delta:n=2,nc=2,b=5", StepPlan::CachedRear(2));
+    sd3_cached_step_reproduces_full_step("delta:n=2,nc=1,b=5,order=paper", StepPlan::CachedRear(1));
+    sd3_cached_step_reproduces_full_step("delta:n=2,nc=2,b=5,order=paper", StepPlan::CachedRear(2));
 }
 
 #[test]

@@ -258,6 +258,85 @@ fn attention_self_and_cross_with_mask_match_f64() {
     }
 }
 
+/// Key-bias rows of `nk` keys for the padding-mask test: (name, bias).
+fn mask_rows(rng: &mut Rng, nk: usize) -> Vec<(&'static str, Vec<f32>)> {
+    let keep = |f: &dyn Fn(usize) -> bool, masked: f32| (0..nk).map(|j| if f(j) { 0.0 } else { masked }).collect();
+    vec![
+        ("first token", keep(&|j| j == 0, -10000.0)),
+        ("last token", keep(&|j| j == nk - 1, -10000.0)),
+        ("3 tokens", keep(&|j| j < 3, -10000.0)),
+        ("20 tokens", keep(&|j| j < 20, -10000.0)),
+        ("all", keep(&|_| true, -10000.0)),
+        ("scattered", keep(&|j| j % 3 == 1 || j == 0, -10000.0)),
+        ("-inf", keep(&|j| j < 2, f32::NEG_INFINITY)),
+        ("-1e9", keep(&|j| j % 2 == 0, -1e9)),
+        // kept keys with their own small biases (their max below 0)
+        ("soft", (0..nk).map(|j| if j < 5 { -0.5 - 2.0 * rng.uniform() } else { -10000.0 }).collect()),
+        // masked only 150 below: dropped while the scores are small, all kept when they are large
+        ("-150", keep(&|j| j < 4, -150.0)),
+    ]
+}
+
+/// Padding masks of every shape — one kept token (first or last), a few, all, scattered, −∞ and
+/// −10⁹ masks, soft biases — with the samples of one call under different masks, several query
+/// blocks, and scores small (the masked keys left out of the GEMMs) or large enough that a −150
+/// mask leaves the masked keys real weight (the CPU backend must then keep them): each sample
+/// against the float64 reference, and a one-kept-token call against attention over that token
+/// alone.
+#[test]
+fn attention_padding_masks_match_f64() {
+    let be = Cpu::new(2);
+    let mut rng = Rng::new(9);
+    // (heads, head_dim, nq, nk, q std): nq 130 spans two query blocks of 128
+    for &(heads, d, nq, nk, q_std) in
+        &[(2, 72, 64, 32, 1.0), (1, 16, 130, 7, 1.0), (3, 40, 5, 120, 1.0), (1, 1, 3, 1, 1.0), (2, 16, 33, 24, 100.0)]
+    {
+        let mut rows = mask_rows(&mut rng, nk);
+        if nk == 1 {
+            rows.retain(|(name, _)| ["first token", "all"].contains(name));
+        }
+        let batch = rows.len();
+        let width = heads * d;
+        let s = AttentionShape { batch, heads, head_dim: d, nq, nk, scale: (d as f32).powf(-0.5) };
+        let (q, qv) = random(&be, &mut rng, &[batch * nq, width], F32, q_std);
+        let (kv, kvv) = random(&be, &mut rng, &[batch * nk, 2 * width], F32, 1.0);
+        let bias_v: Vec<f32> = rows.iter().flat_map(|(_, b)| b.iter().copied()).collect();
+        let bias = be.upload(&bias_v, &[batch, nk], F32).unwrap();
+        let mut out = poisoned(&be, &[batch * nq, width], F32);
+        be.attention(&s, ColSlice::new(&q, 0), ColSlice::new(&kv, 0), ColSlice::new(&kv, width), Some(&bias), &mut out)
+            .unwrap();
+        let got = be.download(&out).unwrap();
+        let want = attention64(&s, (&qv, 0, width), (&kvv, 0, 2 * width), (&kvv, width, 2 * width), Some(&bias_v));
+        let per_sample = nq * width;
+        for (b, (name, _)) in rows.iter().enumerate() {
+            let r = b * per_sample..(b + 1) * per_sample;
+            let what = format!("attention h{heads} d{d} {nq}x{nk} q std {q_std}, mask {name}");
+            assert_close(&what, &got[r.clone()], &want[r], TOL);
+        }
+
+        // the "last token" sample alone, masked, against attention over its last key only
+        if nk > 1 {
+            let b = 1;
+            let s1 = AttentionShape { batch: 1, nk: 1, ..s };
+            let q1 = be.upload(&qv[b * per_sample..(b + 1) * per_sample], &[nq, width], F32).unwrap();
+            let last = (b * nk + nk - 1) * 2 * width;
+            let kv1 = be.upload(&kvv[last..last + 2 * width], &[1, 2 * width], F32).unwrap();
+            let mut out1 = poisoned(&be, &[nq, width], F32);
+            be.attention(
+                &s1,
+                ColSlice::new(&q1, 0),
+                ColSlice::new(&kv1, 0),
+                ColSlice::new(&kv1, width),
+                None,
+                &mut out1,
+            )
+            .unwrap();
+            let what = format!("attention h{heads} d{d} {nq}x{nk}: last token masked against that key alone");
+            assert_close(&what, &got[b * per_sample..(b + 1) * per_sample], &be.download(&out1).unwrap(), 1e-7);
+        }
+    }
+}
+
 #[test]
 fn activation_and_add_bcast_match_f64() {
     let be = Cpu::new(2);

@@ -98,7 +98,8 @@ impl CacheSpec {
             "none" => Box::new(NoCache),
             "delta" => {
                 let reverse = match self.params.get("order").map(String::as_str) {
-                    None | Some("paper") => false,
+                    None => preset.reverse,
+                    Some("paper") => false,
                     Some("reverse") => true,
                     Some(other) => return Err(Error::param("order", other, "paper or reverse")),
                 };

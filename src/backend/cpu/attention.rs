@@ -3,16 +3,16 @@
 //!
 //! Key biases (the text padding mask: 0 for kept tokens, −10000 for the others) cost nothing
 //! beyond the keys they keep:
-//! - softmax flushes every weight below the normal range to an exact 0 (a masked key's
-//!   e^(−10000) would otherwise come out of the clamped exp as ≈ 1.2·10⁻³⁸, or a subnormal once
-//!   normalised, and subnormal operands make the P·V GEMM's multiply-adds take microcode
-//!   assists on many x86 cores: several times the unmasked time);
+//! - the softmax flushes every weight below the normal range to an exact 0. A masked key's
+//!   e^(−10000) comes out of the clamped `fast_exp` as ≈ 1.2·10⁻³⁸, a subnormal once normalised;
+//!   subnormal operands in the P·V GEMM cost a microcode assist per multiply-add on many x86
+//!   cores (measured: masked cross-attention at 4× the unmasked time);
 //! - keys whose bias lies far below the sample's largest are left out of both GEMMs whenever a
 //!   bound on the scores proves their weights would be flushed to 0 in every row of the block
 //!   (see [`Compaction`]), so a sample that keeps one text token does one key's work.
 //!
-//! Both only drop weights under 2·2⁻¹²⁶ of the row sum: the outputs match the full computation
-//! to rounding.
+//! Both only drop weights under 2·2⁻¹²⁶ of their row's sum: the outputs match the computation
+//! over every key to rounding.
 
 use super::elementwise::{fast_exp, sum8};
 use super::simd::multiversion;
@@ -23,17 +23,16 @@ use rayon::prelude::*;
 /// Query rows per task: bounds the score block to QBLOCK × nk floats.
 const QBLOCK: usize = 128;
 
-/// A weight `e` (its row's max at e⁰ = 1, row sum `s` ≥ 1) under `FLUSH · s` becomes an exact 0:
-/// then `e / s` would be below 2⁻¹²⁶ (subnormal), and every weight kept stays normal.
+/// A weight `e` (its row's max at e⁰ = 1, so the row sum `s` ≥ 1) under `FLUSH · s` becomes an
+/// exact 0: `e / s` would be under 2⁻¹²⁶ (subnormal). Every weight kept stays normal.
 const FLUSH: f32 = 2.0 * f32::MIN_POSITIVE;
 
 /// A key is a candidate to leave out when its bias is this far below the sample's largest one.
 const DROP_GAP: f32 = 100.0;
 
-/// Score margin (below the row max) past which a weight is surely flushed: fast_exp(x) for
-/// x ≤ −86.6 is below `FLUSH` (its clamp at −87.3 gives ≈ 1.22·10⁻³⁸ < 2.35·10⁻³⁸); 90 leaves
-/// room for the f32 rounding of the scores and the bias sums, bounded separately in
-/// [`Compaction`].
+/// How far below its row's max score a key's score must be for its weight to be flushed surely:
+/// `fast_exp(x)` for x ≤ −86.6 is under `FLUSH` (its clamp at −87.3 gives ≈ 1.22·10⁻³⁸ <
+/// 2.35·10⁻³⁸); 90 leaves room for the f32 rounding of the scores, bounded in [`Compaction`].
 const FLUSHED_BELOW: f64 = 90.0;
 
 /// One operand: (data, first column, row stride).
@@ -45,19 +44,19 @@ fn fits((data, col, stride): Operand<'_>, rows: usize, width: usize) -> bool {
     rows == 0 || last.is_some_and(|end| end <= data.len() && col + width <= stride)
 }
 
-/// Per sample, the keys its bias puts at least [`DROP_GAP`] below its largest bias `b_max`
-/// (`dropped`, the largest of their biases `b_drop`) and the others (`kept`). A task leaves the
-/// dropped keys out when, with `c = scale·max_i |q_i|` over its block's query rows, `n*` the
-/// smallest |k| among the keys at `b_max`, `n_drop` the largest among the dropped ones, and
-/// `r = 1 + 8(d+1)ε` covering the f32 rounding of the norms and of a d-term dot product,
+/// Per sample, the keys its bias puts more than [`DROP_GAP`] below its largest bias `b_max`
+/// (`dropped`; `b_drop` the largest of their biases) and the others (`kept`). A task leaves the
+/// dropped keys out when, with `a_c = max_i |q_ic|` over its block's query rows, `A_j = Σ_c
+/// a_c·|k_jc|` (so `|q_i·k_j| ≤ A_j` for every row i) and `r = 1 + 4(d+2)ε` covering the f32
+/// rounding of `A_j` and of the GEMM's d-term dot products,
 ///
-///   (b_max − c·n*·r) − (b_drop + c·n_drop·r)  >  90 + slack.
+///   (b_max − scale·r·min_{k at b_max} A_k) − (b_drop + scale·r·max_{j dropped} A_j)  >  90 + slack:
 ///
-/// By Cauchy–Schwarz the left term is at most each row's max score and the right one at least
-/// each dropped key's score, so every dropped key lies more than [`FLUSHED_BELOW`] under its
-/// row's max: its weight would be an exact 0 after the flush, and the row sum only loses terms
-/// below its last bit. `slack` (relative 10⁻⁵ of the magnitudes) bounds the f32 rounding of the
-/// bias sums. Otherwise the block runs on all keys.
+/// the left term is at most each row's max score, the right one at least each dropped key's
+/// score, so every dropped key lies more than [`FLUSHED_BELOW`] under its row's max and its
+/// weight would be an exact 0 after the flush (the row sum only loses terms below its last bit).
+/// `slack`, relative 10⁻⁵ of the magnitudes, bounds the f32 rounding of the bias sums. A
+/// non-finite `A` fails the test; a failing block runs on all keys.
 struct Compaction {
     kept: Vec<usize>,
     dropped: Vec<usize>,
@@ -85,7 +84,7 @@ impl Compaction {
     }
 
     /// Whether the dropped keys of `k` (stride `ks`) are flushed in every one of the `rows` rows
-    /// of `q` (stride `qs`), `d` columns each; see the type's documentation. `norms`: scratch.
+    /// of `q` (stride `qs`), `d` columns each; see the type's documentation. `tmp`: scratch.
     #[allow(clippy::too_many_arguments)]
     fn holds(
         &self,
@@ -96,39 +95,50 @@ impl Compaction {
         rows: usize,
         k: &[f32],
         ks: usize,
-        norms: &mut Vec<f32>,
+        tmp: &mut Vec<f32>,
     ) -> bool {
-        let mut extreme = |rows: &[usize], min: bool| {
-            norms.resize(rows.len(), 0.0);
-            sq_norms(k, ks, d, Some(rows), norms);
+        tmp.resize(d + self.top.len().max(self.dropped.len()), 0.0);
+        let (a, dots) = tmp.split_at_mut(d);
+        col_max_abs(q, qs, rows, a);
+        let mut extreme = |keys: &[usize], min: bool| {
+            let dots = &mut dots[..keys.len()];
+            abs_dots(k, ks, a, keys, dots);
             let m =
-                norms.iter().fold(if min { f32::INFINITY } else { 0.0 }, |m, &x| if min { m.min(x) } else { m.max(x) });
-            (m as f64).sqrt()
+                dots.iter().fold(if min { f32::INFINITY } else { 0.0 }, |m, &x| if min { m.min(x) } else { m.max(x) });
+            dots.iter().all(|x| x.is_finite()).then_some(m as f64)
         };
-        let (n_top, n_drop) = (extreme(&self.top, true), extreme(&self.dropped, false));
-        norms.resize(rows, 0.0);
-        sq_norms(q, qs, d, None, norms);
-        let q_max = norms.iter().fold(0.0f32, |m, &x| m.max(x)) as f64;
-        let r = 1.0 + 8.0 * (d + 1) as f64 * f32::EPSILON as f64;
-        let c = scale.abs() as f64 * q_max.sqrt() * r;
-        let (lo, hi) = (self.max_bias - c * n_top, self.max_dropped_bias + c * n_drop);
-        let slack = 1e-5 * (self.max_bias.abs() + self.max_dropped_bias.abs() + c * (n_top + n_drop));
+        let (Some(a_top), Some(a_drop)) = (extreme(&self.top, true), extreme(&self.dropped, false)) else {
+            return false;
+        };
+        let c = scale.abs() as f64 * (1.0 + 4.0 * (d + 2) as f64 * f32::EPSILON as f64);
+        let (lo, hi) = (self.max_bias - c * a_top, self.max_dropped_bias + c * a_drop);
+        let slack = 1e-5 * (self.max_bias.abs() + self.max_dropped_bias.abs() + c * (a_top + a_drop));
         lo - hi > FLUSHED_BELOW + slack
     }
 }
 
 multiversion! {
-    /// `out[n] = Σ_c x[r·stride + c]²` over `d` columns of row `r = rows[n]` (None: `r = n`).
-    fn sq_norms(x: &[f32], stride: usize, d: usize, rows: Option<&[usize]>, out: &mut [f32]) {
-        for (n, o) in out.iter_mut().enumerate() {
-            let r = rows.map_or(n, |rows| rows[n]);
-            let row = &x[r * stride..r * stride + d];
+    /// `a[c] = max_i |x[i·stride + c]|` over `rows` rows, for the `a.len()` columns.
+    fn col_max_abs(x: &[f32], stride: usize, rows: usize, a: &mut [f32]) {
+        a.fill(0.0);
+        for i in 0..rows {
+            let row = &x[i * stride..i * stride + a.len()];
+            a.iter_mut().zip(row).for_each(|(m, &v)| *m = m.max(v.abs()));
+        }
+    }
+}
+
+multiversion! {
+    /// `out[n] = Σ_c a[c]·|x[keys[n]·stride + c]|` over the `a.len()` columns.
+    fn abs_dots(x: &[f32], stride: usize, a: &[f32], keys: &[usize], out: &mut [f32]) {
+        for (o, &j) in out.iter_mut().zip(keys) {
+            let row = &x[j * stride..j * stride + a.len()];
             let mut acc = [0.0f32; 8];
-            let chunks = row.chunks_exact(8);
-            let tail: f32 = chunks.remainder().iter().map(|&v| v * v).sum();
-            for c in chunks {
+            let (rc, ac) = (row.chunks_exact(8), a.chunks_exact(8));
+            let tail: f32 = rc.remainder().iter().zip(ac.remainder()).map(|(&v, &w)| v.abs() * w).sum();
+            for (r, w) in rc.zip(ac) {
                 for l in 0..8 {
-                    acc[l] += c[l] * c[l];
+                    acc[l] += r[l].abs() * w[l];
                 }
             }
             *o = acc.iter().sum::<f32>() + tail;
@@ -139,12 +149,14 @@ multiversion! {
 /// A task's buffers, reused across its blocks.
 #[derive(Default)]
 struct Scratch {
+    /// the block's scores, `rows` rows of `nk` floats
     scores: Vec<f32>,
+    /// the compaction test's scratch
+    tmp: Vec<f32>,
     /// kept keys, values and biases gathered for a compacted block
     k: Vec<f32>,
     v: Vec<f32>,
     bias: Vec<f32>,
-    norms: Vec<f32>,
 }
 
 /// `out[b·nq + i, h·d..] = softmax_j(scale·q·k_j + bias[b, j]) · v`.
@@ -192,9 +204,9 @@ pub fn attention_f32(
         let kp = &k.0[b * s.nk * k.2 + k.1 + h * d..];
         let vp = &v.0[b * s.nk * v.2 + v.1 + h * d..];
         let bias = key_bias.map(|kb| &kb[b * s.nk..(b + 1) * s.nk]);
-        // (keys, their rows: data and stride, values likewise, their biases)
+        // (keys, their rows: data and stride, the values' likewise, their biases)
         let (nk, kp, ks, vp, vs, bias) = match (compaction.get(b).and_then(Option::as_ref), bias) {
-            (Some(c), Some(bias)) if c.holds(s.scale, d, qp, q.2, rows, kp, k.2, &mut buf.norms) => {
+            (Some(c), Some(bias)) if c.holds(s.scale, d, qp, q.2, rows, kp, k.2, &mut buf.tmp) => {
                 buf.k.clear();
                 buf.v.clear();
                 buf.bias.clear();
@@ -265,8 +277,8 @@ pub fn attention_f32(
     });
 }
 
-/// Scores per softmax pass: the exps of this many rows' worth run as one loop (full vectors
-/// even for short rows), still within L1.
+/// Scores per softmax group: the exps of a group's rows run as one loop, full vectors even for
+/// rows shorter than one (a text that keeps one token); 8 KiB, within L1.
 const SOFTMAX_GROUP: usize = 2048;
 
 multiversion! {
