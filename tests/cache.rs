@@ -372,7 +372,7 @@ fn reference_delta(
     for (i, &t) in sched.timesteps().iter().enumerate() {
         let lat = be.download(&latents).unwrap();
         be.write(ws.input_mut(), &[lat.clone(), lat].concat()).unwrap();
-        be.write(ws.timesteps_mut(), &vec![t as f32; 2 * bs]).unwrap();
+        be.write(ws.timesteps_mut(), &vec![t; 2 * bs]).unwrap();
         model.embed_step(be, &ctx, &mut ws).unwrap();
         let sub = |a: &[f32], bb: &[f32]| a.iter().zip(bb).map(|(x, y)| x - y).collect::<Vec<f32>>();
         let add = |a: &[f32], bb: &[f32]| a.iter().zip(bb).map(|(x, y)| x + y).collect::<Vec<f32>>();

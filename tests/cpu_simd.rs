@@ -60,7 +60,8 @@ fn outputs(be: &Cpu) -> Vec<(String, Vec<f32>)> {
     let s = AttentionShape { batch, heads, head_dim: d, nq: tokens, nk, scale: (d as f32).powf(-0.5) };
     let (q, _) = random(be, &mut rng, &[rows, heads * d], F32, 1.0);
     let (kv, _) = random(be, &mut rng, &[batch * nk, 2 * heads * d], F32, 1.0);
-    let bias_v: Vec<f32> = (0..batch * nk).map(|i| if i % 3 == 1 { -10000.0 } else { 0.0 }).collect();
+    // sample 0 masks every third key, sample 1 keeps its first key only
+    let bias_v: Vec<f32> = (0..batch * nk).map(|i| if i % 3 == 1 || i > nk { -10000.0 } else { 0.0 }).collect();
     let bias = be.upload(&bias_v, &[batch, nk], F32).unwrap();
     let mut o = poisoned(be, &[rows, heads * d], F32);
     be.attention(&s, ColSlice::new(&q, 0), ColSlice::new(&kv, 0), ColSlice::new(&kv, heads * d), Some(&bias), &mut o)

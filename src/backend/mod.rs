@@ -210,7 +210,7 @@ pub trait Backend: sealed::Sealed + Sized + Send + Sync + 'static {
 
     /// RMSNorm over each head of Q and K in place, as diffusers' `RMSNorm(head_dim, eps)` with a
     /// weight (SD3.5 / FLUX `attn.norm_q`, `attn.norm_k`): for every row r and head h,
-    /// v = x[r, col + h·head_dim ..][..head_dim] becomes v·rsqrt(mean(v²) + eps)·w (mean and
+    /// v = x\[r, col + h·head_dim ..\]\[..head_dim\] becomes v·rsqrt(mean(v²) + eps)·w (mean and
     /// product in f32, rounded once to x's dtype), with (col, w) = (q_col, wq) and (k_col, wk).
     /// `x`: 2-D `[rows, width]` (typically the fused QKV projection output `[rows, 3·D]`), both
     /// column ranges inside a row and disjoint; `wq`, `wk`: `[head_dim]` of x's dtype.

@@ -31,13 +31,17 @@ pub struct CacheEngine<B: Backend> {
     branches: Option<Vec<BranchCache<B>>>,
     /// First-Block-Cache: block 0's residual now (per stream), the image part at the last full
     /// step, and Δ of blocks [1, L) (per stream)
-    fb_residual: Option<(Vec<Tensor<B>>, Tensor<B>, Vec<Tensor<B>>)>,
+    fb_residual: Option<FirstBlockBuffers<B>>,
     /// Block-0-input probe now and at the previous step
     probe: Option<(Tensor<B>, Tensor<B>)>,
     /// which caches hold values written since the run began
     stored: Stored,
     probe_has_prev: bool,
 }
+
+/// First-Block-Cache's buffers: block 0's residual now (per stream), its image part at the last
+/// full step, and Δ of blocks [1, L) (per stream).
+type FirstBlockBuffers<B> = (Vec<Tensor<B>>, Tensor<B>, Vec<Tensor<B>>);
 
 /// The caches written since the last reset.
 #[derive(Clone, Copy, Debug, Default)]

@@ -1,5 +1,5 @@
 //! Diffusion transformers over a [`Backend`], written once for every backend. Each model family
-//! is one module of [`families`] behind the [`families::Arch`] trait, chosen from the config's
+//! is one module of `families` behind the `families::Arch` trait, chosen from the config's
 //! `_class_name` by one registry; what every family shares lives here: the block-range executor
 //! with its Δ-cache taps, the workspace, the per-run context, the hidden streams.
 //!
@@ -425,8 +425,9 @@ impl<B: Backend> Transformer<B> {
 
     /// Adds a cached deviation at boundary `boundary`: every stream live there moves by its Δ.
     pub(crate) fn apply_delta(&self, be: &B, ws: &mut Workspace<B>, boundary: usize, bufs: &[Tensor<B>]) -> Result<()> {
-        for s in 0..self.live_streams(boundary) {
-            be.residual(&mut ws.streams[s], &bufs[s], None, CacheWrite::None)?;
+        let live = self.live_streams(boundary);
+        for (stream, delta) in ws.streams.iter_mut().zip(bufs).take(live) {
+            be.residual(stream, delta, None, CacheWrite::None)?;
         }
         Ok(())
     }

@@ -21,6 +21,9 @@ pub(crate) const IMAGE_ONLY: &[&str] = &["image"];
 /// The stream names of MMDiT families: image tokens, then context (text) tokens.
 pub(crate) const IMAGE_AND_CONTEXT: &[&str] = &["image", "context"];
 
+/// A workspace's streams and the family's scratch buffers.
+pub(crate) type StreamsAndScratch<B> = (Vec<Tensor<B>>, Box<dyn Any + Send + Sync>);
+
 /// What a model family implements; the generic parts of [`super::Transformer`] call these.
 pub(crate) trait Arch<B: Backend>: Send + Sync {
     /// Transformer blocks.
@@ -35,13 +38,7 @@ pub(crate) trait Arch<B: Backend>: Send + Sync {
     /// The family's per-run tensors (checked against the model: sizes, labels, text length).
     fn context(&self, be: &B, cfg: &ModelConfig, c: &Conditioning) -> Result<Box<dyn Any + Send + Sync>>;
     /// The streams and the family's scratch buffers for `ctx`'s batch and size.
-    fn workspace(
-        &self,
-        be: &B,
-        cfg: &ModelConfig,
-        ctx: &Context<B>,
-        tokens: usize,
-    ) -> Result<(Vec<Tensor<B>>, Box<dyn Any + Send + Sync>)>;
+    fn workspace(&self, be: &B, cfg: &ModelConfig, ctx: &Context<B>, tokens: usize) -> Result<StreamsAndScratch<B>>;
     /// Streams at boundary 0 from `ws.model_in`; the step's conditioning from `ws.t`.
     fn embed(&self, be: &B, cfg: &ModelConfig, ctx: &Context<B>, ws: &mut Workspace<B>) -> Result<()>;
     /// Block `k` on the streams in place; `writes[s]` fused into stream s's last residual update

@@ -86,7 +86,7 @@ impl<B: Backend> Arch<B> for Model<B> {
         cfg: &ModelConfig,
         ctx: &Context<B>,
         tokens: usize,
-    ) -> Result<(Vec<Tensor<B>>, Box<dyn Any + Send + Sync>)> {
+    ) -> Result<super::StreamsAndScratch<B>> {
         let (b, d, p) = (ctx.batch, cfg.inner_dim(), cfg.patch_size);
         let rows = b * tokens;
         let dt = be.act_dtype();

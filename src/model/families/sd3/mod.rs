@@ -299,7 +299,7 @@ impl<B: Backend> Arch<B> for Model<B> {
         cfg: &ModelConfig,
         ctx: &Context<B>,
         tokens: usize,
-    ) -> Result<(Vec<Tensor<B>>, Box<dyn Any + Send + Sync>)> {
+    ) -> Result<super::StreamsAndScratch<B>> {
         let run: &RunCtx<B> = family_part(&*ctx.family)?;
         let (b, d, p, l) = (ctx.batch, cfg.inner_dim(), cfg.patch_size, run.text_len);
         let (rows, rows_c) = (b * tokens, b * l);
