@@ -4,9 +4,10 @@
 //! Key biases (the text padding mask: 0 for kept tokens, −10000 for the others) cost nothing
 //! beyond the keys they keep:
 //! - the softmax flushes every weight below the normal range to an exact 0. A masked key's
-//!   e^(−10000) comes out of the clamped `fast_exp` as ≈ 1.2·10⁻³⁸, a subnormal once normalised;
-//!   subnormal operands in the P·V GEMM cost a microcode assist per multiply-add on many x86
-//!   cores (measured: masked cross-attention at 4× the unmasked time);
+//!   e^(−10000) comes out of the clamped `fast_exp` as ≈ 1.2·10⁻³⁸, a subnormal once normalised
+//!   by a row sum above 1; subnormal operands in the P·V GEMM (and subnormal results of the
+//!   normalisation) take microcode assists on many x86 cores, where the masked cross-attention
+//!   ran at 4× the unmasked time (about 8% slower on a Zen 3 EPYC, which has cheaper assists);
 //! - keys whose bias lies far below the sample's largest are left out of both GEMMs whenever a
 //!   bound on the scores proves their weights would be flushed to 0 in every row of the block
 //!   (see [`Compaction`]), so a sample that keeps one text token does one key's work.
