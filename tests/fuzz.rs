@@ -243,7 +243,7 @@ fn configs_error_or_run() {
         let n = 2 * cfg.in_channels * side * side;
         let inp = ForwardInputs {
             hidden_states: (0..n).map(|i| (i as f32 * 0.37).sin()).collect(),
-            shape: [2, cfg.in_channels, side, side],
+            shape: vec![2, cfg.in_channels, side, side],
             timestep: vec![10.0, 900.0],
             cond,
         };

@@ -259,13 +259,13 @@ fn cmd_sample(
     if per_step {
         let flat: Vec<f32> = out.latents_per_step.concat();
         let mut shape = vec![steps_done];
-        shape.extend(out.shape);
+        shape.extend(&out.shape);
         tensors.push(("latents_per_step", HostTensor::F32(flat, shape)));
     }
     write_safetensors(output, &tensors)?;
     if let Some(path) = image {
         let cols = (out.shape[0] as f64).sqrt().ceil() as usize;
-        let png = png_grid(&out.latents, out.shape, cols, 4)?;
+        let png = png_grid(&out.latents, out.spatial_shape()?, cols, 4)?;
         std::fs::write(path, png).map_err(|e| Error::io(path, e))?;
         println!("wrote {} samples as a PNG grid to {}", out.shape[0], path.display());
     }
