@@ -92,12 +92,14 @@ fn trained_models_draw_the_digits_asked_for() {
             sample(&be, &model, &inputs, &cfg, policy, &mut |_, _| {}).unwrap()
         };
         let none = run("none");
-        let q = quality(&none.latents, &none.latents, none.shape, kit.classifier.as_ref(), &asked).unwrap();
+        let q = quality(&none.latents, &none.latents, none.spatial_shape().unwrap(), kit.classifier.as_ref(), &asked)
+            .unwrap();
         let acc = q.accuracy.unwrap();
         println!("{name}: uncached accuracy {acc:.2}");
         assert!(acc >= 0.9, "{name}: the classifier reads {acc:.2} of the uncached samples as asked");
         let delta = run("delta");
-        let q = quality(&delta.latents, &none.latents, none.shape, kit.classifier.as_ref(), &asked).unwrap();
+        let q = quality(&delta.latents, &none.latents, none.spatial_shape().unwrap(), kit.classifier.as_ref(), &asked)
+            .unwrap();
         println!(
             "{name}: delta accuracy {:.2}, PSNR {:.1} dB (worst {:.1})",
             q.accuracy.unwrap(),
