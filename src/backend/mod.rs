@@ -250,8 +250,8 @@ pub trait Backend: sealed::Sealed + Sized + Send + Sync + 'static {
     /// [`Backend::qk_norm`] fused with the rotary position embedding of FLUX (diffusers
     /// `apply_rotary_emb` with `use_real`, adjacent pairs): after the norm, in f32 and rounded
     /// once, every head of Q and K of row r is rotated at position `rope.offset + r % rope.tokens`
-    /// of `rope.table` — each pair (a, b) = (v[2i], v[2i+1]) becomes (a·cos − b·sin, b·cos + a·sin)
-    /// with (cos, sin) = (table[pos, 2i], table[pos, 2i+1]). `head_dim` must be even; the table is
+    /// of `rope.table` — each pair (a, b) = `(v[2i], v[2i+1])` becomes (a·cos − b·sin, b·cos + a·sin)
+    /// with (cos, sin) = `(table[pos, 2i], table[pos, 2i+1])`. `head_dim` must be even; the table is
     /// f32 `[positions, head_dim]` with positions ≥ offset + tokens, and rows a multiple of tokens.
     #[allow(clippy::too_many_arguments)]
     fn qk_norm_rope(
