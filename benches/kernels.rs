@@ -1,6 +1,7 @@
 //! Kernel microbenchmarks at the real shapes of the presets: attention (self, and cross with the
 //! text mask; on an H100/H200 also with each wgmma kernel, rows `attn-*-wgmma*`), norm_modulate,
 //! qk_norm (at SD3.5-medium's and FLUX's shapes, rows `qk-norm/*`: no preset has Q/K norms yet),
+//! qk_norm fused with FLUX's RoPE (rows `qk-norm-rope/*`),
 //! the gated residual and its Δ store/apply variants, GELU + bias, a same-size copy, the
 //! once-per-step kernels (patchify, position embedding, unpatchify, CFG combine, the DPM-Solver++ 2M
 //! update) and the GEMMs through `Backend::linear` — plus the two roofline figures measured in the
@@ -371,6 +372,33 @@ impl<B: Timed> Run<'_, B> {
                 checked: true,
             };
             self.time(c, KernelOp::QkNorm { heads, head_dim }, io);
+        }
+        // FLUX's Q/K preparation: the norm fused with RoPE, on a double block's image stream (its
+        // 4096 tokens after the 512 text positions of the table) and its context stream. Bytes: Q
+        // and K read and written once, the table's rows read once.
+        for (preset, rows, offset) in [("flux-1024-image", 4096, 512), ("flux-1024-context", 512, 0)] {
+            let (heads, head_dim) = (24, 128);
+            let d = heads * head_dim;
+            let bytes = es * 4.0 * (rows * d) as f64 + 4.0 * (rows * head_dim) as f64;
+            let table = [4096 + 512, head_dim];
+            let args = [
+                Arg::Rand(&[rows, 3 * d], 97, 1.5),
+                Arg::Rand(&[head_dim], 101, 0.5),
+                Arg::Rand(&[head_dim], 103, 0.5),
+                Arg::RandF32(&table, 107, 0.7),
+            ];
+            let io = self.sets_of(&args, self.sets(bytes / 2.0))?;
+            let c = Case {
+                name: format!("qk-norm-rope/{preset}"),
+                op: "qk-norm-rope".into(),
+                preset: preset.into(),
+                shape: format!("[{rows}, {}]: Q, K {heads}×{head_dim}, RoPE at {offset}..", 3 * d),
+                bound: Bound::Memory,
+                flop: 0.0,
+                bytes,
+                checked: true,
+            };
+            self.time(c, KernelOp::QkNormRope { heads, head_dim, offset }, io);
         }
         Ok(())
     }

@@ -56,7 +56,7 @@ fn run(dir: &std::path::Path) -> deltadit::Result<()> {
             }
             ForwardInputs {
                 hidden_states: wave(b * c * s * s, 0.37),
-                shape: [b, c, s, s],
+                shape: vec![b, c, s, s],
                 timestep: vec![500.0; b],
                 cond,
             }

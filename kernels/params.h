@@ -95,6 +95,11 @@ typedef struct NormModulateParams {
 /*     gives 32).                                                             */
 /* Grid-stride over items in warp-uniform steps: grid <= ceil(items /         */
 /* (QK_NORM_THREADS / group_lanes)) blocks of QK_NORM_THREADS threads.        */
+/* RoPE (FLUX; rope != NULL, head_dim even): after the norm, still in f32,    */
+/* each adjacent pair (a, b) = v[2i], v[2i+1] of row r becomes                */
+/*   (a*cos - b*sin, b*cos + a*sin)   each product and sum rounded (no FMA)   */
+/* with (cos, sin) = rope[pos * head_dim + 2i + {0, 1}], pos = rope_offset +  */
+/* r % rope_tokens (the launcher checks the table holds those positions).     */
 /* ------------------------------------------------------------------------ */
 #define QK_NORM_THREADS 256
 typedef struct QkNormParams {
@@ -109,6 +114,9 @@ typedef struct QkNormParams {
     int32_t head_dim;
     int32_t group_lanes;      /* lanes a (row, head): 1, 2, 4, 8, 16 or 32 */
     float eps;
+    const float* rope;        /* [positions, head_dim] (cos, sin) pairs, or NULL: no RoPE */
+    int64_t rope_tokens;      /* rows per sample (row r at position rope_offset + r % rope_tokens) */
+    int64_t rope_offset;      /* position of each sample's first row */
 } QkNormParams;
 
 /* ------------------------------------------------------------------------ */

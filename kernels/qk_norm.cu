@@ -1,5 +1,6 @@
 // RMSNorm of each attention head of Q and K, in place (SD3.5 / FLUX `attn.norm_q`, `attn.norm_k`):
 //   v = v * (1 / sqrt(mean(v²) + eps)) * w        per (row, Q or K, head), f32 math, one rounding
+// optionally fused with FLUX's RoPE on the normalised head (still f32, the same one rounding).
 // Layout, items and launch geometry: params.h (QkNormParams).
 //
 // Memory-bound: every byte of Q and K is read once and written once; the weights are one head long
@@ -26,6 +27,7 @@ __device__ __forceinline__ float group_sum(float v, int lanes) {
 template <typename T> struct Item {
     T* x;
     const T* w;
+    const float* rope;  // this row's (cos, sin) pairs, or nullptr: no RoPE
     bool live;
 };
 
@@ -40,6 +42,7 @@ template <typename T> __device__ __forceinline__ Item<T> locate(const QkNormPara
     const int head = is_k ? rem - p.heads : rem;
     it.x = static_cast<T*>(p.x) + row * p.row_stride + (is_k ? p.k_col : p.q_col) + (int64_t)head * p.head_dim;
     it.w = static_cast<const T*>(is_k ? p.wk : p.wq);
+    it.rope = p.rope ? p.rope + (p.rope_offset + row % p.rope_tokens) * (int64_t)p.head_dim : nullptr;
     return it;
 }
 
@@ -55,6 +58,16 @@ template <typename T, typename F> __device__ __forceinline__ void for_each_item(
     for (int64_t base = warp * groups_per_warp; base < items; base += warps * groups_per_warp) {
         f(locate<T>(p, base + group, items));
     }
+}
+
+// RoPE of one adjacent pair in f32 (diffusers' x*cos + rot(x)*sin: products and sum rounded
+// separately, never contracted into an FMA).
+__device__ __forceinline__ void rotate_pair(float& a, float& b, const float* cs) {
+    const float c = cs[0], s = cs[1];
+    const float a2 = __fadd_rn(__fmul_rn(a, c), __fmul_rn(-b, s));
+    const float b2 = __fadd_rn(__fmul_rn(b, c), __fmul_rn(a, s));
+    a = a2;
+    b = b2;
 }
 
 // Lane j of the group holds chunk j (8 elements) of the head in registers.
@@ -83,6 +96,10 @@ template <typename T> __device__ __forceinline__ void heads_in_registers(const Q
             wc.unpack(w);
 #pragma unroll
             for (int i = 0; i < 8; ++i) f[i] = f[i] * rstd * w[i];
+            if (it.rope) {
+#pragma unroll
+                for (int i = 0; i < 4; ++i) rotate_pair(f[2 * i], f[2 * i + 1], it.rope + j * 8 + 2 * i);
+            }
             Chunk<T, 8>::write(it.x + j * 8, f);
         }
     });
@@ -102,6 +119,17 @@ template <typename T> __device__ __forceinline__ void heads_looped(const QkNormP
             ss = fmaf(v, v, ss);
         }
         const float rstd = 1.0f / sqrtf(group_sum(ss, lanes) * inv_dim + p.eps);
+        if (it.rope) {
+            // lane j owns pairs j, j + lanes, ...: both elements of a pair in one lane
+            for (int e = 2 * j; it.live && e + 1 < p.head_dim; e += 2 * lanes) {
+                float a = to_f32(it.x[e]) * rstd * to_f32(it.w[e]);
+                float b = to_f32(it.x[e + 1]) * rstd * to_f32(it.w[e + 1]);
+                rotate_pair(a, b, it.rope + e);
+                it.x[e] = from_f32<T>(a);
+                it.x[e + 1] = from_f32<T>(b);
+            }
+            return;
+        }
         for (int e = j; it.live && e < p.head_dim; e += lanes) {
             it.x[e] = from_f32<T>(to_f32(it.x[e]) * rstd * to_f32(it.w[e]));
         }
@@ -112,7 +140,7 @@ template <typename T> __device__ __forceinline__ void qk_norm(const QkNormParams
     const int lanes = p.group_lanes;
     // Launcher bugs, not data conditions: fail loudly rather than mis-assign heads.
     if (lanes <= 0 || lanes > 32 || (lanes & (lanes - 1)) != 0 || blockDim.x % 32 != 0 || p.heads <= 0 ||
-        p.head_dim <= 0)
+        p.head_dim <= 0 || (p.rope && (p.rope_tokens <= 0 || p.head_dim % 2 != 0)))
         __trap();
     // 16-byte chunks need every head to start 16-byte aligned: checked, not assumed. The condition
     // is uniform over the grid (params only).

@@ -339,6 +339,64 @@ fn sd3_streams_and_where_the_context_is_live() {
     assert_eq!((model.live_streams(0), model.live_streams(2), model.live_streams(3)), (2, 2, 1));
 }
 
+/// The same on FLUX.1-dev (2 double + 2 single blocks, batch 2, guidance embedded, RoPE): ranges
+/// inside the double blocks, across the boundary to the single blocks (the same two streams on
+/// both sides) and ending at the last block (the context dead after it), FORA's branches of both
+/// block kinds, first-block.
+fn flux_cached_step_reproduces_full_step(spec: &str, expect: StepPlan) {
+    let be = Cpu::default();
+    let dir = data("flux-dev-tiny");
+    let model = Transformer::load(&be, &dir).unwrap();
+    let inputs =
+        ForwardInputs::from_inputs(&Inputs::open(&dir.join("inputs.safetensors")).unwrap(), model.config()).unwrap();
+    let policy = spec.parse::<CacheSpec>().unwrap().build(Family::Flux, model.num_blocks(), 10).unwrap();
+    let mut d = Denoiser::new(&be, &model, &inputs.cond, policy).unwrap();
+    let mut outs = Vec::new();
+    for step in 0..2 {
+        let r = d.forward(&be, &inputs.hidden_states, &inputs.timestep, step, 10).unwrap();
+        if step == 1 {
+            assert_eq!(r.plan, expect, "{spec}");
+        }
+        outs.push(be.download(d.output()).unwrap());
+    }
+    let e = rel_l2(&outs[1], &outs[0]);
+    assert!(e < 1e-6, "flux {spec}: cached step differs from the full step by {e:.2e}");
+}
+
+#[test]
+fn flux_delta_front_within_and_across_the_double_single_boundary() {
+    for nc in 1..=3 {
+        flux_cached_step_reproduces_full_step(&format!("delta:n=2,nc={nc},b=0"), StepPlan::CachedFront(nc));
+    }
+}
+
+#[test]
+fn flux_delta_rear_ends_at_the_last_single_block() {
+    for nc in 1..=3 {
+        flux_cached_step_reproduces_full_step(&format!("delta:n=2,nc={nc},b=5"), StepPlan::CachedRear(nc));
+    }
+}
+
+#[test]
+fn flux_fora_and_first_block_bookkeeping() {
+    flux_cached_step_reproduces_full_step("fora:n=2", StepPlan::ReuseBranches);
+    flux_cached_step_reproduces_full_step("first-block:threshold=1000", StepPlan::CachedAfterFirst);
+}
+
+/// FLUX's streams: image and context through the double and the single blocks; the context is
+/// read up to the last block.
+#[test]
+fn flux_streams_and_where_the_context_is_live() {
+    let be = Cpu::default();
+    let model = Transformer::load(&be, &data("flux-dev-tiny")).unwrap();
+    assert_eq!(model.num_blocks(), 4);
+    assert_eq!(model.streams(), ["image", "context"]);
+    assert_eq!(
+        (model.live_streams(0), model.live_streams(2), model.live_streams(3), model.live_streams(4)),
+        (2, 2, 2, 1)
+    );
+}
+
 // ---------------------------------------------------------------- independent Δ-DiT
 
 /// Δ-DiT written out step by step from DELTA_DIT.md with host-side snapshots of every block
@@ -353,7 +411,7 @@ fn reference_delta(
     b: usize,
 ) -> (Vec<f32>, Vec<usize>) {
     let l = model.num_blocks();
-    let [bs, _, h, w] = inp.shape;
+    let (bs, h, w) = (inp.shape[0], inp.shape[2], inp.shape[3]);
     let mut cond = deltadit::model::Conditioning { batch: 2 * bs, height: h, width: w, ..Default::default() };
     let (u, cd) = (inp.uncond.clone().unwrap(), inp.cond.clone().unwrap());
     cond.text = Some(deltadit::model::TextInput {
@@ -441,7 +499,7 @@ fn samples_in_one_cfg_batch_do_not_interfere() {
     two.cond = Some(c2);
     let both = SampleInputs {
         latents: [one.latents.clone(), two.latents.clone()].concat(),
-        shape: [2, one.shape[1], one.shape[2], one.shape[3]],
+        shape: vec![2, one.shape[1], one.shape[2], one.shape[3]],
         cond: Some(deltadit::model::TextInput {
             embeds: [one.cond.as_ref().unwrap().embeds.clone(), two.cond.as_ref().unwrap().embeds.clone()].concat(),
             mask: Some(
@@ -466,6 +524,7 @@ fn samples_in_one_cfg_batch_do_not_interfere() {
         pooled: None,
         uncond_pooled: None,
         noise: None,
+        image_ids: None,
     };
     for spec in ["none", "delta:n=2,nc=4,b=5", "fora:n=2"] {
         let run = |inp: &SampleInputs| {

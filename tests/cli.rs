@@ -536,6 +536,65 @@ fn sample_sd3_with_a_scheduler_config_matches_diffusers() {
     fails_with(o, &["scheduler", "flow-match-euler"]);
 }
 
+/// FLUX.1-dev through the CLI: `sample` on packed latents with the prompt embeddings and pooled
+/// text, the guidance scale embedded (`--guidance`), FluxPipeline's linear sigmas with μ from the
+/// image tokens; without a scheduler config FLUX.1's default (dynamic shifting) applies.
+#[test]
+fn sample_flux_dev_with_embedded_guidance_matches_diffusers() {
+    let dir = data("flux-dev-tiny-sampling8");
+    let case: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("case.json")).unwrap()).unwrap();
+    let sched = tmp("flux-scheduler_config.json");
+    std::fs::write(&sched, case["scheduler"].to_string()).unwrap();
+    let out = tmp("flux-sample.safetensors");
+    let exp = dir.join("expected.safetensors");
+    let inputs = dir.join("inputs.safetensors");
+    for with_config in [true, false] {
+        let mut args = vec![
+            "sample",
+            "--model",
+            dir.to_str().unwrap(),
+            "--inputs",
+            inputs.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--steps",
+            "8",
+            "--guidance",
+            "3.5",
+        ];
+        if with_config {
+            args.extend(["--scheduler-config", sched.to_str().unwrap()]);
+        }
+        let o = run(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let e = rel_l2(&read(&out, "latents"), &read(&exp, "latents"));
+        assert!(e <= 1e-4, "scheduler config {with_config}: rel err {e:.2e}");
+        assert_eq!(read(&out, "timesteps"), read(&exp, "timesteps"));
+        assert_eq!(read(&out, "sigmas"), read(&exp, "sigmas"));
+    }
+    assert!(fails_on_image(&dir, &out), "a PNG grid of packed latents is an error");
+}
+
+/// `sample --image` on packed latents: an error, not a panic.
+fn fails_on_image(dir: &Path, out: &Path) -> bool {
+    let png = tmp("flux.png");
+    let o = run(&[
+        "sample",
+        "--model",
+        dir.to_str().unwrap(),
+        "--inputs",
+        dir.join("inputs.safetensors").to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--steps",
+        "2",
+        "--image",
+        png.to_str().unwrap(),
+    ]);
+    !o.status.success()
+}
+
 /// `bench` on the trained SD3 model judges its samples, and the table's columns stay aligned
 /// whatever the length of a policy's spec.
 #[test]

@@ -138,6 +138,63 @@ fn qk_norm_rejects_bad_inputs() {
     common::ops::qk_norm_rejects_bad_inputs(&Cpu::new(2));
 }
 
+/// The fused RMS norm + RoPE against f64: the norm as above, then each pair rotated at position
+/// offset + r % tokens (several samples, rows enough for several rayon tasks so a task's first
+/// row is not a sample's).
+#[test]
+fn qk_norm_rope_matches_f64() {
+    use deltadit::backend::Rope;
+    let be = Cpu::new(2);
+    let mut rng = Rng::new(11);
+    // (rows, heads, head_dim, q_col, k_col, width, tokens, offset)
+    for &(rows, heads, hd, q_col, k_col, width, tokens, offset) in &[
+        (1, 1, 4, 0, 4, 12, 1, 0),
+        (14, 3, 64, 0, 192, 576, 7, 3),
+        (10, 2, 18, 45, 3, 90, 5, 1),
+        (603, 4, 128, 0, 512, 1536, 201, 17),
+    ] {
+        let (mut x, xv) = random(&be, &mut rng, &[rows, width], F32, 2.0);
+        let (wq, wqv) = random(&be, &mut rng, &[hd], F32, 1.0);
+        let (wk, wkv) = random(&be, &mut rng, &[hd], F32, 1.0);
+        let positions = offset + tokens;
+        let table = common::ops::rope_table(&mut rng, positions, hd);
+        let t = be.upload(&table, &[positions, hd], F32).unwrap();
+        be.qk_norm_rope(&mut x, q_col, k_col, heads, hd, &wq, &wk, 1e-6, Rope { table: &t, tokens, offset }).unwrap();
+        let mut want = xv.clone();
+        for r in 0..rows {
+            let cs = &table[(offset + r % tokens) * hd..][..hd];
+            for (col, w) in [(q_col, &wqv), (k_col, &wkv)] {
+                for h in 0..heads {
+                    let v = &mut want[r * width + col + h * hd..][..hd];
+                    let ms = v.iter().map(|&a| (a as f64).powi(2)).sum::<f64>() / hd as f64;
+                    let rstd = 1.0 / (ms + 1e-6).sqrt();
+                    let n: Vec<f64> = v.iter().zip(w.iter()).map(|(&a, &wj)| a as f64 * rstd * wj as f64).collect();
+                    for i in 0..hd / 2 {
+                        let (c, s) = (cs[2 * i] as f64, cs[2 * i + 1] as f64);
+                        v[2 * i] = (n[2 * i] * c - n[2 * i + 1] * s) as f32;
+                        v[2 * i + 1] = (n[2 * i + 1] * c + n[2 * i] * s) as f32;
+                    }
+                }
+            }
+        }
+        let got = be.download(&x).unwrap();
+        let what = format!("qk_norm_rope [{rows}, {width}] {heads}×{hd} tokens {tokens} offset {offset}");
+        assert_close(&what, &got, &want, TOL);
+        for (i, (&g, &v)) in got.iter().zip(&xv).enumerate() {
+            let c = i % width;
+            if !(q_col..q_col + heads * hd).contains(&c) && !(k_col..k_col + heads * hd).contains(&c) {
+                assert_eq!(g.to_bits(), v.to_bits(), "{what}: column {c} changed");
+            }
+        }
+    }
+}
+
+/// The table, tokens and head-dim errors of the op suite's check, on the reference.
+#[test]
+fn qk_norm_rope_rejects_bad_inputs() {
+    common::ops::qk_norm_rope_rejects_bad_inputs(&Cpu::new(2));
+}
+
 #[test]
 fn residual_gated_anchor_and_delta_match_f64() {
     let be = Cpu::new(2);

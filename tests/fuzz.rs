@@ -243,7 +243,7 @@ fn configs_error_or_run() {
         let n = 2 * cfg.in_channels * side * side;
         let inp = ForwardInputs {
             hidden_states: (0..n).map(|i| (i as f32 * 0.37).sin()).collect(),
-            shape: [2, cfg.in_channels, side, side],
+            shape: vec![2, cfg.in_channels, side, side],
             timestep: vec![10.0, 900.0],
             cond,
         };
@@ -474,7 +474,7 @@ fn forward_inputs_error_or_run() {
         };
         match pipeline::forward(&be(), model, &parsed) {
             Ok((out, shape)) => {
-                let [b, _, h, w] = parsed.shape;
+                let (b, h, w) = (parsed.shape[0], parsed.shape[2], parsed.shape[3]);
                 if shape != [b, model.config().out_channels, h, w] {
                     return Err(format!("output shape {shape:?}"));
                 }
@@ -516,7 +516,7 @@ fn sampling_inputs_error_or_run() {
         let text = |e: &[f32]| TextInput { embeds: e.to_vec(), mask: masked.then(|| vec![1.0; n * 12]), len: 12 };
         let inp = SampleInputs {
             latents: lat,
-            shape: [n, 4, h, 16],
+            shape: vec![n, 4, h, 16],
             cond: (!dit).then(|| text(&emb)),
             uncond: (!dit && bits & 2 == 0).then(|| text(&emb)),
             resolution: None,
@@ -524,6 +524,7 @@ fn sampling_inputs_error_or_run() {
             pooled: (sd3 && bits & 32 == 0).then(|| pooled.clone()),
             uncond_pooled: (sd3 && bits & 64 == 0).then(|| pooled.iter().map(|v| -v).collect()),
             noise: (bits & 8 == 0).then(|| vec![0.1; steps.saturating_sub(1) * n * 4 * h * 16]),
+            image_ids: None,
         };
         // each family's own solvers, and now and then another family's (an error)
         let scheduler = match (sd3, sched) {

@@ -70,3 +70,18 @@ fn forward_sd35_qk_norm_dual_attention_nonsquare() {
 fn sampling_sd3_flow_match_12_cfg() {
     assert!(sampling_case(&Cpu::default(), "sd3-tiny-flowmatch12-cfg").0 <= 1e-4);
 }
+
+#[test]
+fn forward_flux_dev_guidance_embedding() {
+    assert!(forward_case(&Cpu::default(), "flux-dev-tiny") <= 1e-5);
+}
+
+#[test]
+fn forward_flux_schnell() {
+    assert!(forward_case(&Cpu::default(), "flux-schnell-tiny") <= 1e-5);
+}
+
+#[test]
+fn sampling_flux_dev_dynamic_shift_8() {
+    assert!(sampling_case(&Cpu::default(), "flux-dev-tiny-sampling8").0 <= 1e-4);
+}

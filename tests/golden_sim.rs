@@ -106,3 +106,14 @@ fn wgmma_attention_through_a_whole_model() {
         );
     }
 }
+
+/// FLUX.1 dev and schnell forwards in bf16: RMS qk norm fused with RoPE in the qk_norm kernel,
+/// the double and single blocks, packed latents.
+#[test]
+fn forward_flux_bf16() {
+    let be = Sim::new(DType::BF16).unwrap();
+    for name in ["flux-dev-tiny", "flux-schnell-tiny"] {
+        let e = forward_case(&be, name);
+        assert!(e <= 3e-2, "{name}: bf16 rel err {e:.3e}");
+    }
+}

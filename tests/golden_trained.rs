@@ -92,12 +92,14 @@ fn trained_models_draw_the_digits_asked_for() {
             sample(&be, &model, &inputs, &cfg, policy, &mut |_, _| {}).unwrap()
         };
         let none = run("none");
-        let q = quality(&none.latents, &none.latents, none.shape, kit.classifier.as_ref(), &asked).unwrap();
+        let q = quality(&none.latents, &none.latents, none.spatial_shape().unwrap(), kit.classifier.as_ref(), &asked)
+            .unwrap();
         let acc = q.accuracy.unwrap();
         println!("{name}: uncached accuracy {acc:.2}");
         assert!(acc >= 0.9, "{name}: the classifier reads {acc:.2} of the uncached samples as asked");
         let delta = run("delta");
-        let q = quality(&delta.latents, &none.latents, none.shape, kit.classifier.as_ref(), &asked).unwrap();
+        let q = quality(&delta.latents, &none.latents, none.spatial_shape().unwrap(), kit.classifier.as_ref(), &asked)
+            .unwrap();
         println!(
             "{name}: delta accuracy {:.2}, PSNR {:.1} dB (worst {:.1})",
             q.accuracy.unwrap(),
@@ -148,4 +150,34 @@ fn every_default_policy_skips_blocks_on_the_main_job() {
         assert_eq!(q.accuracy, Some(1.0), "{}: {q:?}", row.policy);
         assert!(q.psnr_mean > 25.0, "{}: {q:?}", row.policy);
     }
+}
+
+/// FLUX.1-dev's layout on models/flux-digits (2 double + 4 single blocks, RoPE axes (16, 24, 24),
+/// embedded guidance 3.5): the forward with img_ids/txt_ids and guidance, and FluxPipeline's 20
+/// steps (dynamic shifting, no CFG batch) at every step, on the CPU.
+#[test]
+fn flux_digits_match_diffusers() {
+    let e = forward_case(&Cpu::default(), "flux-digits-forward");
+    assert!(e <= 1e-5, "flux-digits-forward: rel err {e:.3e}");
+    let name = "flux-digits-sampling20";
+    let (e, out) = sampling_case(&Cpu::default(), name);
+    let per_step = expected_f32(name, "latents_per_step");
+    let n = out.latents.len();
+    for (i, l) in out.latents_per_step.iter().enumerate() {
+        let ei = rel_l2(l, &per_step[i * n..(i + 1) * n]);
+        assert!(ei <= 1e-4, "{name} step {i}: rel err {ei:.3e}");
+    }
+    assert!(e <= 1e-4, "{name}: rel err {e:.3e}");
+}
+
+/// The same in bf16 through the kernels (qk_norm with RoPE fused) on the sim backend; diffusers
+/// itself drifts 3.4e-2 in bf16 on the sampling case.
+#[cfg(deltadit_sim)]
+#[test]
+fn flux_digits_bf16_kernels_match_diffusers() {
+    let be = deltadit::backend::sim::Sim::new(deltadit::DType::BF16).unwrap();
+    let e = forward_case(&be, "flux-digits-forward");
+    assert!(e <= 2e-2, "flux-digits-forward: bf16 rel err {e:.3e}");
+    let e = sampling_case(&be, "flux-digits-sampling20").0;
+    assert!(e <= BF16_SAMPLING_TOLERANCE, "flux-digits-sampling20: bf16 rel err {e:.3e}");
 }

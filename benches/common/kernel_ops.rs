@@ -29,6 +29,9 @@ pub enum KernelOp {
     /// [qkv [rows, 3·heads·head_dim], wq, wk [head_dim]]: RMSNorm of every head of Q (columns
     /// from 0) and K (from heads·head_dim) in place, eps 1e-6
     QkNorm { heads: usize, head_dim: usize },
+    /// [qkv, wq, wk, table f32 [offset + rows, head_dim]]: QkNorm fused with RoPE, row r at
+    /// position offset + r (one sample)
+    QkNormRope { heads: usize, head_dim: usize, offset: usize },
     /// [x, y, modv] (+ [cache] for Anchor and Delta); the gate is modv row 2
     Residual(Residual),
     /// [x, bias, out]: out = GELU_tanh(x + bias)
@@ -72,6 +75,10 @@ impl KernelOp {
             (KernelOp::QkNorm { heads, head_dim }, [qkv, wq, wk]) => {
                 be.qk_norm(qkv, 0, heads * head_dim, heads, head_dim, wq, wk, 1e-6)
             }
+            (KernelOp::QkNormRope { heads, head_dim, offset }, [qkv, wq, wk, table]) => {
+                let rope = deltadit::backend::Rope { table, tokens: qkv.rows(), offset };
+                be.qk_norm_rope(qkv, 0, heads * head_dim, heads, head_dim, wq, wk, 1e-6, rope)
+            }
             (KernelOp::GeluBias, [x, bias, out]) => be.activation(x, Some(bias), Activation::GeluTanh, out),
             (KernelOp::Copy, [x, out]) => be.copy(x, out),
             (KernelOp::Linear(act), [x, w, out]) => be.linear(x, w, None, act, out),
@@ -101,7 +108,9 @@ impl KernelOp {
     pub fn outputs(&self, n: usize) -> Vec<usize> {
         match self {
             KernelOp::Residual(Residual::Anchor | Residual::Delta) => vec![0, 3],
-            KernelOp::Residual(_) | KernelOp::PosEmbed | KernelOp::QkNorm { .. } => vec![0],
+            KernelOp::Residual(_) | KernelOp::PosEmbed | KernelOp::QkNorm { .. } | KernelOp::QkNormRope { .. } => {
+                vec![0]
+            }
             KernelOp::SchedulerStep(_) => vec![0, 2],
             _ => vec![n - 1],
         }
@@ -112,9 +121,11 @@ impl KernelOp {
     pub fn write_only(&self, n: usize) -> Vec<usize> {
         match self {
             KernelOp::Residual(Residual::Anchor) => vec![3],
-            KernelOp::Residual(_) | KernelOp::PosEmbed | KernelOp::SchedulerStep(_) | KernelOp::QkNorm { .. } => {
-                Vec::new()
-            }
+            KernelOp::Residual(_)
+            | KernelOp::PosEmbed
+            | KernelOp::SchedulerStep(_)
+            | KernelOp::QkNorm { .. }
+            | KernelOp::QkNormRope { .. } => Vec::new(),
             _ => vec![n - 1],
         }
     }

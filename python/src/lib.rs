@@ -491,8 +491,8 @@ enum SessionInner {
 #[pyclass(frozen, module = "deltadit._native")]
 struct Session {
     inner: Mutex<SessionInner>,
-    input_shape: [usize; 4],
-    output_shape: [usize; 4],
+    input_shape: Vec<usize>,
+    output_shape: Vec<usize>,
     batch: usize,
     policy: String,
     steps: usize,
@@ -581,12 +581,12 @@ impl Session {
 
     #[getter]
     fn input_shape(&self) -> Vec<usize> {
-        self.input_shape.to_vec()
+        self.input_shape.clone()
     }
 
     #[getter]
     fn output_shape(&self) -> Vec<usize> {
-        self.output_shape.to_vec()
+        self.output_shape.clone()
     }
 
     #[getter]

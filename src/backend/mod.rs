@@ -81,6 +81,23 @@ pub struct AttentionShape {
     pub scale: f32,
 }
 
+/// The rotary position table of a [`Backend::qk_norm_rope`] and where a tensor's rows sit in it.
+pub struct Rope<'a, B: Backend> {
+    /// f32 `[positions, head_dim]`: (cos, sin) of each adjacent pair of a head, per position
+    pub table: &'a Tensor<B>,
+    /// rows per sample: row r sits at position `offset + r % tokens`
+    pub tokens: usize,
+    /// the table position of each sample's first row
+    pub offset: usize,
+}
+
+impl<B: Backend> Clone for Rope<'_, B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<B: Backend> Copy for Rope<'_, B> {}
+
 /// What a residual update also writes into a Δ-cache buffer (see [`Backend::residual`]).
 pub enum CacheWrite<'a, B: Backend> {
     /// No cache write.
@@ -228,6 +245,26 @@ pub trait Backend: sealed::Sealed + Sized + Send + Sync + 'static {
         wq: &Tensor<Self>,
         wk: &Tensor<Self>,
         eps: f32,
+    ) -> Result<()>;
+
+    /// [`Backend::qk_norm`] fused with the rotary position embedding of FLUX (diffusers
+    /// `apply_rotary_emb` with `use_real`, adjacent pairs): after the norm, in f32 and rounded
+    /// once, every head of Q and K of row r is rotated at position `rope.offset + r % rope.tokens`
+    /// of `rope.table` — each pair (a, b) = `(v[2i], v[2i+1])` becomes (a·cos − b·sin, b·cos + a·sin)
+    /// with (cos, sin) = `(table[pos, 2i], table[pos, 2i+1])`. `head_dim` must be even; the table is
+    /// f32 `[positions, head_dim]` with positions ≥ offset + tokens, and rows a multiple of tokens.
+    #[allow(clippy::too_many_arguments)]
+    fn qk_norm_rope(
+        &self,
+        x: &mut Tensor<Self>,
+        q_col: usize,
+        k_col: usize,
+        heads: usize,
+        head_dim: usize,
+        wq: &Tensor<Self>,
+        wk: &Tensor<Self>,
+        eps: f32,
+        rope: Rope<'_, Self>,
     ) -> Result<()>;
 
     /// `x = x + gate ⊙ y` (gate: row `gate_row` of each sample's modulation vectors; `None`: no

@@ -105,10 +105,13 @@ pub struct QkNormParams {
     pub head_dim: i32,
     pub group_lanes: i32,
     pub eps: f32,
+    pub rope: *const f32,
+    pub rope_tokens: i64,
+    pub rope_offset: i64,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of QkNormParams"][::std::mem::size_of::<QkNormParams>() - 72usize];
+    ["Size of QkNormParams"][::std::mem::size_of::<QkNormParams>() - 96usize];
     ["Alignment of QkNormParams"][::std::mem::align_of::<QkNormParams>() - 8usize];
     ["Offset of field: QkNormParams::x"][::std::mem::offset_of!(QkNormParams, x) - 0usize];
     ["Offset of field: QkNormParams::wq"][::std::mem::offset_of!(QkNormParams, wq) - 8usize];
@@ -121,6 +124,9 @@ const _: () = {
     ["Offset of field: QkNormParams::head_dim"][::std::mem::offset_of!(QkNormParams, head_dim) - 60usize];
     ["Offset of field: QkNormParams::group_lanes"][::std::mem::offset_of!(QkNormParams, group_lanes) - 64usize];
     ["Offset of field: QkNormParams::eps"][::std::mem::offset_of!(QkNormParams, eps) - 68usize];
+    ["Offset of field: QkNormParams::rope"][::std::mem::offset_of!(QkNormParams, rope) - 72usize];
+    ["Offset of field: QkNormParams::rope_tokens"][::std::mem::offset_of!(QkNormParams, rope_tokens) - 80usize];
+    ["Offset of field: QkNormParams::rope_offset"][::std::mem::offset_of!(QkNormParams, rope_offset) - 88usize];
 };
 impl Default for QkNormParams {
     fn default() -> Self {

@@ -103,6 +103,45 @@ pub fn qk_norm<B: Backend>(
     Ok(QkNormSizes { rows: x.rows(), width })
 }
 
+/// Operands of a [`Backend::qk_norm_rope`](super::Backend::qk_norm_rope): those of
+/// [`qk_norm`], an even head dim, rows a whole number of samples of `rope.tokens` rows, and an
+/// f32 table `[positions, head_dim]` holding positions `offset..offset + tokens`.
+#[allow(clippy::too_many_arguments)]
+pub fn qk_norm_rope<B: Backend>(
+    x: &Tensor<B>,
+    q_col: usize,
+    k_col: usize,
+    heads: usize,
+    head_dim: usize,
+    wq: &Tensor<B>,
+    wk: &Tensor<B>,
+    eps: f32,
+    rope: &super::Rope<'_, B>,
+) -> Result<QkNormSizes> {
+    const OP: &str = "qk_norm_rope";
+    let s = qk_norm(x, q_col, k_col, heads, head_dim, wq, wk, eps)?;
+    if !head_dim.is_multiple_of(2) {
+        return Err(Error::param("qk_norm_rope head_dim", head_dim, "an even number (RoPE rotates pairs)"));
+    }
+    if rope.tokens == 0 || !s.rows.is_multiple_of(rope.tokens) {
+        return Err(Error::param(
+            "qk_norm_rope tokens",
+            rope.tokens,
+            format!("≥ 1 and dividing the {} rows of x (whole samples)", s.rows),
+        ));
+    }
+    let t = rope.table;
+    let need = rope.offset.checked_add(rope.tokens);
+    if t.dtype() != crate::DType::F32
+        || t.shape().len() != 2
+        || t.shape()[1] != head_dim
+        || need.is_none_or(|n| n > t.shape()[0])
+    {
+        return Err(shape_err(OP, "table", format!("f32 [≥ {} + {}, {head_dim}]", rope.offset, rope.tokens), t));
+    }
+    Ok(s)
+}
+
 /// `[m, k] · [n, k]ᵀ (+ bias [n]) → [m, n]`; returns (m, n, k).
 pub fn linear<B: Backend>(
     x: &Tensor<B>,

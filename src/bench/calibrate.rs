@@ -164,7 +164,11 @@ pub fn calibrate<B: Backend>(
             Err(e) => return Err(e),
         };
         let blocks: usize = o.blocks_run.iter().sum();
-        let q = if judged { Some(quality(&o.latents, &reference.latents, o.shape, classifier, &asked)?) } else { None };
+        let q = if judged {
+            Some(quality(&o.latents, &reference.latents, o.spatial_shape()?, classifier, &asked)?)
+        } else {
+            None
+        };
         let psnr = q.map_or_else(|| super::psnr(&o.latents, &reference.latents), |q| q.psnr_mean);
         let spec = if kind == "fewer-steps" {
             format!("none, {steps} steps")

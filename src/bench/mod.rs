@@ -64,6 +64,9 @@ fn pixart(
         pos_embed_max_size: None,
         qk_norm: false,
         dual_attention_layers: Vec::new(),
+        num_single_layers: 0,
+        axes_dims_rope: Vec::new(),
+        guidance_embeds: false,
     }
 }
 
@@ -89,6 +92,9 @@ fn dit(layers: usize, heads: usize, head_dim: usize, sample_size: usize) -> Mode
         pos_embed_max_size: None,
         qk_norm: false,
         dual_attention_layers: Vec::new(),
+        num_single_layers: 0,
+        axes_dims_rope: Vec::new(),
+        guidance_embeds: false,
     }
 }
 
@@ -126,6 +132,9 @@ fn sd3(
         pos_embed_max_size: Some(pos_max),
         qk_norm,
         dual_attention_layers: dual.collect(),
+        num_single_layers: 0,
+        axes_dims_rope: Vec::new(),
+        guidance_embeds: false,
     }
 }
 
@@ -542,8 +551,11 @@ pub fn run<B: Backend>(
             None => (0.0, f64::INFINITY, total, &out.latents),
             Some((r, t)) => (crate::rng::rel_l2(&out.latents, r), psnr(&out.latents, r), *t, r),
         };
-        let quality =
-            if judged { Some(kit::quality(&out.latents, refl, out.shape, classifier, &asked)?) } else { None };
+        let quality = if judged {
+            Some(kit::quality(&out.latents, refl, out.spatial_shape()?, classifier, &asked)?)
+        } else {
+            None
+        };
         let theoretical = full_blocks / blocks.max(1) as f64;
         let measured = none_time / total;
         Ok(BenchRow {
@@ -565,7 +577,7 @@ pub fn run<B: Backend>(
             psnr_db: ps,
             quality,
             latents: out.latents.clone(),
-            shape: out.shape,
+            shape: out.spatial_shape()?,
         })
     };
     for spec in &opts.policies {

@@ -16,6 +16,9 @@ pub enum Family {
     /// `SD3Transformer2DModel` (MMDiT: joint attention over image and text streams; SD3, SD3.5
     /// with RMS qk norm and MMDiT-X dual attention).
     Sd3,
+    /// `FluxTransformer2DModel` (FLUX.1 dev/schnell: double-stream MMDiT blocks over [context,
+    /// image] with RoPE, then single-stream blocks; packed latents `[B, N, C]`).
+    Flux,
 }
 
 impl Family {
@@ -25,15 +28,17 @@ impl Family {
             Family::PixArt => "PixArtTransformer2DModel",
             Family::DiT => "DiTTransformer2DModel",
             Family::Sd3 => "SD3Transformer2DModel",
+            Family::Flux => "FluxTransformer2DModel",
         }
     }
 
-    /// The short name (`pixart`, `dit`, `sd3`) used by the golden cases and the Python package.
+    /// The short name (`pixart`, `dit`, `sd3`, `flux`) used by the golden cases and the Python package.
     pub fn short_name(self) -> &'static str {
         match self {
             Family::PixArt => "pixart",
             Family::DiT => "dit",
             Family::Sd3 => "sd3",
+            Family::Flux => "flux",
         }
     }
 
@@ -45,7 +50,13 @@ impl Family {
 
     /// Whether the model is trained for flow matching (velocity prediction, σ schedules).
     pub fn flow_matching(self) -> bool {
-        self == Family::Sd3
+        matches!(self, Family::Sd3 | Family::Flux)
+    }
+
+    /// Whether the latents are packed tokens `[B, N, C]` (FLUX: 2×2 patches packed by the
+    /// pipeline) rather than a `[B, C, H, W]` grid.
+    pub fn packed_latents(self) -> bool {
+        self == Family::Flux
     }
 }
 
@@ -178,6 +189,12 @@ pub struct ModelConfig {
     pub qk_norm: bool,
     /// SD3.5 (MMDiT-X): blocks with a second, image-only attention (`dual_attention_layers`).
     pub dual_attention_layers: Vec<usize>,
+    /// FLUX: single-stream blocks after the `num_layers` double-stream ones (`num_single_layers`).
+    pub num_single_layers: usize,
+    /// FLUX: RoPE channels per position axis (`axes_dims_rope`, summing to the head dim).
+    pub axes_dims_rope: Vec<usize>,
+    /// FLUX.1-dev: the guidance-distilled embedding of the guidance scale (`guidance_embeds`).
+    pub guidance_embeds: bool,
 }
 
 impl ModelConfig {
@@ -225,6 +242,11 @@ impl ModelConfig {
         // The registry of class names: a family with its own config keys parses them itself.
         if class == Family::Sd3.name() {
             let cfg = crate::model::families::sd3::config_from_keys(&keys)?;
+            cfg.validate()?;
+            return Ok(cfg);
+        }
+        if class == Family::Flux.name() {
+            let cfg = crate::model::families::flux::config_from_keys(&keys)?;
             cfg.validate()?;
             return Ok(cfg);
         }
@@ -311,6 +333,9 @@ impl ModelConfig {
             pos_embed_max_size: None,
             qk_norm: false,
             dual_attention_layers: Vec::new(),
+            num_single_layers: 0,
+            axes_dims_rope: Vec::new(),
+            guidance_embeds: false,
         };
         let _ = get;
         cfg.validate()?;
@@ -386,6 +411,9 @@ impl ModelConfig {
         if self.family == Family::Sd3 {
             crate::model::families::sd3::validate_config(self)?;
         }
+        if self.family == Family::Flux {
+            crate::model::families::flux::validate_config(self)?;
+        }
         Ok(())
     }
 
@@ -419,6 +447,7 @@ impl ModelConfig {
                 o.insert("norm_type".into(), "ada_norm_zero".into());
             }
             Family::Sd3 => return crate::model::families::sd3::config_to_json(self),
+            Family::Flux => return crate::model::families::flux::config_to_json(self),
         }
         v
     }

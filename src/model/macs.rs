@@ -42,6 +42,24 @@ impl ForwardMacs {
                 block += d * 6.0 * d; // per-block adaLN-Zero modulation (per sample)
                 outside += d * 2.0 * d; // proj_out_1
             }
+            Family::Flux => {
+                // Double blocks: both streams' projections and MLPs (12·d² a token), the joint
+                // attention over j = t + l tokens, both streams' modulation. Single blocks: QKV,
+                // proj_mlp and proj_out (12·d² a token) over j tokens, attention, one modulation.
+                // per_block is their average (a step's MACs scale with the blocks run).
+                let j = t + l;
+                let double = 12.0 * j * d * d + 2.0 * j * j * d + 12.0 * d * d;
+                let single = 12.0 * j * d * d + 2.0 * j * j * d + 3.0 * d * d;
+                let (nd, ns) = (cfg.num_layers as f64, cfg.num_single_layers as f64);
+                block = (nd * double + ns * single) / (nd + ns);
+                outside += d * 2.0 * d; // norm_out
+                if cfg.guidance_embeds {
+                    outside += 256.0 * d + d * d; // guidance MLP
+                }
+                per_run += l * cfg.joint_attention_dim.unwrap_or(0) as f64 * d
+                    + cfg.pooled_projection_dim.unwrap_or(0) as f64 * d
+                    + d * d;
+            }
             _ => {
                 // MMDiT (SD3): the context stream's own projections and MLP, the joint attention
                 // over t + l tokens instead of t, the modulation of both streams.

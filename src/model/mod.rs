@@ -45,7 +45,12 @@ pub const MAX_TOKENS: usize = 1 << 18;
 pub const MAX_TEXT_TOKENS: usize = 1 << 16;
 
 /// Host-side inputs fixed for a whole run (batch includes the CFG copies). Which fields a family
-/// reads: PixArt `text` (+ micro-conditions), DiT `class_labels`, SD3 `text` + `pooled`.
+/// reads: PixArt `text` (+ micro-conditions), DiT `class_labels`, SD3 `text` + `pooled`, FLUX
+/// `text` + `pooled` (+ `guidance` for dev, optional `image_ids`/`text_ids`).
+///
+/// `height` × `width` is the latent size; for packed latents (FLUX, `[B, N, C]`) it is the grid
+/// of the N = height·width image tokens (FluxPipeline's `img_ids` come from it unless
+/// `image_ids` is given; a forward with its own ids uses height N, width 1).
 #[derive(Clone, Debug, Default)]
 pub struct Conditioning {
     /// the model batch
@@ -64,6 +69,13 @@ pub struct Conditioning {
     pub class_labels: Option<Vec<usize>>,
     /// SD3: pooled text embeddings `[batch, pooled_projection_dim]` (`pooled_projections`).
     pub pooled: Option<Vec<f32>>,
+    /// FLUX: RoPE positions of the image tokens `[N, 3]` (`img_ids`); default FluxPipeline's
+    /// `(0, row, col)` of the height × width grid.
+    pub image_ids: Option<Vec<f32>>,
+    /// FLUX: RoPE positions of the text tokens `[L, 3]` (`txt_ids`); default zeros.
+    pub text_ids: Option<Vec<f32>>,
+    /// FLUX.1-dev: the embedded guidance scale `[batch]` (`guidance`).
+    pub guidance: Option<Vec<f32>>,
     /// SD3 `skip_layers`: blocks left out of every forward of the run (skip-layer guidance);
     /// uncached runs only.
     pub skip_layers: Vec<usize>,
@@ -100,6 +112,11 @@ impl Conditioning {
         if let Some(p) = &self.pooled {
             check_finite("pooled_projections", p)?;
         }
+        for (name, v) in [("img_ids", &self.image_ids), ("txt_ids", &self.text_ids), ("guidance", &self.guidance)] {
+            if let Some(v) = v {
+                check_finite(name, v)?;
+            }
+        }
         Ok(())
     }
 }
@@ -130,11 +147,11 @@ pub struct Workspace<B: Backend> {
     pub(crate) batch: usize,
     /// image tokens per sample
     pub(crate) tokens: usize,
-    /// f32 model input [batch, C, H, W] (the pipeline writes it each step)
+    /// f32 model input [batch, C, H, W] or the family's layout (the pipeline writes it each step)
     pub(crate) model_in: Tensor<B>,
-    /// f32 timesteps [batch]
+    /// f32 timesteps [batch] as the blocks see them ([`Transformer::model_timesteps`])
     pub(crate) t: Tensor<B>,
-    /// f32 model output [batch, C_out, H, W]
+    /// f32 model output [batch, C_out, H, W] or the family's layout
     pub(crate) model_out: Tensor<B>,
     /// the hidden streams, in the order of [`Transformer::streams`]
     pub(crate) streams: Vec<Tensor<B>>,
@@ -143,7 +160,7 @@ pub struct Workspace<B: Backend> {
 }
 
 impl<B: Backend> Workspace<B> {
-    /// The f32 model output `[batch, C_out, H, W]` of the last forward.
+    /// The f32 model output of the last forward (`[batch, C_out, H, W]`, FLUX `[batch, N, C_out]`).
     pub fn output(&self) -> &Tensor<B> {
         &self.model_out
     }
@@ -257,6 +274,18 @@ impl<B: Backend> Transformer<B> {
         self.arch.live_streams(boundary)
     }
 
+    /// The shape of the model input of `batch` samples at latent size height × width (`output`:
+    /// of the output): `[B, C, H, W]`, or packed `[B, H·W, C]` for FLUX.
+    pub fn latent_shape(&self, batch: usize, height: usize, width: usize, output: bool) -> Vec<usize> {
+        self.arch.latent_shape(&self.config, batch, height, width, output)
+    }
+
+    /// The timesteps the blocks see for the forward's `timestep` input (FLUX multiplies by
+    /// 1000 inside the model; the others take it as is).
+    pub fn model_timesteps(&self, t: &[f32]) -> Vec<f32> {
+        t.iter().map(|&v| self.arch.model_timestep(v)).collect()
+    }
+
     /// Where the weights came from (files and stored dtypes).
     pub fn weights_desc(&self) -> &str {
         &self.weights_desc
@@ -319,9 +348,9 @@ impl<B: Backend> Transformer<B> {
         let tokens = (ctx.height / cfg.patch_size) * (ctx.width / cfg.patch_size);
         let f32_ = crate::DType::F32;
         let (model_in, t, model_out) = (
-            be.alloc(&[b, cfg.in_channels, ctx.height, ctx.width], f32_)?,
+            be.alloc(&self.latent_shape(b, ctx.height, ctx.width, false), f32_)?,
             be.alloc(&[b], f32_)?,
-            be.alloc(&[b, cfg.out_channels, ctx.height, ctx.width], f32_)?,
+            be.alloc(&self.latent_shape(b, ctx.height, ctx.width, true), f32_)?,
         );
         let (streams, scratch) = self.arch.workspace(be, cfg, ctx, tokens)?;
         Ok(Workspace { batch: b, tokens, model_in, t, model_out, streams, scratch })
@@ -443,11 +472,11 @@ impl<B: Backend> Transformer<B> {
         self.arch.probe_block0_input(be, &self.config, ws, out)
     }
 
-    /// One uncached forward of `latents` `[batch, C, H, W]` at timesteps `t` `[batch]`; the
-    /// output is [`Workspace::output`].
+    /// One uncached forward of `latents` (`[batch, C, H, W]`, FLUX `[batch, N, C]`) at the
+    /// forward's `timestep` input `t` `[batch]`; the output is [`Workspace::output`].
     pub fn forward(&self, be: &B, ctx: &Context<B>, ws: &mut Workspace<B>, latents: &[f32], t: &[f32]) -> Result<()> {
         be.write(&mut ws.model_in, latents)?;
-        be.write(&mut ws.t, t)?;
+        be.write(&mut ws.t, &self.model_timesteps(t))?;
         self.embed(be, ctx, ws)?;
         self.run_blocks(be, ctx, ws, 0..self.num_blocks(), &mut [], Branches::Compute)?;
         self.finish(be, ws)

@@ -78,14 +78,14 @@ impl<'m, B: Backend> Denoiser<'m, B> {
         self.ctx.batch
     }
 
-    /// Shape of the model input, `[batch, C, H, W]`.
-    pub fn input_shape(&self) -> [usize; 4] {
-        [self.ctx.batch, self.model.config.in_channels, self.ctx.height, self.ctx.width]
+    /// Shape of the model input, `[batch, C, H, W]` (FLUX: packed `[batch, N, C]`).
+    pub fn input_shape(&self) -> Vec<usize> {
+        self.model.latent_shape(self.ctx.batch, self.ctx.height, self.ctx.width, false)
     }
 
-    /// Shape of the model output, `[batch, C_out, H, W]`.
-    pub fn output_shape(&self) -> [usize; 4] {
-        [self.ctx.batch, self.model.config.out_channels, self.ctx.height, self.ctx.width]
+    /// Shape of the model output, `[batch, C_out, H, W]` (FLUX: packed `[batch, N, C_out]`).
+    pub fn output_shape(&self) -> Vec<usize> {
+        self.model.latent_shape(self.ctx.batch, self.ctx.height, self.ctx.width, true)
     }
 
     /// The cache policy.
@@ -99,8 +99,9 @@ impl<'m, B: Backend> Denoiser<'m, B> {
         self.next_step = 0;
     }
 
-    /// One forward at step `step` of `steps` on host latents `[batch, C, H, W]` and per-sample
-    /// timesteps `[batch]`; the output stays on the backend ([`Denoiser::output`]).
+    /// One forward at step `step` of `steps` on host latents ([`Denoiser::input_shape`]) and the
+    /// forward's per-sample `timestep` input `[batch]`; the output stays on the backend
+    /// ([`Denoiser::output`]).
     pub fn forward(
         &mut self,
         be: &B,
@@ -122,7 +123,7 @@ impl<'m, B: Backend> Denoiser<'m, B> {
                 ),
             )
         })?;
-        be.write(&mut self.ws.t, timesteps).map_err(|_| {
+        be.write(&mut self.ws.t, &self.model.model_timesteps(timesteps)).map_err(|_| {
             Error::input("timestep", format!("expected {} values, found {}", self.batch(), timesteps.len()))
         })?;
         self.forward_written(be, step, steps)
@@ -162,17 +163,18 @@ impl<'m, B: Backend> Denoiser<'m, B> {
         Ok(report)
     }
 
-    /// The f32 model output `[batch, C_out, H, W]` of the last forward.
+    /// The f32 model output ([`Denoiser::output_shape`]) of the last forward.
     pub fn output(&self) -> &Tensor<B> {
         &self.ws.model_out
     }
 
-    /// The f32 model input `[batch, C, H, W]` the next [`Denoiser::forward_written`] reads.
+    /// The f32 model input ([`Denoiser::input_shape`]) the next [`Denoiser::forward_written`] reads.
     pub fn input_mut(&mut self) -> &mut Tensor<B> {
         &mut self.ws.model_in
     }
 
-    /// The f32 timesteps `[batch]` the next [`Denoiser::forward_written`] reads.
+    /// The f32 timesteps `[batch]` the next [`Denoiser::forward_written`] reads, as the blocks see
+    /// them ([`Transformer::model_timesteps`] of the forward's input: FLUX's are 1000·t).
     pub fn timesteps_mut(&mut self) -> &mut Tensor<B> {
         &mut self.ws.t
     }

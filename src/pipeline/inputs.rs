@@ -8,10 +8,10 @@ use crate::{error::check_finite, Error, Result};
 /// The tensors of one diffusers transformer forward call.
 #[derive(Clone, Debug)]
 pub struct ForwardInputs {
-    /// `hidden_states` [B, C, H, W]
+    /// `hidden_states` [B, C, H, W] (FLUX: packed [B, N, C])
     pub hidden_states: Vec<f32>,
     /// its shape
-    pub shape: [usize; 4],
+    pub shape: Vec<usize>,
     /// `timestep` `[B]` (a 0-d timestep broadcasts over the batch, as in diffusers)
     pub timestep: Vec<f32>,
     /// text, micro-conditions or class labels of the batch
@@ -21,10 +21,10 @@ pub struct ForwardInputs {
 /// Host inputs of a sampling run (the tensor conventions of the golden cases).
 #[derive(Clone, Debug)]
 pub struct SampleInputs {
-    /// initial noise [n, C, H, W]
+    /// initial noise [n, C, H, W] (FLUX: packed [n, N, C])
     pub latents: Vec<f32>,
     /// its shape
-    pub shape: [usize; 4],
+    pub shape: Vec<usize>,
     /// PixArt: prompt embeddings [n, L, C] and masks [n, L]
     pub cond: Option<TextInput>,
     /// PixArt: the negative (unconditional) prompt, same shape as `cond`
@@ -39,6 +39,9 @@ pub struct SampleInputs {
     pub uncond_pooled: Option<Vec<f32>>,
     /// LCM: noise injected after step k, [steps − 1, n, C, H, W]
     pub noise: Option<Vec<f32>>,
+    /// FLUX: RoPE positions of the image tokens `[N, 3]` (`img_ids`); default FluxPipeline's
+    /// grid of a square latent
+    pub image_ids: Option<Vec<f32>>,
 }
 
 /// `[n, L, C]` embeddings `embeds` and their optional `[n, L]` 0/1 mask `mask`.
@@ -76,13 +79,43 @@ fn read_rows(inp: &Inputs, name: &str, n: usize, cols: usize) -> Result<Option<V
     }
 }
 
-/// A `[B, C, H, W]` tensor `name` with the model's input channels.
-fn read_latents(inp: &Inputs, name: &str, cfg: &ModelConfig) -> Result<(Vec<f32>, [usize; 4])> {
+/// A `[B, C, H, W]` tensor `name` with the model's input channels (FLUX: packed `[B, N, C]`).
+fn read_latents(inp: &Inputs, name: &str, cfg: &ModelConfig) -> Result<(Vec<f32>, Vec<usize>)> {
+    if cfg.family.packed_latents() {
+        let (x, s) = inp.f32(name, 3)?;
+        if s[2] != cfg.in_channels {
+            return Err(Error::input(name, format!("expected packed [B, N, {}], found {s:?}", cfg.in_channels)));
+        }
+        return Ok((x, s));
+    }
     let (x, s) = inp.f32(name, 4)?;
     if s[1] != cfg.in_channels {
         return Err(Error::input(name, format!("expected [B, {}, H, W], found {s:?}", cfg.in_channels)));
     }
-    Ok((x, [s[0], s[1], s[2], s[3]]))
+    Ok((x, s))
+}
+
+/// `[rows, 3]` RoPE position ids `name`, when present.
+fn read_ids(inp: &Inputs, name: &str, rows: usize) -> Result<Option<Vec<f32>>> {
+    match inp.f32_opt(name, 2)? {
+        None => Ok(None),
+        Some((v, s)) if s[0] == rows => Ok(Some(v)),
+        Some((_, s)) => Err(Error::input(name, format!("expected [{rows}, axes], found {s:?}"))),
+    }
+}
+
+/// The (height, width) token grid of FLUX latents with `n` tokens: a square, or n × 1 where the
+/// caller gives its own `img_ids`.
+fn packed_grid(n: usize, ids: bool) -> Result<(usize, usize)> {
+    let side = (n as f64).sqrt().round() as usize;
+    match (side * side == n, ids) {
+        (true, _) => Ok((side, side)),
+        (false, true) => Ok((n, 1)),
+        (false, false) => Err(Error::input(
+            "latents",
+            format!("{n} packed tokens are not a square grid: give img_ids [{n}, 3] for this latent"),
+        )),
+    }
 }
 
 impl ForwardInputs {
@@ -91,7 +124,9 @@ impl ForwardInputs {
     /// `class_labels`) for a model with `cfg`.
     pub fn from_inputs(inp: &Inputs, cfg: &ModelConfig) -> Result<Self> {
         let (hidden_states, shape) = read_latents(inp, "hidden_states", cfg)?;
-        let [b, _, h, w] = shape;
+        // Spatial [B, C, H, W]; packed [B, N, C] is N × 1 (the ids carry the positions).
+        let (b, h, w) =
+            if cfg.family.packed_latents() { (shape[0], shape[1], 1) } else { (shape[0], shape[2], shape[3]) };
         let timestep = match inp.f32_opt("timestep", 1)? {
             Some((t, ts)) if ts[..] == [b] => t,
             Some((_, ts)) => return Err(Error::input("timestep", format!("expected [{b}], found {ts:?}"))),
@@ -118,6 +153,22 @@ impl ForwardInputs {
                 }
             }
             Family::DiT => cond.class_labels = Some(read_labels(inp, b)?),
+            Family::Flux => {
+                let missing = |n: &str| Error::MissingInput { name: n.into(), path: inp.path().to_path_buf() };
+                let text = read_text(inp, "encoder_hidden_states", "encoder_attention_mask", b)?;
+                let text = text.ok_or_else(|| missing("encoder_hidden_states"))?;
+                let p = cfg.pooled_projection_dim.unwrap_or(0);
+                cond.pooled =
+                    Some(read_rows(inp, "pooled_projections", b, p)?.ok_or_else(|| missing("pooled_projections"))?);
+                cond.image_ids = read_ids(inp, "img_ids", h)?;
+                cond.text_ids = read_ids(inp, "txt_ids", text.len)?;
+                cond.text = Some(text);
+                cond.guidance = match inp.f32_opt("guidance", 1)? {
+                    Some((g, gs)) if gs[..] == [b] => Some(g),
+                    Some((_, gs)) => return Err(Error::input("guidance", format!("expected [{b}], found {gs:?}"))),
+                    None => None,
+                };
+            }
             _ => {
                 let missing = |n: &str| Error::MissingInput { name: n.into(), path: inp.path().to_path_buf() };
                 let text = read_text(inp, "encoder_hidden_states", "encoder_attention_mask", b)?;
@@ -140,18 +191,24 @@ impl ForwardInputs {
 
     /// Checks sizes and values: every tensor finite, the timesteps one per sample.
     pub fn validate(&self) -> Result<()> {
-        let [b, c, h, w] = self.shape;
-        let n = b.checked_mul(c).and_then(|v| v.checked_mul(h)).and_then(|v| v.checked_mul(w));
-        if n != Some(self.hidden_states.len()) {
+        let n = self.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        if n != Some(self.hidden_states.len()) || !(3..=4).contains(&self.shape.len()) {
             return Err(Error::input(
                 "hidden_states",
                 format!("{} values for shape {:?}", self.hidden_states.len(), self.shape),
             ));
         }
+        let b = self.shape[0];
         if self.timestep.len() != b {
             return Err(Error::input("timestep", format!("expected {b} values, found {}", self.timestep.len())));
         }
-        if [self.cond.batch, self.cond.height, self.cond.width] != [b, h, w] {
+        // [B, C, H, W], or packed [B, N, C] with N = height·width
+        let size_ok = match self.shape[..] {
+            [_, _, h, w] => [self.cond.height, self.cond.width] == [h, w],
+            [_, n, _] => self.cond.height.checked_mul(self.cond.width) == Some(n),
+            _ => false,
+        };
+        if self.cond.batch != b || !size_ok {
             return Err(Error::input("hidden_states", "the conditioning's batch and size differ from hidden_states"));
         }
         check_finite("hidden_states", &self.hidden_states)?;
@@ -161,12 +218,12 @@ impl ForwardInputs {
 }
 
 impl SampleInputs {
-    /// Initial noise `latents` of `shape` [n, C, H, W] and no conditioning yet (set `cond`/`uncond`
-    /// for PixArt, `class_labels` for DiT, `noise` for LCM).
-    pub fn new(latents: Vec<f32>, shape: [usize; 4]) -> Self {
+    /// Initial noise `latents` of `shape` [n, C, H, W] (FLUX: packed [n, N, C]) and no
+    /// conditioning yet (set `cond`/`uncond` for PixArt, `class_labels` for DiT, `noise` for LCM).
+    pub fn new(latents: Vec<f32>, shape: impl Into<Vec<usize>>) -> Self {
         SampleInputs {
             latents,
-            shape,
+            shape: shape.into(),
             cond: None,
             uncond: None,
             resolution: None,
@@ -174,6 +231,31 @@ impl SampleInputs {
             pooled: None,
             uncond_pooled: None,
             noise: None,
+            image_ids: None,
+        }
+    }
+
+    /// Samples, and the latent size (height, width): `[n, C, H, W]`, or FLUX's packed
+    /// `[n, N, C]` on its token grid.
+    pub(crate) fn size(&self) -> Result<(usize, usize, usize)> {
+        match self.shape[..] {
+            [n, _, h, w] => Ok((n, h, w)),
+            [n, t, _] => {
+                let (h, w) = packed_grid(t, self.image_ids.is_some())?;
+                Ok((n, h, w))
+            }
+            _ => Err(Error::input(
+                "latents",
+                format!("shape {:?}: expected [n, C, H, W] or packed [n, N, C]", self.shape),
+            )),
+        }
+    }
+
+    /// Latent channels.
+    pub(crate) fn channels(&self) -> usize {
+        match self.shape[..] {
+            [_, _, c] => c,
+            _ => self.shape.get(1).copied().unwrap_or(0),
         }
     }
 
@@ -183,7 +265,8 @@ impl SampleInputs {
     pub fn from_inputs(inp: &Inputs, cfg: &ModelConfig) -> Result<Self> {
         let (latents, shape) = read_latents(inp, "latents", cfg)?;
         let n = shape[0];
-        let mut si = SampleInputs::new(latents, shape);
+        let tokens = shape[1];
+        let mut si = SampleInputs::new(latents, shape.clone());
         match cfg.family {
             Family::PixArt => {
                 si.cond = read_text(inp, "cond_embeds", "cond_mask", n)?;
@@ -191,6 +274,12 @@ impl SampleInputs {
                 si.resolution = read_rows(inp, "resolution", n, 2)?;
             }
             Family::DiT => si.class_labels = Some(read_labels(inp, n)?),
+            Family::Flux => {
+                let p = cfg.pooled_projection_dim.unwrap_or(0);
+                si.cond = read_text(inp, "cond_embeds", "cond_mask", n)?;
+                si.pooled = read_rows(inp, "cond_pooled", n, p)?;
+                si.image_ids = read_ids(inp, "img_ids", tokens)?;
+            }
             _ => {
                 let p = cfg.pooled_projection_dim.unwrap_or(0);
                 si.cond = read_text(inp, "cond_embeds", "cond_mask", n)?;
@@ -200,11 +289,8 @@ impl SampleInputs {
             }
         }
         if let Some((noise, ns)) = inp.f32_opt("noise", 5)? {
-            if ns[1..] != shape {
-                return Err(Error::input(
-                    "noise",
-                    format!("expected [steps − 1, {n}, {}, {}, {}], found {ns:?}", shape[1], shape[2], shape[3]),
-                ));
+            if ns[1..] != shape[..] {
+                return Err(Error::input("noise", format!("expected [steps − 1, {shape:?}…], found {ns:?}")));
             }
             si.noise = Some(noise);
         }
@@ -218,7 +304,7 @@ impl SampleInputs {
 
     /// The prompt embeddings of the model batch: `cond`, or [uncond, cond] when guided.
     fn guided_text(&self, family: Family, guided: bool) -> Result<TextInput> {
-        let n = self.shape[0];
+        let n = self.shape.first().copied().unwrap_or(0);
         let cond = self.cond.as_ref().ok_or_else(|| {
             Error::input("cond_embeds", format!("missing ({} sampling needs prompt embeddings)", family.short_name()))
         })?;
@@ -247,7 +333,7 @@ impl SampleInputs {
     /// order: PixArt [uncond, cond], DiT [cond, null]). `null_class`: DiT's class for the
     /// unconditional half.
     pub fn conditioning(&self, family: Family, null_class: usize, guided: bool) -> Result<Conditioning> {
-        let [n, _, h, w] = self.shape;
+        let (n, h, w) = self.size()?;
         let batch = if guided { 2 * n } else { n };
         let mut c = Conditioning { batch, height: h, width: w, ..Default::default() };
         match family {
@@ -265,6 +351,22 @@ impl SampleInputs {
                 let dup = |v: &[f32]| if guided { [v, v].concat() } else { v.to_vec() };
                 c.resolution = Some(dup(&res));
                 c.aspect_ratio = Some(dup(&ar));
+            }
+            Family::Flux => {
+                // FluxPipeline: no CFG batch (the guidance scale is embedded; the caller sets
+                // `guidance` for models with guidance_embeds)
+                if guided {
+                    return Err(Error::param(
+                        "guidance",
+                        "a classifier-free guidance batch",
+                        "FLUX's embedded guidance (no CFG batch)",
+                    ));
+                }
+                c.text = Some(self.guided_text(family, false)?);
+                c.pooled = Some(self.pooled.clone().ok_or_else(|| {
+                    Error::input("cond_pooled", "missing (FLUX sampling needs pooled prompt embeddings)")
+                })?);
+                c.image_ids = self.image_ids.clone();
             }
             Family::Sd3 => {
                 // StableDiffusion3Pipeline: [uncond, cond] for both the text and the pooled text

@@ -42,12 +42,14 @@ impl SampleConfig {
     }
 
     /// The guidance scale the diffusers pipelines default to: PixArt 4.5, DiT 4.0, SD3 7.0,
-    /// none (0) for LCM, which is distilled without guidance.
+    /// FLUX 3.5 (dev's embedded guidance; schnell ignores it), none (0) for LCM, which is
+    /// distilled without guidance.
     pub fn default_guidance(family: Family, scheduler: SchedulerName) -> f32 {
         match (family, scheduler) {
             (_, SchedulerName::Lcm) => 0.0,
             (Family::DiT, _) => 4.0,
             (Family::Sd3, _) => 7.0,
+            (Family::Flux, _) => 3.5,
             _ => 4.5,
         }
     }
@@ -77,8 +79,8 @@ impl SampleConfig {
 pub struct SampleOutput {
     /// the final latents
     pub latents: Vec<f32>,
-    /// their shape `[n, C, H, W]`
-    pub shape: [usize; 4],
+    /// their shape `[n, C, H, W]` (FLUX: packed `[n, N, C]`)
+    pub shape: Vec<usize>,
     /// the scheduler's timesteps (the model's `timestep` input at each step)
     pub timesteps: Vec<f32>,
     /// flow matching: the scheduler's σ of every step and a final 0
@@ -95,14 +97,29 @@ pub struct SampleOutput {
     pub latents_per_step: Vec<Vec<f32>>,
 }
 
+impl SampleOutput {
+    /// The shape as `[n, C, H, W]`: an error for packed (FLUX) latents, which have no image grid
+    /// to decode or judge without unpacking.
+    pub fn spatial_shape(&self) -> Result<[usize; 4]> {
+        <[usize; 4]>::try_from(self.shape.as_slice())
+            .map_err(|_| Error::input("latents", format!("shape {:?} is packed, not [n, C, H, W]", self.shape)))
+    }
+}
+
 /// The guidance of a config for a model family (DiT orders the batch [cond, null], PixArt
-/// [uncond, cond]).
+/// [uncond, cond]; FLUX embeds the scale in the model instead).
 fn guidance(cfg: &SampleConfig, family: Family) -> Cfg {
-    if cfg.guidance > 1.0 {
+    if cfg.guidance > 1.0 && !embedded_guidance(family) {
         Cfg::On { scale: cfg.guidance, cond_first: family.cond_first() }
     } else {
         Cfg::Off
     }
+}
+
+/// Whether the family's pipeline hands the guidance scale to the model (FluxPipeline) instead of
+/// running a classifier-free guidance batch.
+fn embedded_guidance(family: Family) -> bool {
+    family == Family::Flux
 }
 
 /// Samples with `policy`, calling `on_step(i, steps)` after every step (progress bars).
@@ -116,7 +133,8 @@ pub fn sample<B: Backend>(
 ) -> Result<SampleOutput> {
     cfg.validate()?;
     let mc = &model.config;
-    let [n, c, h, w] = inp.shape;
+    let (n, h, w) = inp.size()?;
+    let c = inp.channels();
     if c != mc.in_channels {
         return Err(Error::input(
             "latents",
@@ -136,10 +154,18 @@ pub fn sample<B: Backend>(
         ));
     }
     let tokens = (h / mc.patch_size.max(1)) * (w / mc.patch_size.max(1));
-    let scheduler = Scheduler::with_config(cfg.scheduler, cfg.steps, &cfg.scheduler_config, tokens)?;
+    // FluxPipeline hands set_timesteps σ = linspace(1, 1/n, n) itself.
+    let scheduler = if embedded_guidance(mc.family) {
+        Scheduler::flow_match_linear(cfg.steps, &cfg.scheduler_config.flow_match, tokens)?
+    } else {
+        Scheduler::with_config(cfg.scheduler, cfg.steps, &cfg.scheduler_config, tokens)?
+    };
     let timesteps = scheduler.timesteps();
-    let guided = cfg.guidance > 1.0;
-    let cond = inp.conditioning(mc.family, mc.num_embeds_ada_norm, guided)?;
+    let guided = cfg.guidance > 1.0 && !embedded_guidance(mc.family);
+    let mut cond = inp.conditioning(mc.family, mc.num_embeds_ada_norm, guided)?;
+    if embedded_guidance(mc.family) && mc.guidance_embeds {
+        cond.guidance = Some(vec![cfg.guidance; cond.batch]);
+    }
     match &inp.noise {
         Some(noise) => {
             if cfg.steps.saturating_sub(1).checked_mul(sample_numel) != Some(noise.len()) {
@@ -165,11 +191,12 @@ pub fn sample<B: Backend>(
     let mut x0_prev = if scheduler.needs_x0_prev() { Some(be.alloc(&inp.shape, DType::F32)?) } else { None };
     let mut noise_buf = if inp.noise.is_some() { Some(be.alloc(&inp.shape, DType::F32)?) } else { None };
     let guidance = guidance(cfg, mc.family);
+    let packed = mc.family.packed_latents();
     let batch = denoiser.batch();
 
     let mut out = SampleOutput {
         latents: Vec::new(),
-        shape: inp.shape,
+        shape: inp.shape.clone(),
         timesteps: timesteps.clone(),
         sigmas: scheduler.sigmas().map(<[f32]>::to_vec),
         blocks_run: Vec::new(),
@@ -184,9 +211,18 @@ pub fn sample<B: Backend>(
         for copy in 0..batch / n {
             be.copy_range(&latents, 0, denoiser.input_mut(), copy * sample_numel, sample_numel)?;
         }
-        be.write(denoiser.timesteps_mut(), &vec![t; batch])?;
-        let report =
-            denoiser.forward_written_then(be, i, cfg.steps, &mut |be, out| be.cfg_combine(out, guidance, &mut eps))?;
+        // The model's timestep input: FluxPipeline passes timestep / 1000 (the model multiplies
+        // by 1000 again); the others pass the scheduler's timestep.
+        let t_in = if embedded_guidance(mc.family) { t / 1000.0 } else { t };
+        be.write(denoiser.timesteps_mut(), &model.model_timesteps(&vec![t_in; batch]))?;
+        // Packed latents (FLUX) have no CFG batch and no learned-sigma channels: v is the output.
+        let report = denoiser.forward_written_then(be, i, cfg.steps, &mut |be, out| {
+            if packed {
+                be.copy(out, &mut eps)
+            } else {
+                be.cfg_combine(out, guidance, &mut eps)
+            }
+        })?;
         let noise = match (&inp.noise, noise_buf.as_mut()) {
             (Some(noise), Some(buf)) if scheduler.needs_noise(i) => {
                 be.write(buf, &noise[i * sample_numel..(i + 1) * sample_numel])?;
@@ -210,8 +246,8 @@ pub fn sample<B: Backend>(
 }
 
 /// One transformer forward, as the diffusers forward call computes it; returns `sample`
-/// `[B, C_out, H, W]`.
-pub fn forward<B: Backend>(be: &B, model: &Transformer<B>, inp: &ForwardInputs) -> Result<(Vec<f32>, [usize; 4])> {
+/// `[B, C_out, H, W]` (FLUX: packed `[B, N, C_out]`) and its shape.
+pub fn forward<B: Backend>(be: &B, model: &Transformer<B>, inp: &ForwardInputs) -> Result<(Vec<f32>, Vec<usize>)> {
     inp.validate()?;
     let mut d = Denoiser::uncached(be, model, &inp.cond)?;
     d.forward(be, &inp.hidden_states, &inp.timestep, 0, 1)?;

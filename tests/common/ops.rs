@@ -22,7 +22,7 @@ use deltadit::backend::cpu::Cpu;
 use deltadit::backend::cuda::Cuda;
 use deltadit::backend::sim::Sim;
 use deltadit::backend::{
-    Activation, AttentionKernel, AttentionShape, CacheWrite, Cfg, ColSlice, SchedulerKind, SchedulerUpdate,
+    Activation, AttentionKernel, AttentionShape, CacheWrite, Cfg, ColSlice, Rope, SchedulerKind, SchedulerUpdate,
 };
 use deltadit::cache::{CacheSpec, StepPlan};
 use deltadit::io::Inputs;
@@ -184,6 +184,8 @@ macro_rules! op_suite {
             norm_modulate_rejects_bad_shapes = norm_modulate_rejects_bad_shapes,
             qk_norm_shapes = qk_norm_shapes,
             qk_norm_rejects_bad_inputs = qk_norm_rejects_bad_inputs,
+            qk_norm_rope_shapes = qk_norm_rope_shapes,
+            qk_norm_rope_rejects_bad_inputs = qk_norm_rope_rejects_bad_inputs,
             residual_plain_and_gated = residual_plain_and_gated,
             residual_anchor_then_delta = residual_anchor_then_delta,
             activation_and_add_bcast = activation_and_add_bcast,
@@ -505,6 +507,141 @@ pub fn qk_norm_rejects_bad_inputs<B: Backend>(be: &B) {
         assert!(e.to_string().contains("qk_norm"), "{e}");
     }
     assert_eq!(be.download(&x).unwrap(), vals, "a rejected qk_norm changed x");
+}
+
+// ---- qk_norm_rope ----------------------------------------------------------------------------------
+
+/// (rows, heads, head_dim, layout, tokens, offset): FLUX's heads (24 × 128, 2 samples of the
+/// image part at offset 44), the golden cases' 2 × 64 with the image after 7 text tokens, odd
+/// sample lengths and offsets, the looped path (72 unaligned, 100), 256 and the smallest head.
+pub const QK_NORM_ROPE_CASES: &[(usize, usize, usize, QkLayout, usize, usize)] = &[
+    (600, 24, 128, QkLayout::Fused, 300, 44),
+    (128, 2, 64, QkLayout::Fused, 64, 7),
+    (46, 3, 128, QkLayout::Fused, 23, 0),
+    (15, 3, 64, QkLayout::Offset, 5, 2),
+    (7, 2, 72, QkLayout::Unaligned, 7, 0),
+    (9, 2, 100, QkLayout::Fused, 3, 1),
+    (4, 1, 256, QkLayout::Offset, 2, 5),
+    (1, 1, 8, QkLayout::Fused, 1, 0),
+];
+
+/// A random RoPE table `[positions, head_dim]`: (cos, sin) of an angle per pair, as FluxPosEmbed's
+/// f64 values rounded to f32.
+pub fn rope_table(rng: &mut Rng, positions: usize, head_dim: usize) -> Vec<f32> {
+    (0..positions * head_dim / 2)
+        .flat_map(|_| {
+            let a = (rng.uniform() as f64 - 0.5) * 200.0;
+            [a.cos() as f32, a.sin() as f32]
+        })
+        .collect()
+}
+
+/// One qk_norm_rope case on `be` and the CPU reference (x's other columns NaN and untouched):
+/// each element of Q and K within half a storage ulp of the f32 reference plus 4e-6 of its pair's
+/// norm (the rotation may cancel an element, never the pair). Returns the worst relative error.
+pub fn qk_norm_rope_case<B: Device>(
+    be: &B,
+    (rows, heads, head_dim, layout, tokens, offset): (usize, usize, usize, QkLayout, usize, usize),
+    seed: u64,
+) -> f64 {
+    let o = Ops::new(be);
+    let dt = o.dt;
+    let d = heads * head_dim;
+    let (width, q_col, k_col) = layout.columns(d);
+    let mut rng = Rng::new(seed);
+    let mut untouched = vec![true; width];
+    for col in [q_col, k_col] {
+        untouched[col..col + d].iter_mut().for_each(|u| *u = false);
+    }
+    let mut v = data(&mut rng, rows * width, 2.0, 0.5, dt);
+    v.iter_mut().enumerate().filter(|(i, _)| untouched[i % width]).for_each(|(_, x)| *x = f32::NAN);
+    let mut x = o.pair(v, &[rows, width], dt);
+    let wq = o.rand(&mut rng, &[head_dim], dt, 0.5, 0.8);
+    let wk = o.rand(&mut rng, &[head_dim], dt, 0.5, 0.8);
+    let positions = offset + tokens + 3;
+    let table = rope_table(&mut rng, positions, head_dim);
+    let t = o.pair(table, &[positions, head_dim], DType::F32);
+    let before = be.download(&x.d).unwrap();
+    let rope = |table| Rope { table, tokens, offset };
+    be.qk_norm_rope(&mut x.d, q_col, k_col, heads, head_dim, &wq.d, &wk.d, 1e-6, rope(&t.d)).unwrap();
+    o.cpu
+        .qk_norm_rope(&mut x.c, q_col, k_col, heads, head_dim, &wq.c, &wk.c, 1e-6, Rope { table: &t.c, tokens, offset })
+        .unwrap();
+    let (got, want) = (be.download(&x.d).unwrap(), o.cpu.download(&x.c).unwrap());
+    let what =
+        format!("qk_norm_rope {dt} [{rows}, {width}] {heads}×{head_dim} {layout:?} tokens {tokens} offset {offset}");
+    let mantissa = if dt == DType::BF16 { 8 } else { 11 };
+    let half_ulp = |w: f32| {
+        let e = ((w.abs() * (1.0 + 1e-5)).to_bits() >> 23) as i32 - 127;
+        2f32.powi(e - mantissa).max(if dt == DType::F16 { 2f32.powi(-25) } else { 0.0 })
+    };
+    let mut worst = 0.0f64;
+    for (name, col) in [("Q", q_col), ("K", k_col)] {
+        let (g, w) = (columns(&got, width, col, d), columns(&want, width, col, d));
+        worst = worst.max(close(&format!("{what} {name}"), &g, &w, TOL));
+        for (i, (gp, wp)) in g.chunks_exact(2).zip(w.chunks_exact(2)).enumerate() {
+            let norm = (wp[0] * wp[0] + wp[1] * wp[1]).sqrt();
+            for k in 0..2 {
+                let bound = half_ulp(wp[k]) + 4e-6 * norm;
+                assert!(
+                    (gp[k] - wp[k]).abs() <= bound,
+                    "{what} {name} element {}: {} vs the f32 reference {} (bound {bound:e})",
+                    2 * i + k,
+                    gp[k],
+                    wp[k]
+                );
+            }
+        }
+    }
+    for (i, (&g, &b)) in got.iter().zip(&before).enumerate() {
+        if untouched[i % width] {
+            assert_eq!(g.to_bits(), b.to_bits(), "{what}: row {} column {} is outside Q and K", i / width, i % width);
+        }
+    }
+    eprintln!("{what}: rel err {worst:.3e}");
+    worst
+}
+
+pub fn qk_norm_rope_shapes<B: Device>(be: &B) {
+    for (i, &case) in QK_NORM_ROPE_CASES.iter().enumerate() {
+        qk_norm_rope_case(be, case, 1400 + i as u64);
+    }
+}
+
+/// A table of the wrong dtype, width or length, tokens not dividing the rows, an odd head dim:
+/// errors (never a launch), x unchanged. Any backend.
+pub fn qk_norm_rope_rejects_bad_inputs<B: Backend>(be: &B) {
+    let dt = be.act_dtype();
+    let (rows, heads, hd) = (6, 2, 64);
+    let d = heads * hd;
+    let vals: Vec<f32> = (0..rows * 3 * d).map(|i| dt.round(1.0 + (i % 7) as f32 * 0.25)).collect();
+    let mut x = be.upload(&vals, &[rows, 3 * d], dt).unwrap();
+    let w = be.upload(&vec![1.0; hd], &[hd], dt).unwrap();
+    let table = be.upload(&vec![0.5; 8 * hd], &[8, hd], DType::F32).unwrap();
+    let narrow = be.upload(&vec![0.5; 8 * 32], &[8, 32], DType::F32).unwrap();
+    let act = be.upload(&vec![0.5; 8 * hd], &[8, hd], dt).unwrap();
+    let table_err = |r: deltadit::Result<()>, what: &str| match r {
+        Err(Error::Shape { tensor: "table", .. }) => {}
+        r => panic!("qk_norm_rope {what}: expected a shape error on the table, got {r:?}"),
+    };
+    let param_err = |r: deltadit::Result<()>, name: &str, what: &str| match r {
+        Err(Error::Param { name: n, .. }) if n.contains(name) => {}
+        r => panic!("qk_norm_rope {what}: expected a parameter error on {name}, got {r:?}"),
+    };
+    let run = |x: &mut Tensor<B>, t, tokens, offset, hd: usize, heads: usize| {
+        be.qk_norm_rope(x, 0, heads * hd, heads, hd, &w, &w, 1e-6, Rope { table: t, tokens, offset })
+    };
+    table_err(run(&mut x, &table, 3, 6, hd, heads), "positions past the table");
+    table_err(run(&mut x, &narrow, 3, 0, hd, heads), "a table of another head dim");
+    if dt != DType::F32 {
+        table_err(run(&mut x, &act, 3, 0, hd, heads), "a table in the activation dtype");
+    }
+    param_err(run(&mut x, &table, 4, 0, hd, heads), "tokens", "tokens not dividing the rows");
+    param_err(run(&mut x, &table, 0, 0, hd, heads), "tokens", "no tokens");
+    let w_odd = be.upload(&vec![1.0; 63], &[63], dt).unwrap();
+    let r = be.qk_norm_rope(&mut x, 0, 126, 2, 63, &w_odd, &w_odd, 1e-6, Rope { table: &table, tokens: 3, offset: 0 });
+    param_err(r, "head_dim", "an odd head dim");
+    assert_eq!(be.download(&x).unwrap(), vals, "a rejected qk_norm_rope changed x");
 }
 
 // ---- residual ------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ pub(crate) use attention::attention_f32;
 pub(crate) use elementwise::timestep_embedding as timestep_embedding_f32;
 pub(crate) use linear::linear_f32;
 pub(crate) use norm_modulate::norm_modulate_f32;
-pub(crate) use qk_norm::qk_norm_f32;
+pub(crate) use qk_norm::{qk_norm_f32, qk_norm_rope_f32};
 
 /// The f32 reference functions behind the ops (crate internals: the benches and tests).
 #[cfg(feature = "internals")]
@@ -26,7 +26,7 @@ pub(crate) mod reference {
     pub use super::elementwise::timestep_embedding as timestep_embedding_f32;
     pub use super::linear::linear_f32;
     pub use super::norm_modulate::norm_modulate_f32;
-    pub use super::qk_norm::qk_norm_f32;
+    pub use super::qk_norm::{qk_norm_f32, qk_norm_rope_f32};
 }
 
 /// The rayon pool's hand-over (crate internals).
@@ -46,7 +46,7 @@ pub(crate) mod pool {
 }
 pub(crate) use pool::on_worker;
 
-use super::{shapes, Activation, AttentionShape, Backend, CacheWrite, Cfg, ColSlice, SchedulerUpdate};
+use super::{shapes, Activation, AttentionShape, Backend, CacheWrite, Cfg, ColSlice, Rope, SchedulerUpdate};
 use crate::error::BackendErrorKind;
 use crate::{DType, Error, Result, Tensor};
 use rayon::prelude::*;
@@ -174,6 +174,25 @@ impl Backend for Cpu {
         let s = shapes::qk_norm(x, q_col, k_col, heads, head_dim, wq, wk, eps)?;
         let heads_at = [(q_col, &wq.buf[..]), (k_col, &wk.buf[..])];
         qk_norm_f32(&mut x.buf, s.width, heads_at, heads, head_dim, eps);
+        Ok(())
+    }
+
+    fn qk_norm_rope(
+        &self,
+        x: &mut Tensor<Self>,
+        q_col: usize,
+        k_col: usize,
+        heads: usize,
+        head_dim: usize,
+        wq: &Tensor<Self>,
+        wk: &Tensor<Self>,
+        eps: f32,
+        rope: Rope<'_, Self>,
+    ) -> Result<()> {
+        let s = shapes::qk_norm_rope(x, q_col, k_col, heads, head_dim, wq, wk, eps, &rope)?;
+        let heads_at = [(q_col, &wq.buf[..]), (k_col, &wk.buf[..])];
+        let t = &rope.table.buf[..];
+        qk_norm_rope_f32(&mut x.buf, s.width, heads_at, heads, head_dim, eps, t, rope.tokens, rope.offset);
         Ok(())
     }
 

@@ -18,7 +18,7 @@ pub use attention::{attention, attention_supported_head_dim};
 pub use elementwise::{activation, add_bcast, cfg_combine, patchify, timestep_embedding, unpatchify};
 pub use fill::fill_bits;
 pub use norm_modulate::norm_modulate;
-pub use qk_norm::qk_norm;
+pub use qk_norm::{qk_norm, qk_norm_rope};
 pub use rel_l1::rel_l1;
 pub use residual::residual;
 pub use scheduler::scheduler_step;
@@ -146,6 +146,21 @@ macro_rules! kernel_backend_ops {
             eps: f32,
         ) -> $crate::Result<()> {
             $crate::backend::kernels::qk_norm(self, x, q_col, k_col, heads, head_dim, wq, wk, eps)
+        }
+
+        fn qk_norm_rope(
+            &self,
+            x: &mut $crate::Tensor<Self>,
+            q_col: usize,
+            k_col: usize,
+            heads: usize,
+            head_dim: usize,
+            wq: &$crate::Tensor<Self>,
+            wk: &$crate::Tensor<Self>,
+            eps: f32,
+            rope: $crate::backend::Rope<'_, Self>,
+        ) -> $crate::Result<()> {
+            $crate::backend::kernels::qk_norm_rope(self, x, q_col, k_col, heads, head_dim, wq, wk, eps, rope)
         }
 
         fn residual(

@@ -47,7 +47,8 @@ enum Cmd {
         #[command(flatten)]
         model: ModelArgs,
         /// safetensors with latents and cond_embeds/cond_mask/uncond_embeds/uncond_mask (PixArt),
-        /// class_labels (DiT), cond_embeds/uncond_embeds/cond_pooled/uncond_pooled (SD3), noise
+        /// class_labels (DiT), cond_embeds/uncond_embeds/cond_pooled/uncond_pooled (SD3), packed
+        /// latents [n, N, C] with cond_embeds/cond_pooled and optional img_ids (FLUX), noise
         /// (LCM)
         #[arg(long)]
         inputs: PathBuf,
@@ -63,7 +64,8 @@ enum Cmd {
         scheduler_config: Option<PathBuf>,
         #[arg(long, default_value_t = 20)]
         steps: usize,
-        /// CFG scale; guidance applies when > 1
+        /// CFG scale; guidance applies when > 1 (FLUX.1-dev: the embedded guidance scale, no CFG
+        /// batch; default 3.5)
         #[arg(long)]
         guidance: Option<f32>,
         /// none | delta | delta:n=2,nc=21,b=12[,order=reverse] |
@@ -227,7 +229,12 @@ fn cmd_sample(
 ) -> Result<()> {
     let cache: CacheSpec = cache.parse()?;
     let model_cfg = ModelConfig::from_file(&args.model.join("config.json"))?;
-    let scheduler_config = scheduler_config(&args.model, sched.config.as_deref())?;
+    let mut scheduler_config = scheduler_config(&args.model, sched.config.as_deref())?;
+    if model_cfg.family == Family::Flux && scheduler_config.class_name.is_none() {
+        // no scheduler_config.json: FLUX.1's (dynamic shifting, μ from the image tokens)
+        scheduler_config.flow_match.use_dynamic_shifting = true;
+        scheduler_config.flow_match.shift = 3.0;
+    }
     let scheduler = pick_scheduler(sched.name.as_deref(), &scheduler_config, model_cfg.family)?;
     let any = backend(args)?;
     let inputs = Inputs::open(inputs)?;
@@ -259,13 +266,13 @@ fn cmd_sample(
     if per_step {
         let flat: Vec<f32> = out.latents_per_step.concat();
         let mut shape = vec![steps_done];
-        shape.extend(out.shape);
+        shape.extend(&out.shape);
         tensors.push(("latents_per_step", HostTensor::F32(flat, shape)));
     }
     write_safetensors(output, &tensors)?;
     if let Some(path) = image {
         let cols = (out.shape[0] as f64).sqrt().ceil() as usize;
-        let png = png_grid(&out.latents, out.shape, cols, 4)?;
+        let png = png_grid(&out.latents, out.spatial_shape()?, cols, 4)?;
         std::fs::write(path, png).map_err(|e| Error::io(path, e))?;
         println!("wrote {} samples as a PNG grid to {}", out.shape[0], path.display());
     }

@@ -6,7 +6,9 @@
 //! | --- | --- | --- |
 //! | [`pixart_dit`] | `PixArtTransformer2DModel`, `DiTTransformer2DModel` | image |
 //! | [`sd3`] | `SD3Transformer2DModel` | image, context |
+//! | [`flux`] | `FluxTransformer2DModel` | image, context |
 
+pub(crate) mod flux;
 pub(crate) mod pixart_dit;
 pub(crate) mod sd3;
 
@@ -34,6 +36,16 @@ pub(crate) trait Arch<B: Backend>: Send + Sync {
     fn live_streams(&self, boundary: usize) -> usize {
         let _ = boundary;
         self.streams().len()
+    }
+    /// The shape of the model input (`output`: the output) for a batch at latent size
+    /// height × width: `[B, C, H, W]`, or the family's own layout (FLUX: packed `[B, H·W, C]`).
+    fn latent_shape(&self, cfg: &ModelConfig, batch: usize, height: usize, width: usize, output: bool) -> Vec<usize> {
+        let c = if output { cfg.out_channels } else { cfg.in_channels };
+        vec![batch, c, height, width]
+    }
+    /// The timestep the blocks see for the forward's `timestep` input `t` (FLUX: 1000·t).
+    fn model_timestep(&self, t: f32) -> f32 {
+        t
     }
     /// The family's per-run tensors (checked against the model: sizes, labels, text length).
     fn context(&self, be: &B, cfg: &ModelConfig, c: &Conditioning) -> Result<Box<dyn Any + Send + Sync>>;
@@ -68,6 +80,7 @@ pub(crate) fn build<B: Backend>(l: &Loader<'_, B>, cfg: &ModelConfig) -> Result<
     Ok(match cfg.family {
         Family::PixArt | Family::DiT => Box::new(pixart_dit::Model::load(l, cfg)?),
         Family::Sd3 => Box::new(sd3::Model::load(l, cfg)?),
+        Family::Flux => Box::new(flux::Model::load(l, cfg)?),
     })
 }
 

@@ -69,6 +69,9 @@ pub(crate) fn config_from_keys(k: &Keys<'_>) -> Result<ModelConfig> {
         pos_embed_max_size: Some(k.usize_or("pos_embed_max_size", 96)?),
         qk_norm,
         dual_attention_layers: k.usize_list("dual_attention_layers")?,
+        num_single_layers: 0,
+        axes_dims_rope: Vec::new(),
+        guidance_embeds: false,
     })
 }
 
