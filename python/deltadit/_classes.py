@@ -56,6 +56,23 @@ def _sd3_forward(
     pass
 
 
+def _flux_forward(
+    hidden_states,
+    encoder_hidden_states=None,
+    pooled_projections=None,
+    timestep=None,
+    img_ids=None,
+    txt_ids=None,
+    guidance=None,
+    joint_attention_kwargs=None,
+    controlnet_block_samples=None,
+    controlnet_single_block_samples=None,
+    return_dict=True,
+    controlnet_blocks_repeat=False,
+):  # pragma: no cover - a signature only
+    pass
+
+
 # -- reading a run's conditioning from the forward's arguments -------------------------------------
 
 
@@ -180,6 +197,54 @@ def _sd3_conditioning(b: int, a: Dict[str, Any], lib_config: Mapping) -> Dict[st
     return {"encoder_hidden_states": ehs, "pooled_projections": pooled, "skip_layers": _skip_layers(a.get("skip_layers"))}
 
 
+def _ids(v, name: str, rows: Optional[int]) -> Optional[torch.Tensor]:
+    """FLUX's RoPE positions: [rows, axes] (diffusers' deprecated [1, rows, axes] too)."""
+    if v is None:
+        return None
+    v = _tensor(v, name)
+    if v.ndim == 3 and v.shape[0] == 1:
+        v = v[0]
+    if v.ndim != 2 or (rows is not None and v.shape[0] != rows):
+        want = f"[{rows if rows is not None else 'tokens'}, axes]"
+        raise InputError(f"input `{name}`: expected {want}, found shape {list(v.shape)}", kind="input", name=name)
+    return v.to(torch.float32)
+
+
+def _flux_conditioning(b: int, a: Dict[str, Any], lib_config: Mapping) -> Dict[str, Any]:
+    ehs = _text(b, a.get("encoder_hidden_states"), "FLUX")
+    pooled = a.get("pooled_projections")
+    if pooled is None:
+        raise InputError(
+            "input `pooled_projections`: missing (FLUX needs the pooled text embeddings)",
+            kind="missing_input",
+            name="pooled_projections",
+        )
+    pooled = _tensor(pooled, "pooled_projections")
+    if pooled.ndim != 2 or pooled.shape[0] != b:
+        raise InputError(
+            f"input `pooled_projections`: expected [{b}, features], found shape {list(pooled.shape)}",
+            kind="input",
+            name="pooled_projections",
+        )
+    n = a.get("_tokens")
+    guidance = a.get("guidance")
+    if guidance is not None:
+        guidance = _tensor(guidance, "guidance").reshape(-1).to(torch.float32)
+        if guidance.numel() == 1:
+            guidance = guidance.expand(b)
+        elif guidance.numel() != b:
+            raise InputError(
+                f"input `guidance`: expected 1 or {b} values, found {guidance.numel()}", kind="input", name="guidance"
+            )
+    return {
+        "encoder_hidden_states": ehs,
+        "pooled_projections": pooled,
+        "image_ids": _ids(a.get("img_ids"), "img_ids", n),
+        "text_ids": _ids(a.get("txt_ids"), "txt_ids", ehs.shape[1]),
+        "guidance": guidance,
+    }
+
+
 # -- the table -------------------------------------------------------------------------------------
 
 
@@ -206,6 +271,10 @@ class ModelClass:
     #: a forward argument whose value makes that forward run uncached, beside the cached run
     #: (SD3's ``skip_layers``: skip-layer guidance), or None
     uncached_with: Optional[str] = None
+    #: latents packed as tokens, ``hidden_states`` [B, N, C] (FLUX), instead of [B, C, H, W]
+    packed: bool = False
+    #: what the pipelines pass as ``timestep``, times the scheduler's timestep (FluxPipeline: t / 1000)
+    timestep_scale: float = 1.0
 
     @property
     def inputs(self) -> Tuple[str, ...]:
@@ -261,6 +330,24 @@ MODEL_CLASSES: Tuple[ModelClass, ...] = (
         reject_if_nonempty=(("joint_attention_kwargs", _LORA),),
         conditioning=_sd3_conditioning,
         uncached_with="skip_layers",
+    ),
+    ModelClass(
+        name="FluxTransformer2DModel",
+        family="flux",
+        forward=inspect.signature(_flux_forward),
+        pipelines=("FluxPipeline",),
+        processors=("FluxAttnProcessor", "FluxAttnProcessor2_0"),
+        reject_if_set=(
+            ("controlnet_block_samples", "ControlNet residuals"),
+            ("controlnet_single_block_samples", "ControlNet residuals"),
+        ),
+        reject_if_nonempty=(
+            ("joint_attention_kwargs", _LORA),
+            ("controlnet_blocks_repeat", "ControlNet residuals"),
+        ),
+        conditioning=_flux_conditioning,
+        packed=True,
+        timestep_scale=1e-3,
     ),
 )
 

@@ -1,4 +1,4 @@
-"""`deltadit.Transformer`: a PixArt, DiT or SD3/SD3.5 transformer run by the deltadit runtime, called
+"""`deltadit.Transformer`: a PixArt, DiT, SD3/SD3.5 or FLUX.1 transformer run by the deltadit runtime, called
 like the diffusers transformer's forward on torch tensors (numpy arrays too). Which classes, and
 their forward signatures: the table of :mod:`deltadit._classes`."""
 
@@ -163,7 +163,9 @@ class Transformer:
     ``hidden_states``, ``encoder_hidden_states``, ``timestep``, ``added_cond_kwargs``,
     ``encoder_attention_mask`` for PixArt; ``hidden_states``, ``timestep``, ``class_labels`` for
     DiT; ``hidden_states``, ``encoder_hidden_states``, ``pooled_projections``, ``timestep``,
-    ``skip_layers`` for SD3; ``return_dict``. The result is a torch tensor on the input's device, in
+    ``skip_layers`` for SD3; ``hidden_states`` (packed [B, N, C]), ``encoder_hidden_states``,
+    ``pooled_projections``, ``timestep`` (σ: the model multiplies by 1000), ``img_ids``,
+    ``txt_ids``, ``guidance`` (FLUX.1-dev) for FLUX; ``return_dict``. The result is a torch tensor on the input's device, in
     the input's floating dtype, as ``Transformer2DModelOutput(sample=...)`` or ``(sample,)``.
 
     With a cache policy (``cache="delta"``, ...), pass ``step=`` and ``num_steps=`` as well: the
@@ -332,7 +334,9 @@ class Transformer:
 
     # -- forward -------------------------------------------------------------------------------
 
-    def __call__(self, *args, step: Optional[int] = None, num_steps: Optional[int] = None, **kwargs):
+    def __call__(
+        self, *args, step: Optional[int] = None, num_steps: Optional[int] = None, context: Optional[str] = None, **kwargs
+    ):
         try:
             bound = self._class.forward.bind(*args, **kwargs)
         except TypeError as e:
@@ -340,7 +344,7 @@ class Transformer:
         bound.apply_defaults()
         a = dict(bound.arguments)
         return_dict = a.pop("return_dict")
-        sample = self.forward_sample(step=step, num_steps=num_steps, **a)
+        sample = self.forward_sample(step=step, num_steps=num_steps, context=context, **a)
         return _output(sample, return_dict)
 
     forward = __call__
@@ -353,23 +357,38 @@ class Transformer:
         step: Optional[int] = None,
         num_steps: Optional[int] = None,
         out_dtype: Optional[torch.dtype] = None,
+        context: Optional[str] = None,
         **inputs,
     ) -> torch.Tensor:
         """The forward's ``sample`` tensor (what ``__call__`` wraps); ``inputs``: the forward's
-        other arguments, by name."""
+        other arguments, by name. ``context`` names a cache state (diffusers' ``cache_context``:
+        FluxPipeline's ``cond`` / ``uncond`` branches): each name keeps its own run."""
         cls = self._class
         unknown = sorted(set(inputs) - set(cls.inputs))
         if unknown:
             raise TypeError(f"{cls.name}.forward: unexpected arguments {unknown}")
         cls.check_arguments(inputs)
         x = _as_tensor(hidden_states, "hidden_states")
-        if x.ndim != 4:
+        want = 3 if cls.packed else 4
+        if x.ndim != want:
+            layout = "[batch, tokens, channels]" if cls.packed else "[batch, channels, height, width]"
             raise InputError(
-                f"input `hidden_states`: expected [batch, channels, height, width], found shape {list(x.shape)}",
+                f"input `hidden_states`: expected {layout}, found shape {list(x.shape)}",
                 kind="input",
                 name="hidden_states",
             )
-        b, c, h, w = x.shape
+        if cls.packed:
+            # the tokens as an N × 1 grid: their positions are the forward's img_ids
+            b, n, c = x.shape
+            h, w = n, 1
+            if inputs.get("img_ids") is None:
+                raise InputError(
+                    "input `img_ids`: missing (the RoPE positions [tokens, 3] of the packed latents)",
+                    kind="missing_input",
+                    name="img_ids",
+                )
+        else:
+            b, c, h, w = x.shape
         if c != self._in_channels:
             raise InputError(
                 f"input `hidden_states`: expected {self._in_channels} channels, found shape {list(x.shape)}",
@@ -387,7 +406,7 @@ class Transformer:
             raise InputError(
                 f"input `timestep`: expected 1 or {b} values, found shape {list(t.shape)}", kind="input", name="timestep"
             )
-        cond = cls.conditioning(b, inputs, self._lib_config)
+        cond = cls.conditioning(b, {**inputs, "_tokens": h * w} if cls.packed else inputs, self._lib_config)
         uncached = cls.uncached_with is not None and bool(cond.get(cls.uncached_with))
         if self._cache == "none" or step is None or uncached:
             if self._cache != "none" and step is None and not uncached:
@@ -403,11 +422,12 @@ class Transformer:
                 raise ParameterError("step= needs num_steps=", kind="param", name="num_steps")
             spec = self._cache
         with self._lock:
-            return self._run(x, t, b, h, w, cond, spec, int(step), int(num_steps), out_dtype, uncached)
+            slot = (context, uncached)
+            return self._run(x, t, b, h, w, cond, spec, int(step), int(num_steps), out_dtype, slot)
 
     def _session_for(self, b, h, w, cond, spec, steps, slot):
         skey = (b, h, w, spec, steps)
-        key = (skey,) + tuple((k, _ident(cond[k])) for k in sorted(cond))
+        key = (skey, slot) + tuple((k, _ident(cond[k])) for k in sorted(cond))
         runs = self._runs
         for i, r in enumerate(runs):
             if r.key == key:
@@ -429,7 +449,7 @@ class Transformer:
         self._runs = [_Bound(sess, key, list(cond.values()), skey, snap, slot)] + [r for r in runs if r.slot != slot]
         return sess
 
-    def _run(self, x, t, b, h, w, cond, spec, step, steps, out_dtype, slot=False) -> torch.Tensor:
+    def _run(self, x, t, b, h, w, cond, spec, step, steps, out_dtype, slot=(None, False)) -> torch.Tensor:
         sess = self._session_for(b, h, w, cond, spec, steps, slot)
         in_device = x.device
         rt_cuda = self.device.startswith("cuda")
@@ -460,7 +480,7 @@ class _Bound:
     refs: list  # keeps those tensors alive (so their ids stay theirs)
     skey: tuple  # (batch, height, width, cache, steps)
     snapshot: dict  # host copies of the conditioning, to compare by value
-    slot: bool  # built with the class's `uncached_with` argument (SD3: skip_layers)
+    slot: tuple  # (cache context name, built with the class's `uncached_with` argument (SD3: skip_layers))
 
 
 def _host_value(v):

@@ -7,17 +7,20 @@
     deltadit.diffusers.stats(pipe)      # per step of that call: plan, blocks run, time
 
 :func:`accelerate` replaces ``pipe.transformer`` (a ``PixArtTransformer2DModel``,
-``DiTTransformer2DModel`` or ``SD3Transformer2DModel``: PixArtAlphaPipeline, PixArtSigmaPipeline,
-DiTPipeline, StableDiffusion3Pipeline, or any pipeline with one of them; the classes and their
+``DiTTransformer2DModel``, ``SD3Transformer2DModel`` or ``FluxTransformer2DModel``:
+PixArtAlphaPipeline, PixArtSigmaPipeline, DiTPipeline, StableDiffusion3Pipeline, FluxPipeline, or
+any pipeline with one of them; the classes and their
 forward signatures come from the table of :mod:`deltadit._classes`) by a module of the same class
 name, config, dtype and device whose forward runs in deltadit; the pipeline's text encoders, VAE,
 scheduler and prompts stay as they are. The cache policy follows the pipeline's own step loop:
 the step index is the current timestep's index in ``pipe.scheduler.timesteps``, and each call of
-the pipeline starts a new run.
+the pipeline starts a new run; each ``transformer.cache_context(name)`` (FluxPipeline's ``cond``
+and ``uncond`` branches under true CFG) keeps a cache state of its own.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import time
@@ -71,6 +74,10 @@ class _State:
 
     def __init__(self, native: Transformer, pipe, cache: str, dtype: torch.dtype, device: torch.device):
         self.native = native
+        # what the pipeline passes as `timestep`, per scheduler timestep (FluxPipeline: t / 1000)
+        self.timestep_scale = native._class.timestep_scale
+        # the cache state of this forward (diffusers' `cache_context` name; None outside one)
+        self.context: Optional[str] = None
         self.pipe = weakref.ref(pipe)
         self.cache = cache
         self.dtype = dtype
@@ -104,7 +111,11 @@ class _State:
         tv = _host_scalar(timestep)
         i = None
         if ts and tv is not None:
-            found = [k for k, v in enumerate(ts) if v == tv]
+            scale = self.timestep_scale
+            if scale == 1.0:
+                found = [k for k, v in enumerate(ts) if v == tv]
+            else:
+                found = [k for k, v in enumerate(ts) if abs(v * scale - tv) <= 1e-6 * max(1.0, abs(tv))]
             if found:
                 i = next((k for k in found if k >= run.next), found[0])
         if i is None:
@@ -182,6 +193,17 @@ class _AcceleratedModule:
     def type(self, dst_type):
         return self.to(dst_type)
 
+    @contextlib.contextmanager
+    def cache_context(self, name: str):
+        """diffusers' ``CacheMixin.cache_context``: the forwards inside run with the cache state of
+        `name` (FluxPipeline's ``cond`` and ``uncond`` branches keep separate runs)."""
+        st = self._dd
+        prev, st.context = st.context, str(name)
+        try:
+            yield
+        finally:
+            st.context = prev
+
     def extra_repr(self) -> str:
         n = self._dd.native
         return f"deltadit: device={n.device}, compute dtype={n.dtype}, cache={self._dd.cache!r}, blocks={n.num_blocks}"
@@ -201,7 +223,9 @@ class _AcceleratedModule:
             step, n = i, steps
         start = time.perf_counter()
         native = st.native
-        sample = native.forward_sample(timestep=timestep, step=step, num_steps=n, out_dtype=st.dtype, **kw)
+        sample = native.forward_sample(
+            timestep=timestep, step=step, num_steps=n, out_dtype=st.dtype, context=st.context, **kw
+        )
         elapsed = time.perf_counter() - start
         r = native.last_report
         run.stats.append(

@@ -1,6 +1,6 @@
 //! `deltadit._native`: the Python package's native module. Two classes:
 //!
-//! - `Runtime`: a model (PixArt, DiT or SD3/SD3.5) loaded on a backend (`cpu` f32, `sim` or `cuda` bf16/f16), from a
+//! - `Runtime`: a model (PixArt, DiT, SD3/SD3.5 or FLUX.1) loaded on a backend (`cpu` f32, `sim` or `cuda` bf16/f16), from a
 //!   diffusers folder (`Runtime.load`) or from a loaded torch module's tensors
 //!   (`Runtime.from_weights`, a [`WeightSource`](deltadit::model::WeightSource) over them).
 //! - `Session`: the runtime bound to one run's conditioning and cache policy
@@ -206,7 +206,7 @@ impl Runtime {
         with_loaded!(&self.inner, |l| l.model.config().to_json().to_string())
     }
 
-    /// The family's short name (`Family::short_name`): `pixart`, `dit` or `sd3`.
+    /// The family's short name (`Family::short_name`): `pixart`, `dit`, `sd3` or `flux`.
     #[getter]
     fn family(&self) -> &'static str {
         self.family_of().short_name()
@@ -257,7 +257,8 @@ impl Runtime {
     /// included, as contiguous float32 host tensors) and a cache policy for `steps` steps.
     #[pyo3(signature = (batch, height, width, *, encoder_hidden_states = None, encoder_attention_mask = None,
                         resolution = None, aspect_ratio = None, class_labels = None, pooled_projections = None,
-                        skip_layers = None, cache = "none", steps = 1))]
+                        skip_layers = None, image_ids = None, text_ids = None, guidance = None,
+                        cache = "none", steps = 1))]
     #[allow(clippy::too_many_arguments)]
     fn session(
         &self,
@@ -272,6 +273,9 @@ impl Runtime {
         class_labels: Option<Vec<i64>>,
         pooled_projections: Option<Bound<'_, PyAny>>,
         skip_layers: Option<Vec<i64>>,
+        image_ids: Option<Bound<'_, PyAny>>,
+        text_ids: Option<Bound<'_, PyAny>>,
+        guidance: Option<Bound<'_, PyAny>>,
         cache: &str,
         steps: usize,
     ) -> PyResult<Session> {
@@ -341,6 +345,19 @@ impl Runtime {
         if let Some(layers) = skip_layers {
             let l: Option<Vec<usize>> = layers.iter().map(|&v| usize::try_from(v).ok()).collect();
             cond.skip_layers = l.ok_or_else(|| input_error(py, "skip_layers", "negative block index".into()))?;
+        }
+        // FLUX: RoPE positions [N, 3] / [L, 3] and dev's embedded guidance [batch] (sizes are
+        // checked against the model when the run's context is built)
+        for (v, name, slot) in [
+            (image_ids, "img_ids", &mut cond.image_ids),
+            (text_ids, "txt_ids", &mut cond.text_ids),
+            (guidance, "guidance", &mut cond.guidance),
+        ] {
+            if let Some(v) = v {
+                let view = host_view(py, &v, name)?;
+                // SAFETY: as above
+                *slot = Some(unsafe { view.host_slice() }.to_vec());
+            }
         }
         let policy = build_policy(&self.inner, cache, steps)?;
         let policy_name = policy_desc(&*policy);
@@ -421,12 +438,16 @@ impl HostOutput for Cuda {}
 struct Run<B: Backend> {
     denoiser: Denoiser<'static, B>,
     loaded: Arc<Loaded<B>>,
+    /// the blocks see other timesteps than the forward's input (FLUX: 1000·t,
+    /// `Transformer::model_timesteps`): device inputs go through the host
+    scaled_t: bool,
 }
 
 impl<B: Backend + HostOutput> Run<B> {
     fn new(loaded: Arc<Loaded<B>>, cond: &Conditioning, policy: Box<dyn CachePolicy>) -> deltadit::Result<Self> {
         let denoiser = Denoiser::shared(&loaded.be, loaded.model.clone(), cond, policy)?;
-        Ok(Run { denoiser, loaded })
+        let scaled_t = loaded.model.model_timesteps(&[1.0, 0.5]) != [1.0, 0.5];
+        Ok(Run { denoiser, loaded, scaled_t })
     }
 
     fn host_forward(
@@ -469,6 +490,12 @@ impl Run<Cuda> {
             unsafe {
                 be.copy_from_device_ptr(x, self.denoiser.input_mut())?;
                 be.copy_from_device_ptr(t, self.denoiser.timesteps_mut())?;
+            }
+            if self.scaled_t {
+                // the forward's timesteps → the blocks' (a [batch] round trip through the host)
+                let host = be.download(self.denoiser.timesteps_mut())?;
+                let model_t = self.loaded.model.model_timesteps(&host);
+                be.write(self.denoiser.timesteps_mut(), &model_t)?;
             }
             let report = self.denoiser.forward_written(be, step, steps)?;
             unsafe { be.copy_to_device_ptr(self.denoiser.output(), out)? };

@@ -1,0 +1,135 @@
+"""FLUX.1 (FluxTransformer2DModel): Transformer.from_diffusers against the module's own forward
+(packed [B, N, C] latents, img_ids/txt_ids, dev's embedded guidance, σ timesteps the model
+multiplies by 1000), and deltadit.diffusers.accelerate on FluxPipeline against the unpatched
+pipeline (1e-4, f32 CPU) for tiny random dev and schnell models, with and without true CFG
+(separate cache states per `cache_context` name)."""
+
+import pytest
+import torch
+
+import deltadit
+import deltadit.diffusers as dd
+import tiny
+from tiny import rel
+
+JOINT, POOLED, TOKENS = 32, 24, 5
+SIZE = 8  # pixels = latents (identity stand-in VAE): 4×4 packed tokens of 4 channels
+
+
+class IdentityVae(torch.nn.Module):
+    """Stands in for FluxPipeline's VAE: block_out_channels [1] gives vae_scale_factor 1; never
+    called with output_type="latent"."""
+
+    def __init__(self):
+        super().__init__()
+        from types import SimpleNamespace
+
+        self.config = SimpleNamespace(scaling_factor=1.0, shift_factor=0.0, block_out_channels=[1])
+        self.device = torch.device("cpu")  # read by the pipeline's _execution_device
+        self.dtype = torch.float32
+
+
+def flux(dev: bool, seed=0):
+    from diffusers import FluxTransformer2DModel
+
+    m = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=4,
+        num_layers=2,
+        num_single_layers=2,
+        attention_head_dim=32,
+        num_attention_heads=2,
+        joint_attention_dim=JOINT,
+        pooled_projection_dim=POOLED,
+        guidance_embeds=dev,
+        axes_dims_rope=(8, 12, 12),
+    )
+    return tiny.randomize(m, seed)
+
+
+def pipeline(dev: bool, transformer=None):
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+
+    sched = FlowMatchEulerDiscreteScheduler(
+        num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=dev, base_shift=0.5, max_shift=1.15,
+        base_image_seq_len=256, max_image_seq_len=4096,
+    )
+    pipe = FluxPipeline(
+        transformer=transformer if transformer is not None else flux(dev),
+        scheduler=sched,
+        vae=IdentityVae(),
+        text_encoder=None,
+        tokenizer=None,
+        text_encoder_2=None,
+        tokenizer_2=None,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def embeds(seed, b=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, TOKENS, JOINT, generator=g), torch.randn(b, POOLED, generator=g)
+
+
+def run(pipe, steps, cfg):
+    e, p = embeds(1)
+    ne, np_ = embeds(2)
+    g = torch.Generator().manual_seed(7)
+    lat = torch.randn(1, (SIZE // 2) ** 2, 4, generator=g)
+    extra = dict(negative_prompt_embeds=ne, negative_pooled_prompt_embeds=np_, true_cfg_scale=2.5) if cfg else {}
+    with torch.no_grad():
+        return pipe(
+            prompt_embeds=e, pooled_prompt_embeds=p, latents=lat.clone(), height=SIZE, width=SIZE,
+            num_inference_steps=steps, guidance_scale=3.5, output_type="latent", **extra,
+        ).images
+
+
+@pytest.mark.parametrize("dev", [True, False], ids=["dev", "schnell"])
+def test_forward_matches_module(dev):
+    mod = flux(dev)
+    m = deltadit.Transformer.from_diffusers(mod)
+    assert m.family == "flux" and m.class_name == "FluxTransformer2DModel"
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 16, 4, generator=g)
+    ehs = torch.randn(2, TOKENS, JOINT, generator=g)
+    pooled = torch.randn(2, POOLED, generator=g)
+    from diffusers import FluxPipeline
+
+    img_ids = FluxPipeline._prepare_latent_image_ids(1, 4, 4, torch.device("cpu"), torch.float32)
+    txt_ids = torch.zeros(TOKENS, 3)
+    kw = dict(
+        encoder_hidden_states=ehs, pooled_projections=pooled, timestep=torch.tensor([1.0, 0.4215]),
+        img_ids=img_ids, txt_ids=txt_ids, guidance=torch.tensor([3.5, 3.5]) if dev else None,
+    )
+    with torch.no_grad():
+        ref = mod(x, **kw).sample
+    out = m(x, **kw)
+    assert out.sample.shape == ref.shape
+    assert rel(out.sample, ref) <= 1e-5, f"{rel(out.sample, ref):.3e}"
+    with pytest.raises(deltadit.UnsupportedError):
+        m(x, **kw, joint_attention_kwargs={"scale": 0.5})
+
+
+@pytest.mark.parametrize("cfg", [False, True], ids=["nocfg", "truecfg"])
+@pytest.mark.parametrize("dev", [True, False], ids=["dev", "schnell"])
+@pytest.mark.parametrize("cache", ["none", "fora:n=2"])
+def test_pipeline_matches_native(dev, cfg, cache):
+    steps = 4
+    ref = run(pipeline(dev), steps, cfg)
+    pipe = dd.accelerate(pipeline(dev), device="cpu", cache=cache)
+    assert dd.is_accelerated(pipe)
+    out = run(pipe, steps, cfg)
+    s = dd.stats(pipe)
+    assert len(s) == steps * (2 if cfg else 1)
+    assert [r["step"] for r in s] == [i for i in range(steps) for _ in range(2 if cfg else 1)]
+    if cache == "none":
+        err = rel(out, ref)
+        print(f"flux dev={dev} cfg={cfg}: rel err {err:.3e}")
+        assert err <= 1e-4, f"{err:.3e}"
+    else:
+        # each cache_context keeps its own state: the cond and uncond branches see the same plans
+        plans = [r["plan"] for r in s]
+        if cfg:
+            assert plans[0::2] == plans[1::2]
+        assert torch.isfinite(out).all()
