@@ -31,7 +31,7 @@ class Runtime:
         """The model's config as diffusers writes it (JSON)."""
     @property
     def family(self) -> str:
-        """The library's ``Family::short_name``: ``pixart``, ``dit`` or ``sd3``."""
+        """The library's ``Family::short_name``: ``pixart``, ``dit``, ``sd3`` or ``flux``."""
     @property
     def class_name(self) -> str:
         """The library's ``Family::name``: the diffusers class name."""
@@ -64,6 +64,9 @@ class Runtime:
         class_labels: Optional[Sequence[int]] = None,
         pooled_projections: Any = None,
         skip_layers: Optional[Sequence[int]] = None,
+        image_ids: Any = None,
+        text_ids: Any = None,
+        guidance: Any = None,
         cache: str = "none",
         steps: int = 1,
     ) -> "Session":
@@ -72,7 +75,10 @@ class Runtime:
         PixArt: ``encoder_hidden_states`` [B, L, C], ``encoder_attention_mask`` [B, L],
         ``resolution`` [B, 2], ``aspect_ratio`` [B, 1]; DiT: ``class_labels``; SD3:
         ``encoder_hidden_states`` [B, L, joint_attention_dim], ``pooled_projections``
-        [B, pooled_projection_dim], ``skip_layers`` (uncached runs only)."""
+        [B, pooled_projection_dim], ``skip_layers`` (uncached runs only); FLUX: packed latents
+        (``height`` × ``width`` the token grid; N × 1 with the forward's own ``image_ids``),
+        ``encoder_hidden_states``, ``pooled_projections``, ``image_ids`` [N, 3], ``text_ids``
+        [L, 3], ``guidance`` [B] (FLUX.1-dev)."""
 
 class Session:
     """One run: the model bound to a conditioning and a cache policy."""
@@ -80,8 +86,8 @@ class Session:
     def forward(
         self, hidden_states: Any, timestep: Any, out: Any, step: int, steps: int, stream: int = 0
     ) -> Tuple[str, int, Optional[float], float]:
-        """One forward at step ``step`` of ``steps``: ``hidden_states`` [B, C, H, W] and
-        ``timestep`` [B] into ``out`` [B, C_out, H, W] (contiguous float32, all on the host or
+        """One forward at step ``step`` of ``steps``: ``hidden_states`` [B, C, H, W] (FLUX: packed
+        [B, N, C]) and ``timestep`` [B] into ``out`` [B, C_out, H, W] (FLUX: [B, N, C_out]) (contiguous float32, all on the host or
         all on the CUDA device, with ``stream`` the caller's current stream). Returns (plan,
         blocks run, probe, seconds)."""
     def reset(self) -> None:

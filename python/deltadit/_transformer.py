@@ -156,7 +156,8 @@ def _ident(t) -> Any:
 
 
 class Transformer:
-    """A `PixArtTransformer2DModel`, `DiTTransformer2DModel` or `SD3Transformer2DModel` run by
+    """A `PixArtTransformer2DModel`, `DiTTransformer2DModel`, `SD3Transformer2DModel` or
+    `FluxTransformer2DModel` run by
     deltadit (the classes of :data:`deltadit._classes.MODEL_CLASSES`).
 
     Call it with the diffusers forward's arguments, as torch tensors or numpy arrays:
@@ -222,7 +223,8 @@ class Transformer:
         cls, module, device=None, dtype=None, *, cache: str = "none", threads: Optional[int] = None
     ) -> "Transformer":
         """Takes the weights of a loaded diffusers ``PixArtTransformer2DModel``,
-        ``DiTTransformer2DModel`` or ``SD3Transformer2DModel`` (any device and dtype) straight from
+        ``DiTTransformer2DModel``, ``SD3Transformer2DModel`` or ``FluxTransformer2DModel`` (any
+        device and dtype) straight from
         its tensors: no file is written. ``device`` defaults to the module's (``cuda`` for a
         module on a GPU, else ``cpu``); ``dtype`` to f32 on the CPU and to the module's half dtype
         (else bf16) on a kernel device. Raises :class:`UnsupportedError` for another class, an attention
@@ -271,7 +273,7 @@ class Transformer:
 
     @property
     def family(self) -> str:
-        """The runtime's family: ``pixart``, ``dit`` or ``sd3``."""
+        """The runtime's family: ``pixart``, ``dit``, ``sd3`` or ``flux``."""
         return self._rt.family
 
     @property

@@ -339,7 +339,8 @@ def accelerate(pipe, *, device=None, dtype=None, cache: str = "none", threads: O
       ``fora:n=3``, ``first-block:threshold=0.2``.
 
     Raises :class:`deltadit.UnsupportedError` (a ``ValueError``) for a transformer class other
-    than ``PixArtTransformer2DModel`` / ``DiTTransformer2DModel`` / ``SD3Transformer2DModel``, an
+    than ``PixArtTransformer2DModel`` / ``DiTTransformer2DModel`` / ``SD3Transformer2DModel`` /
+    ``FluxTransformer2DModel``, an
     attention processor other than diffusers' default, unfused LoRA adapters, a head dim the
     device has no kernel for;
     :class:`deltadit.ParameterError` for a bad device, dtype or cache spec. An already

@@ -107,8 +107,19 @@ def test_forward_matches_module(dev):
     out = m(x, **kw)
     assert out.sample.shape == ref.shape
     assert rel(out.sample, ref) <= 1e-5, f"{rel(out.sample, ref):.3e}"
+    # positional, in diffusers' order
+    (pos,) = m(x, ehs, pooled, kw["timestep"], img_ids, txt_ids, kw["guidance"], None, None, None, False)
+    assert torch.equal(pos, out.sample)
     with pytest.raises(deltadit.UnsupportedError):
         m(x, **kw, joint_attention_kwargs={"scale": 0.5})
+    with pytest.raises(deltadit.UnsupportedError):
+        m(x, **kw, controlnet_block_samples=[x])
+    with pytest.raises(deltadit.InputError):
+        m(x, **{**kw, "img_ids": None})
+    with pytest.raises(deltadit.InputError):
+        m(x.reshape(2, 4, 4, 4), **kw)
+    with pytest.raises(deltadit.InputError):  # dev needs the guidance; schnell has no embedding for it
+        m(x, **{**kw, "guidance": None if dev else torch.tensor([3.5])})
 
 
 @pytest.mark.parametrize("cfg", [False, True], ids=["nocfg", "truecfg"])
@@ -133,3 +144,54 @@ def test_pipeline_matches_native(dev, cfg, cache):
         if cfg:
             assert plans[0::2] == plans[1::2]
         assert torch.isfinite(out).all()
+
+
+class _PerContext(torch.nn.Module):
+    """The reference for the accelerated module's cache contexts: FluxPipeline's transformer as
+    one independent deltadit.Transformer per cache_context name, stepped by its own counter."""
+
+    def __init__(self, orig, cache, steps):
+        super().__init__()
+        self.orig, self.cache, self.steps = orig, cache, steps
+        self.models, self.counts, self.name = {}, {}, None
+        self.config = orig.config
+
+    dtype = torch.float32
+    device = torch.device("cpu")
+
+    def cache_context(self, name):
+        import contextlib
+
+        @contextlib.contextmanager
+        def ctx():
+            self.name = name
+            yield
+            self.name = None
+
+        return ctx()
+
+    def forward(self, **kw):
+        m = self.models.get(self.name)
+        if m is None:
+            m = self.models[self.name] = deltadit.Transformer.from_diffusers(self.orig, cache=self.cache)
+        i = self.counts.get(self.name, 0)
+        self.counts[self.name] = i + 1
+        return m(**kw, step=i, num_steps=self.steps)
+
+
+@pytest.mark.parametrize("dev", [True, False], ids=["dev", "schnell"])
+def test_cache_contexts_are_separate_runs(dev):
+    """Cached, with true CFG: the accelerated pipeline equals one independent cached run per
+    cache_context name (cond, uncond)."""
+    steps, cache = 4, "fora:n=2"
+    pipe = pipeline(dev)
+    orig = pipe.transformer
+    out = run(dd.accelerate(pipe, device="cpu", cache=cache), steps, True)
+    plans = [r["plan"] for r in dd.stats(pipe)]
+    assert plans[0::2] == plans[1::2] and any(p != plans[0] for p in plans), plans
+    ref_pipe = pipeline(dev, transformer=orig)
+    ref_pipe.__dict__["transformer"] = _PerContext(orig, cache, steps)
+    ref = run(ref_pipe, steps, True)
+    assert set(ref_pipe.transformer.models) == {"cond", "uncond"}
+    err = rel(out, ref)
+    assert err <= 1e-6, f"{err:.3e}"
