@@ -119,7 +119,12 @@ class _State:
             if found:
                 i = next((k for k in found if k >= run.next), found[0])
         if i is None:
+            # the timestep is not readable without a device sync (or not among the scheduler's):
+            # the scheduler's step index, its begin index before its first step (FluxPipeline sets
+            # it: every forward of step 0, true CFG's two included), else the next step
             si = getattr(run.scheduler, "step_index", None)
+            if not isinstance(si, int):
+                si = getattr(run.scheduler, "begin_index", None)
             i = si if isinstance(si, int) else run.next
         steps = len(ts) if ts else None
         if steps is not None and i >= steps:

@@ -130,3 +130,20 @@ def test_sd3_pipeline_on_gpu(kind):
     dd.accelerate(pipe, cache="delta")
     lat2, _ = tiny.run(pipe, kind, "flow-match-euler", **kw)
     assert torch.isfinite(lat2).all() and sum(s["blocks_run"] for s in dd.stats(pipe)) < 8 * 3
+
+
+@pytest.mark.parametrize("dev", [True, False], ids=["dev", "schnell"])
+def test_flux_pipeline_on_gpu(dev):
+    """FluxPipeline with true CFG on the GPU: CUDA latents and σ timesteps device to device (the
+    runtime writes the model's 1000·σ), native against accelerated (bf16, head dim 64), and with a
+    cache policy per cache_context."""
+    pipe = tiny.flux_pipeline(dev, head_dim=64, device="cuda")
+    lat0 = tiny.flux_run(pipe, 4, True, device="cuda")
+    dd.accelerate(pipe, device="cuda")
+    lat1 = tiny.flux_run(pipe, 4, True, device="cuda")
+    assert lat1.device.type == "cuda" and rel(lat1, lat0) <= 2e-2, f"{rel(lat1, lat0):.3e}"
+    dd.accelerate(pipe, cache="fora:n=2")
+    lat2 = tiny.flux_run(pipe, 4, True, device="cuda")
+    st = dd.stats(pipe)
+    assert [s["step"] for s in st] == [i for i in range(4) for _ in range(2)]
+    assert torch.isfinite(lat2).all() and sum(s["blocks_run"] for s in st) < 2 * 4 * 4

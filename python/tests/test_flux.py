@@ -12,77 +12,8 @@ import deltadit.diffusers as dd
 import tiny
 from tiny import rel
 
-JOINT, POOLED, TOKENS = 32, 24, 5
-SIZE = 8  # pixels = latents (identity stand-in VAE): 4×4 packed tokens of 4 channels
-
-
-class IdentityVae(torch.nn.Module):
-    """Stands in for FluxPipeline's VAE: block_out_channels [1] gives vae_scale_factor 1; never
-    called with output_type="latent"."""
-
-    def __init__(self):
-        super().__init__()
-        from types import SimpleNamespace
-
-        self.config = SimpleNamespace(scaling_factor=1.0, shift_factor=0.0, block_out_channels=[1])
-        self.device = torch.device("cpu")  # read by the pipeline's _execution_device
-        self.dtype = torch.float32
-
-
-def flux(dev: bool, seed=0):
-    from diffusers import FluxTransformer2DModel
-
-    m = FluxTransformer2DModel(
-        patch_size=1,
-        in_channels=4,
-        num_layers=2,
-        num_single_layers=2,
-        attention_head_dim=32,
-        num_attention_heads=2,
-        joint_attention_dim=JOINT,
-        pooled_projection_dim=POOLED,
-        guidance_embeds=dev,
-        axes_dims_rope=(8, 12, 12),
-    )
-    return tiny.randomize(m, seed)
-
-
-def pipeline(dev: bool, transformer=None):
-    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
-
-    sched = FlowMatchEulerDiscreteScheduler(
-        num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=dev, base_shift=0.5, max_shift=1.15,
-        base_image_seq_len=256, max_image_seq_len=4096,
-    )
-    pipe = FluxPipeline(
-        transformer=transformer if transformer is not None else flux(dev),
-        scheduler=sched,
-        vae=IdentityVae(),
-        text_encoder=None,
-        tokenizer=None,
-        text_encoder_2=None,
-        tokenizer_2=None,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def embeds(seed, b=1):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(b, TOKENS, JOINT, generator=g), torch.randn(b, POOLED, generator=g)
-
-
-def run(pipe, steps, cfg):
-    e, p = embeds(1)
-    ne, np_ = embeds(2)
-    g = torch.Generator().manual_seed(7)
-    lat = torch.randn(1, (SIZE // 2) ** 2, 4, generator=g)
-    extra = dict(negative_prompt_embeds=ne, negative_pooled_prompt_embeds=np_, true_cfg_scale=2.5) if cfg else {}
-    with torch.no_grad():
-        return pipe(
-            prompt_embeds=e, pooled_prompt_embeds=p, latents=lat.clone(), height=SIZE, width=SIZE,
-            num_inference_steps=steps, guidance_scale=3.5, output_type="latent", **extra,
-        ).images
+JOINT, POOLED, TOKENS = tiny.FLUX_JOINT, tiny.FLUX_POOLED, tiny.FLUX_TOKENS
+flux, pipeline, run = tiny.flux, tiny.flux_pipeline, tiny.flux_run
 
 
 @pytest.mark.parametrize("dev", [True, False], ids=["dev", "schnell"])
@@ -179,15 +110,20 @@ class _PerContext(torch.nn.Module):
         return m(**kw, step=i, num_steps=self.steps)
 
 
+@pytest.mark.parametrize("host_t", [True, False], ids=["host-timestep", "device-timestep"])
 @pytest.mark.parametrize("dev", [True, False], ids=["dev", "schnell"])
-def test_cache_contexts_are_separate_runs(dev):
+def test_cache_contexts_are_separate_runs(dev, host_t, monkeypatch):
     """Cached, with true CFG: the accelerated pipeline equals one independent cached run per
-    cache_context name (cond, uncond)."""
+    cache_context name (cond, uncond). Without a host-readable timestep (a CUDA tensor: the step
+    comes from the scheduler's step / begin index) too."""
+    if not host_t:
+        monkeypatch.setattr(dd, "_host_scalar", lambda t: None)
     steps, cache = 4, "fora:n=2"
     pipe = pipeline(dev)
     orig = pipe.transformer
     out = run(dd.accelerate(pipe, device="cpu", cache=cache), steps, True)
     plans = [r["plan"] for r in dd.stats(pipe)]
+    assert [r["step"] for r in dd.stats(pipe)] == [i for i in range(steps) for _ in range(2)]
     assert plans[0::2] == plans[1::2] and any(p != plans[0] for p in plans), plans
     ref_pipe = pipeline(dev, transformer=orig)
     ref_pipe.__dict__["transformer"] = _PerContext(orig, cache, steps)

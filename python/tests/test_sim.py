@@ -59,3 +59,18 @@ def test_sim_cache_delta():
     assert plans == ["full+rear", "cached-rear-1", "full+front", "cached-front-1", "full+front", "cached-front-1"], plans
     b, _ = tiny.run(pipe, "sigma", "dpm-solver++", steps=6, guidance=4.5, height=16, width=24)
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dev", [True, False], ids=["dev", "schnell"])
+def test_sim_flux_pipeline(dev):
+    """FluxPipeline with true CFG on the sim device (bf16 kernels, head dim 64), native against
+    accelerated, uncached and with a cache policy per cache_context."""
+    pipe = tiny.flux_pipeline(dev, head_dim=64)
+    lat0 = tiny.flux_run(pipe, 4, True)
+    dd.accelerate(pipe, device="sim")
+    assert pipe.transformer.deltadit.dtype == "bf16"
+    lat1 = tiny.flux_run(pipe, 4, True)
+    assert rel(lat1, lat0) <= 2e-2, f"{rel(lat1, lat0):.3e}"
+    dd.accelerate(pipe, cache="fora:n=2")
+    lat2 = tiny.flux_run(pipe, 4, True)
+    assert torch.isfinite(lat2).all() and sum(s["blocks_run"] for s in dd.stats(pipe)) < 2 * 4 * 4

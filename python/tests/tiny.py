@@ -1,5 +1,5 @@
 """Tiny random diffusers models and pipelines for the tests (no hub access): PixArt-α with
-micro-conditions, PixArt-Σ, DiT, SD3 and SD3.5 (RMS qk norm, MMDiT-X dual attention), a tiny
+micro-conditions, PixArt-Σ, DiT, SD3 and SD3.5 (RMS qk norm, MMDiT-X dual attention), FLUX.1 dev and schnell in FluxPipeline, a tiny
 AutoencoderKL, the schedulers the CLI implements (the configs of the golden cases in
 tests/data), and the CLI's inputs for the same run."""
 
@@ -306,6 +306,87 @@ def run(pipe, kind, sched, *, steps, guidance, seed=0, height=16, width=24, n=1,
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = a.double().cpu(), b.double().cpu()
     return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+# -- FLUX.1: FluxTransformer2DModel in FluxPipeline ---------------------------------------------
+
+FLUX_JOINT, FLUX_POOLED, FLUX_TOKENS = 32, 24, 5
+FLUX_SIZE = 8  # pixels = latents (identity stand-in VAE): 4×4 packed tokens of 4 channels
+
+
+class IdentityVae(torch.nn.Module):
+    """Stands in for FluxPipeline's VAE: block_out_channels [1] gives vae_scale_factor 1; never
+    called with output_type="latent"."""
+
+    def __init__(self, device="cpu"):
+        super().__init__()
+        from types import SimpleNamespace
+
+        self.config = SimpleNamespace(scaling_factor=1.0, shift_factor=0.0, block_out_channels=[1])
+        self.device = torch.device(device)  # read by the pipeline's _execution_device
+        self.dtype = torch.float32
+
+
+def flux(dev: bool, head_dim=32, seed=0):
+    """A FluxTransformer2DModel: FLUX.1-dev (guidance embedding) or schnell layout, 2 + 2 blocks."""
+    from diffusers import FluxTransformer2DModel
+
+    m = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=4,
+        num_layers=2,
+        num_single_layers=2,
+        attention_head_dim=head_dim,
+        num_attention_heads=2,
+        joint_attention_dim=FLUX_JOINT,
+        pooled_projection_dim=FLUX_POOLED,
+        guidance_embeds=dev,
+        axes_dims_rope=(head_dim // 4, 3 * head_dim // 8, 3 * head_dim // 8),
+    )
+    return randomize(m, seed)
+
+
+def flux_pipeline(dev: bool, transformer=None, head_dim=32, device="cpu"):
+    """FluxPipeline without text encoders (called with prompt embeddings) and an identity
+    stand-in VAE (vae_scale_factor 1: latents = pixels, FLUX_SIZE × FLUX_SIZE)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+
+    sched = FlowMatchEulerDiscreteScheduler(
+        num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=dev, base_shift=0.5, max_shift=1.15,
+        base_image_seq_len=256, max_image_seq_len=4096,
+    )
+    pipe = FluxPipeline(
+        transformer=transformer if transformer is not None else flux(dev, head_dim).to(device),
+        scheduler=sched,
+        vae=IdentityVae(device),
+        text_encoder=None,
+        tokenizer=None,
+        text_encoder_2=None,
+        tokenizer_2=None,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def flux_embeds(seed, b=1, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    e, p = torch.randn(b, FLUX_TOKENS, FLUX_JOINT, generator=g), torch.randn(b, FLUX_POOLED, generator=g)
+    return e.to(device), p.to(device)
+
+
+def flux_run(pipe, steps, cfg, device="cpu"):
+    """The pipeline's packed latents [1, (FLUX_SIZE/2)², 4]; `cfg`: true CFG (scale 2.5)."""
+    e, p = flux_embeds(1, device=device)
+    ne, np_ = flux_embeds(2, device=device)
+    g = torch.Generator().manual_seed(7)
+    lat = torch.randn(1, (FLUX_SIZE // 2) ** 2, 4, generator=g).to(device)
+    extra = dict(negative_prompt_embeds=ne, negative_pooled_prompt_embeds=np_, true_cfg_scale=2.5) if cfg else {}
+    with torch.no_grad():
+        return pipe(
+            prompt_embeds=e, pooled_prompt_embeds=p, latents=lat.clone(), height=FLUX_SIZE, width=FLUX_SIZE,
+            num_inference_steps=steps, guidance_scale=3.5, output_type="latent", **extra,
+        ).images
+
 
 
 # -- the CLI on the same inputs --------------------------------------------------------------------
