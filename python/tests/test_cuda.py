@@ -25,6 +25,9 @@ pytestmark = [pytest.mark.cuda, pytest.mark.skipif(WHY is not None, reason=f"ski
 
 
 def golden_call(m, inp):
+    if "img_ids" in inp:  # FLUX: packed latents, RoPE ids, dev's guidance
+        keys = ("encoder_hidden_states", "pooled_projections", "timestep", "img_ids", "txt_ids", "guidance")
+        return m(inp["hidden_states"], **{k: inp[k] for k in keys if k in inp}).sample
     if "pooled_projections" in inp:
         keys = ("encoder_hidden_states", "pooled_projections", "timestep")
         return m(inp["hidden_states"], **{k: inp[k] for k in keys}).sample
@@ -41,7 +44,11 @@ def golden_call(m, inp):
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "f16"])
-@pytest.mark.parametrize("case", ["pixart-tiny", "pixart-tiny-nonsquare-ar", "dit-tiny", "sd3-tiny", "sd35-tiny-nonsquare"])
+@pytest.mark.parametrize(
+    "case",
+    ["pixart-tiny", "pixart-tiny-nonsquare-ar", "dit-tiny", "sd3-tiny", "sd35-tiny-nonsquare", "flux-dev-tiny",
+     "flux-schnell-tiny"],
+)
 def test_golden_forward_cuda(data_dir, case, dtype):
     m = deltadit.Transformer.from_pretrained(data_dir / case, device="cuda", dtype=dtype)
     assert m.device == "cuda:0" and m.dtype == dtype

@@ -18,6 +18,9 @@ FORWARD_CASES = [
     "dit-tiny",
     "sd3-tiny",
     "sd35-tiny-nonsquare",
+    "flux-dev-tiny",
+    "flux-schnell-tiny",
+    "flux-digits-forward",
 ]
 
 
@@ -32,6 +35,9 @@ def model_dir(data_dir, case):
 
 
 def call(model, inp, **kw):
+    if "img_ids" in inp:  # FLUX: packed latents, RoPE ids, dev's guidance
+        keys = ("encoder_hidden_states", "pooled_projections", "timestep", "img_ids", "txt_ids", "guidance")
+        return model(inp["hidden_states"], **{k: inp[k] for k in keys if k in inp}, **kw)
     if "pooled_projections" in inp:
         return model(
             inp["hidden_states"],
@@ -112,7 +118,11 @@ def test_pipeline_folder_resolves_transformer_subfolder(data_dir, tmp_path):
     assert m.config.num_layers == 2  # attribute access, as on a diffusers config
 
 
-@pytest.mark.parametrize("case", ["pixart-tiny", "pixart-tiny-nonsquare-ar", "dit-tiny", "sd3-tiny", "sd35-tiny-nonsquare"])
+@pytest.mark.parametrize(
+    "case",
+    ["pixart-tiny", "pixart-tiny-nonsquare-ar", "dit-tiny", "sd3-tiny", "sd35-tiny-nonsquare", "flux-dev-tiny",
+     "flux-schnell-tiny", "flux-digits-forward"],
+)
 def test_forward_golden_sim_bf16(data_dir, case):
     """The sim device runs the CUDA kernels (bf16) on the CPU through the SIMT shim."""
     if not deltadit.build_info()["sim"]:
