@@ -131,3 +131,40 @@ def test_cache_contexts_are_separate_runs(dev, host_t, monkeypatch):
     assert set(ref_pipe.transformer.models) == {"cond", "uncond"}
     err = rel(out, ref)
     assert err <= 1e-6, f"{err:.3e}"
+
+
+@pytest.mark.parametrize("cache", ["none", "delta", "fora:n=2"])
+def test_pipeline_matches_cli(cli, tmp_path, cache):
+    """FluxPipeline (FLUX.1-dev, embedded guidance 3.5, no true CFG) accelerated with a cache
+    policy equals `deltadit sample` on the same inputs with the same policy: the step index the
+    accelerated module derives from the pipeline's σ timesteps is the CLI's."""
+    from safetensors.torch import load_file, save_file
+
+    steps = 6
+    mod = flux(True)
+    mod.save_pretrained(str(tmp_path / "model"))
+    pipe = dd.accelerate(pipeline(True, transformer=mod), device="cpu", cache=cache)
+    out = run(pipe, steps, False)
+    e, p = tiny.flux_embeds(1)
+    g = torch.Generator().manual_seed(7)
+    lat = torch.randn(1, (tiny.FLUX_SIZE // 2) ** 2, 4, generator=g)
+    save_file({"latents": lat, "cond_embeds": e.contiguous(), "cond_pooled": p.contiguous()}, str(tmp_path / "in.st"))
+    pipe.scheduler.save_config(str(tmp_path / "sched"))
+    cmd = [
+        str(cli), "sample", "--model", str(tmp_path / "model"), "--inputs", str(tmp_path / "in.st"),
+        "--output", str(tmp_path / "out.st"), "--scheduler", "flow-match-euler", "--steps", str(steps),
+        "--guidance", "3.5", "--cache", cache,
+        "--scheduler-config", str(tmp_path / "sched" / "scheduler_config.json"),
+    ]
+    import subprocess
+
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    ref = load_file(str(tmp_path / "out.st"))
+    st = dd.stats(pipe)
+    assert [s["blocks_run"] for s in st] == ref["blocks_run"].tolist()
+    if cache != "none":
+        assert sum(s["blocks_run"] for s in st) < steps * pipe.transformer.deltadit.num_blocks
+    err = rel(out, ref["latents"])
+    print(f"flux {cache} vs CLI: rel err {err:.3e}, blocks {[s['blocks_run'] for s in st]}")
+    assert err <= 1e-4, f"{err:.3e}"
