@@ -1,4 +1,4 @@
-"""deltadit: a DiT / PixArt / SD3 transformer runtime with the Δ-DiT block cache, as a drop-in
+"""deltadit: a DiT / PixArt / SD3 / FLUX.1 transformer runtime with the Δ-DiT block cache, as a drop-in
 backend for Hugging Face diffusers pipelines (the supported classes: ``deltadit._classes``).
 
 - :class:`Transformer`: ``Transformer.from_pretrained(path, device=..., dtype=...)`` or

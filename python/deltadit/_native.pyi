@@ -10,7 +10,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 __version__: str
 
 class Runtime:
-    """A diffusers transformer (PixArt, DiT or SD3/SD3.5) loaded on a backend."""
+    """A diffusers transformer (PixArt, DiT, SD3/SD3.5 or FLUX.1) loaded on a backend."""
 
     @staticmethod
     def load(path: str, device: str = "cpu", dtype: Optional[str] = None, threads: Optional[int] = None) -> "Runtime":
@@ -37,7 +37,7 @@ class Runtime:
         """The library's ``Family::name``: the diffusers class name."""
     @property
     def flow_matching(self) -> bool:
-        """Whether the model is trained for flow matching (SD3)."""
+        """Whether the model is trained for flow matching (SD3, FLUX)."""
     @property
     def num_blocks(self) -> int: ...
     @property

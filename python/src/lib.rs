@@ -218,7 +218,7 @@ impl Runtime {
         self.family_of().name()
     }
 
-    /// Whether the model is trained for flow matching (SD3: velocity prediction, σ schedules).
+    /// Whether the model is trained for flow matching (SD3, FLUX: velocity prediction, σ schedules).
     #[getter]
     fn flow_matching(&self) -> bool {
         self.family_of().flow_matching()
