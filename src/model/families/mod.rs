@@ -91,3 +91,16 @@ pub(crate) fn take_write<'a, B: Backend>(writes: &mut [CacheWrite<'a, B>], s: us
         None => CacheWrite::None,
     }
 }
+
+/// MMDiT families: the last block leaves the context as it is (nothing reads it afterwards), so no
+/// Δ of the context can end there; `w` is the context stream's write for that block.
+pub(crate) fn no_context_write<B: Backend>(w: CacheWrite<'_, B>) -> Result<()> {
+    match w {
+        CacheWrite::None => Ok(()),
+        _ => Err(crate::Error::param(
+            "cache write",
+            "on the context stream after the last block",
+            "none (the context is not read after the last block)",
+        )),
+    }
+}

@@ -15,11 +15,12 @@
 //! The single block runs row-wise on each stream: proj_out([a, m]) = a·W_aᵀ + b + m·W_mᵀ with
 //! proj_out's weight split by columns into W_a [D, D] and W_m [D, 4D].
 
+use super::super::no_context_write;
 use super::{Scratch, StreamScratch};
 use crate::backend::{Activation, AttentionShape, CacheWrite, ColSlice, Rope};
 use crate::model::layers::branch;
 use crate::model::{BranchIo, Linear, Loader, ModelConfig};
-use crate::{Backend, Error, Result, Tensor};
+use crate::{Backend, Result, Tensor};
 
 /// Rows of AdaLayerNormZero's modulation (AdaLayerNormZeroSingle: the first three).
 pub const SHIFT_MSA: usize = 0;
@@ -316,18 +317,6 @@ impl<B: Backend> SingleBlock<B> {
         let out = io.slot(1, &mut cs.proj)?;
         self.project_out(be, &cs.attn, &cs.ff, &mut cs.proj2, out)?;
         be.residual(c, out, Some((m, GATE_MSA)), w_ctx)
-    }
-}
-
-/// The last block leaves the context as it is: no Δ of the context can end there.
-fn no_context_write<B: Backend>(w: CacheWrite<'_, B>) -> Result<()> {
-    match w {
-        CacheWrite::None => Ok(()),
-        _ => Err(Error::param(
-            "cache write",
-            "on the context stream after the last block",
-            "none (the context is not read after the last block)",
-        )),
     }
 }
 

@@ -14,11 +14,12 @@
 //! The joint attention gathers each sample's image and context Q|K|V rows into one buffer and
 //! splits the output back (copies: the attention kernels read one source today).
 
+use super::super::no_context_write;
 use super::{Scratch, StreamScratch};
 use crate::backend::{Activation, AttentionShape, CacheWrite, ColSlice};
 use crate::model::layers::branch;
 use crate::model::{BranchIo, Linear, Loader, ModelConfig};
-use crate::{Backend, Error, Result, Tensor};
+use crate::{Backend, Result, Tensor};
 
 /// Rows of AdaLayerNormZero's modulation (SD35AdaLayerNormZeroX adds the last three).
 pub const SHIFT_MSA: usize = 0;
@@ -291,18 +292,6 @@ impl<B: Backend> JointBlock<B> {
         be.norm_modulate(c, m_ctx, SHIFT_MLP, SCALE_MLP, EPS, &mut cs.norm)?;
         be.linear(&cs.norm, &cu.ff.l1.w, cu.ff.l1.b.as_ref(), Activation::GeluTanh, &mut cs.ff)?;
         branch(be, &cu.ff.l2, &cs.ff, io.slot(slot_ff + 2, &mut cs.proj)?, c, Some((m_ctx, GATE_MLP)), w_ctx)
-    }
-}
-
-/// The last block leaves the context as it is: no Δ of the context can end there.
-fn no_context_write<B: Backend>(w: CacheWrite<'_, B>) -> Result<()> {
-    match w {
-        CacheWrite::None => Ok(()),
-        _ => Err(Error::param(
-            "cache write",
-            "on the context stream after the last block",
-            "none (the context is not read after the last block)",
-        )),
     }
 }
 
