@@ -14,12 +14,15 @@ Weights are random (scaled like a trained model's), so the numbers are latency o
     .venv/bin/python bench/pipeline_bench.py --preset pixart-cpu-small              # CPU, f32
     .venv/bin/python bench/pipeline_bench.py --preset sd35-cpu-small                # SD3.5 layout, CPU
     .venv/bin/python bench/pipeline_bench.py --preset sd3-tiny --runs 1             # seconds: a smoke run
+    .venv/bin/python bench/pipeline_bench.py --preset flux-cpu-small                # FLUX.1-dev layout, CPU
     .venv/bin/python bench/pipeline_bench.py --preset pixart-alpha-1024 --device cuda --dtype f16
 
 Presets mirror `deltadit bench --list-presets` (same transformer shapes, steps, guidance and
 flow-matching shift; `sd3-tiny` is this script's own); the CPU presets decode with a small VAE,
 the GPU ones with Stable Diffusion's VAE layout (SD3's: 16 latent channels). SD3 presets run
 StableDiffusion3Pipeline with FlowMatchEulerDiscreteScheduler, prompt and pooled embeddings given.
+FLUX presets run FluxPipeline (no CFG batch, dev's guidance embedded; dev's scheduler shifts
+dynamically, schnell's does not) with FLUX's VAE layout (16 latent channels, packed 2×2).
 Needs the package installed (`pip install .`, scripts/test-python.sh).
 """
 
@@ -42,7 +45,7 @@ import torch
 
 @dataclass(frozen=True)
 class Preset:
-    family: str  # pixart, dit or sd3
+    family: str  # pixart, dit, sd3 or flux
     layers: int
     heads: int
     head_dim: int
@@ -62,12 +65,17 @@ class Preset:
     dual: Tuple[int, ...] = ()  # SD3.5: dual_attention_layers
     shift: float = 1.0  # flow matching: the static shift
     channels: int = 4  # latent channels
+    single: int = 0  # FLUX: single-stream blocks (after `layers` double-stream ones)
+    guidance_embeds: bool = False  # FLUX.1-dev: the guidance scale embedded
+    dynamic: bool = False  # flow matching: dynamic shifting (μ from the image tokens)
 
     def describe(self, steps):
         tokens = (self.latent // 2) ** 2
-        extra = f" + {self.text_len} text" if self.family == "sd3" else ""
-        return (f"{self.family}, {self.layers} blocks × {self.heads * self.head_dim}, {tokens}{extra} tokens, "
-                f"{steps} {self.scheduler} steps, CFG {self.guidance}, VAE {self.vae}")
+        extra = f" + {self.text_len} text" if self.family in ("sd3", "flux") else ""
+        blocks = f"{self.layers} + {self.single}" if self.family == "flux" else f"{self.layers}"
+        g = "guidance (embedded)" if self.family == "flux" else "CFG"
+        return (f"{self.family}, {blocks} blocks × {self.heads * self.head_dim}, {tokens}{extra} tokens, "
+                f"{steps} {self.scheduler} steps, {g} {self.guidance}, VAE {self.vae}")
 
 
 def _sd3(layers, heads, joint, pooled, pos_max, sample, latent, text_len, steps, guidance, vae, *, qk_norm=False,
@@ -75,6 +83,12 @@ def _sd3(layers, heads, joint, pooled, pos_max, sample, latent, text_len, steps,
     return Preset("sd3", layers, heads, head_dim, sample, latent, "flow-match-euler", steps, guidance, vae,
                   text_len=text_len, joint=joint, pooled=pooled, pos_max=pos_max, qk_norm=qk_norm, dual=tuple(dual),
                   shift=3.0, channels=16)
+
+
+def _flux(double, single, heads, latent, text_len, steps, guidance, vae, *, dev=True, joint=4096, pooled=768):
+    return Preset("flux", double, heads, 128, 128, latent, "flow-match-euler", steps, guidance, vae, text_len=text_len,
+                  joint=joint, pooled=pooled, shift=3.0 if dev else 1.0, channels=16, single=single,
+                  guidance_embeds=dev, dynamic=dev)
 
 
 PRESETS = {
@@ -95,6 +109,10 @@ PRESETS = {
     "sd3-medium-1024": _sd3(24, 24, 4096, 2048, 192, 128, 128, 333, 28, 7.0, "sd"),
     "sd35-medium-1024": _sd3(24, 24, 4096, 2048, 384, 128, 128, 333, 40, 4.5, "sd", qk_norm=True, dual=range(13)),
     "sd35-large-1024": _sd3(38, 38, 4096, 2048, 192, 128, 128, 333, 28, 3.5, "sd", qk_norm=True),
+    # FLUX.1 (FluxPipeline; dev: embedded guidance 3.5, dynamic shifting; schnell: 4 steps, 256 text tokens)
+    "flux-cpu-small": _flux(4, 8, 2, 16, 32, 20, 3.5, "small", joint=256, pooled=128),
+    "flux-dev-1024": _flux(19, 38, 24, 128, 512, 28, 3.5, "sd"),
+    "flux-schnell-1024": _flux(19, 38, 24, 128, 256, 4, 0.0, "sd", dev=False),
 }
 
 SCHEDULERS = {
@@ -132,6 +150,12 @@ def build(p: Preset, device, dtype):
             num_layers=p.layers, cross_attention_dim=p.heads * p.head_dim, caption_channels=p.caption_channels,
             sample_size=p.sample_size, patch_size=2, use_additional_conditions=p.micro,
         )
+    elif p.family == "flux":
+        tr = diffusers.FluxTransformer2DModel(
+            patch_size=1, in_channels=4 * p.channels, num_layers=p.layers, num_single_layers=p.single,
+            attention_head_dim=p.head_dim, num_attention_heads=p.heads, joint_attention_dim=p.joint,
+            pooled_projection_dim=p.pooled, guidance_embeds=p.guidance_embeds, axes_dims_rope=(16, 56, 56),
+        )
     elif p.family == "sd3":
         tr = diffusers.SD3Transformer2DModel(
             sample_size=p.sample_size, patch_size=2, in_channels=p.channels, out_channels=p.channels,
@@ -149,6 +173,8 @@ def build(p: Preset, device, dtype):
     # SD3's VAE: 16 latent channels, a shift and scale of its own, no quant convs
     sd3_vae = dict(shift_factor=0.0609, scaling_factor=1.5305, use_quant_conv=False,
                    use_post_quant_conv=False) if p.family == "sd3" else {}
+    if p.family == "flux":  # FLUX's VAE: SD3's layout with its own shift and scale
+        sd3_vae = dict(sd3_vae, shift_factor=0.1159, scaling_factor=0.3611)
     if p.vae == "sd":  # Stable Diffusion's VAE layout (what PixArt and DiT decode with; SD3's has 16 channels)
         vae = diffusers.AutoencoderKL(
             down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
@@ -164,13 +190,20 @@ def build(p: Preset, device, dtype):
     torch.manual_seed(0)
     randomize(vae, 1)
     cls, cfg = SCHEDULERS[p.scheduler]
-    if p.scheduler == "flow-match-euler":
+    if p.scheduler == "flow-match-euler" and p.dynamic:  # FLUX.1-dev's scheduler_config.json
+        scheduler = getattr(diffusers, cls)(num_train_timesteps=1000, shift=p.shift, use_dynamic_shifting=True,
+                                            base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
+                                            max_image_seq_len=4096)
+    elif p.scheduler == "flow-match-euler":
         scheduler = getattr(diffusers, cls)(num_train_timesteps=1000, shift=p.shift)
     else:
         scheduler = getattr(diffusers, cls)(num_train_timesteps=1000, **cfg)
     if p.family == "pixart":
         pipe_cls = diffusers.PixArtAlphaPipeline if p.micro else diffusers.PixArtSigmaPipeline
         pipe = pipe_cls(tokenizer=None, text_encoder=None, vae=vae, transformer=tr, scheduler=scheduler)
+    elif p.family == "flux":
+        none = dict.fromkeys(["text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"])
+        pipe = diffusers.FluxPipeline(transformer=tr, scheduler=scheduler, vae=vae, **none)
     elif p.family == "sd3":
         none = dict.fromkeys(["text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "text_encoder_3", "tokenizer_3"])
         pipe = diffusers.StableDiffusion3Pipeline(transformer=tr, scheduler=scheduler, vae=vae, **none)
@@ -207,6 +240,17 @@ def make_call(pipe, p: Preset, device, dtype, steps, seed):
         return call
     g = torch.Generator().manual_seed(1)
     px = p.latent * 8
+    if p.family == "flux":
+        cond = torch.randn(1, p.text_len, p.joint, generator=g).to(device=device, dtype=dtype)
+        cpool = torch.randn(1, p.pooled, generator=g).to(device=device, dtype=dtype)
+
+        def call():
+            gen = torch.Generator(device="cpu").manual_seed(seed)
+            return pipe(prompt_embeds=cond, pooled_prompt_embeds=cpool, guidance_scale=p.guidance,
+                        num_inference_steps=steps, height=px, width=px, generator=gen,
+                        max_sequence_length=p.text_len, output_type="pt")
+
+        return call
     if p.family == "sd3":
         emb = torch.randn(2, 1, p.text_len, p.joint, generator=g)
         pooled = torch.randn(2, 1, p.pooled, generator=g)
@@ -312,7 +356,7 @@ def main(argv=None):
     ref = rec.last
     native = statistics.median(t)
     rows.append(dict(variant="diffusers (native)", median_s=native, times=t, ratio=1.0,
-                     blocks=steps * preset.layers, rel_l2=0.0))
+                     blocks=steps * (preset.layers + preset.single), rel_l2=0.0))
     for pol in [p.strip() for p in a.policies.split(";") if p.strip()]:
         dd.accelerate(pipe, device="cuda" if device == "cuda" else "cpu", cache=pol, threads=a.threads)
         t = timed(call, device, a.runs, a.warmup)

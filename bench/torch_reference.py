@@ -66,6 +66,10 @@ except ImportError:  # older torch: only the default dispatch is timed
 _PIXART = dict(family="pixart", layers=28, head_dim=72, scheduler="dpm-solver++", guidance=4.5, shift=1.0)
 _DIT = dict(family="dit", layers=28, head_dim=72, text_len=0, caption=0, micro=False, scheduler="ddim", guidance=4.0, shift=1.0)
 _SD3 = dict(family="sd3", head_dim=64, caption=0, micro=False, scheduler="flow-match-euler", shift=3.0)
+# FLUX: `layers` double + `single` single-stream blocks, head dim 128, 64 packed channels; `latent` is
+# FluxPipeline's latent before packing ((latent/2)² tokens); batch 1 (no CFG batch), the guidance
+# scale embedded for dev (`guidance_embeds`); dev's scheduler shifts dynamically (μ from the tokens).
+_FLUX = dict(family="flux", head_dim=128, caption=0, micro=False, scheduler="flow-match-euler", sample_size=128)
 PRESETS = {
     "pixart-alpha-1024": dict(_PIXART, heads=16, latent=128, text_len=120, caption=4096, sample_size=128, micro=True),
     "pixart-alpha-512": dict(_PIXART, heads=16, latent=64, text_len=120, caption=4096, sample_size=64, micro=False),
@@ -82,6 +86,12 @@ PRESETS = {
                             qk_norm=True, dual=0, guidance=3.5),
     "sd35-cpu-small": dict(_SD3, layers=24, heads=4, latent=16, text_len=32, joint=256, pooled=128, pos_max=32, sample_size=32,
                            qk_norm=True, dual=13, guidance=4.5),
+    "flux-dev-1024": dict(_FLUX, layers=19, single=38, heads=24, latent=128, text_len=512, joint=4096, pooled=768,
+                          guidance_embeds=True, guidance=3.5, shift=3.0, dynamic=True),
+    "flux-schnell-1024": dict(_FLUX, layers=19, single=38, heads=24, latent=128, text_len=256, joint=4096, pooled=768,
+                              guidance_embeds=False, guidance=0.0, shift=1.0, dynamic=False),
+    "flux-cpu-small": dict(_FLUX, layers=4, single=8, heads=2, latent=16, text_len=32, joint=256, pooled=128,
+                           guidance_embeds=True, guidance=3.5, shift=3.0, dynamic=True),
 }
 STEP_RUN = 20  # benches/step.rs: the step row is one step of a 20-step schedule
 # The sampling schedulers as the pipelines ship them (bench/pipeline_bench.py, train/train.py).
@@ -372,6 +382,12 @@ def build_model(p, dev, dt):
                    pos_embed_max_size=p["pos_max"], qk_norm="rms_norm" if p["qk_norm"] else None,
                    dual_attention_layers=tuple(range(p["dual"])))
         cls = SD3Transformer2DModel
+    elif p["family"] == "flux":
+        from diffusers import FluxTransformer2DModel
+        cfg = dict(patch_size=1, in_channels=64, num_layers=p["layers"], num_single_layers=p["single"],
+                   attention_head_dim=p["head_dim"], num_attention_heads=p["heads"], joint_attention_dim=p["joint"],
+                   pooled_projection_dim=p["pooled"], guidance_embeds=p["guidance_embeds"], axes_dims_rope=(16, 56, 56))
+        cls = FluxTransformer2DModel
     else:
         from diffusers import DiTTransformer2DModel
         cfg = dict(num_attention_heads=p["heads"], attention_head_dim=p["head_dim"], in_channels=4, out_channels=8, num_layers=p["layers"],
@@ -407,6 +423,17 @@ def conditioning(p, dev, dt, g):
         enc = (torch.randn(B, p["text_len"], p["joint"], device=dev, generator=g) * 0.2).to(dt)
         pooled = torch.randn(B, p["pooled"], device=dev, generator=g).to(dt)
         return dict(encoder_hidden_states=enc, pooled_projections=pooled)
+    if p["family"] == "flux":
+        # FluxPipeline: batch 1, txt_ids zeros, img_ids (0, row, col) of the packed grid, dev's guidance
+        L, side = p["text_len"], p["latent"] // 2
+        enc = (torch.randn(1, L, p["joint"], device=dev, generator=g) * 0.2).to(dt)
+        pooled = torch.randn(1, p["pooled"], device=dev, generator=g).to(dt)
+        img_ids = torch.zeros(side, side, 3, device=dev)
+        img_ids[..., 1] += torch.arange(side, device=dev)[:, None]
+        img_ids[..., 2] += torch.arange(side, device=dev)[None, :]
+        extra = dict(guidance=torch.full((1,), p["guidance"], device=dev, dtype=torch.float32)) if p["guidance_embeds"] else {}
+        return dict(encoder_hidden_states=enc, pooled_projections=pooled, img_ids=img_ids.reshape(-1, 3).to(dt),
+                    txt_ids=torch.zeros(L, 3, device=dev, dtype=dt), **extra)
     return dict(class_labels=torch.tensor([207, 1000], device=dev))
 
 
@@ -415,6 +442,8 @@ def make_scheduler(p):
     cls, cfg = SCHEDULERS[p["scheduler"]]
     if p["scheduler"] == "flow-match-euler":
         cfg = dict(cfg, shift=p["shift"])
+    if p.get("dynamic"):  # FLUX.1-dev's scheduler_config.json
+        cfg = dict(cfg, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096)
     return getattr(diffusers, cls)(**cfg)
 
 
@@ -426,18 +455,30 @@ def make_step(p, model, cond, dev, dt, g):
     latents, set_timesteps), `step` runs the next step."""
     fam, C, lat, guidance = p["family"], 16 if p["family"] == "sd3" else 4, p["latent"], p["guidance"]
     sched = make_scheduler(p)
-    lat0 = torch.randn(1, C, lat, lat, device=dev, generator=g).to(dt)
+    if fam == "flux":  # packed [1, N, 64]
+        lat0 = torch.randn(1, (lat // 2) ** 2, 64, device=dev, generator=g).to(dt)
+    else:
+        lat0 = torch.randn(1, C, lat, lat, device=dev, generator=g).to(dt)
     st = dict(i=0, lat=None)
 
     def before():
         if st["i"] % STEP_RUN == 0:
-            sched.set_timesteps(STEP_RUN, device=dev)
+            if fam == "flux":  # FluxPipeline: sigmas linspace(1, 1/n, n), μ from the image tokens
+                import numpy as np
+                n, c = (lat // 2) ** 2, sched.config
+                mu = c.base_shift + (n - c.base_image_seq_len) * (c.max_shift - c.base_shift) / (c.max_image_seq_len - c.base_image_seq_len)
+                sched.set_timesteps(STEP_RUN, device=dev, sigmas=np.linspace(1.0, 1 / STEP_RUN, STEP_RUN), mu=mu)
+            else:
+                sched.set_timesteps(STEP_RUN, device=dev)
             st["lat"] = torch.cat([lat0, lat0]) if fam == "dit" else lat0.clone()  # DiTPipeline keeps the batch of 2
 
     def step():
         t = sched.timesteps[st["i"] % STEP_RUN]
         lat = st["lat"]
-        if fam == "dit":
+        if fam == "flux":  # FluxPipeline: no CFG batch, timestep / 1000, the guidance scale embedded in cond
+            out = model(hidden_states=lat, timestep=(t / 1000).expand(1).to(lat.dtype), return_dict=False, **cond)[0]
+            st["lat"] = sched.step(out, t, lat, return_dict=False)[0]
+        elif fam == "dit":
             half = lat[: len(lat) // 2]
             x = torch.cat([half, half], dim=0)
             out = model(x, timestep=t[None].expand(2), return_dict=False, **cond)[0]
@@ -497,9 +538,18 @@ def model_rows(p_name, p, dev, dt, quick, runs, compile_, rows, notes):
     B, lat = 2, p["latent"]
     C = 16 if p["family"] == "sd3" else 4
     g = torch.Generator(device=dev).manual_seed(0)
-    x = torch.randn(B, C, lat, lat, device=dev, generator=g).to(dt)
+    if p["family"] == "flux":
+        # FluxPipeline: batch 1 (no CFG batch), packed [1, N, 64], timestep sigma (the model multiplies by 1000)
+        B = 1
+        x = torch.randn(B, (lat // 2) ** 2, 64, device=dev, generator=g).to(dt)
+        t = torch.full((B,), 0.5, device=dev, dtype=dt)
+    else:
+        x = torch.randn(B, C, lat, lat, device=dev, generator=g).to(dt)
     # SD3's pipeline passes the flow-matching timestep (sigma × 1000) as a float
-    t = torch.full((B,), 500.0, device=dev) if p["family"] == "sd3" else torch.full((B,), 500, device=dev, dtype=torch.long)
+    if p["family"] == "sd3":
+        t = torch.full((B,), 500.0, device=dev)
+    elif p["family"] != "flux":
+        t = torch.full((B,), 500, device=dev, dtype=torch.long)
     cond = conditioning(p, dev, dt, g)
 
     def fwd(m=model):
@@ -510,7 +560,7 @@ def model_rows(p_name, p, dev, dt, quick, runs, compile_, rows, notes):
     cls = type(model).__name__
     tokens = (lat // 2) ** 2
     common = dict(preset=p_name, batch=B, tokens=tokens, text_tokens=p["text_len"] if p["family"] != "dit" else 0, model=cls,
-                  layers=p["layers"], build_s=build_s, sdpa="default dispatch")
+                  layers=p["layers"] + p.get("single", 0), build_s=build_s, sdpa="default dispatch")
 
     def part(name, f):
         try:
@@ -611,9 +661,11 @@ def main():
         mpresets = [s.strip() for s in a.model_presets.split(",") if s.strip()]
     elif cuda:  # as benches/step.rs
         mpresets = ["pixart-alpha-1024", "sd35-medium-1024"] if a.quick else [
-            "pixart-alpha-1024", "dit-xl-2-256", "pixart-alpha-512", "dit-xl-2-512", "sd3-medium-1024", "sd35-medium-1024", "sd35-large-1024"]
+            "pixart-alpha-1024", "dit-xl-2-256", "pixart-alpha-512", "dit-xl-2-512", "sd3-medium-1024", "sd35-medium-1024", "sd35-large-1024",
+            "flux-dev-1024"]
     else:
-        mpresets = ["pixart-cpu-small", "sd35-cpu-small"] if a.quick else ["pixart-cpu-small", "dit-cpu-small", "sd35-cpu-small"]
+        mpresets = ["pixart-cpu-small", "sd35-cpu-small", "flux-cpu-small"] if a.quick else [
+            "pixart-cpu-small", "dit-cpu-small", "sd35-cpu-small", "flux-cpu-small"]
     for n in presets + mpresets:
         if n not in PRESETS:
             sys.exit(f"unknown preset {n}; one of {', '.join(PRESETS)}")

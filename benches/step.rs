@@ -1,4 +1,5 @@
-//! Whole-model benchmarks of a preset with random weights and classifier-free guidance (batch 2):
+//! Whole-model benchmarks of a preset with random weights and classifier-free guidance (batch 2;
+//! FLUX: batch 1, the guidance scale embedded as FluxPipeline runs it):
 //!
 //!   forward/<preset>         one transformer forward (embed, all blocks, final layer)
 //!   forward-wgmma/<preset>   the same with the wgmma attention kernel (GPUs with sm_90a), and
@@ -12,8 +13,8 @@
 //!   cargo bench --bench step [-- --quick] [FILTER]
 //!
 //! GPU: pixart-alpha-1024 and sd35-medium-1024 (quick) or also dit-xl-2-256, pixart-alpha-512,
-//! dit-xl-2-512, sd3-medium-1024, sd35-large-1024 (full); CPU: pixart-cpu-small and
-//! sd35-cpu-small (+ dit-cpu-small in full mode). Wall clock with a device synchronisation at the
+//! dit-xl-2-512, sd3-medium-1024, sd35-large-1024, flux-dev-1024 (full); CPU: pixart-cpu-small,
+//! sd35-cpu-small and flux-cpu-small (+ dit-cpu-small in full mode). Wall clock with a device synchronisation at the
 //! end of each forward/step/run (what a caller sees). Writes <out>/step-<backend>.json.
 
 mod common;
@@ -22,8 +23,9 @@ use common::{median, min, Mode, Timed};
 use deltadit::backend::AttentionKernel;
 use deltadit::backend::Cfg;
 use deltadit::cache::CacheSpec;
-use deltadit::internals::bench::{random_inputs, Preset};
+use deltadit::internals::bench::{model_grid, random_inputs, Preset};
 use deltadit::internals::{ModelParts, WorkspaceParts};
+use deltadit::model::Family;
 use deltadit::pipeline::{sample, Denoiser, SampleConfig};
 use deltadit::sampler::Scheduler;
 use deltadit::{DType, Result};
@@ -34,6 +36,8 @@ struct Row {
     name: String,
     kind: String,
     preset: String,
+    /// the model batch (2: the CFG batch; FLUX 1)
+    batch: usize,
     samples: Vec<f64>,
     extra: Value,
 }
@@ -94,24 +98,27 @@ fn preset_rows<B: Timed>(
     let family = cfg.family;
     let layers = model.num_blocks();
     let inputs = random_inputs(cfg, p.latent, p.latent, p.text_len, steps, 0);
-    let cond = inputs.conditioning(family, cfg.num_embeds_ada_norm, true)?;
+    // FluxPipeline: no CFG batch, the guidance scale embedded (dev)
+    let flux = family == Family::Flux;
+    let batch = if flux { 1 } else { 2 };
+    let mut cond = inputs.conditioning(family, cfg.num_embeds_ada_norm, !flux)?;
+    if flux && cfg.guidance_embeds {
+        cond.guidance = Some(vec![p.guidance; batch]);
+    }
     let ctx = model.context(be, &cond)?;
     let mut ws = model.workspace(be, &ctx)?;
-    let guidance = Cfg::On { scale: p.guidance, cond_first: family.cond_first() };
+    let guidance = if flux { Cfg::Off } else { Cfg::On { scale: p.guidance, cond_first: family.cond_first() } };
     let numel: usize = inputs.shape.iter().product();
-    let model_in: Vec<f32> = [inputs.latents.as_slice(), inputs.latents.as_slice()].concat();
+    let model_in: Vec<f32> = inputs.latents.repeat(batch);
     let name = |k: &str| format!("{k}/{}", p.name);
-    println!(
-        "{}: model built in {build_s:.1} s ({} blocks, {} tokens, batch 2)",
-        p.name,
-        layers,
-        (p.latent / cfg.patch_size).pow(2)
-    );
+    let (gh, gw) = model_grid(cfg, (p.latent, p.latent));
+    let tokens = (gh / cfg.patch_size) * (gw / cfg.patch_size);
+    println!("{}: model built in {build_s:.1} s ({layers} blocks, {tokens} tokens, batch {batch})", p.name);
 
     // One forward.
     if mode.wants(&name("forward")) || (extra_kernels && mode.wants("forward-")) {
         be.write(ws.input_mut(), &model_in)?;
-        be.write(ws.timesteps_mut(), &[500.0, 500.0])?;
+        be.write(ws.timesteps_mut(), &vec![500.0; batch])?;
         let fwd = |ws: &mut deltadit::model::Workspace<B>, key: &str| -> Result<()> {
             be.graph_run(key, &mut || {
                 model.embed_step(be, &ctx, ws)?;
@@ -139,6 +146,7 @@ fn preset_rows<B: Timed>(
                 name: name("forward"),
                 kind: "forward".into(),
                 preset: p.name.into(),
+                batch,
                 samples,
                 extra: json!({}),
             });
@@ -161,6 +169,7 @@ fn preset_rows<B: Timed>(
                     name: name(&kind),
                     kind,
                     preset: p.name.into(),
+                    batch,
                     samples,
                     extra: json!({ "rel_l2_vs_default_attention": rel }),
                 });
@@ -174,8 +183,11 @@ fn preset_rows<B: Timed>(
 
     // One sampling step with CFG, as the pipeline runs it (policy none: every step is full).
     if mode.wants(&name("step")) {
-        let tokens = (p.latent / p.config.patch_size).pow(2);
-        let sched = Scheduler::with_config(p.scheduler, steps, &p.scheduler_config(), tokens)?;
+        let sched = if flux {
+            Scheduler::flow_match_linear(steps, &p.scheduler_config().flow_match, tokens)?
+        } else {
+            Scheduler::with_config(p.scheduler, steps, &p.scheduler_config(), tokens)?
+        };
         let timesteps = sched.timesteps();
         let policy = "none".parse::<CacheSpec>()?.build(family, layers, steps)?;
         let mut denoiser = Denoiser::new(be, &model, &cond, policy)?;
@@ -189,11 +201,18 @@ fn preset_rows<B: Timed>(
                 be.write(&mut latents, &inputs.latents)?; // a new run: the values stay in range
             }
             let t = timesteps[k];
-            for copy in 0..2 {
+            for copy in 0..batch {
                 be.copy_range(&latents, 0, d.input_mut(), copy * numel, numel)?;
             }
-            be.write(d.timesteps_mut(), &[t, t])?;
-            d.forward_written_then(be, k, steps, &mut |be, out| be.cfg_combine(out, guidance, &mut eps))?;
+            // FLUX: the model's timestep is 1000·(t / 1000) = t, as the pipeline writes it
+            be.write(d.timesteps_mut(), &vec![t; batch])?;
+            d.forward_written_then(be, k, steps, &mut |be, out| {
+                if flux {
+                    be.copy(out, &mut eps)
+                } else {
+                    be.cfg_combine(out, guidance, &mut eps)
+                }
+            })?;
             be.scheduler_step(&sched.update(k), &mut latents, &eps, x0_prev.as_mut(), None)?;
             be.synchronize()?;
             i += 1;
@@ -213,6 +232,7 @@ fn preset_rows<B: Timed>(
             name: name("step"),
             kind: "step".into(),
             preset: p.name.into(),
+            batch,
             samples,
             extra: json!({ "scheduler": p.scheduler.name() }),
         });
@@ -251,6 +271,7 @@ fn preset_rows<B: Timed>(
             name: name(kind),
             kind: kind.into(),
             preset: p.name.into(),
+            batch,
             samples,
             extra: json!({
                 "steps": steps,
@@ -280,11 +301,12 @@ fn run<B: Timed>(be: &B, mode: &Mode, gpu: bool) -> Result<()> {
             "sd3-medium-1024",
             "sd35-medium-1024",
             "sd35-large-1024",
+            "flux-dev-1024",
         ],
         // criterion's test mode: a smoke test of each family
-        (false, _) if !mode.bench => vec!["pixart-cpu-small", "sd35-cpu-small"],
-        (false, true) => vec!["pixart-cpu-small", "sd35-cpu-small"],
-        (false, false) => vec!["pixart-cpu-small", "dit-cpu-small", "sd35-cpu-small"],
+        (false, _) if !mode.bench => vec!["pixart-cpu-small", "sd35-cpu-small", "flux-cpu-small"],
+        (false, true) => vec!["pixart-cpu-small", "sd35-cpu-small", "flux-cpu-small"],
+        (false, false) => vec!["pixart-cpu-small", "dit-cpu-small", "sd35-cpu-small", "flux-cpu-small"],
     };
     let presets = common::presets(&default)?;
     println!("deltadit step: {} backend ({}) on {}; wall clock, synchronised", B::NAME, be.act_dtype(), be.machine());
@@ -328,7 +350,7 @@ fn run<B: Timed>(be: &B, mode: &Mode, gpu: bool) -> Result<()> {
             "median_ms": 1e3 * median(&r.samples),
             "min_ms": 1e3 * min(&r.samples),
             "samples": r.samples.len(),
-            "batch": 2,
+            "batch": r.batch,
         });
         if let (Value::Object(a), Value::Object(b)) = (&mut v, &r.extra) {
             a.extend(b.clone());

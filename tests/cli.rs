@@ -626,3 +626,83 @@ fn bench_on_sd3_digits_keeps_its_columns_aligned() {
     assert!(table.iter().all(|l| l.chars().count() == width), "rows of unequal width:\n{}", table.join("\n"));
     assert!(text.contains("acc %"), "{text}");
 }
+
+/// The FLUX presets are listed, and `bench --preset flux-cpu-small` runs FluxPipeline's loop on
+/// random weights: batch 1 (no CFG batch, the guidance embedded), 64 packed tokens, all 12 blocks
+/// a step uncached, fewer with `delta`.
+#[test]
+fn bench_lists_and_runs_the_flux_presets() {
+    let o = run(&["bench", "--list-presets"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success());
+    for name in ["flux-dev-1024", "flux-schnell-1024", "flux-cpu-small"] {
+        assert!(text.lines().any(|l| l.starts_with(name)), "{name} missing from\n{text}");
+    }
+    let json = tmp("bench-flux-preset.json");
+    let o = run(&[
+        "bench",
+        "--device",
+        "cpu",
+        "--preset",
+        "flux-cpu-small",
+        "--steps",
+        "4",
+        "--runs",
+        "1",
+        "--warmup",
+        "0",
+        "--policies",
+        "none;delta",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!((v["batch"].as_u64(), v["tokens"].as_u64(), v["layers"].as_u64()), (Some(1), Some(64), Some(12)));
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows[0]["blocks"].as_u64(), Some(4 * 12));
+    assert!(rows[1]["blocks"].as_u64().unwrap() < 4 * 12, "{}", rows[1]);
+}
+
+/// `bench --model models/flux-digits` judges FLUX's samples: the packed [n, 64, 4] latents are
+/// unpacked to 16×16 images (the grids are 16×16 images drawn 4×) and the classifier reads them.
+#[test]
+fn bench_on_flux_digits_unpacks_and_judges_the_samples() {
+    let (json, grids) = (tmp("bench-flux-digits.json"), tmp("flux-grids"));
+    let o = run(&[
+        "bench",
+        "--device",
+        "cpu",
+        "--model",
+        models("flux-digits").to_str().unwrap(),
+        "--images",
+        "2",
+        "--steps",
+        "6",
+        "--runs",
+        "1",
+        "--warmup",
+        "0",
+        "--no-baseline",
+        "--policies",
+        "none;fora:n=2",
+        "--json",
+        json.to_str().unwrap(),
+        "--grids",
+        grids.to_str().unwrap(),
+    ]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}{}", text, String::from_utf8_lossy(&o.stderr));
+    assert!(text.contains("acc %") && text.contains("batch 2 × 64 tokens"), "{text}");
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows[0]["quality"]["psnr_mean"], 100.0, "none against itself");
+    let acc = rows[0]["quality"]["accuracy"].as_f64().expect("a classifier accuracy");
+    assert!((0.0..=1.0).contains(&acc));
+    let q = rows[1]["quality"]["psnr_mean"].as_f64().unwrap();
+    assert!(q > 10.0 && q < 100.0, "fora's PSNR {q}");
+    let bytes = std::fs::read(grids.join("01-none.png")).unwrap();
+    let (w, h) =
+        (u32::from_be_bytes(bytes[16..20].try_into().unwrap()), u32::from_be_bytes(bytes[20..24].try_into().unwrap()));
+    assert_eq!((w, h), (131, 66), "two 16×16 images side by side");
+}

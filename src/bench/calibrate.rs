@@ -4,7 +4,7 @@
 //! beside the fewer-steps baseline at the same compute, and names the cheapest setting that keeps
 //! a target quality.
 
-use super::{bench_inputs, kit::quality, measure, BenchOptions, ModelKit, Quality};
+use super::{bench_inputs, kit::images, kit::quality, measure, BenchOptions, ModelKit, Quality};
 use crate::cache::CacheSpec;
 use crate::model::Transformer;
 use crate::sampler::SchedulerName;
@@ -145,6 +145,7 @@ pub fn calibrate<B: Backend>(
     // The uncached reference, run once first to warm up.
     measure(be, model, &inputs, &CacheSpec::none(), &sc, (0, 1), &mut tick)?;
     let (t_none, _, reference, _) = measure(be, model, &inputs, &CacheSpec::none(), &sc, runs, &mut tick)?;
+    let reference_images = images(cfg, &reference.latents, &reference.shape, opts.latent)?.0;
     let full = (opts.steps * layers) as f64;
     let mut out = Vec::with_capacity(settings.len());
     for (kind, spec, steps) in settings {
@@ -165,7 +166,8 @@ pub fn calibrate<B: Backend>(
         };
         let blocks: usize = o.blocks_run.iter().sum();
         let q = if judged {
-            Some(quality(&o.latents, &reference.latents, o.spatial_shape()?, classifier, &asked)?)
+            let (img, shape) = images(cfg, &o.latents, &o.shape, opts.latent)?;
+            Some(quality(&img, &reference_images, shape, classifier, &asked)?)
         } else {
             None
         };

@@ -1,9 +1,11 @@
 //! A model folder with what it takes to judge samples, not only time them: the prompts a
 //! text-conditioned model was trained on (`captions.safetensors`: `embeds` [K + 1, L, C], and
-//! `mask` [K + 1, L] (PixArt) or `pooled` [K + 1, P] (SD3), the last row the null caption for
-//! guidance), the classes of a
+//! `mask` [K + 1, L] (PixArt) or `pooled` [K + 1, P] (SD3, FLUX), the last row the null caption
+//! for guidance), the classes of a
 //! class-conditional one, and a classifier of its images (models/digits-classifier beside it).
-//! The trained reference models of models/ are such folders.
+//! The trained reference models of models/ are such folders. FLUX's samples are packed tokens
+//! `[n, (H/2)·(W/2), 4·C]`: they are unpacked to `[n, C, H, W]` images as FluxPipeline's
+//! `_unpack_latents` does before they are judged.
 
 use crate::io::safetensors_file::SafetensorsFile;
 use crate::model::{Family, ModelConfig, TextInput};
@@ -18,7 +20,7 @@ struct Captions {
     embeds: Vec<f32>,
     /// PixArt: the padding mask [rows, len]
     mask: Option<Vec<f32>>,
-    /// SD3: the pooled embedding [rows, pooled]
+    /// SD3, FLUX: the pooled embedding [rows, pooled]
     pooled: Option<(Vec<f32>, usize)>,
     /// rows: K classes, then the null caption
     rows: usize,
@@ -54,7 +56,7 @@ impl ModelKit {
                 return Err(Error::input("embeds", format!("expected [K + 1, L, C] (K ≥ 1), found {es:?}")));
             }
             let (mut mask, mut pooled) = (None, None);
-            if config.family == Family::Sd3 {
+            if matches!(config.family, Family::Sd3 | Family::Flux) {
                 let (p, ps) = get("pooled")?;
                 if ps.len() != 2 || ps[0] != es[0] {
                     return Err(Error::input("pooled", format!("expected [{}, P], found {ps:?}", es[0])));
@@ -74,7 +76,7 @@ impl ModelKit {
         let default = dir.parent().map(|p| p.join("digits-classifier/classifier.safetensors"));
         let classifier = match (classifier, default) {
             (Some(p), _) => Some(Classifier::load(p)?),
-            (None, Some(p)) if p.is_file() && is_pixel_space(config.in_channels) => Some(Classifier::load(&p)?),
+            (None, Some(p)) if p.is_file() && is_pixel_space(image_channels(&config)) => Some(Classifier::load(&p)?),
             _ => None,
         };
         Ok(ModelKit { dir: dir.to_path_buf(), config, captions, classifier })
@@ -91,7 +93,24 @@ impl ModelKit {
 
     /// Whether the kit judges images (pixel space, with prompts or classes).
     pub fn judges_images(&self) -> bool {
-        is_pixel_space(self.config.in_channels) && self.classes().is_some()
+        is_pixel_space(image_channels(&self.config)) && self.classes().is_some()
+    }
+
+    /// The latent height and width samples are drawn at: the config's `sample_size`; for FLUX
+    /// (whose config has none) the classifier's image side when the kit judges images, else
+    /// FluxPipeline's default latent (128: 1024² pixels through FLUX's VAE).
+    pub fn latent_size(&self) -> (usize, usize) {
+        let c = image_channels(&self.config);
+        match &self.classifier {
+            Some(cl) if self.config.family.packed_latents() && c > 0 && cl.inputs() % c == 0 => {
+                let side = ((cl.inputs() / c) as f64).sqrt().round() as usize;
+                if side * side * c == cl.inputs() && side.is_multiple_of(2) {
+                    return (side, side);
+                }
+                (self.config.sample_size, self.config.sample_size)
+            }
+            _ => (self.config.sample_size, self.config.sample_size),
+        }
     }
 
     /// `n` samples of `h × w`: image i from its own seeded noise, asking for class i mod K (the
@@ -107,15 +126,23 @@ impl ModelKit {
         let classes = self.classes().ok_or_else(|| {
             Error::input("captions.safetensors", format!("{} has no caption table to prompt with", self.dir.display()))
         })?;
-        let c = self.config.in_channels;
+        let c = image_channels(&self.config);
         let numel = c * h * w;
         let mut latents = Vec::with_capacity(n * numel);
         for i in 0..n {
             latents.extend(Rng::new(seed.wrapping_mul(1_000_003).wrapping_add(i as u64)).normal_vec(numel, 1.0));
         }
         let asked: Vec<usize> = (0..n).map(|i| i % classes).collect();
-        let shape = [n, c, h, w];
-        let mut si = SampleInputs::new(latents, shape);
+        let mut si = if self.config.family.packed_latents() {
+            // FluxPipeline.prepare_latents: noise [n, C, H, W], packed 2×2
+            if !h.is_multiple_of(2) || !w.is_multiple_of(2) {
+                return Err(Error::input("latents", format!("{h}×{w}: FLUX packs 2×2 patches, the size must be even")));
+            }
+            let packed = crate::model::families::flux::pack_latents(&latents, [n, c, h, w]);
+            SampleInputs::new(packed, vec![n, (h / 2) * (w / 2), 4 * c])
+        } else {
+            SampleInputs::new(latents, vec![n, c, h, w])
+        };
         match (&self.captions, self.config.family) {
             (Some(t), _) => {
                 let text = |rows: &[usize]| {
@@ -145,6 +172,41 @@ impl ModelKit {
             si.noise = Some(Rng::new(seed ^ 0x5eed).normal_vec((steps - 1) * n * numel, 1.0));
         }
         Ok((si, asked))
+    }
+}
+
+/// The channels of the model's images: FLUX packs 2×2 patches of C channels into 4·C.
+fn image_channels(cfg: &ModelConfig) -> usize {
+    if cfg.family.packed_latents() {
+        cfg.in_channels / 4
+    } else {
+        cfg.in_channels
+    }
+}
+
+/// Samples `latents` of `shape` as images `[n, C, H, W]` at latent size `latent` (H, W): FLUX's
+/// packed `[n, (H/2)·(W/2), 4·C]` tokens unpacked as FluxPipeline's `_unpack_latents`, the others
+/// as they are.
+pub fn images(
+    cfg: &ModelConfig,
+    latents: &[f32],
+    shape: &[usize],
+    (h, w): (usize, usize),
+) -> Result<(Vec<f32>, [usize; 4])> {
+    match *shape {
+        [n, c, sh, sw] if !cfg.family.packed_latents() => Ok((latents.to_vec(), [n, c, sh, sw])),
+        [n, tokens, c4] if cfg.family.packed_latents() => {
+            let (gh, gw) = (h / 2, w / 2);
+            if gh * gw != tokens || !c4.is_multiple_of(4) || latents.len() != n * tokens * c4 {
+                return Err(Error::input(
+                    "latents",
+                    format!("packed {shape:?} is not {h}×{w} latents in 2×2 patches of 4·C channels"),
+                ));
+            }
+            let x = crate::model::families::flux::unpack_latents(latents, n, c4, (gh, gw));
+            Ok((x, [n, c4 / 4, h, w]))
+        }
+        _ => Err(Error::input("latents", format!("shape {shape:?} is not a {} model's latents", cfg.family.name()))),
     }
 }
 

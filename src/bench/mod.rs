@@ -23,15 +23,18 @@ use std::time::Duration;
 pub struct Preset {
     pub name: &'static str,
     pub config: ModelConfig,
-    /// latent height/width
+    /// latent height/width (FLUX: the pipeline's latent before packing, (latent/2)² tokens)
     pub latent: usize,
-    /// text tokens (PixArt)
+    /// text tokens (PixArt, SD3, FLUX)
     pub text_len: usize,
     pub scheduler: SchedulerName,
     pub steps: usize,
     pub guidance: f32,
     /// flow matching: the scheduler's static shift (the pipeline's scheduler_config.json)
     pub shift: f64,
+    /// flow matching: the dynamic (μ from the image tokens) shift instead of the static one
+    /// (FLUX.1-dev's scheduler_config.json)
+    pub dynamic_shift: bool,
     pub about: &'static str,
 }
 
@@ -138,6 +141,37 @@ fn sd3(
     }
 }
 
+/// A `FluxTransformer2DModel` config: `double` double-stream and `single` single-stream blocks of
+/// `heads` × 128, RoPE axes (16, 56, 56), 64 packed channels (16 latent channels × 2×2), the
+/// text (T5) and pooled (CLIP) widths, and dev's guidance embedding.
+fn flux(double: usize, single: usize, heads: usize, joint: usize, pooled: usize, guidance: bool) -> ModelConfig {
+    ModelConfig {
+        family: Family::Flux,
+        num_attention_heads: heads,
+        attention_head_dim: 128,
+        in_channels: 64,
+        out_channels: 64,
+        num_layers: double,
+        patch_size: 1,
+        sample_size: 128,
+        cross_attention_dim: None,
+        caption_channels: None,
+        norm_eps: 1e-6,
+        interpolation_scale: 1.0,
+        use_additional_conditions: false,
+        num_embeds_ada_norm: 0,
+        attention_bias: true,
+        joint_attention_dim: Some(joint),
+        pooled_projection_dim: Some(pooled),
+        pos_embed_max_size: None,
+        qk_norm: true,
+        dual_attention_layers: Vec::new(),
+        num_single_layers: single,
+        axes_dims_rope: vec![16, 56, 56],
+        guidance_embeds: guidance,
+    }
+}
+
 pub fn presets() -> Vec<Preset> {
     use SchedulerName::*;
     vec![
@@ -150,6 +184,7 @@ pub fn presets() -> Vec<Preset> {
             steps: 20,
             guidance: 4.5,
             shift: 1.0,
+            dynamic_shift: false,
             about: "PixArt-XL-2-1024-MS: 28 × 1152, 4096 tokens, 120 text tokens",
         },
         Preset {
@@ -161,6 +196,7 @@ pub fn presets() -> Vec<Preset> {
             steps: 20,
             guidance: 4.5,
             shift: 1.0,
+            dynamic_shift: false,
             about: "PixArt-XL-2-512x512: 28 × 1152, 1024 tokens",
         },
         Preset {
@@ -172,6 +208,7 @@ pub fn presets() -> Vec<Preset> {
             steps: 20,
             guidance: 4.5,
             shift: 1.0,
+            dynamic_shift: false,
             about: "PixArt-Σ-XL-2-1024-MS: 28 × 1152, 4096 tokens, 300 text tokens",
         },
         Preset {
@@ -183,6 +220,7 @@ pub fn presets() -> Vec<Preset> {
             steps: 50,
             guidance: 4.0,
             shift: 1.0,
+            dynamic_shift: false,
             about: "DiT-XL/2 256: 28 × 1152, 256 tokens",
         },
         Preset {
@@ -194,6 +232,7 @@ pub fn presets() -> Vec<Preset> {
             steps: 50,
             guidance: 4.0,
             shift: 1.0,
+            dynamic_shift: false,
             about: "DiT-XL/2 512: 28 × 1152, 1024 tokens",
         },
         Preset {
@@ -205,6 +244,7 @@ pub fn presets() -> Vec<Preset> {
             steps: 20,
             guidance: 4.5,
             shift: 1.0,
+            dynamic_shift: false,
             about: "PixArt layout at CPU size: 28 × 288, 64 tokens, 32 text tokens",
         },
         Preset {
@@ -216,6 +256,7 @@ pub fn presets() -> Vec<Preset> {
             steps: 20,
             guidance: 4.0,
             shift: 1.0,
+            dynamic_shift: false,
             about: "DiT layout at CPU size: 28 × 288, 64 tokens",
         },
         Preset {
@@ -227,6 +268,7 @@ pub fn presets() -> Vec<Preset> {
             steps: 28,
             guidance: 7.0,
             shift: 3.0,
+            dynamic_shift: false,
             about: "SD3-medium: 24 × 1536, 4096 image + 333 text tokens, FlowMatch Euler shift 3",
         },
         Preset {
@@ -238,6 +280,7 @@ pub fn presets() -> Vec<Preset> {
             steps: 40,
             guidance: 4.5,
             shift: 3.0,
+            dynamic_shift: false,
             about: "SD3.5-medium: 24 × 1536, RMS qk norm, dual attention in blocks 0-12, 4096 + 333 tokens",
         },
         Preset {
@@ -249,6 +292,7 @@ pub fn presets() -> Vec<Preset> {
             steps: 28,
             guidance: 3.5,
             shift: 3.0,
+            dynamic_shift: false,
             about: "SD3.5-large: 38 × 2432, RMS qk norm, 4096 + 333 tokens",
         },
         Preset {
@@ -260,7 +304,44 @@ pub fn presets() -> Vec<Preset> {
             steps: 20,
             guidance: 4.5,
             shift: 3.0,
+            dynamic_shift: false,
             about: "SD3.5-medium layout at CPU size: 24 × 256, dual attention in blocks 0-12, 64 + 32 tokens",
+        },
+        Preset {
+            name: "flux-dev-1024",
+            config: flux(19, 38, 24, 4096, 768, true),
+            latent: 128,
+            text_len: 512,
+            scheduler: FlowMatchEuler,
+            steps: 28,
+            guidance: 3.5,
+            shift: 3.0,
+            dynamic_shift: true,
+            about: "FLUX.1-dev: 19 double + 38 single blocks × 3072 (24 × 128), 4096 image + 512 text tokens, 28 steps, embedded guidance 3.5",
+        },
+        Preset {
+            name: "flux-schnell-1024",
+            config: flux(19, 38, 24, 4096, 768, false),
+            latent: 128,
+            text_len: 256,
+            scheduler: FlowMatchEuler,
+            steps: 4,
+            guidance: 0.0,
+            shift: 1.0,
+            dynamic_shift: false,
+            about: "FLUX.1-schnell: 19 double + 38 single blocks × 3072, 4096 image + 256 text tokens, 4 steps, no guidance",
+        },
+        Preset {
+            name: "flux-cpu-small",
+            config: flux(4, 8, 2, 256, 128, true),
+            latent: 16,
+            text_len: 32,
+            scheduler: FlowMatchEuler,
+            steps: 20,
+            guidance: 3.5,
+            shift: 3.0,
+            dynamic_shift: true,
+            about: "FLUX.1-dev layout at CPU size: 4 double + 8 single blocks × 256 (2 × 128), 64 image + 32 text tokens",
         },
     ]
 }
@@ -280,6 +361,7 @@ impl Preset {
     pub fn scheduler_config(&self) -> SchedulerConfig {
         let mut c = SchedulerConfig::default();
         c.flow_match.shift = self.shift;
+        c.flow_match.use_dynamic_shifting = self.dynamic_shift;
         c
     }
 
@@ -288,8 +370,19 @@ impl Preset {
     }
 }
 
+/// The latent size in the units of the model's input grid: FLUX's packed tokens are 2×2 patches
+/// of the latent (FluxPipeline's `_pack_latents`), the others take the latent as it is.
+pub fn model_grid(cfg: &ModelConfig, (latent_h, latent_w): (usize, usize)) -> (usize, usize) {
+    if cfg.family.packed_latents() {
+        (latent_h / 2, latent_w / 2)
+    } else {
+        (latent_h, latent_w)
+    }
+}
+
 /// Seeded sampling inputs for a model: one prompt (PixArt: a 20-token prompt and an
-/// EOS-only negative prompt, as diffusers' empty negative prompt), or class 207 (DiT).
+/// EOS-only negative prompt, as diffusers' empty negative prompt), or class 207 (DiT); FLUX
+/// packed `[1, (H/2)·(W/2), C]` latents.
 pub fn random_inputs(
     cfg: &ModelConfig,
     latent_h: usize,
@@ -299,9 +392,14 @@ pub fn random_inputs(
     seed: u64,
 ) -> SampleInputs {
     let mut rng = Rng::new(seed);
-    let shape = [1, cfg.in_channels, latent_h, latent_w];
+    let shape: Vec<usize> = if cfg.family.packed_latents() {
+        let (gh, gw) = model_grid(cfg, (latent_h, latent_w));
+        vec![1, gh * gw, cfg.in_channels]
+    } else {
+        vec![1, cfg.in_channels, latent_h, latent_w]
+    };
     let latents = rng.normal_vec(shape.iter().product(), 1.0);
-    let mut si = SampleInputs::new(latents, shape);
+    let mut si = SampleInputs::new(latents, shape.clone());
     match cfg.family {
         Family::PixArt => {
             let feat = cfg.caption_channels.or(cfg.cross_attention_dim).unwrap_or(cfg.inner_dim());
@@ -357,7 +455,7 @@ pub struct BenchRow {
     /// per-image quality against the uncached run from the same noise (pixel-space models with
     /// prompts or classes)
     pub quality: Option<Quality>,
-    /// the final latents of the last run (for the PNG grids; not in the JSON)
+    /// the final latents of the last run (FLUX: unpacked), for the PNG grids; not in the JSON
     #[serde(skip)]
     pub latents: Vec<f32>,
     /// their shape [n, C, H, W]
@@ -520,9 +618,12 @@ pub fn run<B: Backend>(
     let images = inputs.shape[0];
     let sc = opts.sample_config(opts.steps);
     sc.validate()?;
-    let batch = if opts.guidance > 1.0 { 2 * images } else { images };
+    // FLUX embeds the guidance scale: no CFG batch
+    let guided = opts.guidance > 1.0 && !crate::pipeline::embedded_guidance(cfg.family);
+    let batch = if guided { 2 * images } else { images };
     let text_len = inputs.cond.as_ref().map_or(0, |t| t.len);
-    let macs = ForwardMacs::new(cfg, batch, lh, lw, if cfg.family == Family::DiT { 0 } else { text_len.max(1) });
+    let (gh, gw) = model_grid(cfg, (lh, lw));
+    let macs = ForwardMacs::new(cfg, batch, gh, gw, if cfg.family == Family::DiT { 0 } else { text_len.max(1) });
     let layers = model.num_blocks();
     let judged = kit.is_some_and(|k| k.judges_images());
     let classifier = kit.and_then(|k| k.classifier.as_ref());
@@ -547,15 +648,13 @@ pub fn run<B: Backend>(
      -> Result<BenchRow> {
         let blocks: usize = out.blocks_run.iter().sum();
         let step_macs: f64 = out.blocks_run.iter().map(|&b| macs.step(b)).sum();
+        // FLUX's packed tokens unpacked to [n, C, H, W] (PSNR and rel L2 do not see the order)
+        let (images, shape) = kit::images(cfg, &out.latents, &out.shape, (lh, lw))?;
         let (rel, ps, none_time, refl) = match reference {
-            None => (0.0, f64::INFINITY, total, &out.latents),
-            Some((r, t)) => (crate::rng::rel_l2(&out.latents, r), psnr(&out.latents, r), *t, r),
+            None => (0.0, f64::INFINITY, total, &images),
+            Some((r, t)) => (crate::rng::rel_l2(&images, r), psnr(&images, r), *t, r),
         };
-        let quality = if judged {
-            Some(kit::quality(&out.latents, refl, out.spatial_shape()?, classifier, &asked)?)
-        } else {
-            None
-        };
+        let quality = if judged { Some(kit::quality(&images, refl, shape, classifier, &asked)?) } else { None };
         let theoretical = full_blocks / blocks.max(1) as f64;
         let measured = none_time / total;
         Ok(BenchRow {
@@ -576,8 +675,8 @@ pub fn run<B: Backend>(
             rel_l2: rel,
             psnr_db: ps,
             quality,
-            latents: out.latents.clone(),
-            shape: out.spatial_shape()?,
+            latents: images.clone(),
+            shape,
         })
     };
     for spec in &opts.policies {
@@ -585,10 +684,11 @@ pub fn run<B: Backend>(
             return Err(Error::param("policies", spec, "the first policy must be `none` (the reference)"));
         }
         let (total, times, out, params) = measure(be, model, &inputs, spec, &sc, (opts.warmup, opts.runs), &mut tick)?;
-        rows.push(row_of(spec.policy().to_string(), params, &sc, &out, total, times, &reference)?);
+        let row = row_of(spec.policy().to_string(), params, &sc, &out, total, times, &reference)?;
         if reference.is_none() {
-            reference = Some((out.latents.clone(), total));
+            reference = Some((row.latents.clone(), total));
         }
+        rows.push(row);
     }
     if opts.fewer_steps {
         let mut seen = vec![opts.steps];
@@ -606,7 +706,7 @@ pub fn run<B: Backend>(
             rows.push(row_of("fewer-steps".into(), format!("steps={k}"), &sck, &out, total, times, &reference)?);
         }
     }
-    Ok((rows, batch, (lh / cfg.patch_size) * (lw / cfg.patch_size)))
+    Ok((rows, batch, (gh / cfg.patch_size) * (gw / cfg.patch_size)))
 }
 
 /// `x` with 1 decimal, or `-`.
@@ -678,4 +778,40 @@ pub fn cpu_description(threads: usize) -> String {
         })
         .unwrap_or_else(|| "unknown CPU".into());
     format!("{model}, {threads} threads")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The FLUX presets have FLUX.1's published shapes: 19 double + 38 single blocks of 24 × 128
+    /// (3072 wide), T5 4096 and CLIP-pooled 768 text features, 64 packed channels; 1024² is a
+    /// latent of 128 → 4096 image tokens; dev 512 text tokens, 28 steps, embedded guidance 3.5,
+    /// dynamic shifting; schnell 256 text tokens (max_sequence_length 256), 4 steps, no guidance
+    /// embedding, static shift 1.
+    #[test]
+    fn flux_presets_have_flux1_shapes() {
+        let dev = preset("flux-dev-1024").unwrap();
+        let schnell = preset("flux-schnell-1024").unwrap();
+        for p in [&dev, &schnell] {
+            let c = &p.config;
+            assert_eq!((c.family, c.num_layers, c.num_single_layers), (Family::Flux, 19, 38));
+            assert_eq!((c.num_attention_heads, c.attention_head_dim, c.inner_dim()), (24, 128, 3072));
+            assert_eq!((c.joint_attention_dim, c.pooled_projection_dim, c.in_channels), (Some(4096), Some(768), 64));
+            let (gh, gw) = model_grid(c, (p.latent, p.latent));
+            assert_eq!(gh * gw, 4096);
+            let si = random_inputs(c, p.latent, p.latent, p.text_len, p.steps, 0);
+            assert_eq!(si.shape, vec![1, 4096, 64]);
+            assert_eq!(si.cond.as_ref().map(|t| t.len), Some(p.text_len));
+        }
+        assert_eq!((dev.text_len, dev.steps, dev.guidance, dev.config.guidance_embeds), (512, 28, 3.5, true));
+        assert!(dev.scheduler_config().flow_match.use_dynamic_shifting);
+        assert_eq!((schnell.text_len, schnell.steps, schnell.config.guidance_embeds), (256, 4, false));
+        assert!(!schnell.scheduler_config().flow_match.use_dynamic_shifting);
+        assert_eq!(schnell.scheduler_config().flow_match.shift, 1.0);
+        // the CPU-sized preset keeps the layout: double then single blocks, head dim 128
+        let small = preset("flux-cpu-small").unwrap();
+        assert!(small.config.num_layers > 0 && small.config.num_single_layers > small.config.num_layers);
+        assert_eq!(small.config.attention_head_dim, 128);
+    }
 }

@@ -118,7 +118,7 @@ fn guidance(cfg: &SampleConfig, family: Family) -> Cfg {
 
 /// Whether the family's pipeline hands the guidance scale to the model (FluxPipeline) instead of
 /// running a classifier-free guidance batch.
-fn embedded_guidance(family: Family) -> bool {
+pub(crate) fn embedded_guidance(family: Family) -> bool {
     family == Family::Flux
 }
 

@@ -148,8 +148,8 @@ fn load<B: Backend>(be: &B, s: &Setup, m: &ModelChoice) -> Result<Loaded<B>> {
         (Some(dir), _) => {
             let model = Transformer::load(be, dir)?;
             let kit = ModelKit::open(dir, m.classifier.as_deref())?;
-            let size = model.config().sample_size;
-            Ok((model, Some(kit), dir.display().to_string(), (size, size), 120))
+            let size = kit.latent_size();
+            Ok((model, Some(kit), dir.display().to_string(), size, 120))
         }
         (None, Some(p)) => Ok((p.build(be, m.seed)?, None, p.name.to_string(), (p.latent, p.latent), p.text_len)),
         (None, None) => Err(Error::param("model", "none", "--model DIR or --preset NAME")),

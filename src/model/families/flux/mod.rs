@@ -149,6 +149,45 @@ pub(crate) fn image_ids(h: usize, w: usize) -> Vec<f32> {
     (0..h).flat_map(|r| (0..w).flat_map(move |c| [0.0, r as f32, c as f32])).collect()
 }
 
+/// FluxPipeline's `_pack_latents`: `[n, C, H, W]` latents → `[n, (H/2)·(W/2), 4·C]` tokens, the
+/// channel of a token `4·c + 2·dy + dx` for pixel (dy, dx) of its 2×2 patch. H and W even.
+pub(crate) fn pack_latents(x: &[f32], [n, c, h, w]: [usize; 4]) -> Vec<f32> {
+    let (gh, gw) = (h / 2, w / 2);
+    let mut out = vec![0.0; n * gh * gw * 4 * c];
+    for b in 0..n {
+        for ch in 0..c {
+            for y in 0..2 * gh {
+                for xx in 0..2 * gw {
+                    let tok = (y / 2) * gw + xx / 2;
+                    let k = 4 * ch + 2 * (y % 2) + xx % 2;
+                    out[(b * gh * gw + tok) * 4 * c + k] = x[((b * c + ch) * h + y) * w + xx];
+                }
+            }
+        }
+    }
+    out
+}
+
+/// FluxPipeline's `_unpack_latents`: `[n, gh·gw, 4·C]` tokens of a gh × gw grid →
+/// `[n, C, 2·gh, 2·gw]` latents (the inverse of [`pack_latents`]).
+pub(crate) fn unpack_latents(x: &[f32], n: usize, c4: usize, (gh, gw): (usize, usize)) -> Vec<f32> {
+    let c = c4 / 4;
+    let (h, w) = (2 * gh, 2 * gw);
+    let mut out = vec![0.0; n * c * h * w];
+    for b in 0..n {
+        for ch in 0..c {
+            for y in 0..h {
+                for xx in 0..w {
+                    let tok = (y / 2) * gw + xx / 2;
+                    let k = 4 * ch + 2 * (y % 2) + xx % 2;
+                    out[((b * c + ch) * h + y) * w + xx] = x[(b * gh * gw + tok) * c4 + k];
+                }
+            }
+        }
+    }
+    out
+}
+
 /// A FLUX transformer's weights.
 pub(crate) struct Model<B: Backend> {
     x_embedder: Linear<B>,
@@ -487,5 +526,26 @@ impl<B: Backend> Arch<B> for Model<B> {
             Some(_) => vec![0, 0, 1, 1],
             None => self.single[k - self.double.len()].branch_slots(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{pack_latents, unpack_latents};
+
+    /// `_pack_latents` by hand on a 4×4 image of values 0..16: token (0, 0) holds pixels
+    /// (0,0), (0,1), (1,0), (1,1), token (0, 1) the next 2×2 patch to the right; a second channel's
+    /// four values follow the first's in each token. Unpacking inverts it.
+    #[test]
+    fn pack_and_unpack_latents_as_flux_pipeline() {
+        let x: Vec<f32> = (0..16).map(|v| v as f32).collect();
+        let p = pack_latents(&x, [1, 1, 4, 4]);
+        assert_eq!(&p[..8], &[0.0, 1.0, 4.0, 5.0, 2.0, 3.0, 6.0, 7.0]);
+        assert_eq!(&p[8..], &[8.0, 9.0, 12.0, 13.0, 10.0, 11.0, 14.0, 15.0]);
+        let two: Vec<f32> = (0..2 * 2 * 2 * 6).map(|v| v as f32).collect(); // [2, 2, 2, 6]
+        let p = pack_latents(&two, [2, 2, 2, 6]);
+        // sample 0, token 0: channel 0's patch (0, 1, 6, 7), then channel 1's (12, 13, 18, 19)
+        assert_eq!(&p[..8], &[0.0, 1.0, 6.0, 7.0, 12.0, 13.0, 18.0, 19.0]);
+        assert_eq!(unpack_latents(&p, 2, 8, (1, 3)), two);
     }
 }
