@@ -706,3 +706,42 @@ fn bench_on_flux_digits_unpacks_and_judges_the_samples() {
         (u32::from_be_bytes(bytes[16..20].try_into().unwrap()), u32::from_be_bytes(bytes[20..24].try_into().unwrap()));
     assert_eq!((w, h), (131, 66), "two 16×16 images side by side");
 }
+
+/// FLUX true CFG through the CLI: `sample --true-cfg 2` with the negative prompt's
+/// `uncond_embeds`/`uncond_pooled` in the inputs equals FluxPipeline(true_cfg_scale=2.0) (golden
+/// flux-digits-truecfg20), two full calls a step; without a negative prompt it is an error naming
+/// the missing tensor.
+#[test]
+fn sample_flux_true_cfg_matches_diffusers() {
+    let dir = data("flux-digits-truecfg20");
+    let out = tmp("flux-truecfg.safetensors");
+    let model = models("flux-digits");
+    let args = |inputs: &Path| {
+        run(&[
+            "sample",
+            "--device",
+            "cpu",
+            "--model",
+            model.to_str().unwrap(),
+            "--inputs",
+            inputs.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--steps",
+            "20",
+            "--guidance",
+            "3.5",
+            "--true-cfg",
+            "2.0",
+        ])
+    };
+    let o = args(&dir.join("inputs.safetensors"));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let exp = dir.join("expected.safetensors");
+    let e = rel_l2(&read(&out, "latents"), &read(&exp, "latents"));
+    assert!(e <= 1e-4, "rel err {e:.2e}");
+    assert_eq!(read(&out, "timesteps"), read(&exp, "timesteps"));
+    let blocks = deltadit::io::Inputs::open(&out).unwrap().i64("blocks_run", 1).unwrap().0;
+    assert_eq!(blocks, vec![12; 20], "two calls of 6 blocks a step");
+    fails_with(args(&data("flux-digits-sampling20").join("inputs.safetensors")), &["uncond_embeds", "true CFG"]);
+}

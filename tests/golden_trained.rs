@@ -7,14 +7,16 @@
 
 mod common;
 
-use common::golden::{expected_f32, forward_case, sampling_case};
+use common::golden::{case_dir, expected_f32, forward_case, read_case, sampling_case};
 use common::rel_l2;
 use deltadit::backend::cpu::Cpu;
 use deltadit::cache::CacheSpec;
 use deltadit::internals::bench::{quality, ModelKit};
+use deltadit::io::Inputs;
 use deltadit::model::Transformer;
-use deltadit::pipeline::{sample, SampleConfig};
+use deltadit::pipeline::{sample, sample_true_cfg, Denoiser, SampleConfig, SampleInputs};
 use deltadit::sampler::SchedulerName;
+use deltadit::Backend;
 use std::path::PathBuf;
 
 /// (forward case, sampling case) per trained model.
@@ -180,4 +182,70 @@ fn flux_digits_bf16_kernels_match_diffusers() {
     assert!(e <= 2e-2, "flux-digits-forward: bf16 rel err {e:.3e}");
     let e = sampling_case(&be, "flux-digits-sampling20").0;
     assert!(e <= BF16_SAMPLING_TOLERANCE, "flux-digits-sampling20: bf16 rel err {e:.3e}");
+}
+
+/// FluxPipeline's true CFG on models/flux-digits (`true_cfg_scale` 2.0, the null caption as
+/// `negative_prompt_embeds`, two calls a step, embedded guidance 3.5 in both): the library equals
+/// diffusers' golden case `flux-digits-truecfg20` (train/golden_flux.py truecfg). With a cache,
+/// each branch keeps a cache state of its own, as diffusers' `cache_context("cond")` /
+/// `("uncond")`: equal to the loop written out here with one `Denoiser` (one cache state) per
+/// branch and the Euler step on the host.
+#[test]
+fn flux_digits_true_cfg_matches_flux_pipeline() {
+    let name = "flux-digits-truecfg20";
+    let be = Cpu::default();
+    let model = Transformer::load(&be, &models("flux-digits")).unwrap();
+    let case = read_case(name);
+    let inputs =
+        SampleInputs::from_inputs(&Inputs::open(&case_dir(name).join("inputs.safetensors")).unwrap(), model.config())
+            .unwrap();
+    let mut cfg = SampleConfig::new(case.scheduler, case.steps, case.guidance);
+    cfg.scheduler_config = case.scheduler_config.clone();
+    cfg.true_cfg_scale = 2.0;
+    let (family, layers, steps) = (model.config().family, model.num_blocks(), case.steps);
+    let build = |s: &str| s.parse::<CacheSpec>().unwrap().build(family, layers, steps).unwrap();
+    let out = sample_true_cfg(&be, &model, &inputs, &cfg, [build("none"), build("none")], &mut |_, _| {}).unwrap();
+    assert_eq!(out.timesteps, expected_f32(name, "timesteps"));
+    assert_eq!(out.sigmas.as_deref(), Some(&expected_f32(name, "sigmas")[..]));
+    let e = rel_l2(&out.latents, &expected_f32(name, "latents"));
+    println!("{name}: final latents rel err {e:.3e}");
+    assert!(e <= 1e-4, "{name}: rel err {e:.3e}");
+    assert!(out.blocks_run.iter().all(|&b| b == 2 * layers), "two full calls a step: {:?}", out.blocks_run);
+    // plain sample() refuses a true-CFG config (it has one cache state)
+    assert!(sample(&be, &model, &inputs, &cfg, build("none"), &mut |_, _| {}).is_err());
+
+    // Cached: the library against one Denoiser per branch.
+    let spec = "delta:n=2,nc=3,b=10";
+    let cached = sample_true_cfg(&be, &model, &inputs, &cfg, [build(spec), build(spec)], &mut |_, _| {}).unwrap();
+    assert!(cached.blocks_run.iter().sum::<usize>() < 2 * layers * steps, "the cache skipped blocks");
+    let n = inputs.shape[0];
+    let guided = |si: &SampleInputs| {
+        let mut c = si.conditioning(family, 0, false).unwrap();
+        c.guidance = Some(vec![case.guidance; n]);
+        c
+    };
+    let mut neg = inputs.clone();
+    neg.cond = inputs.uncond.clone();
+    neg.pooled = inputs.uncond_pooled.clone();
+    let mut pos_d = Denoiser::new(&be, &model, &guided(&inputs), build(spec)).unwrap();
+    let mut neg_d = Denoiser::new(&be, &model, &guided(&neg), build(spec)).unwrap();
+    let sigmas = out.sigmas.clone().unwrap();
+    let mut x = inputs.latents.clone();
+    let mut blocks = Vec::new();
+    for i in 0..steps {
+        let t = vec![out.timesteps[i] / 1000.0; n];
+        let rp = pos_d.forward(&be, &x, &t, i, steps).unwrap();
+        let pos = be.download(pos_d.output()).unwrap();
+        let rn = neg_d.forward(&be, &x, &t, i, steps).unwrap();
+        let negv = be.download(neg_d.output()).unwrap();
+        let dt = sigmas[i + 1] - sigmas[i];
+        for ((xv, &p), &u) in x.iter_mut().zip(&pos).zip(&negv) {
+            *xv += dt * (u + 2.0 * (p - u));
+        }
+        blocks.push(rp.blocks_run + rn.blocks_run);
+    }
+    assert_eq!(cached.blocks_run, blocks);
+    let e = rel_l2(&cached.latents, &x);
+    println!("{name} with {spec} per branch: rel err {e:.3e} against the two-denoiser loop");
+    assert!(e <= 1e-6, "cached true CFG vs one cache state per branch: rel err {e:.3e}");
 }

@@ -6,7 +6,8 @@ expected.safetensors} in the format of train/golden.py (the weights are not copi
 "model" names the model folder relative to the repository root) and the tensor names of the FLUX
 cases of /work/shared/golden (flux-dev-tiny, flux-dev-tiny-sampling8).
 
-  .venv/bin/python train/golden_flux.py          # both cases (under a minute on 2 cores)
+  .venv/bin/python train/golden_flux.py          # the forward and sampling cases (under a minute on 2 cores)
+  .venv/bin/python train/golden_flux.py truecfg  # the true-CFG sampling case
   .venv/bin/python train/golden_flux.py bf16     # diffusers' own bf16 drift on the sampling case
 
 Cases:
@@ -16,6 +17,10 @@ Cases:
   flux-digits-sampling20   FluxPipeline itself (prompt embeddings given, identity VAE,
                            output_type="latent"): dynamic shifting (mu 0.4675 for 64 image tokens),
                            20 steps, embedded guidance 3.5, no CFG batch, 4 images (digits 0, 3, 6, 9)
+  flux-digits-truecfg20    FluxPipeline with true CFG: true_cfg_scale 2.0, the null caption (and its
+                           pooled row) as negative_prompt_embeds, two transformer calls a step
+                           (noise_pred = neg + 2.0 (pos - neg)), embedded guidance 3.5, 20 steps,
+                           4 images (digits 1, 4, 7, 8)
 Latents are packed [n, 64, 4]; latents_per_step is [steps, n, 64, 4] (step k: after the scheduler's
 k-th update).
 """
@@ -94,6 +99,28 @@ def flux_cases():
 
 
 @torch.no_grad()
+def truecfg_case():
+    d = os.path.join(REPO, REL)
+    model = load_model(d)
+    cap = load_file(os.path.join(d, "captions.safetensors"))
+    classes = torch.tensor([1, 4, 7, 8])
+    latents = pack(torch.randn((4, 1, SIZE, SIZE), generator=torch.Generator().manual_seed(29)))
+    kw = class_inputs(cap["embeds"], cap["pooled"], classes)
+    true_cfg = 2.0
+    out, ts, sig, _ = pipeline_flux(model, flow_scheduler(d), latents=latents, true_cfg=true_cfg, **kw)
+    write_case("flux-digits-truecfg20", dict(
+        kind="sampling", family="flux", model=REL, scheduler=scheduler_json(flow_scheduler(d)), steps=STEPS,
+        guidance_scale=GUIDANCE, true_cfg_scale=true_cfg,
+        note=("FluxPipeline with true CFG on the trained flux-digits weights (committed f16, run in f32): "
+              "negative_prompt_embeds / negative_pooled_prompt_embeds = the null caption row, true_cfg_scale 2.0 "
+              "(two transformer calls a step, noise_pred = neg + 2.0 (pos - neg)), embedded guidance 3.5 in both, "
+              "dynamic shifting, 20 steps, digits 1, 4, 7, 8; latents packed 2x2 [n, 64, 4]; "
+              f"{versions()}")),
+        dict(latents=latents, **kw),
+        dict(latents=out, timesteps=ts.float(), sigmas=sig.float()))
+
+
+@torch.no_grad()
 def bf16_drift():
     """How far diffusers' own bf16 run (weights, embeddings and latents in bf16) lands from the f32
     golden sampling case: the scale of a bf16 tolerance."""
@@ -111,6 +138,8 @@ def main():
     only = sys.argv[1:] or ["cases"]
     if "cases" in only:
         flux_cases()
+    if "truecfg" in only:
+        truecfg_case()
     if "bf16" in only:
         bf16_drift()
 

@@ -278,6 +278,9 @@ impl SampleInputs {
                 let p = cfg.pooled_projection_dim.unwrap_or(0);
                 si.cond = read_text(inp, "cond_embeds", "cond_mask", n)?;
                 si.pooled = read_rows(inp, "cond_pooled", n, p)?;
+                // the negative prompt of true CFG (FluxPipeline's negative_prompt_embeds)
+                si.uncond = read_text(inp, "uncond_embeds", "uncond_mask", n)?;
+                si.uncond_pooled = read_rows(inp, "uncond_pooled", n, p)?;
                 si.image_ids = read_ids(inp, "img_ids", tokens)?;
             }
             _ => {

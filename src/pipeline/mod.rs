@@ -29,6 +29,10 @@ pub struct SampleConfig {
     pub steps: usize,
     /// classifier-free guidance scale; guidance applies when > 1 (as in diffusers)
     pub guidance: f32,
+    /// FLUX's true CFG (`FluxPipeline`'s `true_cfg_scale`): > 1 runs the negative prompt
+    /// (`uncond_embeds`, `uncond_pooled`) as a second call each step, each call with its own
+    /// cache state, and combines neg + scale·(pos − neg) ([`sample_true_cfg`]); 1 (default): off
+    pub true_cfg_scale: f32,
     /// keep every step's latents (tests, debugging)
     pub keep_per_step: bool,
     /// the scheduler's parameters (a diffusers `scheduler_config.json`; defaults otherwise)
@@ -38,7 +42,14 @@ pub struct SampleConfig {
 impl SampleConfig {
     /// `steps` steps of `scheduler` with guidance `guidance`.
     pub fn new(scheduler: SchedulerName, steps: usize, guidance: f32) -> Self {
-        SampleConfig { scheduler, steps, guidance, keep_per_step: false, scheduler_config: SchedulerConfig::default() }
+        SampleConfig {
+            scheduler,
+            steps,
+            guidance,
+            true_cfg_scale: 1.0,
+            keep_per_step: false,
+            scheduler_config: SchedulerConfig::default(),
+        }
     }
 
     /// The guidance scale the diffusers pipelines default to: PixArt 4.5, DiT 4.0, SD3 7.0,
@@ -68,6 +79,13 @@ impl SampleConfig {
     pub fn validate(&self) -> Result<()> {
         if !self.guidance.is_finite() {
             return Err(Error::param("guidance", self.guidance, "a finite number (guidance applies when > 1)"));
+        }
+        if !self.true_cfg_scale.is_finite() {
+            return Err(Error::param(
+                "true_cfg_scale",
+                self.true_cfg_scale,
+                "a finite number (true CFG applies when > 1)",
+            ));
         }
         Ok(())
     }
@@ -122,13 +140,62 @@ pub(crate) fn embedded_guidance(family: Family) -> bool {
     family == Family::Flux
 }
 
-/// Samples with `policy`, calling `on_step(i, steps)` after every step (progress bars).
+/// Samples with `policy`, calling `on_step(i, steps)` after every step (progress bars). True CFG
+/// (`cfg.true_cfg_scale` > 1) needs a cache state per branch: [`sample_true_cfg`].
 pub fn sample<B: Backend>(
     be: &B,
     model: &Transformer<B>,
     inp: &SampleInputs,
     cfg: &SampleConfig,
     policy: Box<dyn CachePolicy>,
+    on_step: &mut dyn FnMut(usize, usize),
+) -> Result<SampleOutput> {
+    if cfg.true_cfg_scale > 1.0 {
+        return Err(Error::param(
+            "true_cfg_scale",
+            cfg.true_cfg_scale,
+            "≤ 1 here: true CFG runs two calls a step, each with its own cache policy (pipeline::sample_true_cfg)",
+        ));
+    }
+    sample_impl(be, model, inp, cfg, policy, None, on_step)
+}
+
+/// FluxPipeline's true CFG: each step runs the prompt (`cond_embeds`, `cond_pooled`) and the
+/// negative prompt (`uncond_embeds`, `uncond_pooled`) as two calls, each with the embedded
+/// guidance and its own cache state (`policies`: [cond, uncond], as diffusers'
+/// `cache_context("cond")` / `cache_context("uncond")`), and steps the scheduler with
+/// neg + `cfg.true_cfg_scale`·(pos − neg). `blocks_run` counts both calls; `plans` and `probes`
+/// are the cond call's.
+pub fn sample_true_cfg<B: Backend>(
+    be: &B,
+    model: &Transformer<B>,
+    inp: &SampleInputs,
+    cfg: &SampleConfig,
+    policies: [Box<dyn CachePolicy>; 2],
+    on_step: &mut dyn FnMut(usize, usize),
+) -> Result<SampleOutput> {
+    if !embedded_guidance(model.config.family) {
+        return Err(Error::param(
+            "true_cfg_scale",
+            cfg.true_cfg_scale,
+            format!("FLUX only (a {} pipeline guides with --guidance)", model.config.family.name()),
+        ));
+    }
+    if cfg.true_cfg_scale <= 1.0 {
+        return Err(Error::param("true_cfg_scale", cfg.true_cfg_scale, "> 1 (true CFG applies when > 1)"));
+    }
+    let [cond, uncond] = policies;
+    sample_impl(be, model, inp, cfg, cond, Some(uncond), on_step)
+}
+
+/// The sampling loop; `negative`: true CFG's second call a step with this policy.
+fn sample_impl<B: Backend>(
+    be: &B,
+    model: &Transformer<B>,
+    inp: &SampleInputs,
+    cfg: &SampleConfig,
+    policy: Box<dyn CachePolicy>,
+    negative: Option<Box<dyn CachePolicy>>,
     on_step: &mut dyn FnMut(usize, usize),
 ) -> Result<SampleOutput> {
     cfg.validate()?;
@@ -186,8 +253,28 @@ pub fn sample<B: Backend>(
     }
 
     let mut denoiser = Denoiser::new(be, model, &cond, policy)?;
+    // True CFG: the negative prompt's denoiser (its own cache state) and the two outputs side by
+    // side, [uncond, cond], for the guidance combine.
+    let mut negative = match negative {
+        Some(p) => {
+            let mut neg = inp.clone();
+            neg.cond = Some(inp.uncond.clone().ok_or_else(|| {
+                Error::input("uncond_embeds", "missing (true CFG needs the negative prompt's embeddings)")
+            })?);
+            neg.pooled = Some(inp.uncond_pooled.clone().ok_or_else(|| {
+                Error::input("uncond_pooled", "missing (true CFG needs the negative prompt's pooled embeddings)")
+            })?);
+            let mut nc = neg.conditioning(mc.family, mc.num_embeds_ada_norm, false)?;
+            nc.guidance = cond.guidance.clone();
+            let d = Denoiser::new(be, model, &nc, p)?;
+            Some((d, be.alloc(&[2 * n, 1, sample_numel / n, 1], DType::F32)?))
+        }
+        None => None,
+    };
     let mut latents = be.upload(&inp.latents, &inp.shape, DType::F32)?;
-    let mut eps = be.alloc(&inp.shape, DType::F32)?;
+    // (true CFG: eps as cfg_combine's [n, 1, elements, 1] view of the latents)
+    let eps_shape = if negative.is_some() { vec![n, 1, sample_numel / n, 1] } else { inp.shape.clone() };
+    let mut eps = be.alloc(&eps_shape, DType::F32)?;
     let mut x0_prev = if scheduler.needs_x0_prev() { Some(be.alloc(&inp.shape, DType::F32)?) } else { None };
     let mut noise_buf = if inp.noise.is_some() { Some(be.alloc(&inp.shape, DType::F32)?) } else { None };
     let guidance = guidance(cfg, mc.family);
@@ -216,13 +303,30 @@ pub fn sample<B: Backend>(
         let t_in = if embedded_guidance(mc.family) { t / 1000.0 } else { t };
         be.write(denoiser.timesteps_mut(), &model.model_timesteps(&vec![t_in; batch]))?;
         // Packed latents (FLUX) have no CFG batch and no learned-sigma channels: v is the output.
-        let report = denoiser.forward_written_then(be, i, cfg.steps, &mut |be, out| {
-            if packed {
-                be.copy(out, &mut eps)
-            } else {
-                be.cfg_combine(out, guidance, &mut eps)
+        let report = match negative.as_mut() {
+            None => denoiser.forward_written_then(be, i, cfg.steps, &mut |be, out| {
+                if packed {
+                    be.copy(out, &mut eps)
+                } else {
+                    be.cfg_combine(out, guidance, &mut eps)
+                }
+            })?,
+            Some((neg, pair)) => {
+                // FluxPipeline's true CFG: the cond call, then the uncond call on the same latents
+                // and timestep; noise_pred = neg + scale·(pos − neg)
+                let r = denoiser.forward_written_then(be, i, cfg.steps, &mut |be, out| {
+                    be.copy_range(out, 0, pair, sample_numel, sample_numel)
+                })?;
+                be.copy_range(&latents, 0, neg.input_mut(), 0, sample_numel)?;
+                be.write(neg.timesteps_mut(), &model.model_timesteps(&vec![t_in; batch]))?;
+                let combine = Cfg::On { scale: cfg.true_cfg_scale, cond_first: false };
+                let rn = neg.forward_written_then(be, i, cfg.steps, &mut |be, out| {
+                    be.copy_range(out, 0, pair, 0, sample_numel)?;
+                    be.cfg_combine(pair, combine, &mut eps)
+                })?;
+                crate::cache::StepReport { blocks_run: r.blocks_run + rn.blocks_run, ..r }
             }
-        })?;
+        };
         let noise = match (&inp.noise, noise_buf.as_mut()) {
             (Some(noise), Some(buf)) if scheduler.needs_noise(i) => {
                 be.write(buf, &noise[i * sample_numel..(i + 1) * sample_numel])?;

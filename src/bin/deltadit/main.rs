@@ -10,7 +10,7 @@ use deltadit::internals::quality::{png_grid, require_pixel_space};
 use deltadit::internals::{env, ForwardMacs};
 use deltadit::io::{write_safetensors, HostTensor, Inputs};
 use deltadit::model::{Checkpoint, Family, ModelConfig, Transformer};
-use deltadit::pipeline::{forward, sample, ForwardInputs, SampleConfig, SampleInputs};
+use deltadit::pipeline::{forward, sample, sample_true_cfg, ForwardInputs, SampleConfig, SampleInputs};
 use deltadit::sampler::{SchedulerConfig, SchedulerName};
 use deltadit::{with_backend, DType, Error, Result};
 use std::path::{Path, PathBuf};
@@ -48,8 +48,8 @@ enum Cmd {
         model: ModelArgs,
         /// safetensors with latents and cond_embeds/cond_mask/uncond_embeds/uncond_mask (PixArt),
         /// class_labels (DiT), cond_embeds/uncond_embeds/cond_pooled/uncond_pooled (SD3), packed
-        /// latents [n, N, C] with cond_embeds/cond_pooled and optional img_ids (FLUX), noise
-        /// (LCM)
+        /// latents [n, N, C] with cond_embeds/cond_pooled, the negative prompt's
+        /// uncond_embeds/uncond_pooled for --true-cfg and optional img_ids (FLUX), noise (LCM)
         #[arg(long)]
         inputs: PathBuf,
         #[arg(long)]
@@ -68,6 +68,11 @@ enum Cmd {
         /// batch; default 3.5)
         #[arg(long)]
         guidance: Option<f32>,
+        /// FLUX: FluxPipeline's true_cfg_scale; > 1 runs the negative prompt (uncond_embeds,
+        /// uncond_pooled) as a second call each step, each call with its own cache state, and
+        /// steps with neg + scale·(pos − neg); blocks_run counts both calls
+        #[arg(long, default_value_t = 1.0)]
+        true_cfg: f32,
         /// none | delta | delta:n=2,nc=21,b=12[,order=reverse] |
         /// delta-adaptive:threshold=0.1,warmup=2,max-cached=1 | fora:n=3 |
         /// first-block:threshold=0.2,max-cached=1|none
@@ -134,8 +139,21 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Forward { model, inputs, output } => cmd_forward(&model, &inputs, &output),
-        Cmd::Sample { model, inputs, output, scheduler, scheduler_config, steps, guidance, cache, per_step, image } => {
+        Cmd::Sample {
+            model,
+            inputs,
+            output,
+            scheduler,
+            scheduler_config,
+            steps,
+            guidance,
+            true_cfg,
+            cache,
+            per_step,
+            image,
+        } => {
             let sched = SchedulerArgs { name: scheduler, config: scheduler_config };
+            let guidance = Guidance { scale: guidance, true_cfg };
             cmd_sample(&model, &inputs, &output, &sched, steps, guidance, &cache, per_step, image.as_deref())
         }
         Cmd::Info { model, height, width, batch, text_len } => cmd_info(&model, height, width, batch, text_len),
@@ -215,6 +233,12 @@ fn pick_scheduler(name: Option<&str>, cfg: &SchedulerConfig, family: Family) -> 
     }
 }
 
+/// `sample`'s guidance options: the CFG (FLUX: embedded) scale and FLUX's true-CFG scale.
+struct Guidance {
+    scale: Option<f32>,
+    true_cfg: f32,
+}
+
 #[allow(clippy::too_many_arguments)]
 fn cmd_sample(
     args: &ModelArgs,
@@ -222,7 +246,7 @@ fn cmd_sample(
     output: &Path,
     sched: &SchedulerArgs,
     steps: usize,
-    guidance: Option<f32>,
+    guidance: Guidance,
     cache: &str,
     per_step: bool,
     image: Option<&Path>,
@@ -246,13 +270,20 @@ fn cmd_sample(
     let out = with_backend!(&any, |be| {
         let model = Transformer::load(be, &args.model)?;
         let family = model.config().family;
-        let guidance = guidance.unwrap_or(SampleConfig::default_guidance(family, scheduler));
+        let scale = guidance.scale.unwrap_or(SampleConfig::default_guidance(family, scheduler));
         let si = SampleInputs::from_inputs(&inputs, model.config())?;
         let policy = cache.build(family, model.num_blocks(), steps)?;
-        let mut cfg = SampleConfig::new(scheduler, steps, guidance);
+        let mut cfg = SampleConfig::new(scheduler, steps, scale);
         cfg.keep_per_step = per_step;
         cfg.scheduler_config = scheduler_config.clone();
-        sample(be, &model, &si, &cfg, policy, &mut |_, _| {})?
+        cfg.true_cfg_scale = guidance.true_cfg;
+        if guidance.true_cfg > 1.0 {
+            // one cache state per branch, as diffusers' cache_context("cond") / ("uncond")
+            let uncond = cache.build(family, model.num_blocks(), steps)?;
+            sample_true_cfg(be, &model, &si, &cfg, [policy, uncond], &mut |_, _| {})?
+        } else {
+            sample(be, &model, &si, &cfg, policy, &mut |_, _| {})?
+        }
     });
     let steps_done = out.timesteps.len();
     let mut tensors = vec![
