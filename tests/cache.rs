@@ -67,6 +67,18 @@ fn delta_lcm_preset_and_other_parameters() {
     assert_eq!(paper.build(Family::Sd3, 24, 28).unwrap().params(), "n=2,nc=18,b=21");
     let sd3_lcm = Delta::preset(Family::Sd3, 24, 4);
     assert_eq!((sd3_lcm.n, sd3_lcm.nc, sd3_lcm.b, sd3_lcm.reverse), (2, 3, 2, false));
+    // FLUX.1 (19 double + 38 single blocks) at dev's 28 steps: ¾ of all 57 blocks, the rear
+    // range [14, 57) on every cached step (b = steps), starting 5 blocks before the single
+    // blocks; models/flux-digits (2 + 4) at 20 steps: the calibrated n=2, nc=5, b=20.
+    let flux = Delta::preset(Family::Flux, 57, 28);
+    assert_eq!((flux.n, flux.nc, flux.b, flux.reverse), (2, 43, 28, false));
+    assert_eq!(57 - flux.nc, 14);
+    assert_eq!(spec.build(Family::Flux, 6, 20).unwrap().params(), "n=2,nc=5,b=20");
+    let mut d = Delta::preset(Family::Flux, 6, 20);
+    assert!(schedule(&mut d, 20, 6).iter().skip(1).step_by(2).all(|p| *p == StepPlan::CachedRear(5)));
+    // schnell's 4 steps: the few-step rule
+    let schnell = Delta::preset(Family::Flux, 57, 4);
+    assert_eq!((schnell.n, schnell.nc, schnell.b, schnell.reverse), (2, 8, 2, false));
     let mut d = Delta::new(2, 4, 2, 28, 4).unwrap();
     assert_eq!(
         schedule(&mut d, 4, 28),

@@ -54,15 +54,30 @@ impl Delta {
     /// (the best Δ-DiT setting at ≤ 62.5% compute) and confirmed on 64 images there: 42.3 dB mean,
     /// 31.6 worst, against the paper's order 41.3 / 25.8 and 13 plain steps (65%) 39.9 / 29.6.
     /// One trained SD3 model backs it: calibrate yours.
+    ///
+    /// FLUX.1 (double- then single-stream blocks, flow matching) has no published setting either:
+    /// N=2 and N_c = ¾ of all blocks (double and single counted together), the paper's order with
+    /// b = all the steps — every cached step skips the rear N_c blocks. The rear range starts
+    /// inside the double blocks (FLUX.1's 19 + 38: N_c = 43, blocks 14..57, the last 5 double
+    /// blocks and every single block; models/flux-digits' 2 + 4: N_c = 5, blocks 1..6): the front
+    /// double blocks, where the text and image streams first attend to each other with their own
+    /// weights, run every step, and the boundary to the single blocks needs nothing of its own
+    /// (the cache moves both streams across it). Chosen by the SD3 rule — the best Δ-DiT setting
+    /// at ≤ 62.5% compute of `deltadit calibrate` on models/flux-digits (n=2, nc=5, b=20: 58.3%,
+    /// 41.2 dB mean, 40.0 worst; the reverse order at b=15 41.2 / 39.4) — and it loses to plain
+    /// fewer steps there (12 steps, 60%: 44.2 / 41.2). FLUX.1-schnell's 4 steps take the few-step
+    /// rule below, not calibrated on FLUX. One small trained FLUX model backs it: calibrate yours.
     pub fn preset(family: Family, layers: usize, steps: usize) -> Self {
         let few_steps = steps <= 8;
         let n = if family == Family::DiT && !few_steps { 3 } else { 2 };
         let mmdit = family == Family::Sd3 && !few_steps;
+        let flux = family == Family::Flux && !few_steps;
         let nc_frac = if few_steps { 4.0 / 28.0 } else { 21.0 / 28.0 };
-        let b_frac = match (few_steps, mmdit) {
-            (true, _) => 0.5,
-            (false, true) => 0.75,
-            (false, false) => 12.0 / 20.0,
+        let b_frac = match (few_steps, mmdit, flux) {
+            (true, _, _) => 0.5,
+            (false, true, _) => 0.75,
+            (false, false, true) => 1.0,
+            (false, false, false) => 12.0 / 20.0,
         };
         let nc = ((layers as f64 * nc_frac).round() as usize).clamp(1, layers.saturating_sub(1).max(1));
         let b = ((steps as f64 * b_frac).round() as usize).min(steps);
