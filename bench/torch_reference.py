@@ -23,13 +23,16 @@ Ops (names as in benches/kernels.rs; eager PyTorch as diffusers runs it):
     gemm-*         F.linear (+ F.gelu for ff1, as diffusers' GELU(approximate="tanh") module)
     roofline-*     a 256 MiB (GPU) / 64 MiB (CPU) copy and an 8192^3 (GPU) / 1024^3 (CPU) matmul
 Model (names as in benches/step.rs): diffusers PixArtTransformer2DModel / DiTTransformer2DModel /
-SD3Transformer2DModel (SD3, SD3.5 with RMS qk norm and MMDiT-X dual attention) with random
-weights, the config of the preset, inference mode, SDPA's default dispatch:
-    forward/<preset>          one eager forward of the CFG batch (2)
+SD3Transformer2DModel (SD3, SD3.5 with RMS qk norm and MMDiT-X dual attention) /
+FluxTransformer2DModel (FLUX.1 dev and schnell: double + single blocks, RoPE, dev's guidance
+embedding) with random weights, the config of the preset, inference mode, SDPA's default dispatch:
+    forward/<preset>          one eager forward of the CFG batch (2; FLUX: batch 1, as FluxPipeline
+                              runs it, packed latents, img_ids/txt_ids, the guidance scale embedded)
     step/<preset>             one sampling step as the diffusers pipeline runs it: latents into the
                               CFG batch, the forward, the CFG combine, scheduler.step (PixArt
                               DPMSolverMultistepScheduler (DPM-Solver++ 2M), DiT DDIMScheduler, SD3
-                              FlowMatchEulerDiscreteScheduler at the preset's shift), one step of a
+                              FlowMatchEulerDiscreteScheduler at the preset's shift, FLUX the same
+                              with FluxPipeline's sigmas and dev's dynamic shifting), one step of a
                               20-step run as benches/step.rs; wall clock, synchronised at the end
     forward-compile/<preset>  with --compile (or DELTADIT_TORCH_COMPILE=1): the same forward under
                               torch.compile(mode="max-autotune") (minutes of autotuning per preset;
