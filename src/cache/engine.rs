@@ -13,7 +13,7 @@
 //! against what has been stored since the run began, so a wrong plan is an [`Error::CachePlan`]
 //! instead of a silently wrong image.
 
-use super::{CacheNeeds, CachePolicy, Probe, StepInfo, StepPlan};
+use super::{CacheNeeds, CachePolicy, Calibrator, Probe, Quantity, Site, StepInfo, StepPlan};
 use crate::model::{BranchCache, Branches, Context, DeltaTap, Transformer, Workspace};
 use crate::{Backend, Error, Result, Tensor};
 
@@ -21,36 +21,169 @@ use crate::{Backend, Error, Result, Tensor};
 pub struct CacheEngine<B: Backend> {
     policy: Box<dyn CachePolicy>,
     layers: usize,
-    /// what the policy declared at creation
+    /// what the policy declared at creation (the shorthand)
     needs: CacheNeeds,
     probe_kind: Probe,
-    /// Δ_front per stream (anchor h_0 until the delta is written)
-    front: Option<Vec<Tensor<B>>>,
-    /// Δ_rear per stream (anchor h_{L−n} until the delta is written)
-    rear: Option<Vec<Tensor<B>>>,
-    branches: Option<Vec<BranchCache<B>>>,
-    /// First-Block-Cache: block 0's residual now (per stream), the image part at the last full
-    /// step, and Δ of blocks [1, L) (per stream)
-    fb_residual: Option<FirstBlockBuffers<B>>,
+    /// every cached quantity: the shorthand's first (see [`Legacy`]), then the policy's
+    /// [`CachePolicy::quantities`]
+    slots: Vec<Slot<B>>,
+    /// where the shorthand's caches sit in `slots`
+    legacy: Legacy,
     /// Block-0-input probe now and at the previous step
     probe: Option<(Tensor<B>, Tensor<B>)>,
-    /// which caches hold values written since the run began
-    stored: Stored,
+    /// [`Probe::FrontResidualDiff`]: the front blocks' residual now (per stream) and its image
+    /// part at the last full step
+    front_probe: Option<(Vec<Tensor<B>>, Tensor<B>)>,
+    front_probe_stored: bool,
     probe_has_prev: bool,
 }
 
-/// First-Block-Cache's buffers: block 0's residual now (per stream), its image part at the last
-/// full step, and Δ of blocks [1, L) (per stream).
-type FirstBlockBuffers<B> = (Vec<Tensor<B>>, Tensor<B>, Vec<Tensor<B>>);
+/// One cached quantity's buffers and bookkeeping.
+struct Slot<B: Backend> {
+    q: Quantity,
+    bufs: SlotBufs<B>,
+    /// a full step of this run stored it
+    stored: bool,
+    /// the forecast's snapshots, for a [`Calibrator::Taylor`] quantity
+    ladder: Option<Ladder<B>>,
+}
 
-/// The caches written since the last reset.
+/// Rows of a ladder's coefficient tensor: 0..2 the forecast's d_1, d_2 coefficients, then per
+/// level i the pair (1/w, −1/w) of d_{i+1} = (d_i(a) − d_i(b))/w.
+const COEF_ROWS: usize = 6;
+
+/// cache-dit's TaylorSeer ladder of one Δ quantity (see [`Calibrator::Taylor`]), every tensor
+/// per stream and on the backend: d_0 is the slot's Δ buffer; `lv[i]` is d_{i+1}; `old[i]` is
+/// d_i at the previous full step. Levels not (yet) defined are zero with zero coefficients, so
+/// every step issues the same ops on the same buffers (a CUDA graph per plan), the coefficients
+/// living in `coef` (`[1, COEF_ROWS·D]` per stream, written before the step).
+struct Ladder<B: Backend> {
+    order: usize,
+    lv: Vec<Vec<Tensor<B>>>,
+    old: Vec<Vec<Tensor<B>>>,
+    coef: Vec<Tensor<B>>,
+    /// defined levels d_0..d_{valid−1} (cache-dit's non-None prefix of `dY_current`)
+    valid: usize,
+    /// the last full step
+    last_full: Option<usize>,
+}
+
+impl<B: Backend> Ladder<B> {
+    fn new(be: &B, model: &Transformer<B>, ws: &Workspace<B>, order: usize) -> Result<Self> {
+        let zeros = || -> Result<Vec<Tensor<B>>> {
+            let mut v = model.stream_buffers(be, ws)?;
+            for t in &mut v {
+                be.fill_bits(t, 0)?;
+            }
+            Ok(v)
+        };
+        let lv = (0..order).map(|_| zeros()).collect::<Result<_>>()?;
+        let old = (0..order).map(|_| zeros()).collect::<Result<_>>()?;
+        let coef = ws.streams.iter().map(|s| be.alloc(&[1, COEF_ROWS * s.cols()], s.dtype())).collect::<Result<_>>()?;
+        Ok(Ladder { order, lv, old, coef, valid: 0, last_full: None })
+    }
+
+    /// Writes the coefficients of `rows` (COEF_ROWS values) into every stream's `coef`.
+    fn write_coefs(&mut self, be: &B, rows: [f32; COEF_ROWS]) -> Result<()> {
+        for c in &mut self.coef {
+            let dim = c.cols() / COEF_ROWS;
+            let data: Vec<f32> = rows.iter().flat_map(|&r| std::iter::repeat_n(r, dim)).collect();
+            be.write(c, &data)?;
+        }
+        Ok(())
+    }
+
+    /// Host part of a full step `step` that stores the quantity: the update's coefficients
+    /// (cache-dit's `TaylorSeerState.derivative`: d_{i+1} is defined where d_i was at the last
+    /// full step and `step > 1`); returns the levels defined after it.
+    fn prepare_update(&mut self, be: &B, step: usize) -> Result<usize> {
+        let w = self.last_full.map_or(1.0, |b| (step - b) as f32);
+        let mut rows = [0.0f32; COEF_ROWS];
+        let mut valid = 1;
+        for i in 0..self.order {
+            if i < self.valid && step > 1 {
+                rows[2 + 2 * i] = 1.0 / w;
+                rows[3 + 2 * i] = -1.0 / w;
+                valid = i + 2;
+            } else {
+                break;
+            }
+        }
+        self.write_coefs(be, rows)?;
+        Ok(valid)
+    }
+
+    /// Host part of a cached step `step`: the forecast's coefficients (k − a)^i / i!.
+    fn prepare_apply(&mut self, be: &B, step: usize) -> Result<()> {
+        let e = self.last_full.map_or(0.0, |a| step.saturating_sub(a) as f32);
+        let mut rows = [0.0f32; COEF_ROWS];
+        if self.valid > 1 {
+            rows[0] = e;
+        }
+        if self.valid > 2 {
+            rows[1] = 0.5 * e * e;
+        }
+        self.write_coefs(be, rows)
+    }
+
+    /// Device part of the update, after the full step wrote d_0 = `d0` (the `live` streams).
+    fn update(&mut self, be: &B, d0: &[Tensor<B>], live: usize) -> Result<()> {
+        use crate::backend::CacheWrite;
+        for s in 0..live {
+            for i in 0..self.order {
+                // d_{i+1}(b) becomes the "previous" value the next level differences against.
+                if i + 1 < self.order {
+                    be.copy(&self.lv[i][s], &mut self.old[i + 1][s])?;
+                }
+                let (below, this) = self.lv.split_at_mut(i);
+                let cur = if i == 0 { &d0[s] } else { &below[i - 1][s] };
+                let out = &mut this[0][s];
+                be.fill_bits(out, 0)?;
+                be.residual(out, cur, Some((&self.coef[s], 2 + 2 * i)), CacheWrite::None)?;
+                be.residual(out, &self.old[i][s], Some((&self.coef[s], 3 + 2 * i)), CacheWrite::None)?;
+            }
+            be.copy(&d0[s], &mut self.old[0][s])?;
+        }
+        Ok(())
+    }
+
+    /// Device part of a cached step: every `live` stream += d_0 + Σ_i c_i·d_i.
+    fn apply(&self, be: &B, streams: &mut [Tensor<B>], d0: &[Tensor<B>], live: usize) -> Result<()> {
+        use crate::backend::CacheWrite;
+        for (s, x) in streams.iter_mut().enumerate().take(live) {
+            be.residual(x, &d0[s], None, CacheWrite::None)?;
+            for i in 0..self.order {
+                be.residual(x, &self.lv[i][s], Some((&self.coef[s], i)), CacheWrite::None)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+enum SlotBufs<B: Backend> {
+    /// a Δ per stream (the anchor s_from until the delta is written)
+    Delta(Vec<Tensor<B>>),
+    /// every block's branch outputs
+    Branches(Vec<BranchCache<B>>),
+}
+
+/// Slot indices of the [`CacheNeeds`] shorthand: Δ_front, Δ_rear, branches, First-Block-Cache's
+/// Δ of blocks [1, L).
 #[derive(Clone, Copy, Debug, Default)]
-struct Stored {
-    front: bool,
-    rear: bool,
-    branches: bool,
-    /// First-Block-Cache's Δ of blocks [1, L) and its stored block-0 residual
-    rest: bool,
+struct Legacy {
+    front: Option<usize>,
+    rear: Option<usize>,
+    branches: Option<usize>,
+    rest: Option<usize>,
+    /// index of the policy's quantity 0
+    generic: usize,
+}
+
+/// A plan in slot terms: the slots to store (full step), or the slot to apply.
+#[derive(Clone, Copy, Debug)]
+enum Lowered {
+    Full { store: u64 },
+    Reuse { slot: usize },
 }
 
 /// What one step did.
@@ -69,8 +202,15 @@ fn plan_err(policy: &dyn CachePolicy, step: usize, plan: &StepPlan, msg: impl In
     Error::CachePlan { policy: policy.name().to_string(), step, plan: plan.variant(), msg: msg.into() }
 }
 
-/// Checks what a policy declares against the model depth.
-fn check_needs(policy: &dyn CachePolicy, needs: &CacheNeeds, probe: Probe, layers: usize) -> Result<()> {
+/// Checks what a policy declares against the model depth; returns the quantities of the
+/// shorthand and the policy's, in slot order.
+fn check_needs(
+    policy: &dyn CachePolicy,
+    needs: &CacheNeeds,
+    quantities: &[Quantity],
+    probe: Probe,
+    layers: usize,
+) -> Result<(Vec<Quantity>, Legacy)> {
     let bad = |msg: String| Error::CachePlan { policy: policy.name().to_string(), step: 0, plan: "needs".into(), msg };
     for (what, n) in [("front", needs.front), ("rear", needs.rear)] {
         if let Some(n) = n {
@@ -104,7 +244,87 @@ fn check_needs(policy: &dyn CachePolicy, needs: &CacheNeeds, probe: Probe, layer
     if needs.first_block && layers < 2 {
         return Err(bad("First-Block-Cache needs at least 2 blocks".into()));
     }
-    Ok(())
+    let probe_blocks = probe.blocks();
+    if let Probe::FrontResidualDiff(n) = probe {
+        if n == 0 || n >= layers {
+            return Err(bad(format!(
+                "probe FrontResidualDiff({n}): the probe's blocks must be 1..{layers} (fewer than the model's {layers})"
+            )));
+        }
+    }
+    // The shorthand, lowered.
+    let mut all = Vec::new();
+    let mut legacy = Legacy::default();
+    let mut push = |q: Quantity| {
+        all.push(q);
+        Some(all.len() - 1)
+    };
+    if let Some(n) = needs.front {
+        legacy.front = push(Quantity::blocks(0, n));
+    }
+    if let Some(n) = needs.rear {
+        legacy.rear = push(Quantity::blocks(layers - n, layers));
+    }
+    if needs.branches {
+        legacy.branches = push(Quantity::branches());
+    }
+    if needs.first_block {
+        legacy.rest = push(Quantity::blocks(1, layers));
+    }
+    legacy.generic = all.len();
+    if quantities.len() > 32 {
+        return Err(bad(format!(
+            "declares {} quantities; at most 32 (the bits of StepPlan::Compute)",
+            quantities.len()
+        )));
+    }
+    for (i, q) in quantities.iter().enumerate() {
+        let what = format!("quantity {i} ({q:?})");
+        match q.site {
+            Site::Blocks { from, to } => {
+                if from >= to || to > layers {
+                    return Err(bad(format!(
+                        "{what}: blocks {from}..{to} must be a non-empty range within 0..{layers}"
+                    )));
+                }
+                if from < probe_blocks {
+                    return Err(bad(format!(
+                        "{what}: blocks {from}..{to} start before the end of the probe's blocks ({probe_blocks}), which run before the plan"
+                    )));
+                }
+            }
+            Site::Branches => {
+                if probe_blocks > 0 {
+                    return Err(bad(format!("{what}: branch outputs cannot follow a probe that runs blocks")));
+                }
+                if q.calibrator != Calibrator::None {
+                    return Err(bad(format!(
+                        "{what}: a calibrator on branch outputs is not supported (Δ ranges only)"
+                    )));
+                }
+            }
+        }
+        match q.calibrator {
+            Calibrator::None | Calibrator::Taylor(1) | Calibrator::Taylor(2) => {}
+            Calibrator::Taylor(o) => return Err(bad(format!("{what}: TaylorSeer order {o}; orders 1 and 2"))),
+        }
+        all.push(*q);
+    }
+    // Each boundary takes at most one fused Δ write, and one branch cache per run.
+    for (i, a) in all.iter().enumerate() {
+        for b in &all[..i] {
+            match (a.site, b.site) {
+                (Site::Blocks { to: t1, .. }, Site::Blocks { to: t2, .. }) if t1 == t2 => {
+                    return Err(bad(format!(
+                        "two cached Δ's end at block boundary {t1} ({b:?} and {a:?}); at most one may"
+                    )))
+                }
+                (Site::Branches, Site::Branches) => return Err(bad("two branch caches; at most one".into())),
+                _ => {}
+            }
+        }
+    }
+    Ok((all, legacy))
 }
 
 impl<B: Backend> CacheEngine<B> {
@@ -114,21 +334,34 @@ impl<B: Backend> CacheEngine<B> {
         let layers = model.num_blocks();
         let needs = policy.needs();
         let probe_kind = policy.probe();
-        check_needs(&*policy, &needs, probe_kind, layers)?;
+        let (quantities, legacy) = check_needs(&*policy, &needs, &policy.quantities(layers), probe_kind, layers)?;
         // Buffers shaped like the image stream (probes), or one per stream (Δ caches).
         let image = &ws.streams[0];
         let buf = || be.alloc(image.shape(), image.dtype());
         let bufs = || model.stream_buffers(be, ws);
+        let slots = quantities
+            .into_iter()
+            .map(|q| {
+                let bufs = match q.site {
+                    Site::Blocks { .. } => SlotBufs::Delta(bufs()?),
+                    Site::Branches => SlotBufs::Branches(model.branch_caches(be, ws)?),
+                };
+                let ladder = match (q.calibrator, q.site) {
+                    (Calibrator::Taylor(order), Site::Blocks { .. }) => Some(Ladder::new(be, model, ws, order)?),
+                    _ => None,
+                };
+                Ok(Slot { q, bufs, stored: false, ladder })
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(CacheEngine {
             layers,
             needs,
             probe_kind,
-            front: needs.front.map(|_| bufs()).transpose()?,
-            rear: needs.rear.map(|_| bufs()).transpose()?,
-            branches: if needs.branches { Some(model.branch_caches(be, ws)?) } else { None },
-            fb_residual: if needs.first_block { Some((bufs()?, buf()?, bufs()?)) } else { None },
+            slots,
+            legacy,
             probe: if probe_kind == Probe::Block0InputChange { Some((buf()?, buf()?)) } else { None },
-            stored: Stored::default(),
+            front_probe: if probe_kind.blocks() > 0 { Some((bufs()?, buf()?)) } else { None },
+            front_probe_stored: false,
             probe_has_prev: false,
             policy,
         })
@@ -142,7 +375,15 @@ impl<B: Backend> CacheEngine<B> {
     /// A new run: the policy forgets its state, and nothing cached counts as stored.
     pub fn reset(&mut self) {
         self.policy.reset();
-        self.stored = Stored::default();
+        for s in &mut self.slots {
+            s.stored = false;
+            if let Some(l) = s.ladder.as_mut() {
+                // Levels past `valid` carry zero coefficients: no need to clear them.
+                l.valid = 0;
+                l.last_full = None;
+            }
+        }
+        self.front_probe_stored = false;
         self.probe_has_prev = false;
     }
 
@@ -161,15 +402,16 @@ impl<B: Backend> CacheEngine<B> {
     ) -> Result<StepReport> {
         let probe_kind = self.probe_kind;
         let key = format!("embed/{probe_kind:?}");
-        let (probe_bufs, fb) = (&mut self.probe, &mut self.fb_residual);
+        let (probe_bufs, front) = (&mut self.probe, &mut self.front_probe);
         be.graph_run(&key, &mut || {
             model.embed(be, ctx, ws)?;
-            match (probe_kind, probe_bufs.as_mut(), fb.as_mut()) {
+            match (probe_kind, probe_bufs.as_mut(), front.as_mut()) {
                 (Probe::Block0InputChange, Some((cur, _)), _) => model.probe_block0_input(be, ws, cur),
-                (Probe::Block0ResidualDiff, _, Some((res, _, _))) => {
-                    // Block 0 always runs; its residual h_1 − h_0 is the probe.
-                    let mut taps = [DeltaTap { from: 0, to: 1, bufs: res }];
-                    model.run_blocks(be, ctx, ws, 0..1, &mut taps, Branches::Compute)
+                (_, _, Some((res, _))) => {
+                    // The front blocks always run; their residual h_n − h_0 is the probe.
+                    let n = probe_kind.blocks();
+                    let mut taps = [DeltaTap { from: 0, to: n, bufs: res }];
+                    model.run_blocks(be, ctx, ws, 0..n, &mut taps, Branches::Compute)
                 }
                 _ => Ok(()),
             }
@@ -177,87 +419,136 @@ impl<B: Backend> CacheEngine<B> {
 
         let probe = self.read_probe(be)?;
         let plan = self.policy.plan(&StepInfo { step, steps, layers: self.layers, probe });
-        self.check_plan(step, &plan)?;
+        let lowered = self.check_plan(step, &plan)?;
         // skip_layers (uncached runs only) leaves blocks out of a full step
         let skipped = ctx.skip.iter().filter(|&&s| s).count();
         let blocks_run = plan.blocks_run(self.layers).saturating_sub(skipped);
+        // Calibrated quantities: this step's coefficients, written before the captured unit.
+        let mut new_valid = vec![None; self.slots.len()];
+        for (i, slot) in self.slots.iter_mut().enumerate() {
+            let Some(ladder) = slot.ladder.as_mut() else { continue };
+            match lowered {
+                Lowered::Full { store } if store & (1 << i) != 0 => {
+                    new_valid[i] = Some(ladder.prepare_update(be, step)?)
+                }
+                Lowered::Reuse { slot } if slot == i => ladder.prepare_apply(be, step)?,
+                _ => {}
+            }
+        }
         be.graph_run(&plan.variant(), &mut || {
-            self.run_plan(be, model, ctx, ws, plan)?;
+            self.run_plan(be, model, ctx, ws, lowered)?;
             model.finish(be, ws)?;
             tail(be, ws)
         })?;
-        self.note_stored(&plan);
+        if let Lowered::Full { store } = lowered {
+            for (i, s) in self.slots.iter_mut().enumerate() {
+                s.stored |= store & (1 << i) != 0;
+            }
+            self.front_probe_stored |= self.front_probe.is_some();
+        }
+        for (slot, valid) in self.slots.iter_mut().zip(new_valid) {
+            if let (Some(ladder), Some(valid)) = (slot.ladder.as_mut(), valid) {
+                ladder.valid = valid;
+                ladder.last_full = Some(step);
+            }
+        }
         Ok(StepReport { plan, blocks_run, probe })
     }
 
     /// A plan may only store what the policy declared and read what has been stored this run,
-    /// over exactly the ranges it declared.
-    fn check_plan(&self, step: usize, plan: &StepPlan) -> Result<()> {
+    /// over exactly the ranges it declared. Returns the plan in slot terms.
+    fn check_plan(&self, step: usize, plan: &StepPlan) -> Result<Lowered> {
         let err = |msg: String| Err(plan_err(&*self.policy, step, plan, msg));
-        let (n, s) = (&self.needs, &self.stored);
+        let (n, lg) = (&self.needs, &self.legacy);
+        let stored = |slot: Option<usize>| slot.is_some_and(|i| self.slots[i].stored);
         match *plan {
             StepPlan::Full { store_front, store_rear, store_branches, store_rest } => {
-                for (asked, declared, what) in [
-                    (store_front, n.front.is_some(), "Δ_front"),
-                    (store_rear, n.rear.is_some(), "Δ_rear"),
-                    (store_branches, n.branches, "branch outputs"),
-                    (store_rest, n.first_block, "First-Block-Cache's Δ"),
+                let mut store = 0u64;
+                for (asked, slot, what) in [
+                    (store_front, lg.front, "Δ_front"),
+                    (store_rear, lg.rear, "Δ_rear"),
+                    (store_branches, lg.branches, "branch outputs"),
+                    (store_rest, lg.rest, "First-Block-Cache's Δ"),
                 ] {
-                    if asked && !declared {
-                        return err(format!("stores {what}, which the policy's needs() did not declare"));
+                    match (asked, slot) {
+                        (true, None) => {
+                            return err(format!("stores {what}, which the policy's needs() did not declare"))
+                        }
+                        (true, Some(i)) => store |= 1 << i,
+                        _ => {}
                     }
                 }
-                Ok(())
+                Ok(Lowered::Full { store })
             }
             StepPlan::CachedRear(k) | StepPlan::CachedFront(k) => {
-                let (declared, stored, what) = match plan {
-                    StepPlan::CachedRear(_) => (n.rear, s.rear, "rear"),
-                    _ => (n.front, s.front, "front"),
+                let (declared, slot, what) = match plan {
+                    StepPlan::CachedRear(_) => (n.rear, lg.rear, "rear"),
+                    _ => (n.front, lg.front, "front"),
                 };
-                match declared {
-                    None => err(format!("reads Δ_{what}, which needs() did not declare")),
-                    Some(d) if d != k => {
+                match (declared, slot) {
+                    (None, _) | (_, None) => err(format!("reads Δ_{what}, which needs() did not declare")),
+                    (Some(d), _) if d != k => {
                         err(format!("skips {k} {what} blocks, but needs() declared the Δ_{what} of {d} blocks"))
                     }
-                    Some(_) if !stored => err(format!("reads Δ_{what} before any full step of this run stored it")),
-                    Some(_) => Ok(()),
+                    (Some(_), Some(i)) if !self.slots[i].stored => {
+                        err(format!("reads Δ_{what} before any full step of this run stored it"))
+                    }
+                    (Some(_), Some(i)) => Ok(Lowered::Reuse { slot: i }),
                 }
             }
-            StepPlan::ReuseBranches if !n.branches => {
-                err("reuses branch outputs, which needs() did not declare".into())
+            StepPlan::ReuseBranches => match lg.branches {
+                None => err("reuses branch outputs, which needs() did not declare".into()),
+                Some(_) if !stored(lg.branches) => err("reuses branch outputs before any step stored them".into()),
+                Some(i) => Ok(Lowered::Reuse { slot: i }),
+            },
+            StepPlan::CachedAfterFirst => match lg.rest {
+                None => err("applies First-Block-Cache's Δ, which needs() did not declare".into()),
+                Some(_) if !stored(lg.rest) => {
+                    err("applies First-Block-Cache's Δ before any full step of this run stored it".into())
+                }
+                Some(i) => Ok(Lowered::Reuse { slot: i }),
+            },
+            StepPlan::Compute { store } => {
+                let declared = self.slots.len() - lg.generic;
+                if declared < 32 && store >> declared != 0 {
+                    return err(format!(
+                        "stores quantities {store:#b}; quantities() declared {declared} (bits 0..{declared})"
+                    ));
+                }
+                Ok(Lowered::Full { store: u64::from(store) << lg.generic })
             }
-            StepPlan::ReuseBranches if !s.branches => err("reuses branch outputs before any step stored them".into()),
-            StepPlan::CachedAfterFirst if !n.first_block => {
-                err("applies First-Block-Cache's Δ, which needs() did not declare".into())
+            StepPlan::Reuse { quantity, from, to } => {
+                let Some(slot) = self.slots.get(lg.generic + quantity).filter(|_| quantity < 32) else {
+                    return err(format!(
+                        "reuses quantity {quantity}; quantities() declared {}",
+                        self.slots.len() - lg.generic
+                    ));
+                };
+                let declared = slot.q.range(self.layers);
+                if declared != (from, to) {
+                    return err(format!(
+                        "skips blocks {from}..{to}, but quantity {quantity} covers {}..{}",
+                        declared.0, declared.1
+                    ));
+                }
+                if !slot.stored {
+                    return err(format!("reuses quantity {quantity} before any full step of this run stored it"));
+                }
+                Ok(Lowered::Reuse { slot: lg.generic + quantity })
             }
-            StepPlan::CachedAfterFirst if !s.rest => {
-                err("applies First-Block-Cache's Δ before any full step of this run stored it".into())
-            }
-            StepPlan::ReuseBranches | StepPlan::CachedAfterFirst => Ok(()),
-        }
-    }
-
-    fn note_stored(&mut self, plan: &StepPlan) {
-        if let StepPlan::Full { store_front, store_rear, store_branches, store_rest } = *plan {
-            self.stored.front |= store_front;
-            self.stored.rear |= store_rear;
-            self.stored.branches |= store_branches;
-            self.stored.rest |= store_rest;
         }
     }
 
     fn read_probe(&mut self, be: &B) -> Result<Option<f32>> {
         let ratio = |(d, n): (f32, f32)| d / n.max(f32::MIN_POSITIVE);
-        match (self.probe_kind, self.probe.as_mut(), self.fb_residual.as_ref()) {
+        match (self.probe_kind, self.probe.as_mut(), self.front_probe.as_ref()) {
             (Probe::Block0InputChange, Some((cur, prev)), _) => {
                 let v = if self.probe_has_prev { Some(ratio(be.rel_l1(cur, prev)?)) } else { None };
                 be.copy(cur, prev)?;
                 self.probe_has_prev = true;
                 Ok(v)
             }
-            (Probe::Block0ResidualDiff, _, Some((cur, prev, _))) if self.stored.rest => {
-                Ok(Some(ratio(be.rel_l1(&cur[0], prev)?)))
-            }
+            (_, _, Some((cur, prev))) if self.front_probe_stored => Ok(Some(ratio(be.rel_l1(&cur[0], prev)?))),
             _ => Ok(None),
         }
     }
@@ -269,56 +560,63 @@ impl<B: Backend> CacheEngine<B> {
         model: &Transformer<B>,
         ctx: &Context<B>,
         ws: &mut Workspace<B>,
-        plan: StepPlan,
+        plan: Lowered,
     ) -> Result<()> {
         let l = self.layers;
-        let missing = |what: &str| Error::CachePlan {
-            policy: self.policy.name().to_string(),
-            step: 0,
-            plan: plan.variant(),
-            msg: format!("no {what} buffer"),
-        };
+        // The probe's blocks ran in phase A.
+        let start = self.probe_kind.blocks();
         match plan {
-            StepPlan::Full { store_front, store_rear, store_branches, store_rest } => {
+            Lowered::Full { store } => {
                 let mut taps = Vec::new();
-                if let (true, Some(n), Some(bufs)) = (store_front, self.needs.front, self.front.as_mut()) {
-                    taps.push(DeltaTap { from: 0, to: n, bufs });
+                let mut branches = Branches::Compute;
+                for (i, slot) in self.slots.iter_mut().enumerate() {
+                    if store & (1 << i) == 0 {
+                        continue;
+                    }
+                    match (&mut slot.bufs, slot.q.site) {
+                        (SlotBufs::Delta(bufs), Site::Blocks { from, to }) => taps.push(DeltaTap { from, to, bufs }),
+                        (SlotBufs::Branches(c), _) => branches = Branches::Store(c),
+                        _ => {}
+                    }
                 }
-                if let (true, Some(n), Some(bufs)) = (store_rear, self.needs.rear, self.rear.as_mut()) {
-                    taps.push(DeltaTap { from: l - n, to: l, bufs });
-                }
-                // First-Block-Cache: block 0 ran in phase A.
-                let start = if self.fb_residual.is_some() { 1 } else { 0 };
-                if let (true, Some((_, _, rest))) = (store_rest, self.fb_residual.as_mut()) {
-                    taps.push(DeltaTap { from: 1, to: l, bufs: rest });
-                }
-                let branches = match (self.branches.as_mut(), store_branches) {
-                    (Some(c), true) => Branches::Store(c),
-                    _ => Branches::Compute,
-                };
                 model.run_blocks(be, ctx, ws, start..l, &mut taps, branches)?;
-                if let (true, Some((res, prev, _))) = (store_rest, self.fb_residual.as_mut()) {
+                drop(taps);
+                for (i, slot) in self.slots.iter_mut().enumerate() {
+                    if let (true, Some(ladder), SlotBufs::Delta(d0), Site::Blocks { to, .. }) =
+                        (store & (1 << i) != 0, slot.ladder.as_mut(), &slot.bufs, slot.q.site)
+                    {
+                        ladder.update(be, d0, model.live_streams(to))?;
+                    }
+                }
+                if let Some((res, prev)) = self.front_probe.as_mut() {
                     be.copy(&res[0], prev)?;
                 }
                 Ok(())
             }
-            StepPlan::CachedRear(n) => {
-                let rear = self.rear.as_ref().ok_or_else(|| missing("Δ_rear"))?;
-                model.run_blocks(be, ctx, ws, 0..l - n, &mut [], Branches::Compute)?;
-                model.apply_delta(be, ws, l, rear)
-            }
-            StepPlan::CachedFront(n) => {
-                let front = self.front.as_ref().ok_or_else(|| missing("Δ_front"))?;
-                model.apply_delta(be, ws, n, front)?;
-                model.run_blocks(be, ctx, ws, n..l, &mut [], Branches::Compute)
-            }
-            StepPlan::ReuseBranches => {
-                let c = self.branches.as_ref().ok_or_else(|| missing("branch"))?;
-                model.run_blocks(be, ctx, ws, 0..l, &mut [], Branches::Reuse(c))
-            }
-            StepPlan::CachedAfterFirst => {
-                let (_, _, rest) = self.fb_residual.as_ref().ok_or_else(|| missing("First-Block-Cache"))?;
-                model.apply_delta(be, ws, l, rest)
+            Lowered::Reuse { slot } => {
+                let slot = &self.slots[slot];
+                match (&slot.bufs, slot.q.site) {
+                    (SlotBufs::Delta(bufs), Site::Blocks { from, to }) => {
+                        if start < from {
+                            model.run_blocks(be, ctx, ws, start..from, &mut [], Branches::Compute)?;
+                        }
+                        match &slot.ladder {
+                            Some(ladder) => ladder.apply(be, &mut ws.streams, bufs, model.live_streams(to))?,
+                            None => model.apply_delta(be, ws, to, bufs)?,
+                        }
+                        if to < l {
+                            model.run_blocks(be, ctx, ws, to..l, &mut [], Branches::Compute)?;
+                        }
+                        Ok(())
+                    }
+                    (SlotBufs::Branches(c), _) => model.run_blocks(be, ctx, ws, start..l, &mut [], Branches::Reuse(c)),
+                    _ => Err(Error::CachePlan {
+                        policy: self.policy.name().to_string(),
+                        step: 0,
+                        plan: "reuse".into(),
+                        msg: "a quantity's buffers do not match its site".into(),
+                    }),
+                }
             }
         }
     }
