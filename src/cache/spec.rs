@@ -12,6 +12,7 @@
 //! | | `nc` | cached blocks of a cached step (1 ≤ nc < L) | preset (¾ of L; 4-step runs 1/7) |
 //! | | `b` | stage boundary, a step index: rear blocks cached before it, front blocks from it on | preset |
 //! | | `order` | `paper` or `reverse` (the stages swapped) | preset (SD3: reverse) |
+//! | | `calibrator` | `none` (reuse Δ_front/Δ_rear), `taylor1`/`taylor2` (forecast them, cache-dit's TaylorSeer) | none |
 //! | `delta-adaptive` | `threshold` | accumulated block-0 input change that forces a full step | 0.1 |
 //! | | `warmup` | full steps at the start | 2 |
 //! | | `max-cached` | most cached steps in a row | 1 |
@@ -43,7 +44,7 @@ pub struct CacheSpec {
 
 const POLICIES: &[(&str, &[&str])] = &[
     ("none", &[]),
-    ("delta", &["n", "nc", "b", "order"]),
+    ("delta", &["n", "nc", "b", "order", "calibrator"]),
     ("delta-adaptive", &["threshold", "warmup", "max-cached", "nc", "b"]),
     ("fora", &["n"]),
     ("first-block", &["threshold", "max-cached"]),
@@ -154,7 +155,8 @@ impl CacheSpec {
                         layers,
                         steps,
                     )?
-                    .reversed(reverse),
+                    .reversed(reverse)
+                    .calibrated(self.calibrator_param()?),
                 )
             }
             "delta-adaptive" => Box::new(DeltaAdaptive::new(
