@@ -95,13 +95,15 @@ impl<B: Backend> Ladder<B> {
 
     /// Host part of a full step `step` that stores the quantity: the update's coefficients
     /// (cache-dit's `TaylorSeerState.derivative`: d_{i+1} is defined where d_i was at the last
-    /// full step and `step > 1`); returns the levels defined after it.
+    /// full step and its step counter exceeds 1 — a counter created at the first update, after
+    /// that step's advance, so one behind the step index: `step > 2`); returns the levels
+    /// defined after it.
     fn prepare_update(&mut self, be: &B, step: usize) -> Result<usize> {
         let w = self.last_full.map_or(1.0, |b| (step - b) as f32);
         let mut rows = [0.0f32; COEF_ROWS];
         let mut valid = 1;
         for i in 0..self.order {
-            if i < self.valid && step > 1 {
+            if i < self.valid && step > 2 {
                 rows[2 + 2 * i] = 1.0 / w;
                 rows[3 + 2 * i] = -1.0 / w;
                 valid = i + 2;

@@ -168,7 +168,9 @@ pub enum Calibrator {
     None,
     /// cache-dit's TaylorSeer of this order (1 or 2): a finite-difference ladder over the full
     /// steps, d_0 = Y(a), d_{i+1} = (d_i(a) − d_i(b)) / (a − b) between consecutive full steps
-    /// b < a (computed from step 2 on), and at cached step k the forecast
+    /// b < a (computed from step 3 on: cache-dit's state counts steps from its creation at the
+    /// first full step, one behind the step index, and differences once its count exceeds 1),
+    /// and at cached step k the forecast
     /// Σ_i d_i·(k − a)^i / i!. Order 1 is Y(a) + (k − a)·(Y(a) − Y(b))/(a − b).
     Taylor(usize),
 }
