@@ -48,20 +48,21 @@ struct Slot<B: Backend> {
     ladder: Option<Ladder<B>>,
 }
 
-/// Rows of a ladder's coefficient tensor: 0..2 the forecast's d_1, d_2 coefficients, then per
+/// A ladder's coefficients (f32 on the backend): 0..3 the forecast's (1, e, e²/2), then per
 /// level i the pair (1/w, −1/w) of d_{i+1} = (d_i(a) − d_i(b))/w.
-const COEF_ROWS: usize = 6;
+const COEFS: usize = 3 + 2 * 2;
 
 /// cache-dit's TaylorSeer ladder of one Δ quantity (see [`Calibrator::Taylor`]), every tensor
 /// per stream and on the backend: d_0 is the slot's Δ buffer; `lv[i]` is d_{i+1}; `old[i]` is
 /// d_i at the previous full step. Levels not (yet) defined are zero with zero coefficients, so
-/// every step issues the same ops on the same buffers (a CUDA graph per plan), the coefficients
-/// living in `coef` (`[1, COEF_ROWS·D]` per stream, written before the step).
+/// every step issues the same ops on the same buffers (a CUDA graph per plan); the coefficients
+/// live in `coef`, written before the step. Both the apply (stream += d_0 + e·d_1 + e²/2·d_2)
+/// and each level's update are one [`Backend::forecast`] pass.
 struct Ladder<B: Backend> {
     order: usize,
     lv: Vec<Vec<Tensor<B>>>,
     old: Vec<Vec<Tensor<B>>>,
-    coef: Vec<Tensor<B>>,
+    coef: Tensor<B>,
     /// defined levels d_0..d_{valid−1} (cache-dit's non-None prefix of `dY_current`)
     valid: usize,
     /// the last full step
@@ -79,18 +80,8 @@ impl<B: Backend> Ladder<B> {
         };
         let lv = (0..order).map(|_| zeros()).collect::<Result<_>>()?;
         let old = (0..order).map(|_| zeros()).collect::<Result<_>>()?;
-        let coef = ws.streams.iter().map(|s| be.alloc(&[1, COEF_ROWS * s.cols()], s.dtype())).collect::<Result<_>>()?;
+        let coef = be.upload(&[0.0; COEFS], &[COEFS], crate::DType::F32)?;
         Ok(Ladder { order, lv, old, coef, valid: 0, last_full: None })
-    }
-
-    /// Writes the coefficients of `rows` (COEF_ROWS values) into every stream's `coef`.
-    fn write_coefs(&mut self, be: &B, rows: [f32; COEF_ROWS]) -> Result<()> {
-        for c in &mut self.coef {
-            let dim = c.cols() / COEF_ROWS;
-            let data: Vec<f32> = rows.iter().flat_map(|&r| std::iter::repeat_n(r, dim)).collect();
-            be.write(c, &data)?;
-        }
-        Ok(())
     }
 
     /// Host part of a full step `step` that stores the quantity: the update's coefficients
@@ -100,37 +91,38 @@ impl<B: Backend> Ladder<B> {
     /// defined after it.
     fn prepare_update(&mut self, be: &B, step: usize) -> Result<usize> {
         let w = self.last_full.map_or(1.0, |b| (step - b) as f32);
-        let mut rows = [0.0f32; COEF_ROWS];
+        let mut c = [0.0f32; COEFS];
+        c[0] = 1.0;
         let mut valid = 1;
         for i in 0..self.order {
             if i < self.valid && step > 2 {
-                rows[2 + 2 * i] = 1.0 / w;
-                rows[3 + 2 * i] = -1.0 / w;
+                c[3 + 2 * i] = 1.0 / w;
+                c[4 + 2 * i] = -1.0 / w;
                 valid = i + 2;
             } else {
                 break;
             }
         }
-        self.write_coefs(be, rows)?;
+        be.write(&mut self.coef, &c)?;
         Ok(valid)
     }
 
     /// Host part of a cached step `step`: the forecast's coefficients (k − a)^i / i!.
     fn prepare_apply(&mut self, be: &B, step: usize) -> Result<()> {
         let e = self.last_full.map_or(0.0, |a| step.saturating_sub(a) as f32);
-        let mut rows = [0.0f32; COEF_ROWS];
+        let mut c = [0.0f32; COEFS];
+        c[0] = 1.0;
         if self.valid > 1 {
-            rows[0] = e;
+            c[1] = e;
         }
         if self.valid > 2 {
-            rows[1] = 0.5 * e * e;
+            c[2] = 0.5 * e * e;
         }
-        self.write_coefs(be, rows)
+        be.write(&mut self.coef, &c)
     }
 
     /// Device part of the update, after the full step wrote d_0 = `d0` (the `live` streams).
     fn update(&mut self, be: &B, d0: &[Tensor<B>], live: usize) -> Result<()> {
-        use crate::backend::CacheWrite;
         for s in 0..live {
             for i in 0..self.order {
                 // d_{i+1}(b) becomes the "previous" value the next level differences against.
@@ -139,24 +131,19 @@ impl<B: Backend> Ladder<B> {
                 }
                 let (below, this) = self.lv.split_at_mut(i);
                 let cur = if i == 0 { &d0[s] } else { &below[i - 1][s] };
-                let out = &mut this[0][s];
-                be.fill_bits(out, 0)?;
-                be.residual(out, cur, Some((&self.coef[s], 2 + 2 * i)), CacheWrite::None)?;
-                be.residual(out, &self.old[i][s], Some((&self.coef[s], 3 + 2 * i)), CacheWrite::None)?;
+                be.forecast(&mut this[0][s], &[cur, &self.old[i][s]], &self.coef, 3 + 2 * i, false)?;
             }
             be.copy(&d0[s], &mut self.old[0][s])?;
         }
         Ok(())
     }
 
-    /// Device part of a cached step: every `live` stream += d_0 + Σ_i c_i·d_i.
+    /// Device part of a cached step: every `live` stream += d_0 + Σ_i c_i·d_i, one pass.
     fn apply(&self, be: &B, streams: &mut [Tensor<B>], d0: &[Tensor<B>], live: usize) -> Result<()> {
-        use crate::backend::CacheWrite;
         for (s, x) in streams.iter_mut().enumerate().take(live) {
-            be.residual(x, &d0[s], None, CacheWrite::None)?;
-            for i in 0..self.order {
-                be.residual(x, &self.lv[i][s], Some((&self.coef[s], i)), CacheWrite::None)?;
-            }
+            let mut terms = vec![&d0[s]];
+            terms.extend(self.lv.iter().map(|l| &l[s]));
+            be.forecast(x, &terms, &self.coef, 0, true)?;
         }
         Ok(())
     }
