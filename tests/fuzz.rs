@@ -561,6 +561,7 @@ fn cache_spec() -> impl Strategy<Value = String> {
         Just("delta-adaptive"),
         Just("fora"),
         Just("first-block"),
+        Just("dbcache"),
         Just("teacache"),
         Just(""),
     ];
@@ -572,6 +573,10 @@ fn cache_spec() -> impl Strategy<Value = String> {
         Just("warmup"),
         Just("max-cached"),
         Just("max_cached"),
+        Just("fn"),
+        Just("bn"),
+        Just("max-continuous"),
+        Just("calibrator"),
         Just("zz")
     ];
     let val = prop_oneof![
@@ -580,6 +585,10 @@ fn cache_spec() -> impl Strategy<Value = String> {
         Just("NaN".to_string()),
         Just("inf".to_string()),
         Just("0.05".to_string()),
+        Just("none".to_string()),
+        Just("taylor1".to_string()),
+        Just("taylor2".to_string()),
+        Just("taylor3".to_string()),
         Just("18446744073709551616".to_string()),
         Just("".to_string())
     ];
