@@ -361,6 +361,43 @@ fn dbcache_bookkeeping() {
     );
 }
 
+/// Calibrated quantities over several steps of identical inputs: every stored snapshot is the
+/// same, so each TaylorSeer derivative is exactly 0 and every cached step must reproduce the full
+/// step's output — a ladder that reads an unwritten (NaN-poisoned) snapshot, indexes the wrong
+/// level or applies the wrong coefficient fails this.
+#[test]
+fn calibrated_quantities_on_repeated_inputs() {
+    let be = Cpu::default();
+    let dir = data("pixart-tiny-delta-n2-nc4-b12");
+    let model = Transformer::load(&be, &dir).unwrap();
+    let inputs =
+        SampleInputs::from_inputs(&Inputs::open(&dir.join("inputs.safetensors")).unwrap(), model.config()).unwrap();
+    let mut cond = deltadit::model::Conditioning { batch: 1, height: 16, width: 16, ..Default::default() };
+    cond.text = inputs.cond.clone();
+    let steps = 9;
+    for spec in [
+        "dbcache:fn=1,bn=1,threshold=1000,warmup=2,max-continuous=1,calibrator=taylor2",
+        "dbcache:fn=2,bn=0,threshold=1000,warmup=1,max-continuous=2,calibrator=taylor1",
+        "delta:n=2,nc=3,b=5,calibrator=taylor2",
+        "fora:n=2,calibrator=taylor2",
+        "fora:n=3,calibrator=taylor1",
+    ] {
+        let policy = spec.parse::<CacheSpec>().unwrap().build(Family::PixArt, model.num_blocks(), steps).unwrap();
+        let mut d = Denoiser::new(&be, &model, &cond, policy).unwrap();
+        let mut full = None;
+        let mut cached = 0;
+        for step in 0..steps {
+            let r = d.forward(&be, &inputs.latents, &[500.0], step, steps).unwrap();
+            let out = be.download(d.output()).unwrap();
+            let reference = full.get_or_insert_with(|| out.clone());
+            let e = rel_l2(&out, reference);
+            assert!(e < 1e-6, "{spec}: step {step} ({:?}) differs from the full step by {e:.2e}", r.plan);
+            cached += usize::from(matches!(r.plan, StepPlan::Reuse { .. }));
+        }
+        assert!(cached >= 3, "{spec}: {cached} cached steps");
+    }
+}
+
 #[test]
 fn first_block_bookkeeping() {
     cached_step_reproduces_full_step("first-block:threshold=1000", StepPlan::Reuse { quantity: 0, from: 1, to: 6 });

@@ -120,7 +120,7 @@ impl CachePolicy for Delta {
 }
 
 /// `,calibrator=…` for `params()` (empty without one).
-pub(crate) fn calibrator_param(c: Calibrator) -> String {
+pub(super) fn calibrator_param(c: Calibrator) -> String {
     match c {
         Calibrator::Taylor(o) => format!(",calibrator=taylor{o}"),
         _ => String::new(),

@@ -46,6 +46,8 @@ struct Slot<B: Backend> {
     stored: bool,
     /// the forecast's snapshots, for a [`Calibrator::Taylor`] quantity
     ladder: Option<Ladder<B>>,
+    /// calibrated branch outputs: the forecast a cached step's blocks read
+    forecast: Option<Vec<BranchCache<B>>>,
 }
 
 /// A ladder's coefficients (f32 on the backend): 0..3 the forecast's (1, e, e²/2), then per
@@ -70,13 +72,16 @@ struct Ladder<B: Backend> {
 }
 
 impl<B: Backend> Ladder<B> {
-    fn new(be: &B, model: &Transformer<B>, ws: &Workspace<B>, order: usize) -> Result<Self> {
+    /// Snapshots shaped like `like` (the streams of a Δ, or every branch slot of FORA).
+    fn new(be: &B, like: &[&Tensor<B>], order: usize) -> Result<Self> {
         let zeros = || -> Result<Vec<Tensor<B>>> {
-            let mut v = model.stream_buffers(be, ws)?;
-            for t in &mut v {
-                be.fill_bits(t, 0)?;
-            }
-            Ok(v)
+            like.iter()
+                .map(|t| {
+                    let mut z = be.alloc(t.shape(), t.dtype())?;
+                    be.fill_bits(&mut z, 0)?;
+                    Ok(z)
+                })
+                .collect()
         };
         let lv = (0..order).map(|_| zeros()).collect::<Result<_>>()?;
         let old = (0..order).map(|_| zeros()).collect::<Result<_>>()?;
@@ -121,8 +126,9 @@ impl<B: Backend> Ladder<B> {
         be.write(&mut self.coef, &c)
     }
 
-    /// Device part of the update, after the full step wrote d_0 = `d0` (the `live` streams).
-    fn update(&mut self, be: &B, d0: &[Tensor<B>], live: usize) -> Result<()> {
+    /// Device part of the update, after the full step wrote d_0 = `d0` (its first `live`
+    /// tensors: the streams live at a Δ's end, or every branch slot).
+    fn update(&mut self, be: &B, d0: &[&Tensor<B>], live: usize) -> Result<()> {
         for s in 0..live {
             for i in 0..self.order {
                 // d_{i+1}(b) becomes the "previous" value the next level differences against.
@@ -130,10 +136,20 @@ impl<B: Backend> Ladder<B> {
                     be.copy(&self.lv[i][s], &mut self.old[i + 1][s])?;
                 }
                 let (below, this) = self.lv.split_at_mut(i);
-                let cur = if i == 0 { &d0[s] } else { &below[i - 1][s] };
+                let cur = if i == 0 { d0[s] } else { &below[i - 1][s] };
                 be.forecast(&mut this[0][s], &[cur, &self.old[i][s]], &self.coef, 3 + 2 * i, false)?;
             }
-            be.copy(&d0[s], &mut self.old[0][s])?;
+            be.copy(d0[s], &mut self.old[0][s])?;
+        }
+        Ok(())
+    }
+
+    /// Device part of a cached step for branch outputs: out_s = d_0 + Σ_i c_i·d_i, one pass each.
+    fn forecast_into(&self, be: &B, d0: &[&Tensor<B>], out: &mut [&mut Tensor<B>]) -> Result<()> {
+        for (s, o) in out.iter_mut().enumerate() {
+            let mut terms = vec![d0[s]];
+            terms.extend(self.lv.iter().map(|l| &l[s]));
+            be.forecast(o, &terms, &self.coef, 0, false)?;
         }
         Ok(())
     }
@@ -286,11 +302,6 @@ fn check_needs(
                 if probe_blocks > 0 {
                     return Err(bad(format!("{what}: branch outputs cannot follow a probe that runs blocks")));
                 }
-                if q.calibrator != Calibrator::None {
-                    return Err(bad(format!(
-                        "{what}: a calibrator on branch outputs is not supported (Δ ranges only)"
-                    )));
-                }
             }
         }
         match q.calibrator {
@@ -335,11 +346,17 @@ impl<B: Backend> CacheEngine<B> {
                     Site::Blocks { .. } => SlotBufs::Delta(bufs()?),
                     Site::Branches => SlotBufs::Branches(model.branch_caches(be, ws)?),
                 };
-                let ladder = match (q.calibrator, q.site) {
-                    (Calibrator::Taylor(order), Site::Blocks { .. }) => Some(Ladder::new(be, model, ws, order)?),
-                    _ => None,
+                let (ladder, forecast) = match (q.calibrator, &bufs) {
+                    (Calibrator::Taylor(order), SlotBufs::Delta(d)) => {
+                        (Some(Ladder::new(be, &d.iter().collect::<Vec<_>>(), order)?), None)
+                    }
+                    (Calibrator::Taylor(order), SlotBufs::Branches(c)) => {
+                        let like: Vec<&Tensor<B>> = c.iter().flat_map(|b| &b.slots).collect();
+                        (Some(Ladder::new(be, &like, order)?), Some(model.branch_caches(be, ws)?))
+                    }
+                    _ => (None, None),
                 };
-                Ok(Slot { q, bufs, stored: false, ladder })
+                Ok(Slot { q, bufs, stored: false, ladder, forecast })
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(CacheEngine {
@@ -571,10 +588,16 @@ impl<B: Backend> CacheEngine<B> {
                 model.run_blocks(be, ctx, ws, start..l, &mut taps, branches)?;
                 drop(taps);
                 for (i, slot) in self.slots.iter_mut().enumerate() {
-                    if let (true, Some(ladder), SlotBufs::Delta(d0), Site::Blocks { to, .. }) =
-                        (store & (1 << i) != 0, slot.ladder.as_mut(), &slot.bufs, slot.q.site)
-                    {
-                        ladder.update(be, d0, model.live_streams(to))?;
+                    let Some(ladder) = slot.ladder.as_mut().filter(|_| store & (1 << i) != 0) else { continue };
+                    match (&slot.bufs, slot.q.site) {
+                        (SlotBufs::Delta(d0), Site::Blocks { to, .. }) => {
+                            ladder.update(be, &d0.iter().collect::<Vec<_>>(), model.live_streams(to))?
+                        }
+                        (SlotBufs::Branches(c), _) => {
+                            let d0: Vec<&Tensor<B>> = c.iter().flat_map(|b| &b.slots).collect();
+                            ladder.update(be, &d0, d0.len())?
+                        }
+                        _ => {}
                     }
                 }
                 if let Some((res, prev)) = self.front_probe.as_mut() {
@@ -583,7 +606,8 @@ impl<B: Backend> CacheEngine<B> {
                 Ok(())
             }
             Lowered::Reuse { slot } => {
-                let slot = &self.slots[slot];
+                let policy = self.policy.name().to_string();
+                let slot = &mut self.slots[slot];
                 match (&slot.bufs, slot.q.site) {
                     (SlotBufs::Delta(bufs), Site::Blocks { from, to }) => {
                         if start < from {
@@ -598,9 +622,17 @@ impl<B: Backend> CacheEngine<B> {
                         }
                         Ok(())
                     }
-                    (SlotBufs::Branches(c), _) => model.run_blocks(be, ctx, ws, start..l, &mut [], Branches::Reuse(c)),
+                    (SlotBufs::Branches(c), _) => match (&slot.ladder, slot.forecast.as_mut()) {
+                        (Some(ladder), Some(fc)) => {
+                            let d0: Vec<&Tensor<B>> = c.iter().flat_map(|b| &b.slots).collect();
+                            let mut out: Vec<&mut Tensor<B>> = fc.iter_mut().flat_map(|b| &mut b.slots).collect();
+                            ladder.forecast_into(be, &d0, &mut out)?;
+                            model.run_blocks(be, ctx, ws, start..l, &mut [], Branches::Reuse(fc))
+                        }
+                        _ => model.run_blocks(be, ctx, ws, start..l, &mut [], Branches::Reuse(c)),
+                    },
                     _ => Err(Error::CachePlan {
-                        policy: self.policy.name().to_string(),
+                        policy,
                         step: 0,
                         plan: "reuse".into(),
                         msg: "a quantity's buffers do not match its site".into(),

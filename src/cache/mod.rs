@@ -154,8 +154,8 @@ pub enum Site {
     #[allow(missing_docs)]
     Blocks { from: usize, to: usize },
     /// Every block's branch outputs (attention, cross-attention, MLP, before their gates):
-    /// FORA. A cached step runs every block's residuals on the stored outputs with the current
-    /// step's gates.
+    /// FORA. A cached step runs every block's residuals on the stored (or forecast) outputs with
+    /// the current step's gates.
     Branches,
 }
 

@@ -18,6 +18,7 @@
 //! | | `max-cached` | most cached steps in a row | 1 |
 //! | | `nc`, `b` | as `delta` | preset |
 //! | `fora` | `n` | full step every n steps; branch outputs reused between | 3 |
+//! | | `calibrator` | `none` (reuse the branch outputs), `taylor1`/`taylor2` (forecast them before their gates, cache-dit's TaylorSeer) | none |
 //! | `first-block` | `threshold` | block 0's residual change (relative L1) below which the rest is skipped | 0.2 |
 //! | | `max-cached` | most cached steps in a row, or `none` | 1 |
 //! | `dbcache` | `fn` | Fn: first blocks, always run; their residual decides (1 ≤ fn) | 1 |
@@ -46,7 +47,7 @@ const POLICIES: &[(&str, &[&str])] = &[
     ("none", &[]),
     ("delta", &["n", "nc", "b", "order", "calibrator"]),
     ("delta-adaptive", &["threshold", "warmup", "max-cached", "nc", "b"]),
-    ("fora", &["n"]),
+    ("fora", &["n", "calibrator"]),
     ("first-block", &["threshold", "max-cached"]),
     ("dbcache", &["fn", "bn", "threshold", "warmup", "max-cached", "max-continuous", "calibrator"]),
 ];
@@ -168,7 +169,9 @@ impl CacheSpec {
                 layers,
                 steps,
             )?),
-            "fora" => Box::new(Fora::new(self.usize_param("n")?.unwrap_or(Fora::DEFAULT_N))?),
+            "fora" => Box::new(
+                Fora::new(self.usize_param("n")?.unwrap_or(Fora::DEFAULT_N))?.calibrated(self.calibrator_param()?),
+            ),
             "first-block" => Box::new(FirstBlock::new(
                 self.f32_param("threshold")?.unwrap_or(FirstBlock::DEFAULT_THRESHOLD),
                 self.cap_param("max-cached", FirstBlock::DEFAULT_MAX_CACHED)?,
