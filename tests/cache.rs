@@ -381,6 +381,8 @@ fn calibrated_quantities_on_repeated_inputs() {
         "delta:n=2,nc=3,b=5,calibrator=taylor2",
         "fora:n=2,calibrator=taylor2",
         "fora:n=3,calibrator=taylor1",
+        "dbcache:fn=1,bn=1,threshold=1000,warmup=1,max-continuous=2,calibrator=taylor2,verify=1000",
+        "dbcache:fn=1,bn=0,threshold=1000,warmup=1,verify=1000",
     ] {
         let policy = spec.parse::<CacheSpec>().unwrap().build(Family::PixArt, model.num_blocks(), steps).unwrap();
         let mut d = Denoiser::new(&be, &model, &cond, policy).unwrap();
@@ -396,6 +398,53 @@ fn calibrated_quantities_on_repeated_inputs() {
         }
         assert!(cached >= 3, "{spec}: {cached} cached steps");
     }
+}
+
+/// Verified forecasting: a check that always fails turns every cached step into a full step
+/// (reported as `Compute`, one block more than the model for the failed check) whose output is
+/// the uncached model's on changing inputs; one that always passes runs the middle's last block
+/// on the forecast input, one block more than the plain cached step.
+#[test]
+fn dbcache_verified_forecast_falls_back_to_the_uncached_model() {
+    let be = Cpu::default();
+    let dir = data("pixart-tiny-delta-n2-nc4-b12");
+    let model = Transformer::load(&be, &dir).unwrap();
+    let layers = model.num_blocks();
+    let inputs =
+        SampleInputs::from_inputs(&Inputs::open(&dir.join("inputs.safetensors")).unwrap(), model.config()).unwrap();
+    let mut cond = deltadit::model::Conditioning { batch: 1, height: 16, width: 16, ..Default::default() };
+    cond.text = inputs.cond.clone();
+    let steps = 6;
+    let build = |spec: &str| spec.parse::<CacheSpec>().unwrap().build(Family::PixArt, layers, steps).unwrap();
+    let mut none = Denoiser::new(&be, &model, &cond, build("none")).unwrap();
+    let mut fails = Denoiser::new(
+        &be,
+        &model,
+        &cond,
+        build("dbcache:fn=1,bn=1,threshold=1000,warmup=1,calibrator=taylor1,verify=1e-30"),
+    )
+    .unwrap();
+    let mut passes =
+        Denoiser::new(&be, &model, &cond, build("dbcache:fn=1,bn=1,threshold=1000,warmup=1,verify=1e30")).unwrap();
+    for step in 0..steps {
+        let x: Vec<f32> = inputs.latents.iter().map(|v| v * (1.0 + 0.15 * step as f32)).collect();
+        let t = [900.0 - 150.0 * step as f32];
+        none.forward(&be, &x, &t, step, steps).unwrap();
+        let r = fails.forward(&be, &x, &t, step, steps).unwrap();
+        assert_eq!(r.plan, StepPlan::Compute { store: 1 }, "step {step}");
+        assert_eq!(r.blocks_run, if step == 0 { layers } else { layers + 1 }, "step {step}");
+        let e = rel_l2(&be.download(fails.output()).unwrap(), &be.download(none.output()).unwrap());
+        assert!(e < 1e-6, "step {step}: a failed check's full step differs from the uncached model by {e:.2e}");
+        let r = passes.forward(&be, &x, &t, step, steps).unwrap();
+        if step > 0 {
+            assert_eq!(r.plan, StepPlan::Reuse { quantity: 0, from: 1, to: layers - 1 }, "step {step}");
+            assert_eq!(r.blocks_run, 3, "Fn + the check's block + Bn");
+        }
+    }
+    assert_eq!(
+        param_name("dbcache:verify=0".parse::<CacheSpec>().unwrap().build(Family::PixArt, layers, steps).unwrap_err()),
+        "verify"
+    );
 }
 
 #[test]

@@ -577,6 +577,7 @@ fn cache_spec() -> impl Strategy<Value = String> {
         Just("bn"),
         Just("max-continuous"),
         Just("calibrator"),
+        Just("verify"),
         Just("zz")
     ];
     let val = prop_oneof![
@@ -793,7 +794,14 @@ fn user_quantity_policies_error_or_run() {
         Just(Calibrator::Taylor(3))
     ];
     let quantity = prop_oneof![
-        4 => (0usize..5, 0usize..5, calibrator).prop_map(|(from, to, c)| Quantity::blocks(from, to).calibrated(c)),
+        4 => (0usize..3, 1usize..4, calibrator, prop::option::weighted(0.25, prop_oneof![Just(1e-30f32), Just(0.5), Just(1e30), Just(-1.0)]))
+            .prop_map(|(from, to, c, v)| {
+                let q = Quantity::blocks(from, to).calibrated(c);
+                match v {
+                    Some(t) => q.verified(t),
+                    None => q,
+                }
+            }),
         1 => Just(Quantity::branches()),
     ];
     let plan = prop_oneof![
@@ -824,7 +832,7 @@ fn user_quantity_policies_error_or_run() {
             }
             (quantities, probe, plans)
         });
-    check("user quantity policies", 80, 10, strategy, |(quantities, probe, plans)| {
+    check("user quantity policies", 160, 5, strategy, |(quantities, probe, plans)| {
         if run_policy(tiny_pixart(), Box::new(ArbitraryQuantities { quantities, probe, plans }), 6)? {
             checked(Ok(()))?;
         }

@@ -18,6 +18,11 @@
 //!   residual.
 //!
 //! `first-block` ([`super::FirstBlock`]) is its F1B0 case without warm-up.
+//!
+//! Beyond cache-dit: `verify=τ` verifies each cached step's forecast ([`Quantity::verify`]): the
+//! middle's last block runs for real on the forecast input, and when its output differs from
+//! the forecast by more than τ (relative L1, image stream) the step falls back to a full step
+//! (not counted as cached). Needs a middle of at least 2 blocks.
 
 use super::{CachePolicy, Calibrator, Probe, Quantity, StepInfo, StepPlan};
 use crate::{Error, Result};
@@ -40,6 +45,8 @@ pub struct DbCache {
     pub max_continuous: Option<usize>,
     /// how the middle residual is applied
     pub calibrator: Calibrator,
+    /// verified forecasting: the threshold of the check (None: no check)
+    pub verify: Option<f32>,
     cached_steps: usize,
     continuous: usize,
     last_cached: Option<usize>,
@@ -94,6 +101,7 @@ impl DbCache {
             }
         }
         Ok(DbCache {
+            verify: None,
             front,
             back,
             threshold,
@@ -107,6 +115,18 @@ impl DbCache {
         })
     }
 
+    /// The same with verified forecasting at `threshold` (finite, > 0; a middle of ≥ 2 blocks,
+    /// checked against the model when the run starts).
+    pub fn verified(mut self, threshold: Option<f32>) -> Result<Self> {
+        if let Some(t) = threshold {
+            if !(t > 0.0 && t.is_finite()) {
+                return Err(Error::param("verify", t, "a finite number > 0"));
+            }
+        }
+        self.verify = threshold;
+        Ok(self)
+    }
+
     /// F1B0 without warm-up or a cap on cached steps: First-Block-Cache.
     pub(crate) fn first_block(threshold: f32, max_continuous: Option<usize>) -> Self {
         DbCache {
@@ -117,6 +137,7 @@ impl DbCache {
             max_cached: None,
             max_continuous,
             calibrator: Calibrator::None,
+            verify: None,
             cached_steps: 0,
             continuous: 0,
             last_cached: None,
@@ -156,8 +177,9 @@ impl CachePolicy for DbCache {
             Calibrator::Taylor(o) => format!("taylor{o}"),
             _ => "none".into(),
         };
+        let verify = self.verify.map_or(String::new(), |v| format!(",verify={v}"));
         format!(
-            "fn={},bn={},threshold={},warmup={},max-cached={},max-continuous={},calibrator={calibrator}",
+            "fn={},bn={},threshold={},warmup={},max-cached={},max-continuous={},calibrator={calibrator}{verify}",
             self.front,
             self.back,
             self.threshold,
@@ -173,7 +195,11 @@ impl CachePolicy for DbCache {
 
     fn quantities(&self, layers: usize) -> Vec<Quantity> {
         let (from, to) = self.middle(layers);
-        vec![Quantity::blocks(from, to).calibrated(self.calibrator)]
+        let q = Quantity::blocks(from, to).calibrated(self.calibrator);
+        vec![match self.verify {
+            Some(t) => q.verified(t),
+            None => q,
+        }]
     }
 
     fn plan(&mut self, info: &StepInfo) -> StepPlan {
@@ -190,6 +216,15 @@ impl CachePolicy for DbCache {
             StepPlan::Reuse { quantity: 0, from, to }
         } else {
             StepPlan::Compute { store: 1 }
+        }
+    }
+
+    fn fallback(&mut self, step: usize) {
+        // The check failed: the step ran in full.
+        if self.last_cached == Some(step) {
+            self.cached_steps -= 1;
+            self.continuous = 0;
+            self.last_cached = None;
         }
     }
 

@@ -48,6 +48,19 @@ struct Slot<B: Backend> {
     ladder: Option<Ladder<B>>,
     /// calibrated branch outputs: the forecast a cached step's blocks read
     forecast: Option<Vec<BranchCache<B>>>,
+    /// verified forecasting ([`Quantity::verify`])
+    head: Option<Head<B>>,
+}
+
+/// A verified quantity's extra buffers: the Δ of its range but the last block (per stream, and
+/// its ladder when calibrated), the streams at `from` saved for a fallback, and the forecast
+/// image stream at `to` the check compares with.
+struct Head<B: Backend> {
+    threshold: f32,
+    bufs: Vec<Tensor<B>>,
+    ladder: Option<Ladder<B>>,
+    save: Vec<Tensor<B>>,
+    fc: Tensor<B>,
 }
 
 /// A ladder's coefficients (f32 on the backend): 0..3 the forecast's (1, e, e²/2), then per
@@ -304,13 +317,43 @@ fn check_needs(
                 }
             }
         }
+        if let Some(t) = q.verify {
+            match q.site {
+                Site::Blocks { from, to } if to >= from + 2 && t > 0.0 && t.is_finite() => {}
+                _ => {
+                    return Err(bad(format!(
+                        "{what}: verification needs a block range of at least 2 blocks and a finite threshold > 0"
+                    )))
+                }
+            }
+        }
         match q.calibrator {
             Calibrator::None | Calibrator::Taylor(1) | Calibrator::Taylor(2) => {}
             Calibrator::Taylor(o) => return Err(bad(format!("{what}: TaylorSeer order {o}; orders 1 and 2"))),
         }
         all.push(*q);
     }
-    // Each boundary takes at most one fused Δ write, and one branch cache per run.
+    // Each boundary takes at most one fused Δ write (a verified range also writes the Δ of all
+    // but its last block), and one branch cache per run.
+    let mut ends: Vec<usize> = Vec::new();
+    for q in &all {
+        if let (Site::Blocks { to, .. }, Some(_)) = (q.site, q.verify) {
+            ends.push(to - 1);
+        }
+    }
+    for q in &all {
+        if let Site::Blocks { to, .. } = q.site {
+            if ends.contains(&to) {
+                return Err(bad(format!(
+                    "a verified quantity's check writes a Δ ending at block boundary {to}, where {q:?} ends; at most one may"
+                )));
+            }
+        }
+    }
+    ends.sort_unstable();
+    if ends.windows(2).any(|w| w[0] == w[1]) {
+        return Err(bad("two verified quantities end at the same block boundary".into()));
+    }
     for (i, a) in all.iter().enumerate() {
         for b in &all[..i] {
             match (a.site, b.site) {
@@ -356,7 +399,18 @@ impl<B: Backend> CacheEngine<B> {
                     }
                     _ => (None, None),
                 };
-                Ok(Slot { q, bufs, stored: false, ladder, forecast })
+                let head = match (q.verify, q.site) {
+                    (Some(threshold), Site::Blocks { .. }) => {
+                        let hb = model.stream_buffers(be, ws)?;
+                        let ladder = match q.calibrator {
+                            Calibrator::Taylor(order) => Some(Ladder::new(be, &hb.iter().collect::<Vec<_>>(), order)?),
+                            _ => None,
+                        };
+                        Some(Head { threshold, bufs: hb, ladder, save: model.stream_buffers(be, ws)?, fc: buf()? })
+                    }
+                    _ => None,
+                };
+                Ok(Slot { q, bufs, stored: false, ladder, forecast, head })
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(CacheEngine {
@@ -430,15 +484,10 @@ impl<B: Backend> CacheEngine<B> {
         let skipped = ctx.skip.iter().filter(|&&s| s).count();
         let blocks_run = plan.blocks_run(self.layers).saturating_sub(skipped);
         // Calibrated quantities: this step's coefficients, written before the captured unit.
-        let mut new_valid = vec![None; self.slots.len()];
-        for (i, slot) in self.slots.iter_mut().enumerate() {
-            let Some(ladder) = slot.ladder.as_mut() else { continue };
-            match lowered {
-                Lowered::Full { store } if store & (1 << i) != 0 => {
-                    new_valid[i] = Some(ladder.prepare_update(be, step)?)
-                }
-                Lowered::Reuse { slot } if slot == i => ladder.prepare_apply(be, step)?,
-                _ => {}
+        let new_valid = self.prepare_ladders(be, step, lowered)?;
+        if let Lowered::Reuse { slot } = lowered {
+            if self.slots[slot].head.is_some() {
+                return self.verified_step(be, model, ctx, ws, step, slot, plan, probe, tail);
             }
         }
         be.graph_run(&plan.variant(), &mut || {
@@ -446,6 +495,32 @@ impl<B: Backend> CacheEngine<B> {
             model.finish(be, ws)?;
             tail(be, ws)
         })?;
+        self.note_full(step, lowered, new_valid);
+        Ok(StepReport { plan, blocks_run, probe })
+    }
+
+    /// Calibrated quantities: this step's coefficients, written before the captured unit;
+    /// returns the ladder levels (main, head) a full step leaves defined.
+    fn prepare_ladders(&mut self, be: &B, step: usize, lowered: Lowered) -> Result<Vec<[Option<usize>; 2]>> {
+        let mut new_valid = vec![[None; 2]; self.slots.len()];
+        for (i, slot) in self.slots.iter_mut().enumerate() {
+            let head = slot.head.as_mut().and_then(|h| h.ladder.as_mut());
+            for (k, ladder) in [slot.ladder.as_mut(), head].into_iter().enumerate() {
+                let Some(ladder) = ladder else { continue };
+                match lowered {
+                    Lowered::Full { store } if store & (1 << i) != 0 => {
+                        new_valid[i][k] = Some(ladder.prepare_update(be, step)?)
+                    }
+                    Lowered::Reuse { slot } if slot == i => ladder.prepare_apply(be, step)?,
+                    _ => {}
+                }
+            }
+        }
+        Ok(new_valid)
+    }
+
+    /// Bookkeeping after a full step: what it stored, the ladders' new levels.
+    fn note_full(&mut self, step: usize, lowered: Lowered, new_valid: Vec<[Option<usize>; 2]>) {
         if let Lowered::Full { store } = lowered {
             for (i, s) in self.slots.iter_mut().enumerate() {
                 s.stored |= store & (1 << i) != 0;
@@ -453,12 +528,93 @@ impl<B: Backend> CacheEngine<B> {
             self.front_probe_stored |= self.front_probe.is_some();
         }
         for (slot, valid) in self.slots.iter_mut().zip(new_valid) {
-            if let (Some(ladder), Some(valid)) = (slot.ladder.as_mut(), valid) {
-                ladder.valid = valid;
-                ladder.last_full = Some(step);
+            let head = slot.head.as_mut().and_then(|h| h.ladder.as_mut());
+            for (ladder, valid) in [slot.ladder.as_mut(), head].into_iter().zip(valid) {
+                if let (Some(ladder), Some(valid)) = (ladder, valid) {
+                    ladder.valid = valid;
+                    ladder.last_full = Some(step);
+                }
             }
         }
-        Ok(StepReport { plan, blocks_run, probe })
+    }
+
+    /// A cached step of a verified quantity (see [`Quantity::verify`]): the check's block in a
+    /// first captured unit, the host reads the error, then the rest of the step or a full step
+    /// from the range's start in a second one.
+    #[allow(clippy::too_many_arguments)]
+    fn verified_step(
+        &mut self,
+        be: &B,
+        model: &Transformer<B>,
+        ctx: &Context<B>,
+        ws: &mut Workspace<B>,
+        step: usize,
+        i: usize,
+        plan: StepPlan,
+        probe: Option<f32>,
+        tail: &mut (dyn FnMut(&B, &mut Workspace<B>) -> Result<()> + Send),
+    ) -> Result<StepReport> {
+        let (l, start) = (self.layers, self.probe_kind.blocks());
+        let Site::Blocks { from, to } = self.slots[i].q.site else {
+            return Err(plan_err(&*self.policy, step, &plan, "a verified quantity must be a block range"));
+        };
+        let variant = plan.variant();
+        {
+            let slot = &mut self.slots[i];
+            let SlotBufs::Delta(full) = &slot.bufs else {
+                return Err(plan_err(&*self.policy, step, &plan, "a verified quantity must hold a Δ"));
+            };
+            let (ladder, head) = (&slot.ladder, slot.head.as_mut().expect("verified slot"));
+            be.graph_run(&format!("{variant}/verify"), &mut || {
+                if start < from {
+                    model.run_blocks(be, ctx, ws, start..from, &mut [], Branches::Compute)?;
+                }
+                for s in 0..model.live_streams(from) {
+                    be.copy(&ws.streams[s], &mut head.save[s])?;
+                }
+                // ĥ_to of the image stream: s_from + Δ̂(from..to)
+                be.copy(&ws.streams[0], &mut head.fc)?;
+                match ladder {
+                    Some(ld) => ld.apply(be, std::slice::from_mut(&mut head.fc), full, 1)?,
+                    None => be.residual(&mut head.fc, &full[0], None, crate::backend::CacheWrite::None)?,
+                }
+                // ĥ_{to−1} = s_from + Δ̂(from..to−1), then the range's last block for real
+                match &head.ladder {
+                    Some(ld) => ld.apply(be, &mut ws.streams, &head.bufs, model.live_streams(to - 1))?,
+                    None => model.apply_delta(be, ws, to - 1, &head.bufs)?,
+                }
+                model.run_blocks(be, ctx, ws, to - 1..to, &mut [], Branches::Compute)
+            })?;
+        }
+        let head = self.slots[i].head.as_ref().expect("verified slot");
+        let (d, n) = be.rel_l1(&ws.streams[0], &head.fc)?;
+        let err = d / n.max(f32::MIN_POSITIVE);
+        if err <= head.threshold {
+            be.graph_run(&format!("{variant}/accept"), &mut || {
+                if to < l {
+                    model.run_blocks(be, ctx, ws, to..l, &mut [], Branches::Compute)?;
+                }
+                model.finish(be, ws)?;
+                tail(be, ws)
+            })?;
+            return Ok(StepReport { plan, blocks_run: plan.blocks_run(l) + 1, probe });
+        }
+        // Fallback: a full step from `from`, storing this quantity.
+        self.policy.fallback(step);
+        let lowered = Lowered::Full { store: 1 << i };
+        let new_valid = self.prepare_ladders(be, step, lowered)?;
+        be.graph_run(&format!("{variant}/fallback"), &mut || {
+            let head = self.slots[i].head.as_ref().expect("verified slot");
+            for s in 0..model.live_streams(from) {
+                be.copy(&head.save[s], &mut ws.streams[s])?;
+            }
+            self.run_full(be, model, ctx, ws, 1 << i, from)?;
+            model.finish(be, ws)?;
+            tail(be, ws)
+        })?;
+        self.note_full(step, lowered, new_valid);
+        let generic = i.checked_sub(self.legacy.generic).map_or(0, |q| 1u32 << q);
+        Ok(StepReport { plan: StepPlan::Compute { store: generic }, blocks_run: l + 1, probe })
     }
 
     /// A plan may only store what the policy declared and read what has been stored this run,
@@ -559,6 +715,64 @@ impl<B: Backend> CacheEngine<B> {
         }
     }
 
+    /// A full step from block `start`, storing the slots of `store` (and the Δ's a verified one
+    /// checks with), the ladders' updates, the probe's reference.
+    fn run_full(
+        &mut self,
+        be: &B,
+        model: &Transformer<B>,
+        ctx: &Context<B>,
+        ws: &mut Workspace<B>,
+        store: u64,
+        start: usize,
+    ) -> Result<()> {
+        let l = self.layers;
+        let mut taps = Vec::new();
+        let mut branches = Branches::Compute;
+        for (i, slot) in self.slots.iter_mut().enumerate() {
+            if store & (1 << i) == 0 {
+                continue;
+            }
+            match (&mut slot.bufs, slot.q.site) {
+                (SlotBufs::Delta(bufs), Site::Blocks { from, to }) => {
+                    taps.push(DeltaTap { from, to, bufs });
+                    if let Some(h) = slot.head.as_mut() {
+                        taps.push(DeltaTap { from, to: to - 1, bufs: &mut h.bufs });
+                    }
+                }
+                (SlotBufs::Branches(c), _) => branches = Branches::Store(c),
+                _ => {}
+            }
+        }
+        model.run_blocks(be, ctx, ws, start..l, &mut taps, branches)?;
+        drop(taps);
+        for (i, slot) in self.slots.iter_mut().enumerate() {
+            if store & (1 << i) == 0 {
+                continue;
+            }
+            if let (Some(Head { ladder: Some(ladder), bufs, .. }), Site::Blocks { to, .. }) =
+                (slot.head.as_mut(), slot.q.site)
+            {
+                ladder.update(be, &bufs.iter().collect::<Vec<_>>(), model.live_streams(to - 1))?;
+            }
+            let Some(ladder) = slot.ladder.as_mut() else { continue };
+            match (&slot.bufs, slot.q.site) {
+                (SlotBufs::Delta(d0), Site::Blocks { to, .. }) => {
+                    ladder.update(be, &d0.iter().collect::<Vec<_>>(), model.live_streams(to))?
+                }
+                (SlotBufs::Branches(c), _) => {
+                    let d0: Vec<&Tensor<B>> = c.iter().flat_map(|b| &b.slots).collect();
+                    ladder.update(be, &d0, d0.len())?
+                }
+                _ => {}
+            }
+        }
+        if let Some((res, prev)) = self.front_probe.as_mut() {
+            be.copy(&res[0], prev)?;
+        }
+        Ok(())
+    }
+
     /// Runs a plan that [`Self::check_plan`] accepted: the buffers it uses exist.
     fn run_plan(
         &mut self,
@@ -572,39 +786,7 @@ impl<B: Backend> CacheEngine<B> {
         // The probe's blocks ran in phase A.
         let start = self.probe_kind.blocks();
         match plan {
-            Lowered::Full { store } => {
-                let mut taps = Vec::new();
-                let mut branches = Branches::Compute;
-                for (i, slot) in self.slots.iter_mut().enumerate() {
-                    if store & (1 << i) == 0 {
-                        continue;
-                    }
-                    match (&mut slot.bufs, slot.q.site) {
-                        (SlotBufs::Delta(bufs), Site::Blocks { from, to }) => taps.push(DeltaTap { from, to, bufs }),
-                        (SlotBufs::Branches(c), _) => branches = Branches::Store(c),
-                        _ => {}
-                    }
-                }
-                model.run_blocks(be, ctx, ws, start..l, &mut taps, branches)?;
-                drop(taps);
-                for (i, slot) in self.slots.iter_mut().enumerate() {
-                    let Some(ladder) = slot.ladder.as_mut().filter(|_| store & (1 << i) != 0) else { continue };
-                    match (&slot.bufs, slot.q.site) {
-                        (SlotBufs::Delta(d0), Site::Blocks { to, .. }) => {
-                            ladder.update(be, &d0.iter().collect::<Vec<_>>(), model.live_streams(to))?
-                        }
-                        (SlotBufs::Branches(c), _) => {
-                            let d0: Vec<&Tensor<B>> = c.iter().flat_map(|b| &b.slots).collect();
-                            ladder.update(be, &d0, d0.len())?
-                        }
-                        _ => {}
-                    }
-                }
-                if let Some((res, prev)) = self.front_probe.as_mut() {
-                    be.copy(&res[0], prev)?;
-                }
-                Ok(())
-            }
+            Lowered::Full { store } => self.run_full(be, model, ctx, ws, store, start),
             Lowered::Reuse { slot } => {
                 let policy = self.policy.name().to_string();
                 let slot = &mut self.slots[slot];

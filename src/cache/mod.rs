@@ -186,29 +186,42 @@ impl Calibrator {
 }
 
 /// A cached quantity: what is stored on full steps and applied on cached ones.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct Quantity {
     /// where it comes from
     pub site: Site,
     /// how it is applied
     pub calibrator: Calibrator,
+    /// Verified forecasting ([`Site::Blocks`] of two blocks or more): on a cached step the
+    /// forecast input of the range's last block, s_from + Δ̂(from..to−1), runs through that
+    /// block for real, and its output h̃_to is compared with the forecast ĥ_to = s_from +
+    /// Δ̂(from..to): when Σ|h̃_to − ĥ_to| / Σ|ĥ_to| (image stream) exceeds this threshold the
+    /// step falls back to a full step from block `from` ([`CachePolicy::fallback`]); else it
+    /// goes on from h̃_to. Costs one block per cached step (two on a fallback).
+    pub verify: Option<f32>,
 }
 
 impl Quantity {
     /// The deviation of blocks [from, to), reused as stored.
     pub fn blocks(from: usize, to: usize) -> Self {
-        Quantity { site: Site::Blocks { from, to }, calibrator: Calibrator::None }
+        Quantity { site: Site::Blocks { from, to }, calibrator: Calibrator::None, verify: None }
     }
 
     /// Every block's branch outputs (FORA), reused as stored.
     pub fn branches() -> Self {
-        Quantity { site: Site::Branches, calibrator: Calibrator::None }
+        Quantity { site: Site::Branches, calibrator: Calibrator::None, verify: None }
     }
 
     /// The same, applied through `calibrator`.
     pub fn calibrated(mut self, calibrator: Calibrator) -> Self {
         self.calibrator = calibrator;
+        self
+    }
+
+    /// The same, verified against one real block (see [`Quantity::verify`]).
+    pub fn verified(mut self, threshold: f32) -> Self {
+        self.verify = Some(threshold);
         self
     }
 
@@ -309,6 +322,12 @@ pub trait CachePolicy: Send + std::fmt::Debug {
     fn plan(&mut self, info: &StepInfo) -> StepPlan;
     /// Forgets all state (a new sampling run).
     fn reset(&mut self) {}
+    /// Step `step`'s [`StepPlan::Reuse`] of a verified quantity failed its check and ran as a
+    /// full step storing that quantity instead ([`Quantity::verify`]); the policy may update
+    /// its state (the engine reports the step as [`StepPlan::Compute`]).
+    fn fallback(&mut self, step: usize) {
+        let _ = step;
+    }
 }
 
 /// Runs every block on every step.

@@ -28,6 +28,7 @@
 //! | | `max-cached` | most cached steps of a run (M), or `none` | none |
 //! | | `max-continuous` | most cached steps in a row (MC), or `none` | none |
 //! | | `calibrator` | `none` (reuse the middle residual), `taylor1`/`taylor2` (cache-dit's TaylorSeer forecast of order 1/2) | none |
+//! | | `verify` | verified forecasting (not in cache-dit): the middle's last block runs for real on the forecast input; a relative L1 gap to the forecast above this falls back to a full step | none (no check) |
 
 use super::{CachePolicy, Calibrator, DbCache, Delta, DeltaAdaptive, FirstBlock, Fora, NoCache};
 use crate::model::Family;
@@ -49,7 +50,7 @@ const POLICIES: &[(&str, &[&str])] = &[
     ("delta-adaptive", &["threshold", "warmup", "max-cached", "nc", "b"]),
     ("fora", &["n", "calibrator"]),
     ("first-block", &["threshold", "max-cached"]),
-    ("dbcache", &["fn", "bn", "threshold", "warmup", "max-cached", "max-continuous", "calibrator"]),
+    ("dbcache", &["fn", "bn", "threshold", "warmup", "max-cached", "max-continuous", "calibrator", "verify"]),
 ];
 
 impl FromStr for CacheSpec {
@@ -176,16 +177,19 @@ impl CacheSpec {
                 self.f32_param("threshold")?.unwrap_or(FirstBlock::DEFAULT_THRESHOLD),
                 self.cap_param("max-cached", FirstBlock::DEFAULT_MAX_CACHED)?,
             )?),
-            "dbcache" => Box::new(DbCache::new(
-                self.usize_param("fn")?.unwrap_or(DbCache::DEFAULT_FN),
-                self.usize_param("bn")?.unwrap_or(DbCache::DEFAULT_BN),
-                self.f32_param("threshold")?.unwrap_or(DbCache::DEFAULT_THRESHOLD),
-                self.usize_param("warmup")?.unwrap_or(DbCache::DEFAULT_WARMUP),
-                self.cap_param("max-cached", None)?,
-                self.cap_param("max-continuous", None)?,
-                self.calibrator_param()?,
-                layers,
-            )?),
+            "dbcache" => Box::new(
+                DbCache::new(
+                    self.usize_param("fn")?.unwrap_or(DbCache::DEFAULT_FN),
+                    self.usize_param("bn")?.unwrap_or(DbCache::DEFAULT_BN),
+                    self.f32_param("threshold")?.unwrap_or(DbCache::DEFAULT_THRESHOLD),
+                    self.usize_param("warmup")?.unwrap_or(DbCache::DEFAULT_WARMUP),
+                    self.cap_param("max-cached", None)?,
+                    self.cap_param("max-continuous", None)?,
+                    self.calibrator_param()?,
+                    layers,
+                )?
+                .verified(self.f32_param("verify")?)?,
+            ),
             other => {
                 return Err(Error::param(
                     "cache",
