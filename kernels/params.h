@@ -257,6 +257,27 @@ typedef struct SchedulerStepParams {
 } SchedulerStepParams;
 
 /* ------------------------------------------------------------------------ */
+/* forecast.cu — forecast_{bf16,f16}: the calibrated Δ apply and the         */
+/* TaylorSeer ladder update of cached quantities, one pass:                  */
+/*   x = (accumulate ? x : 0) + sum_{i < terms} coef[i] * t_i               */
+/* in f32, rounded once. coef is f32 on the device (its values change per    */
+/* step; a captured graph reads them). Grid-stride over 8-element vectors    */
+/* (n % 8 == 0) or elements, FORECAST_THREADS threads per block.             */
+/* ------------------------------------------------------------------------ */
+#define FORECAST_THREADS 256
+#define FORECAST_MAX_TERMS 3
+typedef struct ForecastParams {
+    void* x;                  /* [n], updated in place */
+    const void* t0;           /* [n] */
+    const void* t1;           /* [n], or NULL past `terms` */
+    const void* t2;           /* [n], or NULL past `terms` */
+    const float* coef;        /* [terms] */
+    int64_t n;
+    int32_t terms;            /* 1..FORECAST_MAX_TERMS */
+    int32_t accumulate;       /* 1: add to x; 0: overwrite x */
+} ForecastParams;
+
+/* ------------------------------------------------------------------------ */
 /* rel_l1.cu — rel_l1_{bf16,f16,f32}: the two sums of a relative-L1 probe   */
 /* for cache policies, Σ|a - b| and Σ|b|, as per-block f32 partials          */
 /* partial[2 * block + {0, 1}], which the launcher sums in a fixed order:    */

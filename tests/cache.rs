@@ -6,7 +6,9 @@ mod common;
 use common::rel_l2;
 use deltadit::backend::cpu::Cpu;
 use deltadit::backend::{Backend, Cfg};
-use deltadit::cache::{schedule, CachePolicy, CacheSpec, Delta, DeltaAdaptive, FirstBlock, Fora, StepInfo, StepPlan};
+use deltadit::cache::{
+    schedule, CachePolicy, CacheSpec, Calibrator, DbCache, Delta, DeltaAdaptive, FirstBlock, Fora, StepInfo, StepPlan,
+};
 use deltadit::internals::{ModelParts, WorkspaceParts};
 use deltadit::io::Inputs;
 use deltadit::model::{Family, Transformer};
@@ -148,11 +150,64 @@ fn first_block_skips_below_threshold_with_optional_cap() {
     let probes = [None, Some(0.01), Some(0.2), Some(0.04), Some(0.049), Some(0.0)];
     let s = plans(&mut f, 6, 8, &probes);
     use StepPlan::*;
-    let full = Full { store_front: false, store_rear: false, store_branches: false, store_rest: true };
-    assert_eq!(s, vec![full, CachedAfterFirst, full, CachedAfterFirst, CachedAfterFirst, CachedAfterFirst]);
+    // DBCache F1B0: quantity 0 is the Δ of blocks [1, L).
+    let (full, cached) = (Compute { store: 1 }, Reuse { quantity: 0, from: 1, to: 8 });
+    assert_eq!(s, vec![full, cached, full, cached, cached, cached]);
     let mut capped = FirstBlock::new(0.05, Some(2)).unwrap();
     assert_eq!(plans(&mut capped, 6, 8, &probes)[5], full, "third cached step in a row is capped");
     assert_eq!(s.iter().map(|p| p.blocks_run(8)).collect::<Vec<_>>(), [8, 1, 8, 1, 1, 1]);
+}
+
+/// DBCache decides as cache-dit's `can_cache` does: no cache in the warm-up, a cap on cached
+/// steps of the run (M) and in a row (MC), a threshold on the Fn residual's change, a threshold
+/// ≥ 1 caching whenever a full step stored the residual.
+#[test]
+fn dbcache_decides_as_cache_dit() {
+    use StepPlan::*;
+    let probes = [None, Some(0.01), Some(0.01), Some(0.2), Some(0.01), Some(0.01), Some(0.01), Some(0.01)];
+    let kinds = |p: &mut DbCache, probes: &[Option<f32>]| -> String {
+        plans(p, probes.len(), 10, probes)
+            .iter()
+            .map(|p| match p {
+                Compute { store: 1 } => 'F',
+                Reuse { quantity: 0, from: 2, to: 9 } => 'C',
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    };
+    let mut d = DbCache::new(2, 1, 0.1, 2, None, None, Calibrator::None, 10).unwrap();
+    assert_eq!(kinds(&mut d, &probes), "FFCFCCCC", "warm-up 2, then below the threshold except step 3");
+    let mut m = DbCache::new(2, 1, 0.1, 1, Some(3), None, Calibrator::None, 10).unwrap();
+    assert_eq!(kinds(&mut m, &probes), "FCCFCFFF", "at most 3 cached steps in the run");
+    let mut mc = DbCache::new(2, 1, 0.1, 1, None, Some(2), Calibrator::None, 10).unwrap();
+    assert_eq!(kinds(&mut mc, &probes), "FCCFCCFC", "at most 2 in a row");
+    let mut always = DbCache::new(2, 1, 1.0, 0, None, None, Calibrator::None, 10).unwrap();
+    assert_eq!(kinds(&mut always, &[None, Some(5.0), Some(50.0)]), "FCC", "threshold ≥ 1 always caches");
+    // reset forgets the counts
+    assert_eq!(kinds(&mut m, &probes), "FCCFCFFF");
+    assert_eq!(d.params(), "fn=2,bn=1,threshold=0.1,warmup=2,max-cached=none,max-continuous=none,calibrator=none");
+}
+
+/// `first-block` is DBCache F1B0 without warm-up, its max-cached DBCache's max-continuous: the
+/// same decisions on any probe sequence.
+#[test]
+fn first_block_is_dbcache_f1b0() {
+    let mut seed = 0x2545f4914f6cdd1du64;
+    let mut rnd = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed >> 40) as f32 / (1u64 << 24) as f32
+    };
+    for cap in [None, Some(1), Some(2), Some(3)] {
+        for threshold in [0.05f32, 0.3, 0.6, 1.0, 7.0] {
+            let probes: Vec<Option<f32>> =
+                (0..30).map(|i| if i == 0 || rnd() < 0.1 { None } else { Some(rnd()) }).collect();
+            let mut f = FirstBlock::new(threshold, cap).unwrap();
+            let mut d = DbCache::new(1, 0, threshold, 0, None, cap, Calibrator::None, 12).unwrap();
+            assert_eq!(plans(&mut f, 30, 12, &probes), plans(&mut d, 30, 12, &probes), "{threshold} {cap:?}");
+        }
+    }
 }
 
 // ---------------------------------------------------------------- validation
@@ -296,8 +351,117 @@ fn fora_bookkeeping() {
 }
 
 #[test]
+fn dbcache_bookkeeping() {
+    // Fn = 2, Bn = 1 of 6: the middle [2, 5) is skipped, its Δ applied at 5, block 5 runs.
+    for cal in ["none", "taylor1", "taylor2"] {
+        cached_step_reproduces_full_step(
+            &format!("dbcache:fn=2,bn=1,threshold=1000,warmup=1,calibrator={cal}"),
+            StepPlan::Reuse { quantity: 0, from: 2, to: 5 },
+        );
+    }
+    sd3_cached_step_reproduces_full_step(
+        "dbcache:fn=1,bn=1,threshold=1000,warmup=1",
+        StepPlan::Reuse { quantity: 0, from: 1, to: 2 },
+    );
+    flux_cached_step_reproduces_full_step(
+        "dbcache:fn=1,bn=1,threshold=1000,warmup=1",
+        StepPlan::Reuse { quantity: 0, from: 1, to: 3 },
+    );
+    flux_cached_step_reproduces_full_step(
+        "dbcache:fn=1,bn=0,threshold=1000,warmup=1,calibrator=taylor2",
+        StepPlan::Reuse { quantity: 0, from: 1, to: 4 },
+    );
+}
+
+/// Calibrated quantities over several steps of identical inputs: every stored snapshot is the
+/// same, so each TaylorSeer derivative is exactly 0 and every cached step must reproduce the full
+/// step's output — a ladder that reads an unwritten (NaN-poisoned) snapshot, indexes the wrong
+/// level or applies the wrong coefficient fails this.
+#[test]
+fn calibrated_quantities_on_repeated_inputs() {
+    let be = Cpu::default();
+    let dir = data("pixart-tiny-delta-n2-nc4-b12");
+    let model = Transformer::load(&be, &dir).unwrap();
+    let inputs =
+        SampleInputs::from_inputs(&Inputs::open(&dir.join("inputs.safetensors")).unwrap(), model.config()).unwrap();
+    let mut cond = deltadit::model::Conditioning { batch: 1, height: 16, width: 16, ..Default::default() };
+    cond.text = inputs.cond.clone();
+    let steps = 9;
+    for spec in [
+        "dbcache:fn=1,bn=1,threshold=1000,warmup=2,max-continuous=1,calibrator=taylor2",
+        "dbcache:fn=2,bn=0,threshold=1000,warmup=1,max-continuous=2,calibrator=taylor1",
+        "delta:n=2,nc=3,b=5,calibrator=taylor2",
+        "fora:n=2,calibrator=taylor2",
+        "fora:n=3,calibrator=taylor1",
+        "dbcache:fn=1,bn=1,threshold=1000,warmup=1,max-continuous=2,calibrator=taylor2,verify=1000",
+        "dbcache:fn=1,bn=0,threshold=1000,warmup=1,verify=1000",
+    ] {
+        let policy = spec.parse::<CacheSpec>().unwrap().build(Family::PixArt, model.num_blocks(), steps).unwrap();
+        let mut d = Denoiser::new(&be, &model, &cond, policy).unwrap();
+        let mut full = None;
+        let mut cached = 0;
+        for step in 0..steps {
+            let r = d.forward(&be, &inputs.latents, &[500.0], step, steps).unwrap();
+            let out = be.download(d.output()).unwrap();
+            let reference = full.get_or_insert_with(|| out.clone());
+            let e = rel_l2(&out, reference);
+            assert!(e < 1e-6, "{spec}: step {step} ({:?}) differs from the full step by {e:.2e}", r.plan);
+            cached += usize::from(matches!(r.plan, StepPlan::Reuse { .. }));
+        }
+        assert!(cached >= 3, "{spec}: {cached} cached steps");
+    }
+}
+
+/// Verified forecasting: a check that always fails turns every cached step into a full step
+/// (reported as `Compute`, one block more than the model for the failed check) whose output is
+/// the uncached model's on changing inputs; one that always passes runs the middle's last block
+/// on the forecast input, one block more than the plain cached step.
+#[test]
+fn dbcache_verified_forecast_falls_back_to_the_uncached_model() {
+    let be = Cpu::default();
+    let dir = data("pixart-tiny-delta-n2-nc4-b12");
+    let model = Transformer::load(&be, &dir).unwrap();
+    let layers = model.num_blocks();
+    let inputs =
+        SampleInputs::from_inputs(&Inputs::open(&dir.join("inputs.safetensors")).unwrap(), model.config()).unwrap();
+    let mut cond = deltadit::model::Conditioning { batch: 1, height: 16, width: 16, ..Default::default() };
+    cond.text = inputs.cond.clone();
+    let steps = 6;
+    let build = |spec: &str| spec.parse::<CacheSpec>().unwrap().build(Family::PixArt, layers, steps).unwrap();
+    let mut none = Denoiser::new(&be, &model, &cond, build("none")).unwrap();
+    let mut fails = Denoiser::new(
+        &be,
+        &model,
+        &cond,
+        build("dbcache:fn=1,bn=1,threshold=1000,warmup=1,calibrator=taylor1,verify=1e-30"),
+    )
+    .unwrap();
+    let mut passes =
+        Denoiser::new(&be, &model, &cond, build("dbcache:fn=1,bn=1,threshold=1000,warmup=1,verify=1e30")).unwrap();
+    for step in 0..steps {
+        let x: Vec<f32> = inputs.latents.iter().map(|v| v * (1.0 + 0.15 * step as f32)).collect();
+        let t = [900.0 - 150.0 * step as f32];
+        none.forward(&be, &x, &t, step, steps).unwrap();
+        let r = fails.forward(&be, &x, &t, step, steps).unwrap();
+        assert_eq!(r.plan, StepPlan::Compute { store: 1 }, "step {step}");
+        assert_eq!(r.blocks_run, if step == 0 { layers } else { layers + 1 }, "step {step}");
+        let e = rel_l2(&be.download(fails.output()).unwrap(), &be.download(none.output()).unwrap());
+        assert!(e < 1e-6, "step {step}: a failed check's full step differs from the uncached model by {e:.2e}");
+        let r = passes.forward(&be, &x, &t, step, steps).unwrap();
+        if step > 0 {
+            assert_eq!(r.plan, StepPlan::Reuse { quantity: 0, from: 1, to: layers - 1 }, "step {step}");
+            assert_eq!(r.blocks_run, 3, "Fn + the check's block + Bn");
+        }
+    }
+    assert_eq!(
+        param_name("dbcache:verify=0".parse::<CacheSpec>().unwrap().build(Family::PixArt, layers, steps).unwrap_err()),
+        "verify"
+    );
+}
+
+#[test]
 fn first_block_bookkeeping() {
-    cached_step_reproduces_full_step("first-block:threshold=1000", StepPlan::CachedAfterFirst);
+    cached_step_reproduces_full_step("first-block:threshold=1000", StepPlan::Reuse { quantity: 0, from: 1, to: 6 });
 }
 
 /// The same on SD3.5 (qk norm, dual attention in block 0, 3 blocks, batch 2): every range and
@@ -338,7 +502,7 @@ fn sd3_delta_rear_ends_at_the_context_pre_only_block() {
 #[test]
 fn sd3_fora_and_first_block_bookkeeping() {
     sd3_cached_step_reproduces_full_step("fora:n=2", StepPlan::ReuseBranches);
-    sd3_cached_step_reproduces_full_step("first-block:threshold=1000", StepPlan::CachedAfterFirst);
+    sd3_cached_step_reproduces_full_step("first-block:threshold=1000", StepPlan::Reuse { quantity: 0, from: 1, to: 3 });
 }
 
 /// SD3's streams, and where the context stops being read (after the context-pre-only block).
@@ -392,7 +556,10 @@ fn flux_delta_rear_ends_at_the_last_single_block() {
 #[test]
 fn flux_fora_and_first_block_bookkeeping() {
     flux_cached_step_reproduces_full_step("fora:n=2", StepPlan::ReuseBranches);
-    flux_cached_step_reproduces_full_step("first-block:threshold=1000", StepPlan::CachedAfterFirst);
+    flux_cached_step_reproduces_full_step(
+        "first-block:threshold=1000",
+        StepPlan::Reuse { quantity: 0, from: 1, to: 4 },
+    );
 }
 
 /// FLUX's streams: image and context through the double and the single blocks; the context is

@@ -5,7 +5,7 @@
 //! small models and their results checked (finite outputs, the shapes asked for).
 
 use deltadit::backend::cpu::Cpu;
-use deltadit::cache::{CacheNeeds, CachePolicy, CacheSpec, Probe, StepInfo, StepPlan};
+use deltadit::cache::{CacheNeeds, CachePolicy, CacheSpec, Calibrator, Probe, Quantity, StepInfo, StepPlan};
 use deltadit::io::{write_safetensors, HostTensor, Inputs};
 use deltadit::model::{Checkpoint, Conditioning, Family, ModelConfig, RandomWeights, TextInput, Transformer};
 use deltadit::pipeline::{self, Denoiser, ForwardInputs, SampleConfig, SampleInputs};
@@ -561,6 +561,7 @@ fn cache_spec() -> impl Strategy<Value = String> {
         Just("delta-adaptive"),
         Just("fora"),
         Just("first-block"),
+        Just("dbcache"),
         Just("teacache"),
         Just(""),
     ];
@@ -572,6 +573,11 @@ fn cache_spec() -> impl Strategy<Value = String> {
         Just("warmup"),
         Just("max-cached"),
         Just("max_cached"),
+        Just("fn"),
+        Just("bn"),
+        Just("max-continuous"),
+        Just("calibrator"),
+        Just("verify"),
         Just("zz")
     ];
     let val = prop_oneof![
@@ -580,6 +586,10 @@ fn cache_spec() -> impl Strategy<Value = String> {
         Just("NaN".to_string()),
         Just("inf".to_string()),
         Just("0.05".to_string()),
+        Just("none".to_string()),
+        Just("taylor1".to_string()),
+        Just("taylor2".to_string()),
+        Just("taylor3".to_string()),
         Just("18446744073709551616".to_string()),
         Just("".to_string())
     ];
@@ -739,6 +749,91 @@ fn user_policies_error_or_run() {
     );
     check("user policies", 80, 20, strategy, |(needs, probe, plans)| {
         if run_policy(tiny_pixart(), Box::new(Arbitrary { needs, probe, plans }), 4)? {
+            checked(Ok(()))?;
+        }
+        Ok(())
+    });
+}
+
+/// A user-written policy of cached quantities (`quantities()`, `Compute`/`Reuse` plans) that
+/// declares and plans whatever it was given.
+#[derive(Debug)]
+struct ArbitraryQuantities {
+    quantities: Vec<Quantity>,
+    probe: Probe,
+    plans: Vec<StepPlan>,
+}
+
+impl CachePolicy for ArbitraryQuantities {
+    fn name(&self) -> &'static str {
+        "arbitrary-quantities"
+    }
+    fn params(&self) -> String {
+        String::new()
+    }
+    fn probe(&self) -> Probe {
+        self.probe
+    }
+    fn quantities(&self, _layers: usize) -> Vec<Quantity> {
+        self.quantities.clone()
+    }
+    fn plan(&mut self, info: &StepInfo) -> StepPlan {
+        self.plans[info.step % self.plans.len()]
+    }
+}
+
+/// Whatever quantities (any block range, branch outputs, TaylorSeer of any order), probe
+/// (front blocks of any count) and plans a policy of quantities gives, the engine runs it or
+/// rejects it with a `CachePlan` error: no panic, no NaN from an unwritten snapshot.
+#[test]
+fn user_quantity_policies_error_or_run() {
+    let calibrator = prop_oneof![
+        Just(Calibrator::None),
+        Just(Calibrator::Taylor(1)),
+        Just(Calibrator::Taylor(2)),
+        Just(Calibrator::Taylor(3))
+    ];
+    let quantity = prop_oneof![
+        4 => (0usize..3, 1usize..4, calibrator, prop::option::weighted(0.25, prop_oneof![Just(1e-30f32), Just(0.5), Just(1e30), Just(-1.0)]))
+            .prop_map(|(from, to, c, v)| {
+                let q = Quantity::blocks(from, to).calibrated(c);
+                match v {
+                    Some(t) => q.verified(t),
+                    None => q,
+                }
+            }),
+        1 => Just(Quantity::branches()),
+    ];
+    let plan = prop_oneof![
+        (0u32..8).prop_map(|store| StepPlan::Compute { store }),
+        (0usize..4, 0usize..5, 0usize..5).prop_map(|(quantity, from, to)| StepPlan::Reuse { quantity, from, to }),
+        Just(StepPlan::FULL),
+    ];
+    let probe =
+        prop_oneof![Just(Probe::None), Just(Probe::Block0InputChange), (0usize..4).prop_map(Probe::FrontResidualDiff)];
+    let strategy = (
+        prop::collection::vec(quantity, 0..3),
+        probe,
+        prop::collection::vec(plan, 1..5),
+        prop::collection::vec(any::<bool>(), 4),
+    )
+        .prop_map(|(quantities, probe, mut plans, reuse)| {
+            // Half the policies are consistent: a first full step stores every quantity, and the
+            // reuses name a declared quantity over its own range.
+            if reuse[0] && !quantities.is_empty() {
+                plans.insert(0, StepPlan::Compute { store: (1 << quantities.len()) - 1 });
+                for (i, p) in plans.iter_mut().enumerate().skip(1) {
+                    if reuse[i % 4] {
+                        let q = i % quantities.len();
+                        let (from, to) = quantities[q].range(tiny_pixart().num_blocks());
+                        *p = StepPlan::Reuse { quantity: q, from, to };
+                    }
+                }
+            }
+            (quantities, probe, plans)
+        });
+    check("user quantity policies", 160, 5, strategy, |(quantities, probe, plans)| {
+        if run_policy(tiny_pixart(), Box::new(ArbitraryQuantities { quantities, probe, plans }), 6)? {
             checked(Ok(()))?;
         }
         Ok(())

@@ -129,7 +129,8 @@ fn any_warp_order_rel_l1_bit_identical_and_repeatable() {
     }
 }
 
-/// Two identical sampling runs with delta-adaptive and first-block plan the same steps from
+/// Two identical sampling runs with delta-adaptive, first-block and dbcache (TaylorSeer order 2,
+/// the forecast kernel) plan the same steps from
 /// bit-identical probes.
 #[test]
 fn adaptive_policies_plan_identically_twice() {

@@ -37,6 +37,11 @@ CASES = [
     ("sd35", "flow-match-euler", 12, 5.0, "first-block:threshold=0.000001", False),
     ("sd35", "flow-match-euler", 12, 5.0, "delta-adaptive:threshold=1000,warmup=2,max-cached=2", True),
     ("sd3", "flow-match-euler", 12, 5.0, "delta-adaptive:threshold=0.000001", False),
+    ("alpha", "dpm-solver++", 20, 4.5, "dbcache:fn=1,bn=1,threshold=1000,warmup=2,max-continuous=2,calibrator=taylor2", True),
+    ("sd35", "flow-match-euler", 12, 5.0, "dbcache:fn=1,bn=1,threshold=1000,warmup=2,max-continuous=2,calibrator=taylor1", True),
+    ("alpha", "dpm-solver++", 20, 4.5, "delta:n=2,nc=2,b=10,calibrator=taylor1", True),
+    ("sd3", "flow-match-euler", 12, 5.0, "fora:n=3,calibrator=taylor2", True),
+    ("alpha", "dpm-solver++", 20, 4.5, "dbcache:fn=1,bn=1,threshold=1000,warmup=2,calibrator=taylor1,verify=0.05", True),
 ]
 
 

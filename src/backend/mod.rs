@@ -277,6 +277,20 @@ pub trait Backend: sealed::Sealed + Sized + Send + Sync + 'static {
         cache: CacheWrite<'_, Self>,
     ) -> Result<()>;
 
+    /// `x = (accumulate ? x : 0) + Σ_i coef[coef_offset + i]·terms[i]` in f32, rounded once to
+    /// x's dtype, in one pass: the forecast apply of a calibrated cached quantity (x a stream,
+    /// terms its snapshots) and its TaylorSeer ladder update (coefficients 1/w, −1/w). 1..=3
+    /// terms of x's shape and dtype; `coef` is f32 and stays on the backend (its values are
+    /// written before a captured graph runs).
+    fn forecast(
+        &self,
+        x: &mut Tensor<Self>,
+        terms: &[&Tensor<Self>],
+        coef: &Tensor<Self>,
+        coef_offset: usize,
+        accumulate: bool,
+    ) -> Result<()>;
+
     /// Multi-head attention, `out[b·nq + i, h·d + j]`, with an optional f32 additive key bias
     /// `[batch, nk]` (the text padding mask as −10000).
     fn attention(

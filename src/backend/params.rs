@@ -19,6 +19,8 @@ pub const SCHED_DPM2: u32 = 1;
 pub const SCHED_DDIM: u32 = 2;
 pub const SCHED_LCM: u32 = 3;
 pub const SCHED_FLOW_EULER: u32 = 4;
+pub const FORECAST_THREADS: u32 = 256;
+pub const FORECAST_MAX_TERMS: u32 = 3;
 pub const REL_L1_THREADS: u32 = 256;
 pub const REL_L1_MAX_BLOCKS: u32 = 1024;
 #[repr(C)]
@@ -397,6 +399,40 @@ const _: () = {
     ["Offset of field: SchedulerStepParams::_pad"][::std::mem::offset_of!(SchedulerStepParams, _pad) - 68usize];
 };
 impl Default for SchedulerStepParams {
+    fn default() -> Self {
+        let mut s = ::std::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::std::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct ForecastParams {
+    pub x: *mut ::std::os::raw::c_void,
+    pub t0: *const ::std::os::raw::c_void,
+    pub t1: *const ::std::os::raw::c_void,
+    pub t2: *const ::std::os::raw::c_void,
+    pub coef: *const f32,
+    pub n: i64,
+    pub terms: i32,
+    pub accumulate: i32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of ForecastParams"][::std::mem::size_of::<ForecastParams>() - 56usize];
+    ["Alignment of ForecastParams"][::std::mem::align_of::<ForecastParams>() - 8usize];
+    ["Offset of field: ForecastParams::x"][::std::mem::offset_of!(ForecastParams, x) - 0usize];
+    ["Offset of field: ForecastParams::t0"][::std::mem::offset_of!(ForecastParams, t0) - 8usize];
+    ["Offset of field: ForecastParams::t1"][::std::mem::offset_of!(ForecastParams, t1) - 16usize];
+    ["Offset of field: ForecastParams::t2"][::std::mem::offset_of!(ForecastParams, t2) - 24usize];
+    ["Offset of field: ForecastParams::coef"][::std::mem::offset_of!(ForecastParams, coef) - 32usize];
+    ["Offset of field: ForecastParams::n"][::std::mem::offset_of!(ForecastParams, n) - 40usize];
+    ["Offset of field: ForecastParams::terms"][::std::mem::offset_of!(ForecastParams, terms) - 48usize];
+    ["Offset of field: ForecastParams::accumulate"][::std::mem::offset_of!(ForecastParams, accumulate) - 52usize];
+};
+impl Default for ForecastParams {
     fn default() -> Self {
         let mut s = ::std::mem::MaybeUninit::<Self>::uninit();
         unsafe {

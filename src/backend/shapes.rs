@@ -399,3 +399,29 @@ pub fn timestep_embedding<B: Backend>(t: &Tensor<B>, out: &Tensor<B>) -> Result<
     t.expect_dtype("timestep_embedding", "t", DType::F32)?;
     Ok((t.numel(), out.cols()))
 }
+
+/// A [`Backend::forecast`](super::Backend::forecast): 1..=3 terms of x's shape and dtype, an f32
+/// `coef` holding `coef_offset + terms` values.
+pub fn forecast<B: Backend>(
+    op: &'static str,
+    x: &Tensor<B>,
+    terms: &[&Tensor<B>],
+    coef: &Tensor<B>,
+    coef_offset: usize,
+) -> Result<()> {
+    if terms.is_empty() || terms.len() > 3 {
+        return Err(Error::param("forecast terms", terms.len(), "1..=3"));
+    }
+    for (i, t) in terms.iter().enumerate() {
+        const NAMES: [&str; 3] = ["t0", "t1", "t2"];
+        same_shape(op, NAMES[i], t, x)?;
+        same_dtype(op, x, &[(NAMES[i], t)])?;
+    }
+    if coef.dtype() != crate::DType::F32 {
+        return Err(Error::DType { op, tensor: "coef", expected: crate::DType::F32, found: coef.dtype() });
+    }
+    if coef_offset.checked_add(terms.len()).is_none_or(|end| end > coef.numel()) {
+        return Err(shape_err(op, "coef", format!("at least {} f32 values", coef_offset + terms.len()), coef));
+    }
+    Ok(())
+}

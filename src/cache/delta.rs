@@ -4,8 +4,13 @@
 //! `order=reverse` swaps the stages (front blocks cached before b, rear ones from b on): the
 //! paper's ordering is not best on every model, and the calibrator (`deltadit calibrate`) tries
 //! both.
+//!
+//! `calibrator=taylor1|taylor2` forecasts Δ_front and Δ_rear on cached steps with cache-dit's
+//! TaylorSeer ([`Calibrator::Taylor`]) instead of reusing them: the policy then declares them as
+//! quantities 0 (Δ_front, blocks [0, nc)) and 1 (Δ_rear, blocks [L − nc, L)) and plans
+//! [`StepPlan::Compute`] / [`StepPlan::Reuse`] on the same schedule.
 
-use super::{CacheNeeds, CachePolicy, StepInfo, StepPlan};
+use super::{CacheNeeds, CachePolicy, Calibrator, Quantity, StepInfo, StepPlan};
 use crate::model::Family;
 use crate::{Error, Result};
 
@@ -21,6 +26,8 @@ pub struct Delta {
     pub b: usize,
     /// the stages swapped: front blocks skipped before `b`, rear ones from it on
     pub reverse: bool,
+    /// how Δ_front and Δ_rear are applied on cached steps
+    pub calibrator: Calibrator,
 }
 
 impl Delta {
@@ -35,12 +42,18 @@ impl Delta {
         if b > steps {
             return Err(Error::param("b", b, format!("0 ≤ b ≤ {steps} (the number of steps)")));
         }
-        Ok(Delta { n, nc, b, reverse: false })
+        Ok(Delta { n, nc, b, reverse: false, calibrator: Calibrator::None })
     }
 
     /// The same with the stages swapped (`reverse`) or as the paper orders them.
     pub fn reversed(mut self, reverse: bool) -> Self {
         self.reverse = reverse;
+        self
+    }
+
+    /// The same with Δ_front and Δ_rear applied through `calibrator`.
+    pub fn calibrated(mut self, calibrator: Calibrator) -> Self {
+        self.calibrator = calibrator;
         self
     }
 
@@ -81,7 +94,7 @@ impl Delta {
         };
         let nc = ((layers as f64 * nc_frac).round() as usize).clamp(1, layers.saturating_sub(1).max(1));
         let b = ((steps as f64 * b_frac).round() as usize).min(steps);
-        Delta { n, nc, b, reverse: mmdit }
+        Delta { n, nc, b, reverse: mmdit, calibrator: Calibrator::None }
     }
 
     fn cached(&self, step: usize) -> bool {
@@ -101,14 +114,63 @@ impl CachePolicy for Delta {
 
     fn params(&self) -> String {
         let order = if self.reverse { ",order=reverse" } else { "" };
-        format!("n={},nc={},b={}{order}", self.n, self.nc, self.b)
+        format!("n={},nc={},b={}{order}{}", self.n, self.nc, self.b, calibrator_param(self.calibrator))
     }
 
     fn needs(&self) -> CacheNeeds {
+        if self.calibrator != Calibrator::None {
+            return CacheNeeds::default();
+        }
         CacheNeeds { front: Some(self.nc), rear: Some(self.nc), ..Default::default() }
     }
 
+    fn quantities(&self, layers: usize) -> Vec<Quantity> {
+        front_rear_quantities(self.nc, layers, self.calibrator)
+    }
+
     fn plan(&mut self, info: &StepInfo) -> StepPlan {
+        let plan = self.legacy_plan(info);
+        calibrated_plan(plan, self.nc, info.layers, self.calibrator)
+    }
+}
+
+/// `,calibrator=…` for `params()` (empty without one).
+pub(super) fn calibrator_param(c: Calibrator) -> String {
+    match c {
+        Calibrator::Taylor(o) => format!(",calibrator=taylor{o}"),
+        _ => String::new(),
+    }
+}
+
+/// Δ_front (quantity 0) and Δ_rear (quantity 1) of `nc` blocks through `calibrator`; none
+/// without one (the policy uses the [`CacheNeeds`] shorthand then).
+pub(crate) fn front_rear_quantities(nc: usize, layers: usize, calibrator: Calibrator) -> Vec<Quantity> {
+    if calibrator == Calibrator::None {
+        return Vec::new();
+    }
+    vec![
+        Quantity::blocks(0, nc).calibrated(calibrator),
+        Quantity::blocks(layers.saturating_sub(nc), layers).calibrated(calibrator),
+    ]
+}
+
+/// A shorthand Δ-DiT plan in terms of [`front_rear_quantities`] when calibrated.
+pub(crate) fn calibrated_plan(plan: StepPlan, nc: usize, layers: usize, calibrator: Calibrator) -> StepPlan {
+    if calibrator == Calibrator::None {
+        return plan;
+    }
+    match plan {
+        StepPlan::Full { store_front, store_rear, .. } => {
+            StepPlan::Compute { store: u32::from(store_front) | (u32::from(store_rear) << 1) }
+        }
+        StepPlan::CachedFront(_) => StepPlan::Reuse { quantity: 0, from: 0, to: nc },
+        StepPlan::CachedRear(_) => StepPlan::Reuse { quantity: 1, from: layers.saturating_sub(nc), to: layers },
+        other => other,
+    }
+}
+
+impl Delta {
+    fn legacy_plan(&mut self, info: &StepInfo) -> StepPlan {
         let i = info.step;
         if self.cached(i) {
             return if self.rear_stage(i) { StepPlan::CachedRear(self.nc) } else { StepPlan::CachedFront(self.nc) };

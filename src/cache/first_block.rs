@@ -2,6 +2,8 @@
 //! its residual h_1 − h_0 differs from the one of the last full step by less than `threshold`
 //! (relative L1), the remaining blocks are skipped with their cached deviation
 //! h_L = h_1 + (h_L − h_1)_cached. `max_cached` caps consecutive cached steps (`None`: no cap).
+//! It is DBCache's F1B0 case without warm-up ([`DbCache`]; the same decisions, a threshold ≥ 1
+//! caching whenever a full step stored block 0's residual).
 //!
 //! Defaults (threshold 0.2, max-cached 1), calibrated on the trained reference models (models/:
 //! `deltadit calibrate`, 20 steps, 16 images, 2026-12-03) by the rule of `delta-adaptive`: among
@@ -12,7 +14,7 @@
 //! below (diffusers' `FirstBlockCacheConfig` default is 0.05) never cache on dit-digits: its
 //! block-0 residual changes by more than that every step.
 
-use super::{CacheNeeds, CachePolicy, Probe, StepInfo, StepPlan};
+use super::{CachePolicy, DbCache, Probe, Quantity, StepInfo, StepPlan};
 use crate::{Error, Result};
 
 /// The `first-block` policy; made by [`FirstBlock::new`].
@@ -23,7 +25,8 @@ pub struct FirstBlock {
     pub threshold: f32,
     /// most cached steps in a row (None: no cap)
     pub max_cached: Option<usize>,
-    cached_in_row: usize,
+    /// the decisions: DBCache F1B0, no warm-up, `max_cached` as its max-continuous
+    inner: DbCache,
 }
 
 impl FirstBlock {
@@ -40,7 +43,7 @@ impl FirstBlock {
         if max_cached == Some(0) {
             return Err(Error::param("max-cached", 0, "≥ 1"));
         }
-        Ok(FirstBlock { threshold, max_cached, cached_in_row: 0 })
+        Ok(FirstBlock { threshold, max_cached, inner: DbCache::first_block(threshold, max_cached) })
     }
 }
 
@@ -57,28 +60,18 @@ impl CachePolicy for FirstBlock {
     }
 
     fn probe(&self) -> Probe {
-        Probe::Block0ResidualDiff
+        self.inner.probe()
     }
 
-    fn needs(&self) -> CacheNeeds {
-        CacheNeeds { first_block: true, ..Default::default() }
+    fn quantities(&self, layers: usize) -> Vec<Quantity> {
+        self.inner.quantities(layers)
     }
 
     fn plan(&mut self, info: &StepInfo) -> StepPlan {
-        let capped = self.max_cached.is_some_and(|m| self.cached_in_row >= m);
-        match info.probe {
-            Some(diff) if info.step > 0 && diff < self.threshold && !capped => {
-                self.cached_in_row += 1;
-                StepPlan::CachedAfterFirst
-            }
-            _ => {
-                self.cached_in_row = 0;
-                StepPlan::Full { store_front: false, store_rear: false, store_branches: false, store_rest: true }
-            }
-        }
+        self.inner.plan(info)
     }
 
     fn reset(&mut self) {
-        self.cached_in_row = 0;
+        self.inner.reset();
     }
 }

@@ -1,8 +1,14 @@
 //! FORA (Fast-Forward Caching): every block's attention, cross-attention and MLP outputs are
 //! computed on every N-th step and reused, with the current step's gates, on the N − 1 steps
 //! between. Cached steps evaluate no block.
+//!
+//! `calibrator=taylor1|taylor2` forecasts every branch output (before its gate; the current
+//! step's gates applied) with cache-dit's TaylorSeer ([`Calibrator::Taylor`]) instead of reusing
+//! it: the policy then declares them as quantity 0 ([`Quantity::branches`]) and plans
+//! [`StepPlan::Compute`] / [`StepPlan::Reuse`] on the same schedule.
 
-use super::{CacheNeeds, CachePolicy, StepInfo, StepPlan};
+use super::delta::calibrator_param;
+use super::{CacheNeeds, CachePolicy, Calibrator, Quantity, StepInfo, StepPlan};
 use crate::{Error, Result};
 
 /// The `fora` policy; made by [`Fora::new`].
@@ -11,6 +17,8 @@ use crate::{Error, Result};
 pub struct Fora {
     /// cache interval: full step when step % n == 0
     pub n: usize,
+    /// how the branch outputs are applied on cached steps
+    pub calibrator: Calibrator,
 }
 
 impl Fora {
@@ -22,7 +30,13 @@ impl Fora {
         if n < 1 {
             return Err(Error::param("n", n, "≥ 1 (cache interval in steps)"));
         }
-        Ok(Fora { n })
+        Ok(Fora { n, calibrator: Calibrator::None })
+    }
+
+    /// The same with the branch outputs applied through `calibrator`.
+    pub fn calibrated(mut self, calibrator: Calibrator) -> Self {
+        self.calibrator = calibrator;
+        self
     }
 }
 
@@ -32,14 +46,30 @@ impl CachePolicy for Fora {
     }
 
     fn params(&self) -> String {
-        format!("n={}", self.n)
+        format!("n={}{}", self.n, calibrator_param(self.calibrator))
     }
 
     fn needs(&self) -> CacheNeeds {
-        CacheNeeds { branches: self.n > 1, ..Default::default() }
+        CacheNeeds { branches: self.n > 1 && self.calibrator == Calibrator::None, ..Default::default() }
+    }
+
+    fn quantities(&self, _layers: usize) -> Vec<Quantity> {
+        if self.n > 1 && self.calibrator != Calibrator::None {
+            vec![Quantity::branches().calibrated(self.calibrator)]
+        } else {
+            Vec::new()
+        }
     }
 
     fn plan(&mut self, info: &StepInfo) -> StepPlan {
+        if self.calibrator != Calibrator::None && self.n > 1 {
+            return if info.step.is_multiple_of(self.n) {
+                // every full step feeds the forecast's ladder
+                StepPlan::Compute { store: 1 }
+            } else {
+                StepPlan::Reuse { quantity: 0, from: 0, to: info.layers }
+            };
+        }
         if info.step.is_multiple_of(self.n) {
             StepPlan::Full {
                 store_front: false,

@@ -1,9 +1,36 @@
 //! `--cache SPEC` parsing: `none`, `delta` (preset), `delta:n=3,nc=5,b=6`,
 //! `delta-adaptive:threshold=0.1,warmup=2,max-cached=1[,nc=..,b=..]`, `fora:n=3`,
-//! `first-block:threshold=0.2[,max-cached=1|none]`. Unset values come from the presets for the model
-//! and step count when the policy is built.
+//! `first-block:threshold=0.2[,max-cached=1|none]`,
+//! `dbcache:fn=1,bn=0,threshold=0.12,warmup=2,max-cached=none,max-continuous=none,calibrator=none`.
+//! Unset values come from the presets for the model and step count when the policy is built.
+//!
+//! Parameters by policy:
+//!
+//! | policy | parameter | meaning | default |
+//! | --- | --- | --- | --- |
+//! | `delta` | `n` | cache interval: a full step when step % n == 0 | preset (2; DiT 3) |
+//! | | `nc` | cached blocks of a cached step (1 ≤ nc < L) | preset (¾ of L; 4-step runs 1/7) |
+//! | | `b` | stage boundary, a step index: rear blocks cached before it, front blocks from it on | preset |
+//! | | `order` | `paper` or `reverse` (the stages swapped) | preset (SD3: reverse) |
+//! | | `calibrator` | `none` (reuse Δ_front/Δ_rear), `taylor1`/`taylor2` (forecast them, cache-dit's TaylorSeer) | none |
+//! | `delta-adaptive` | `threshold` | accumulated block-0 input change that forces a full step | 0.1 |
+//! | | `warmup` | full steps at the start | 2 |
+//! | | `max-cached` | most cached steps in a row | 1 |
+//! | | `nc`, `b` | as `delta` | preset |
+//! | `fora` | `n` | full step every n steps; branch outputs reused between | 3 |
+//! | | `calibrator` | `none` (reuse the branch outputs), `taylor1`/`taylor2` (forecast them before their gates, cache-dit's TaylorSeer) | none |
+//! | `first-block` | `threshold` | block 0's residual change (relative L1) below which the rest is skipped | 0.2 |
+//! | | `max-cached` | most cached steps in a row, or `none` | 1 |
+//! | `dbcache` | `fn` | Fn: first blocks, always run; their residual decides (1 ≤ fn) | 1 |
+//! | | `bn` | Bn: last blocks, always run (fn + bn < L) | 0 |
+//! | | `threshold` | relative L1 change of the Fn residual against the last full step's below which the middle is reused (≥ 1: always) | 0.12 |
+//! | | `warmup` | full steps at the start (W) | 2 |
+//! | | `max-cached` | most cached steps of a run (M), or `none` | none |
+//! | | `max-continuous` | most cached steps in a row (MC), or `none` | none |
+//! | | `calibrator` | `none` (reuse the middle residual), `taylor1`/`taylor2` (cache-dit's TaylorSeer forecast of order 1/2) | none |
+//! | | `verify` | verified forecasting (not in cache-dit): the middle's last block runs for real on the forecast input; a relative L1 gap to the forecast above this falls back to a full step | none (no check) |
 
-use super::{CachePolicy, Delta, DeltaAdaptive, FirstBlock, Fora, NoCache};
+use super::{CachePolicy, Calibrator, DbCache, Delta, DeltaAdaptive, FirstBlock, Fora, NoCache};
 use crate::model::Family;
 use crate::{Error, Result};
 use std::collections::BTreeMap;
@@ -19,10 +46,11 @@ pub struct CacheSpec {
 
 const POLICIES: &[(&str, &[&str])] = &[
     ("none", &[]),
-    ("delta", &["n", "nc", "b", "order"]),
+    ("delta", &["n", "nc", "b", "order", "calibrator"]),
     ("delta-adaptive", &["threshold", "warmup", "max-cached", "nc", "b"]),
-    ("fora", &["n"]),
+    ("fora", &["n", "calibrator"]),
     ("first-block", &["threshold", "max-cached"]),
+    ("dbcache", &["fn", "bn", "threshold", "warmup", "max-cached", "max-continuous", "calibrator", "verify"]),
 ];
 
 impl FromStr for CacheSpec {
@@ -91,6 +119,24 @@ impl CacheSpec {
         self.params.get(k).map(|v| v.parse::<f32>().map_err(|_| Error::param(k, v, "a number"))).transpose()
     }
 
+    /// A cap: a count ≥ 1, or `none`.
+    fn cap_param(&self, k: &str, default: Option<usize>) -> Result<Option<usize>> {
+        match self.params.get(k).map(String::as_str) {
+            None => Ok(default),
+            Some("none") => Ok(None),
+            Some(_) => self.usize_param(k),
+        }
+    }
+
+    fn calibrator_param(&self) -> Result<Calibrator> {
+        match self.params.get("calibrator").map(String::as_str) {
+            None | Some("none") => Ok(Calibrator::None),
+            Some("taylor1") => Ok(Calibrator::Taylor(1)),
+            Some("taylor2") => Ok(Calibrator::Taylor(2)),
+            Some(other) => Err(Error::param("calibrator", other, "none, taylor1 or taylor2")),
+        }
+    }
+
     /// The policy for a model of `layers` blocks sampled in `steps` steps, validated.
     pub fn build(&self, family: Family, layers: usize, steps: usize) -> Result<Box<dyn CachePolicy>> {
         let preset = Delta::preset(family, layers, steps);
@@ -111,7 +157,8 @@ impl CacheSpec {
                         layers,
                         steps,
                     )?
-                    .reversed(reverse),
+                    .reversed(reverse)
+                    .calibrated(self.calibrator_param()?),
                 )
             }
             "delta-adaptive" => Box::new(DeltaAdaptive::new(
@@ -123,20 +170,31 @@ impl CacheSpec {
                 layers,
                 steps,
             )?),
-            "fora" => Box::new(Fora::new(self.usize_param("n")?.unwrap_or(Fora::DEFAULT_N))?),
+            "fora" => Box::new(
+                Fora::new(self.usize_param("n")?.unwrap_or(Fora::DEFAULT_N))?.calibrated(self.calibrator_param()?),
+            ),
             "first-block" => Box::new(FirstBlock::new(
                 self.f32_param("threshold")?.unwrap_or(FirstBlock::DEFAULT_THRESHOLD),
-                match self.params.get("max-cached").map(String::as_str) {
-                    None => FirstBlock::DEFAULT_MAX_CACHED,
-                    Some("none") => None,
-                    Some(_) => self.usize_param("max-cached")?,
-                },
+                self.cap_param("max-cached", FirstBlock::DEFAULT_MAX_CACHED)?,
             )?),
+            "dbcache" => Box::new(
+                DbCache::new(
+                    self.usize_param("fn")?.unwrap_or(DbCache::DEFAULT_FN),
+                    self.usize_param("bn")?.unwrap_or(DbCache::DEFAULT_BN),
+                    self.f32_param("threshold")?.unwrap_or(DbCache::DEFAULT_THRESHOLD),
+                    self.usize_param("warmup")?.unwrap_or(DbCache::DEFAULT_WARMUP),
+                    self.cap_param("max-cached", None)?,
+                    self.cap_param("max-continuous", None)?,
+                    self.calibrator_param()?,
+                    layers,
+                )?
+                .verified(self.f32_param("verify")?)?,
+            ),
             other => {
                 return Err(Error::param(
                     "cache",
                     other,
-                    "a policy among none, delta, delta-adaptive, fora, first-block",
+                    "a policy among none, delta, delta-adaptive, fora, first-block, dbcache",
                 ))
             }
         })

@@ -188,6 +188,8 @@ macro_rules! op_suite {
             qk_norm_rope_rejects_bad_inputs = qk_norm_rope_rejects_bad_inputs,
             residual_plain_and_gated = residual_plain_and_gated,
             residual_anchor_then_delta = residual_anchor_then_delta,
+            forecast_apply_and_ladder = forecast_apply_and_ladder,
+            forecast_rejects_bad_inputs = forecast_rejects_bad_inputs,
             activation_and_add_bcast = activation_and_add_bcast,
             timestep_embedding_variants = timestep_embedding_variants,
             patchify_unpatchify = patchify_unpatchify,
@@ -669,6 +671,56 @@ pub fn residual_plain_and_gated<B: Device>(be: &B) {
             o.check(&format!("{what} {dt} [{batch}·{tokens}, {dim}]"), &x.d, &x.c, TOL);
         }
     }
+}
+
+/// The calibrated Δ apply `x += Σ c_i·t_i` (1–3 snapshots, TaylorSeer's 1, e, e²/2) and the ladder
+/// update `x = c_0·t_0 + c_1·t_1` (1/w, −1/w), with the coefficients read from an f32 device
+/// buffer at an offset, at every residual shape.
+pub fn forecast_apply_and_ladder<B: Device>(be: &B) {
+    let o = Ops::new(be);
+    let dt = o.dt;
+    for (i, &(batch, tokens, dim)) in RESIDUAL_SHAPES.iter().enumerate() {
+        let rows = batch * tokens;
+        for (terms, accumulate, coefs) in [
+            (1, true, [0.0, 1.0, 0.0, 0.0]),
+            (2, true, [0.0, 1.0, 3.0, 0.0]),
+            (3, true, [0.0, 1.0, 2.0, 2.0]),
+            (2, false, [0.0, 0.5, -0.5, 0.0]),
+            (3, false, [0.0, -1.25, 0.75, 0.3]),
+        ] {
+            let mut rng = Rng::new(2600 + 10 * i as u64 + terms as u64 + 5 * accumulate as u64);
+            let mut x = o.rand(&mut rng, &[rows, dim], dt, 1.0, 0.0);
+            let ts: Vec<_> = (0..terms).map(|_| o.rand(&mut rng, &[rows, dim], dt, 1.0, 0.0)).collect();
+            let cd = be.upload(&coefs, &[4], DType::F32).unwrap();
+            let cc = o.cpu.upload(&coefs, &[4], DType::F32).unwrap();
+            let td: Vec<&Tensor<B>> = ts.iter().map(|t| &t.d).collect();
+            let tc: Vec<&Tensor<Cpu>> = ts.iter().map(|t| &t.c).collect();
+            be.forecast(&mut x.d, &td, &cd, 1, accumulate).unwrap();
+            o.cpu.forecast(&mut x.c, &tc, &cc, 1, accumulate).unwrap();
+            let what = if accumulate { "apply" } else { "ladder" };
+            o.check(&format!("forecast {what} {terms} terms {dt} [{batch}·{tokens}, {dim}]"), &x.d, &x.c, TOL);
+        }
+    }
+}
+
+/// No terms, four terms, a term of another shape, coefficients of the activation dtype or too
+/// few of them: errors (never a launch), x unchanged. Any backend.
+pub fn forecast_rejects_bad_inputs<B: Backend>(be: &B) {
+    let dt = be.act_dtype();
+    let vals: Vec<f32> = (0..4 * 16).map(|i| dt.round(1.0 + (i % 5) as f32 * 0.5)).collect();
+    let mut x = be.upload(&vals, &[4, 16], dt).unwrap();
+    let t = be.upload(&vals, &[4, 16], dt).unwrap();
+    let narrow = be.upload(&vals[..32], &[4, 8], dt).unwrap();
+    let coef = be.upload(&[1.0, 2.0, 3.0], &[3], DType::F32).unwrap();
+    let coef_act = be.upload(&[1.0, 2.0, 3.0], &[3], dt).unwrap();
+    assert!(be.forecast(&mut x, &[], &coef, 0, true).is_err(), "no terms");
+    assert!(be.forecast(&mut x, &[&t, &t, &t, &t], &coef, 0, true).is_err(), "four terms");
+    assert!(be.forecast(&mut x, &[&t, &narrow], &coef, 0, true).is_err(), "a term of another shape");
+    assert!(be.forecast(&mut x, &[&t, &t], &coef, 2, true).is_err(), "coefficients past the buffer");
+    if dt != DType::F32 {
+        assert!(be.forecast(&mut x, &[&t], &coef_act, 0, true).is_err(), "coefficients not f32");
+    }
+    assert_eq!(be.download(&x).unwrap(), vals, "a rejected forecast changed x");
 }
 
 /// Anchor then delta, gated and not: the cache first holds the range input x1 as stored (bit for
@@ -1373,8 +1425,11 @@ pub fn attention_rejects_unsupported_inputs<B: Device>(be: &B) {
 pub const PLAN_CASE: &str = "pixart-tiny-delta-n2-nc4-b12";
 /// The adaptive policies with thresholds that cache some steps and refresh others on that case
 /// (its probes: see `plan_sequences_repeat` with `--nocapture`).
-pub const ADAPTIVE_SPECS: &[&str] =
-    &["delta-adaptive:threshold=0.5,warmup=2,max-cached=3", "first-block:threshold=0.3,max-cached=3"];
+pub const ADAPTIVE_SPECS: &[&str] = &[
+    "delta-adaptive:threshold=0.5,warmup=2,max-cached=3",
+    "first-block:threshold=0.3,max-cached=3",
+    "dbcache:fn=1,bn=1,threshold=0.3,warmup=2,max-continuous=3,calibrator=taylor2",
+];
 
 /// Samples [`PLAN_CASE`] with `spec` on `be`.
 pub fn sample_plan_case<B: Backend>(be: &B, model: &Transformer<B>, spec: &str) -> SampleOutput {
@@ -1398,7 +1453,7 @@ pub fn plan_sequences_repeat<B: Backend>(be: &B) {
         let b = sample_plan_case(be, &model, spec);
         let probes: Vec<String> = a.probes.iter().map(|p| p.map_or("-".into(), |v| format!("{v:.4}"))).collect();
         eprintln!("{spec} on {}: blocks_run {:?}, probes [{}]", B::NAME, a.blocks_run, probes.join(", "));
-        let full = a.plans.iter().filter(|p| matches!(p, StepPlan::Full { .. })).count();
+        let full = a.plans.iter().filter(|p| matches!(p, StepPlan::Full { .. } | StepPlan::Compute { .. })).count();
         assert!(
             full > 0 && full < a.plans.len(),
             "{spec}: {full} of {} steps full: no decision is tested",

@@ -224,6 +224,30 @@ impl Backend for Cpu {
         Ok(())
     }
 
+    fn forecast(
+        &self,
+        x: &mut Tensor<Self>,
+        terms: &[&Tensor<Self>],
+        coef: &Tensor<Self>,
+        coef_offset: usize,
+        accumulate: bool,
+    ) -> Result<()> {
+        shapes::forecast("forecast", x, terms, coef, coef_offset)?;
+        let c = &coef.buf[coef_offset..coef_offset + terms.len()];
+        let chunk = 1 << 14;
+        x.buf.par_chunks_mut(chunk).enumerate().for_each(|(i, xc)| {
+            let base = i * chunk;
+            for (k, v) in xc.iter_mut().enumerate() {
+                let mut acc = if accumulate { *v } else { 0.0 };
+                for (t, &cj) in terms.iter().zip(c) {
+                    acc = cj.mul_add(t.buf[base + k], acc);
+                }
+                *v = acc;
+            }
+        });
+        Ok(())
+    }
+
     fn attention(
         &self,
         shape: &AttentionShape,

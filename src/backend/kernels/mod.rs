@@ -6,6 +6,7 @@
 mod attention;
 mod elementwise;
 mod fill;
+mod forecast;
 mod norm_modulate;
 mod qk_norm;
 mod rel_l1;
@@ -17,6 +18,7 @@ pub(crate) use attention::AttentionChoice;
 pub use attention::{attention, attention_supported_head_dim};
 pub use elementwise::{activation, add_bcast, cfg_combine, patchify, timestep_embedding, unpatchify};
 pub use fill::fill_bits;
+pub use forecast::forecast;
 pub use norm_modulate::norm_modulate;
 pub use qk_norm::{qk_norm, qk_norm_rope};
 pub use rel_l1::rel_l1;
@@ -81,6 +83,7 @@ kernel_params!(
     CfgParams,
     SchedulerStepParams,
     RelL1Params,
+    ForecastParams,
     AttentionParams,
 );
 
@@ -171,6 +174,17 @@ macro_rules! kernel_backend_ops {
             cache: $crate::backend::CacheWrite<'_, Self>,
         ) -> $crate::Result<()> {
             $crate::backend::kernels::residual(self, x, y, gate, cache)
+        }
+
+        fn forecast(
+            &self,
+            x: &mut $crate::Tensor<Self>,
+            terms: &[&$crate::Tensor<Self>],
+            coef: &$crate::Tensor<Self>,
+            coef_offset: usize,
+            accumulate: bool,
+        ) -> $crate::Result<()> {
+            $crate::backend::kernels::forecast(self, x, terms, coef, coef_offset, accumulate)
         }
 
         fn attention(

@@ -1,0 +1,69 @@
+// The calibrated Δ apply and the TaylorSeer ladder update of cached quantities, in one pass:
+//   x = (accumulate ? x : 0) + Σ_{i < terms} coef[i] · t_i      in f32, rounded once
+// A cached step's forecast Δ(a) + e·d_1 + e²/2·d_2 is added to the stream with accumulate = 1
+// (one read of the stream and of each snapshot, one write: the same pass as the plain Δ apply,
+// with the snapshots' reads fused in); a full step's ladder update d_{i+1} = (d_i(a) − d_i(b))/w
+// is accumulate = 0 with coefficients (1/w, −1/w). The coefficients are f32 on the device,
+// written before a captured graph runs: their values change from step to step, the graph does
+// not. Memory-bound: 16-byte vectors, one grid-stride loop over the flat tensor.
+#include "common.cuh"
+
+namespace forecast {
+
+template <typename T, int E> __device__ __forceinline__ void forecast(const ForecastParams& p) {
+    T* x = static_cast<T*>(p.x);
+    const T* t[FORECAST_MAX_TERMS] = {static_cast<const T*>(p.t0), static_cast<const T*>(p.t1),
+                                      static_cast<const T*>(p.t2)};
+    float c[FORECAST_MAX_TERMS];
+#pragma unroll
+    for (int j = 0; j < FORECAST_MAX_TERMS; ++j) c[j] = j < p.terms ? p.coef[j] : 0.0f;
+    const int64_t n = p.n / E;
+    const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        const int64_t off = i * E;
+        // Issue every independent load before any math.
+        Chunk<T, E> xc, tc[FORECAST_MAX_TERMS];
+        if (p.accumulate) xc.load(x + off);
+#pragma unroll
+        for (int j = 0; j < FORECAST_MAX_TERMS; ++j)
+            if (j < p.terms) tc[j].load(t[j] + off);
+        float acc[E];
+        if (p.accumulate) {
+            xc.unpack(acc);
+        } else {
+#pragma unroll
+            for (int k = 0; k < E; ++k) acc[k] = 0.0f;
+        }
+#pragma unroll
+        for (int j = 0; j < FORECAST_MAX_TERMS; ++j) {
+            if (j >= p.terms) break;
+            float f[E];
+            tc[j].unpack(f);
+#pragma unroll
+            for (int k = 0; k < E; ++k) acc[k] = fmaf(c[j], f[k], acc[k]);
+        }
+        Chunk<T, E> out;
+        out.pack(acc);  // the one rounding
+        out.store(x + off);
+    }
+}
+
+template <typename T> __device__ __forceinline__ void forecast_dispatch(const ForecastParams& p) {
+    if (p.terms < 1 || p.terms > FORECAST_MAX_TERMS || !p.coef) __trap();  // launcher bug
+    const bool vec = p.n % 8 == 0 && (((uintptr_t)p.x | (uintptr_t)p.t0 | (uintptr_t)p.t1 | (uintptr_t)p.t2) & 15) == 0;
+    if (vec) forecast<T, 8>(p);
+    else forecast<T, 1>(p);
+}
+
+}  // namespace forecast
+
+extern "C" __global__ void __launch_bounds__(FORECAST_THREADS) forecast_bf16(ForecastParams p) {
+    forecast::forecast_dispatch<bf16>(p);
+}
+extern "C" __global__ void __launch_bounds__(FORECAST_THREADS) forecast_f16(ForecastParams p) {
+    forecast::forecast_dispatch<f16>(p);
+}
+
+DELTADIT_SIM_REGISTER(forecast,
+    DELTADIT_SIM_KERNEL(forecast_bf16, ForecastParams)
+    DELTADIT_SIM_KERNEL(forecast_f16, ForecastParams))
