@@ -1,5 +1,6 @@
 // Element-wise kernels around the GEMMs and the sampler:
-//   activation_{gelu_tanh,silu}_*  y = act(x + bias[col])        (bias optional, x and y may alias)
+//   activation_{gelu_tanh,silu}_*  y = act(x + bias[col])        (bias optional, x and y may alias,
+//                                   rows may be a column range of a wider tensor)
 //   add_bcast_*             x[r, :] += y                   (modulation table, positional embedding)
 //   timestep_embedding_*    diffusers get_timestep_embedding
 //   patchify_* / unpatchify_*  latents <-> patch tokens
@@ -21,6 +22,22 @@ struct ColCursor {
     __device__ __forceinline__ void advance() {
         col += step;
         if (col >= cols) col -= cols;
+    }
+};
+
+// Row and column (in chunks) of a grid-stride loop's flat chunk index, for rows `ld` elements apart.
+struct RowColCursor {
+    int64_t row, col, cols, row_step, col_step;
+    __device__ __forceinline__ RowColCursor(int64_t i, int64_t stride, int64_t chunks_per_row)
+        : row(i / chunks_per_row), col(i % chunks_per_row), cols(chunks_per_row),
+          row_step(stride / chunks_per_row), col_step(stride % chunks_per_row) {}
+    __device__ __forceinline__ void advance() {
+        row += row_step;
+        col += col_step;
+        if (col >= cols) {
+            col -= cols;
+            ++row;
+        }
     }
 };
 
@@ -49,11 +66,12 @@ template <typename T, int ACT, int E> __device__ __forceinline__ void activation
     const int64_t n = p.n / E;
     const int64_t stride = (int64_t)gridDim.x * blockDim.x;
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    ColCursor cc(i, stride, p.cols / E);
+    RowColCursor cc(i, stride, p.cols / E);
     for (; i < n; i += stride, cc.advance()) {
         // In place (x == y) is safe: each element is read, then written, by the same thread.
+        const int64_t at = cc.row * p.ld + cc.col * E;
         Chunk<T, E> xc, bc;
-        xc.load(x + i * E);
+        xc.load(x + at);
         if (bias) bc.load(bias + cc.col * E);
         float f[E];
         xc.unpack(f);
@@ -66,13 +84,13 @@ template <typename T, int ACT, int E> __device__ __forceinline__ void activation
 #pragma unroll
         for (int k = 0; k < E; ++k) f[k] = act<ACT>(f[k]);
         xc.pack(f);
-        xc.store(y + i * E);
+        xc.store(y + at);
     }
 }
 
 template <typename T, int ACT> __device__ __forceinline__ void activation_dispatch(const ActivationParams& p) {
-    if (p.cols <= 0) __trap();  // launcher bug
-    if (p.cols % 8 == 0 && aligned16(p.x, p.y, p.bias)) activation<T, ACT, 8>(p);
+    if (p.cols <= 0 || p.ld < p.cols) __trap();  // launcher bug
+    if (p.cols % 8 == 0 && p.ld % 8 == 0 && aligned16(p.x, p.y, p.bias)) activation<T, ACT, 8>(p);
     else activation<T, ACT, 1>(p);
 }
 

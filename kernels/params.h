@@ -32,6 +32,20 @@ typedef struct FillParams {
     int32_t _pad;
 } FillParams;
 
+/* copy_rows_u16, copy_rows_u32: a block of rows × cols elements of a row-  */
+/* major matrix copied: dst[r * dst_ld + c] = src[r * src_ld + c] (src and  */
+/* dst point at the block's first element; the blocks do not overlap).      */
+/* Gathers strided column ranges (FLUX's Q|K|V columns of the fused single- */
+/* block projection) into a joint buffer. Grid-stride loop, FILL_THREADS.   */
+typedef struct CopyRowsParams {
+    const void* src;
+    void* dst;
+    int64_t rows;
+    int64_t cols;
+    int64_t src_ld;
+    int64_t dst_ld;
+} CopyRowsParams;
+
 /* ------------------------------------------------------------------------ */
 /* norm_modulate.cu — y = LayerNorm(x) * (1 + scale[b]) + shift[b]            */
 /* LayerNorm without affine parameters, biased variance, f32 statistics.      */
@@ -150,14 +164,18 @@ typedef struct ResidualParams {
 /* blocks (8-element vectors where the row length allows, else elements).    */
 /* ------------------------------------------------------------------------ */
 #define EW_THREADS 256
-/* activation_{gelu_tanh,silu}_{bf16,f16}: y[i] = act(x[i] + bias[i % cols]) */
-/* (bias may be NULL; x and y may alias). GELU is the tanh approximation.    */
+/* activation_{gelu_tanh,silu}_{bf16,f16}: y[r, c] = act(x[r, c] + bias[c])  */
+/* for the n / cols rows r and c < cols, rows ld elements apart in x and y  */
+/* (ld = cols: contiguous; ld > cols: a column range of a wider tensor, as  */
+/* the MLP columns of FLUX's fused single-block projection). bias may be    */
+/* NULL; x and y may alias. GELU is the tanh approximation.                  */
 typedef struct ActivationParams {
     const void* x;
     void* y;
     const void* bias;         /* [cols] or NULL */
-    int64_t n;                /* total elements */
+    int64_t n;                /* total elements (rows * cols) */
     int64_t cols;
+    int64_t ld;               /* row stride of x and y in elements (>= cols) */
 } ActivationParams;
 
 /* add_bcast_{bf16,f16}: x[r, c] += y[c] for r < rows, c < cols (in place).  */

@@ -235,7 +235,14 @@ fn activation_in_place() {
             let (_, mut oc) = o.outputs(&[rows, cols], dt);
             o.cpu.activation(&x.c, Some(&b.c), Activation::GeluTanh, &mut oc).unwrap();
             let xp = s.ptr_mut(&mut x.d);
-            let p = ActivationParams { x: xp, y: xp, bias: s.ptr(&b.d), n: (rows * cols) as i64, cols: cols as i64 };
+            let p = ActivationParams {
+                x: xp,
+                y: xp,
+                bias: s.ptr(&b.d),
+                n: (rows * cols) as i64,
+                cols: cols as i64,
+                ld: cols as i64,
+            };
             let kernel = family::ACTIVATION_GELU_TANH.for_dtype(dt).unwrap();
             // SAFETY: x [rows, cols] (read and written in place) and b [cols] of the kernel's dtype.
             unsafe { s.launch(kernel, &p, LaunchCfg::linear(3, EW_THREADS).unwrap()) }.unwrap();

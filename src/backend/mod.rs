@@ -213,6 +213,19 @@ pub trait Backend: sealed::Sealed + Sized + Send + Sync + 'static {
         out: &mut Tensor<Self>,
     ) -> Result<()>;
 
+    /// [`Backend::linear`] with its input read in place from a column range of a wider tensor:
+    /// `x` = columns `[x.col, x.col + k)` of every row of `x.t` (k = the weight's `in`), rows
+    /// `x.t.cols()` elements apart (FLUX's single block: proj_out's MLP half reads the MLP
+    /// columns of the fused `[T, 3D + M]` projection output). `out` is `[x.t.rows(), n]`.
+    fn linear_cols(
+        &self,
+        x: ColSlice<'_, Self>,
+        w: &Tensor<Self>,
+        bias: Option<&Tensor<Self>>,
+        act: Activation,
+        out: &mut Tensor<Self>,
+    ) -> Result<()>;
+
     /// `out = LayerNorm(x)·(1 + scale) + shift`, LayerNorm without affine parameters, with shift
     /// and scale rows `shift_row`/`scale_row` of each sample's modulation vectors.
     fn norm_modulate(
@@ -310,6 +323,25 @@ pub trait Backend: sealed::Sealed + Sized + Send + Sync + 'static {
         bias: Option<&Tensor<Self>>,
         act: Activation,
         out: &mut Tensor<Self>,
+    ) -> Result<()>;
+
+    /// `x[r, col + c] = act(x[r, col + c])` in place for every row r and c < `cols`: an
+    /// activation on a column range of a 2-D tensor (the MLP columns of FLUX's fused single-block
+    /// projection), the other columns untouched. Rounded once to x's dtype, as
+    /// [`Backend::activation`].
+    fn activation_cols(&self, x: &mut Tensor<Self>, col: usize, cols: usize, act: Activation) -> Result<()>;
+
+    /// `dst[dst_at.0 + r, dst_at.1 + c] = src[src_at.0 + r, src_at.1 + c]` for r < `rows`,
+    /// c < `cols`, `size = (rows, cols)` (2-D tensors of one dtype, (row, column) positions, rows as wide as each
+    /// tensor): a column range of rows gathered into another tensor (FLUX's joint Q|K|V out of
+    /// the wider fused single-block projection). Exact.
+    fn copy_rows(
+        &self,
+        src: &Tensor<Self>,
+        src_at: (usize, usize),
+        dst: &mut Tensor<Self>,
+        dst_at: (usize, usize),
+        size: (usize, usize),
     ) -> Result<()>;
 
     /// `x[r, :] += y` for every row r (y has x's row length).

@@ -51,6 +51,36 @@ impl Default for FillParams {
 }
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
+pub struct CopyRowsParams {
+    pub src: *const ::std::os::raw::c_void,
+    pub dst: *mut ::std::os::raw::c_void,
+    pub rows: i64,
+    pub cols: i64,
+    pub src_ld: i64,
+    pub dst_ld: i64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of CopyRowsParams"][::std::mem::size_of::<CopyRowsParams>() - 48usize];
+    ["Alignment of CopyRowsParams"][::std::mem::align_of::<CopyRowsParams>() - 8usize];
+    ["Offset of field: CopyRowsParams::src"][::std::mem::offset_of!(CopyRowsParams, src) - 0usize];
+    ["Offset of field: CopyRowsParams::dst"][::std::mem::offset_of!(CopyRowsParams, dst) - 8usize];
+    ["Offset of field: CopyRowsParams::rows"][::std::mem::offset_of!(CopyRowsParams, rows) - 16usize];
+    ["Offset of field: CopyRowsParams::cols"][::std::mem::offset_of!(CopyRowsParams, cols) - 24usize];
+    ["Offset of field: CopyRowsParams::src_ld"][::std::mem::offset_of!(CopyRowsParams, src_ld) - 32usize];
+    ["Offset of field: CopyRowsParams::dst_ld"][::std::mem::offset_of!(CopyRowsParams, dst_ld) - 40usize];
+};
+impl Default for CopyRowsParams {
+    fn default() -> Self {
+        let mut s = ::std::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::std::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
 pub struct NormModulateParams {
     pub x: *const ::std::os::raw::c_void,
     pub y: *mut ::std::os::raw::c_void,
@@ -184,16 +214,18 @@ pub struct ActivationParams {
     pub bias: *const ::std::os::raw::c_void,
     pub n: i64,
     pub cols: i64,
+    pub ld: i64,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of ActivationParams"][::std::mem::size_of::<ActivationParams>() - 40usize];
+    ["Size of ActivationParams"][::std::mem::size_of::<ActivationParams>() - 48usize];
     ["Alignment of ActivationParams"][::std::mem::align_of::<ActivationParams>() - 8usize];
     ["Offset of field: ActivationParams::x"][::std::mem::offset_of!(ActivationParams, x) - 0usize];
     ["Offset of field: ActivationParams::y"][::std::mem::offset_of!(ActivationParams, y) - 8usize];
     ["Offset of field: ActivationParams::bias"][::std::mem::offset_of!(ActivationParams, bias) - 16usize];
     ["Offset of field: ActivationParams::n"][::std::mem::offset_of!(ActivationParams, n) - 24usize];
     ["Offset of field: ActivationParams::cols"][::std::mem::offset_of!(ActivationParams, cols) - 32usize];
+    ["Offset of field: ActivationParams::ld"][::std::mem::offset_of!(ActivationParams, ld) - 40usize];
 };
 impl Default for ActivationParams {
     fn default() -> Self {

@@ -169,6 +169,60 @@ pub fn linear<B: Backend>(
     Ok((m, n, k))
 }
 
+/// [`linear`] with the input a column range of a wider tensor; returns (m, n, k, ldx): x's
+/// columns `[x.col, x.col + k)` of rows `ldx = x.t.cols()` apart.
+pub fn linear_cols<B: Backend>(
+    x: &ColSlice<'_, B>,
+    w: &Tensor<B>,
+    bias: Option<&Tensor<B>>,
+    out: &Tensor<B>,
+) -> Result<(usize, usize, usize, usize)> {
+    if w.shape().len() != 2 {
+        return Err(shape_err("linear_cols", "weight", "[out, in]".into(), w));
+    }
+    let (n, k) = (w.shape()[0], w.shape()[1]);
+    if x.col.checked_add(k).is_none_or(|end| end > x.t.cols()) {
+        return Err(shape_err("linear_cols", "x", format!("[.., ≥ {} + {k}] (columns from {})", x.col, x.col), x.t));
+    }
+    let m = x.t.rows();
+    if out.rows() != m || out.cols() != n {
+        return Err(shape_err("linear_cols", "out", format!("[{m}, {n}]"), out));
+    }
+    if let Some(b) = bias {
+        if b.numel() != n {
+            return Err(shape_err("linear_cols", "bias", format!("[{n}]"), b));
+        }
+    }
+    same_dtype("linear_cols", x.t, &[("weight", w), ("out", out)])?;
+    Ok((m, n, k, x.t.cols()))
+}
+
+/// `act` on columns `[col, col + cols)` of x in place; returns (rows, width).
+pub fn activation_cols<B: Backend>(x: &Tensor<B>, col: usize, cols: usize) -> Result<(usize, usize)> {
+    if col.checked_add(cols).is_none_or(|end| end > x.cols()) {
+        return Err(shape_err("activation_cols", "x", format!("[.., ≥ {col} + {cols}]"), x));
+    }
+    Ok((x.rows(), x.cols()))
+}
+
+/// A rows × cols block at (row, col) of src and of dst, both inside, of one dtype.
+pub fn copy_rows<B: Backend>(
+    src: &Tensor<B>,
+    src_at: (usize, usize),
+    dst: &Tensor<B>,
+    dst_at: (usize, usize),
+    (rows, cols): (usize, usize),
+) -> Result<()> {
+    for (name, t, (r, c)) in [("src", src, src_at), ("dst", dst, dst_at)] {
+        let rows_ok = r.checked_add(rows).is_some_and(|end| end <= t.rows());
+        let cols_ok = c.checked_add(cols).is_some_and(|end| end <= t.cols());
+        if !rows_ok || !cols_ok {
+            return Err(shape_err("copy_rows", name, format!("[≥ {r} + {rows}, ≥ {c} + {cols}]"), t));
+        }
+    }
+    same_dtype("copy_rows", src, &[("dst", dst)])
+}
+
 pub fn same_dtype<B: Backend>(
     op: &'static str,
     reference: &Tensor<B>,

@@ -215,15 +215,23 @@ impl<B: Backend> Loader<'_, B> {
     /// Several Linears with the same input, stacked along the output dimension (fused Q/K/V and
     /// K/V projections: one GEMM instead of three).
     pub fn fused_linear(&self, prefixes: &[&str], out_each: usize, inp: usize, bias: bool) -> Result<Linear<B>> {
-        let mut w = Vec::with_capacity(prefixes.len() * out_each * inp);
-        let mut b = Vec::with_capacity(prefixes.len() * out_each);
-        for p in prefixes {
-            w.extend(self.get(&format!("{p}.weight"), &[out_each, inp])?);
+        let parts: Vec<(&str, usize)> = prefixes.iter().map(|&p| (p, out_each)).collect();
+        self.stacked_linear(&parts, inp, bias)
+    }
+
+    /// Linears with the same input and any output sizes `(prefix, out)`, stacked along the output
+    /// dimension in that order into one `[Σ out, inp]` weight (FLUX's single block: Q, K, V and
+    /// the MLP input in one GEMM). The parts are not kept separately.
+    pub fn stacked_linear(&self, parts: &[(&str, usize)], inp: usize, bias: bool) -> Result<Linear<B>> {
+        let n: usize = parts.iter().map(|&(_, out)| out).sum();
+        let mut w = Vec::with_capacity(n * inp);
+        let mut b = Vec::with_capacity(n);
+        for &(p, out) in parts {
+            w.extend(self.get(&format!("{p}.weight"), &[out, inp])?);
             if bias {
-                b.extend(self.get(&format!("{p}.bias"), &[out_each])?);
+                b.extend(self.get(&format!("{p}.bias"), &[out])?);
             }
         }
-        let n = prefixes.len() * out_each;
         let dt = self.backend.act_dtype();
         Ok(Linear {
             w: self.backend.upload(&w, &[n, inp], dt)?,

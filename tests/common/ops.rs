@@ -180,6 +180,9 @@ macro_rules! op_suite {
         $crate::op_suite!(@tests $each_dtype;
             memory_round_trips = memory_round_trips,
             linear_epilogues_shapes = linear_epilogues,
+            linear_cols_strided_inputs = linear_cols_strided,
+            activation_cols_in_place = activation_cols_in_place,
+            copy_rows_blocks = copy_rows_blocks,
             norm_modulate_shapes = norm_modulate_shapes,
             norm_modulate_rejects_bad_shapes = norm_modulate_rejects_bad_shapes,
             qk_norm_shapes = qk_norm_shapes,
@@ -292,6 +295,139 @@ pub fn linear_epilogues<B: Device>(be: &B) {
                 o.check(&format!("linear {dt} [{m},{k}]x[{n},{k}]T {act:?} bias={with_bias}"), &od, &oc, TOL);
             }
         }
+    }
+}
+
+/// (m, n, k, width, col): `linear_cols` reads x's columns [col, col + k) of rows `width` apart —
+/// FLUX's single block (proj_out's MLP half on the MLP columns of [T, 3D + 4D], D = 32 and 48),
+/// odd strides and offsets, the whole row (col 0, width k), one row.
+pub const LINEAR_COLS_SHAPES: &[(usize, usize, usize, usize, usize)] = &[
+    (7, 32, 128, 224, 96),
+    (130, 48, 192, 336, 144),
+    (5, 33, 17, 37, 11),
+    (3, 40, 24, 31, 7),
+    (9, 16, 24, 24, 0),
+    (1, 144, 144, 433, 289),
+];
+
+/// `linear_cols` against the CPU reference with each activation, with and without bias; the CPU
+/// reference itself against `linear` on the gathered contiguous columns.
+pub fn linear_cols_strided<B: Device>(be: &B) {
+    let o = Ops::new(be);
+    let dt = o.dt;
+    for (i, &(m, n, k, width, col)) in LINEAR_COLS_SHAPES.iter().enumerate() {
+        let mut rng = Rng::new(150 + i as u64);
+        let xv = data(&mut rng, m * width, 1.0, 0.0, dt);
+        let x = o.pair(xv.clone(), &[m, width], dt);
+        let packed: Vec<f32> = xv.chunks(width).flat_map(|r| r[col..col + k].to_vec()).collect();
+        let xp = o.cpu.upload(&packed, &[m, k], DType::F32).unwrap();
+        let w = o.rand(&mut rng, &[n, k], dt, 1.0 / (k as f32).sqrt(), 0.0);
+        let b = o.rand(&mut rng, &[n], dt, 0.5, 0.0);
+        for act in [Activation::None, Activation::GeluTanh, Activation::Silu] {
+            for with_bias in [true, false] {
+                let what = format!(
+                    "linear_cols {dt} [{m},{width}] cols {col}..{} x[{n},{k}]T {act:?} bias={with_bias}",
+                    col + k
+                );
+                let (mut od, mut oc) = o.outputs(&[m, n], dt);
+                let (bd, bc) = if with_bias { (Some(&b.d), Some(&b.c)) } else { (None, None) };
+                be.linear_cols(ColSlice::new(&x.d, col), &w.d, bd, act, &mut od)
+                    .unwrap_or_else(|e| panic!("{what}: {e}"));
+                o.cpu.linear_cols(ColSlice::new(&x.c, col), &w.c, bc, act, &mut oc).unwrap();
+                o.check(&what, &od, &oc, TOL);
+                let (_, mut op) = o.outputs(&[m, n], dt);
+                o.cpu.linear(&xp, &w.c, bc, act, &mut op).unwrap();
+                let (a, r) = (o.cpu.download(&oc).unwrap(), o.cpu.download(&op).unwrap());
+                close(&format!("{what}: CPU strided vs packed"), &a, &r, 1e-6);
+            }
+        }
+    }
+    // the columns must fit the row
+    let x = o.rand(&mut Rng::new(1), &[4, 20], dt, 1.0, 0.0);
+    let w = o.rand(&mut Rng::new(2), &[8, 16], dt, 1.0, 0.0);
+    let (mut od, _) = o.outputs(&[4, 8], dt);
+    assert!(be.linear_cols(ColSlice::new(&x.d, 5), &w.d, None, Activation::None, &mut od).is_err());
+    assert!(be.linear_cols(ColSlice::new(&x.d, 4), &w.d, None, Activation::None, &mut od).is_ok());
+}
+
+/// (rows, width, col, cols): the MLP columns of FLUX's fused projection (D = 32, 48), odd
+/// widths and offsets (scalar path), the whole row, one column.
+pub const ACTIVATION_COLS_SHAPES: &[(usize, usize, usize, usize)] =
+    &[(7, 224, 96, 128), (257, 336, 144, 192), (5, 37, 11, 19), (3, 100, 0, 100), (9, 13, 12, 1), (4, 40, 8, 24)];
+
+/// `activation_cols` in place: the columns in range activated as the reference does, the others
+/// bit-identical to the input.
+pub fn activation_cols_in_place<B: Device>(be: &B) {
+    let o = Ops::new(be);
+    let dt = o.dt;
+    for (i, &(rows, width, col, cols)) in ACTIVATION_COLS_SHAPES.iter().enumerate() {
+        let mut rng = Rng::new(650 + i as u64);
+        let v = data(&mut rng, rows * width, 2.0, 0.0, dt);
+        for act in [Activation::GeluTanh, Activation::Silu] {
+            let mut x = o.pair(v.clone(), &[rows, width], dt);
+            be.activation_cols(&mut x.d, col, cols, act).unwrap();
+            o.cpu.activation_cols(&mut x.c, col, cols, act).unwrap();
+            let what = format!("activation_cols {act:?} {dt} [{rows}, {width}] cols {col}..{}", col + cols);
+            o.check(&what, &x.d, &x.c, TOL);
+            let (g, c) = (be.download(&x.d).unwrap(), o.cpu.download(&x.c).unwrap());
+            for (r, (gr, cr)) in g.chunks(width).zip(c.chunks(width)).enumerate() {
+                let outside = |row: &[f32]| [&row[..col], &row[col + cols..]].concat();
+                let want = outside(&v[r * width..(r + 1) * width]);
+                assert_eq!(outside(gr), want, "{what}: row {r} outside the range changed");
+                assert_eq!(outside(cr), want, "{what}: CPU row {r} outside the range changed");
+            }
+        }
+    }
+    let mut x = o.rand(&mut Rng::new(3), &[2, 10], dt, 1.0, 0.0);
+    assert!(be.activation_cols(&mut x.d, 4, 7, Activation::GeluTanh).is_err(), "columns past the row");
+}
+
+/// (src [rows, width], dst [rows, width], src (row, col), dst (row, col), (rows, cols)): FLUX's
+/// joint gather of the Q|K|V columns out of [T, 3D + 4D] (D = 32) at a sample's row offset,
+/// odd widths and offsets, a whole poisoned destination.
+#[allow(clippy::type_complexity)]
+pub const COPY_ROWS_CASES: &[((usize, usize), (usize, usize), (usize, usize), (usize, usize), (usize, usize))] = &[
+    ((9, 224), (14, 96), (0, 0), (5, 0), (9, 96)),
+    ((20, 37), (11, 23), (7, 3), (1, 5), (9, 17)),
+    ((5, 7), (5, 7), (0, 0), (0, 0), (5, 7)),
+    ((300, 13), (301, 5), (1, 8), (0, 0), (299, 5)),
+];
+
+/// `copy_rows` in the backend's dtype and f32: the block exact, the rest of `dst` untouched;
+/// blocks outside either tensor are errors.
+pub fn copy_rows_blocks<B: Device>(be: &B) {
+    for dt in [be.act_dtype(), DType::F32] {
+        for (i, &(ss, ds, sa, da, (rows, cols))) in COPY_ROWS_CASES.iter().enumerate() {
+            let mut rng = Rng::new(900 + i as u64);
+            let sv = data(&mut rng, ss.0 * ss.1, 1.0, 0.0, dt);
+            let src = be.upload(&sv, &[ss.0, ss.1], dt).unwrap();
+            let src_c = Cpu::default().upload(&sv, &[ss.0, ss.1], DType::F32).unwrap();
+            // a destination the block covers is poisoned; otherwise random (untouched elements show)
+            let whole = (rows, cols) == ds;
+            let dv = if whole { vec![f32::NAN; ds.0 * ds.1] } else { data(&mut rng, ds.0 * ds.1, 1.0, 5.0, dt) };
+            let mut dst = be.upload(&dv, &[ds.0, ds.1], dt).unwrap();
+            if whole {
+                be.fill_bits(&mut dst, dt.nan_bits()).unwrap();
+            }
+            let cpu = Cpu::default();
+            let mut dst_c = cpu.upload(&dv, &[ds.0, ds.1], DType::F32).unwrap();
+            be.copy_rows(&src, sa, &mut dst, da, (rows, cols)).unwrap();
+            cpu.copy_rows(&src_c, sa, &mut dst_c, da, (rows, cols)).unwrap();
+            let mut want = dv.clone();
+            for r in 0..rows {
+                for c in 0..cols {
+                    want[(da.0 + r) * ds.1 + da.1 + c] = sv[(sa.0 + r) * ss.1 + sa.1 + c];
+                }
+            }
+            let what = format!("copy_rows {dt} case {i}");
+            assert_eq!(be.download(&dst).unwrap(), want, "{what}");
+            assert_eq!(cpu.download(&dst_c).unwrap(), want, "{what}: CPU");
+            eprintln!("{what}: exact");
+        }
+        let src = be.alloc(&[4, 6], dt).unwrap();
+        let mut dst = be.alloc(&[4, 6], dt).unwrap();
+        assert!(be.copy_rows(&src, (1, 0), &mut dst, (0, 0), (4, 6)).is_err(), "rows past src");
+        assert!(be.copy_rows(&src, (0, 0), &mut dst, (0, 1), (4, 6)).is_err(), "columns past dst");
     }
 }
 

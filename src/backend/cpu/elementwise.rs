@@ -92,6 +92,37 @@ pub fn activation(x: &[f32], bias: Option<&[f32]>, act: Activation, cols: usize,
     out.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(|(o, x)| activation_rows(x, bias, act, cols, o));
 }
 
+/// `act` in place on columns `[col, col + cols)` of each `width`-element row of x.
+pub fn activation_cols(x: &mut [f32], width: usize, col: usize, cols: usize, act: Activation) {
+    if width == 0 || cols == 0 {
+        return;
+    }
+    let chunk = task_len(x.len(), width);
+    x.par_chunks_mut(chunk).for_each(|rows| {
+        for row in rows.chunks_mut(width) {
+            apply_activation_slice(&mut row[col..col + cols], act);
+        }
+    });
+}
+
+/// `dst[(dr + r)·dst_ld + dc + c] = src[(sr + r)·src_ld + sc + c]` for r < rows, c < cols.
+#[allow(clippy::too_many_arguments)]
+pub fn copy_rows(
+    src: &[f32],
+    src_ld: usize,
+    (sr, sc): (usize, usize),
+    dst: &mut [f32],
+    dst_ld: usize,
+    (dr, dc): (usize, usize),
+    rows: usize,
+    cols: usize,
+) {
+    for r in 0..rows {
+        let (s, d) = ((sr + r) * src_ld + sc, (dr + r) * dst_ld + dc);
+        dst[d..d + cols].copy_from_slice(&src[s..s + cols]);
+    }
+}
+
 multiversion! {
     /// Rows of `x += y` (y broadcast over rows).
     fn add_bcast_rows(x: &mut [f32], y: &[f32]) {

@@ -32,12 +32,30 @@ pub fn linear_f32(
     k: usize,
     threads: usize,
 ) {
+    linear_f32_ld(x, k, w, bias, act, out, m, n, k, threads)
+}
+
+/// [`linear_f32`] with x's rows `ldx ≥ k` elements apart (row r is `x[r·ldx..r·ldx + k]`): the
+/// input a column range of a wider matrix, read in place (`gemm` takes any row stride).
+#[allow(clippy::too_many_arguments)]
+pub fn linear_f32_ld(
+    x: &[f32],
+    ldx: usize,
+    w: &[f32],
+    bias: Option<&[f32]>,
+    act: Activation,
+    out: &mut [f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    threads: usize,
+) {
     // checked products: a wrapped m·k in release would let a short slice through to the raw GEMM
     let holds = |len: usize, a: usize, b: usize| a.checked_mul(b).is_some_and(|p| len >= p);
-    assert!(
-        holds(x.len(), m, k) && holds(w.len(), n, k) && holds(out.len(), m, n),
-        "linear_f32: slices shorter than m·k, n·k, m·n"
-    );
+    // the last row of x ends at (m − 1)·ldx + k
+    let x_holds = m == 0 || (m - 1).checked_mul(ldx).and_then(|p| p.checked_add(k)).is_some_and(|e| x.len() >= e);
+    assert!(ldx >= k, "linear_f32: row stride {ldx} below k = {k}");
+    assert!(x_holds && holds(w.len(), n, k) && holds(out.len(), m, n), "linear_f32: slices shorter than m·k, n·k, m·n");
     assert!(bias.is_none_or(|b| b.len() >= n), "linear_f32: bias shorter than n");
     if m == 0 || n == 0 {
         return;
@@ -55,7 +73,7 @@ pub fn linear_f32(
         // SAFETY: tiles partition [0, m) × [0, n) without overlap (disjoint (r0, c0) grid cells
         // of size row_step × col_step, clipped to the matrix), so each task is the only one
         // touching its rectangle, which lies inside out[..m·n] (asserted above).
-        unsafe { tile_f32(x, w, bias, act, out_addr as *mut f32, (r0, rows), (c0, cols), n, k) }
+        unsafe { tile_f32((x, ldx), w, bias, act, out_addr as *mut f32, (r0, rows), (c0, cols), n, k) }
     };
     if tiles.len() == 1 {
         tiles.iter().for_each(run);
@@ -78,10 +96,11 @@ fn tiles(m: usize, n: usize, k: usize, threads: usize) -> (usize, usize) {
 ///
 /// # Safety
 /// `out` points at a row-major [m, ld] matrix whose tile rows r0..r0+rows, columns c0..c0+cols
-/// no other thread touches during the call; x and w hold the rows the tile reads.
+/// no other thread touches during the call; x (rows `ldx` apart) and w hold the rows the tile
+/// reads.
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile_f32(
-    x: &[f32],
+    (x, ldx): (&[f32], usize),
     w: &[f32],
     bias: Option<&[f32]>,
     act: Activation,
@@ -103,9 +122,10 @@ unsafe fn tile_f32(
             None => row(r).fill(0.0),
         }
     }
-    // SAFETY: x[r0..r0+rows, ..k] and w[c0..c0+cols, ..k] lie inside the slices (the caller
-    // asserted their lengths), out's tile is ours alone (caller's contract); the strides
-    // describe row-major x and out, and w read as its transpose ([k, n] with column stride k).
+    // SAFETY: x[r0..r0+rows, ..k] (rows ldx apart) and w[c0..c0+cols, ..k] lie inside the
+    // slices (the caller asserted their lengths), out's tile is ours alone (caller's contract);
+    // the strides describe row-major x and out, and w read as its transpose ([k, n] with column
+    // stride k).
     unsafe {
         gemm::gemm(
             rows,
@@ -115,9 +135,9 @@ unsafe fn tile_f32(
             1,
             ld as isize,
             true,
-            x.as_ptr().add(r0 * k),
+            x.as_ptr().add(r0 * ldx),
             1,
-            k as isize,
+            ldx as isize,
             w.as_ptr().add(c0 * k),
             k as isize,
             1,

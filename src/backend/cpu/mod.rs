@@ -15,7 +15,7 @@ pub(crate) mod simd;
 
 pub(crate) use attention::attention_f32;
 pub(crate) use elementwise::timestep_embedding as timestep_embedding_f32;
-pub(crate) use linear::linear_f32;
+pub(crate) use linear::{linear_f32, linear_f32_ld};
 pub(crate) use norm_modulate::norm_modulate_f32;
 pub(crate) use qk_norm::{qk_norm_f32, qk_norm_rope_f32};
 
@@ -24,7 +24,7 @@ pub(crate) use qk_norm::{qk_norm_f32, qk_norm_rope_f32};
 pub(crate) mod reference {
     pub use super::attention::attention_f32;
     pub use super::elementwise::timestep_embedding as timestep_embedding_f32;
-    pub use super::linear::linear_f32;
+    pub use super::linear::{linear_f32, linear_f32_ld};
     pub use super::norm_modulate::norm_modulate_f32;
     pub use super::qk_norm::{qk_norm_f32, qk_norm_rope_f32};
 }
@@ -142,6 +142,23 @@ impl Backend for Cpu {
     ) -> Result<()> {
         let (m, n, k) = shapes::linear(x, w, bias, out)?;
         linear_f32(&x.buf, &w.buf, bias.map(|b| b.buf.as_slice()), act, &mut out.buf, m, n, k, self.threads);
+        Ok(())
+    }
+
+    fn linear_cols(
+        &self,
+        x: ColSlice<'_, Self>,
+        w: &Tensor<Self>,
+        bias: Option<&Tensor<Self>>,
+        act: Activation,
+        out: &mut Tensor<Self>,
+    ) -> Result<()> {
+        let (m, n, k, ldx) = shapes::linear_cols(&x, w, bias, out)?;
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        let bias = bias.map(|b| b.buf.as_slice());
+        linear_f32_ld(&x.t.buf[x.col..], ldx, &w.buf, bias, act, &mut out.buf, m, n, k, self.threads);
         Ok(())
     }
 
@@ -288,6 +305,26 @@ impl Backend for Cpu {
             }
         }
         elementwise::activation(&x.buf, bias.map(|b| b.buf.as_slice()), act, x.cols(), &mut out.buf);
+        Ok(())
+    }
+
+    fn activation_cols(&self, x: &mut Tensor<Self>, col: usize, cols: usize, act: Activation) -> Result<()> {
+        let (_, width) = shapes::activation_cols(x, col, cols)?;
+        elementwise::activation_cols(&mut x.buf, width, col, cols, act);
+        Ok(())
+    }
+
+    fn copy_rows(
+        &self,
+        src: &Tensor<Self>,
+        src_at: (usize, usize),
+        dst: &mut Tensor<Self>,
+        dst_at: (usize, usize),
+        (rows, cols): (usize, usize),
+    ) -> Result<()> {
+        shapes::copy_rows(src, src_at, dst, dst_at, (rows, cols))?;
+        let (sw, dw) = (src.cols(), dst.cols());
+        elementwise::copy_rows(&src.buf, sw, src_at, &mut dst.buf, dw, dst_at, rows, cols);
         Ok(())
     }
 

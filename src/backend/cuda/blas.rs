@@ -68,6 +68,9 @@ pub(crate) struct GemmKey {
     pub m: u64,
     pub n: u64,
     pub k: u64,
+    /// the input's row stride in elements (k for a contiguous input; more when it is a column
+    /// range of a wider tensor)
+    pub ldx: u64,
     pub epilogue: Epilogue,
     pub dtype: DType,
     /// the smallest power-of-two alignment (≤ 256 bytes) of the four operand addresses
@@ -76,8 +79,8 @@ pub(crate) struct GemmKey {
 
 impl GemmKey {
     /// The key as words for graph signatures.
-    fn words(&self) -> [u64; 6] {
-        [self.m, self.n, self.k, self.epilogue as u64, self.dtype as u64, self.align as u64]
+    fn words(&self) -> [u64; 7] {
+        [self.m, self.n, self.k, self.ldx, self.epilogue as u64, self.dtype as u64, self.align as u64]
     }
 }
 
@@ -85,8 +88,8 @@ impl fmt::Display for GemmKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "[{}, {}]·[{}, {}]ᵀ ({}, epilogue {:?}, operands {}-byte aligned)",
-            self.m, self.k, self.n, self.k, self.dtype, self.epilogue, self.align
+            "[{}, {}]·[{}, {}]ᵀ ({}, epilogue {:?}, operands {}-byte aligned, input rows {} apart)",
+            self.m, self.k, self.n, self.k, self.dtype, self.epilogue, self.align, self.ldx
         )
     }
 }
@@ -259,7 +262,8 @@ impl Blas {
             }
         }
         let (m, n, k) = (key.m, key.n, key.k);
-        for (layout, rows, cols, ld) in [(&mut plan.a, k, n, k), (&mut plan.b, k, m, k), (&mut plan.d, n, m, n)] {
+        // B, the input: column-major [k, m] with its columns (the input's rows) ldx apart
+        for (layout, rows, cols, ld) in [(&mut plan.a, k, n, k), (&mut plan.b, k, m, key.ldx), (&mut plan.d, n, m, n)] {
             // SAFETY: writes a new layout through a valid pointer (freed by Plan's Drop).
             blas(unsafe { lt::cublasLtMatrixLayoutCreate(layout, dt, rows, cols, ld as i64) }, || {
                 format!("cublasLtMatrixLayoutCreate for {what}")
@@ -320,7 +324,8 @@ impl Blas {
         ))
     }
 
-    /// Enqueues `out = epilogue(x·wᵀ (+ bias))` (addresses of whole tensors; bias 0 when none).
+    /// Enqueues `out = epilogue(x·wᵀ (+ bias))` (addresses of the operands' first elements, x's
+    /// rows `key.ldx` apart; bias 0 when none).
     pub fn gemm(&mut self, dev: &Device, key: GemmKey, x: u64, w: u64, bias: u64, out: u64) -> Result<()> {
         if !self.plans.contains_key(&key) {
             dev.bind()?;
@@ -339,7 +344,8 @@ impl Blas {
         // SAFETY: `plan` holds live descriptors for exactly these sizes, dtype and epilogue; the
         // bias pointer attribute is a device address. x, w, bias and out are live device
         // allocations of [m, k], [n, k], [n] and [m, n] elements (checked by shapes::linear; the
-        // plan's layouts describe exactly those extents), `out` doubles as C, which beta = 0 keeps
+        // plan's layouts describe exactly those extents; x's rows key.ldx apart, inside its
+        // tensor as shapes::linear_cols checks), `out` doubles as C, which beta = 0 keeps
         // from being read. alpha and beta are host f32 scalars (the default pointer mode and the
         // CUDA_R_32F scale type) read during the call. The workspace is our own 32 MiB buffer,
         // used only by GEMMs on this one stream, so consecutive GEMMs never share it

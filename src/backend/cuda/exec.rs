@@ -30,7 +30,7 @@ pub(crate) enum Mode {
 /// A tag and the words that identify one enqueued operation in a unit's signature.
 pub(crate) enum Op<'a> {
     Kernel { func: u64, grid: [u32; 3], block: [u32; 3], smem: u32, params: &'a [u8] },
-    Gemm { key: [u64; 6], ptrs: [u64; 4] },
+    Gemm { key: [u64; 7], ptrs: [u64; 4] },
     Copy { dst: u64, src: u64, bytes: u64 },
 }
 
@@ -220,7 +220,7 @@ mod tests {
             st.begin(Mode::Record).unwrap();
             assert!(!st.enqueue("k", kernel(&params)).unwrap(), "record mode enqueues nothing");
             assert!(!st.enqueue("c", Op::Copy { dst: 1, src: 2, bytes: 3 }).unwrap());
-            assert!(!st.enqueue("g", Op::Gemm { key: [1, 2, 3, 4, 5, 6], ptrs: [7, 8, 0, 9] }).unwrap());
+            assert!(!st.enqueue("g", Op::Gemm { key: [1, 2, 3, 4, 5, 6, 7], ptrs: [7, 8, 0, 9] }).unwrap());
             sigs.push(st.end().sig);
         }
         assert_eq!(sigs[0], sigs[1]);

@@ -39,7 +39,7 @@ pub use memory::CudaBuf;
 pub use probe::{available, device_count, driver_present, kernels_built, probe, probe_ordinal, DeviceInfo};
 
 use super::kernels::{self, AttentionChoice, AttentionKernel, KernelDevice, KernelId, KernelParams, LaunchCfg};
-use super::{shapes, Activation, Backend};
+use super::{shapes, Activation, Backend, ColSlice};
 use crate::dtype::{bits16_to_f32, f32_to_bits16};
 use crate::error::BackendErrorKind;
 use crate::{DType, Error, Result, Tensor};
@@ -269,6 +269,51 @@ impl Backend for Cuda {
         out: &mut Tensor<Self>,
     ) -> Result<()> {
         let (m, n, k) = shapes::linear(x, w, bias, out)?;
+        self.gemm((x.buf.device_ptr(), k), w, bias, act, out, (m, n, k))
+    }
+
+    /// [`Cuda::linear`] with cuBLASLt's B (the input) at the column offset, ld = the row stride.
+    fn linear_cols(
+        &self,
+        x: ColSlice<'_, Self>,
+        w: &Tensor<Self>,
+        bias: Option<&Tensor<Self>>,
+        act: Activation,
+        out: &mut Tensor<Self>,
+    ) -> Result<()> {
+        let (m, n, k, ldx) = shapes::linear_cols(&x, w, bias, out)?;
+        let xp = x.t.buf.device_ptr() + (x.col * x.t.dtype().size()) as u64;
+        self.gemm((xp, ldx), w, bias, act, out, (m, n, k))
+    }
+
+    super::kernels::kernel_backend_ops!();
+
+    unsafe fn copy_elems(
+        &self,
+        src: &Tensor<Self>,
+        src_off: usize,
+        dst: &mut Tensor<Self>,
+        dst_off: usize,
+        len: usize,
+    ) -> Result<()> {
+        let es = src.dtype().size() as u64;
+        let (s, d) = (src.buf.device_ptr() + src_off as u64 * es, dst.buf.device_ptr() + dst_off as u64 * es);
+        self.dev.copy(d, s, len * es as usize)
+    }
+}
+
+impl Cuda {
+    /// `out = act(x·wᵀ + bias)` through cuBLASLt, x at address `xp` with rows `ldx` apart (sizes
+    /// checked by the caller through `shapes::linear` / `shapes::linear_cols`).
+    fn gemm(
+        &self,
+        (xp, ldx): (u64, usize),
+        w: &Tensor<Self>,
+        bias: Option<&Tensor<Self>>,
+        act: Activation,
+        out: &mut Tensor<Self>,
+        (m, n, k): (usize, usize, usize),
+    ) -> Result<()> {
         if let Some(b) = bias {
             shapes::same_dtype("linear", out, &[("bias", b)])?;
         }
@@ -292,12 +337,13 @@ impl Backend for Cuda {
             (Activation::None | Activation::Silu, false) => Epilogue::Default,
             (Activation::None | Activation::Silu, true) => Epilogue::Bias,
         };
-        let (xp, wp, op) = (x.buf.device_ptr(), w.buf.device_ptr(), out.buf.device_ptr());
+        let (wp, op) = (w.buf.device_ptr(), out.buf.device_ptr());
         let bp = bias.map_or(0, |b| b.buf.device_ptr());
         let key = GemmKey {
             m: m as u64,
             n: n as u64,
             k: k as u64,
+            ldx: ldx as u64,
             epilogue,
             dtype: out.dtype(),
             align: alignment(&[xp, wp, bp, op]),
@@ -309,21 +355,6 @@ impl Backend for Cuda {
             kernels::activation(self, &alias, None, Activation::Silu, out)?;
         }
         Ok(())
-    }
-
-    super::kernels::kernel_backend_ops!();
-
-    unsafe fn copy_elems(
-        &self,
-        src: &Tensor<Self>,
-        src_off: usize,
-        dst: &mut Tensor<Self>,
-        dst_off: usize,
-        len: usize,
-    ) -> Result<()> {
-        let es = src.dtype().size() as u64;
-        let (s, d) = (src.buf.device_ptr() + src_off as u64 * es, dst.buf.device_ptr() + dst_off as u64 * es);
-        self.dev.copy(d, s, len * es as usize)
     }
 }
 

@@ -151,7 +151,7 @@ fn count_ops(sig: &[u8]) -> usize {
                 let len = sig.get(at..at + 4).map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
                 1 + 8 + 7 * 4 + 4 + len
             }
-            2 => 1 + 10 * 8,
+            2 => 1 + 11 * 8,
             3 => 1 + 3 * 8,
             _ => return n,
         };
@@ -171,7 +171,7 @@ mod tests {
         assert_eq!(count_ops(&st.sig), 0);
         let params = [7u8; 136];
         st.enqueue("k", Op::Kernel { func: 1, grid: [2, 3, 4], block: [128, 1, 1], smem: 0, params: &params }).unwrap();
-        st.enqueue("g", Op::Gemm { key: [1, 2, 3, 4, 5, 6], ptrs: [7, 8, 0, 9] }).unwrap();
+        st.enqueue("g", Op::Gemm { key: [1, 2, 3, 4, 5, 6, 7], ptrs: [7, 8, 0, 9] }).unwrap();
         st.enqueue("c", Op::Copy { dst: 1, src: 2, bytes: 3 }).unwrap();
         st.enqueue("k", Op::Kernel { func: 2, grid: [1, 1, 1], block: [32, 1, 1], smem: 64, params: &params[..24] })
             .unwrap();

@@ -51,10 +51,50 @@ pub fn activation<D: KernelDevice>(
         y: d.ptr_mut(out),
         n: n as i64,
         cols: x.cols() as i64,
+        ld: x.cols() as i64,
     };
     let cfg = LaunchCfg::linear(vector_blocks(n, x.cols(), EW_THREADS), EW_THREADS)?;
     // SAFETY: out has x's n elements, bias one row of x's cols, all of the kernel's dtype
     // (shapes::activation).
+    unsafe { d.launch(kernel, &p, cfg) }
+}
+
+/// `act` in place on columns `[col, col + cols)` of x: the activation kernel on rows `x.cols()`
+/// apart, starting at column `col`.
+pub fn activation_cols<D: KernelDevice>(
+    d: &D,
+    x: &mut Tensor<D>,
+    col: usize,
+    cols: usize,
+    act: Activation,
+) -> Result<()> {
+    let (rows, width) = shapes::activation_cols(x, col, cols)?;
+    let kernels = match act {
+        Activation::GeluTanh => family::ACTIVATION_GELU_TANH,
+        Activation::Silu => family::ACTIVATION_SILU,
+        Activation::None => return Ok(()),
+    };
+    let n = rows * cols;
+    if n == 0 {
+        return Ok(());
+    }
+    let kernel = kernels.for_dtype(x.dtype())?;
+    let es = x.dtype().size();
+    // SAFETY (of the offset): col < width, so the address stays inside x's first row.
+    let base = unsafe { d.ptr_mut(x).cast::<u8>().add(col * es) }.cast::<std::ffi::c_void>();
+    let p = ActivationParams {
+        x: base.cast_const(),
+        bias: std::ptr::null(),
+        y: base,
+        n: n as i64,
+        cols: cols as i64,
+        ld: width as i64,
+    };
+    let step = if cols.is_multiple_of(8) && width.is_multiple_of(8) { 8 } else { 1 };
+    let cfg = LaunchCfg::linear(grid_stride_blocks(n, EW_THREADS, step), EW_THREADS)?;
+    // SAFETY: rows r < rows of `cols` elements from column `col`, `width` apart, lie inside x
+    // (shapes::activation_cols); x and y alias, which the kernel allows (each element read, then
+    // written, by one thread).
     unsafe { d.launch(kernel, &p, cfg) }
 }
 

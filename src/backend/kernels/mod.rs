@@ -16,8 +16,8 @@ pub mod table;
 
 pub(crate) use attention::AttentionChoice;
 pub use attention::{attention, attention_supported_head_dim};
-pub use elementwise::{activation, add_bcast, cfg_combine, patchify, timestep_embedding, unpatchify};
-pub use fill::fill_bits;
+pub use elementwise::{activation, activation_cols, add_bcast, cfg_combine, patchify, timestep_embedding, unpatchify};
+pub use fill::{copy_rows, fill_bits};
 pub use forecast::forecast;
 pub use norm_modulate::norm_modulate;
 pub use qk_norm::{qk_norm, qk_norm_rope};
@@ -72,6 +72,7 @@ macro_rules! kernel_params {
 }
 kernel_params!(
     FillParams,
+    CopyRowsParams,
     NormModulateParams,
     QkNormParams,
     ResidualParams,
@@ -207,6 +208,27 @@ macro_rules! kernel_backend_ops {
             out: &mut $crate::Tensor<Self>,
         ) -> $crate::Result<()> {
             $crate::backend::kernels::activation(self, x, bias, act, out)
+        }
+
+        fn activation_cols(
+            &self,
+            x: &mut $crate::Tensor<Self>,
+            col: usize,
+            cols: usize,
+            act: $crate::backend::Activation,
+        ) -> $crate::Result<()> {
+            $crate::backend::kernels::activation_cols(self, x, col, cols, act)
+        }
+
+        fn copy_rows(
+            &self,
+            src: &$crate::Tensor<Self>,
+            src_at: (usize, usize),
+            dst: &mut $crate::Tensor<Self>,
+            dst_at: (usize, usize),
+            size: (usize, usize),
+        ) -> $crate::Result<()> {
+            $crate::backend::kernels::copy_rows(self, src, src_at, dst, dst_at, size)
         }
 
         fn add_bcast(&self, x: &mut $crate::Tensor<Self>, y: &$crate::Tensor<Self>) -> $crate::Result<()> {

@@ -10,7 +10,7 @@ mod ffi;
 pub(crate) mod selftest;
 
 use super::kernels::{self, AttentionChoice, AttentionKernel, KernelDevice, KernelId, KernelParams, LaunchCfg};
-use super::{shapes, Activation, Backend};
+use super::{shapes, Activation, Backend, ColSlice};
 use crate::dtype::{bits16_to_f32, f32_to_bits16};
 use crate::error::BackendErrorKind;
 use crate::{DType, Error, Result, Tensor};
@@ -148,6 +148,25 @@ impl Backend for Sim {
         let bf = bias.map(|b| self.to_f32(b));
         let mut of = vec![0.0f32; m * n];
         super::cpu::linear_f32(&xf, &wf, bf.as_deref(), act, &mut of, m, n, k, self.threads);
+        self.write(out, &of)
+    }
+
+    fn linear_cols(
+        &self,
+        x: ColSlice<'_, Self>,
+        w: &Tensor<Self>,
+        bias: Option<&Tensor<Self>>,
+        act: Activation,
+        out: &mut Tensor<Self>,
+    ) -> Result<()> {
+        let (m, n, k, ldx) = shapes::linear_cols(&x, w, bias, out)?;
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        let (xf, wf) = (self.to_f32(x.t), self.to_f32(w));
+        let bf = bias.map(|b| self.to_f32(b));
+        let mut of = vec![0.0f32; m * n];
+        super::cpu::linear_f32_ld(&xf[x.col..], ldx, &wf, bf.as_deref(), act, &mut of, m, n, k, self.threads);
         self.write(out, &of)
     }
 

@@ -12,8 +12,12 @@
 //!         s += gate·proj_out([a, m])
 //! ```
 //!
-//! The single block runs row-wise on each stream: proj_out([a, m]) = a·W_aᵀ + b + m·W_mᵀ with
-//! proj_out's weight split by columns into W_a [D, D] and W_m [D, 4D].
+//! The single block runs row-wise on each stream. to_q, to_k, to_v and proj_mlp are stacked at
+//! load into one `[3D + M, D]` weight (M = 4D, the MLP width), so one GEMM gives each row's
+//! `[Q | K | V | MLP input]` (`[T, 3D + M]`); the RMS norm and RoPE run on Q and K in place, the
+//! joint attention gathers only the Q|K|V columns, GELU runs on the MLP columns in place, and
+//! proj_out([a, m]) = a·W_aᵀ + b + m·W_mᵀ, with proj_out's weight split by columns into W_a [D, D]
+//! and W_m [D, M], reads m in place from the MLP columns (row stride 3D + M): no concatenation.
 
 use super::super::no_context_write;
 use super::{Scratch, StreamScratch};
@@ -167,7 +171,8 @@ impl<B: Backend> DoubleBlock<B> {
         // RoPE positions: the context first (0..L), then the image (L..L + N)
         self.attn.project(be, cfg, &img.norm, &mut img.qkv, rope, n, l)?;
         self.add.project(be, cfg, &cs.norm, &mut cs.qkv, rope, l, 0)?;
-        joint_attention(be, cfg, (batch, n, l, d), (img, cs), joint_qkv, joint_out)?;
+        let (src, attn) = ((&img.qkv, &cs.qkv), (&mut img.attn, &mut cs.attn));
+        joint_attention(be, cfg, (batch, n, l, d), src, attn, joint_qkv, joint_out)?;
 
         // Image stream.
         let slot = io.slot(SLOT_ATTN, &mut img.proj)?;
@@ -189,8 +194,11 @@ impl<B: Backend> DoubleBlock<B> {
 pub struct SingleBlock<B: Backend> {
     /// norm.linear: [3D, D] (shift, scale, gate)
     norm: Linear<B>,
-    attn: Attn<B>,
-    proj_mlp: Linear<B>,
+    /// to_q | to_k | to_v | proj_mlp stacked: [3D + M, D] with their biases
+    proj: Linear<B>,
+    /// the per-head RMS weights of Q and K
+    wq: Tensor<B>,
+    wk: Tensor<B>,
     /// proj_out's attention columns [D, D] with its bias
     out_attn: Linear<B>,
     /// proj_out's MLP columns [D, 4D], no bias
@@ -213,13 +221,18 @@ impl<B: Backend> SingleBlock<B> {
         let dt = l.backend.act_dtype();
         Ok(SingleBlock {
             norm: l.linear(&format!("{p}.norm.linear"), 3 * d, d, true)?,
-            attn: Attn::load(
-                l,
-                cfg,
-                [&format!("{a}.to_q"), &format!("{a}.to_k"), &format!("{a}.to_v")],
-                [&format!("{a}.norm_q"), &format!("{a}.norm_k")],
+            proj: l.stacked_linear(
+                &[
+                    (&format!("{a}.to_q"), d),
+                    (&format!("{a}.to_k"), d),
+                    (&format!("{a}.to_v"), d),
+                    (&format!("{p}.proj_mlp"), 4 * d),
+                ],
+                d,
+                true,
             )?,
-            proj_mlp: l.linear(&format!("{p}.proj_mlp"), 4 * d, d, true)?,
+            wq: l.tensor(&format!("{a}.norm_q.weight"), &[cfg.attention_head_dim])?,
+            wk: l.tensor(&format!("{a}.norm_k.weight"), &[cfg.attention_head_dim])?,
             out_attn: Linear {
                 w: l.backend.upload(&wa, &[d, d], dt)?,
                 b: Some(l.tensor(&format!("{p}.proj_out.bias"), &[d])?),
@@ -244,7 +257,8 @@ impl<B: Backend> SingleBlock<B> {
         Ok(&s.mod_single)
     }
 
-    /// n, Q|K|V (normed, rotated) and GELU(proj_mlp(n)) of one stream.
+    /// n and `st.fused = [Q | K | V | GELU(proj_mlp(n))]` of one stream from one GEMM, Q and K
+    /// normed and rotated in place, the GELU on the MLP columns in place.
     #[allow(clippy::too_many_arguments)]
     fn prepare(
         &self,
@@ -257,24 +271,28 @@ impl<B: Backend> SingleBlock<B> {
         tokens: usize,
         offset: usize,
     ) -> Result<()> {
+        let (h, hd, d) = (cfg.num_attention_heads, cfg.attention_head_dim, cfg.inner_dim());
         be.norm_modulate(x, m, SHIFT_MSA, SCALE_MSA, EPS, &mut st.norm)?;
-        self.attn.project(be, cfg, &st.norm, &mut st.qkv, rope, tokens, offset)?;
-        let pm = &self.proj_mlp;
-        be.linear(&st.norm, &pm.w, pm.b.as_ref(), Activation::GeluTanh, &mut st.ff)
+        be.linear(&st.norm, &self.proj.w, self.proj.b.as_ref(), Activation::None, &mut st.fused)?;
+        let rope = Rope { table: rope, tokens, offset };
+        be.qk_norm_rope(&mut st.fused, 0, d, h, hd, &self.wq, &self.wk, EPS, rope)?;
+        let mlp = self.proj.out_features() - 3 * d;
+        be.activation_cols(&mut st.fused, 3 * d, mlp, Activation::GeluTanh)
     }
 
     /// proj_out([a, m]) into `out` (the branch output before its gate): the attention half
-    /// with the bias, plus the MLP half.
+    /// with the bias, plus the MLP half reading m in place from the MLP columns of `fused`.
     fn project_out(
         &self,
         be: &B,
+        d: usize,
         a: &Tensor<B>,
-        m: &Tensor<B>,
+        fused: &Tensor<B>,
         part: &mut Tensor<B>,
         out: &mut Tensor<B>,
     ) -> Result<()> {
         be.linear(a, &self.out_attn.w, self.out_attn.b.as_ref(), Activation::None, out)?;
-        be.linear(m, &self.out_mlp.w, None, Activation::None, part)?;
+        be.linear_cols(ColSlice::new(fused, 3 * d), &self.out_mlp.w, None, Activation::None, part)?;
         be.residual(out, part, None, CacheWrite::None)
     }
 
@@ -306,28 +324,32 @@ impl<B: Backend> SingleBlock<B> {
         let (n, l) = (tokens, *text_len);
         self.prepare(be, cfg, h, m, img, rope, n, l)?;
         self.prepare(be, cfg, c, m, cs, rope, l, 0)?;
-        joint_attention(be, cfg, (batch, n, l, d), (img, cs), joint_qkv, joint_out)?;
+        let (src, attn) = ((&img.fused, &cs.fused), (&mut img.attn, &mut cs.attn));
+        joint_attention(be, cfg, (batch, n, l, d), src, attn, joint_qkv, joint_out)?;
 
         let out = io.slot(0, &mut img.proj)?;
-        self.project_out(be, &img.attn, &img.ff, &mut img.proj2, out)?;
+        self.project_out(be, d, &img.attn, &img.fused, &mut img.proj2, out)?;
         be.residual(h, out, Some((m, GATE_MSA)), w_img)?;
         if self.last {
             return no_context_write(w_ctx);
         }
         let out = io.slot(1, &mut cs.proj)?;
-        self.project_out(be, &cs.attn, &cs.ff, &mut cs.proj2, out)?;
+        self.project_out(be, d, &cs.attn, &cs.fused, &mut cs.proj2, out)?;
         be.residual(c, out, Some((m, GATE_MSA)), w_ctx)
     }
 }
 
-/// Attention over the concatenation [context tokens, image tokens] of each sample: the streams'
-/// Q|K|V rows gathered into `joint_qkv`, attended, and the output split back into each stream's
-/// `attn`.
+/// Attention over the concatenation [context tokens, image tokens] of each sample: the first
+/// 3D columns (Q|K|V) of the streams' projection outputs `src` (image, context; as wide as the
+/// block lays them out) gathered into `joint_qkv`, attended, and the output split back into each
+/// stream's attention output `attn` (image, context).
+#[allow(clippy::too_many_arguments)]
 fn joint_attention<B: Backend>(
     be: &B,
     cfg: &ModelConfig,
     (batch, n, l, d): (usize, usize, usize, usize),
-    (img, cs): (&mut StreamScratch<B>, &mut StreamScratch<B>),
+    (img_src, ctx_src): (&Tensor<B>, &Tensor<B>),
+    (img_attn, ctx_attn): (&mut Tensor<B>, &mut Tensor<B>),
     joint_qkv: &mut Tensor<B>,
     joint_out: &mut Tensor<B>,
 ) -> Result<()> {
@@ -335,15 +357,48 @@ fn joint_attention<B: Backend>(
     let scale = (hd as f32).powf(-0.5);
     let (w3, j) = (3 * d, n + l);
     for b in 0..batch {
-        be.copy_range(&cs.qkv, b * l * w3, joint_qkv, b * j * w3, l * w3)?;
-        be.copy_range(&img.qkv, b * n * w3, joint_qkv, (b * j + l) * w3, n * w3)?;
+        for (src, rows, row, at) in [(ctx_src, l, b * l, b * j), (img_src, n, b * n, b * j + l)] {
+            if src.cols() == w3 {
+                // contiguous rows: one plain copy
+                be.copy_range(src, row * w3, joint_qkv, at * w3, rows * w3)?;
+            } else {
+                be.copy_rows(src, (row, 0), joint_qkv, (at, 0), (rows, w3))?;
+            }
+        }
     }
     let shape = AttentionShape { batch, heads, head_dim: hd, nq: j, nk: j, scale };
     let q = &*joint_qkv;
     be.attention(&shape, ColSlice::new(q, 0), ColSlice::new(q, d), ColSlice::new(q, 2 * d), None, joint_out)?;
     for b in 0..batch {
-        be.copy_range(joint_out, b * j * d, &mut cs.attn, b * l * d, l * d)?;
-        be.copy_range(joint_out, (b * j + l) * d, &mut img.attn, b * n * d, n * d)?;
+        be.copy_range(joint_out, b * j * d, ctx_attn, b * l * d, l * d)?;
+        be.copy_range(joint_out, (b * j + l) * d, img_attn, b * n * d, n * d)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SingleBlock;
+    use crate::backend::cpu::Cpu;
+    use crate::model::{Loader, ModelConfig, RandomWeights};
+
+    /// The single block's Q, K, V and MLP input come from one GEMM: to_q, to_k, to_v and
+    /// proj_mlp are loaded as one stacked `[3D + 4D, D]` weight and nothing else projects the
+    /// normalised input before attention (the block holds no other input projection).
+    #[test]
+    fn single_block_projects_q_k_v_and_mlp_with_one_gemm() {
+        let cfg = ModelConfig::from_json_str(
+            r#"{"_class_name": "FluxTransformer2DModel", "num_attention_heads": 2, "attention_head_dim": 8,
+                "in_channels": 4, "num_layers": 1, "num_single_layers": 1, "joint_attention_dim": 8,
+                "pooled_projection_dim": 8, "axes_dims_rope": [2, 2, 4]}"#,
+        )
+        .unwrap();
+        let be = Cpu::default();
+        let src = RandomWeights { seed: 1 };
+        let l = Loader { backend: &be, source: &src };
+        let blk = SingleBlock::load(&l, &cfg, 0, true).unwrap();
+        let d = cfg.inner_dim();
+        assert_eq!(blk.proj.w.shape(), &[3 * d + 4 * d, d]);
+        assert_eq!(blk.proj.b.as_ref().map(|b| b.shape().to_vec()), Some(vec![7 * d]));
+    }
 }

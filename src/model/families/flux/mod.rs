@@ -247,6 +247,8 @@ pub(crate) struct StreamScratch<B: Backend> {
     /// the single blocks' MLP half of proj_out
     pub(crate) proj2: Tensor<B>,
     pub(crate) ff: Tensor<B>,
+    /// the single blocks' one projection output [rows, 3D + 4D]: Q | K | V | MLP
+    pub(crate) fused: Tensor<B>,
 }
 
 impl<B: Backend> StreamScratch<B> {
@@ -259,6 +261,7 @@ impl<B: Backend> StreamScratch<B> {
             proj: be.alloc(&[rows, d], dt)?,
             proj2: be.alloc(&[rows, d], dt)?,
             ff: be.alloc(&[rows, 4 * d], dt)?,
+            fused: be.alloc(&[rows, 7 * d], dt)?,
         })
     }
 }
