@@ -22,10 +22,10 @@ STEPS, GUIDANCE, LAYERS = 12, 4.5, 5
 
 # (our spec, cache-dit DBCacheConfig kwargs, TaylorSeer order or None)
 CASES = [
-    ("dbcache:fn=1,bn=0,threshold=0.5,warmup=2", dict(Fn_compute_blocks=1, Bn_compute_blocks=0, residual_diff_threshold=0.5, max_warmup_steps=2), None),
-    ("dbcache:fn=2,bn=1,threshold=0.45,warmup=3", dict(Fn_compute_blocks=2, Bn_compute_blocks=1, residual_diff_threshold=0.45, max_warmup_steps=3), None),
-    ("dbcache:fn=1,bn=2,threshold=0.6,warmup=1,max-cached=4,max-continuous=2", dict(Fn_compute_blocks=1, Bn_compute_blocks=2, residual_diff_threshold=0.6, max_warmup_steps=1, max_cached_steps=4, max_continuous_cached_steps=2), None),
-    ("dbcache:fn=1,bn=0,threshold=1.0,warmup=2,max-continuous=3", dict(Fn_compute_blocks=1, Bn_compute_blocks=0, residual_diff_threshold=1.0, max_warmup_steps=2, max_continuous_cached_steps=3), None),
+    ("dbcache:fn=1,bn=0,threshold=0.5,warmup=2,calibrator=none", dict(Fn_compute_blocks=1, Bn_compute_blocks=0, residual_diff_threshold=0.5, max_warmup_steps=2), None),
+    ("dbcache:fn=2,bn=1,threshold=0.45,warmup=3,calibrator=none", dict(Fn_compute_blocks=2, Bn_compute_blocks=1, residual_diff_threshold=0.45, max_warmup_steps=3), None),
+    ("dbcache:fn=1,bn=2,threshold=0.6,warmup=1,max-cached=4,max-continuous=2,calibrator=none", dict(Fn_compute_blocks=1, Bn_compute_blocks=2, residual_diff_threshold=0.6, max_warmup_steps=1, max_cached_steps=4, max_continuous_cached_steps=2), None),
+    ("dbcache:fn=1,bn=0,threshold=1.0,warmup=2,max-continuous=3,calibrator=none", dict(Fn_compute_blocks=1, Bn_compute_blocks=0, residual_diff_threshold=1.0, max_warmup_steps=2, max_continuous_cached_steps=3), None),
     ("dbcache:fn=1,bn=0,threshold=0.5,warmup=2,calibrator=taylor1", dict(Fn_compute_blocks=1, Bn_compute_blocks=0, residual_diff_threshold=0.5, max_warmup_steps=2), 1),
     ("dbcache:fn=2,bn=1,threshold=0.6,warmup=2,max-continuous=2,calibrator=taylor1", dict(Fn_compute_blocks=2, Bn_compute_blocks=1, residual_diff_threshold=0.6, max_warmup_steps=2, max_continuous_cached_steps=2), 1),
     ("dbcache:fn=1,bn=1,threshold=0.6,warmup=3,max-continuous=2,calibrator=taylor2", dict(Fn_compute_blocks=1, Bn_compute_blocks=1, residual_diff_threshold=0.6, max_warmup_steps=3, max_continuous_cached_steps=2), 2),
@@ -73,7 +73,7 @@ def test_taylor_forecast_is_not_reuse(order):
     every other step), TaylorSeer's latents differ from plain reuse's by more than ten times the
     tolerance above, and both runs cache the same steps."""
     base = "dbcache:fn=1,bn=0,threshold=1.0,warmup=2,max-continuous=1"
-    reuse, c0, _ = ours_run(base)
+    reuse, c0, _ = ours_run(f"{base},calibrator=none")
     fc, c1, _ = ours_run(f"{base},calibrator=taylor{order}")
     assert c0 == c1 == [2, 4, 6, 8, 10]
     diff = float((fc.double() - reuse.double()).abs().max() / reuse.double().abs().max())
@@ -85,7 +85,7 @@ def test_taylor_forecast_is_not_reuse(order):
 # block returns no context, so its encoder calibrator is never updated and `approximate` raises;
 # Bn ≥ 1 avoids it.)
 SD3_CASES = [
-    ("dbcache:fn=1,bn=1,threshold=0.8,warmup=2", dict(Fn_compute_blocks=1, Bn_compute_blocks=1, residual_diff_threshold=0.8, max_warmup_steps=2), None),
+    ("dbcache:fn=1,bn=1,threshold=0.8,warmup=2,calibrator=none", dict(Fn_compute_blocks=1, Bn_compute_blocks=1, residual_diff_threshold=0.8, max_warmup_steps=2), None),
     ("dbcache:fn=1,bn=1,threshold=1.0,warmup=2,max-continuous=1,calibrator=taylor1", dict(Fn_compute_blocks=1, Bn_compute_blocks=1, residual_diff_threshold=1.0, max_warmup_steps=2, max_continuous_cached_steps=1), 1),
     ("dbcache:fn=2,bn=1,threshold=1.0,warmup=2,max-continuous=1,calibrator=taylor2", dict(Fn_compute_blocks=2, Bn_compute_blocks=1, residual_diff_threshold=1.0, max_warmup_steps=2, max_continuous_cached_steps=1), 2),
 ]

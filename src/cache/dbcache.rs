@@ -62,6 +62,11 @@ impl DbCache {
     pub const DEFAULT_THRESHOLD: f32 = 0.12;
     /// The default `warmup`.
     pub const DEFAULT_WARMUP: usize = 2;
+    /// The default `calibrator`: TaylorSeer order 1. cache-dit's own default is none; with it,
+    /// F1B0 at 0.12 falls below sampling fewer steps in the worst image on models/pixart-digits,
+    /// with TaylorSeer it is ahead of fewer steps in mean and worst on every trained model of
+    /// models/ (BENCHMARKS.md, "Shipped defaults").
+    pub const DEFAULT_CALIBRATOR: Calibrator = Calibrator::Taylor(1);
 
     /// Checks the parameters against the model depth `layers`: 1 ≤ fn, fn + bn < layers (a
     /// non-empty middle), threshold finite and > 0, caps ≥ 1, TaylorSeer order 1 or 2.

@@ -1,7 +1,7 @@
 //! `--cache SPEC` parsing: `none`, `delta` (preset), `delta:n=3,nc=5,b=6`,
 //! `delta-adaptive:threshold=0.1,warmup=2,max-cached=1[,nc=..,b=..]`, `fora:n=3`,
 //! `first-block:threshold=0.2[,max-cached=1|none]`,
-//! `dbcache:fn=1,bn=0,threshold=0.12,warmup=2,max-cached=none,max-continuous=none,calibrator=none`.
+//! `dbcache:fn=1,bn=0,threshold=0.12,warmup=2,max-cached=none,max-continuous=none,calibrator=taylor1`.
 //! Unset values come from the presets for the model and step count when the policy is built.
 //!
 //! Parameters by policy:
@@ -27,7 +27,7 @@
 //! | | `warmup` | full steps at the start (W) | 2 |
 //! | | `max-cached` | most cached steps of a run (M), or `none` | none |
 //! | | `max-continuous` | most cached steps in a row (MC), or `none` | none |
-//! | | `calibrator` | `none` (reuse the middle residual), `taylor1`/`taylor2` (cache-dit's TaylorSeer forecast of order 1/2) | none |
+//! | | `calibrator` | `none` (reuse the middle residual), `taylor1`/`taylor2` (cache-dit's TaylorSeer forecast of order 1/2) | taylor1 (cache-dit's own default is none: write `calibrator=none` for its plain DBCache) |
 //! | | `verify` | verified forecasting (not in cache-dit): the middle's last block runs for real on the forecast input; a relative L1 gap to the forecast above this falls back to a full step | none (no check) |
 
 use super::{CachePolicy, Calibrator, DbCache, Delta, DeltaAdaptive, FirstBlock, Fora, NoCache};
@@ -128,13 +128,19 @@ impl CacheSpec {
         }
     }
 
-    fn calibrator_param(&self) -> Result<Calibrator> {
+    /// `calibrator=`, or `default` where the spec leaves it out.
+    fn calibrator_param_or(&self, default: Calibrator) -> Result<Calibrator> {
         match self.params.get("calibrator").map(String::as_str) {
-            None | Some("none") => Ok(Calibrator::None),
+            None => Ok(default),
+            Some("none") => Ok(Calibrator::None),
             Some("taylor1") => Ok(Calibrator::Taylor(1)),
             Some("taylor2") => Ok(Calibrator::Taylor(2)),
             Some(other) => Err(Error::param("calibrator", other, "none, taylor1 or taylor2")),
         }
+    }
+
+    fn calibrator_param(&self) -> Result<Calibrator> {
+        self.calibrator_param_or(Calibrator::None)
     }
 
     /// The policy for a model of `layers` blocks sampled in `steps` steps, validated.
@@ -185,7 +191,7 @@ impl CacheSpec {
                     self.usize_param("warmup")?.unwrap_or(DbCache::DEFAULT_WARMUP),
                     self.cap_param("max-cached", None)?,
                     self.cap_param("max-continuous", None)?,
-                    self.calibrator_param()?,
+                    self.calibrator_param_or(DbCache::DEFAULT_CALIBRATOR)?,
                     layers,
                 )?
                 .verified(self.f32_param("verify")?)?,
