@@ -1,9 +1,9 @@
 //! `--cache SPEC` parsing: `none`, `delta` (preset), `delta:n=3,nc=5,b=6`,
 //! `delta-adaptive:threshold=0.1,warmup=2,max-cached=1[,nc=..,b=..]`, `fora:n=3`,
-//! `first-block:threshold=0.2[,max-cached=1|none]`. Unset values come from the presets for the model
+//! `first-block:threshold=0.2[,max-cached=1|none]`, `schedule:mask=1101…` (one bit per step). Unset values come from the presets for the model
 //! and step count when the policy is built.
 
-use super::{CachePolicy, Delta, DeltaAdaptive, FirstBlock, Fora, NoCache};
+use super::{CachePolicy, Delta, DeltaAdaptive, FirstBlock, Fora, NoCache, Schedule};
 use crate::model::Family;
 use crate::{Error, Result};
 use std::collections::BTreeMap;
@@ -23,6 +23,7 @@ const POLICIES: &[(&str, &[&str])] = &[
     ("delta-adaptive", &["threshold", "warmup", "max-cached", "nc", "b"]),
     ("fora", &["n"]),
     ("first-block", &["threshold", "max-cached"]),
+    ("schedule", &["mask"]),
 ];
 
 impl FromStr for CacheSpec {
@@ -132,11 +133,22 @@ impl CacheSpec {
                     Some(_) => self.usize_param("max-cached")?,
                 },
             )?),
+            "schedule" => Box::new(Schedule::parse(
+                self.params.get("mask").ok_or_else(|| {
+                    Error::param(
+                        "mask",
+                        "(missing)",
+                        "schedule:mask=1101… (one bit per step; `deltadit calibrate` finds one)",
+                    )
+                })?,
+                layers,
+                steps,
+            )?),
             other => {
                 return Err(Error::param(
                     "cache",
                     other,
-                    "a policy among none, delta, delta-adaptive, fora, first-block",
+                    "a policy among none, delta, delta-adaptive, fora, first-block, schedule",
                 ))
             }
         })
