@@ -131,7 +131,7 @@ fn mse(a: &[f32], b: &[f32]) -> f64 {
 /// Measures every setting of `sweep` (and the uncached reference), then searches schedules
 /// (`schedule:mask=…`): the error of every edge of the step DAG alone (the final latents' mean
 /// squared difference from the uncached run when only the steps between full steps i and j are
-/// cached), and for each number of full steps of [`schedule_full_steps`] the mask of least summed
+/// cached), and for each number of full steps of `schedule_full_steps` (30–90% of the steps) the mask of least summed
 /// edge error ([`schedule::best_path`]); marks the frontier.
 pub fn calibrate<B: Backend>(
     be: &B,

@@ -198,7 +198,7 @@ fn envelope(mut pts: Vec<(f64, f64)>) -> Vec<(f64, f64)> {
     out
 }
 
-/// The frontier plot of `settings` (see the module docs) as a PNG of [`SIZE`]; `title` above it.
+/// The frontier plot of `settings` (see the module docs) as a PNG of 880 × 560 pixels; `title` above it.
 pub fn frontier_png(settings: &[Setting], title: &str) -> Vec<u8> {
     let (w, h) = SIZE;
     let mut cv = Canvas::new(w, h);

@@ -108,9 +108,9 @@ pub fn edges(steps: usize) -> Vec<(usize, usize)> {
 
 /// The path 0 = p_0 < p_1 < … < p_{k−1} = steps − 1 of exactly `full` nodes (full steps) that
 /// minimises the sum of `cost(i, j)` over its edges; None when no such path exists (`full` < 2
-/// with more than one step, or `full` > `steps`). One step: the path [0].
+/// with more than one step, or `full` > `steps`). One step: the path `[0]`.
 ///
-/// Dynamic programming over the DAG: best[k][j] = min over i < j of best[k−1][i] + cost(i, j),
+/// Dynamic programming over the DAG: `best[k][j] = min over i < j of best[k−1][i] + cost(i, j)`,
 /// O(full · steps²) cost evaluations.
 pub fn best_path(steps: usize, full: usize, cost: &dyn Fn(usize, usize) -> f64) -> Option<(Vec<usize>, f64)> {
     if steps == 0 || full == 0 || full > steps {
