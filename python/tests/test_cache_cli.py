@@ -37,6 +37,10 @@ CASES = [
     ("sd35", "flow-match-euler", 12, 5.0, "first-block:threshold=0.000001", False),
     ("sd35", "flow-match-euler", 12, 5.0, "delta-adaptive:threshold=1000,warmup=2,max-cached=2", True),
     ("sd3", "flow-match-euler", 12, 5.0, "delta-adaptive:threshold=0.000001", False),
+    # a per-step compute mask (searched schedules): cached steps run no block
+    ("alpha", "dpm-solver++", 20, 4.5, "schedule:mask=11011010110101101011", True),
+    ("dit", "ddim", 10, 4.0, "schedule:mask=1101001011", True),
+    ("sd35", "flow-match-euler", 12, 5.0, "schedule:mask=101101011011", True),
 ]
 
 
