@@ -30,6 +30,8 @@ images; SSIM over 7×7 windows, scikit-image's defaults).
     .venv/bin/python bench/cache_peers.py --model pixart-digits --out bench/results/DIR
     .venv/bin/python bench/cache_peers.py --quick            # a smoke run: 2 images, a few settings
     .venv/bin/python bench/cache_peers.py --specs "delta;fora:n=3;dbcache:fn=1,bn=0"
+    .venv/bin/python bench/cache_peers.py --no-cachedit --specs "none;schedule:mask=11010100100101001011"
+                                  # a mask `deltadit calibrate` searched (its rows beside an earlier run's)
 """
 from __future__ import annotations
 
