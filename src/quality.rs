@@ -177,7 +177,7 @@ pub fn png_grid(images: &[f32], [n, c, h, w]: [usize; 4], cols: usize, scale: us
 }
 
 /// An 8-bit gray (`channels` 1) or RGB (3) PNG, its image data deflated (zlib, miniz_oxide).
-fn png_encode(pixels: &[u8], width: usize, height: usize, channels: usize) -> Vec<u8> {
+pub(crate) fn png_encode(pixels: &[u8], width: usize, height: usize, channels: usize) -> Vec<u8> {
     let mut raw = Vec::with_capacity((width * channels + 1) * height);
     for row in pixels.chunks(width * channels) {
         raw.push(0); // filter: none (the scaled pixels repeat, which deflate finds anyway)
@@ -200,7 +200,7 @@ fn png_encode(pixels: &[u8], width: usize, height: usize, channels: usize) -> Ve
     png
 }
 
-fn crc32(data: &[u8]) -> u32 {
+pub(crate) fn crc32(data: &[u8]) -> u32 {
     let mut c = 0xffff_ffffu32;
     for &b in data {
         c ^= b as u32;

@@ -155,6 +155,18 @@ def _ident(t) -> Any:
     return ("value", repr(t))
 
 
+
+def _check_steps(spec: str) -> int:
+    """The step count a spec is checked against when it is set: a schedule's mask length, else
+    1000 (far from any limit)."""
+    name, _, rest = spec.partition(":")
+    if name.strip() == "schedule":
+        for kv in rest.split(","):
+            k, _, v = kv.partition("=")
+            if k.strip() == "mask" and v.strip():
+                return len(v.strip())
+    return 1000
+
 class Transformer:
     """A `PixArtTransformer2DModel`, `DiTTransformer2DModel`, `SD3Transformer2DModel` or
     `FluxTransformer2DModel` run by
@@ -309,16 +321,18 @@ class Transformer:
     @property
     def cache(self) -> str:
         """The cache policy spec (``none``, ``delta``, ``delta:n=3,nc=5,b=6``,
-        ``delta-adaptive:threshold=0.1``, ``fora:n=3``, ``first-block:threshold=0.2``)."""
+        ``delta-adaptive:threshold=0.1``, ``fora:n=3``, ``first-block:threshold=0.2``,
+        ``schedule:mask=1101…``)."""
         return self._cache
 
     @cache.setter
     def cache(self, spec: str) -> None:
         spec = str(spec)
         _native.parse_cache(spec)
-        # bound to this model (block count) with a step count far from any limit on it; the
-        # step-dependent checks (b ≤ steps) run when a run's step count is known
-        self._rt.check_cache(spec, 1000)
+        # bound to this model (block count) with a step count far from any limit on it (a
+        # schedule's mask: its own length, the one step count it runs with); the
+        # step-dependent checks (b ≤ steps, the mask's length) run when a run's step count is known
+        self._rt.check_cache(spec, _check_steps(spec))
         with self._lock:
             self._cache = spec
             self._runs = []

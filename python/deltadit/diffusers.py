@@ -341,7 +341,8 @@ def accelerate(pipe, *, device=None, dtype=None, cache: str = "none", threads: O
       the transformer's own dtype, and inputs and outputs stay in it.
     - ``cache``: the CLI's policy spec: ``none``, ``delta`` (the paper's preset for the model and
       step count), ``delta:n=3,nc=5,b=6``, ``delta-adaptive:threshold=0.1,warmup=2,max-cached=1``,
-      ``fora:n=3``, ``first-block:threshold=0.2``.
+      ``fora:n=3``, ``first-block:threshold=0.2``, ``schedule:mask=1101…`` (one bit per step,
+      1 = full step; ``deltadit calibrate`` searches masks).
 
     Raises :class:`deltadit.UnsupportedError` (a ``ValueError``) for a transformer class other
     than ``PixArtTransformer2DModel`` / ``DiTTransformer2DModel`` / ``SD3Transformer2DModel`` /

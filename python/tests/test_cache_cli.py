@@ -42,6 +42,10 @@ CASES = [
     ("alpha", "dpm-solver++", 20, 4.5, "delta:n=2,nc=2,b=10,calibrator=taylor1", True),
     ("sd3", "flow-match-euler", 12, 5.0, "fora:n=3,calibrator=taylor2", True),
     ("alpha", "dpm-solver++", 20, 4.5, "dbcache:fn=1,bn=1,threshold=1000,warmup=2,calibrator=taylor1,verify=0.05", True),
+    # a per-step compute mask (searched schedules): cached steps run no block
+    ("alpha", "dpm-solver++", 20, 4.5, "schedule:mask=11011010110101101011", True),
+    ("dit", "ddim", 10, 4.0, "schedule:mask=1101001011", True),
+    ("sd35", "flow-match-euler", 12, 5.0, "schedule:mask=101101011011", True),
 ]
 
 

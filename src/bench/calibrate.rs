@@ -5,7 +5,7 @@
 //! a target quality.
 
 use super::{bench_inputs, kit::images, kit::quality, measure, BenchOptions, ModelKit, Quality};
-use crate::cache::CacheSpec;
+use crate::cache::{schedule, CacheSpec, Schedule};
 use crate::model::Transformer;
 use crate::sampler::SchedulerName;
 use crate::{Backend, Error, Result};
@@ -35,7 +35,7 @@ pub struct CalibrateOptions {
 /// One swept setting, measured.
 #[derive(Clone, Debug, Serialize)]
 pub struct Setting {
-    /// `delta`, `delta-adaptive`, `first-block`, `fora` or `fewer-steps`
+    /// `delta`, `delta-adaptive`, `first-block`, `fora`, `schedule` or `fewer-steps`
     pub kind: String,
     /// the `--cache` spec (for fewer-steps: `none` at `steps`)
     pub spec: String,
@@ -54,6 +54,8 @@ pub struct Setting {
     pub quality: Option<Quality>,
     /// on the frontier: no other setting is as cheap and at least as good
     pub frontier: bool,
+    /// the policy's shipped default (its spec without parameters: `delta`, `fora`, …)
+    pub default: bool,
 }
 
 /// The specs swept for a model of `layers` blocks sampled in `steps` steps.
@@ -65,6 +67,10 @@ pub fn sweep(layers: usize, steps: usize) -> Vec<(String, String, usize)> {
         }
     };
     let frac = |f: f64, n: usize| ((n as f64 * f).round() as usize).clamp(1, n.saturating_sub(1).max(1));
+    // the shipped defaults (presets for the model and step count), measured as such
+    for kind in ["delta", "delta-adaptive", "first-block", "fora"] {
+        push(kind, kind.to_string(), steps);
+    }
     for n in [2, 3, 4] {
         for nc in [frac(0.25, layers), frac(0.5, layers), frac(0.75, layers)] {
             for b in [0, steps / 4, steps / 2, 3 * steps / 4, steps] {
@@ -105,7 +111,28 @@ pub fn sweep(layers: usize, steps: usize) -> Vec<(String, String, usize)> {
     v
 }
 
-/// Measures every setting of `sweep` (and the uncached reference); marks the frontier.
+/// The numbers of full steps the searched schedules are chosen for: 30% … 90% of `steps`, at
+/// least 2 and fewer than `steps`.
+pub fn schedule_full_steps(steps: usize) -> Vec<usize> {
+    let mut v: Vec<usize> = [0.3, 0.4, 0.5, 0.55, 0.6, 0.65, 0.7, 0.8, 0.9]
+        .iter()
+        .map(|f| (steps as f64 * f).round() as usize)
+        .filter(|&k| k >= 2 && k < steps)
+        .collect();
+    v.dedup();
+    v
+}
+
+/// Mean squared difference of two equally long slices.
+fn mse(a: &[f32], b: &[f32]) -> f64 {
+    a.iter().zip(b).map(|(&x, &y)| (x as f64 - y as f64).powi(2)).sum::<f64>() / a.len().max(1) as f64
+}
+
+/// Measures every setting of `sweep` (and the uncached reference), then searches schedules
+/// (`schedule:mask=…`): the error of every edge of the step DAG alone (the final latents' mean
+/// squared difference from the uncached run when only the steps between full steps i and j are
+/// cached), and for each number of full steps of `schedule_full_steps` (30–90% of the steps) the mask of least summed
+/// edge error ([`schedule::best_path`]); marks the frontier.
 pub fn calibrate<B: Backend>(
     be: &B,
     model: &Transformer<B>,
@@ -132,7 +159,8 @@ pub fn calibrate<B: Backend>(
     };
     let judged = kit.is_some_and(|k| k.judges_images());
     let classifier = kit.and_then(|k| k.classifier.as_ref());
-    let total = (settings.len() + 2) * opts.runs.max(1) * opts.steps;
+    let edges = if opts.steps >= 3 { opts.steps * (opts.steps - 1) / 2 - (opts.steps - 1) } else { 0 };
+    let total = ((settings.len() + 2 + schedule_full_steps(opts.steps).len()) * opts.runs.max(1) + edges) * opts.steps;
     let mut done = 0;
     let mut tick = |k: usize| {
         done += k;
@@ -148,7 +176,8 @@ pub fn calibrate<B: Backend>(
     let reference_images = images(cfg, &reference.latents, &reference.shape, opts.latent)?.0;
     let full = (opts.steps * layers) as f64;
     let mut out = Vec::with_capacity(settings.len());
-    for (kind, spec, steps) in settings {
+    // One setting measured: its spec at `steps` steps, judged against the uncached reference.
+    let one = |kind: String, spec: String, steps: usize, tick: &mut dyn FnMut(usize)| -> Result<Option<Setting>> {
         let parsed: CacheSpec = spec.parse()?;
         let sck = bench.sample_config(steps);
         let fresh;
@@ -158,10 +187,10 @@ pub fn calibrate<B: Backend>(
             fresh = bench_inputs(cfg, kit, &bench, steps)?.0;
             &fresh
         };
-        let (time_s, _, o, params) = match measure(be, model, inp, &parsed, &sck, runs, &mut tick) {
+        let (time_s, _, o, params) = match measure(be, model, inp, &parsed, &sck, runs, tick) {
             Ok(m) => m,
             // A setting the model's depth or step count rules out (e.g. b > steps) is skipped.
-            Err(Error::Param { .. }) => continue,
+            Err(Error::Param { .. }) => return Ok(None),
             Err(e) => return Err(e),
         };
         let blocks: usize = o.blocks_run.iter().sum();
@@ -172,6 +201,7 @@ pub fn calibrate<B: Backend>(
             None
         };
         let psnr = q.map_or_else(|| super::psnr(&o.latents, &reference.latents), |q| q.psnr_mean);
+        let default = spec == kind;
         let spec = if kind == "fewer-steps" {
             format!("none, {steps} steps")
         } else if params.is_empty() {
@@ -179,7 +209,7 @@ pub fn calibrate<B: Backend>(
         } else {
             format!("{}:{params}", parsed.policy())
         };
-        out.push(Setting {
+        Ok(Some(Setting {
             kind,
             spec,
             steps,
@@ -189,7 +219,33 @@ pub fn calibrate<B: Backend>(
             psnr,
             quality: q,
             frontier: false,
-        });
+            default,
+        }))
+    };
+    for (kind, spec, steps) in settings {
+        out.extend(one(kind, spec, steps, &mut tick)?);
+    }
+    // Searched schedules (LeMiCa): the error each edge (full step i → next full step j, the steps
+    // between cached) causes alone, then per budget the path of least summed error.
+    if opts.steps >= 3 {
+        let s = opts.steps;
+        let mut cost = vec![vec![0.0f64; s]; s];
+        for (i, j) in schedule::edges(s).into_iter().filter(|&(i, j)| j > i + 1) {
+            let mask: Vec<bool> = (0..s).map(|k| k <= i || k >= j).collect();
+            let spec: CacheSpec = format!("schedule:mask={}", Schedule::bits(&mask)).parse()?;
+            let (_, _, o, _) = measure(be, model, &inputs, &spec, &sc, (0, 1), &mut tick)?;
+            cost[i][j] = mse(&o.latents, &reference.latents);
+        }
+        let mut seen = Vec::new();
+        for full in schedule_full_steps(s) {
+            if let Some((path, _)) = schedule::best_path(s, full, &|i, j| cost[i][j]) {
+                let spec = format!("schedule:mask={}", Schedule::bits(&Schedule::mask_of(&path, s)));
+                if !seen.contains(&spec) {
+                    seen.push(spec.clone());
+                    out.extend(one("schedule".into(), spec, s, &mut tick)?);
+                }
+            }
+        }
     }
     mark_frontier(&mut out);
     Ok(out)
@@ -245,7 +301,7 @@ pub fn format_frontier(settings: &[Setting], opts: &CalibrateOptions) -> String 
     // Per kind: its best setting at each kind's own frontier, so a reader sees where caching loses
     // to fewer steps.
     s += "best of each kind (highest PSNR at ≤ 80% compute):\n";
-    for kind in ["delta", "delta-adaptive", "first-block", "fora", "fewer-steps"] {
+    for kind in ["delta", "delta-adaptive", "first-block", "fora", "schedule", "fewer-steps"] {
         let best = settings
             .iter()
             .filter(|x| x.kind == kind && x.compute <= 0.8)
@@ -311,9 +367,13 @@ mod tests {
     #[test]
     fn sweep_covers_each_kind_once_per_setting() {
         let v = sweep(12, 20);
+        // (the searched schedules are chosen after the sweep, from measured edge errors)
         for kind in ["delta", "delta-adaptive", "first-block", "fora", "fewer-steps"] {
             assert!(v.iter().any(|(k, _, _)| k == kind), "{kind}");
+            assert!(kind == "fewer-steps" || v.iter().any(|(k, s, _)| k == kind && s == kind), "{kind}'s default");
         }
+        assert_eq!(schedule_full_steps(20), [6, 8, 10, 11, 12, 13, 14, 16, 18]);
+        assert_eq!(schedule_full_steps(3), [2]);
         assert!(v.iter().any(|(_, s, _)| s.ends_with("order=reverse")));
         let mut keys: Vec<_> = v.iter().map(|(_, s, t)| (s.clone(), *t)).collect();
         keys.sort();
@@ -336,6 +396,7 @@ mod tests {
             psnr: p,
             quality: None,
             frontier: false,
+            default: false,
         };
         let mut v = vec![
             mk(0.5, 30.0),

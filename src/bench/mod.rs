@@ -4,9 +4,11 @@
 
 mod calibrate;
 mod kit;
+mod plot;
 
 pub use calibrate::{calibrate, format_frontier, CalibrateOptions, Calibration, Setting};
 pub use kit::{quality, ModelKit, Quality};
+pub use plot::frontier_png;
 
 use crate::cache::CacheSpec;
 use crate::model::macs::ForwardMacs;

@@ -27,6 +27,7 @@ mod delta;
 pub(crate) mod engine;
 mod first_block;
 mod fora;
+pub mod schedule;
 mod spec;
 
 pub use adaptive::DeltaAdaptive;
@@ -36,6 +37,7 @@ pub(crate) use engine::CacheEngine;
 pub use engine::StepReport;
 pub use first_block::FirstBlock;
 pub use fora::Fora;
+pub use schedule::Schedule;
 pub use spec::CacheSpec;
 
 /// What a step executes.

@@ -1,6 +1,6 @@
 //! `--cache SPEC` parsing: `none`, `delta` (preset), `delta:n=3,nc=5,b=6`,
 //! `delta-adaptive:threshold=0.1,warmup=2,max-cached=1[,nc=..,b=..]`, `fora:n=3`,
-//! `first-block:threshold=0.2[,max-cached=1|none]`,
+//! `first-block:threshold=0.2[,max-cached=1|none]`, `schedule:mask=1101…` (one bit per step),
 //! `dbcache:fn=1,bn=0,threshold=0.12,warmup=2,max-cached=none,max-continuous=none,calibrator=taylor1`.
 //! Unset values come from the presets for the model and step count when the policy is built.
 //!
@@ -29,8 +29,9 @@
 //! | | `max-continuous` | most cached steps in a row (MC), or `none` | none |
 //! | | `calibrator` | `none` (reuse the middle residual), `taylor1`/`taylor2` (cache-dit's TaylorSeer forecast of order 1/2) | taylor1 (cache-dit's own default is none: write `calibrator=none` for its plain DBCache) |
 //! | | `verify` | verified forecasting (not in cache-dit): the middle's last block runs for real on the forecast input; a relative L1 gap to the forecast above this falls back to a full step | none (no check) |
+//! | `schedule` | `mask` | one bit per step: 1 runs every block and stores the whole stack's Δ, 0 reuses it and runs no block; the first step must be 1 (`deltadit calibrate` searches one) | required |
 
-use super::{CachePolicy, Calibrator, DbCache, Delta, DeltaAdaptive, FirstBlock, Fora, NoCache};
+use super::{CachePolicy, Calibrator, DbCache, Delta, DeltaAdaptive, FirstBlock, Fora, NoCache, Schedule};
 use crate::model::Family;
 use crate::{Error, Result};
 use std::collections::BTreeMap;
@@ -51,6 +52,7 @@ const POLICIES: &[(&str, &[&str])] = &[
     ("fora", &["n", "calibrator"]),
     ("first-block", &["threshold", "max-cached"]),
     ("dbcache", &["fn", "bn", "threshold", "warmup", "max-cached", "max-continuous", "calibrator", "verify"]),
+    ("schedule", &["mask"]),
 ];
 
 impl FromStr for CacheSpec {
@@ -196,11 +198,22 @@ impl CacheSpec {
                 )?
                 .verified(self.f32_param("verify")?)?,
             ),
+            "schedule" => Box::new(Schedule::parse(
+                self.params.get("mask").ok_or_else(|| {
+                    Error::param(
+                        "mask",
+                        "(missing)",
+                        "schedule:mask=1101… (one bit per step; `deltadit calibrate` finds one)",
+                    )
+                })?,
+                layers,
+                steps,
+            )?),
             other => {
                 return Err(Error::param(
                     "cache",
                     other,
-                    "a policy among none, delta, delta-adaptive, fora, first-block, dbcache",
+                    "a policy among none, delta, delta-adaptive, fora, first-block, dbcache, schedule",
                 ))
             }
         })

@@ -98,6 +98,10 @@ pub struct CalibrateArgs {
     /// timed runs per setting
     #[arg(long, default_value_t = 1)]
     runs: usize,
+    /// also draw the frontier as a PNG: compute against mean PSNR, one line per policy kind,
+    /// fewer steps and the policies' defaults marked
+    #[arg(long)]
+    plot: Option<PathBuf>,
 }
 
 /// What a run is made of, once the backend and model are chosen.
@@ -326,5 +330,15 @@ pub fn calibrate(a: CalibrateArgs) -> Result<()> {
         (settings, opts)
     });
     print!("{}", bench::format_frontier(&settings, &opts));
+    if let Some(path) = &a.plot {
+        let name = s
+            .model_dir
+            .as_ref()
+            .and_then(|d| d.file_name())
+            .map_or_else(|| "preset".to_string(), |n| n.to_string_lossy().into_owned());
+        let title = format!("{name}: {} images, {} steps", opts.images, opts.steps);
+        std::fs::write(path, bench::frontier_png(&settings, &title)).map_err(|e| Error::io(path, e))?;
+        println!("wrote the frontier plot to {}", path.display());
+    }
     write_json(a.m.json.as_deref(), &bench::Calibration::new(&settings, &opts))
 }
