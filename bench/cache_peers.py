@@ -342,6 +342,10 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1, help="torch and deltadit threads")
     ap.add_argument("--quick", action="store_true", help="a smoke run: 2 images, one setting per family")
     ap.add_argument("--out", default=None, help="folder for results.json and results.md")
+    ap.add_argument("--reuse", action="append", default=[], metavar="RESULTS_JSON",
+                    help="rows of an earlier run of the same model, images, steps and seed (a results.json; "
+                         "repeatable): its fewer-steps, cache-dit and deltadit rows join this run's table and are "
+                         "not run again (the uncached reference always is)")
     a = ap.parse_args(argv)
     if a.images < 1:
         raise SystemExit(f"--images {a.images}: at least 1")
@@ -395,6 +399,19 @@ def main(argv=None):
         return sum(r["blocks_run"] for r in st) / (S * st[0]["num_blocks"])
 
     rows = []
+    reused = []
+    for path in a.reuse:
+        with open(path) as f:
+            old = json.load(f)
+        m = old["meta"]
+        want = dict(model=a.model, images=n, steps=S, seed=a.seed)
+        got = {k: m.get(k) for k in want}
+        if got != want:
+            raise SystemExit(f"--reuse {path}: a run of {got}, this one is {want}")
+        ours_now = set(specs)
+        reused += [r for r in old["rows"] if r["family"] != "uncached"
+                   and not (r["family"] == "deltadit" and r["setting"] in ours_now)]
+    reused_families = {r["family"] for r in reused}
 
     def record(family, kind, setting, steps, res):
         for mode, (r, _) in res.items():
@@ -416,6 +433,8 @@ def main(argv=None):
     record("uncached", "none", f"diffusers, {S} steps", S, res)
     # fewer steps
     ks = [S // 2, round(0.6 * S)] if a.quick else list(range(max(1, round(0.35 * S)), min(S, round(0.8 * S) + 1)))
+    if "fewer-steps" in reused_families:
+        ks = []
     for k in ks:
         res = run_setting(model, native_pipe, hook_count(S), n, k, a.seed, ref)
         record("fewer-steps", "fewer-steps", f"{k} steps", k, res)
@@ -442,7 +461,7 @@ def main(argv=None):
         record("deltadit", spec.split(":")[0], spec, S, res)
 
     # cache-dit
-    if have_cachedit:
+    if have_cachedit and "cache-dit" not in reused_families:
         for s in cachedit_settings(S, a.quick):
             def cd_pipe(s=s):
                 p, c = native_pipe()
@@ -456,11 +475,13 @@ def main(argv=None):
                 continue
             kind = "dbcache+taylorseer" if s["taylor"] else "dbcache"
             record("cache-dit", kind if not s["mask"] else kind + "+mask", cachedit_label(s), S, res)
+    rows += reused
     summary = summarize(rows)
     cpu = cpu_name()
     meta = dict(model=a.model, images=n, steps=S, guidance=model.guidance, seed=a.seed, threads=a.threads,
                 cpu=cpu, cache_dit=cachedit_version, quick=a.quick, wall_s=round(time.time() - t_start, 1),
                 command=" ".join(["bench/cache_peers.py", *(argv if argv is not None else sys.argv[1:])]),
+                reused=a.reuse,
                 torch=torch.__version__, diffusers=__import__("diffusers").__version__,
                 python=platform.python_version())
     out = dict(meta=meta, rows=rows, budgets=summary)

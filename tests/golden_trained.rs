@@ -138,7 +138,7 @@ fn every_default_policy_skips_blocks_on_the_main_job() {
         scheduler_config: Default::default(),
     };
     let (rows, _, _) = run(&be, &model, Some(&kit), &opts, &mut |_, _| {}).unwrap();
-    assert_eq!(rows.len(), 5);
+    assert_eq!(rows.len(), 6);
     for row in &rows[1..] {
         let q = row.quality.unwrap();
         println!("{} {}: blocks {:.1}%, PSNR {:.1} dB", row.policy, row.params, 100.0 * row.block_ratio, q.psnr_mean);

@@ -64,7 +64,7 @@ pub struct BenchArgs {
     #[command(flatten)]
     m: ModelChoice,
     /// cache specs separated by `;` (specs use commas), `none` first; default:
-    /// "none;delta;delta-adaptive;fora;first-block"
+    /// "none;delta;delta-adaptive;fora;first-block;dbcache"
     #[arg(long, value_delimiter = ';')]
     policies: Option<Vec<String>>,
     /// runs per policy after the warm-up (the median is reported); default 3 for a judged model,
