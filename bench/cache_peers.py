@@ -12,8 +12,9 @@ images compared with the uncached run of the same pipeline:
 - ``cache-dit``: cache-dit's DBCache through ``cache_dit.enable_cache`` on the pipeline (Fn, Bn,
   threshold, warm-up, ± its order-1 TaylorSeer calibrator, its predefined step masks);
 - ``deltadit``: our policies through ``deltadit.diffusers.accelerate(pipe, cache=SPEC)``, one
-  run per spec of ``--specs`` (``;``-separated; the default sweeps delta, delta-adaptive, fora
-  and first-block).
+  run per spec of ``--specs`` (``;``-separated; the default sweeps delta, delta-adaptive, fora,
+  first-block and dbcache — cache-dit's grid in our spec, then TaylorSeer order 2, verified
+  forecasts and the calibrators on Δ-DiT and FORA).
 
 Compute = the fraction of transformer-block evaluations a run performs, relative to the uncached
 run at the full step count: counted by forward hooks on the pipeline's blocks for the uncached
@@ -245,6 +246,19 @@ def default_specs(layers: int, steps: int) -> list[str]:
         "fora:n=2", "fora:n=4",
         "first-block:threshold=0.1,max-cached=1", "first-block:threshold=0.2,max-cached=2",
         "first-block:threshold=0.4,max-cached=1", "first-block:threshold=0.4,max-cached=2",
+        # dbcache on cache-dit's grid (cachedit_settings, without its step masks), then what
+        # cache-dit lacks: TaylorSeer order 2, verified forecasts, lower budgets
+        "dbcache", *(f"dbcache:threshold={t},calibrator={c}" for t in (0.08, 0.12, 0.16, 0.24)
+                     for c in ("none", "taylor1") if (t, c) != (0.12, "taylor1")),
+        "dbcache:fn=2,threshold=0.12", "dbcache:fn=2,threshold=0.24",
+        *(f"dbcache:fn={a},bn={b},threshold=0.16" for a, b in ((1, 1), (1, 2), (2, 1), (3, 0), (4, 0))),
+        "dbcache:threshold=0.12,calibrator=taylor2", "dbcache:threshold=0.16,calibrator=taylor2",
+        "dbcache:threshold=0.24,calibrator=taylor2", "dbcache:threshold=0.32", "dbcache:threshold=0.48",
+        "dbcache:threshold=0.16,verify=0.05", "dbcache:threshold=0.24,verify=0.05", "dbcache:threshold=0.32,verify=0.1",
+        # the TaylorSeer calibrators on Δ-DiT's and FORA's cached quantities
+        "delta:calibrator=taylor1", f"delta:n=2,nc={f(0.75)},b={steps},calibrator=taylor1",
+        "fora:n=3,calibrator=taylor1", "fora:n=3,calibrator=taylor2", "fora:n=4,calibrator=taylor1",
+        "fora:n=2,calibrator=taylor1",
     ]
 
 
