@@ -1,7 +1,8 @@
 //! Kernel microbenchmarks at the real shapes of the presets: attention (self, and cross with the
 //! text mask; on an H100/H200 also with each wgmma kernel, rows `attn-*-wgmma*`), norm_modulate,
 //! qk_norm (at SD3.5-medium's and FLUX's shapes, rows `qk-norm/*`: no preset has Q/K norms yet),
-//! qk_norm fused with FLUX's RoPE (rows `qk-norm-rope/*`),
+//! qk_norm fused with FLUX's RoPE (rows `qk-norm-rope/*`), FLUX's single block around its one
+//! fused projection (`gemm-single-fused`, `gelu-cols`, `copy-rows`, `gemm-proj-mlp-cols`),
 //! the gated residual and its Δ store/apply variants, GELU + bias, a same-size copy, the
 //! once-per-step kernels (patchify, position embedding, unpatchify, CFG combine, the DPM-Solver++ 2M
 //! update) and the GEMMs through `Backend::linear` — plus the two roofline figures measured in the
@@ -403,6 +404,68 @@ impl<B: Timed> Run<'_, B> {
         Ok(())
     }
 
+    /// FLUX's single-stream block around its one fused projection `[rows, 3D + 4D]` (to_q, to_k,
+    /// to_v and proj_mlp stacked): the GEMM itself, the GELU in place on the MLP columns, the
+    /// joint attention's gather of the Q|K|V columns (`copy_rows`), and the output projection's
+    /// MLP half reading the MLP columns in place (`linear_cols`). FLUX.1 at 1024² (4096 + 512
+    /// tokens, D 3072) on a GPU, `flux-cpu-small` (64 + 32 tokens, D 256) on the CPU.
+    fn flux_single_cases(&mut self, gpu: bool) -> Result<()> {
+        let p = deltadit::internals::bench::preset(if gpu { "flux-dev-1024" } else { "flux-cpu-small" })?;
+        let d = p.config.num_attention_heads * p.config.attention_head_dim;
+        let rows = (p.latent / 2) * (p.latent / 2) + p.text_len;
+        let (wide, mlp) = (7 * d, 4 * d);
+        let es = self.dt.size() as f64;
+        let preset = p.name;
+        let case = |op: &str, shape: String, bound, flop, bytes| Case {
+            name: format!("{op}/{preset}"),
+            op: op.into(),
+            preset: preset.into(),
+            shape,
+            bound,
+            flop,
+            bytes,
+            checked: true,
+        };
+        self.gemm(
+            case("gemm-single-fused", String::new(), Bound::Compute, 0.0, 0.0),
+            rows,
+            wide,
+            d,
+            true,
+            Activation::None,
+        )?;
+        {
+            let bytes = es * 2.0 * (rows * mlp) as f64;
+            let io = self.sets_of(&[Arg::Rand(&[rows, wide], 109, 1.0)], self.sets(bytes))?;
+            let c = case("gelu-cols", format!("[{rows}, {wide}] cols {}..{wide}", 3 * d), Bound::Memory, 0.0, bytes);
+            self.time(c, KernelOp::GeluCols { col: 3 * d, cols: mlp }, io);
+        }
+        {
+            let bytes = es * 2.0 * (rows * 3 * d) as f64;
+            let io = self.sets_of(&[Arg::Rand(&[rows, wide], 113, 1.0), Arg::Out(&[rows, 3 * d])], self.sets(bytes))?;
+            let c = case("copy-rows", format!("[{rows}, {wide}] → [{rows}, {}]", 3 * d), Bound::Memory, 0.0, bytes);
+            self.time(c, KernelOp::CopyRows, io);
+        }
+        {
+            let flop = 2.0 * (rows * d * mlp) as f64;
+            let bytes = es * ((rows * mlp + d * mlp + rows * d + d) as f64);
+            let args = [
+                Arg::Rand(&[rows, wide], 127, 1.0),
+                Arg::Rand(&[d, mlp], 131, (mlp as f32).powf(-0.5)),
+                Arg::Rand(&[d], 137, 0.1),
+                Arg::Out(&[rows, d]),
+            ];
+            let io = self.sets_of(&args, self.sets(bytes))?;
+            let shape = format!("{rows}×{d}×{mlp} +bias, input cols {}.. of {wide}", 3 * d);
+            self.time(
+                case("gemm-proj-mlp-cols", shape, Bound::Compute, flop, bytes),
+                KernelOp::LinearCols { col: 3 * d },
+                io,
+            );
+        }
+        Ok(())
+    }
+
     /// The once-per-step kernels around the blocks, in the order a step runs them: patchify and the
     /// position embedding (into the first block), unpatchify, the CFG combine and the fused
     /// DPM-Solver++ 2M update (after the last). (The cache policies' rel-L1 probe reads its two
@@ -630,6 +693,7 @@ fn run<B: Timed>(be: &B, mode: &Mode, gpu: bool) -> Result<()> {
         r.preset_cases(p)?;
     }
     r.qk_norm_cases()?;
+    r.flux_single_cases(gpu)?;
     for p in &presets {
         r.extra_kernel_cases(p)?;
     }
@@ -769,6 +833,7 @@ fn check_pass(mode: &Mode) -> Result<()> {
     };
     r.preset_cases(&p)?;
     r.qk_norm_cases()?;
+    r.flux_single_cases(false)?;
     r.extra_kernel_cases(&p)?;
     println!("\ncheck pass: the CUDA kernels on the sim backend (bf16) against the CPU backend (f32), {}", p.name);
     for (name, e) in &r.checked {

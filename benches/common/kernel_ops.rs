@@ -40,6 +40,14 @@ pub enum KernelOp {
     Copy,
     /// [x, w, out] or [x, w, bias, out]: out = act(x·wᵀ + bias)
     Linear(Activation),
+    /// [x, w, bias, out]: out = x[:, col..col + k]·wᵀ + bias, the input a column range of a wider
+    /// tensor read in place (FLUX's single-block output projection on the MLP columns)
+    LinearCols { col: usize },
+    /// [x]: GELU_tanh in place on columns [col, col + cols) (FLUX's fused single-block projection)
+    GeluCols { col: usize, cols: usize },
+    /// [src, dst]: dst = the first dst-width columns of src's rows (the joint attention's Q|K|V
+    /// gathered out of the fused single-block projection)
+    CopyRows,
     /// [qkv, out]: Q, K and V are column slices of one fused projection, as in the model
     SelfAttention(AttentionShape),
     /// [q, kv, key bias (f32), out]: K and V are column slices of kv
@@ -83,6 +91,14 @@ impl KernelOp {
             (KernelOp::Copy, [x, out]) => be.copy(x, out),
             (KernelOp::Linear(act), [x, w, out]) => be.linear(x, w, None, act, out),
             (KernelOp::Linear(act), [x, w, bias, out]) => be.linear(x, w, Some(bias), act, out),
+            (KernelOp::LinearCols { col }, [x, w, bias, out]) => {
+                be.linear_cols(ColSlice::new(x, col), w, Some(bias), Activation::None, out)
+            }
+            (KernelOp::GeluCols { col, cols }, [x]) => be.activation_cols(x, col, cols, Activation::GeluTanh),
+            (KernelOp::CopyRows, [src, dst]) => {
+                let (rows, cols) = (dst.rows(), dst.cols());
+                be.copy_rows(src, (0, 0), dst, (0, 0), (rows, cols))
+            }
             (KernelOp::SelfAttention(s), [qkv, out]) => {
                 let d = s.heads * s.head_dim;
                 be.attention(&s, ColSlice::new(qkv, 0), ColSlice::new(qkv, d), ColSlice::new(qkv, 2 * d), None, out)
@@ -108,9 +124,11 @@ impl KernelOp {
     pub fn outputs(&self, n: usize) -> Vec<usize> {
         match self {
             KernelOp::Residual(Residual::Anchor | Residual::Delta) => vec![0, 3],
-            KernelOp::Residual(_) | KernelOp::PosEmbed | KernelOp::QkNorm { .. } | KernelOp::QkNormRope { .. } => {
-                vec![0]
-            }
+            KernelOp::Residual(_)
+            | KernelOp::PosEmbed
+            | KernelOp::QkNorm { .. }
+            | KernelOp::QkNormRope { .. }
+            | KernelOp::GeluCols { .. } => vec![0],
             KernelOp::SchedulerStep(_) => vec![0, 2],
             _ => vec![n - 1],
         }
@@ -125,7 +143,8 @@ impl KernelOp {
             | KernelOp::PosEmbed
             | KernelOp::SchedulerStep(_)
             | KernelOp::QkNorm { .. }
-            | KernelOp::QkNormRope { .. } => Vec::new(),
+            | KernelOp::QkNormRope { .. }
+            | KernelOp::GeluCols { .. } => Vec::new(),
             _ => vec![n - 1],
         }
     }
