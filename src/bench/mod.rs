@@ -515,7 +515,10 @@ impl BenchOptions {
 }
 
 pub fn default_policies() -> Vec<CacheSpec> {
-    ["none", "delta", "delta-adaptive", "fora", "first-block", "dbcache"].iter().filter_map(|s| s.parse().ok()).collect()
+    ["none", "delta", "delta-adaptive", "fora", "first-block", "dbcache"]
+        .iter()
+        .filter_map(|s| s.parse().ok())
+        .collect()
 }
 
 fn median(v: &[f64]) -> f64 {
