@@ -186,6 +186,22 @@ fn dbcache_decides_as_cache_dit() {
     // reset forgets the counts
     assert_eq!(kinds(&mut m, &probes), "FCCFCFFF");
     assert_eq!(d.params(), "fn=2,bn=1,threshold=0.1,warmup=2,max-cached=none,max-continuous=none,calibrator=none");
+    // cache-dit's steps computation mask (dynamic): 1 = a full step, 0 = the threshold decides;
+    // the warm-up (4) is cut to the mask's leading ones (1)
+    let mut sm =
+        DbCache::new(2, 1, 0.1, 4, None, None, Calibrator::None, 10).unwrap().with_steps_mask("10110000", 8).unwrap();
+    assert_eq!(kinds(&mut sm, &probes), "FCFFCCCC", "mask bits 1 run in full, warm-up cut to 1");
+    assert!(sm.params().ends_with(",steps-mask=10110000"), "{}", sm.params());
+    let bad = DbCache::new(2, 1, 0.1, 2, None, None, Calibrator::None, 10).unwrap();
+    for (mask, want) in [("1011", "8 bits"), ("1011000x", "0 and 1")] {
+        match bad.clone().with_steps_mask(mask, 8) {
+            Err(deltadit::Error::Param { name, allowed, .. }) => {
+                assert_eq!(name, "steps-mask");
+                assert!(allowed.contains(want), "{mask}: {allowed}");
+            }
+            other => panic!("{mask}: {other:?}"),
+        }
+    }
 }
 
 /// `first-block` is DBCache F1B0 without warm-up, its max-cached DBCache's max-continuous: the

@@ -157,15 +157,17 @@ def _ident(t) -> Any:
 
 
 def _check_steps(spec: str) -> int:
-    """The step count a spec is checked against when it is set: a schedule's mask length, else
-    1000 (far from any limit)."""
+    """The step count a spec is checked against when it is set: the length of its per-step mask
+    (a schedule's ``mask``, dbcache's ``steps-mask``), else 1000 (far from any limit)."""
     name, _, rest = spec.partition(":")
-    if name.strip() == "schedule":
+    masks = {"schedule": "mask", "dbcache": "steps-mask"}
+    if name.strip() in masks:
         for kv in rest.split(","):
             k, _, v = kv.partition("=")
-            if k.strip() == "mask" and v.strip():
+            if k.strip().replace("_", "-") == masks[name.strip()] and v.strip():
                 return len(v.strip())
     return 1000
+
 
 class Transformer:
     """A `PixArtTransformer2DModel`, `DiTTransformer2DModel`, `SD3Transformer2DModel` or

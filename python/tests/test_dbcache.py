@@ -19,6 +19,10 @@ import tiny
 cache_dit = pytest.importorskip("cache_dit", reason="cache_dit (pip install cache_dit==1.5.3) is not installed")
 
 STEPS, GUIDANCE, LAYERS = 12, 4.5, 5
+# cache-dit's predefined steps computation masks at this step count, as bits for our spec
+MEDIUM = cache_dit.steps_mask(mask_policy="medium", total_steps=STEPS)
+FAST = cache_dit.steps_mask(mask_policy="fast", total_steps=STEPS)
+bits = lambda m: "".join(map(str, m))  # noqa: E731
 
 # (our spec, cache-dit DBCacheConfig kwargs, TaylorSeer order or None)
 CASES = [
@@ -30,6 +34,9 @@ CASES = [
     ("dbcache:fn=2,bn=1,threshold=0.6,warmup=2,max-continuous=2,calibrator=taylor1", dict(Fn_compute_blocks=2, Bn_compute_blocks=1, residual_diff_threshold=0.6, max_warmup_steps=2, max_continuous_cached_steps=2), 1),
     ("dbcache:fn=1,bn=1,threshold=0.6,warmup=3,max-continuous=2,calibrator=taylor2", dict(Fn_compute_blocks=1, Bn_compute_blocks=1, residual_diff_threshold=0.6, max_warmup_steps=3, max_continuous_cached_steps=2), 2),
     ("dbcache:fn=1,bn=0,threshold=1.0,warmup=2,max-continuous=1,calibrator=taylor2", dict(Fn_compute_blocks=1, Bn_compute_blocks=0, residual_diff_threshold=1.0, max_warmup_steps=2, max_continuous_cached_steps=1), 2),
+    # steps computation masks (dynamic policy); warm-up 4 is cut to the fast mask's 3 leading ones
+    (f"dbcache:fn=1,bn=0,threshold=0.5,warmup=2,calibrator=none,steps-mask={bits(MEDIUM)}", dict(Fn_compute_blocks=1, Bn_compute_blocks=0, residual_diff_threshold=0.5, max_warmup_steps=2, steps_computation_mask=MEDIUM), None),
+    (f"dbcache:fn=1,bn=0,threshold=0.6,warmup=4,calibrator=taylor1,steps-mask={bits(FAST)}", dict(Fn_compute_blocks=1, Bn_compute_blocks=0, residual_diff_threshold=0.6, max_warmup_steps=4, steps_computation_mask=FAST), 1),
     ("first-block:threshold=0.5,max-cached=2", dict(Fn_compute_blocks=1, Bn_compute_blocks=0, residual_diff_threshold=0.5, max_warmup_steps=0, max_continuous_cached_steps=2), None),
 ]
 

@@ -17,6 +17,12 @@
 //! - a full step stores r_full (the engine, on every full step, warm-up included) and the middle
 //!   residual.
 //!
+//! - `steps-mask=1111110…` is cache-dit's `steps_computation_mask` with its default "dynamic"
+//!   policy: a step whose bit is 1 always runs in full, a step whose bit is 0 is decided as above,
+//!   and the warm-up is cut to the mask's leading run of ones when that is shorter (cache-dit's
+//!   `CachedContext.warmup_steps`). Its predefined masks are bits too:
+//!   `cache_dit.steps_mask(mask_policy="fast", total_steps=n)`.
+//!
 //! `first-block` ([`super::FirstBlock`]) is its F1B0 case without warm-up.
 //!
 //! Beyond cache-dit: `verify=τ` verifies each cached step's forecast ([`Quantity::verify`]): the
@@ -47,6 +53,8 @@ pub struct DbCache {
     pub calibrator: Calibrator,
     /// verified forecasting: the threshold of the check (None: no check)
     pub verify: Option<f32>,
+    /// cache-dit's steps computation mask: `true` steps always run in full (None: no mask)
+    pub steps_mask: Option<Vec<bool>>,
     cached_steps: usize,
     continuous: usize,
     last_cached: Option<usize>,
@@ -107,6 +115,7 @@ impl DbCache {
         }
         Ok(DbCache {
             verify: None,
+            steps_mask: None,
             front,
             back,
             threshold,
@@ -132,6 +141,25 @@ impl DbCache {
         Ok(self)
     }
 
+    /// The same with cache-dit's steps computation mask (`1`: a full step, `0`: decided by the
+    /// threshold), one bit per step of a `steps`-step run.
+    pub fn with_steps_mask(mut self, mask: &str, steps: usize) -> Result<Self> {
+        let bits = mask
+            .trim()
+            .chars()
+            .map(|c| match c {
+                '1' => Ok(true),
+                '0' => Ok(false),
+                _ => Err(Error::param("steps-mask", mask, "a string of 0 and 1, one per step")),
+            })
+            .collect::<Result<Vec<bool>>>()?;
+        if bits.len() != steps {
+            return Err(Error::param("steps-mask", mask, format!("{steps} bits, one per step of the run")));
+        }
+        self.steps_mask = Some(bits);
+        Ok(self)
+    }
+
     /// F1B0 without warm-up or a cap on cached steps: First-Block-Cache.
     pub(crate) fn first_block(threshold: f32, max_continuous: Option<usize>) -> Self {
         DbCache {
@@ -143,6 +171,7 @@ impl DbCache {
             max_continuous,
             calibrator: Calibrator::None,
             verify: None,
+            steps_mask: None,
             cached_steps: 0,
             continuous: 0,
             last_cached: None,
@@ -156,7 +185,15 @@ impl DbCache {
 
     /// cache-dit's `can_cache` (non-separate CFG) on this step's probe.
     fn can_cache(&self, step: usize, probe: Option<f32>) -> bool {
-        if step < self.warmup {
+        // cache-dit cuts the warm-up to the mask's leading run of full steps.
+        let warmup = match &self.steps_mask {
+            Some(m) => self.warmup.min(m.iter().take_while(|&&b| b).count()),
+            None => self.warmup,
+        };
+        if step < warmup {
+            return false;
+        }
+        if self.steps_mask.as_ref().is_some_and(|m| m.get(step).copied().unwrap_or(false)) {
             return false;
         }
         if self.max_cached.is_some_and(|m| self.cached_steps >= m) {
@@ -183,8 +220,11 @@ impl CachePolicy for DbCache {
             _ => "none".into(),
         };
         let verify = self.verify.map_or(String::new(), |v| format!(",verify={v}"));
+        let mask = self.steps_mask.as_ref().map_or(String::new(), |m| {
+            format!(",steps-mask={}", m.iter().map(|&b| if b { '1' } else { '0' }).collect::<String>())
+        });
         format!(
-            "fn={},bn={},threshold={},warmup={},max-cached={},max-continuous={},calibrator={calibrator}{verify}",
+            "fn={},bn={},threshold={},warmup={},max-cached={},max-continuous={},calibrator={calibrator}{verify}{mask}",
             self.front,
             self.back,
             self.threshold,

@@ -28,6 +28,7 @@
 //! | | `max-cached` | most cached steps of a run (M), or `none` | none |
 //! | | `max-continuous` | most cached steps in a row (MC), or `none` | none |
 //! | | `calibrator` | `none` (reuse the middle residual), `taylor1`/`taylor2` (cache-dit's TaylorSeer forecast of order 1/2) | taylor1 (cache-dit's own default is none: write `calibrator=none` for its plain DBCache) |
+//! | | `steps-mask` | cache-dit's `steps_computation_mask` (dynamic): one bit per step, 1 = always a full step, 0 = decided by the threshold; the warm-up is cut to the leading ones | none |
 //! | | `verify` | verified forecasting (not in cache-dit): the middle's last block runs for real on the forecast input; a relative L1 gap to the forecast above this falls back to a full step | none (no check) |
 //! | `schedule` | `mask` | one bit per step: 1 runs every block and stores the whole stack's Δ, 0 reuses it and runs no block; the first step must be 1 (`deltadit calibrate` searches one) | required |
 
@@ -51,7 +52,10 @@ const POLICIES: &[(&str, &[&str])] = &[
     ("delta-adaptive", &["threshold", "warmup", "max-cached", "nc", "b"]),
     ("fora", &["n", "calibrator"]),
     ("first-block", &["threshold", "max-cached"]),
-    ("dbcache", &["fn", "bn", "threshold", "warmup", "max-cached", "max-continuous", "calibrator", "verify"]),
+    (
+        "dbcache",
+        &["fn", "bn", "threshold", "warmup", "max-cached", "max-continuous", "calibrator", "verify", "steps-mask"],
+    ),
     ("schedule", &["mask"]),
 ];
 
@@ -196,7 +200,11 @@ impl CacheSpec {
                     self.calibrator_param_or(DbCache::DEFAULT_CALIBRATOR)?,
                     layers,
                 )?
-                .verified(self.f32_param("verify")?)?,
+                .verified(self.f32_param("verify")?)
+                .and_then(|p| match self.params.get("steps-mask") {
+                    Some(m) => p.with_steps_mask(m, steps),
+                    None => Ok(p),
+                })?,
             ),
             "schedule" => Box::new(Schedule::parse(
                 self.params.get("mask").ok_or_else(|| {
