@@ -586,3 +586,19 @@ fn rel_l1_and_copy_range() {
     assert_eq!(&be.download(&dst).unwrap()[26..46], &av[13..33]);
     assert!(be.copy_range(&a, 80, &mut dst, 0, 20).is_err(), "out-of-range source must be an error");
 }
+
+/// Copies long enough to be cut into several rayon tasks (uneven lengths, offsets that are not
+/// multiples of a task's 64-byte alignment): every element lands once, nothing around it moves.
+#[test]
+fn copy_range_split_across_tasks() {
+    let be = Cpu::new(2);
+    let mut rng = Rng::new(17);
+    for len in [16_385usize, 36_871, 589_827] {
+        let (a, av) = random(&be, &mut rng, &[len + 5], F32, 1.0);
+        let mut dst = poisoned(&be, &[len + 9], F32);
+        be.copy_range(&a, 5, &mut dst, 3, len).unwrap();
+        let got = be.download(&dst).unwrap();
+        assert_eq!(&got[3..3 + len], &av[5..5 + len], "copy of {len}");
+        assert!(got[..3].iter().chain(&got[3 + len..]).all(|v| v.is_nan()), "copy of {len} wrote outside its range");
+    }
+}
