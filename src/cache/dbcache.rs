@@ -144,18 +144,8 @@ impl DbCache {
     /// The same with cache-dit's steps computation mask (`1`: a full step, `0`: decided by the
     /// threshold), one bit per step of a `steps`-step run.
     pub fn with_steps_mask(mut self, mask: &str, steps: usize) -> Result<Self> {
-        let bits = mask
-            .trim()
-            .chars()
-            .map(|c| match c {
-                '1' => Ok(true),
-                '0' => Ok(false),
-                _ => Err(Error::param("steps-mask", mask, "a string of 0 and 1, one per step")),
-            })
-            .collect::<Result<Vec<bool>>>()?;
-        if bits.len() != steps {
-            return Err(Error::param("steps-mask", mask, format!("{steps} bits, one per step of the run")));
-        }
+        let bits =
+            super::parse_step_bits("steps-mask", mask, "0 and 1 (1: a full step; 0: the threshold decides)", steps)?;
         self.steps_mask = Some(bits);
         Ok(self)
     }
@@ -220,9 +210,7 @@ impl CachePolicy for DbCache {
             _ => "none".into(),
         };
         let verify = self.verify.map_or(String::new(), |v| format!(",verify={v}"));
-        let mask = self.steps_mask.as_ref().map_or(String::new(), |m| {
-            format!(",steps-mask={}", m.iter().map(|&b| if b { '1' } else { '0' }).collect::<String>())
-        });
+        let mask = self.steps_mask.as_ref().map_or(String::new(), |m| format!(",steps-mask={}", super::step_bits(m)));
         format!(
             "fn={},bn={},threshold={},warmup={},max-cached={},max-continuous={},calibrator={calibrator}{verify}{mask}",
             self.front,

@@ -40,6 +40,34 @@ pub use fora::Fora;
 pub use schedule::Schedule;
 pub use spec::CacheSpec;
 
+/// A per-step 0/1 mask written one character per step (`1101…`): `schedule`'s `mask=` and
+/// `dbcache`'s `steps-mask=`, each named by its own parameter `param` in the error, whose
+/// `meaning` says what a 0 and a 1 are for that policy.
+pub(crate) fn parse_step_bits(param: &str, text: &str, meaning: &str, steps: usize) -> crate::Result<Vec<bool>> {
+    let bits = text
+        .trim()
+        .chars()
+        .map(|c| match c {
+            '1' => Ok(true),
+            '0' => Ok(false),
+            _ => Err(crate::Error::param(param, text, format!("a string of {meaning}, one per step"))),
+        })
+        .collect::<crate::Result<Vec<bool>>>()?;
+    if bits.len() != steps {
+        return Err(crate::Error::param(
+            param,
+            text,
+            format!("one bit per step: {steps} bits of {meaning}, not {}", bits.len()),
+        ));
+    }
+    Ok(bits)
+}
+
+/// The text form of a step mask, as [`parse_step_bits`] reads it.
+pub(crate) fn step_bits(mask: &[bool]) -> String {
+    mask.iter().map(|&b| if b { '1' } else { '0' }).collect()
+}
+
 /// What a step executes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]

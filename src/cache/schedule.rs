@@ -45,21 +45,13 @@ impl Schedule {
 
     /// A mask written as `1101…` (one character per step).
     pub fn parse(mask: &str, layers: usize, steps: usize) -> Result<Self> {
-        let bits = mask
-            .trim()
-            .chars()
-            .map(|c| match c {
-                '1' => Ok(true),
-                '0' => Ok(false),
-                _ => Err(Error::param("mask", mask, "a string of 0 (cached step) and 1 (full step), one per step")),
-            })
-            .collect::<Result<Vec<bool>>>()?;
+        let bits = super::parse_step_bits("mask", mask, "0 (cached step) and 1 (full step)", steps)?;
         Self::new(bits, layers, steps)
     }
 
     /// `1101…`
     pub fn bits(mask: &[bool]) -> String {
-        mask.iter().map(|&b| if b { '1' } else { '0' }).collect()
+        super::step_bits(mask)
     }
 
     /// The mask of a path of full steps (the DAG's nodes) over `steps` steps.
