@@ -413,6 +413,16 @@ fn models(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models").join(name)
 }
 
+/// Runs `bench --device cpu --model models/<model> --images N --steps S --runs 1 --warmup 0
+/// --policies P` followed by `extra`: the quality kit on a trained model, one timed run.
+fn bench_model(model: &str, images: usize, steps: usize, policies: &str, extra: &[&str]) -> Output {
+    let (model, images, steps) = (models(model), images.to_string(), steps.to_string());
+    let mut args = vec!["bench", "--device", "cpu", "--model", model.to_str().unwrap(), "--images", &images];
+    args.extend(["--steps", &steps, "--runs", "1", "--warmup", "0", "--policies", policies]);
+    args.extend(extra);
+    run(&args)
+}
+
 /// `sample --image` on the golden DiT-digits case writes a PNG of the samples; on a latent model
 /// it is one error line saying that decoding needs a VAE.
 #[test]
@@ -462,25 +472,7 @@ fn sample_writes_a_png_grid_of_pixel_space_samples() {
 #[test]
 fn bench_on_a_trained_model_reports_quality_and_the_fewer_steps_baseline() {
     let json = tmp("bench-digits.json");
-    let o = run(&[
-        "bench",
-        "--device",
-        "cpu",
-        "--model",
-        models("dit-digits").to_str().unwrap(),
-        "--images",
-        "4",
-        "--steps",
-        "8",
-        "--runs",
-        "1",
-        "--warmup",
-        "0",
-        "--policies",
-        "none;delta:n=2,nc=4,b=4",
-        "--json",
-        json.to_str().unwrap(),
-    ]);
+    let o = bench_model("dit-digits", 4, 8, "none;delta:n=2,nc=4,b=4", &["--json", json.to_str().unwrap()]);
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{}{}", text, String::from_utf8_lossy(&o.stderr));
     assert!(text.contains("SSIM") && text.contains("acc %") && text.contains("fewer-steps"), "{text}");
@@ -670,24 +662,13 @@ fn fails_on_image(dir: &Path, out: &Path) -> bool {
 /// whatever the length of a policy's spec.
 #[test]
 fn bench_on_sd3_digits_keeps_its_columns_aligned() {
-    let o = run(&[
-        "bench",
-        "--device",
-        "cpu",
-        "--model",
-        models("sd3-digits").to_str().unwrap(),
-        "--images",
-        "2",
-        "--steps",
-        "6",
-        "--runs",
-        "1",
-        "--warmup",
-        "0",
-        "--no-baseline",
-        "--policies",
+    let o = bench_model(
+        "sd3-digits",
+        2,
+        6,
         "none;delta-adaptive:threshold=0.05,warmup=1,max-cached=2,nc=3,b=3;fora:n=2",
-    ]);
+        &["--no-baseline"],
+    );
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{}{}", text, String::from_utf8_lossy(&o.stderr));
     let table: Vec<&str> =
@@ -740,28 +721,13 @@ fn bench_lists_and_runs_the_flux_presets() {
 #[test]
 fn bench_on_flux_digits_unpacks_and_judges_the_samples() {
     let (json, grids) = (tmp("bench-flux-digits.json"), tmp("flux-grids"));
-    let o = run(&[
-        "bench",
-        "--device",
-        "cpu",
-        "--model",
-        models("flux-digits").to_str().unwrap(),
-        "--images",
-        "2",
-        "--steps",
-        "6",
-        "--runs",
-        "1",
-        "--warmup",
-        "0",
-        "--no-baseline",
-        "--policies",
+    let o = bench_model(
+        "flux-digits",
+        2,
+        6,
         "none;fora:n=2",
-        "--json",
-        json.to_str().unwrap(),
-        "--grids",
-        grids.to_str().unwrap(),
-    ]);
+        &["--no-baseline", "--json", json.to_str().unwrap(), "--grids", grids.to_str().unwrap()],
+    );
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{}{}", text, String::from_utf8_lossy(&o.stderr));
     assert!(text.contains("acc %") && text.contains("batch 2 × 64 tokens"), "{text}");
