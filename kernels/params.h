@@ -142,6 +142,9 @@ typedef struct QkNormParams {
 /*   residual_anchor_* : cache = x           (remember the range's input)    */
 /*   residual_delta_*  : cache = x - cache   (Δ = range output - its input)  */
 /* The Δ apply of a cached step is residual_plain with y = Δ and no gate.     */
+/* terms > 0: y is a forecast, y = Σ_{j<terms} coef[j]·t_j with t_0 = y,     */
+/* computed in f32 in the same pass (FORA's branch outputs forecast by       */
+/* TaylorSeer, gated as this step's gates say; see forecast.cu).             */
 /* kernels: residual_{plain,anchor,delta}_{bf16,f16}                         */
 /* grid-stride over 8-element vectors (dim % 8 == 0) or elements,            */
 /* RESIDUAL_THREADS threads per block                                        */
@@ -157,6 +160,10 @@ typedef struct ResidualParams {
     int64_t mod_batch_stride;
     int32_t dim;
     int32_t gate_row;
+    const void* t1;           /* [rows, dim] when terms >= 2, else NULL */
+    const void* t2;           /* [rows, dim] when terms == 3, else NULL */
+    const float* coef;        /* [terms] when terms > 0, else NULL */
+    int32_t terms;            /* 0: y as is; 1..FORECAST_MAX_TERMS: the forecast */
 } ResidualParams;
 
 /* ------------------------------------------------------------------------ */

@@ -3,7 +3,9 @@
 //   anchor: cache = x_out            (the rounded value the next block reads)
 //   delta:  cache = x_out - cache    (f32 difference of the stored values, rounded once)
 // Fusing the cache write into the residual saves a full extra pass over the activations on every
-// anchor/delta step. Memory-bound: 16-byte vectors, one grid-stride loop over the flat tensor; the
+// anchor/delta step. With forecast terms, y itself is Σ coef[j]·t_j (FORA's reused branch outputs
+// extrapolated by TaylorSeer), read and combined in the same pass instead of a forecast pass into
+// a buffer the residual then reads again. Memory-bound: 16-byte vectors, one grid-stride loop over the flat tensor; the
 // gate row of each sample is re-read by every token and stays in L1/L2.
 #include "common.cuh"
 
@@ -42,6 +44,12 @@ template <typename T, int MODE, int E> __device__ __forceinline__ void residual(
     T* cache = static_cast<T*>(p.cache);
     // modv NULL: no gate. The gate of sample b starts at gate + b * mod_batch_stride.
     const T* gate = p.modv ? static_cast<const T*>(p.modv) + (int64_t)p.gate_row * p.dim : nullptr;
+    const int terms = p.terms;
+    const T* t1 = static_cast<const T*>(p.t1);
+    const T* t2 = static_cast<const T*>(p.t2);
+    float c[FORECAST_MAX_TERMS];
+#pragma unroll
+    for (int j = 0; j < FORECAST_MAX_TERMS; ++j) c[j] = j < terms ? p.coef[j] : 0.0f;
     const int32_t cpr = p.dim / E;
     const int64_t n = p.rows * cpr;
     const int64_t stride = (int64_t)gridDim.x * blockDim.x;
@@ -59,10 +67,26 @@ template <typename T, int MODE, int E> __device__ __forceinline__ void residual(
             gc.load(gate + b * p.mod_batch_stride + (int64_t)rc.col * E);
         }
         if (MODE == DELTA) cc.load(cache + off);
+        Chunk<T, E> tc[2];
+        if (terms > 1) tc[0].load(t1 + off);
+        if (terms > 2) tc[1].load(t2 + off);
 
         float fx[E], fy[E];
         xc.unpack(fx);
         yc.unpack(fy);
+        if (terms > 0) {
+            // the forecast y = c0·t0 + c1·t1 + c2·t2, in f32 (not rounded before the update)
+#pragma unroll
+            for (int k = 0; k < E; ++k) fy[k] *= c[0];
+#pragma unroll
+            for (int j = 1; j < FORECAST_MAX_TERMS; ++j) {
+                if (j >= terms) break;
+                float f[E];
+                tc[j - 1].unpack(f);
+#pragma unroll
+                for (int k = 0; k < E; ++k) fy[k] = fmaf(c[j], f[k], fy[k]);
+            }
+        }
         if (gate) {
             float fg[E];
             gc.unpack(fg);
@@ -90,10 +114,14 @@ template <typename T, int MODE, int E> __device__ __forceinline__ void residual(
 
 template <typename T, int MODE> __device__ __forceinline__ void residual_dispatch(const ResidualParams& p) {
     if (p.dim <= 0 || p.tokens <= 0 || (MODE != PLAIN && !p.cache)) __trap();  // launcher bug
+    if (p.terms < 0 || p.terms > FORECAST_MAX_TERMS || (p.terms > 0 && !p.coef) || (p.terms > 1 && !p.t1) ||
+        (p.terms > 2 && !p.t2))
+        __trap();  // launcher bug
     // 16-byte vectors need dim (and the gate stride) to be multiples of 8 elements and aligned
     // bases (always true of whole tensors; checked, not assumed). Uniform branch.
     const bool vec = p.dim % 8 == 0 && p.mod_batch_stride % 8 == 0 &&
-                     (((uintptr_t)p.x | (uintptr_t)p.y | (uintptr_t)p.modv | (uintptr_t)p.cache) & 15) == 0;
+                     (((uintptr_t)p.x | (uintptr_t)p.y | (uintptr_t)p.modv | (uintptr_t)p.cache | (uintptr_t)p.t1 |
+                       (uintptr_t)p.t2) & 15) == 0;
     if (vec) residual<T, MODE, 8>(p);
     else residual<T, MODE, 1>(p);
 }

@@ -602,3 +602,33 @@ fn copy_range_split_across_tasks() {
         assert!(got[..3].iter().chain(&got[3 + len..]).all(|v| v.is_nan()), "copy of {len} wrote outside its range");
     }
 }
+
+/// The residual on a forecast branch output, `x += gate ⊙ Σ c_i·y_i`, with the fused Δ write:
+/// against the float64 formula, several rayon tasks, 1–3 terms.
+#[test]
+fn residual_forecast_matches_f64() {
+    let be = Cpu::new(2);
+    let mut rng = Rng::new(31);
+    let (batch, tokens, dim) = (2, 301, 144);
+    let rows = batch * tokens;
+    for (terms, coefs) in [(1, [0.5f32, 0.0, 0.0]), (2, [1.0, 3.0, 0.0]), (3, [1.0, -2.0, 2.0])] {
+        let (mut x, xv) = random(&be, &mut rng, &[rows, dim], F32, 1.0);
+        let ys: Vec<_> = (0..terms).map(|_| random(&be, &mut rng, &[rows, dim], F32, 1.0)).collect();
+        let (m, mv) = random(&be, &mut rng, &[batch, 6 * dim], F32, 1.0);
+        let (mut cache, cv) = random(&be, &mut rng, &[rows, dim], F32, 1.0);
+        let coef = be.upload(&coefs, &[3], F32).unwrap();
+        let refs: Vec<_> = ys.iter().map(|(t, _)| t).collect();
+        be.residual_forecast(&mut x, &refs, &coef, Some((&m, 1)), CacheWrite::Delta(&mut cache)).unwrap();
+        let want: Vec<f32> = (0..rows * dim)
+            .map(|i| {
+                let g = mv[(i / dim / tokens) * 6 * dim + dim + i % dim] as f64;
+                let y: f64 = ys.iter().zip(coefs).map(|((_, v), c)| c as f64 * v[i] as f64).sum();
+                (xv[i] as f64 + g * y) as f32
+            })
+            .collect();
+        let got = be.download(&x).unwrap();
+        assert_close(&format!("residual_forecast {terms} terms: x"), &got, &want, TOL);
+        let want_cache: Vec<f32> = got.iter().zip(&cv).map(|(&o, &c)| o - c).collect();
+        assert_close(&format!("residual_forecast {terms} terms: Δ"), &be.download(&cache).unwrap(), &want_cache, TOL);
+    }
+}

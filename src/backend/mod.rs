@@ -290,6 +290,20 @@ pub trait Backend: sealed::Sealed + Sized + Send + Sync + 'static {
         cache: CacheWrite<'_, Self>,
     ) -> Result<()>;
 
+    /// [`Backend::residual`] on a forecast: `x = x + gate ⊙ Σ_i coef[i]·terms[i]`, then the
+    /// Δ-cache write of `cache`, the forecast combined in f32 in the same pass (FORA's reused
+    /// branch outputs extrapolated by TaylorSeer, gated by this step's gates: no forecast buffer
+    /// written and read back). 1..=3 terms of x's shape and dtype; `coef` as in
+    /// [`Backend::forecast`].
+    fn residual_forecast(
+        &self,
+        x: &mut Tensor<Self>,
+        terms: &[&Tensor<Self>],
+        coef: &Tensor<Self>,
+        gate: Option<(&Tensor<Self>, usize)>,
+        cache: CacheWrite<'_, Self>,
+    ) -> Result<()>;
+
     /// `x = (accumulate ? x : 0) + Σ_i coef[coef_offset + i]·terms[i]` in f32, rounded once to
     /// x's dtype, in one pass: the forecast apply of a calibrated cached quantity (x a stream,
     /// terms its snapshots) and its TaylorSeer ladder update (coefficients 1/w, −1/w). 1..=3

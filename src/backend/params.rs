@@ -181,10 +181,14 @@ pub struct ResidualParams {
     pub mod_batch_stride: i64,
     pub dim: i32,
     pub gate_row: i32,
+    pub t1: *const ::std::os::raw::c_void,
+    pub t2: *const ::std::os::raw::c_void,
+    pub coef: *const f32,
+    pub terms: i32,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of ResidualParams"][::std::mem::size_of::<ResidualParams>() - 64usize];
+    ["Size of ResidualParams"][::std::mem::size_of::<ResidualParams>() - 96usize];
     ["Alignment of ResidualParams"][::std::mem::align_of::<ResidualParams>() - 8usize];
     ["Offset of field: ResidualParams::x"][::std::mem::offset_of!(ResidualParams, x) - 0usize];
     ["Offset of field: ResidualParams::y"][::std::mem::offset_of!(ResidualParams, y) - 8usize];
@@ -196,6 +200,10 @@ const _: () = {
         [::std::mem::offset_of!(ResidualParams, mod_batch_stride) - 48usize];
     ["Offset of field: ResidualParams::dim"][::std::mem::offset_of!(ResidualParams, dim) - 56usize];
     ["Offset of field: ResidualParams::gate_row"][::std::mem::offset_of!(ResidualParams, gate_row) - 60usize];
+    ["Offset of field: ResidualParams::t1"][::std::mem::offset_of!(ResidualParams, t1) - 64usize];
+    ["Offset of field: ResidualParams::t2"][::std::mem::offset_of!(ResidualParams, t2) - 72usize];
+    ["Offset of field: ResidualParams::coef"][::std::mem::offset_of!(ResidualParams, coef) - 80usize];
+    ["Offset of field: ResidualParams::terms"][::std::mem::offset_of!(ResidualParams, terms) - 88usize];
 };
 impl Default for ResidualParams {
     fn default() -> Self {

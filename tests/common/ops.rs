@@ -193,6 +193,7 @@ macro_rules! op_suite {
             residual_anchor_then_delta = residual_anchor_then_delta,
             forecast_apply_and_ladder = forecast_apply_and_ladder,
             forecast_rejects_bad_inputs = forecast_rejects_bad_inputs,
+            residual_forecast_gated_with_taps = residual_forecast_gated_with_taps,
             activation_and_add_bcast = activation_and_add_bcast,
             timestep_embedding_variants = timestep_embedding_variants,
             patchify_unpatchify = patchify_unpatchify,
@@ -837,6 +838,56 @@ pub fn forecast_apply_and_ladder<B: Device>(be: &B) {
             o.check(&format!("forecast {what} {terms} terms {dt} [{batch}·{tokens}, {dim}]"), &x.d, &x.c, TOL);
         }
     }
+}
+
+/// The gated residual on a forecast branch output, `x += gate ⊙ Σ c_i·t_i` (FORA with
+/// TaylorSeer), 1–3 terms, gated or not, with and without the fused Δ write, at every residual
+/// shape; a bad term is an error that leaves x unchanged.
+pub fn residual_forecast_gated_with_taps<B: Device>(be: &B) {
+    let o = Ops::new(be);
+    let dt = o.dt;
+    for (i, &(batch, tokens, dim)) in RESIDUAL_SHAPES.iter().enumerate() {
+        let rows = batch * tokens;
+        for (terms, gated, delta, coefs) in [
+            (1, true, false, [1.0, 0.0, 0.0]),
+            (2, true, true, [1.0, 3.0, 0.0]),
+            (3, false, false, [1.0, 2.0, 2.0]),
+            (3, true, true, [1.0, -1.5, 0.5]),
+        ] {
+            let mut rng = Rng::new(2700 + 10 * i as u64 + terms as u64 + 5 * gated as u64);
+            let mut x = o.rand(&mut rng, &[rows, dim], dt, 1.0, 0.0);
+            let ts: Vec<_> = (0..terms).map(|_| o.rand(&mut rng, &[rows, dim], dt, 1.0, 0.0)).collect();
+            let m = o.rand(&mut rng, &[batch, 6 * dim], dt, 1.0, 0.0);
+            let mut cache = o.rand(&mut rng, &[rows, dim], dt, 1.0, 0.0);
+            let cd = be.upload(&coefs, &[3], DType::F32).unwrap();
+            let cc = o.cpu.upload(&coefs, &[3], DType::F32).unwrap();
+            let td: Vec<&Tensor<B>> = ts.iter().map(|t| &t.d).collect();
+            let tc: Vec<&Tensor<Cpu>> = ts.iter().map(|t| &t.c).collect();
+            let (gd, gc) = if gated { (Some((&m.d, 4)), Some((&m.c, 4))) } else { (None, None) };
+            let (wd, wc) = match delta {
+                true => (CacheWrite::Delta(&mut cache.d), CacheWrite::Delta(&mut cache.c)),
+                false => (CacheWrite::None, CacheWrite::None),
+            };
+            be.residual_forecast(&mut x.d, &td, &cd, gd, wd).unwrap();
+            o.cpu.residual_forecast(&mut x.c, &tc, &cc, gc, wc).unwrap();
+            let what = format!("residual forecast {terms} terms gated={gated} {dt} [{batch}·{tokens}, {dim}]");
+            o.check(&format!("{what}: x"), &x.d, &x.c, TOL);
+            if delta {
+                o.check(&format!("{what}: Δ"), &cache.d, &cache.c, TOL);
+            }
+        }
+    }
+    let mut rng = Rng::new(2799);
+    let x = o.rand(&mut rng, &[4, 16], dt, 1.0, 0.0);
+    let before = be.download(&x.d).unwrap();
+    let mut xd = x.d;
+    let t = o.rand(&mut rng, &[4, 16], dt, 1.0, 0.0);
+    let narrow = o.rand(&mut rng, &[4, 8], dt, 1.0, 0.0);
+    let coef = be.upload(&[1.0, 2.0], &[2], DType::F32).unwrap();
+    assert!(be.residual_forecast(&mut xd, &[], &coef, None, CacheWrite::None).is_err(), "no terms");
+    assert!(be.residual_forecast(&mut xd, &[&t.d, &narrow.d], &coef, None, CacheWrite::None).is_err(), "narrow term");
+    assert!(be.residual_forecast(&mut xd, &[&t.d, &t.d, &t.d], &coef, None, CacheWrite::None).is_err(), "coef too short");
+    assert_eq!(be.download(&xd).unwrap(), before, "a rejected residual_forecast changed x");
 }
 
 /// No terms, four terms, a term of another shape, coefficients of the activation dtype or too

@@ -93,6 +93,36 @@ impl Default for Cpu {
 }
 
 impl Cpu {
+    /// [`Backend::residual`] / [`Backend::residual_forecast`] once the terms are checked.
+    fn residual_terms(
+        op: &'static str,
+        x: &mut Tensor<Self>,
+        terms: &[&Tensor<Self>],
+        coef: Option<&[f32]>,
+        gate: Option<(&Tensor<Self>, usize)>,
+        cache: CacheWrite<'_, Self>,
+    ) -> Result<()> {
+        let gate = match gate {
+            Some((modv, row)) => Some((&modv.buf[..], shapes::modulation(op, x, modv, &[row])?, row)),
+            None => None,
+        };
+        let cache = match cache {
+            CacheWrite::None => residual::Cache::None,
+            CacheWrite::Anchor(c) => {
+                shapes::same_shape(op, "cache", c, x)?;
+                residual::Cache::Anchor(&mut c.buf)
+            }
+            CacheWrite::Delta(c) => {
+                shapes::same_shape(op, "cache", c, x)?;
+                residual::Cache::Delta(&mut c.buf)
+            }
+        };
+        let dim = x.cols();
+        let ys: Vec<&[f32]> = terms.iter().map(|t| &t.buf[..]).collect();
+        residual::residual_terms_f32(&mut x.buf, &ys, coef, dim, gate, cache);
+        Ok(())
+    }
+
     /// The backend with GEMMs on `threads` threads (element-wise ops use the global rayon pool).
     pub fn new(threads: usize) -> Self {
         Cpu { threads: threads.max(1) }
@@ -237,24 +267,19 @@ impl Backend for Cpu {
         cache: CacheWrite<'_, Self>,
     ) -> Result<()> {
         shapes::same_shape("residual", "y", y, x)?;
-        let gate = match gate {
-            Some((modv, row)) => Some((&modv.buf[..], shapes::modulation("residual", x, modv, &[row])?, row)),
-            None => None,
-        };
-        let cache = match cache {
-            CacheWrite::None => residual::Cache::None,
-            CacheWrite::Anchor(c) => {
-                shapes::same_shape("residual", "cache", c, x)?;
-                residual::Cache::Anchor(&mut c.buf)
-            }
-            CacheWrite::Delta(c) => {
-                shapes::same_shape("residual", "cache", c, x)?;
-                residual::Cache::Delta(&mut c.buf)
-            }
-        };
-        let dim = x.cols();
-        residual::residual_f32(&mut x.buf, &y.buf, dim, gate, cache);
-        Ok(())
+        Self::residual_terms("residual", x, &[y], None, gate, cache)
+    }
+
+    fn residual_forecast(
+        &self,
+        x: &mut Tensor<Self>,
+        terms: &[&Tensor<Self>],
+        coef: &Tensor<Self>,
+        gate: Option<(&Tensor<Self>, usize)>,
+        cache: CacheWrite<'_, Self>,
+    ) -> Result<()> {
+        shapes::forecast("residual_forecast", x, terms, coef, 0)?;
+        Self::residual_terms("residual_forecast", x, terms, Some(&coef.buf[..terms.len()]), gate, cache)
     }
 
     fn forecast(

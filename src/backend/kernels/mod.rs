@@ -22,7 +22,7 @@ pub use forecast::forecast;
 pub use norm_modulate::norm_modulate;
 pub use qk_norm::{qk_norm, qk_norm_rope};
 pub use rel_l1::rel_l1;
-pub use residual::residual;
+pub use residual::{residual, residual_forecast};
 pub use scheduler::scheduler_step;
 pub use table::{AttentionKernel, KernelId};
 
@@ -175,6 +175,17 @@ macro_rules! kernel_backend_ops {
             cache: $crate::backend::CacheWrite<'_, Self>,
         ) -> $crate::Result<()> {
             $crate::backend::kernels::residual(self, x, y, gate, cache)
+        }
+
+        fn residual_forecast(
+            &self,
+            x: &mut $crate::Tensor<Self>,
+            terms: &[&$crate::Tensor<Self>],
+            coef: &$crate::Tensor<Self>,
+            gate: Option<(&$crate::Tensor<Self>, usize)>,
+            cache: $crate::backend::CacheWrite<'_, Self>,
+        ) -> $crate::Result<()> {
+            $crate::backend::kernels::residual_forecast(self, x, terms, coef, gate, cache)
         }
 
         fn forecast(

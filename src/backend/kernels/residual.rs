@@ -14,15 +14,41 @@ pub fn residual<D: KernelDevice>(
     gate: Option<(&Tensor<D>, usize)>,
     cache: CacheWrite<'_, D>,
 ) -> Result<()> {
-    const OP: &str = "residual";
-    shapes::same_shape(OP, "y", y, x)?;
-    shapes::same_dtype(OP, x, &[("y", y)])?;
+    launch("residual", d, x, &[y], None, gate, cache)
+}
+
+/// [`residual`] on a forecast `y = Σ_i coef[i]·terms[i]`, combined in the same pass.
+pub fn residual_forecast<D: KernelDevice>(
+    d: &D,
+    x: &mut Tensor<D>,
+    terms: &[&Tensor<D>],
+    coef: &Tensor<D>,
+    gate: Option<(&Tensor<D>, usize)>,
+    cache: CacheWrite<'_, D>,
+) -> Result<()> {
+    const OP: &str = "residual_forecast";
+    shapes::forecast(OP, x, terms, coef, 0)?;
+    launch(OP, d, x, terms, Some(coef), gate, cache)
+}
+
+fn launch<D: KernelDevice>(
+    op: &'static str,
+    d: &D,
+    x: &mut Tensor<D>,
+    terms: &[&Tensor<D>],
+    coef: Option<&Tensor<D>>,
+    gate: Option<(&Tensor<D>, usize)>,
+    cache: CacheWrite<'_, D>,
+) -> Result<()> {
+    let y = terms[0];
+    shapes::same_shape(op, "y", y, x)?;
+    shapes::same_dtype(op, x, &[("y", y)])?;
     let (rows, dim) = (x.rows(), x.cols());
     // No gate: tokens = rows (one "sample"), stride 0; the kernel never reads modv.
     let (modv, tokens, mod_stride, gate_row) = match gate {
         Some((modv, row)) => {
-            let s = shapes::modulation(OP, x, modv, &[row])?;
-            (d.ptr(modv), s.tokens, s.mod_stride, int32(OP, "modv", modv, row)?)
+            let s = shapes::modulation(op, x, modv, &[row])?;
+            (d.ptr(modv), s.tokens, s.mod_stride, int32(op, "modv", modv, row)?)
         }
         None => (std::ptr::null(), rows.max(1), 0, 0),
     };
@@ -33,8 +59,8 @@ pub fn residual<D: KernelDevice>(
     };
     let kernel = kernels.for_dtype(x.dtype())?;
     if let Some(c) = cache.as_deref() {
-        shapes::same_shape(OP, "cache", c, x)?;
-        shapes::same_dtype(OP, x, &[("cache", c)])?;
+        shapes::same_shape(op, "cache", c, x)?;
+        shapes::same_dtype(op, x, &[("cache", c)])?;
     }
     if rows == 0 || dim == 0 {
         return Ok(());
@@ -42,7 +68,7 @@ pub fn residual<D: KernelDevice>(
     // The kernel divides row indices in 32 bits.
     if rows > i32::MAX as usize {
         return Err(Error::Shape {
-            op: OP,
+            op,
             tensor: "x",
             expected: "fewer than 2^31 rows".into(),
             found: x.shape().to_vec(),
@@ -56,11 +82,16 @@ pub fn residual<D: KernelDevice>(
         rows: rows as i64,
         tokens: tokens as i64,
         mod_batch_stride: mod_stride as i64,
-        dim: int32(OP, "x", y, dim)?,
+        dim: int32(op, "x", y, dim)?,
         gate_row,
+        t1: terms.get(1).map_or(std::ptr::null(), |t| d.ptr(t)),
+        t2: terms.get(2).map_or(std::ptr::null(), |t| d.ptr(t)),
+        coef: coef.map_or(std::ptr::null(), |c| d.ptr(c) as *const f32),
+        terms: if coef.is_some() { terms.len() as i32 } else { 0 },
     };
     let cfg = LaunchCfg::linear(vector_blocks(rows * dim, dim, RESIDUAL_THREADS), RESIDUAL_THREADS)?;
-    // SAFETY: x, y and cache have x's shape and dtype, and modv holds the gate row of every
-    // sample (shapes::modulation), so every element the kernel touches lies inside them.
+    // SAFETY: x, y (every term) and cache have x's shape and dtype, coef holds `terms` f32
+    // values (shapes::forecast), and modv holds the gate row of every sample
+    // (shapes::modulation), so every element the kernel touches lies inside them.
     unsafe { d.launch(kernel, &p, cfg) }
 }
