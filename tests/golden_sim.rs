@@ -117,3 +117,74 @@ fn forward_flux_bf16() {
         assert!(e <= 3e-2, "{name}: bf16 rel err {e:.3e}");
     }
 }
+
+/// Forecasting caches through the kernels: TaylorSeer on FORA's branch outputs (the forecast
+/// fused into each gated residual, `residual_forecast`), on Δ-DiT's Δ and on DBCache's middle
+/// (the `forecast` apply and ladder updates), step by step on the tiny 6-block PixArt with inputs
+/// that change fast between steps (so that a forecast is far from plain reuse): f16 on the shim
+/// (bf16 rounding is as large as a forecast's correction on this tiny model) against the same
+/// policy on the f32 CPU backend, every step's output within f16 accuracy of the CPU's, and the
+/// CPU's forecast several times further from plain reuse than that.
+#[test]
+fn forecasting_caches_f16_match_the_cpu() {
+    use common::golden::{case_dir, model_dir};
+    use deltadit::backend::cpu::Cpu;
+    use deltadit::cache::{CacheSpec, StepPlan};
+    use deltadit::model::{Conditioning, Transformer};
+    use deltadit::pipeline::{Denoiser, SampleInputs};
+    use deltadit::Backend;
+
+    let name = "pixart-tiny-delta-n2-nc4-b12";
+    let steps = 8;
+    /// Every step's output, and how many steps reused a quantity.
+    fn run<B: Backend>(be: &B, name: &str, spec: &str, steps: usize) -> (Vec<Vec<f32>>, usize) {
+        let model = Transformer::load(be, &model_dir(name)).unwrap();
+        let inputs = SampleInputs::from_inputs(
+            &deltadit::io::Inputs::open(&case_dir(name).join("inputs.safetensors")).unwrap(),
+            model.config(),
+        )
+        .unwrap();
+        let mut cond = Conditioning { batch: 1, height: 16, width: 16, ..Default::default() };
+        cond.text = inputs.cond.clone();
+        let policy =
+            spec.parse::<CacheSpec>().unwrap().build(model.config().family, model.num_blocks(), steps).unwrap();
+        let mut d = Denoiser::new(be, &model, &cond, policy).unwrap();
+        let (mut outs, mut reused) = (Vec::new(), 0);
+        for step in 0..steps {
+            let x: Vec<f32> = inputs.latents.iter().map(|v| v * (1.0 + 0.2 * step as f32)).collect();
+            let r = d.forward(be, &x, &[900.0 - 100.0 * step as f32], step, steps).unwrap();
+            reused += usize::from(matches!(r.plan, StepPlan::Reuse { .. } | StepPlan::ReuseBranches));
+            outs.push(be.download(d.output()).unwrap());
+        }
+        (outs, reused)
+    }
+    let sim = Sim::new(DType::F16).unwrap();
+    let cpu = Cpu::new(2);
+    let (none_sim, none_cpu) = (run(&sim, name, "none", steps).0, run(&cpu, name, "none", steps).0);
+    let e_none = none_sim.iter().zip(&none_cpu).map(|(a, b)| rel_l2(a, b)).fold(0.0, f64::max);
+    for spec in [
+        "fora:n=2,calibrator=taylor2",
+        "fora:n=3,calibrator=taylor1",
+        "delta:n=2,nc=3,b=4,calibrator=taylor1",
+        "dbcache:fn=1,bn=1,threshold=1000,warmup=2,max-continuous=2,calibrator=taylor2",
+    ] {
+        let (want, reused) = run(&cpu, name, spec, steps);
+        assert!(reused >= 2, "{spec}: {reused} cached steps");
+        let (got, _) = run(&sim, name, spec, steps);
+        let plain = spec.split(",calibrator").next().unwrap().to_string() + ",calibrator=none";
+        let (reuse, _) = run(&cpu, name, &plain, steps);
+        for (step, ((g, w), r)) in got.iter().zip(&want).zip(&reuse).enumerate() {
+            let (e, e_reuse) = (rel_l2(g, w), rel_l2(r, w));
+            eprintln!("{spec} step {step}: f16 vs f32 {e:.2e} (uncached worst {e_none:.2e}); plain reuse vs forecast {e_reuse:.2e}");
+            assert!(g.iter().all(|v| v.is_finite()) && e <= 2.0 * e_none, "{spec} step {step}: f16 vs f32 {e:.3e}");
+            assert!(
+                e_reuse == 0.0 || e_reuse > 4.0 * e,
+                "{spec} step {step}: the check cannot tell forecast from reuse"
+            );
+        }
+        assert!(
+            want.iter().zip(&reuse).any(|(w, r)| rel_l2(r, w) > 0.0),
+            "{spec}: the forecast never differed from plain reuse"
+        );
+    }
+}

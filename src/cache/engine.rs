@@ -46,8 +46,6 @@ struct Slot<B: Backend> {
     stored: bool,
     /// the forecast's snapshots, for a [`Calibrator::Taylor`] quantity
     ladder: Option<Ladder<B>>,
-    /// calibrated branch outputs: the forecast a cached step's blocks read
-    forecast: Option<Vec<BranchCache<B>>>,
     /// verified forecasting ([`Quantity::verify`])
     head: Option<Head<B>>,
 }
@@ -153,16 +151,6 @@ impl<B: Backend> Ladder<B> {
                 be.forecast(&mut this[0][s], &[cur, &self.old[i][s]], &self.coef, 3 + 2 * i, false)?;
             }
             be.copy(d0[s], &mut self.old[0][s])?;
-        }
-        Ok(())
-    }
-
-    /// Device part of a cached step for branch outputs: out_s = d_0 + Σ_i c_i·d_i, one pass each.
-    fn forecast_into(&self, be: &B, d0: &[&Tensor<B>], out: &mut [&mut Tensor<B>]) -> Result<()> {
-        for (s, o) in out.iter_mut().enumerate() {
-            let mut terms = vec![d0[s]];
-            terms.extend(self.lv.iter().map(|l| &l[s]));
-            be.forecast(o, &terms, &self.coef, 0, false)?;
         }
         Ok(())
     }
@@ -389,15 +377,15 @@ impl<B: Backend> CacheEngine<B> {
                     Site::Blocks { .. } => SlotBufs::Delta(bufs()?),
                     Site::Branches => SlotBufs::Branches(model.branch_caches(be, ws)?),
                 };
-                let (ladder, forecast) = match (q.calibrator, &bufs) {
+                let ladder = match (q.calibrator, &bufs) {
                     (Calibrator::Taylor(order), SlotBufs::Delta(d)) => {
-                        (Some(Ladder::new(be, &d.iter().collect::<Vec<_>>(), order)?), None)
+                        Some(Ladder::new(be, &d.iter().collect::<Vec<_>>(), order)?)
                     }
                     (Calibrator::Taylor(order), SlotBufs::Branches(c)) => {
                         let like: Vec<&Tensor<B>> = c.iter().flat_map(|b| &b.slots).collect();
-                        (Some(Ladder::new(be, &like, order)?), Some(model.branch_caches(be, ws)?))
+                        Some(Ladder::new(be, &like, order)?)
                     }
-                    _ => (None, None),
+                    _ => None,
                 };
                 let head = match (q.verify, q.site) {
                     (Some(threshold), Site::Blocks { .. }) => {
@@ -410,7 +398,7 @@ impl<B: Backend> CacheEngine<B> {
                     }
                     _ => None,
                 };
-                Ok(Slot { q, bufs, stored: false, ladder, forecast, head })
+                Ok(Slot { q, bufs, stored: false, ladder, head })
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(CacheEngine {
@@ -804,15 +792,11 @@ impl<B: Backend> CacheEngine<B> {
                         }
                         Ok(())
                     }
-                    (SlotBufs::Branches(c), _) => match (&slot.ladder, slot.forecast.as_mut()) {
-                        (Some(ladder), Some(fc)) => {
-                            let d0: Vec<&Tensor<B>> = c.iter().flat_map(|b| &b.slots).collect();
-                            let mut out: Vec<&mut Tensor<B>> = fc.iter_mut().flat_map(|b| &mut b.slots).collect();
-                            ladder.forecast_into(be, &d0, &mut out)?;
-                            model.run_blocks(be, ctx, ws, start..l, &mut [], Branches::Reuse(fc))
-                        }
-                        _ => model.run_blocks(be, ctx, ws, start..l, &mut [], Branches::Reuse(c)),
-                    },
+                    (SlotBufs::Branches(c), _) => {
+                        // a calibrated reuse forecasts inside each gated residual (one pass)
+                        let forecast = slot.ladder.as_ref().map(|l| (&l.lv[..], &l.coef));
+                        model.run_blocks(be, ctx, ws, start..l, &mut [], Branches::Reuse(c, forecast))
+                    }
                     _ => Err(Error::CachePlan {
                         policy,
                         step: 0,

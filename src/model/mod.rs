@@ -199,7 +199,58 @@ pub(crate) struct BranchCache<B: Backend> {
 pub(crate) enum BranchIo<'a, B: Backend> {
     Compute,
     Store(&'a mut BranchCache<B>),
-    Reuse(&'a BranchCache<B>),
+    Reuse(ReusedBranches<'a, B>),
+}
+
+/// A cached block's branch outputs on a reuse step: as stored, or forecast from them by a
+/// TaylorSeer ladder (FORA with `calibrator=taylor…`).
+pub(crate) struct ReusedBranches<'a, B: Backend> {
+    /// the block's stored outputs (d_0 of a forecast)
+    pub stored: &'a [Tensor<B>],
+    /// the block's slots of each ladder level d_1.., and the coefficients (1, e, e²/2) on the
+    /// backend
+    pub forecast: Option<BlockForecast<'a, B>>,
+}
+
+/// One block's view of a TaylorSeer ladder over branch outputs: its slots of each level d_1..,
+/// and the ladder's coefficients (1, e, e²/2) on the backend.
+pub(crate) type BlockForecast<'a, B> = (Vec<&'a [Tensor<B>]>, &'a Tensor<B>);
+
+/// The same over every block's branch outputs: each level one tensor per slot of every block,
+/// in block order.
+pub(crate) type BranchForecast<'a, B> = (&'a [Vec<Tensor<B>>], &'a Tensor<B>);
+
+impl<B: Backend> ReusedBranches<'_, B> {
+    /// `x += gate ⊙ out` for branch `slot`'s reused output with the Δ write `tap`: the stored
+    /// output, or its forecast `d_0 + e·d_1 + e²/2·d_2` combined in the same pass
+    /// ([`Backend::residual_forecast`]: no forecast buffer written and read back).
+    pub fn residual(
+        &self,
+        be: &B,
+        x: &mut Tensor<B>,
+        slot: usize,
+        gate: Option<(&Tensor<B>, usize)>,
+        tap: CacheWrite<'_, B>,
+    ) -> Result<()> {
+        let missing = || {
+            Error::param(
+                "branch cache",
+                format!("slot {slot} of {}", self.stored.len()),
+                "a buffer for every branch of the block",
+            )
+        };
+        let d0 = self.stored.get(slot).ok_or_else(missing)?;
+        match &self.forecast {
+            None => be.residual(x, d0, gate, tap),
+            Some((levels, coef)) => {
+                let mut terms = vec![d0];
+                for l in levels {
+                    terms.push(l.get(slot).ok_or_else(missing)?);
+                }
+                be.residual_forecast(x, &terms, coef, gate, tap)
+            }
+        }
+    }
 }
 
 impl<B: Backend> BranchIo<'_, B> {
@@ -225,7 +276,8 @@ impl<B: Backend> BranchIo<'_, B> {
 pub(crate) enum Branches<'a, B: Backend> {
     Compute,
     Store(&'a mut [BranchCache<B>]),
-    Reuse(&'a [BranchCache<B>]),
+    /// every block's stored outputs, and the forecast made from them if calibrated
+    Reuse(&'a [BranchCache<B>], Option<BranchForecast<'a, B>>),
 }
 
 /// A diffusion transformer loaded on a backend: PixArt-α/Σ, DiT, SD3/SD3.5.
@@ -423,7 +475,14 @@ impl<B: Backend> Transformer<B> {
             let io = match &mut branches {
                 Branches::Compute => BranchIo::Compute,
                 Branches::Store(c) => BranchIo::Store(&mut c[k]),
-                Branches::Reuse(c) => BranchIo::Reuse(&c[k]),
+                Branches::Reuse(c, forecast) => {
+                    // block k's slots start after those of the blocks before it
+                    let first: usize = c[..k].iter().map(|b| b.slots.len()).sum();
+                    let stored = &c[k].slots[..];
+                    let forecast = forecast
+                        .map(|(levels, coef)| (levels.iter().map(|l| &l[first..first + stored.len()]).collect(), coef));
+                    BranchIo::Reuse(ReusedBranches { stored, forecast })
+                }
             };
             let mut writes: Vec<CacheWrite<'_, B>> = Vec::with_capacity(n_streams);
             match fused {

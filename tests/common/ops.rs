@@ -886,7 +886,10 @@ pub fn residual_forecast_gated_with_taps<B: Device>(be: &B) {
     let coef = be.upload(&[1.0, 2.0], &[2], DType::F32).unwrap();
     assert!(be.residual_forecast(&mut xd, &[], &coef, None, CacheWrite::None).is_err(), "no terms");
     assert!(be.residual_forecast(&mut xd, &[&t.d, &narrow.d], &coef, None, CacheWrite::None).is_err(), "narrow term");
-    assert!(be.residual_forecast(&mut xd, &[&t.d, &t.d, &t.d], &coef, None, CacheWrite::None).is_err(), "coef too short");
+    assert!(
+        be.residual_forecast(&mut xd, &[&t.d, &t.d, &t.d], &coef, None, CacheWrite::None).is_err(),
+        "coef too short"
+    );
     assert_eq!(be.download(&xd).unwrap(), before, "a rejected residual_forecast changed x");
 }
 

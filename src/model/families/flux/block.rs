@@ -156,11 +156,10 @@ impl<B: Backend> DoubleBlock<B> {
         let (m_img, m_ctx) = (&*mod_img, &*mod_ctx);
 
         if let BranchIo::Reuse(cache) = &io {
-            let sl = &cache.slots;
-            be.residual(h, &sl[SLOT_ATTN], Some((m_img, GATE_MSA)), CacheWrite::None)?;
-            be.residual(h, &sl[SLOT_FF], Some((m_img, GATE_MLP)), w_img)?;
-            be.residual(c, &sl[SLOT_C_ATTN], Some((m_ctx, GATE_MSA)), CacheWrite::None)?;
-            return be.residual(c, &sl[SLOT_C_FF], Some((m_ctx, GATE_MLP)), w_ctx);
+            cache.residual(be, h, SLOT_ATTN, Some((m_img, GATE_MSA)), CacheWrite::None)?;
+            cache.residual(be, h, SLOT_FF, Some((m_img, GATE_MLP)), w_img)?;
+            cache.residual(be, c, SLOT_C_ATTN, Some((m_ctx, GATE_MSA)), CacheWrite::None)?;
+            return cache.residual(be, c, SLOT_C_FF, Some((m_ctx, GATE_MLP)), w_ctx);
         }
         let mut io = io;
         let d = cfg.inner_dim();
@@ -312,10 +311,9 @@ impl<B: Backend> SingleBlock<B> {
         be.linear(cond_silu, &self.norm.w, self.norm.b.as_ref(), Activation::None, mod_single)?;
         let m = &*mod_single;
         if let BranchIo::Reuse(cache) = &io {
-            let sl = &cache.slots;
-            be.residual(h, &sl[0], Some((m, GATE_MSA)), w_img)?;
+            cache.residual(be, h, 0, Some((m, GATE_MSA)), w_img)?;
             return match self.last {
-                false => be.residual(c, &sl[1], Some((m, GATE_MSA)), w_ctx),
+                false => cache.residual(be, c, 1, Some((m, GATE_MSA)), w_ctx),
                 true => no_context_write(w_ctx),
             };
         }

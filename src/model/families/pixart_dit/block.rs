@@ -121,11 +121,11 @@ impl<B: Backend> Block<B> {
             _ => cfg.norm_eps,
         };
         if let BranchIo::Reuse(c) = &io {
-            be.residual(x, &c.slots[SLOT_ATTN], Some((&ws.modv, GATE_MSA)), CacheWrite::None)?;
+            c.residual(be, x, SLOT_ATTN, Some((&ws.modv, GATE_MSA)), CacheWrite::None)?;
             if self.cross.is_some() {
-                be.residual(x, &c.slots[SLOT_CROSS], None, CacheWrite::None)?;
+                c.residual(be, x, SLOT_CROSS, None, CacheWrite::None)?;
             }
-            return be.residual(x, &c.slots[self.slot_ff()], Some((&ws.modv, GATE_MLP)), tap);
+            return c.residual(be, x, self.slot_ff(), Some((&ws.modv, GATE_MLP)), tap);
         }
         let (heads, hd) = (cfg.num_attention_heads, cfg.attention_head_dim);
         let d = cfg.inner_dim();

@@ -223,16 +223,15 @@ impl<B: Backend> JointBlock<B> {
         let slot_ff = self.slot_ff();
 
         if let BranchIo::Reuse(cache) = &io {
-            let sl = &cache.slots;
-            be.residual(h, &sl[SLOT_ATTN], Some((m_img, GATE_MSA)), CacheWrite::None)?;
+            cache.residual(be, h, SLOT_ATTN, Some((m_img, GATE_MSA)), CacheWrite::None)?;
             if dual {
-                be.residual(h, &sl[SLOT_ATTN + 1], Some((m_img, GATE_MSA2)), CacheWrite::None)?;
+                cache.residual(be, h, SLOT_ATTN + 1, Some((m_img, GATE_MSA2)), CacheWrite::None)?;
             }
-            be.residual(h, &sl[slot_ff], Some((m_img, GATE_MLP)), w_img)?;
+            cache.residual(be, h, slot_ff, Some((m_img, GATE_MLP)), w_img)?;
             return match self.context {
                 Some(_) => {
-                    be.residual(c, &sl[slot_ff + 1], Some((m_ctx, GATE_MSA)), CacheWrite::None)?;
-                    be.residual(c, &sl[slot_ff + 2], Some((m_ctx, GATE_MLP)), w_ctx)
+                    cache.residual(be, c, slot_ff + 1, Some((m_ctx, GATE_MSA)), CacheWrite::None)?;
+                    cache.residual(be, c, slot_ff + 2, Some((m_ctx, GATE_MLP)), w_ctx)
                 }
                 None => no_context_write(w_ctx),
             };
