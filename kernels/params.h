@@ -302,6 +302,24 @@ typedef struct ForecastParams {
     int32_t accumulate;       /* 1: add to x; 0: overwrite x */
 } ForecastParams;
 
+/* ladder_update_{bf16,f16}: a full step's TaylorSeer ladder update in one  */
+/* pass, per element:                                                       */
+/*   cur = d0; old = prev; prev = d0                                        */
+/*   for i < levels: new = coef[2i]·cur + coef[2i+1]·old                    */
+/*                   old = lv_i; lv_i = round(new); cur = lv_i              */
+/* (coef (1/w, −1/w) where a level becomes defined, else (0, 0)); each      */
+/* level differences the rounded level below, as stored.                   */
+typedef struct LadderParams {
+    const void* d0;           /* [n]: the quantity this full step stored */
+    void* prev;               /* [n]: d0 at the last full step, replaced by d0 */
+    void* lv0;                /* [n]: d_1 */
+    void* lv1;                /* [n]: d_2, or NULL with levels == 1 */
+    const float* coef;        /* [2 * levels] */
+    int64_t n;
+    int32_t levels;           /* 1..FORECAST_MAX_TERMS - 1 */
+    int32_t _pad;
+} LadderParams;
+
 /* ------------------------------------------------------------------------ */
 /* rel_l1.cu — rel_l1_{bf16,f16,f32}: the two sums of a relative-L1 probe   */
 /* for cache policies, Σ|a - b| and Σ|b|, as per-block f32 partials          */

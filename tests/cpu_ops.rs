@@ -632,3 +632,25 @@ fn residual_forecast_matches_f64() {
         assert_close(&format!("residual_forecast {terms} terms: Δ"), &be.download(&cache).unwrap(), &want_cache, TOL);
     }
 }
+
+/// The TaylorSeer ladder update against the float64 finite differences: d_1 = (d0 − prev)/w,
+/// d_2 = (d_1 − d_1(old))/w, prev ← d0.
+#[test]
+fn ladder_update_matches_f64() {
+    let be = Cpu::new(2);
+    let mut rng = Rng::new(41);
+    let n = 70_001;
+    let (d0, dv) = random(&be, &mut rng, &[n], F32, 1.0);
+    let (mut prev, pv) = random(&be, &mut rng, &[n], F32, 1.0);
+    let (mut l1, l1v) = random(&be, &mut rng, &[n], F32, 1.0);
+    let (mut l2, _) = random(&be, &mut rng, &[n], F32, 1.0);
+    let w = 3.0f64;
+    let c = [0.0f32, (1.0 / w) as f32, (-1.0 / w) as f32, (1.0 / w) as f32, (-1.0 / w) as f32];
+    let coef = be.upload(&c, &[5], F32).unwrap();
+    be.ladder_update(&d0, &mut prev, &mut [&mut l1, &mut l2], &coef, 1).unwrap();
+    let want1: Vec<f32> = dv.iter().zip(&pv).map(|(&d, &p)| ((d as f64 - p as f64) / w) as f32).collect();
+    let want2: Vec<f32> = want1.iter().zip(&l1v).map(|(&a, &b)| ((a as f64 - b as f64) / w) as f32).collect();
+    assert_eq!(be.download(&prev).unwrap(), dv, "prev becomes d0");
+    assert_close("ladder level 1", &be.download(&l1).unwrap(), &want1, TOL);
+    assert_close("ladder level 2", &be.download(&l2).unwrap(), &want2, TOL);
+}

@@ -318,6 +318,21 @@ pub trait Backend: sealed::Sealed + Sized + Send + Sync + 'static {
         accumulate: bool,
     ) -> Result<()>;
 
+    /// A full step's TaylorSeer ladder update in one pass (cache-dit's finite differences): per
+    /// element `cur = d0; old = prev; prev = d0`, then for each level i
+    /// `new = coef[off + 2i]·cur + coef[off + 2i + 1]·old; old = levels[i]; levels[i] = new;
+    /// cur = levels[i]` (each level rounded to the dtype once, the level above differencing the
+    /// stored value). Coefficients (1/w, −1/w) where a level becomes defined, (0, 0) else. 1..=2
+    /// levels; `prev` and the levels of `d0`'s shape and dtype; `coef` f32 on the backend.
+    fn ladder_update(
+        &self,
+        d0: &Tensor<Self>,
+        prev: &mut Tensor<Self>,
+        levels: &mut [&mut Tensor<Self>],
+        coef: &Tensor<Self>,
+        coef_offset: usize,
+    ) -> Result<()>;
+
     /// Multi-head attention, `out[b·nq + i, h·d + j]`, with an optional f32 additive key bias
     /// `[batch, nk]` (the text padding mask as −10000).
     fn attention(

@@ -483,6 +483,40 @@ impl Default for ForecastParams {
 }
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
+pub struct LadderParams {
+    pub d0: *const ::std::os::raw::c_void,
+    pub prev: *mut ::std::os::raw::c_void,
+    pub lv0: *mut ::std::os::raw::c_void,
+    pub lv1: *mut ::std::os::raw::c_void,
+    pub coef: *const f32,
+    pub n: i64,
+    pub levels: i32,
+    pub _pad: i32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of LadderParams"][::std::mem::size_of::<LadderParams>() - 56usize];
+    ["Alignment of LadderParams"][::std::mem::align_of::<LadderParams>() - 8usize];
+    ["Offset of field: LadderParams::d0"][::std::mem::offset_of!(LadderParams, d0) - 0usize];
+    ["Offset of field: LadderParams::prev"][::std::mem::offset_of!(LadderParams, prev) - 8usize];
+    ["Offset of field: LadderParams::lv0"][::std::mem::offset_of!(LadderParams, lv0) - 16usize];
+    ["Offset of field: LadderParams::lv1"][::std::mem::offset_of!(LadderParams, lv1) - 24usize];
+    ["Offset of field: LadderParams::coef"][::std::mem::offset_of!(LadderParams, coef) - 32usize];
+    ["Offset of field: LadderParams::n"][::std::mem::offset_of!(LadderParams, n) - 40usize];
+    ["Offset of field: LadderParams::levels"][::std::mem::offset_of!(LadderParams, levels) - 48usize];
+    ["Offset of field: LadderParams::_pad"][::std::mem::offset_of!(LadderParams, _pad) - 52usize];
+};
+impl Default for LadderParams {
+    fn default() -> Self {
+        let mut s = ::std::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::std::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
 pub struct RelL1Params {
     pub a: *const ::std::os::raw::c_void,
     pub b: *const ::std::os::raw::c_void,

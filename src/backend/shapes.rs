@@ -454,6 +454,36 @@ pub fn timestep_embedding<B: Backend>(t: &Tensor<B>, out: &Tensor<B>) -> Result<
     Ok((t.numel(), out.cols()))
 }
 
+/// The checks of a ladder update: 1..=2 levels, `prev` and each level of `d0`'s shape and dtype,
+/// `2·levels` f32 coefficients from `coef_offset`.
+pub fn ladder_update<B: Backend>(
+    op: &'static str,
+    d0: &Tensor<B>,
+    prev: &Tensor<B>,
+    levels: &[&mut Tensor<B>],
+    coef: &Tensor<B>,
+    coef_offset: usize,
+) -> Result<()> {
+    if levels.is_empty() || levels.len() > 2 {
+        return Err(Error::param("ladder levels", levels.len(), "1..=2"));
+    }
+    same_shape(op, "prev", prev, d0)?;
+    same_dtype(op, d0, &[("prev", prev)])?;
+    for (i, t) in levels.iter().enumerate() {
+        const NAMES: [&str; 2] = ["level 1", "level 2"];
+        same_shape(op, NAMES[i], t, d0)?;
+        same_dtype(op, d0, &[(NAMES[i], t)])?;
+    }
+    if coef.dtype() != crate::DType::F32 {
+        return Err(Error::DType { op, tensor: "coef", expected: crate::DType::F32, found: coef.dtype() });
+    }
+    let need = 2 * levels.len();
+    if coef_offset.checked_add(need).is_none_or(|end| end > coef.numel()) {
+        return Err(shape_err(op, "coef", format!("at least {} f32 values", coef_offset + need), coef));
+    }
+    Ok(())
+}
+
 /// A [`Backend::forecast`](super::Backend::forecast): 1..=3 terms of x's shape and dtype, an f32
 /// `coef` holding `coef_offset + terms` values.
 pub fn forecast<B: Backend>(

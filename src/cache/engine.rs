@@ -66,15 +66,15 @@ struct Head<B: Backend> {
 const COEFS: usize = 3 + 2 * 2;
 
 /// cache-dit's TaylorSeer ladder of one Δ quantity (see [`Calibrator::Taylor`]), every tensor
-/// per stream and on the backend: d_0 is the slot's Δ buffer; `lv[i]` is d_{i+1}; `old[i]` is
-/// d_i at the previous full step. Levels not (yet) defined are zero with zero coefficients, so
-/// every step issues the same ops on the same buffers (a CUDA graph per plan); the coefficients
-/// live in `coef`, written before the step. Both the apply (stream += d_0 + e·d_1 + e²/2·d_2)
-/// and each level's update are one [`Backend::forecast`] pass.
+/// per stream and on the backend: d_0 is the slot's Δ buffer; `lv[i]` is d_{i+1}; `prev` is d_0
+/// at the previous full step. Levels not (yet) defined are zero with zero coefficients, so every
+/// step issues the same ops on the same buffers (a CUDA graph per plan); the coefficients live
+/// in `coef`, written before the step. The apply (stream += d_0 + e·d_1 + e²/2·d_2) is one
+/// [`Backend::forecast`] pass, the update of every level one [`Backend::ladder_update`] pass.
 struct Ladder<B: Backend> {
     order: usize,
     lv: Vec<Vec<Tensor<B>>>,
-    old: Vec<Vec<Tensor<B>>>,
+    prev: Vec<Tensor<B>>,
     coef: Tensor<B>,
     /// defined levels d_0..d_{valid−1} (cache-dit's non-None prefix of `dY_current`)
     valid: usize,
@@ -95,9 +95,9 @@ impl<B: Backend> Ladder<B> {
                 .collect()
         };
         let lv = (0..order).map(|_| zeros()).collect::<Result<_>>()?;
-        let old = (0..order).map(|_| zeros()).collect::<Result<_>>()?;
+        let prev = zeros()?;
         let coef = be.upload(&[0.0; COEFS], &[COEFS], crate::DType::F32)?;
-        Ok(Ladder { order, lv, old, coef, valid: 0, last_full: None })
+        Ok(Ladder { order, lv, prev, coef, valid: 0, last_full: None })
     }
 
     /// Host part of a full step `step` that stores the quantity: the update's coefficients
@@ -141,16 +141,8 @@ impl<B: Backend> Ladder<B> {
     /// tensors: the streams live at a Δ's end, or every branch slot).
     fn update(&mut self, be: &B, d0: &[&Tensor<B>], live: usize) -> Result<()> {
         for s in 0..live {
-            for i in 0..self.order {
-                // d_{i+1}(b) becomes the "previous" value the next level differences against.
-                if i + 1 < self.order {
-                    be.copy(&self.lv[i][s], &mut self.old[i + 1][s])?;
-                }
-                let (below, this) = self.lv.split_at_mut(i);
-                let cur = if i == 0 { d0[s] } else { &below[i - 1][s] };
-                be.forecast(&mut this[0][s], &[cur, &self.old[i][s]], &self.coef, 3 + 2 * i, false)?;
-            }
-            be.copy(d0[s], &mut self.old[0][s])?;
+            let mut levels: Vec<&mut Tensor<B>> = self.lv.iter_mut().map(|l| &mut l[s]).collect();
+            be.ladder_update(d0[s], &mut self.prev[s], &mut levels, &self.coef, 3)?;
         }
         Ok(())
     }

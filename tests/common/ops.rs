@@ -194,6 +194,7 @@ macro_rules! op_suite {
             forecast_apply_and_ladder = forecast_apply_and_ladder,
             forecast_rejects_bad_inputs = forecast_rejects_bad_inputs,
             residual_forecast_gated_with_taps = residual_forecast_gated_with_taps,
+            ladder_update_levels = ladder_update_levels,
             activation_and_add_bcast = activation_and_add_bcast,
             timestep_embedding_variants = timestep_embedding_variants,
             patchify_unpatchify = patchify_unpatchify,
@@ -891,6 +892,53 @@ pub fn residual_forecast_gated_with_taps<B: Device>(be: &B) {
         "coef too short"
     );
     assert_eq!(be.download(&xd).unwrap(), before, "a rejected residual_forecast changed x");
+}
+
+/// The TaylorSeer ladder update in one pass, 1 and 2 levels, a level becoming defined (1/w, −1/w)
+/// or not (0, 0), coefficients at an offset, at every residual shape: `prev` becomes d0 bit for
+/// bit, the levels close to the CPU's; bad inputs are errors.
+pub fn ladder_update_levels<B: Device>(be: &B) {
+    let o = Ops::new(be);
+    let dt = o.dt;
+    for (i, &(batch, tokens, dim)) in RESIDUAL_SHAPES.iter().enumerate() {
+        let rows = batch * tokens;
+        for (levels, coefs) in
+            [(1, [0.0, 0.5, -0.5, 0.0, 0.0]), (2, [0.0, 0.25, -0.25, 0.25, -0.25]), (2, [0.0, 1.0, -1.0, 0.0, 0.0])]
+        {
+            let mut rng = Rng::new(2900 + 10 * i as u64 + levels as u64 + (coefs[3] == 0.0) as u64);
+            let d0 = o.rand(&mut rng, &[rows, dim], dt, 1.0, 0.0);
+            let mut prev = o.rand(&mut rng, &[rows, dim], dt, 1.0, 0.0);
+            let mut lv: Vec<_> = (0..levels).map(|_| o.rand(&mut rng, &[rows, dim], dt, 1.0, 0.0)).collect();
+            let cd = be.upload(&coefs, &[5], DType::F32).unwrap();
+            let cc = o.cpu.upload(&coefs, &[5], DType::F32).unwrap();
+            {
+                let mut ld: Vec<&mut Tensor<B>> = lv.iter_mut().map(|t| &mut t.d).collect();
+                be.ladder_update(&d0.d, &mut prev.d, &mut ld, &cd, 1).unwrap();
+            }
+            {
+                let mut lc: Vec<&mut Tensor<Cpu>> = lv.iter_mut().map(|t| &mut t.c).collect();
+                o.cpu.ladder_update(&d0.c, &mut prev.c, &mut lc, &cc, 1).unwrap();
+            }
+            let what = format!("ladder update {levels} levels {coefs:?} {dt} [{batch}·{tokens}, {dim}]");
+            assert_eq!(be.download(&prev.d).unwrap(), be.download(&d0.d).unwrap(), "{what}: prev = d0");
+            for (l, t) in lv.iter().enumerate() {
+                if coefs[1 + 2 * l] == 0.0 {
+                    assert!(be.download(&t.d).unwrap().iter().all(|&v| v == 0.0), "{what}: undefined level {l} not 0");
+                } else {
+                    o.check(&format!("{what}: level {}", l + 1), &t.d, &t.c, TOL);
+                }
+            }
+        }
+    }
+    let mut rng = Rng::new(2999);
+    let d0 = o.rand(&mut rng, &[4, 16], dt, 1.0, 0.0);
+    let mut prev = o.rand(&mut rng, &[4, 16], dt, 1.0, 0.0);
+    let mut l1 = o.rand(&mut rng, &[4, 16], dt, 1.0, 0.0);
+    let mut narrow = o.rand(&mut rng, &[4, 8], dt, 1.0, 0.0);
+    let coef = be.upload(&[1.0, -1.0, 1.0], &[3], DType::F32).unwrap();
+    assert!(be.ladder_update(&d0.d, &mut prev.d, &mut [], &coef, 0).is_err(), "no levels");
+    assert!(be.ladder_update(&d0.d, &mut prev.d, &mut [&mut narrow.d], &coef, 0).is_err(), "narrow level");
+    assert!(be.ladder_update(&d0.d, &mut prev.d, &mut [&mut l1.d], &coef, 2).is_err(), "coef past its end");
 }
 
 /// No terms, four terms, a term of another shape, coefficients of the activation dtype or too

@@ -306,6 +306,30 @@ impl Backend for Cpu {
         Ok(())
     }
 
+    fn ladder_update(
+        &self,
+        d0: &Tensor<Self>,
+        prev: &mut Tensor<Self>,
+        levels: &mut [&mut Tensor<Self>],
+        coef: &Tensor<Self>,
+        coef_offset: usize,
+    ) -> Result<()> {
+        shapes::ladder_update("ladder_update", d0, prev, levels, coef, coef_offset)?;
+        let c = &coef.buf[coef_offset..coef_offset + 2 * levels.len()];
+        let mut lv: Vec<&mut [f32]> = levels.iter_mut().map(|t| &mut t.buf[..]).collect();
+        for (k, (p, &d)) in prev.buf.iter_mut().zip(&d0.buf).enumerate() {
+            let (mut cur, mut old) = (d, *p);
+            *p = d;
+            for (i, l) in lv.iter_mut().enumerate() {
+                let new = c[2 * i + 1].mul_add(old, c[2 * i] * cur);
+                old = l[k];
+                l[k] = new;
+                cur = new;
+            }
+        }
+        Ok(())
+    }
+
     fn attention(
         &self,
         shape: &AttentionShape,

@@ -18,7 +18,7 @@ pub(crate) use attention::AttentionChoice;
 pub use attention::{attention, attention_supported_head_dim};
 pub use elementwise::{activation, activation_cols, add_bcast, cfg_combine, patchify, timestep_embedding, unpatchify};
 pub use fill::{copy_rows, fill_bits};
-pub use forecast::forecast;
+pub use forecast::{forecast, ladder_update};
 pub use norm_modulate::norm_modulate;
 pub use qk_norm::{qk_norm, qk_norm_rope};
 pub use rel_l1::rel_l1;
@@ -85,6 +85,7 @@ kernel_params!(
     SchedulerStepParams,
     RelL1Params,
     ForecastParams,
+    LadderParams,
     AttentionParams,
 );
 
@@ -197,6 +198,17 @@ macro_rules! kernel_backend_ops {
             accumulate: bool,
         ) -> $crate::Result<()> {
             $crate::backend::kernels::forecast(self, x, terms, coef, coef_offset, accumulate)
+        }
+
+        fn ladder_update(
+            &self,
+            d0: &$crate::Tensor<Self>,
+            prev: &mut $crate::Tensor<Self>,
+            levels: &mut [&mut $crate::Tensor<Self>],
+            coef: &$crate::Tensor<Self>,
+            coef_offset: usize,
+        ) -> $crate::Result<()> {
+            $crate::backend::kernels::ladder_update(self, d0, prev, levels, coef, coef_offset)
         }
 
         fn attention(
