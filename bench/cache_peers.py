@@ -339,8 +339,9 @@ SD3_ENCODER_CALIBRATOR_NOTE = (
     "found\" (get_Bn_encoder_buffer, cache_dit 1.5.3). The encoder stream after the last block is "
     "discarded by SD3Transformer2DModel, so that calibrator has nothing to forecast: without it the "
     "image is the one cache-dit's DBCache + TaylorSeer computes (the hidden-state calibrator is "
-    "unchanged). Bn >= 1 keeps the default (the last block is then a Bn block, fed the forecast "
-    "encoder stream).")
+    "unchanged; python/tests/test_cache_peers.py checks it bit for bit against cache-dit's default "
+    "with the missing state read as no buffer). Bn >= 1 keeps the default (the last block is then a "
+    "Bn block, fed the forecast encoder stream).")
 
 
 def cachedit_encoder_calibrator(kind: str, s: dict) -> bool:
