@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
 """Block caches against their simplest rival (fewer steps) and against cache-dit, at equal compute.
 
-For a trained model of models/ (pixart-digits, dit-digits, sd3-digits), one diffusers pipeline
+For a trained model of models/ (pixart-digits, dit-digits, sd3-digits, flux-digits), one diffusers pipeline
 sampled as the model's README and train/ sample it (pixart-digits: PixArtAlphaPipeline, the
 model's caption embeddings, 20 DPM-Solver++ steps, CFG 4.5; dit-digits: DiTPipeline, 20 DDIM
-steps, CFG 4.0; sd3-digits: StableDiffusion3Pipeline, 20 FlowMatch Euler steps, CFG 4.5), the same
-noises for every run (image i from its own seeded generator, digit i mod 10), and the final
-images compared with the uncached run of the same pipeline:
+steps, CFG 4.0; sd3-digits: StableDiffusion3Pipeline, 20 FlowMatch Euler steps, CFG 4.5;
+flux-digits: FluxPipeline, 20 FlowMatch Euler steps with dynamic shifting, embedded guidance 3.5, no
+CFG batch, noise [1, 1, 16, 16] packed 2×2 and the output latents unpacked to [1, 16, 16] as
+FluxPipeline._unpack_latents does), the same noises for every run (image i from its own seeded
+generator, digit i mod 10), and the final images compared with the uncached run of the same
+pipeline:
 
 - ``fewer-steps``: the uncached pipeline with k < steps steps (compute k / steps);
 - ``cache-dit``: cache-dit's DBCache through ``cache_dit.enable_cache`` on the pipeline (Fn, Bn,
@@ -53,6 +56,7 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUDGETS = [round(0.35 + 0.05 * i, 2) for i in range(10)]  # 0.35 … 0.80
 FAMILIES = ["fewer-steps", "cache-dit", "deltadit"]
+MODELS = ["pixart-digits", "dit-digits", "sd3-digits", "flux-digits"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -131,7 +135,7 @@ class Model:
         self.base = cls.from_pretrained(self.dir, torch_dtype=torch.float32, low_cpu_mem_usage=False).eval()
         cap = os.path.join(self.dir, "captions.safetensors")
         self.captions = load_file(cap) if os.path.isfile(cap) else None
-        self.size = cfg["sample_size"]
+        self.size = cfg.get("sample_size", 16)  # flux-digits' config has none: 16×16 (models/README.md)
         self.channels = cfg["in_channels"]
         sys.path.insert(0, os.path.join(REPO, "train"))
         if name == "pixart-digits":
@@ -148,8 +152,17 @@ class Model:
             sc = json.load(open(os.path.join(self.dir, "scheduler_config.json")))
             self.kind, self.guidance, self.layers = "sd3", 4.5, cfg["num_layers"]
             self.scheduler = lambda: diffusers.FlowMatchEulerDiscreteScheduler.from_config(sc)
+        elif name == "flux-digits":
+            # FluxPipeline as train/train_flux.py samples it (metrics.json) and `deltadit bench
+            # --model models/flux-digits` does: 20 FlowMatch Euler steps with dynamic shifting,
+            # embedded guidance 3.5 (the guidance input), no CFG batch; noise [1, 1, 16, 16] packed 2×2
+            sc = json.load(open(os.path.join(self.dir, "scheduler_config.json")))
+            self.kind, self.guidance = "flux", 3.5
+            self.layers = cfg["num_layers"] + cfg["num_single_layers"]
+            self.channels = cfg["in_channels"] // 4
+            self.scheduler = lambda: diffusers.FlowMatchEulerDiscreteScheduler.from_config(sc)
         else:
-            raise SystemExit(f"--model {name}: one of pixart-digits, dit-digits, sd3-digits")
+            raise SystemExit(f"--model {name}: one of {', '.join(MODELS)}")
 
     def pipeline(self):
         """A fresh pipeline around a fresh copy of the transformer."""
@@ -161,6 +174,10 @@ class Model:
                                                  transformer=tr, scheduler=self.scheduler())
         elif self.kind == "dit":
             pipe = diffusers.DiTPipeline(transformer=tr, vae=_IdentityVae(), scheduler=self.scheduler())
+        elif self.kind == "flux":
+            # the identity VAE: vae_scale_factor 1, height = width = 16 (pixels = latents)
+            pipe = diffusers.FluxPipeline(transformer=tr, scheduler=self.scheduler(), vae=_IdentityVae(),
+                                          text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None)
         else:
             none = dict.fromkeys(["text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "text_encoder_3",
                                   "tokenizer_3"])
@@ -191,6 +208,17 @@ class Model:
                        negative_prompt_embeds=cap["embeds"][null], negative_prompt_attention_mask=cap["mask"][null],
                        latents=lat, height=self.size, width=self.size, num_inference_steps=steps,
                        guidance_scale=self.guidance, use_resolution_binning=False, output_type="latent").images
+        elif self.kind == "flux":
+            import diffusers
+
+            cap = self.captions
+            b, c, h, w = lat.shape
+            packed = diffusers.FluxPipeline._pack_latents(lat, b, c, h, w)  # [n, 64, 4]
+            out = pipe(prompt_embeds=cap["embeds"][classes], pooled_prompt_embeds=cap["pooled"][classes],
+                       latents=packed, height=self.size, width=self.size, num_inference_steps=steps,
+                       guidance_scale=self.guidance, output_type="latent").images
+            # the packed tokens back to [n, 1, 16, 16] images, as FluxPipeline._unpack_latents does
+            out = diffusers.FluxPipeline._unpack_latents(out, self.size, self.size, pipe.vae_scale_factor)
         else:
             cap = self.captions
             px = self.size * pipe.vae_scale_factor
@@ -300,7 +328,29 @@ def cachedit_label(s: dict) -> str:
     return lab
 
 
-def enable_cachedit(pipe, s: dict, steps: int):
+# Why a cache-dit setting runs with other than cache-dit's defaults on a model, or not at all
+# (results meta `cache_dit_notes`, results.md).
+SD3_ENCODER_CALIBRATOR_NOTE = (
+    "sd3-digits, Bn = 0 with TaylorSeer: cache-dit's TaylorSeerCalibratorConfig with "
+    "enable_encoder_calibrator=False. SD3's last joint block is context_pre_only (it returns no "
+    "encoder stream); with Bn = 0 it is one of cache-dit's middle blocks, so the encoder residual "
+    "of a computed step is None and never stored (set_Bn_encoder_buffer skips None), and on the "
+    "first cached step the encoder calibrator asserts \"State 'transformer_blocks_Bn_residual' not "
+    "found\" (get_Bn_encoder_buffer, cache_dit 1.5.3). The encoder stream after the last block is "
+    "discarded by SD3Transformer2DModel, so that calibrator has nothing to forecast: without it the "
+    "image is the one cache-dit's DBCache + TaylorSeer computes (the hidden-state calibrator is "
+    "unchanged; python/tests/test_cache_peers.py checks it bit for bit against cache-dit's default "
+    "with the missing state read as no buffer). Bn >= 1 keeps the default (the last block is then a "
+    "Bn block, fed the forecast encoder stream).")
+
+
+def cachedit_encoder_calibrator(kind: str, s: dict) -> bool:
+    """cache-dit's default (an encoder-stream TaylorSeer beside the hidden-state one) except where
+    it cannot run and has nothing to do: SD3 with Bn = 0 (SD3_ENCODER_CALIBRATOR_NOTE)."""
+    return not (kind == "sd3" and s["bn"] == 0)
+
+
+def enable_cachedit(pipe, s: dict, steps: int, kind: str = ""):
     import cache_dit
     from cache_dit import DBCacheConfig, TaylorSeerCalibratorConfig
 
@@ -310,7 +360,9 @@ def enable_cachedit(pipe, s: dict, steps: int):
         kw["steps_computation_policy"] = "dynamic"
     cfg = DBCacheConfig(Fn_compute_blocks=s["fn"], Bn_compute_blocks=s["bn"], residual_diff_threshold=s["threshold"],
                         max_warmup_steps=s["warmup"], num_inference_steps=steps, **kw)
-    cal = TaylorSeerCalibratorConfig(taylorseer_order=1) if s["taylor"] else None
+    cal = (TaylorSeerCalibratorConfig(taylorseer_order=1,
+                                      enable_encoder_calibrator=cachedit_encoder_calibrator(kind, s))
+           if s["taylor"] else None)
     cache_dit.enable_cache(pipe, cache_config=cfg, calibrator_config=cal)
 
 
@@ -345,7 +397,7 @@ def run_setting(model: Model, make_pipe, count, n: int, steps: int, seed: int, r
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="pixart-digits", help="pixart-digits, dit-digits or sd3-digits")
+    ap.add_argument("--model", default="pixart-digits", help=", ".join(MODELS))
     ap.add_argument("--images", type=int, default=32)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
@@ -440,6 +492,8 @@ def main(argv=None):
               f"  ({b1['time_s'] + bn['time_s']:.1f} s)", flush=True)
 
     t_start = time.time()
+    skipped = []  # settings that failed: left out of the rows, listed in the meta and results.md
+    notes = []  # cache-dit settings run with other than its defaults, and why
     # the reference: the uncached pipeline at the full step count
     res = run_setting(model, native_pipe, hook_count(S), n, S, a.seed, None)
     ref = {m: im for m, (_, im) in res.items()}
@@ -471,6 +525,7 @@ def main(argv=None):
             res = run_setting(model, our_pipe, ours_count, n, S, a.seed, ref)
         except Exception as e:  # a spec the package does not know (yet): reported, not fatal
             print(f"deltadit {spec}: {type(e).__name__}: {e}", file=sys.stderr)
+            skipped.append(dict(family="deltadit", setting=spec, error=f"{type(e).__name__}: {e}"))
             continue
         record("deltadit", spec.split(":")[0], spec, S, res)
 
@@ -479,14 +534,17 @@ def main(argv=None):
         for s in cachedit_settings(S, a.quick):
             def cd_pipe(s=s):
                 p, c = native_pipe()
-                enable_cachedit(p, s, S)
+                enable_cachedit(p, s, S, model.kind)
                 return p, c
 
             try:
                 res = run_setting(model, cd_pipe, hook_count(S), n, S, a.seed, ref)
             except Exception as e:  # reported, not fatal (cache-dit rejects some settings per model)
                 print(f"cache-dit {cachedit_label(s)}: {type(e).__name__}: {e}", file=sys.stderr)
+                skipped.append(dict(family="cache-dit", setting=cachedit_label(s), error=f"{type(e).__name__}: {e}"))
                 continue
+            if s["taylor"] and not cachedit_encoder_calibrator(model.kind, s) and SD3_ENCODER_CALIBRATOR_NOTE not in notes:
+                notes.append(SD3_ENCODER_CALIBRATOR_NOTE)
             kind = "dbcache+taylorseer" if s["taylor"] else "dbcache"
             record("cache-dit", kind if not s["mask"] else kind + "+mask", cachedit_label(s), S, res)
     rows += reused
@@ -495,7 +553,7 @@ def main(argv=None):
     meta = dict(model=a.model, images=n, steps=S, guidance=model.guidance, seed=a.seed, threads=a.threads,
                 cpu=cpu, cache_dit=cachedit_version, quick=a.quick, wall_s=round(time.time() - t_start, 1),
                 command=" ".join(["bench/cache_peers.py", *(argv if argv is not None else sys.argv[1:])]),
-                reused=a.reuse,
+                reused=a.reuse, skipped=skipped, cache_dit_notes=notes,
                 torch=torch.__version__, diffusers=__import__("diffusers").__version__,
                 python=platform.python_version())
     out = dict(meta=meta, rows=rows, budgets=summary)
@@ -552,6 +610,12 @@ def markdown(out: dict) -> str:
          f"diffusers {m['diffusers']}; {m['wall_s']} s.", "",
          "Best setting of each family within each compute budget: mean PSNR dB (its compute), its worst image "
          "PSNR, its mean / worst SSIM; then the best worst-image PSNR of any setting of the family within the budget.", ""]
+    for note in m.get("cache_dit_notes") or []:
+        s += [f"Note: {note}", ""]
+    if m.get("skipped"):
+        s += ["Settings that failed (not in the tables):", ""]
+        s += [f"- {k['family']} `{k['setting']}`: {k['error']}" for k in m["skipped"]]
+        s.append("")
     for mode, title in (("batch1", "batch 1 (each image its own pipeline call)"),
                         ("batchN", f"batch {m['images']} (all images in one call)")):
         s += [f"## {title}", "", "| budget | " + " | ".join(FAMILIES) + " |", "| --- |" + " --- |" * len(FAMILIES)]

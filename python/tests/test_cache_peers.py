@@ -1,7 +1,8 @@
-"""bench/cache_peers.py in its smallest mode (--quick: pixart-digits, 2 images, one setting per
-family): the summary table's structure, the uncached row against itself, and its quality
-measures against independent references (scikit-image's SSIM definition, written out here with
-scipy's uniform filter; PSNR from the mean squared error)."""
+"""bench/cache_peers.py in its smallest mode (--quick: pixart-digits, sd3-digits and flux-digits,
+2 images, one setting per family): the summary table's structure, the uncached row against itself,
+and its quality measures against independent references (scikit-image's SSIM definition, written
+out here with scipy's uniform filter; PSNR from the mean squared error); flux-digits' unpacked
+images against train/train_flux.py's loop; sd3-digits' cache-dit configuration for Bn = 0."""
 
 import importlib.util
 import json
@@ -53,14 +54,21 @@ def test_quality_measures_match_references():
     assert cp.ssim(a, a) == pytest.approx(1.0)
 
 
-def test_quick_run_table(tmp_path):
+# pixart-digits (the default), and the MMDiT pipelines: sd3-digits (StableDiffusion3Pipeline, whose
+# last block is context_pre_only) and flux-digits (FluxPipeline, packed latents, double and single
+# blocks); dit-digits runs the same code path as pixart-digits (a non-joint pipeline)
+@pytest.mark.parametrize("model", ["pixart-digits", "sd3-digits", "flux-digits"])
+def test_quick_run_table(tmp_path, model):
     pytest.importorskip("cache_dit", reason="cache_dit is not installed (pip install cache_dit==1.5.3)")
     cp = load_harness()
-    out = cp.main(["--quick", "--out", str(tmp_path)])
+    out = cp.main(["--quick", "--model", model, "--out", str(tmp_path)])
     saved = json.loads((tmp_path / "results.json").read_text())
-    assert saved["meta"]["images"] == 2 and saved["meta"]["model"] == "pixart-digits"
+    assert saved["meta"]["images"] == 2 and saved["meta"]["model"] == model
+    assert saved["meta"]["skipped"] == [], saved["meta"]["skipped"]
     assert (tmp_path / "results.md").read_text().count("| budget | fewer-steps | cache-dit | deltadit |") == 2
     rows = out["rows"]
+    for r in rows:  # the images are [c, 16, 16] (FLUX's packed tokens unpacked)
+        assert r["ssim_mean"] <= 1.0 + 1e-12
     fams = {r["family"] for r in rows}
     assert fams == {"uncached", "fewer-steps", "cache-dit", "deltadit"}, fams
     for r in rows:
@@ -94,3 +102,57 @@ def test_quick_run_table(tmp_path):
             assert best["compute"] <= e["budget"] + 1e-9
             assert best["psnr_mean"] == max(r["psnr_mean"] for r in cand)
             assert best["best_worst_psnr"] == max(r["psnr_worst"] for r in cand)
+
+
+def test_flux_images_unpacked():
+    """flux-digits: the harness's images are the pipeline's packed latents unpacked to [1, 16, 16]
+    (FluxPipeline._unpack_latents), equal to the written-out loop of train/train_flux.py."""
+    import sys
+
+    import torch
+
+    cp = load_harness()
+    torch.set_num_threads(1)
+    m = cp.Model("flux-digits", 4)
+    imgs = m.sample(m.pipeline(), [0, 3], 4, seed=0)
+    assert imgs.shape == (2, 1, 16, 16)
+    sys.path.insert(0, str(tiny.REPO / "train"))
+    import train_flux
+
+    lat = torch.cat([m.noise(i, 0) for i in (0, 3)])
+    cap = m.captions
+    ref = train_flux.sample_flux(m.base, m.scheduler(), cap["embeds"][[0, 3]], cap["pooled"][[0, 3]],
+                                 train_flux.pack(lat), steps=4, guidance=3.5)
+    np.testing.assert_allclose(imgs, train_flux.unpack(ref).numpy(), rtol=0, atol=1e-5)
+
+
+def test_sd3_cachedit_bn0_taylorseer():
+    """sd3-digits, cache-dit F1B0 with TaylorSeer: without the encoder calibrator (what the harness
+    runs, SD3_ENCODER_CALIBRATOR_NOTE) the images equal cache-dit's default configuration with the
+    encoder calibrator's missing state read as no buffer (cache_dit 1.5.3 asserts there instead)."""
+    pytest.importorskip("cache_dit", reason="cache_dit is not installed (pip install cache_dit==1.5.3)")
+    import torch
+    from cache_dit.caching.cache_contexts.calibrators import taylorseer as ts
+
+    cp = load_harness()
+    torch.set_num_threads(1)
+    m = cp.Model("sd3-digits", 20)
+    s = dict(fn=1, bn=0, threshold=0.16, warmup=2, taylor=True, mask=None)
+    assert not cp.cachedit_encoder_calibrator("sd3", s)
+    assert cp.cachedit_encoder_calibrator("sd3", dict(s, bn=1)) and cp.cachedit_encoder_calibrator("flux", s)
+    p = m.pipeline()
+    cp.enable_cachedit(p, s, 20, "sd3")
+    ours = m.sample(p, [0, 1], 20, 0)
+
+    orig = ts.TaylorSeerCalibrator.approximate
+    def approximate(self, *args, name=None, **kw):  # noqa: E306
+        return None if name not in self.states else orig(self, *args, name=name, **kw)
+
+    p = m.pipeline()
+    cp.enable_cachedit(p, s, 20, "")  # cache-dit's default: the encoder calibrator on
+    try:
+        ts.TaylorSeerCalibrator.approximate = approximate
+        theirs = m.sample(p, [0, 1], 20, 0)
+    finally:
+        ts.TaylorSeerCalibrator.approximate = orig
+    assert np.array_equal(ours, theirs)
