@@ -314,6 +314,40 @@ impl<B: Timed> Run<'_, B> {
                 io,
             );
         }
+        // The TaylorSeer forecasts (order 2): a cached step's calibrated Δ apply, FORA's forecast
+        // branch output in its gated residual, and a full step's ladder update; each one pass.
+        {
+            let coef = [1.0f32, 0.5, 0.125];
+            let sets = self.sets(5.0 * es * n);
+            let mut args = vec![Arg::Rand(&act, 61, 1.0), Arg::Rand(&act, 63, 1.0)];
+            args.extend([Arg::Rand(&act, 65, 0.1), Arg::Rand(&act, 67, 0.01), Arg::F32(&coef, &[3])]);
+            let io = self.sets_of(&args, sets)?;
+            let c = case(
+                "forecast-apply",
+                format!("{act_shape}: x += Δ + e·d₁ + e²/2·d₂"),
+                Bound::Memory,
+                0.0,
+                5.0 * es * n,
+            );
+            self.time(c, KernelOp::ForecastApply, io);
+            let mut args = vec![Arg::Rand(&act, 61, 1.0), Arg::Rand(&act, 63, 1.0)];
+            let modv = Arg::Rand(&[batch, 6 * d], 11, 0.5);
+            args.extend([Arg::Rand(&act, 65, 0.1), Arg::Rand(&act, 67, 0.01), modv, Arg::F32(&coef, &[3])]);
+            let io = self.sets_of(&args, sets)?;
+            let what = format!("{act_shape}: x += gate ⊙ (y + e·d₁ + e²/2·d₂)");
+            self.time(
+                case("residual-forecast", what, Bound::Memory, 0.0, 5.0 * es * n),
+                KernelOp::ResidualForecast,
+                io,
+            );
+            let ladder = [0.5f32, -0.5, 0.5, -0.5];
+            let sets = self.sets(7.0 * es * n);
+            let mut args = vec![Arg::Rand(&act, 71, 1.0), Arg::Rand(&act, 73, 1.0)];
+            args.extend([Arg::Rand(&act, 75, 0.1), Arg::Rand(&act, 77, 0.01), Arg::F32(&ladder, &[4])]);
+            let io = self.sets_of(&args, sets)?;
+            let what = format!("{act_shape}: d₁, d₂ and the previous Δ updated");
+            self.time(case("ladder-update", what, Bound::Memory, 0.0, 7.0 * es * n), KernelOp::LadderUpdate, io);
+        }
         {
             let ff = [rows, 4 * d];
             let nf = (rows * 4 * d) as f64;

@@ -34,6 +34,13 @@ pub enum KernelOp {
     QkNormRope { heads: usize, head_dim: usize, offset: usize },
     /// [x, y, modv] (+ [cache] for Anchor and Delta); the gate is modv row 2
     Residual(Residual),
+    /// [x, t_0.., coef (f32)]: x += Σ coef[i]·t_i (a calibrated Δ apply: TaylorSeer's forecast)
+    ForecastApply,
+    /// [x, t_0.., modv, coef (f32)]: x += gate ⊙ Σ coef[i]·t_i, the gate modv row 2 (FORA's
+    /// forecast branch output in its gated residual)
+    ResidualForecast,
+    /// [d0, prev, level 1.., coef (f32)]: the TaylorSeer ladder update, coefficients from 0
+    LadderUpdate,
     /// [x, bias, out]: out = GELU_tanh(x + bias)
     GeluBias,
     /// [x, out]
@@ -87,6 +94,19 @@ impl KernelOp {
                 let rope = deltadit::backend::Rope { table, tokens: qkv.rows(), offset };
                 be.qk_norm_rope(qkv, 0, heads * head_dim, heads, head_dim, wq, wk, 1e-6, rope)
             }
+            (KernelOp::ForecastApply, [x, rest @ ..]) if rest.len() >= 2 => {
+                let (coef, terms) = rest.split_last().expect("two or more");
+                be.forecast(x, &terms.iter().collect::<Vec<_>>(), coef, 0, true)
+            }
+            (KernelOp::ResidualForecast, [x, rest @ ..]) if rest.len() >= 3 => {
+                let (coef, rest) = rest.split_last().expect("three or more");
+                let (modv, terms) = rest.split_last().expect("two or more");
+                be.residual_forecast(x, &terms.iter().collect::<Vec<_>>(), coef, Some((modv, 2)), CacheWrite::None)
+            }
+            (KernelOp::LadderUpdate, [d0, prev, rest @ ..]) if rest.len() >= 2 => {
+                let (coef, levels) = rest.split_last_mut().expect("two or more");
+                be.ladder_update(d0, prev, &mut levels.iter_mut().collect::<Vec<_>>(), coef, 0)
+            }
             (KernelOp::GeluBias, [x, bias, out]) => be.activation(x, Some(bias), Activation::GeluTanh, out),
             (KernelOp::Copy, [x, out]) => be.copy(x, out),
             (KernelOp::Linear(act), [x, w, out]) => be.linear(x, w, None, act, out),
@@ -124,7 +144,10 @@ impl KernelOp {
     pub fn outputs(&self, n: usize) -> Vec<usize> {
         match self {
             KernelOp::Residual(Residual::Anchor | Residual::Delta) => vec![0, 3],
+            KernelOp::LadderUpdate => (1..n - 1).collect(),
             KernelOp::Residual(_)
+            | KernelOp::ForecastApply
+            | KernelOp::ResidualForecast
             | KernelOp::PosEmbed
             | KernelOp::QkNorm { .. }
             | KernelOp::QkNormRope { .. }
@@ -140,6 +163,9 @@ impl KernelOp {
         match self {
             KernelOp::Residual(Residual::Anchor) => vec![3],
             KernelOp::Residual(_)
+            | KernelOp::ForecastApply
+            | KernelOp::ResidualForecast
+            | KernelOp::LadderUpdate
             | KernelOp::PosEmbed
             | KernelOp::SchedulerStep(_)
             | KernelOp::QkNorm { .. }
