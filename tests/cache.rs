@@ -58,25 +58,33 @@ fn delta_paper_preset_20_steps() {
 fn delta_lcm_preset_and_other_parameters() {
     let p = Delta::preset(Family::PixArt, 28, 4);
     assert_eq!((p.n, p.nc, p.b), (2, 4, 2));
-    let p20 = Delta::preset(Family::PixArt, 28, 20);
-    assert_eq!((p20.n, p20.nc, p20.b, p20.reverse), (2, 21, 12, false));
-    // SD3: ¾ of the blocks, the reverse order, b at ¾ of the steps (SD3.5-medium at 28 steps)
-    let sd3 = Delta::preset(Family::Sd3, 24, 28);
-    assert_eq!((sd3.n, sd3.nc, sd3.b, sd3.reverse), (2, 18, 21, true));
+    let p20 = Delta::paper(Family::PixArt, 28, 20);
+    assert_eq!((p20.n, p20.nc, p20.b, p20.reverse, p20.calibrator), (2, 21, 12, false, Calibrator::None));
+    // the shipped default: N = 3, N_c = ⌊⅚ L⌋, TaylorSeer 1, the paper's b and order
+    let d20 = Delta::preset(Family::PixArt, 28, 20);
+    assert_eq!((d20.n, d20.nc, d20.b, d20.reverse, d20.calibrator), (3, 23, 12, false, Calibrator::Taylor(1)));
     let spec = "delta".parse::<CacheSpec>().unwrap();
-    assert_eq!(spec.build(Family::Sd3, 24, 28).unwrap().params(), "n=2,nc=18,b=21,order=reverse");
+    assert_eq!(spec.build(Family::PixArt, 12, 20).unwrap().params(), "n=3,nc=10,b=12,calibrator=taylor1");
+    assert_eq!(spec.build(Family::DiT, 8, 20).unwrap().params(), "n=3,nc=6,b=12,calibrator=taylor1");
+    let plain = "delta:n=2,nc=9,calibrator=none".parse::<CacheSpec>().unwrap();
+    assert_eq!(plain.build(Family::PixArt, 12, 20).unwrap().params(), "n=2,nc=9,b=12");
+    // SD3: ¾ of the blocks, the reverse order, b at ¾ of the steps (SD3.5-medium at 28 steps)
+    let sd3 = Delta::paper(Family::Sd3, 24, 28);
+    assert_eq!((sd3.n, sd3.nc, sd3.b, sd3.reverse), (2, 18, 21, true));
+    assert_eq!(spec.build(Family::Sd3, 24, 28).unwrap().params(), "n=3,nc=20,b=21,order=reverse,calibrator=taylor1");
     let paper = "delta:order=paper".parse::<CacheSpec>().unwrap();
-    assert_eq!(paper.build(Family::Sd3, 24, 28).unwrap().params(), "n=2,nc=18,b=21");
+    assert_eq!(paper.build(Family::Sd3, 24, 28).unwrap().params(), "n=3,nc=20,b=21,calibrator=taylor1");
     let sd3_lcm = Delta::preset(Family::Sd3, 24, 4);
     assert_eq!((sd3_lcm.n, sd3_lcm.nc, sd3_lcm.b, sd3_lcm.reverse), (2, 3, 2, false));
     // FLUX.1 (19 double + 38 single blocks) at dev's 28 steps: ¾ of all 57 blocks, the rear
     // range [14, 57) on every cached step (b = steps), starting 5 blocks before the single
     // blocks; models/flux-digits (2 + 4) at 20 steps: the calibrated n=2, nc=5, b=20.
-    let flux = Delta::preset(Family::Flux, 57, 28);
+    let flux = Delta::paper(Family::Flux, 57, 28);
     assert_eq!((flux.n, flux.nc, flux.b, flux.reverse), (2, 43, 28, false));
     assert_eq!(57 - flux.nc, 14);
-    assert_eq!(spec.build(Family::Flux, 6, 20).unwrap().params(), "n=2,nc=5,b=20");
-    let mut d = Delta::preset(Family::Flux, 6, 20);
+    assert_eq!(spec.build(Family::Flux, 6, 20).unwrap().params(), "n=3,nc=5,b=20,calibrator=taylor1");
+    assert_eq!(Delta::preset(Family::Flux, 57, 28).nc, 47);
+    let mut d = Delta::paper(Family::Flux, 6, 20);
     assert!(schedule(&mut d, 20, 6).iter().skip(1).step_by(2).all(|p| *p == StepPlan::CachedRear(5)));
     // schnell's 4 steps: the few-step rule
     let schnell = Delta::preset(Family::Flux, 57, 4);
@@ -259,9 +267,9 @@ fn parameters_are_validated_with_the_allowed_range() {
 #[test]
 fn cache_specs_parse_and_reject_bad_values() {
     let d = "delta:n=3,nc=5,b=6".parse::<CacheSpec>().unwrap().build(Family::PixArt, 28, 20).unwrap();
-    assert_eq!((d.name(), d.params()), ("delta", "n=3,nc=5,b=6".to_string()));
+    assert_eq!((d.name(), d.params()), ("delta", "n=3,nc=5,b=6,calibrator=taylor1".to_string()));
     let preset = "delta".parse::<CacheSpec>().unwrap().build(Family::PixArt, 28, 20).unwrap();
-    assert_eq!(preset.params(), "n=2,nc=21,b=12");
+    assert_eq!(preset.params(), "n=3,nc=23,b=12,calibrator=taylor1");
     let a = "delta-adaptive:threshold=0.1,warmup=2,max-cached=3"
         .parse::<CacheSpec>()
         .unwrap()
@@ -269,11 +277,24 @@ fn cache_specs_parse_and_reject_bad_values() {
         .unwrap();
     assert_eq!(a.name(), "delta-adaptive");
     assert!(a.params().starts_with("threshold=0.1,warmup=2,max-cached=3"));
-    assert_eq!("fora:n=3".parse::<CacheSpec>().unwrap().build(Family::DiT, 28, 50).unwrap().params(), "n=3");
+    assert_eq!(
+        "fora:n=3".parse::<CacheSpec>().unwrap().build(Family::DiT, 28, 50).unwrap().params(),
+        "n=3,calibrator=taylor1"
+    );
+    assert_eq!(
+        "fora:calibrator=none".parse::<CacheSpec>().unwrap().build(Family::DiT, 28, 50).unwrap().params(),
+        "n=3"
+    );
+    let adaptive = "delta-adaptive".parse::<CacheSpec>().unwrap().build(Family::PixArt, 12, 20).unwrap();
+    assert_eq!(adaptive.params(), "threshold=0.12,warmup=2,max-cached=1,nc=9,b=0");
     let first_block = |spec: &str| spec.parse::<CacheSpec>().unwrap().build(Family::DiT, 28, 50).unwrap().params();
-    assert_eq!(first_block("first-block:threshold=0.05"), "threshold=0.05,max-cached=1");
-    assert_eq!(first_block("first-block:max-cached=none"), "threshold=0.2");
-    assert_eq!(first_block("first-block:threshold=0.3,max-cached=4"), "threshold=0.3,max-cached=4");
+    assert_eq!(first_block("first-block"), "threshold=0.2,max-cached=2,calibrator=taylor1");
+    assert_eq!(first_block("first-block:threshold=0.05,calibrator=none"), "threshold=0.05,max-cached=2");
+    assert_eq!(first_block("first-block:max-cached=none,calibrator=none"), "threshold=0.2");
+    assert_eq!(
+        first_block("first-block:threshold=0.3,max-cached=4,calibrator=taylor2"),
+        "threshold=0.3,max-cached=4,calibrator=taylor2"
+    );
     assert_eq!(
         param_name("first-block:max-cached=few".parse::<CacheSpec>().unwrap().build(Family::DiT, 28, 50).unwrap_err()),
         "max-cached"
@@ -331,7 +352,8 @@ fn shared_denoiser_equals_borrowed() {
         SampleInputs::from_inputs(&Inputs::open(&dir.join("inputs.safetensors")).unwrap(), model.config()).unwrap();
     let mut cond = deltadit::model::Conditioning { batch: 1, height: 16, width: 16, ..Default::default() };
     cond.text = inputs.cond.clone();
-    let policy = || "delta:n=2,nc=4,b=2".parse::<CacheSpec>().unwrap().build(Family::PixArt, 6, 4).unwrap();
+    let policy =
+        || "delta:n=2,nc=4,b=2,calibrator=none".parse::<CacheSpec>().unwrap().build(Family::PixArt, 6, 4).unwrap();
     let mut borrowed = Denoiser::new(&be, &model, &cond, policy()).unwrap();
     let mut shared = Denoiser::shared(&be, model.clone(), &cond, policy()).unwrap();
     assert_eq!(std::sync::Arc::strong_count(&model), 2, "the shared denoiser holds a share of the model");
@@ -346,24 +368,24 @@ fn shared_denoiser_equals_borrowed() {
 
 #[test]
 fn delta_rear_bookkeeping() {
-    cached_step_reproduces_full_step("delta:n=2,nc=4,b=5", StepPlan::CachedRear(4));
+    cached_step_reproduces_full_step("delta:n=2,nc=4,b=5,calibrator=none", StepPlan::CachedRear(4));
 }
 
 #[test]
 fn delta_front_bookkeeping() {
-    cached_step_reproduces_full_step("delta:n=2,nc=4,b=1", StepPlan::CachedFront(4));
+    cached_step_reproduces_full_step("delta:n=2,nc=4,b=1,calibrator=none", StepPlan::CachedFront(4));
 }
 
 #[test]
 fn delta_half_depth_ranges_share_a_boundary() {
     // nc = L/2: Δ_front ends where Δ_rear's anchor is taken (delta fused, anchor copied).
-    cached_step_reproduces_full_step("delta:n=2,nc=3,b=5", StepPlan::CachedRear(3));
-    cached_step_reproduces_full_step("delta:n=2,nc=3,b=0", StepPlan::CachedFront(3));
+    cached_step_reproduces_full_step("delta:n=2,nc=3,b=5,calibrator=none", StepPlan::CachedRear(3));
+    cached_step_reproduces_full_step("delta:n=2,nc=3,b=0,calibrator=none", StepPlan::CachedFront(3));
 }
 
 #[test]
 fn fora_bookkeeping() {
-    cached_step_reproduces_full_step("fora:n=2", StepPlan::ReuseBranches);
+    cached_step_reproduces_full_step("fora:n=2,calibrator=none", StepPlan::ReuseBranches);
 }
 
 #[test]
@@ -477,7 +499,10 @@ fn dbcache_verified_forecast_falls_back_to_the_uncached_model() {
 
 #[test]
 fn first_block_bookkeeping() {
-    cached_step_reproduces_full_step("first-block:threshold=1000", StepPlan::Reuse { quantity: 0, from: 1, to: 6 });
+    cached_step_reproduces_full_step(
+        "first-block:threshold=1000,calibrator=none",
+        StepPlan::Reuse { quantity: 0, from: 1, to: 6 },
+    );
 }
 
 /// The same on SD3.5 (qk norm, dual attention in block 0, 3 blocks, batch 2): every range and
@@ -505,20 +530,23 @@ fn sd3_cached_step_reproduces_full_step(spec: &str, expect: StepPlan) {
 
 #[test]
 fn sd3_delta_front_covers_the_context_stream() {
-    sd3_cached_step_reproduces_full_step("delta:n=2,nc=1,b=0,order=paper", StepPlan::CachedFront(1));
-    sd3_cached_step_reproduces_full_step("delta:n=2,nc=2,b=0,order=paper", StepPlan::CachedFront(2));
+    sd3_cached_step_reproduces_full_step("delta:n=2,nc=1,b=0,order=paper,calibrator=none", StepPlan::CachedFront(1));
+    sd3_cached_step_reproduces_full_step("delta:n=2,nc=2,b=0,order=paper,calibrator=none", StepPlan::CachedFront(2));
 }
 
 #[test]
 fn sd3_delta_rear_ends_at_the_context_pre_only_block() {
-    sd3_cached_step_reproduces_full_step("delta:n=2,nc=1,b=5,order=paper", StepPlan::CachedRear(1));
-    sd3_cached_step_reproduces_full_step("delta:n=2,nc=2,b=5,order=paper", StepPlan::CachedRear(2));
+    sd3_cached_step_reproduces_full_step("delta:n=2,nc=1,b=5,order=paper,calibrator=none", StepPlan::CachedRear(1));
+    sd3_cached_step_reproduces_full_step("delta:n=2,nc=2,b=5,order=paper,calibrator=none", StepPlan::CachedRear(2));
 }
 
 #[test]
 fn sd3_fora_and_first_block_bookkeeping() {
-    sd3_cached_step_reproduces_full_step("fora:n=2", StepPlan::ReuseBranches);
-    sd3_cached_step_reproduces_full_step("first-block:threshold=1000", StepPlan::Reuse { quantity: 0, from: 1, to: 3 });
+    sd3_cached_step_reproduces_full_step("fora:n=2,calibrator=none", StepPlan::ReuseBranches);
+    sd3_cached_step_reproduces_full_step(
+        "first-block:threshold=1000,calibrator=none",
+        StepPlan::Reuse { quantity: 0, from: 1, to: 3 },
+    );
 }
 
 /// SD3's streams, and where the context stops being read (after the context-pre-only block).
@@ -558,22 +586,28 @@ fn flux_cached_step_reproduces_full_step(spec: &str, expect: StepPlan) {
 #[test]
 fn flux_delta_front_within_and_across_the_double_single_boundary() {
     for nc in 1..=3 {
-        flux_cached_step_reproduces_full_step(&format!("delta:n=2,nc={nc},b=0"), StepPlan::CachedFront(nc));
+        flux_cached_step_reproduces_full_step(
+            &format!("delta:n=2,nc={nc},b=0,calibrator=none"),
+            StepPlan::CachedFront(nc),
+        );
     }
 }
 
 #[test]
 fn flux_delta_rear_ends_at_the_last_single_block() {
     for nc in 1..=3 {
-        flux_cached_step_reproduces_full_step(&format!("delta:n=2,nc={nc},b=5"), StepPlan::CachedRear(nc));
+        flux_cached_step_reproduces_full_step(
+            &format!("delta:n=2,nc={nc},b=5,calibrator=none"),
+            StepPlan::CachedRear(nc),
+        );
     }
 }
 
 #[test]
 fn flux_fora_and_first_block_bookkeeping() {
-    flux_cached_step_reproduces_full_step("fora:n=2", StepPlan::ReuseBranches);
+    flux_cached_step_reproduces_full_step("fora:n=2,calibrator=none", StepPlan::ReuseBranches);
     flux_cached_step_reproduces_full_step(
-        "first-block:threshold=1000",
+        "first-block:threshold=1000,calibrator=none",
         StepPlan::Reuse { quantity: 0, from: 1, to: 4 },
     );
 }
@@ -721,7 +755,7 @@ fn samples_in_one_cfg_batch_do_not_interfere() {
         noise: None,
         image_ids: None,
     };
-    for spec in ["none", "delta:n=2,nc=4,b=5", "fora:n=2"] {
+    for spec in ["none", "delta:n=2,nc=4,b=5,calibrator=none", "fora:n=2,calibrator=none"] {
         let run = |inp: &SampleInputs| {
             let cfg = SampleConfig::new(SchedulerName::DpmSolverPP, 8, 4.5);
             let policy = spec.parse::<CacheSpec>().unwrap().build(Family::PixArt, 6, 8).unwrap();

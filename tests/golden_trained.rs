@@ -135,6 +135,7 @@ fn every_default_policy_skips_blocks_on_the_main_job() {
         seed: 0,
         images: 64,
         fewer_steps: false,
+        baseline_steps: Vec::new(),
         scheduler_config: Default::default(),
     };
     let (rows, _, _) = run(&be, &model, Some(&kit), &opts, &mut |_, _| {}).unwrap();

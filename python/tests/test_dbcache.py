@@ -37,7 +37,7 @@ CASES = [
     # steps computation masks (dynamic policy); warm-up 4 is cut to the fast mask's 3 leading ones
     (f"dbcache:fn=1,bn=0,threshold=0.5,warmup=2,calibrator=none,steps-mask={bits(MEDIUM)}", dict(Fn_compute_blocks=1, Bn_compute_blocks=0, residual_diff_threshold=0.5, max_warmup_steps=2, steps_computation_mask=MEDIUM), None),
     (f"dbcache:fn=1,bn=0,threshold=0.6,warmup=4,calibrator=taylor1,steps-mask={bits(FAST)}", dict(Fn_compute_blocks=1, Bn_compute_blocks=0, residual_diff_threshold=0.6, max_warmup_steps=4, steps_computation_mask=FAST), 1),
-    ("first-block:threshold=0.5,max-cached=2", dict(Fn_compute_blocks=1, Bn_compute_blocks=0, residual_diff_threshold=0.5, max_warmup_steps=0, max_continuous_cached_steps=2), None),
+    ("first-block:threshold=0.5,max-cached=2,calibrator=none", dict(Fn_compute_blocks=1, Bn_compute_blocks=0, residual_diff_threshold=0.5, max_warmup_steps=0, max_continuous_cached_steps=2), None),
 ]
 
 

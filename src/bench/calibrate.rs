@@ -155,6 +155,7 @@ pub fn calibrate<B: Backend>(
         seed: opts.seed,
         images: opts.images,
         fewer_steps: false,
+        baseline_steps: Vec::new(),
         scheduler_config: opts.scheduler_config.clone(),
     };
     let judged = kit.is_some_and(|k| k.judges_images());

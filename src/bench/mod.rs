@@ -501,6 +501,9 @@ pub struct BenchOptions {
     /// add the fewer-steps baseline of each cache row: uncached sampling with as many steps as
     /// the row's compute pays for
     pub fewer_steps: bool,
+    /// the fewer-steps baselines' step counts, when `fewer_steps`; empty: the count nearest each
+    /// cache row's compute
+    pub baseline_steps: Vec<usize>,
     /// the scheduler's parameters
     pub scheduler_config: SchedulerConfig,
 }
@@ -697,8 +700,11 @@ pub fn run<B: Backend>(
     }
     if opts.fewer_steps {
         let mut seen = vec![opts.steps];
-        let targets: Vec<usize> =
-            rows.iter().map(|r| ((r.block_ratio * opts.steps as f64).round() as usize).max(1)).collect();
+        let targets: Vec<usize> = if opts.baseline_steps.is_empty() {
+            rows.iter().map(|r| ((r.block_ratio * opts.steps as f64).round() as usize).max(1)).collect()
+        } else {
+            opts.baseline_steps.iter().map(|&k| k.max(1)).collect()
+        };
         for k in targets {
             if seen.contains(&k) {
                 continue;

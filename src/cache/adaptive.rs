@@ -8,14 +8,18 @@
 //! `max_cached` cached steps ran in a row, and on the first `warmup` steps (the outline forms
 //! there and the Δ's are least stable).
 //!
-//! Defaults (threshold 0.1, warmup 2, max-cached 1), calibrated on the trained reference models
-//! (models/: `deltadit calibrate`, 20 steps, 16 images, 2026-12-03): among the swept settings whose
-//! compute (block evaluations against the uncached run) lies between 55% and 75% on both
-//! pixart-digits and dit-digits, the one with the highest worst-image PSNR over both. It runs
-//! 70% of the blocks on pixart-digits at 44.0 dB mean PSNR against the uncached images (uncached
-//! with 14 steps, the same compute: 39.3 dB) and 74% on dit-digits at 38.7 dB (15 steps: 32.6 dB).
-//! A trained model's probe changes by ≈ 0.03–0.3 a step; on random weights by 0.25–1.3, so there
-//! the policy refreshes every step. Defaults do not transfer between models: calibrate your own.
+//! Defaults (threshold 0.12, warmup 2, max-cached 1, b = 0, N_c = ¾ of the blocks as the
+//! paper's [`Delta::paper`](super::Delta::paper)): with b = 0 every cached step skips the front
+//! N_c blocks. Tuned on pixart-digits and dit-digits (`deltadit bench`, 20 steps, 64 images,
+//! BENCHMARKS.md "The shipped defaults against fewer steps"): 70% compute on both, 43.4 dB mean
+//! (34.8 worst) on pixart-digits against 14 plain steps' 39.0 (33.5), 35.5 (28.2) on dit-digits
+//! against 14 steps' 32.2 (27.4). The earlier default (threshold 0.1, b at 12/20 of the
+//! steps) fell 0.1 dB below 14 steps in pixart-digits' worst image, and threshold 0.1 with b = 0
+//! below 15 steps in dit-digits' worst. Checked untuned on sd3-digits and flux-digits, it does
+//! not hold on sd3-digits (66.2%: mean 33.5 dB against 14 steps' 37.4) or flux-digits (66.7%: worst
+//! image 35.6 dB against 43.4), nor did the old default there. A trained model's probe changes by ≈ 0.03–0.3 a
+//! step; on random weights by 0.25–1.3, so there the policy refreshes every step. Defaults do
+//! not transfer between models: calibrate your own.
 
 use super::{CacheNeeds, CachePolicy, Probe, StepInfo, StepPlan};
 use crate::{Error, Result};
@@ -40,11 +44,13 @@ pub struct DeltaAdaptive {
 
 impl DeltaAdaptive {
     /// The default `threshold`.
-    pub const DEFAULT_THRESHOLD: f32 = 0.1;
+    pub const DEFAULT_THRESHOLD: f32 = 0.12;
     /// The default `warmup`.
     pub const DEFAULT_WARMUP: usize = 2;
     /// The default `max_cached`.
     pub const DEFAULT_MAX_CACHED: usize = 1;
+    /// The default `b`: 0, the front blocks cached on every cached step.
+    pub const DEFAULT_B: usize = 0;
 
     /// Checks the parameters against the model depth (`layers`) and the step count.
     #[allow(clippy::too_many_arguments)]

@@ -57,16 +57,41 @@ impl Delta {
         self
     }
 
+    /// The shipped default (`--cache delta`): at more than 8 steps N = 3 and N_c = ⌊⅚ L⌋ with
+    /// the forecast of Δ_front/Δ_rear by TaylorSeer order 1 (`calibrator=taylor1`), the stage
+    /// boundary b and the order of [`Delta::paper`] (PixArt and DiT b at 12/20 of the steps, SD3
+    /// reversed with b at ¾, FLUX b = all the steps); at 8 steps or fewer the paper's few-step
+    /// (LCM) setting as it is.
+    ///
+    /// Why: on the trained models of models/ (20 steps, 64 images, `deltadit bench`,
+    /// BENCHMARKS.md "The shipped defaults against fewer steps") the paper's N = 2, N_c = ¾ L
+    /// falls below plain fewer steps of the same compute (pixart-digits 62.5%: 34.3 dB mean
+    /// against 13 steps' 37.8; with TaylorSeer 35.7) — no N = 2 setting of N_c ∈ {¾, ⅚, 11/12}
+    /// beat it there. Tuned on pixart-digits (12 blocks: N_c = 10, 45.8% compute, 34.1 dB mean,
+    /// 30.3 worst against 10 steps' 33.4 / 29.6) and dit-digits (8 blocks: N_c = 6, 51.2%,
+    /// 29.9 / 25.2 against 11 steps' 28.8 / 25.0), then checked untuned on sd3-digits and
+    /// flux-digits (6 blocks: N_c = 5, 45.8%, 44.7 / 42.9 against 10 steps' 41.2 / 37.1).
+    /// N_c = L − 1 (pixart N_c = 11) was worse than fewer steps in dit-digits' worst image, ¾ L
+    /// in pixart-digits' mean. Four small trained models back it: calibrate yours.
+    pub fn preset(family: Family, layers: usize, steps: usize) -> Self {
+        let paper = Self::paper(family, layers, steps);
+        if steps <= 8 {
+            return paper;
+        }
+        let nc = (layers * 5 / 6).clamp(1, layers.saturating_sub(1).max(1));
+        Delta { n: 3, nc, calibrator: Calibrator::Taylor(1), ..paper }
+    }
+
     /// The paper's settings where it gives them (20-step PixArt: N=2, N_c=21 of 28, b=12; 4-step
-    /// LCM: N=2, N_c=4, b=2), scaled to other depths and step counts; DiT uses N=3 as the
-    /// third-party DiT-XL/2 reproduction does.
+    /// LCM: N=2, N_c=4, b=2), scaled to other depths and step counts, plain reuse; DiT uses N=3
+    /// as the third-party DiT-XL/2 reproduction does. (`delta:n=…,nc=…,calibrator=none`
+    /// reproduces it; [`Delta::preset`] is the shipped default.)
     ///
     /// SD3 (MMDiT, flow matching) has no published setting: N=2 and N_c = ¾ of the blocks as the
     /// paper, in the reverse order with b at ¾ of the steps (front blocks cached for the first
     /// three quarters, rear ones after). Chosen with `deltadit calibrate` on models/sd3-digits
     /// (the best Δ-DiT setting at ≤ 62.5% compute) and confirmed on 64 images there: 42.3 dB mean,
     /// 31.6 worst, against the paper's order 41.3 / 25.8 and 13 plain steps (65%) 39.9 / 29.6.
-    /// One trained SD3 model backs it: calibrate yours.
     ///
     /// FLUX.1 (double- then single-stream blocks, flow matching) has no published setting either:
     /// N=2 and N_c = ¾ of all blocks (double and single counted together), the paper's order with
@@ -79,8 +104,8 @@ impl Delta {
     /// at ≤ 62.5% compute of `deltadit calibrate` on models/flux-digits (n=2, nc=5, b=20: 58.3%,
     /// 41.2 dB mean, 40.0 worst; the reverse order at b=15 41.2 / 39.4) — and it loses to plain
     /// fewer steps there (12 steps, 60%: 44.2 / 41.2). FLUX.1-schnell's 4 steps take the few-step
-    /// rule below, not calibrated on FLUX. One small trained FLUX model backs it: calibrate yours.
-    pub fn preset(family: Family, layers: usize, steps: usize) -> Self {
+    /// rule below, not calibrated on FLUX.
+    pub fn paper(family: Family, layers: usize, steps: usize) -> Self {
         let few_steps = steps <= 8;
         let n = if family == Family::DiT && !few_steps { 3 } else { 2 };
         let mmdit = family == Family::Sd3 && !few_steps;

@@ -24,6 +24,12 @@ pub struct Fora {
 impl Fora {
     /// The default `n`.
     pub const DEFAULT_N: usize = 3;
+    /// The default `calibrator`: TaylorSeer order 1. Plain reuse at n = 3 (35% compute) is
+    /// already above 7 plain steps (35%) on the four trained models of models/, but barely on
+    /// dit-digits' worst image (21.7 dB against 21.1); the forecast lifts every model's mean by
+    /// 2–7 dB and its worst image by 2.5–8 dB (BENCHMARKS.md "The shipped defaults against
+    /// fewer steps"). Write `calibrator=none` for FORA as published.
+    pub const DEFAULT_CALIBRATOR: Calibrator = Calibrator::Taylor(1);
 
     /// Checks the interval (≥ 1).
     pub fn new(n: usize) -> Result<Self> {

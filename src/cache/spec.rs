@@ -1,6 +1,6 @@
 //! `--cache SPEC` parsing: `none`, `delta` (preset), `delta:n=3,nc=5,b=6`,
-//! `delta-adaptive:threshold=0.1,warmup=2,max-cached=1[,nc=..,b=..]`, `fora:n=3`,
-//! `first-block:threshold=0.2[,max-cached=1|none]`, `schedule:mask=1101…` (one bit per step),
+//! `delta-adaptive:threshold=0.12,warmup=2,max-cached=1[,nc=..,b=..]`, `fora:n=3,calibrator=taylor1`,
+//! `first-block:threshold=0.2,max-cached=2,calibrator=taylor1` (`max-cached=none`: no cap), `schedule:mask=1101…` (one bit per step),
 //! `dbcache:fn=1,bn=0,threshold=0.12,warmup=2,max-cached=none,max-continuous=none,calibrator=taylor1`.
 //! Unset values come from the presets for the model and step count when the policy is built.
 //!
@@ -8,19 +8,20 @@
 //!
 //! | policy | parameter | meaning | default |
 //! | --- | --- | --- | --- |
-//! | `delta` | `n` | cache interval: a full step when step % n == 0 | preset (2; DiT 3) |
-//! | | `nc` | cached blocks of a cached step (1 ≤ nc < L) | preset (¾ of L; 4-step runs 1/7) |
+//! | `delta` | `n` | cache interval: a full step when step % n == 0 | preset (3; at ≤ 8 steps the paper's 2) |
+//! | | `nc` | cached blocks of a cached step (1 ≤ nc < L) | preset (⌊⅚ L⌋; at ≤ 8 steps 1/7 of L) |
 //! | | `b` | stage boundary, a step index: rear blocks cached before it, front blocks from it on | preset |
 //! | | `order` | `paper` or `reverse` (the stages swapped) | preset (SD3: reverse) |
-//! | | `calibrator` | `none` (reuse Δ_front/Δ_rear), `taylor1`/`taylor2` (forecast them, cache-dit's TaylorSeer) | none |
-//! | `delta-adaptive` | `threshold` | accumulated block-0 input change that forces a full step | 0.1 |
+//! | | `calibrator` | `none` (reuse Δ_front/Δ_rear, the paper), `taylor1`/`taylor2` (forecast them, cache-dit's TaylorSeer) | taylor1 (at ≤ 8 steps none) |
+//! | `delta-adaptive` | `threshold` | accumulated block-0 input change that forces a full step | 0.12 |
 //! | | `warmup` | full steps at the start | 2 |
 //! | | `max-cached` | most cached steps in a row | 1 |
-//! | | `nc`, `b` | as `delta` | preset |
+//! | | `nc`, `b` | as `delta` | nc: the paper's ¾ of L ([`Delta::paper`]); b: 0 (front blocks cached on every cached step) |
 //! | `fora` | `n` | full step every n steps; branch outputs reused between | 3 |
-//! | | `calibrator` | `none` (reuse the branch outputs), `taylor1`/`taylor2` (forecast them before their gates, cache-dit's TaylorSeer) | none |
+//! | | `calibrator` | `none` (reuse the branch outputs, FORA as published), `taylor1`/`taylor2` (forecast them before their gates, cache-dit's TaylorSeer) | taylor1 |
 //! | `first-block` | `threshold` | block 0's residual change (relative L1) below which the rest is skipped | 0.2 |
-//! | | `max-cached` | most cached steps in a row, or `none` | 1 |
+//! | | `max-cached` | most cached steps in a row, or `none` | 2 |
+//! | | `calibrator` | `none` (reuse the residual of blocks 1..L), `taylor1`/`taylor2` (forecast it) | taylor1 |
 //! | `dbcache` | `fn` | Fn: first blocks, always run; their residual decides (1 ≤ fn) | 1 |
 //! | | `bn` | Bn: last blocks, always run (fn + bn < L) | 0 |
 //! | | `threshold` | relative L1 change of the Fn residual against the last full step's below which the middle is reused (≥ 1: always) | 0.12 |
@@ -51,7 +52,7 @@ const POLICIES: &[(&str, &[&str])] = &[
     ("delta", &["n", "nc", "b", "order", "calibrator"]),
     ("delta-adaptive", &["threshold", "warmup", "max-cached", "nc", "b"]),
     ("fora", &["n", "calibrator"]),
-    ("first-block", &["threshold", "max-cached"]),
+    ("first-block", &["threshold", "max-cached", "calibrator"]),
     (
         "dbcache",
         &["fn", "bn", "threshold", "warmup", "max-cached", "max-continuous", "calibrator", "verify", "steps-mask"],
@@ -145,10 +146,6 @@ impl CacheSpec {
         }
     }
 
-    fn calibrator_param(&self) -> Result<Calibrator> {
-        self.calibrator_param_or(Calibrator::None)
-    }
-
     /// The policy for a model of `layers` blocks sampled in `steps` steps, validated.
     pub fn build(&self, family: Family, layers: usize, steps: usize) -> Result<Box<dyn CachePolicy>> {
         let preset = Delta::preset(family, layers, steps);
@@ -170,25 +167,29 @@ impl CacheSpec {
                         steps,
                     )?
                     .reversed(reverse)
-                    .calibrated(self.calibrator_param()?),
+                    .calibrated(self.calibrator_param_or(preset.calibrator)?),
                 )
             }
             "delta-adaptive" => Box::new(DeltaAdaptive::new(
                 self.f32_param("threshold")?.unwrap_or(DeltaAdaptive::DEFAULT_THRESHOLD),
                 self.usize_param("warmup")?.unwrap_or(DeltaAdaptive::DEFAULT_WARMUP.min(steps)),
                 self.usize_param("max-cached")?.unwrap_or(DeltaAdaptive::DEFAULT_MAX_CACHED),
-                self.usize_param("nc")?.unwrap_or(preset.nc),
-                self.usize_param("b")?.unwrap_or(preset.b),
+                self.usize_param("nc")?.unwrap_or(Delta::paper(family, layers, steps).nc),
+                self.usize_param("b")?.unwrap_or(DeltaAdaptive::DEFAULT_B.min(steps)),
                 layers,
                 steps,
             )?),
             "fora" => Box::new(
-                Fora::new(self.usize_param("n")?.unwrap_or(Fora::DEFAULT_N))?.calibrated(self.calibrator_param()?),
+                Fora::new(self.usize_param("n")?.unwrap_or(Fora::DEFAULT_N))?
+                    .calibrated(self.calibrator_param_or(Fora::DEFAULT_CALIBRATOR)?),
             ),
-            "first-block" => Box::new(FirstBlock::new(
-                self.f32_param("threshold")?.unwrap_or(FirstBlock::DEFAULT_THRESHOLD),
-                self.cap_param("max-cached", FirstBlock::DEFAULT_MAX_CACHED)?,
-            )?),
+            "first-block" => Box::new(
+                FirstBlock::new(
+                    self.f32_param("threshold")?.unwrap_or(FirstBlock::DEFAULT_THRESHOLD),
+                    self.cap_param("max-cached", FirstBlock::DEFAULT_MAX_CACHED)?,
+                )?
+                .calibrated(self.calibrator_param_or(FirstBlock::DEFAULT_CALIBRATOR)?),
+            ),
             "dbcache" => Box::new(
                 DbCache::new(
                     self.usize_param("fn")?.unwrap_or(DbCache::DEFAULT_FN),

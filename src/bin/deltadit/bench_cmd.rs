@@ -76,6 +76,10 @@ pub struct BenchArgs {
     /// leave out the fewer-steps baselines (on by default for a judged model)
     #[arg(long)]
     no_baseline: bool,
+    /// the fewer-steps baselines' step counts, comma-separated (e.g. 12,13: the runs at and just
+    /// above a policy's compute); default: the count nearest each cache row's compute
+    #[arg(long, value_delimiter = ',')]
+    baseline_steps: Vec<usize>,
     /// list the presets and exit
     #[arg(long)]
     list_presets: bool,
@@ -230,6 +234,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             seed: a.m.seed,
             images,
             fewer_steps: judged && !a.no_baseline,
+            baseline_steps: a.baseline_steps.clone(),
             scheduler_config,
         };
         let bar = progress_bar(1);

@@ -73,9 +73,9 @@ enum Cmd {
         /// steps with neg + scale·(pos − neg); blocks_run counts both calls
         #[arg(long, default_value_t = 1.0)]
         true_cfg: f32,
-        /// none | delta | delta:n=2,nc=21,b=12[,order=reverse] |
-        /// delta-adaptive:threshold=0.1,warmup=2,max-cached=1 | fora:n=3 |
-        /// first-block:threshold=0.2,max-cached=1|none
+        /// none | delta | delta:n=3,nc=23,b=12[,order=reverse][,calibrator=none|taylor1|taylor2] |
+        /// delta-adaptive:threshold=0.12,warmup=2,max-cached=1,b=0 | fora:n=3,calibrator=taylor1 |
+        /// first-block:threshold=0.2,max-cached=2|none,calibrator=taylor1 | dbcache:…
         #[arg(long, default_value = "none")]
         cache: String,
         /// also write `latents_per_step`
