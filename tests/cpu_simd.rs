@@ -46,6 +46,19 @@ fn outputs(be: &Cpu) -> Vec<(String, Vec<f32>)> {
         out.push((format!("residual {mode}: x"), be.download(&xr).unwrap()));
         out.push((format!("residual {mode}: cache"), be.download(&cache).unwrap()));
     }
+    // TaylorSeer: the forecast apply, the gated residual on a forecast, the ladder update
+    let (c, _) = random(be, &mut rng, &[4], F32, 1.0);
+    let mut xf = be.upload(&be.download(&x).unwrap(), &[rows, dim], F32).unwrap();
+    be.forecast(&mut xf, &[&y, &x, &y], &c, 1, true).unwrap();
+    out.push(("forecast".into(), be.download(&xf).unwrap()));
+    be.residual_forecast(&mut xf, &[&x, &y], &c, Some((&m, 2)), CacheWrite::None).unwrap();
+    out.push(("residual_forecast".into(), be.download(&xf).unwrap()));
+    let (mut prev, _) = random(be, &mut rng, &[rows, dim], F32, 1.0);
+    let (mut l1, _) = random(be, &mut rng, &[rows, dim], F32, 1.0);
+    let (mut l2, _) = random(be, &mut rng, &[rows, dim], F32, 1.0);
+    be.ladder_update(&y, &mut prev, &mut [&mut l1, &mut l2], &c, 0).unwrap();
+    out.push(("ladder_update level 1".into(), be.download(&l1).unwrap()));
+    out.push(("ladder_update level 2".into(), be.download(&l2).unwrap()));
     let mut xb = be.upload(&be.download(&x).unwrap(), &[rows, dim], F32).unwrap();
     be.add_bcast(&mut xb, &b).unwrap();
     out.push(("add_bcast".into(), be.download(&xb).unwrap()));

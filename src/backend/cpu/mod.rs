@@ -4,6 +4,7 @@
 
 mod attention;
 mod elementwise;
+mod forecast;
 mod linear;
 mod norm_modulate;
 mod qk_norm;
@@ -292,17 +293,8 @@ impl Backend for Cpu {
     ) -> Result<()> {
         shapes::forecast("forecast", x, terms, coef, coef_offset)?;
         let c = &coef.buf[coef_offset..coef_offset + terms.len()];
-        let chunk = 1 << 14;
-        x.buf.par_chunks_mut(chunk).enumerate().for_each(|(i, xc)| {
-            let base = i * chunk;
-            for (k, v) in xc.iter_mut().enumerate() {
-                let mut acc = if accumulate { *v } else { 0.0 };
-                for (t, &cj) in terms.iter().zip(c) {
-                    acc = cj.mul_add(t.buf[base + k], acc);
-                }
-                *v = acc;
-            }
-        });
+        let ts: Vec<&[f32]> = terms.iter().map(|t| &t.buf[..]).collect();
+        forecast::forecast_f32(&mut x.buf, &ts, c, accumulate);
         Ok(())
     }
 
@@ -317,16 +309,7 @@ impl Backend for Cpu {
         shapes::ladder_update("ladder_update", d0, prev, levels, coef, coef_offset)?;
         let c = &coef.buf[coef_offset..coef_offset + 2 * levels.len()];
         let mut lv: Vec<&mut [f32]> = levels.iter_mut().map(|t| &mut t.buf[..]).collect();
-        for (k, (p, &d)) in prev.buf.iter_mut().zip(&d0.buf).enumerate() {
-            let (mut cur, mut old) = (d, *p);
-            *p = d;
-            for (i, l) in lv.iter_mut().enumerate() {
-                let new = c[2 * i + 1].mul_add(old, c[2 * i] * cur);
-                old = l[k];
-                l[k] = new;
-                cur = new;
-            }
-        }
+        forecast::ladder_update_f32(&d0.buf, &mut prev.buf, &mut lv, c);
         Ok(())
     }
 
