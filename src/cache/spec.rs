@@ -175,7 +175,7 @@ impl CacheSpec {
                 self.usize_param("warmup")?.unwrap_or(DeltaAdaptive::DEFAULT_WARMUP.min(steps)),
                 self.usize_param("max-cached")?.unwrap_or(DeltaAdaptive::DEFAULT_MAX_CACHED),
                 self.usize_param("nc")?.unwrap_or(Delta::paper(family, layers, steps).nc),
-                self.usize_param("b")?.unwrap_or(DeltaAdaptive::DEFAULT_B.min(steps)),
+                self.usize_param("b")?.unwrap_or(DeltaAdaptive::DEFAULT_B),
                 layers,
                 steps,
             )?),
