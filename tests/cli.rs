@@ -82,7 +82,7 @@ fn sample_with_delta_cache_writes_latents_timesteps_and_blocks_run() {
         "--guidance",
         "4.5",
         "--cache",
-        "delta:n=2,nc=4,b=12",
+        "delta:n=2,nc=4,b=12,calibrator=none",
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let exp = dir.join("expected.safetensors");

@@ -128,7 +128,7 @@ def test_reaccelerate_changes_the_cache_only():
     pipe = tiny.pipeline("dit", "ddim", layers=3)
     dd.accelerate(pipe, cache="none")
     cls = type(pipe)
-    dd.accelerate(pipe, cache="fora:n=2")
+    dd.accelerate(pipe, cache="fora:n=2,calibrator=none")
     assert type(pipe) is cls
     tiny.run(pipe, "dit", "ddim", steps=4, guidance=4.0, height=8)
     assert [s["plan"] for s in dd.stats(pipe)] == ["full+branches", "reuse-branches"] * 2

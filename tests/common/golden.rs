@@ -102,7 +102,8 @@ pub fn read_case(name: &str) -> SamplingCase {
     };
     let scheduler_config = SchedulerConfig::from_json_str(&v["scheduler"].to_string()).unwrap();
     let cache = match v.get("cache") {
-        Some(c) => format!("delta:n={},nc={},b={}", c["N"], c["Nc"], c["b"]).parse().unwrap(),
+        // the reference (the Δ-DiT paper's method) reuses the cached Δ as stored
+        Some(c) => format!("delta:n={},nc={},b={},calibrator=none", c["N"], c["Nc"], c["b"]).parse().unwrap(),
         None => CacheSpec::none(),
     };
     SamplingCase {
