@@ -232,13 +232,7 @@ impl<B: Backend> ReusedBranches<'_, B> {
         gate: Option<(&Tensor<B>, usize)>,
         tap: CacheWrite<'_, B>,
     ) -> Result<()> {
-        let missing = || {
-            Error::param(
-                "branch cache",
-                format!("slot {slot} of {}", self.stored.len()),
-                "a buffer for every branch of the block",
-            )
-        };
+        let missing = || missing_branch_slot(slot, self.stored.len());
         let d0 = self.stored.get(slot).ok_or_else(missing)?;
         match &self.forecast {
             None => be.residual(x, d0, gate, tap),
@@ -259,17 +253,16 @@ impl<B: Backend> BranchIo<'_, B> {
         match self {
             BranchIo::Store(c) => {
                 let n = c.slots.len();
-                c.slots.get_mut(slot).ok_or_else(|| {
-                    Error::param(
-                        "branch cache",
-                        format!("slot {slot} of {n}"),
-                        "a buffer for every branch of the block",
-                    )
-                })
+                c.slots.get_mut(slot).ok_or_else(|| missing_branch_slot(slot, n))
             }
             _ => Ok(scratch),
         }
     }
+}
+
+/// A block asked for branch slot `slot` of a cache that holds `n`.
+fn missing_branch_slot(slot: usize, n: usize) -> Error {
+    Error::param("branch cache", format!("slot {slot} of {n}"), "a buffer for every branch of the block")
 }
 
 /// Per-block branch outputs for FORA-style caching (see [`BranchIo`]).
