@@ -314,18 +314,25 @@ fn cache_specs_parse_and_reject_bad_values() {
 
 // ---------------------------------------------------------------- engine bookkeeping
 
+/// The tiny 6-block PixArt of the golden Δ-DiT case, its inputs, and the conditioning of one
+/// forward on its prompt (batch 1, a 16×16 latent).
+fn tiny_pixart(be: &Cpu) -> (Transformer<Cpu>, SampleInputs, deltadit::model::Conditioning) {
+    let dir = data("pixart-tiny-delta-n2-nc4-b12");
+    let model = Transformer::load(be, &dir).unwrap();
+    let inputs =
+        SampleInputs::from_inputs(&Inputs::open(&dir.join("inputs.safetensors")).unwrap(), model.config()).unwrap();
+    let mut cond = deltadit::model::Conditioning { batch: 1, height: 16, width: 16, ..Default::default() };
+    cond.text = inputs.cond.clone();
+    (model, inputs, cond)
+}
+
 /// Runs step 0 (full, storing) and step 1 (cached) of `spec` on identical inputs: a cached step
 /// whose input equals the full step's must reproduce its output, which checks that anchors and
 /// deltas are stored and applied at the right boundaries.
 fn cached_step_reproduces_full_step(spec: &str, expect: StepPlan) {
     let be = Cpu::default();
-    let dir = data("pixart-tiny-delta-n2-nc4-b12");
-    let model = Transformer::load(&be, &dir).unwrap();
+    let (model, inputs, cond) = tiny_pixart(&be);
     let layers = model.num_blocks();
-    let inputs =
-        SampleInputs::from_inputs(&Inputs::open(&dir.join("inputs.safetensors")).unwrap(), model.config()).unwrap();
-    let mut cond = deltadit::model::Conditioning { batch: 1, height: 16, width: 16, ..Default::default() };
-    cond.text = inputs.cond.clone();
     let policy = spec.parse::<CacheSpec>().unwrap().build(Family::PixArt, layers, 10).unwrap();
     let mut d = Denoiser::new(&be, &model, &cond, policy).unwrap();
     let mut outs = Vec::new();
@@ -346,12 +353,8 @@ fn cached_step_reproduces_full_step(spec: &str, expect: StepPlan) {
 #[test]
 fn shared_denoiser_equals_borrowed() {
     let be = Cpu::default();
-    let dir = data("pixart-tiny-delta-n2-nc4-b12");
-    let model = std::sync::Arc::new(Transformer::load(&be, &dir).unwrap());
-    let inputs =
-        SampleInputs::from_inputs(&Inputs::open(&dir.join("inputs.safetensors")).unwrap(), model.config()).unwrap();
-    let mut cond = deltadit::model::Conditioning { batch: 1, height: 16, width: 16, ..Default::default() };
-    cond.text = inputs.cond.clone();
+    let (model, inputs, cond) = tiny_pixart(&be);
+    let model = std::sync::Arc::new(model);
     let policy =
         || "delta:n=2,nc=4,b=2,calibrator=none".parse::<CacheSpec>().unwrap().build(Family::PixArt, 6, 4).unwrap();
     let mut borrowed = Denoiser::new(&be, &model, &cond, policy()).unwrap();
@@ -418,12 +421,7 @@ fn dbcache_bookkeeping() {
 #[test]
 fn calibrated_quantities_on_repeated_inputs() {
     let be = Cpu::default();
-    let dir = data("pixart-tiny-delta-n2-nc4-b12");
-    let model = Transformer::load(&be, &dir).unwrap();
-    let inputs =
-        SampleInputs::from_inputs(&Inputs::open(&dir.join("inputs.safetensors")).unwrap(), model.config()).unwrap();
-    let mut cond = deltadit::model::Conditioning { batch: 1, height: 16, width: 16, ..Default::default() };
-    cond.text = inputs.cond.clone();
+    let (model, inputs, cond) = tiny_pixart(&be);
     let steps = 9;
     for spec in [
         "dbcache:fn=1,bn=1,threshold=1000,warmup=2,max-continuous=1,calibrator=taylor2",
@@ -457,13 +455,8 @@ fn calibrated_quantities_on_repeated_inputs() {
 #[test]
 fn dbcache_verified_forecast_falls_back_to_the_uncached_model() {
     let be = Cpu::default();
-    let dir = data("pixart-tiny-delta-n2-nc4-b12");
-    let model = Transformer::load(&be, &dir).unwrap();
+    let (model, inputs, cond) = tiny_pixart(&be);
     let layers = model.num_blocks();
-    let inputs =
-        SampleInputs::from_inputs(&Inputs::open(&dir.join("inputs.safetensors")).unwrap(), model.config()).unwrap();
-    let mut cond = deltadit::model::Conditioning { batch: 1, height: 16, width: 16, ..Default::default() };
-    cond.text = inputs.cond.clone();
     let steps = 6;
     let build = |spec: &str| spec.parse::<CacheSpec>().unwrap().build(Family::PixArt, layers, steps).unwrap();
     let mut none = Denoiser::new(&be, &model, &cond, build("none")).unwrap();
