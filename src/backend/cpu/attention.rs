@@ -3,19 +3,22 @@
 //!
 //! Key biases (the text padding mask: 0 for kept tokens, −10000 for the others) cost nothing
 //! beyond the keys they keep:
-//! - the softmax flushes every weight below the normal range to an exact 0. A masked key's
-//!   e^(−10000) comes out of the clamped `fast_exp` as ≈ 1.2·10⁻³⁸, a subnormal once normalised
-//!   by a row sum above 1; subnormal operands in the P·V GEMM (and subnormal results of the
-//!   normalisation) take microcode assists on many x86 cores, where the masked cross-attention
-//!   ran at 4× the unmasked time (about 8% slower on a Zen 3 EPYC, which has cheaper assists);
+//! - the softmax flushes every weight under 2⁻⁶⁴ of its row's largest to an exact 0. A masked
+//!   key's e^(−10000) comes out of the clamped `fast_exp` as ≈ 1.2·10⁻³⁸, whose products in the
+//!   P·V GEMM are subnormal; subnormal operands and results take microcode assists on many x86
+//!   cores, where the masked cross-attention ran at 4× the unmasked time (about 8% slower on a
+//!   Zen 3 EPYC, which has cheaper assists);
 //! - keys whose bias lies far below the sample's largest are left out of both GEMMs whenever a
 //!   bound on the scores proves their weights would be flushed to 0 in every row of the block
 //!   (see [`Compaction`]), so a sample that keeps one text token does one key's work.
 //!
-//! Both only drop weights under 2·2⁻¹²⁶ of their row's sum: the outputs match the computation
-//! over every key to rounding.
+//! Both only drop weights under 2⁻⁶⁴ of their row's sum (which is at least its largest weight,
+//! e⁰ = 1): the outputs match the computation over every key to rounding.
+//!
+//! The softmax leaves P unnormalised (its exps, flush and sum are one pass over the scores) and
+//! the P·V outputs are divided by the row sums instead: d values a row rather than nk.
 
-use super::elementwise::{fast_exp, sum8};
+use super::elementwise::fast_exp;
 use super::simd::multiversion;
 use crate::backend::AttentionShape;
 use gemm::Parallelism;
@@ -24,16 +27,17 @@ use rayon::prelude::*;
 /// Query rows per task: bounds the score block to QBLOCK × nk floats.
 const QBLOCK: usize = 128;
 
-/// A weight `e` (its row's max at e⁰ = 1, so the row sum `s` ≥ 1) under `FLUSH · s` becomes an
-/// exact 0: `e / s` would be under 2⁻¹²⁶ (subnormal). Every weight kept stays normal.
-const FLUSH: f32 = 2.0 * f32::MIN_POSITIVE;
+/// An unnormalised weight `e` (its row's max at e⁰ = 1, so the row sum is ≥ 1) under FLUSH = 2⁻⁶⁴
+/// becomes an exact 0: it is under 2⁻⁶⁴ of the sum, far below the sum's last bit, and every kept
+/// weight's products with values of magnitude ≥ 2⁻⁶² stay normal.
+const FLUSH: f32 = 5.421_011e-20;
 
 /// A key is a candidate to leave out when its bias is this far below the sample's largest one.
 const DROP_GAP: f32 = 100.0;
 
 /// How far below its row's max score a key's score must be for its weight to be flushed surely:
-/// `fast_exp(x)` for x ≤ −86.6 is under `FLUSH` (its clamp at −87.3 gives ≈ 1.22·10⁻³⁸ <
-/// 2.35·10⁻³⁸); 90 leaves room for the f32 rounding of the scores, bounded in [`Compaction`].
+/// `fast_exp(x)` for x ≤ −44.4 is under `FLUSH` (ln 2⁻⁶⁴ ≈ −44.36); 90 leaves ample room for the
+/// f32 rounding of the scores, bounded in [`Compaction`].
 const FLUSHED_BELOW: f64 = 90.0;
 
 /// One operand: (data, first column, row stride).
@@ -152,6 +156,8 @@ multiversion! {
 struct Scratch {
     /// the block's scores, `rows` rows of `nk` floats
     scores: Vec<f32>,
+    /// 1 / each row's sum of weights
+    inv: Vec<f32>,
     /// the compaction test's scratch
     tmp: Vec<f32>,
     /// kept keys, values and biases gathered for a compacted block
@@ -247,7 +253,8 @@ pub fn attention_f32(
                 Parallelism::None,
             );
         }
-        softmax_rows(scores, nk, bias);
+        buf.inv.resize(rows, 0.0);
+        softmax_rows(scores, nk, bias, &mut buf.inv);
         let op = out_ptr;
         // SAFETY: this task writes rows [b·nq + i0, +rows) × columns [h·d, h·d + d) of out, a
         // region no other task touches; vp is in bounds for nk×d reads with stride vs.
@@ -274,31 +281,66 @@ pub fn attention_f32(
                 false,
                 Parallelism::None,
             );
+            for (r, &inv) in buf.inv.iter().enumerate() {
+                // SAFETY: row r of the same region: d floats no other task touches.
+                std::slice::from_raw_parts_mut(dst.add(r * width), d).iter_mut().for_each(|x| *x *= inv);
+            }
         }
     });
 }
 
-/// Scores per softmax group: the exps of a group's rows run as one loop, full vectors even for
-/// rows shorter than one (a text that keeps one token); 8 KiB, within L1.
+/// Scores per softmax group: the exps of a group's short rows run as one loop, full vectors even
+/// for rows shorter than one (a text that keeps one token); 8 KiB, within L1.
 const SOFTMAX_GROUP: usize = 2048;
 
+/// Rows at least this long run their exps, flush and sum as one fused pass per row.
+const FUSED_ROW: usize = 256;
+
 multiversion! {
-    /// Each `nk`-wide row of `scores` ← softmax(row + bias), weights under `FLUSH` of the row
-    /// sum flushed to 0 (so no weight is subnormal).
-    fn softmax_rows(scores: &mut [f32], nk: usize, bias: Option<&[f32]>) {
-        for group in scores.chunks_mut(nk * (SOFTMAX_GROUP / nk).max(1)) {
-            for row in group.chunks_mut(nk) {
-                if let Some(bias) = bias {
-                    row.iter_mut().zip(bias).for_each(|(x, &bb)| *x += bb);
+    /// Each `nk`-wide row of `scores` ← exp(row + bias − its max), weights under [`FLUSH`] set to
+    /// an exact 0, and `inv[r]` ← 1 / the row's sum: the softmax with its normalisation left to
+    /// the caller (applied to the d outputs of P·V rather than to the nk weights of P).
+    fn softmax_rows(scores: &mut [f32], nk: usize, bias: Option<&[f32]>, inv: &mut [f32]) {
+        let add_bias_max = |row: &mut [f32]| {
+            if let Some(bias) = bias {
+                row.iter_mut().zip(bias).for_each(|(x, &bb)| *x += bb);
+            }
+            row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x))
+        };
+        let flushed = |x: f32| {
+            let e = fast_exp(x);
+            if e < FLUSH { 0.0 } else { e }
+        };
+        if nk >= FUSED_ROW {
+            for (row, inv) in scores.chunks_mut(nk).zip(inv.iter_mut()) {
+                let max = add_bias_max(row);
+                // one pass: exp, flush, and the sum in 8 interleaved partial sums
+                let mut acc = [0.0f32; 8];
+                let mut chunks = row.chunks_exact_mut(8);
+                for c in &mut chunks {
+                    for l in 0..8 {
+                        c[l] = flushed(c[l] - max);
+                        acc[l] += c[l];
+                    }
                 }
-                let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+                let mut tail = 0.0f32;
+                for x in chunks.into_remainder() {
+                    *x = flushed(*x - max);
+                    tail += *x;
+                }
+                *inv = 1.0 / (acc.iter().sum::<f32>() + tail);
+            }
+            return;
+        }
+        let per_group = (SOFTMAX_GROUP / nk.max(1)).max(1);
+        for (group, inv) in scores.chunks_mut(nk * per_group).zip(inv.chunks_mut(per_group)) {
+            for row in group.chunks_mut(nk) {
+                let max = add_bias_max(row);
                 row.iter_mut().for_each(|x| *x -= max);
             }
-            group.iter_mut().for_each(|x| *x = fast_exp(*x));
-            for row in group.chunks_mut(nk) {
-                let sum = sum8(row);
-                let (inv, floor) = (1.0 / sum, FLUSH * sum);
-                row.iter_mut().for_each(|x| *x = if *x < floor { 0.0 } else { *x * inv });
+            group.iter_mut().for_each(|x| *x = flushed(*x));
+            for (row, inv) in group.chunks(nk).zip(inv.iter_mut()) {
+                *inv = 1.0 / row.iter().sum::<f32>();
             }
         }
     }
