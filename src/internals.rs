@@ -44,6 +44,7 @@ pub mod build_info {
 
 /// The CPU backend's reference functions and its SIMD switch.
 pub mod cpu {
+    pub use crate::backend::cpu::attention_tiles::available as attention_tiles_run;
     pub use crate::backend::cpu::pool::on_worker;
     pub use crate::backend::cpu::reference::*;
 

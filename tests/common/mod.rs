@@ -4,6 +4,7 @@
 pub mod golden;
 pub mod ops;
 
+use deltadit::backend::AttentionShape;
 use deltadit::backend::SchedulerKind;
 pub use deltadit::internals::{rel_l2, Rng};
 use deltadit::{Backend, DType, Tensor};
@@ -45,4 +46,38 @@ pub fn assert_close(what: &str, a: &[f32], b: &[f32], tol: f64) {
     }
     let e = rel_l2(a, b);
     assert!(e <= tol, "{what}: relative error {e:.3e} > {tol:.1e}");
+}
+
+/// softmax(q·kᵀ·scale + bias)·v per (batch, head), in f64.
+pub fn attention64(
+    s: &AttentionShape,
+    q: (&[f32], usize, usize),
+    k: (&[f32], usize, usize),
+    v: (&[f32], usize, usize),
+    bias: Option<&[f32]>,
+) -> Vec<f32> {
+    let (d, width) = (s.head_dim, s.heads * s.head_dim);
+    let mut out = vec![0.0f32; s.batch * s.nq * width];
+    for b in 0..s.batch {
+        for h in 0..s.heads {
+            for i in 0..s.nq {
+                let qi = |c: usize| q.0[(b * s.nq + i) * q.2 + q.1 + h * d + c] as f64;
+                let scores: Vec<f64> = (0..s.nk)
+                    .map(|j| {
+                        let dot: f64 = (0..d).map(|c| qi(c) * k.0[(b * s.nk + j) * k.2 + k.1 + h * d + c] as f64).sum();
+                        dot * s.scale as f64 + bias.map_or(0.0, |bb| bb[b * s.nk + j] as f64)
+                    })
+                    .collect();
+                let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = scores.iter().map(|x| (x - max).exp()).collect();
+                let sum: f64 = e.iter().sum();
+                for c in 0..d {
+                    let o: f64 =
+                        (0..s.nk).map(|j| e[j] / sum * v.0[(b * s.nk + j) * v.2 + v.1 + h * d + c] as f64).sum();
+                    out[(b * s.nq + i) * width + h * d + c] = o as f32;
+                }
+            }
+        }
+    }
+    out
 }

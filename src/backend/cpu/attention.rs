@@ -18,6 +18,7 @@
 //! The softmax leaves P unnormalised (its exps, flush and sum are one pass over the scores) and
 //! the P·V outputs are divided by the row sums instead: d values a row rather than nk.
 
+use super::attention_tiles;
 use super::elementwise::fast_exp;
 use super::simd::multiversion;
 use crate::backend::AttentionShape;
@@ -164,6 +165,10 @@ struct Scratch {
     k: Vec<f32>,
     v: Vec<f32>,
     bias: Vec<f32>,
+    /// the head's keys and values packed for the tiles, and whether they are this task's head's
+    kp: Vec<f32>,
+    vp: Vec<f32>,
+    packed: bool,
 }
 
 /// `out[b·nq + i, h·d..] = softmax_j(scale·q·k_j + bias[b, j]) · v`.
@@ -199,21 +204,36 @@ pub fn attention_f32(
         None => Vec::new(),
     };
     let qblocks = s.nq.div_ceil(QBLOCK);
+    // A task runs `per_task` query blocks of one head, so the tiles' packed keys and values serve
+    // all of them; heads are split into more tasks only when there are too few to share out.
+    let heads = s.batch * s.heads;
+    let chunks = (4 * rayon::current_num_threads()).div_ceil(heads.max(1)).clamp(1, qblocks.max(1));
+    let per_task = qblocks.div_ceil(chunks);
+    let chunks = qblocks.div_ceil(per_task);
+    let tiles = attention_tiles::available() && s.nk > 0 && d > 0;
     // Each task owns a disjoint [rows, columns-of-one-head] region of out; the raw pointer is
     // shared because those regions interleave in memory.
     let out_ptr = SendPtr(out.as_mut_ptr());
-    (0..s.batch * s.heads * qblocks).into_par_iter().for_each_init(Scratch::default, |buf, task| {
-        let (bh, qb) = (task / qblocks, task % qblocks);
+    (0..heads * chunks).into_par_iter().for_each_init(Scratch::default, |buf, task| {
+        let op = out_ptr; // the whole wrapper, not its field: closures capture fields apart
+        let (bh, chunk) = (task / chunks, task % chunks);
         let (b, h) = (bh / s.heads, bh % s.heads);
-        let i0 = qb * QBLOCK;
-        let rows = QBLOCK.min(s.nq - i0);
-        let qp = &q.0[(b * s.nq + i0) * q.2 + q.1 + h * d..];
         let kp = &k.0[b * s.nk * k.2 + k.1 + h * d..];
         let vp = &v.0[b * s.nk * v.2 + v.1 + h * d..];
         let bias = key_bias.map(|kb| &kb[b * s.nk..(b + 1) * s.nk]);
-        // (keys, their rows: data and stride, the values' likewise, their biases)
-        let (nk, kp, ks, vp, vs, bias) = match (compaction.get(b).and_then(Option::as_ref), bias) {
-            (Some(c), Some(bias)) if c.holds(s.scale, d, qp, q.2, rows, kp, k.2, &mut buf.tmp) => {
+        buf.packed = false;
+        for qb in chunk * per_task..((chunk + 1) * per_task).min(qblocks) {
+            let i0 = qb * QBLOCK;
+            let rows = QBLOCK.min(s.nq - i0);
+            let qp = &q.0[(b * s.nq + i0) * q.2 + q.1 + h * d..];
+            // SAFETY: this block writes rows [b·nq + i0, +rows) × columns [h·d, h·d + d) of out,
+            // a region no other task touches (inside out: asserted above).
+            let dst = unsafe { op.0.add((b * s.nq + i0) * width + h * d) };
+            let compacted = match (compaction.get(b).and_then(Option::as_ref), bias) {
+                (Some(c), Some(bias)) if c.holds(s.scale, d, qp, q.2, rows, kp, k.2, &mut buf.tmp) => Some((c, bias)),
+                _ => None,
+            };
+            if let Some((c, bias)) = compacted {
                 buf.k.clear();
                 buf.v.clear();
                 buf.bias.clear();
@@ -222,71 +242,118 @@ pub fn attention_f32(
                     buf.v.extend_from_slice(&vp[j * v.2..j * v.2 + d]);
                     buf.bias.push(bias[j]);
                 }
-                (c.kept.len(), &buf.k[..], d, &buf.v[..], d, Some(&buf.bias[..]))
-            }
-            _ => (s.nk, kp, k.2, vp, v.2, bias),
-        };
-        let scores = &mut buf.scores;
-        scores.resize(rows * nk, 0.0);
-        // SAFETY: qp/kp are in bounds for rows×d (stride q.2) and nk×d (stride ks) reads, as the
-        // caller's shape checks (or the gather above) guarantee; scores holds rows×nk floats.
-        unsafe {
-            gemm::gemm(
-                rows,
-                nk,
-                d,
-                scores.as_mut_ptr(),
-                1,
-                nk as isize,
-                false,
-                qp.as_ptr(),
-                1,
-                q.2 as isize,
-                kp.as_ptr(),
-                ks as isize,
-                1,
-                0.0f32,
-                s.scale,
-                false,
-                false,
-                false,
-                Parallelism::None,
-            );
-        }
-        buf.inv.resize(rows, 0.0);
-        softmax_rows(scores, nk, bias, &mut buf.inv);
-        let op = out_ptr;
-        // SAFETY: this task writes rows [b·nq + i0, +rows) × columns [h·d, h·d + d) of out, a
-        // region no other task touches; vp is in bounds for nk×d reads with stride vs.
-        unsafe {
-            let dst = op.0.add((b * s.nq + i0) * width + h * d);
-            gemm::gemm(
-                rows,
-                d,
-                nk,
-                dst,
-                1,
-                width as isize,
-                false,
-                scores.as_ptr(),
-                1,
-                nk as isize,
-                vp.as_ptr(),
-                1,
-                vs as isize,
-                0.0f32,
-                1.0f32,
-                false,
-                false,
-                false,
-                Parallelism::None,
-            );
-            for (r, &inv) in buf.inv.iter().enumerate() {
-                // SAFETY: row r of the same region: d floats no other task touches.
-                std::slice::from_raw_parts_mut(dst.add(r * width), d).iter_mut().for_each(|x| *x *= inv);
+                let (kk, vv, bb) =
+                    (std::mem::take(&mut buf.k), std::mem::take(&mut buf.v), std::mem::take(&mut buf.bias));
+                let keys = Keys { n: c.kept.len(), k: (&kk, d), v: (&vv, d), bias: Some(&bb) };
+                // SAFETY: the gathered rows hold `n` keys and values of d floats; dst as above.
+                unsafe { block_gemm(s, (qp, q.2), rows, &keys, buf, dst, width) };
+                (buf.k, buf.v, buf.bias) = (kk, vv, bb);
+            } else if tiles {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: AVX2 and FMA are present (`available`); q's rows, the packed operands
+                // and dst's rows hold what the shape implies (asserted above).
+                unsafe {
+                    if !buf.packed {
+                        attention_tiles::pack_keys(kp, k.2, s.nk, d, &mut buf.kp);
+                        attention_tiles::pack_values(vp, v.2, s.nk, d, &mut buf.vp);
+                        buf.packed = true;
+                    }
+                    buf.scores.resize(rows * s.nk, 0.0);
+                    attention_tiles::scores(qp.as_ptr(), q.2, rows, &buf.kp, s.nk, d, &mut buf.scores, s.scale);
+                    buf.inv.resize(rows, 0.0);
+                    attention_tiles::softmax_rows(&mut buf.scores, s.nk, bias, &mut buf.inv, FLUSH);
+                    attention_tiles::weighted_values(&buf.scores, rows, &buf.inv, &buf.vp, s.nk, d, dst, width);
+                }
+            } else {
+                let keys = Keys { n: s.nk, k: (kp, k.2), v: (vp, v.2), bias };
+                // SAFETY: kp and vp hold nk rows of d floats, k.2 and v.2 apart; dst as above.
+                unsafe { block_gemm(s, (qp, q.2), rows, &keys, buf, dst, width) };
             }
         }
     });
+}
+
+/// One block's keys: how many, K's and V's rows (data, row stride), their biases.
+struct Keys<'a> {
+    n: usize,
+    k: (&'a [f32], usize),
+    v: (&'a [f32], usize),
+    bias: Option<&'a [f32]>,
+}
+
+/// One query block through the `gemm` crate: scores, softmax, P·V into `dst` (rows `width`
+/// apart).
+///
+/// # Safety
+/// q holds `rows` rows of d floats `q.1` apart, the keys' K and V `keys.n` rows of d floats;
+/// dst's `rows` rows of d floats, `width` apart, are this caller's alone.
+unsafe fn block_gemm(
+    s: &AttentionShape,
+    q: (&[f32], usize),
+    rows: usize,
+    keys: &Keys<'_>,
+    buf: &mut Scratch,
+    dst: *mut f32,
+    width: usize,
+) {
+    let (d, nk) = (s.head_dim, keys.n);
+    let scores = &mut buf.scores;
+    scores.resize(rows * nk, 0.0);
+    // SAFETY: q and K are in bounds for rows×d and nk×d reads at their strides (the caller's
+    // contract); scores holds rows×nk floats.
+    unsafe {
+        gemm::gemm(
+            rows,
+            nk,
+            d,
+            scores.as_mut_ptr(),
+            1,
+            nk as isize,
+            false,
+            q.0.as_ptr(),
+            1,
+            q.1 as isize,
+            keys.k.0.as_ptr(),
+            keys.k.1 as isize,
+            1,
+            0.0f32,
+            s.scale,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        );
+    }
+    buf.inv.resize(rows, 0.0);
+    softmax_rows(scores, nk, keys.bias, &mut buf.inv);
+    // SAFETY: V is in bounds for nk×d reads; dst's rows are the caller's alone.
+    unsafe {
+        gemm::gemm(
+            rows,
+            d,
+            nk,
+            dst,
+            1,
+            width as isize,
+            false,
+            scores.as_ptr(),
+            1,
+            nk as isize,
+            keys.v.0.as_ptr(),
+            1,
+            keys.v.1 as isize,
+            0.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        );
+        for (r, &inv) in buf.inv.iter().enumerate() {
+            // SAFETY: row r of dst: d floats the caller owns.
+            std::slice::from_raw_parts_mut(dst.add(r * width), d).iter_mut().for_each(|x| *x *= inv);
+        }
+    }
 }
 
 /// Scores per softmax group: the exps of a group's short rows run as one loop, full vectors even

@@ -3,6 +3,7 @@
 //! GPU is present.
 
 mod attention;
+pub(crate) mod attention_tiles;
 mod elementwise;
 mod forecast;
 mod linear;
