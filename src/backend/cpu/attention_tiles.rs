@@ -40,28 +40,38 @@ pub fn available() -> bool {
     }
 }
 
-/// Keys `k` ([nk, d], rows `ks` apart) into ⌈nk/16⌉ panels of d × 16, missing keys zero.
+/// Keys `k` ([nk, d], rows `ks` apart) into ⌈nk/16⌉ panels of d × 16, missing keys zero. Every
+/// element is written (in order), so `out` is only grown, never cleared.
 pub fn pack_keys(k: &[f32], ks: usize, nk: usize, d: usize, out: &mut Vec<f32>) {
-    out.clear();
     out.resize(nk.div_ceil(KEYS) * d * KEYS, 0.0);
-    for (j, row) in (0..nk).map(|j| (j, &k[j * ks..j * ks + d])) {
-        let panel = &mut out[(j / KEYS) * d * KEYS + j % KEYS..];
-        for (c, &x) in row.iter().enumerate() {
-            panel[c * KEYS] = x;
+    for (p, panel) in out.chunks_exact_mut(d * KEYS).take(nk.div_ceil(KEYS)).enumerate() {
+        let keys = KEYS.min(nk - p * KEYS);
+        let rows: [&[f32]; KEYS] = std::array::from_fn(|l| if l < keys { &k[(p * KEYS + l) * ks..][..d] } else { &[] });
+        for (c, lanes) in panel.chunks_exact_mut(KEYS).enumerate() {
+            for (l, x) in lanes.iter_mut().enumerate() {
+                *x = if l < keys { rows[l][c] } else { 0.0 };
+            }
         }
     }
 }
 
 /// Values `v` ([nk, d], rows `vs` apart) into ⌈d/24⌉ panels of nk × 24, missing columns zero.
+/// Every element is written, so `out` is only grown, never cleared.
 pub fn pack_values(v: &[f32], vs: usize, nk: usize, d: usize, out: &mut Vec<f32>) {
     let panels = d.div_ceil(COLS);
-    out.clear();
     out.resize(panels * nk * COLS, 0.0);
-    for j in 0..nk {
-        let row = &v[j * vs..j * vs + d];
-        for p in 0..panels {
-            let w = COLS.min(d - p * COLS);
-            out[(p * nk + j) * COLS..][..w].copy_from_slice(&row[p * COLS..p * COLS + w]);
+    for p in 0..panels {
+        let (c0, w) = (p * COLS, COLS.min(d - p * COLS));
+        let panel = &mut out[p * nk * COLS..(p + 1) * nk * COLS];
+        for (j, dst) in panel.chunks_exact_mut(COLS).enumerate() {
+            let src = &v[j * vs + c0..];
+            if w == COLS {
+                // a fixed length: inlined vector moves, not a memcpy call per row
+                dst.copy_from_slice(&src[..COLS]);
+            } else {
+                dst[..w].copy_from_slice(&src[..w]);
+                dst[w..].fill(0.0);
+            }
         }
     }
 }
