@@ -1,5 +1,8 @@
 //! Multi-head attention in f32: the reference for attention.cu. Scores for one block of query
-//! rows at a time (never the whole score matrix), GEMMs from the `gemm` crate.
+//! rows at a time (never the whole score matrix). The two GEMMs run as AVX2 + FMA register tiles
+//! over keys and values packed once per head where AVX2 is the CPU backend's level
+//! ([`attention_tiles`]), else through the `gemm` crate (AVX-512, the x86-64 baseline, other
+//! architectures, and the blocks whose masked keys are left out).
 //!
 //! Key biases (the text padding mask: 0 for kept tokens, −10000 for the others) cost nothing
 //! beyond the keys they keep:
