@@ -210,7 +210,10 @@ pub fn attention_f32(
     // A task runs `per_task` query blocks of one head, so the tiles' packed keys and values serve
     // all of them; heads are split into more tasks only when there are too few to share out.
     let heads = s.batch * s.heads;
-    let chunks = (4 * rayon::current_num_threads()).div_ceil(heads.max(1)).clamp(1, qblocks.max(1));
+    if qblocks == 0 || heads == 0 {
+        return; // no query row to write
+    }
+    let chunks = (4 * rayon::current_num_threads()).div_ceil(heads).clamp(1, qblocks);
     let per_task = qblocks.div_ceil(chunks);
     let chunks = qblocks.div_ceil(per_task);
     let tiles = attention_tiles::available() && s.nk > 0 && d > 0;
