@@ -45,6 +45,9 @@ pub mod build_info {
 /// The CPU backend's reference functions and its SIMD switch.
 pub mod cpu {
     pub use crate::backend::cpu::attention_tiles::available as attention_tiles_run;
+    pub use crate::backend::cpu::linear_tiles::{
+        available as linear_tiles_run, MAX_DEPTH as LINEAR_TILES_MAX_DEPTH, MIN_ROWS as LINEAR_TILES_MIN_ROWS,
+    };
     pub use crate::backend::cpu::pool::on_worker;
     pub use crate::backend::cpu::reference::*;
 

@@ -1,6 +1,11 @@
 //! GEMM with bias and activation: the reference for cuBLASLt's bias/GELU epilogues.
+//!
+//! Where AVX2 is the CPU backend's SIMD level and x has at least 8 rows, the product runs as the
+//! hand-written register tiles of [`linear_tiles`] (the weight read in place, x packed); otherwise
+//! (AVX-512, the x86-64 baseline, other targets, and a few rows) through the `gemm` crate below.
 
 use super::elementwise::apply_activation_slice;
+use super::linear_tiles;
 use crate::backend::Activation;
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -58,6 +63,14 @@ pub fn linear_f32_ld(
     assert!(x_holds && holds(w.len(), n, k) && holds(out.len(), m, n), "linear_f32: slices shorter than m·k, n·k, m·n");
     assert!(bias.is_none_or(|b| b.len() >= n), "linear_f32: bias shorter than n");
     if m == 0 || n == 0 {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if linear_tiles::available() && m >= linear_tiles::MIN_ROWS && k > 0 {
+        let tasks = if threads <= 1 || m * n * k < SERIAL_MACS { 1 } else { threads };
+        // SAFETY: AVX2 and FMA are present (`available`); the operands' extents were asserted
+        // above, and m, n, k ≥ 1.
+        unsafe { linear_tiles::linear((x, ldx), w, bias, act, out, (m, n, k), tasks) };
         return;
     }
     let (mb, nb) = tiles(m, n, k, threads);

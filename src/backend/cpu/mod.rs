@@ -7,6 +7,7 @@ pub(crate) mod attention_tiles;
 mod elementwise;
 mod forecast;
 mod linear;
+pub(crate) mod linear_tiles;
 mod norm_modulate;
 mod qk_norm;
 mod rel_l1;

@@ -1,0 +1,94 @@
+//! The CPU linear layer's AVX2 + FMA tiles (src/backend/cpu/linear_tiles.rs) against a float64
+//! reference, with the backend's SIMD level capped at AVX2 so they run on AVX-512 machines too
+//! (there the uncapped backend takes the `gemm` crate's path). Shapes cover every tile edge: x
+//! rows at and off the 16-row panel and its 8-row last panel (8, 9, 16, 23, 40, 130), weight
+//! rows off the 6-column tile (1, 5, 7, 13, 200), depths off the 8-wide pack transpose and over
+//! one pass (1, 7, 9, 300, MAX_DEPTH + 1, 2·MAX_DEPTH + 100), x read in place from a wider row,
+//! one task and several, cut by columns (n ≥ m) and by rows (m > n). One test in its own
+//! binary: the level cap is process-wide.
+
+mod common;
+
+use common::{assert_close, poisoned, random, Rng};
+use deltadit::backend::cpu::Cpu;
+use deltadit::backend::{Activation, Backend, ColSlice};
+use deltadit::internals::cpu::simd::{self, SimdLevel};
+use deltadit::internals::cpu::{linear_tiles_run, LINEAR_TILES_MAX_DEPTH, LINEAR_TILES_MIN_ROWS};
+use deltadit::DType::F32;
+
+const TOL: f64 = 1e-5;
+
+fn act64(act: Activation, x: f64) -> f64 {
+    match act {
+        Activation::None => x,
+        Activation::GeluTanh => {
+            0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh())
+        }
+        Activation::Silu => x / (1.0 + (-x).exp()),
+    }
+}
+
+#[test]
+fn linear_tiles_match_f64() {
+    if simd::detected() < SimdLevel::Avx2 {
+        eprintln!("no AVX2 + FMA on this CPU: the tiles cannot run here (the gemm path is cpu_ops.rs's)");
+        return;
+    }
+    simd::set_cap(Some(SimdLevel::Avx2));
+    assert!(linear_tiles_run(), "the level is capped at AVX2, yet the backend would not run the tiles");
+    assert_eq!(LINEAR_TILES_MIN_ROWS, 8, "the shapes below are chosen around an 8-row minimum");
+    let deep = LINEAR_TILES_MAX_DEPTH;
+    let mut rng = Rng::new(41);
+    // (threads, m, n, k, extra columns around x's k: 0 reads x whole, else in place at column 3)
+    let shapes = [
+        (1, 8, 1, 1, 0),
+        (1, 9, 5, 7, 0),
+        (2, 16, 13, 9, 0),
+        (2, 23, 7, 300, 5),
+        (3, 40, 200, 48, 0),
+        (2, 130, 200, 64, 0),
+        (2, 130, 7, 300, 0),
+        (3, 130, 13, 300, 4),
+        (2, 40, 13, deep + 1, 0),
+        (2, 23, 200, deep + 1, 3),
+        (1, 17, 5, 2 * deep + 100, 0),
+    ];
+    for (i, (threads, m, n, k, extra)) in shapes.into_iter().enumerate() {
+        let be = Cpu::new(threads);
+        let width = k + extra;
+        let col = if extra > 0 { 3 } else { 0 };
+        let (x, xv) = random(&be, &mut rng, &[m, width], F32, 1.0);
+        let (w, wv) = random(&be, &mut rng, &[n, k], F32, 1.0 / (k as f32).sqrt());
+        let (b, bv) = random(&be, &mut rng, &[n], F32, 0.5);
+        let dot: Vec<f64> = (0..m * n)
+            .map(|e| (0..k).map(|d| xv[e / n * width + col + d] as f64 * wv[e % n * k + d] as f64).sum())
+            .collect();
+        // every activation with and without bias on the small shapes; one combination on the deep ones
+        let combos: Vec<(Activation, bool)> = if k > deep {
+            vec![([Activation::GeluTanh, Activation::None, Activation::Silu][i % 3], i % 2 == 0)]
+        } else {
+            [Activation::None, Activation::GeluTanh, Activation::Silu]
+                .into_iter()
+                .flat_map(|a| [(a, false), (a, true)])
+                .collect()
+        };
+        for (act, with_bias) in combos {
+            let want: Vec<f32> = dot
+                .iter()
+                .enumerate()
+                .map(|(e, &s)| act64(act, s + if with_bias { bv[e % n] as f64 } else { 0.0 }) as f32)
+                .collect();
+            let mut out = poisoned(&be, &[m, n], F32);
+            let bias = with_bias.then_some(&b);
+            if extra > 0 {
+                be.linear_cols(ColSlice::new(&x, col), &w, bias, act, &mut out).unwrap();
+            } else {
+                be.linear(&x, &w, bias, act, &mut out).unwrap();
+            }
+            let what =
+                format!("linear tiles {m}x{n}x{k} (x {width} wide) on {threads} threads {act:?} bias={with_bias}");
+            assert_close(&what, &be.download(&out).unwrap(), &want, TOL);
+        }
+    }
+    simd::set_cap(None);
+}
