@@ -248,12 +248,9 @@ pub fn attention_f32(
                     buf.v.extend_from_slice(&vp[j * v.2..j * v.2 + d]);
                     buf.bias.push(bias[j]);
                 }
-                let (kk, vv, bb) =
-                    (std::mem::take(&mut buf.k), std::mem::take(&mut buf.v), std::mem::take(&mut buf.bias));
-                let keys = Keys { n: c.kept.len(), k: (&kk, d), v: (&vv, d), bias: Some(&bb) };
+                let keys = Keys { n: c.kept.len(), k: (&buf.k, d), v: (&buf.v, d), bias: Some(&buf.bias) };
                 // SAFETY: the gathered rows hold `n` keys and values of d floats; dst as above.
-                unsafe { block_gemm(s, (qp, q.2), rows, &keys, buf, dst, width) };
-                (buf.k, buf.v, buf.bias) = (kk, vv, bb);
+                unsafe { block_gemm(s, (qp, q.2), rows, &keys, (&mut buf.scores, &mut buf.inv), dst, width) };
             } else if tiles {
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: AVX2 and FMA are present (`available`); q's rows, the packed operands
@@ -273,7 +270,7 @@ pub fn attention_f32(
             } else {
                 let keys = Keys { n: s.nk, k: (kp, k.2), v: (vp, v.2), bias };
                 // SAFETY: kp and vp hold nk rows of d floats, k.2 and v.2 apart; dst as above.
-                unsafe { block_gemm(s, (qp, q.2), rows, &keys, buf, dst, width) };
+                unsafe { block_gemm(s, (qp, q.2), rows, &keys, (&mut buf.scores, &mut buf.inv), dst, width) };
             }
         }
     });
@@ -298,12 +295,11 @@ unsafe fn block_gemm(
     q: (&[f32], usize),
     rows: usize,
     keys: &Keys<'_>,
-    buf: &mut Scratch,
+    (scores, inv): (&mut Vec<f32>, &mut Vec<f32>),
     dst: *mut f32,
     width: usize,
 ) {
     let (d, nk) = (s.head_dim, keys.n);
-    let scores = &mut buf.scores;
     scores.resize(rows * nk, 0.0);
     // SAFETY: q and K are in bounds for rows×d and nk×d reads at their strides (the caller's
     // contract); scores holds rows×nk floats.
@@ -330,8 +326,8 @@ unsafe fn block_gemm(
             Parallelism::None,
         );
     }
-    buf.inv.resize(rows, 0.0);
-    softmax_rows(scores, nk, keys.bias, &mut buf.inv);
+    inv.resize(rows, 0.0);
+    softmax_rows(scores, nk, keys.bias, inv);
     // SAFETY: V is in bounds for nk×d reads; dst's rows are the caller's alone.
     unsafe {
         gemm::gemm(
@@ -355,9 +351,9 @@ unsafe fn block_gemm(
             false,
             Parallelism::None,
         );
-        for (r, &inv) in buf.inv.iter().enumerate() {
+        for (r, &f) in inv.iter().enumerate() {
             // SAFETY: row r of dst: d floats the caller owns.
-            std::slice::from_raw_parts_mut(dst.add(r * width), d).iter_mut().for_each(|x| *x *= inv);
+            std::slice::from_raw_parts_mut(dst.add(r * width), d).iter_mut().for_each(|x| *x *= f);
         }
     }
 }

@@ -19,9 +19,9 @@
 //! adds the bias. Each output element is one FMA chain per pass in index order, so results differ
 //! from the `gemm` crate's in the last bits only.
 //!
-//! Measured against the `gemm` crate as `linear_f32` drives it (bench/results/
-//! 2026-12-08-cpu-zen3-linear-tiles): 1.1–1.2× at the small presets' shapes, parity to 1.07× at
-//! the 512- and 2048-row ones. Used where AVX2 is the CPU backend's level and x has at least
+//! Measured against the `gemm` crate as `linear_f32` drives it, alternating call by call on a
+//! 2-core Zen 3 (bench/results/2026-12-07-cpu-zen3-linear-tiles): 1.14–1.42× at the small
+//! presets' shapes (96–128 rows), 0.98–1.17× at the 512- to 2048-row ones. Used where AVX2 is the CPU backend's level and x has at least
 //! [`MIN_ROWS`] rows (fewer would waste most of a 16-row panel; the crate's path is a GEMV then).
 
 #[cfg(target_arch = "x86_64")]
@@ -47,6 +47,11 @@ pub const MAX_DEPTH: usize = 1152;
 #[cfg(target_arch = "x86_64")]
 /// Floats of weight rows a pass runs against every panel while they stay in L2 (192 KB).
 const WEIGHT_BLOCK: usize = 48 * 1024;
+/// The most floats a thread keeps packed between calls (32 MiB): enough for 2048 rows of depth
+/// 4096. Larger ones (PixArt-α 1024's ff2 on 2 threads: 4096 rows a task at depth 4608, 75 MB)
+/// are allocated per call, a few ms against the GEMM's ~0.5 s, instead of pinned to the thread.
+#[cfg(target_arch = "x86_64")]
+const RETAINED: usize = 8 << 20;
 /// The fewest x rows the tiles take.
 pub const MIN_ROWS: usize = 8;
 
@@ -144,10 +149,17 @@ pub unsafe fn linear(
 }
 
 #[cfg(target_arch = "x86_64")]
-/// Runs `f` with this thread's panel buffer (a fresh one if it is already in use).
+/// Runs `f` with this thread's panel buffer (a fresh one if it is already in use). A buffer
+/// grown past [`RETAINED`] is freed afterwards rather than held by the thread.
 fn with_panels<R>(f: impl FnOnce(&mut Vec<f32>) -> R) -> R {
     PANELS.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut held) => f(&mut held),
+        Ok(mut held) => {
+            let r = f(&mut held);
+            if held.capacity() > RETAINED {
+                *held = Vec::new();
+            }
+            r
+        }
         Err(_) => f(&mut Vec::new()),
     })
 }
