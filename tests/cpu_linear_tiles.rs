@@ -1,7 +1,7 @@
 //! The CPU linear layer's AVX2 + FMA tiles (src/backend/cpu/linear_tiles.rs) against a float64
 //! reference, with the backend's SIMD level capped at AVX2 so they run on AVX-512 machines too
 //! (there the uncapped backend takes the `gemm` crate's path). Shapes cover every tile edge: x
-//! rows at and off the 16-row panel and its 8-row last panel (8, 9, 16, 23, 40, 130), weight
+//! rows at and off the 16-row panel and its 8-row last panel (2, 3, 7, 8, 9, 16, 23, 40, 130), weight
 //! rows off the 6-column tile (1, 5, 7, 13, 200), depths off the 8-wide pack transpose and over
 //! one pass (1, 7, 9, 300, MAX_DEPTH + 1, 2·MAX_DEPTH + 100), x read in place from a wider row,
 //! one task and several, cut by columns (n ≥ m) and by rows (m > n). One test in its own
@@ -36,11 +36,14 @@ fn linear_tiles_match_f64() {
     }
     simd::set_cap(Some(SimdLevel::Avx2));
     assert!(linear_tiles_run(), "the level is capped at AVX2, yet the backend would not run the tiles");
-    assert_eq!(LINEAR_TILES_MIN_ROWS, 8, "the shapes below are chosen around an 8-row minimum");
+    assert_eq!(LINEAR_TILES_MIN_ROWS, 2, "the shapes below are chosen around a 2-row minimum");
     let deep = LINEAR_TILES_MAX_DEPTH;
     let mut rng = Rng::new(41);
     // (threads, m, n, k, extra columns around x's k: 0 reads x whole, else in place at column 3)
     let shapes = [
+        (1, 2, 7, 5, 0),
+        (2, 3, 200, 300, 0),
+        (2, 7, 13, 9, 5),
         (1, 8, 1, 1, 0),
         (1, 9, 5, 7, 0),
         (2, 16, 13, 9, 0),

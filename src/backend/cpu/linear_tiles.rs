@@ -21,8 +21,12 @@
 //!
 //! Measured against the `gemm` crate as `linear_f32` drives it, alternating call by call on a
 //! 2-core Zen 3 (bench/results/2026-12-07-cpu-zen3-linear-tiles): 1.14–1.42× at the small
-//! presets' shapes (96–128 rows), 0.98–1.17× at the 512- to 2048-row ones. Used where AVX2 is the CPU backend's level and x has at least
-//! [`MIN_ROWS`] rows (fewer would waste most of a 16-row panel; the crate's path is a GEMV then).
+//! presets' shapes (96–128 rows), 0.98–1.17× at the 512- to 2048-row ones, 1.6–2.2× at 2–16 rows
+//! (the adaLN modulations' batch rows, where the crate packs a 32 MB weight for a few rows).
+//!
+//! Used where AVX2 is the CPU backend's level and x has at least [`MIN_ROWS`] rows: a single row
+//! would use one of 8 panel lanes, and the crate runs it as a GEMV, 1.45× faster than the tiles
+//! at 1×6912×1152.
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
@@ -52,8 +56,8 @@ const WEIGHT_BLOCK: usize = 48 * 1024;
 /// are allocated per call, a few ms against the GEMM's ~0.5 s, instead of pinned to the thread.
 #[cfg(target_arch = "x86_64")]
 const RETAINED: usize = 8 << 20;
-/// The fewest x rows the tiles take.
-pub const MIN_ROWS: usize = 8;
+/// The fewest x rows the tiles take (one row is the crate's GEMV).
+pub const MIN_ROWS: usize = 2;
 
 /// Whether this CPU runs the tiles (AVX2 + FMA, and the CPU backend's SIMD level is AVX2).
 pub fn available() -> bool {
