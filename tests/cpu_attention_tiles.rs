@@ -10,22 +10,20 @@
 
 mod common;
 
-use common::{assert_close, attention64, poisoned, random, Rng};
+use common::{assert_close, attention64, cap_simd_at_avx2, poisoned, random, Rng};
 use deltadit::backend::cpu::Cpu;
 use deltadit::backend::{AttentionShape, Backend, ColSlice};
 use deltadit::internals::cpu::attention_tiles_run;
-use deltadit::internals::cpu::simd::{self, SimdLevel};
+use deltadit::internals::cpu::simd;
 use deltadit::DType::F32;
 
 const TOL: f64 = 1e-5;
 
 #[test]
 fn attention_tiles_match_f64() {
-    if simd::detected() < SimdLevel::Avx2 {
-        eprintln!("no AVX2 + FMA on this CPU: the tiles cannot run here (the gemm path is cpu_ops.rs's)");
+    if !cap_simd_at_avx2() {
         return;
     }
-    simd::set_cap(Some(SimdLevel::Avx2));
     assert!(attention_tiles_run(), "the level is capped at AVX2, yet the backend would not run the tiles");
     let be = Cpu::new(2);
     let mut rng = Rng::new(23);

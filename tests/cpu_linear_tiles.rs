@@ -9,32 +9,20 @@
 
 mod common;
 
-use common::{assert_close, poisoned, random, Rng};
+use common::{activation64, assert_close, cap_simd_at_avx2, poisoned, random, Rng};
 use deltadit::backend::cpu::Cpu;
 use deltadit::backend::{Activation, Backend, ColSlice};
-use deltadit::internals::cpu::simd::{self, SimdLevel};
+use deltadit::internals::cpu::simd;
 use deltadit::internals::cpu::{linear_tiles_run, LINEAR_TILES_MAX_DEPTH, LINEAR_TILES_MIN_ROWS};
 use deltadit::DType::F32;
 
 const TOL: f64 = 1e-5;
 
-fn act64(act: Activation, x: f64) -> f64 {
-    match act {
-        Activation::None => x,
-        Activation::GeluTanh => {
-            0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh())
-        }
-        Activation::Silu => x / (1.0 + (-x).exp()),
-    }
-}
-
 #[test]
 fn linear_tiles_match_f64() {
-    if simd::detected() < SimdLevel::Avx2 {
-        eprintln!("no AVX2 + FMA on this CPU: the tiles cannot run here (the gemm path is cpu_ops.rs's)");
+    if !cap_simd_at_avx2() {
         return;
     }
-    simd::set_cap(Some(SimdLevel::Avx2));
     assert!(linear_tiles_run(), "the level is capped at AVX2, yet the backend would not run the tiles");
     assert_eq!(LINEAR_TILES_MIN_ROWS, 2, "the shapes below are chosen around a 2-row minimum");
     let deep = LINEAR_TILES_MAX_DEPTH;
@@ -79,7 +67,7 @@ fn linear_tiles_match_f64() {
             let want: Vec<f32> = dot
                 .iter()
                 .enumerate()
-                .map(|(e, &s)| act64(act, s + if with_bias { bv[e % n] as f64 } else { 0.0 }) as f32)
+                .map(|(e, &s)| activation64(act, s + if with_bias { bv[e % n] as f64 } else { 0.0 }) as f32)
                 .collect();
             let mut out = poisoned(&be, &[m, n], F32);
             let bias = with_bias.then_some(&b);

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{assert_close, attention64, poisoned, random, Rng};
+use common::{activation64, assert_close, attention64, poisoned, random, Rng};
 use deltadit::backend::cpu::Cpu;
 use deltadit::backend::{
     Activation, AttentionShape, Backend, CacheWrite, Cfg, ColSlice, SchedulerKind, SchedulerUpdate,
@@ -11,14 +11,6 @@ use deltadit::backend::{
 use deltadit::DType::F32;
 
 const TOL: f64 = 1e-5;
-
-fn gelu64(x: f64) -> f64 {
-    0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh())
-}
-
-fn silu64(x: f64) -> f64 {
-    x / (1.0 + (-x).exp())
-}
 
 #[test]
 fn linear_bias_and_activations_match_f64() {
@@ -43,11 +35,7 @@ fn linear_bias_and_activations_match_f64() {
                         for kk in 0..k {
                             s += xv[i * k + kk] as f64 * wv[j * k + kk] as f64;
                         }
-                        want[i * n + j] = match act {
-                            Activation::None => s,
-                            Activation::GeluTanh => gelu64(s),
-                            Activation::Silu => silu64(s),
-                        } as f32;
+                        want[i * n + j] = activation64(act, s) as f32;
                     }
                 }
                 assert_close(
@@ -374,11 +362,7 @@ fn activation_and_add_bcast_match_f64() {
             let want: Vec<f32> = (0..rows * cols)
                 .map(|i| {
                     let v = xv[i] as f64 + bv[i % cols] as f64;
-                    (match act {
-                        Activation::GeluTanh => gelu64(v),
-                        Activation::Silu => silu64(v),
-                        Activation::None => v,
-                    }) as f32
+                    activation64(act, v) as f32
                 })
                 .collect();
             assert_close(&format!("activation {rows}x{cols} {act:?}"), &be.download(&out).unwrap(), &want, TOL);

@@ -4,8 +4,8 @@
 pub mod golden;
 pub mod ops;
 
-use deltadit::backend::AttentionShape;
 use deltadit::backend::SchedulerKind;
+use deltadit::backend::{Activation, AttentionShape};
 pub use deltadit::internals::{rel_l2, Rng};
 use deltadit::{Backend, DType, Tensor};
 
@@ -46,6 +46,29 @@ pub fn assert_close(what: &str, a: &[f32], b: &[f32], tol: f64) {
     }
     let e = rel_l2(a, b);
     assert!(e <= tol, "{what}: relative error {e:.3e} > {tol:.1e}");
+}
+
+/// `act(x)` in f64: GELU with PyTorch's tanh approximation, SiLU, or x itself.
+pub fn activation64(act: Activation, x: f64) -> f64 {
+    match act {
+        Activation::None => x,
+        Activation::GeluTanh => {
+            0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh())
+        }
+        Activation::Silu => x / (1.0 + (-x).exp()),
+    }
+}
+
+/// Caps the CPU backend's SIMD level at AVX2 (process-wide), so the hand-written AVX2 tiles run
+/// on AVX-512 machines too; false, with a line on stderr, where the CPU has no AVX2 + FMA.
+pub fn cap_simd_at_avx2() -> bool {
+    use deltadit::internals::cpu::simd::{self, SimdLevel};
+    if simd::detected() < SimdLevel::Avx2 {
+        eprintln!("no AVX2 + FMA on this CPU: the tiles cannot run here (the gemm path is cpu_ops.rs's)");
+        return false;
+    }
+    simd::set_cap(Some(SimdLevel::Avx2));
+    true
 }
 
 /// softmax(q·kᵀ·scale + bias)·v per (batch, head), in f64.
