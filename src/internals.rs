@@ -48,6 +48,9 @@ pub mod cpu {
     pub use crate::backend::cpu::linear_tiles::{
         available as linear_tiles_run, MAX_DEPTH as LINEAR_TILES_MAX_DEPTH, MIN_ROWS as LINEAR_TILES_MIN_ROWS,
     };
+    pub use crate::backend::cpu::memory::{
+        copy_streaming, huge_pages, last_level_cache_bytes, set_huge_pages, streaming_copy_min_bytes,
+    };
     pub use crate::backend::cpu::pool::on_worker;
     pub use crate::backend::cpu::reference::*;
 
@@ -149,6 +152,12 @@ pub mod env {
         d.with_poison(flag("DELTADIT_CUDA_POISON", d.poison))
             .with_graphs(flag("DELTADIT_CUDA_GRAPHS", d.graphs))
             .with_sync_launches(flag("DELTADIT_CUDA_SYNC", d.sync_launches))
+    }
+
+    /// `DELTADIT_CPU_HUGE_PAGES=0` keeps the CPU backend's buffers on 4 KiB pages (default: large
+    /// buffers are advised onto transparent huge pages; see [`super::cpu::set_huge_pages`]).
+    pub fn apply_cpu_options() {
+        crate::backend::cpu::memory::set_huge_pages(flag("DELTADIT_CPU_HUGE_PAGES", true));
     }
 
     /// `DELTADIT_ATTENTION` (mma | wgmma | wgmma-qregs | wgmma-qregs3), when set.

@@ -133,6 +133,7 @@ impl Dev {
     /// CPU with the reason printed.
     pub fn pick() -> Result<Self> {
         let want = std::env::var("DELTADIT_BENCH_DEVICE").unwrap_or_else(|_| "auto".into());
+        deltadit::internals::env::apply_cpu_options();
         let cpu = || Dev::Cpu(Cpu::new(rayon::current_num_threads()));
         match want.as_str() {
             "cpu" => Ok(cpu()),
@@ -210,17 +211,7 @@ impl Timed for Cpu {
     }
 
     fn cache_bytes(&self) -> usize {
-        // /sys/devices/system/cpu/cpu0/cache/index3/size, e.g. "32768K"
-        let l3 = std::fs::read_to_string("/sys/devices/system/cpu/cpu0/cache/index3/size").ok().and_then(|s| {
-            let s = s.trim();
-            let (num, mul) = match s.chars().last() {
-                Some('K') => (&s[..s.len() - 1], 1 << 10),
-                Some('M') => (&s[..s.len() - 1], 1 << 20),
-                _ => (s, 1),
-            };
-            num.parse::<usize>().ok().map(|n| n * mul)
-        });
-        l3.unwrap_or(32 << 20)
+        deltadit::internals::cpu::last_level_cache_bytes()
     }
 
     fn launcher<'a>(

@@ -5,6 +5,7 @@
 //! (AVX-512, the x86-64 baseline, other targets, and one row) through the `gemm` crate below.
 
 use super::elementwise::apply_activation_slice;
+#[cfg(target_arch = "x86_64")]
 use super::linear_tiles;
 use crate::backend::Activation;
 use gemm::Parallelism;
@@ -67,7 +68,7 @@ pub fn linear_f32_ld(
     }
     #[cfg(target_arch = "x86_64")]
     if linear_tiles::available() && m >= linear_tiles::MIN_ROWS && k > 0 {
-        let tasks = if threads <= 1 || m * n * k < SERIAL_MACS { 1 } else { threads };
+        let tasks = if serial(m, n, k, threads) { 1 } else { threads };
         // SAFETY: AVX2 and FMA are present (`available`); the operands' extents were asserted
         // above, and m, n, k ≥ 1.
         unsafe { linear_tiles::linear((x, ldx), w, bias, act, out, (m, n, k), tasks) };
@@ -95,9 +96,14 @@ pub fn linear_f32_ld(
     }
 }
 
+/// Whether an m × n × k GEMM runs on the calling thread alone (one thread, or too small to split).
+fn serial(m: usize, n: usize, k: usize, threads: usize) -> bool {
+    threads <= 1 || m * n * k < SERIAL_MACS
+}
+
 /// How many row and column blocks to cut an m × n × k GEMM into for `threads` threads.
 fn tiles(m: usize, n: usize, k: usize, threads: usize) -> (usize, usize) {
-    if threads <= 1 || m * n * k < SERIAL_MACS {
+    if serial(m, n, k, threads) {
         return (1, 1);
     }
     let nb = threads.min((n / MIN_BLOCK_COLS).max(1));

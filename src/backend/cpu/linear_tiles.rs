@@ -34,6 +34,8 @@ use std::arch::x86_64::*;
 #[cfg(target_arch = "x86_64")]
 use super::elementwise::apply_activation_slice;
 #[cfg(target_arch = "x86_64")]
+use super::memory;
+#[cfg(target_arch = "x86_64")]
 use crate::backend::Activation;
 #[cfg(target_arch = "x86_64")]
 use rayon::prelude::*;
@@ -128,7 +130,7 @@ pub unsafe fn linear(
         if shares.len() > 1 && shares[0].rows == (0, m) {
             // Cut by columns, every task reads all of x: pack it once, the tasks each packing
             // whole panels of it, rather than once per task.
-            buf.resize(packed_len(m, k), 0.0);
+            memory::grow_scratch(buf, packed_len(m, k));
             let per = m.div_ceil(PANEL).div_ceil(shares.len());
             buf.par_chunks_mut(per * k * PANEL).enumerate().for_each(|(c, chunk)| {
                 let r0 = c * per * PANEL;
@@ -137,13 +139,13 @@ pub unsafe fn linear(
             let panels: &[f32] = buf;
             shares.par_iter().for_each(|s| compute(s, panels));
         } else if shares.len() == 1 {
-            buf.resize(packed_len(m, k), 0.0);
+            memory::grow_scratch(buf, packed_len(m, k));
             pack(0, m, buf);
             compute(&shares[0], buf);
         } else {
             shares.par_iter().for_each(|s| {
                 with_panels(|own| {
-                    own.resize(packed_len(s.rows.1, k), 0.0);
+                    memory::grow_scratch(own, packed_len(s.rows.1, k));
                     pack(s.rows.0, s.rows.1, own);
                     compute(s, own)
                 })

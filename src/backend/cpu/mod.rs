@@ -8,6 +8,7 @@ mod elementwise;
 mod forecast;
 mod linear;
 pub(crate) mod linear_tiles;
+pub(crate) mod memory;
 mod norm_modulate;
 mod qk_norm;
 mod rel_l1;
@@ -158,7 +159,7 @@ impl Backend for Cpu {
             ));
         }
         let n = shapes::alloc_bytes(shape, dtype)? / dtype.size();
-        Ok(Tensor::from_parts(vec![f32::NAN; n], shape, dtype))
+        Ok(Tensor::from_parts(memory::filled(n, f32::NAN), shape, dtype))
     }
 
     fn download(&self, t: &Tensor<Self>) -> Result<Vec<f32>> {
@@ -472,7 +473,12 @@ impl Backend for Cpu {
         };
         let chunk = len.div_ceil(tasks).next_multiple_of(16).max(1);
         let (d, s) = (&mut dst.buf[dst_off..dst_off + len], &src.buf[src_off..src_off + len]);
-        d.par_chunks_mut(chunk).zip(s.par_chunks(chunk)).for_each(|(d, s)| d.copy_from_slice(s));
+        // A copy too large for the cache streams past it (see memory::streaming_copy_min_bytes).
+        if len * size_of::<f32>() >= memory::streaming_copy_min_bytes() {
+            d.par_chunks_mut(chunk).zip(s.par_chunks(chunk)).for_each(|(d, s)| memory::copy_streaming(d, s));
+        } else {
+            d.par_chunks_mut(chunk).zip(s.par_chunks(chunk)).for_each(|(d, s)| d.copy_from_slice(s));
+        }
         Ok(())
     }
 }
