@@ -798,7 +798,7 @@ fn run<B: Timed>(be: &B, mode: &Mode, gpu: bool) -> Result<()> {
     if let Some(g) = gemm_rate {
         println!(
             "roofline: {} GEMM {:.2} TFLOP/s",
-            if gpu { "cuBLASLt bf16" } else { "CPU f32 (gemm crate)" },
+            if gpu { "cuBLASLt bf16" } else { "CPU f32 (Backend::linear)" },
             g / 1e12
         );
     }
@@ -823,8 +823,8 @@ fn run<B: Timed>(be: &B, mode: &Mode, gpu: bool) -> Result<()> {
             "roofline": {
                 "copy_gbps": copy_bw.map(|b| b / 1e9),
                 "gemm_tflops": gemm_rate.map(|g| g / 1e12),
-                "gemm": if gpu { "cuBLASLt bf16 8192×8192×8192" } else { "gemm crate f32 1024×1024×1024" },
-                "copy": if gpu { "device-to-device copy of 256 MiB" } else { "Backend::copy (memcpy) of 64 MiB" },
+                "gemm": if gpu { "cuBLASLt bf16 8192×8192×8192" } else { "Backend::linear f32 1024×1024×1024" },
+                "copy": if gpu { "device-to-device copy of 256 MiB" } else { "Backend::copy of 64 MiB (streaming stores: above the last-level cache)" },
             },
             "results": rows,
             "errors": errors,

@@ -20,6 +20,7 @@ pub(crate) mod simd;
 pub(crate) use attention::attention_f32;
 pub(crate) use elementwise::timestep_embedding as timestep_embedding_f32;
 pub(crate) use linear::{linear_f32, linear_f32_ld};
+pub use memory::{huge_pages, set_huge_pages};
 pub(crate) use norm_modulate::norm_modulate_f32;
 pub(crate) use qk_norm::{qk_norm_f32, qk_norm_rope_f32};
 
