@@ -475,11 +475,11 @@ impl Backend for Cpu {
         let chunk = len.div_ceil(tasks).next_multiple_of(16).max(1);
         let (d, s) = (&mut dst.buf[dst_off..dst_off + len], &src.buf[src_off..src_off + len]);
         // A copy too large for the cache streams past it (see memory::streaming_copy_min_bytes).
-        if len * size_of::<f32>() >= memory::streaming_copy_min_bytes() {
-            d.par_chunks_mut(chunk).zip(s.par_chunks(chunk)).for_each(|(d, s)| memory::copy_streaming(d, s));
-        } else {
-            d.par_chunks_mut(chunk).zip(s.par_chunks(chunk)).for_each(|(d, s)| d.copy_from_slice(s));
-        }
+        let stream = len * size_of::<f32>() >= memory::streaming_copy_min_bytes();
+        d.par_chunks_mut(chunk).zip(s.par_chunks(chunk)).for_each(|(d, s)| match stream {
+            true => memory::copy_streaming(d, s),
+            false => d.copy_from_slice(s),
+        });
         Ok(())
     }
 }
