@@ -156,8 +156,23 @@ pub mod env {
 
     /// `DELTADIT_CPU_HUGE_PAGES=0` keeps the CPU backend's buffers on 4 KiB pages (default: large
     /// buffers are advised onto transparent huge pages; see [`super::cpu::set_huge_pages`]).
-    pub fn apply_cpu_options() {
+    /// `DELTADIT_CPU_SIMD=avx2` (or `baseline`, `avx512`) caps the CPU backend's instruction set
+    /// below the detected one, to compare its code paths on one machine ([`super::cpu::simd::set_cap`];
+    /// a cap above the CPU's level is lowered to it). `DELTADIT_CPU_WIDE_TILES=1` (or `0`) runs
+    /// the 512-bit (or the 256-bit) register tiles on AVX-512 CPUs whatever the CPU's FMA width
+    /// ([`super::cpu::simd::set_wide_tiles`]; unset: chosen by the CPU).
+    pub fn apply_cpu_options() -> Result<()> {
+        use crate::backend::cpu::simd;
         crate::backend::cpu::memory::set_huge_pages(flag("DELTADIT_CPU_HUGE_PAGES", true));
+        simd::set_wide_tiles(std::env::var("DELTADIT_CPU_WIDE_TILES").ok().map(|_| flag("DELTADIT_CPU_WIDE_TILES", false)));
+        match std::env::var("DELTADIT_CPU_SIMD") {
+            Ok(v) if !v.trim().is_empty() => {
+                let level = v.parse().map_err(|_| Error::param("DELTADIT_CPU_SIMD", &v, "baseline, avx2 or avx512"))?;
+                simd::set_cap(Some(level));
+            }
+            _ => simd::set_cap(None),
+        }
+        Ok(())
     }
 
     /// `DELTADIT_ATTENTION` (mma | wgmma | wgmma-qregs | wgmma-qregs3), when set.

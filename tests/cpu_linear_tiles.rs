@@ -1,18 +1,19 @@
-//! The CPU linear layer's AVX2 + FMA tiles (src/backend/cpu/linear_tiles.rs) against a float64
-//! reference, with the backend's SIMD level capped at AVX2 so they run on AVX-512 machines too
-//! (there the uncapped backend takes the `gemm` crate's path). Shapes cover every tile edge: x
-//! rows at and off the 16-row panel and its 8-row last panel (2, 3, 7, 8, 9, 16, 23, 40, 130), weight
-//! rows off the 6-column tile (1, 5, 7, 13, 200), depths off the 8-wide pack transpose and over
-//! one pass (1, 7, 9, 300, MAX_DEPTH + 1, 2·MAX_DEPTH + 100), x read in place from a wider row,
-//! one task and several, cut by columns (n ≥ m) and by rows (m > n). One test in its own
+//! The CPU linear layer's register tiles (src/backend/cpu/linear_tiles/) against a float64
+//! reference: the AVX2 + FMA kernel with the backend's SIMD level capped at AVX2 (so it runs on
+//! AVX-512 machines too), then, where the CPU has AVX-512, the AVX-512 kernel at the uncapped
+//! level with the wide tiles forced on (a Zen 4 would otherwise choose the AVX2 kernel). Shapes cover every tile edge of both: x rows at and off the 16- and 32-row panels and
+//! their 8- and 16-row last panels (2, 3, 7, 8, 9, 16, 17, 23, 31, 32, 33, 40, 130), weight rows
+//! off the 6- and 12-column tiles (1, 5, 7, 11, 13, 200), depths off the 8-wide pack transpose and
+//! over one pass (1, 7, 9, 300, MAX_DEPTH + 1, 2·MAX_DEPTH + 100), x read in place from a wider
+//! row, one task and several, cut by columns (n ≥ m) and by rows (m > n). One test in its own
 //! binary: the level cap is process-wide.
 
 mod common;
 
-use common::{activation64, assert_close, cap_simd_at_avx2, poisoned, random, Rng};
+use common::{activation64, assert_close, poisoned, random, Rng};
 use deltadit::backend::cpu::Cpu;
 use deltadit::backend::{Activation, Backend, ColSlice};
-use deltadit::internals::cpu::simd;
+use deltadit::internals::cpu::simd::{self, SimdLevel};
 use deltadit::internals::cpu::{linear_tiles_run, LINEAR_TILES_MAX_DEPTH, LINEAR_TILES_MIN_ROWS};
 use deltadit::DType::F32;
 
@@ -20,10 +21,22 @@ const TOL: f64 = 1e-5;
 
 #[test]
 fn linear_tiles_match_f64() {
-    if !cap_simd_at_avx2() {
-        return;
+    let levels: Vec<SimdLevel> = [SimdLevel::Avx2, SimdLevel::Avx512].into_iter().filter(|&l| l <= simd::detected()).collect();
+    if levels.len() < 2 {
+        eprintln!("this CPU runs the tiles at {:?} only (detected: {})", levels, simd::detected());
     }
-    assert!(linear_tiles_run(), "the level is capped at AVX2, yet the backend would not run the tiles");
+    for level in levels {
+        simd::set_cap(Some(level));
+        simd::set_wide_tiles(Some(true));
+        assert_eq!(simd::tile_level(), level, "the tiles' level follows the cap when wide tiles are on");
+        assert!(linear_tiles_run(), "the level is {level}, yet the backend would not run the tiles");
+        tiles_match_f64(level);
+    }
+    simd::set_cap(None);
+    simd::set_wide_tiles(None);
+}
+
+fn tiles_match_f64(level: SimdLevel) {
     assert_eq!(LINEAR_TILES_MIN_ROWS, 2, "the shapes below are chosen around a 2-row minimum");
     let deep = LINEAR_TILES_MAX_DEPTH;
     let mut rng = Rng::new(41);
@@ -35,7 +48,12 @@ fn linear_tiles_match_f64() {
         (1, 8, 1, 1, 0),
         (1, 9, 5, 7, 0),
         (2, 16, 13, 9, 0),
+        (1, 17, 11, 9, 0),
         (2, 23, 7, 300, 5),
+        (2, 31, 25, 33, 0),
+        (1, 32, 12, 40, 4),
+        (2, 33, 200, 17, 0),
+        (3, 97, 11, 64, 0),
         (3, 40, 200, 48, 0),
         (2, 130, 200, 64, 0),
         (2, 130, 7, 300, 0),
@@ -77,9 +95,8 @@ fn linear_tiles_match_f64() {
                 be.linear(&x, &w, bias, act, &mut out).unwrap();
             }
             let what =
-                format!("linear tiles {m}x{n}x{k} (x {width} wide) on {threads} threads {act:?} bias={with_bias}");
+                format!("{level} linear tiles {m}x{n}x{k} (x {width} wide) on {threads} threads {act:?} bias={with_bias}");
             assert_close(&what, &be.download(&out).unwrap(), &want, TOL);
         }
     }
-    simd::set_cap(None);
 }

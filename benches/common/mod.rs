@@ -133,7 +133,7 @@ impl Dev {
     /// CPU with the reason printed.
     pub fn pick() -> Result<Self> {
         let want = std::env::var("DELTADIT_BENCH_DEVICE").unwrap_or_else(|_| "auto".into());
-        deltadit::internals::env::apply_cpu_options();
+        deltadit::internals::env::apply_cpu_options()?;
         let cpu = || Dev::Cpu(Cpu::new(rayon::current_num_threads()));
         match want.as_str() {
             "cpu" => Ok(cpu()),

@@ -777,18 +777,26 @@ pub fn format_table(r: &BenchReport) -> String {
     s
 }
 
-/// "CPU model name, N threads" from /proc/cpuinfo.
+/// "CPU model name (family F model M), SIMD level, N threads" from /proc/cpuinfo and the CPU
+/// backend's level: hosts report a bare "AMD EPYC" for Zen 3, 4 and 5 alike, and the level (the
+/// detected one, or `DELTADIT_CPU_SIMD`'s cap) and the register tiles' level, where it differs,
+/// pick the backend's code paths.
 pub fn cpu_description(threads: usize) -> String {
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    format!("{model}, {threads} threads")
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |key: &str| {
+        info.lines()
+            .find(|l| l.split(':').next().is_some_and(|k| k.trim() == key))
+            .and_then(|l| l.split(':').nth(1))
+            .map(|m| m.trim().to_string())
+    };
+    let model = field("model name").unwrap_or_else(|| "unknown CPU".into());
+    let family = match (field("cpu family"), field("model")) {
+        (Some(f), Some(m)) => format!(" (family {f} model {m})"),
+        _ => String::new(),
+    };
+    let (level, tiles) = (crate::backend::cpu::simd::level(), crate::backend::cpu::simd::tile_level());
+    let level = if tiles == level { level.to_string() } else { format!("{level} ({tiles} tiles)") };
+    format!("{model}{family}, {level}, {threads} threads")
 }
 
 #[cfg(test)]

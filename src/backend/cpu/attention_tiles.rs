@@ -12,9 +12,10 @@
 //!   nk deep; the softmax's 1/sum is applied at the store.
 //!
 //! Each sum runs in index order with one FMA per term, so results differ from the `gemm` crate's
-//! path in the last bits only (tests/cpu_simd.rs compares them at a tolerance). Used where AVX2 is
-//! the best level the CPU backend runs: on AVX-512 machines the `gemm` crate's 512-bit tiles are
-//! twice as wide.
+//! path in the last bits only (tests/cpu_simd.rs compares them at a tolerance). Used where the
+//! register tiles' level ([`super::simd::tile_level`]) is AVX2: AVX2 CPUs, and AVX-512 CPUs whose
+//! 512-bit FMAs run at half rate (Zen 4). Elsewhere on AVX-512 the `gemm` crate's 512-bit tiles
+//! are twice as wide.
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
@@ -28,11 +29,13 @@ const QK_ROWS: usize = 6;
 /// Query rows per O tile.
 const PV_ROWS: usize = 3;
 
-/// Whether this CPU runs the tiles (AVX2 + FMA, and the CPU backend's SIMD level is AVX2).
+/// Whether this CPU runs the tiles: the register tiles' level ([`super::simd::tile_level`]) is
+/// AVX2 (AVX2 CPUs, and AVX-512 CPUs with half-rate 512-bit FMAs, where the tiles measured
+/// 1.1–1.25× the `gemm` crate's AVX-512 path).
 pub fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        super::simd::level() == super::simd::SimdLevel::Avx2
+        super::simd::tile_level() == super::simd::SimdLevel::Avx2
     }
     #[cfg(not(target_arch = "x86_64"))]
     {

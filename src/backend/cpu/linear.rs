@@ -1,8 +1,8 @@
 //! GEMM with bias and activation: the reference for cuBLASLt's bias/GELU epilogues.
 //!
-//! Where AVX2 is the CPU backend's SIMD level and x has at least 2 rows, the product runs as the
+//! Where the CPU backend runs AVX2 or AVX-512 and x has at least 2 rows, the product runs as the
 //! hand-written register tiles of [`linear_tiles`] (the weight read in place, x packed); otherwise
-//! (AVX-512, the x86-64 baseline, other targets, and one row) through the `gemm` crate below.
+//! (the x86-64 baseline, other targets, and one row) through the `gemm` crate below.
 
 use super::elementwise::apply_activation_slice;
 #[cfg(target_arch = "x86_64")]

@@ -28,6 +28,17 @@ impl SimdLevel {
     }
 }
 
+impl std::str::FromStr for SimdLevel {
+    type Err = crate::Error;
+
+    fn from_str(s: &str) -> crate::Result<SimdLevel> {
+        SimdLevel::ALL
+            .into_iter()
+            .find(|l| l.to_string() == s.trim().to_ascii_lowercase())
+            .ok_or_else(|| crate::Error::param("SIMD level", s, "baseline, avx2 or avx512"))
+    }
+}
+
 impl std::fmt::Display for SimdLevel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
@@ -77,6 +88,58 @@ pub fn level() -> SimdLevel {
     }
 }
 
+/// 0: by the CPU ([`half_rate_512`]); 1: the AVX2 tiles; 2: the AVX-512 tiles where available.
+static WIDE_TILES: AtomicU8 = AtomicU8::new(0);
+
+/// Chooses the register-tile kernels' width on AVX-512 CPUs: `Some(true)` the 512-bit ones,
+/// `Some(false)` the 256-bit ones, `None` by the CPU (the default). Process-wide; for benchmarks
+/// and the tests that run both on one machine.
+pub fn set_wide_tiles(wide: Option<bool>) {
+    WIDE_TILES.store(wide.map_or(0, |w| 1 + w as u8), Ordering::Relaxed);
+}
+
+/// Whether this CPU runs 512-bit FMAs at the 256-bit FLOP rate: AMD's family 25 (Zen 4; Zen 3,
+/// the same family, has no AVX-512) splits each into two 256-bit halves. There a 512-bit tile
+/// does the AVX2 tile's FLOPs per cycle with a costlier epilogue: the AVX2 linear tiles measured
+/// 1.0–1.2× the AVX-512 ones on a 2-core Zen 4 (bench/results/2026-12-08-cpu-zen4-avx512-tiles).
+pub fn half_rate_512() -> bool {
+    static HALF: OnceLock<bool> = OnceLock::new();
+    *HALF.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::__cpuid;
+            // SAFETY: CPUID leaves 0 and 1 exist on every x86-64 CPU.
+            #[allow(unused_unsafe)]
+            let (vendor, sig) = unsafe { (__cpuid(0), __cpuid(1).eax) };
+            let amd = (vendor.ebx, vendor.edx, vendor.ecx) == (0x6874_7541, 0x6974_6e65, 0x444d_4163);
+            let base = (sig >> 8) & 0xf;
+            let family = if base == 0xf { base + ((sig >> 20) & 0xff) } else { base };
+            amd && family == 0x19
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    })
+}
+
+/// The instruction set of the register-tile kernels (the linear and attention tiles): [`level`],
+/// except AVX2 on AVX-512 CPUs that run 512-bit FMAs at half rate ([`half_rate_512`]), unless
+/// [`set_wide_tiles`] says otherwise.
+pub fn tile_level() -> SimdLevel {
+    let l = level();
+    let wide = match WIDE_TILES.load(Ordering::Relaxed) {
+        1 => false,
+        2 => true,
+        _ => !half_rate_512(),
+    };
+    if l == SimdLevel::Avx512 && !wide {
+        SimdLevel::Avx2
+    } else {
+        l
+    }
+}
+
 /// Defines a function whose body is compiled three times (baseline, AVX2+FMA, AVX-512) and
 /// dispatched on [`level`] at each call; bodies should be loops over slices with `#[inline(always)]`
 /// helpers, so the whole loop is built for the wider registers.
@@ -109,3 +172,32 @@ macro_rules! multiversion {
     };
 }
 pub(crate) use multiversion;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// CPUID's vendor and family, read against the kernel's /proc/cpuinfo (Linux x86-64 only).
+    #[test]
+    fn half_rate_512_is_amd_family_25() {
+        let Ok(info) = std::fs::read_to_string("/proc/cpuinfo") else { return };
+        let field = |key: &str| {
+            info.lines()
+                .find(|l| l.split(':').next().is_some_and(|k| k.trim() == key))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|v| v.trim().to_string())
+        };
+        let (Some(vendor), Some(family)) = (field("vendor_id"), field("cpu family")) else { return };
+        assert_eq!(half_rate_512(), vendor == "AuthenticAMD" && family == "25", "vendor {vendor}, family {family}");
+    }
+
+    #[test]
+    fn levels_parse_from_their_names() {
+        for l in SimdLevel::ALL {
+            assert_eq!(l.to_string().parse::<SimdLevel>().unwrap(), l);
+        }
+        assert_eq!(" AVX2 ".parse::<SimdLevel>().unwrap(), SimdLevel::Avx2);
+        let e = "sse4".parse::<SimdLevel>().unwrap_err().to_string();
+        assert!(e.contains("sse4") && e.contains("avx512"), "{e}");
+    }
+}

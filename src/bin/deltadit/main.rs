@@ -170,10 +170,10 @@ fn backend(args: &ModelArgs) -> Result<AnyBackend> {
 }
 
 /// The backend with the scripts' environment applied: DELTADIT_CUDA_* options,
-/// DELTADIT_CPU_HUGE_PAGES and DELTADIT_ATTENTION (the library reads no environment variables).
+/// DELTADIT_CPU_HUGE_PAGES, DELTADIT_CPU_SIMD and DELTADIT_ATTENTION (the library reads no environment variables).
 pub(crate) fn any_backend(device: Device, dtype: Option<DType>, threads: Option<usize>) -> Result<AnyBackend> {
     let attention = env::attention_kernel()?;
-    env::apply_cpu_options();
+    env::apply_cpu_options()?;
     let any = AnyBackend::with_options(device, dtype, threads, env::cuda_options())?;
     if let Some(k) = attention {
         if device != Device::Cpu {
