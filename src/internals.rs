@@ -164,7 +164,9 @@ pub mod env {
     pub fn apply_cpu_options() -> Result<()> {
         use crate::backend::cpu::simd;
         crate::backend::cpu::memory::set_huge_pages(flag("DELTADIT_CPU_HUGE_PAGES", true));
-        simd::set_wide_tiles(std::env::var("DELTADIT_CPU_WIDE_TILES").ok().map(|_| flag("DELTADIT_CPU_WIDE_TILES", false)));
+        simd::set_wide_tiles(
+            std::env::var("DELTADIT_CPU_WIDE_TILES").ok().map(|_| flag("DELTADIT_CPU_WIDE_TILES", false)),
+        );
         match std::env::var("DELTADIT_CPU_SIMD") {
             Ok(v) if !v.trim().is_empty() => {
                 let level = v.parse().map_err(|_| Error::param("DELTADIT_CPU_SIMD", &v, "baseline, avx2 or avx512"))?;

@@ -21,7 +21,8 @@ const TOL: f64 = 1e-5;
 
 #[test]
 fn linear_tiles_match_f64() {
-    let levels: Vec<SimdLevel> = [SimdLevel::Avx2, SimdLevel::Avx512].into_iter().filter(|&l| l <= simd::detected()).collect();
+    let levels: Vec<SimdLevel> =
+        [SimdLevel::Avx2, SimdLevel::Avx512].into_iter().filter(|&l| l <= simd::detected()).collect();
     if levels.len() < 2 {
         eprintln!("this CPU runs the tiles at {:?} only (detected: {})", levels, simd::detected());
     }
@@ -94,8 +95,9 @@ fn tiles_match_f64(level: SimdLevel) {
             } else {
                 be.linear(&x, &w, bias, act, &mut out).unwrap();
             }
-            let what =
-                format!("{level} linear tiles {m}x{n}x{k} (x {width} wide) on {threads} threads {act:?} bias={with_bias}");
+            let what = format!(
+                "{level} linear tiles {m}x{n}x{k} (x {width} wide) on {threads} threads {act:?} bias={with_bias}"
+            );
             assert_close(&what, &be.download(&out).unwrap(), &want, TOL);
         }
     }

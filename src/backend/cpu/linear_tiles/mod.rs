@@ -174,7 +174,8 @@ unsafe fn linear_with<K: Kernel>(
     // SAFETY (both closures): K's instruction set and the operands' extents are the caller's contract; the
     // shares partition [0, m) × [0, n), so each task alone writes its rectangle of out; `panels`
     // holds the share's rows packed.
-    let compute = |s: &Share, panels: &[f32]| unsafe { share::<K>(w, bias, act, out_addr as *mut f32, (n, k), *s, panels) };
+    let compute =
+        |s: &Share, panels: &[f32]| unsafe { share::<K>(w, bias, act, out_addr as *mut f32, (n, k), *s, panels) };
     let pack = |r0: usize, rows: usize, panels: &mut [f32]| unsafe {
         pack_rows::<K>((x_addr as *const f32).add(r0 * ldx), ldx, rows, k, panels)
     };
