@@ -49,7 +49,8 @@ pub mod cpu {
         available as linear_tiles_run, MAX_DEPTH as LINEAR_TILES_MAX_DEPTH, MIN_ROWS as LINEAR_TILES_MIN_ROWS,
     };
     pub use crate::backend::cpu::memory::{
-        copy_streaming, huge_pages, last_level_cache_bytes, set_huge_pages, streaming_copy_min_bytes,
+        copy_streaming, copy_vector, copy_vector_at, huge_pages, last_level_cache_bytes, set_huge_pages,
+        streaming_copy_min_bytes,
     };
     pub use crate::backend::cpu::pool::on_worker;
     pub use crate::backend::cpu::reference::*;

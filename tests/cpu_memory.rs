@@ -6,11 +6,13 @@
 //!   where the kernel has THP off. The switch is process-wide, and the other tests here do not
 //!   depend on it;
 //! - the streaming (non-temporal) copy, bit-exact at every alignment and through `Backend::copy`
-//!   past the size where the backend takes it.
+//!   past the size where the backend takes it;
+//! - the vector-register copy below that size, bit-exact at every level the CPU has.
 
 use deltadit::backend::cpu::Cpu;
 use deltadit::backend::Backend;
-use deltadit::internals::cpu::{copy_streaming, set_huge_pages, streaming_copy_min_bytes};
+use deltadit::internals::cpu::simd::{self, SimdLevel};
+use deltadit::internals::cpu::{copy_streaming, copy_vector_at, set_huge_pages, streaming_copy_min_bytes};
 use deltadit::DType::F32;
 
 /// The VmFlags of the mapping of this process that contains `addr` (from /proc/self/smaps).
@@ -77,6 +79,31 @@ fn streaming_copy_copies_exactly_at_every_offset() {
                 dst[off..off + len].iter().zip(&src[3..]).all(|(a, b)| a.to_bits() == b.to_bits()),
                 "off {off} len {len}: wrong values"
             );
+        }
+    }
+}
+
+/// `copy_vector_at` at each SIMD level the CPU has, at every float offset within a 64-byte line,
+/// lengths around its 32- and 64-float loops (the copied tail), into the middle of a
+/// NaN-poisoned buffer whose surroundings must stay untouched.
+#[test]
+fn vector_copy_copies_exactly_at_every_level_and_offset() {
+    let src: Vec<f32> = (0..1300).map(|i| ((i * 104729) % 2039) as f32 * -0.21 + 99.0).collect();
+    let levels: Vec<SimdLevel> = SimdLevel::ALL.into_iter().filter(|&l| l <= simd::detected()).collect();
+    for level in levels {
+        for off in 0..17 {
+            for len in (0..140).chain([255, 1024, 1100, 1279]) {
+                let mut dst = vec![f32::NAN; len + 32];
+                copy_vector_at(level, &mut dst[off..off + len], &src[5..5 + len]);
+                assert!(
+                    dst[..off].iter().chain(&dst[off + len..]).all(|x| x.is_nan()),
+                    "{level} off {off} len {len}: wrote outside"
+                );
+                assert!(
+                    dst[off..off + len].iter().zip(&src[5..]).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{level} off {off} len {len}: wrong values"
+                );
+            }
         }
     }
 }

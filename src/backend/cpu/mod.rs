@@ -478,7 +478,7 @@ impl Backend for Cpu {
         let stream = len * size_of::<f32>() >= memory::streaming_copy_min_bytes();
         d.par_chunks_mut(chunk).zip(s.par_chunks(chunk)).for_each(|(d, s)| match stream {
             true => memory::copy_streaming(d, s),
-            false => d.copy_from_slice(s),
+            false => memory::copy_vector(d, s),
         });
         Ok(())
     }
