@@ -160,8 +160,9 @@ pub mod env {
     /// `DELTADIT_CPU_SIMD=avx2` (or `baseline`, `avx512`) caps the CPU backend's instruction set
     /// below the detected one, to compare its code paths on one machine ([`super::cpu::simd::set_cap`];
     /// a cap above the CPU's level is lowered to it). `DELTADIT_CPU_WIDE_TILES=1` (or `0`) runs
-    /// the 512-bit (or the 256-bit) register tiles on AVX-512 CPUs whatever the CPU's FMA width
-    /// ([`super::cpu::simd::set_wide_tiles`]; unset: chosen by the CPU).
+    /// the 512-bit kernels (or the AVX2 register tiles) for the linear layer and attention on
+    /// AVX-512 CPUs, whatever the CPU's FMA width ([`super::cpu::simd::set_wide_tiles`]; unset:
+    /// chosen by the CPU).
     pub fn apply_cpu_options() -> Result<()> {
         use crate::backend::cpu::simd;
         crate::backend::cpu::memory::set_huge_pages(flag("DELTADIT_CPU_HUGE_PAGES", true));

@@ -1,7 +1,7 @@
 //! The CPU linear layer's register tiles (src/backend/cpu/linear_tiles/) against a float64
 //! reference: the AVX2 + FMA kernel with the backend's SIMD level capped at AVX2 (so it runs on
 //! AVX-512 machines too), then, where the CPU has AVX-512, the AVX-512 kernel at the uncapped
-//! level with the wide tiles forced on (a Zen 4 would otherwise choose the AVX2 kernel). Shapes cover every tile edge of both: x rows at and off the 16- and 32-row panels and
+//! level. Shapes cover every tile edge of both: x rows at and off the 16- and 32-row panels and
 //! their 8- and 16-row last panels (2, 3, 7, 8, 9, 16, 17, 23, 31, 32, 33, 40, 130), weight rows
 //! off the 6- and 12-column tiles (1, 5, 7, 11, 13, 200), depths off the 8-wide pack transpose and
 //! over one pass (1, 7, 9, 300, MAX_DEPTH + 1, 2·MAX_DEPTH + 100), x read in place from a wider
@@ -28,8 +28,8 @@ fn linear_tiles_match_f64() {
     }
     for level in levels {
         simd::set_cap(Some(level));
-        simd::set_wide_tiles(Some(true));
-        assert_eq!(simd::tile_level(), level, "the tiles' level follows the cap when wide tiles are on");
+        simd::set_wide_tiles(Some(level == SimdLevel::Avx512));
+        assert_eq!(simd::linear_tile_level(), level, "the linear tiles' level follows the cap and the switch");
         assert!(linear_tiles_run(), "the level is {level}, yet the backend would not run the tiles");
         tiles_match_f64(level);
     }

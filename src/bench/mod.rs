@@ -794,8 +794,15 @@ pub fn cpu_description(threads: usize) -> String {
         (Some(f), Some(m)) => format!(" (family {f} model {m})"),
         _ => String::new(),
     };
-    let (level, tiles) = (crate::backend::cpu::simd::level(), crate::backend::cpu::simd::tile_level());
-    let level = if tiles == level { level.to_string() } else { format!("{level} ({tiles} tiles)") };
+    use crate::backend::cpu::simd;
+    let level = simd::level();
+    let mut level_s = level.to_string();
+    for (op, tiles) in [("linear", simd::linear_tile_level()), ("attention", simd::tile_level())] {
+        if tiles != level {
+            level_s += &format!(" ({op}: {tiles} tiles)");
+        }
+    }
+    let level = level_s;
     format!("{model}{family}, {level}, {threads} threads")
 }
 

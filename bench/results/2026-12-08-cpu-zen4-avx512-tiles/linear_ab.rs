@@ -28,7 +28,7 @@ fn main() {
         for (v, (_, cap, wide)) in caps.iter().enumerate() {
             simd::set_cap(*cap);
             simd::set_wide_tiles(*wide);
-            let s = r % sets;
+            let s = (r * caps.len() + v) % sets;
             let (x, w, o) = (&xs[s], &ws[s], &mut outs[s]);
             let t0 = Instant::now();
             on_worker(&mut || linear_f32(x, w, Some(&b), act, o, m, n, k, threads));

@@ -30,9 +30,9 @@ const QK_ROWS: usize = 6;
 const PV_ROWS: usize = 3;
 
 /// Whether this CPU runs the tiles: the register tiles' level ([`super::simd::tile_level`]) is
-/// AVX2 (AVX2 CPUs, and AVX-512 CPUs with half-rate 512-bit FMAs, where the tiles measured
-/// 1.08–1.15× the `gemm` crate's AVX-512 path at 256 and 1024 tokens, 0.99–1.09× at 64, on a
-/// 2-core Zen 4: bench/results/2026-12-08-cpu-zen4-avx512-tiles/attention-ab.txt).
+/// AVX2: AVX2 CPUs, and AVX-512 CPUs with half-rate 512-bit FMAs (Zen 4, where the tiles
+/// measured 1.11–1.17× the `gemm` crate's AVX-512 path at 1024 tokens, 0.93–1.15× at 64 and 256:
+/// bench/results/2026-12-08-cpu-zen4-avx512-tiles/attention-ab.txt).
 pub fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {

@@ -88,20 +88,20 @@ pub fn level() -> SimdLevel {
     }
 }
 
-/// 0: by the CPU ([`half_rate_512`]); 1: the AVX2 tiles; 2: the AVX-512 tiles where available.
+/// 0: by the CPU; 1: the AVX2 tiles; 2: the 512-bit kernels where available.
 static WIDE_TILES: AtomicU8 = AtomicU8::new(0);
 
-/// Chooses the register-tile kernels' width on AVX-512 CPUs: `Some(true)` the 512-bit ones,
-/// `Some(false)` the 256-bit ones, `None` by the CPU (the default). Process-wide; for benchmarks
-/// and the tests that run both on one machine.
+/// Chooses the register-tile kernels' width on AVX-512 CPUs: `Some(false)` the AVX2 tiles for
+/// both the linear layer and attention, `Some(true)` the 512-bit kernels (the linear layer's
+/// AVX-512 tiles; attention has none, so the `gemm` crate's AVX-512 path), `None` by the CPU
+/// (the default; see [`tile_level`] and [`linear_tile_level`]). Process-wide; for benchmarks and
+/// the tests that run both on one machine.
 pub fn set_wide_tiles(wide: Option<bool>) {
     WIDE_TILES.store(wide.map_or(0, |w| 1 + w as u8), Ordering::Relaxed);
 }
 
 /// Whether this CPU runs 512-bit FMAs at the 256-bit FLOP rate: AMD's family 25 (Zen 4; Zen 3,
-/// the same family, has no AVX-512) splits each into two 256-bit halves. There a 512-bit tile
-/// does the AVX2 tile's FLOPs per cycle with a costlier epilogue: the AVX2 linear tiles measured
-/// 1.0–1.2× the AVX-512 ones on a 2-core Zen 4 (bench/results/2026-12-08-cpu-zen4-avx512-tiles).
+/// the same family, has no AVX-512) splits each into two 256-bit halves.
 pub fn half_rate_512() -> bool {
     static HALF: OnceLock<bool> = OnceLock::new();
     *HALF.get_or_init(|| {
@@ -123,9 +123,10 @@ pub fn half_rate_512() -> bool {
     })
 }
 
-/// The instruction set of the register-tile kernels (the linear and attention tiles): [`level`],
-/// except AVX2 on AVX-512 CPUs that run 512-bit FMAs at half rate ([`half_rate_512`]), unless
-/// [`set_wide_tiles`] says otherwise.
+/// The instruction set of the attention tiles: [`level`], except AVX2 on AVX-512 CPUs that run
+/// 512-bit FMAs at half rate ([`half_rate_512`]): there the AVX2 tiles measured 1.00–1.14× the
+/// `gemm` crate's AVX-512 path (bench/results/2026-12-08-cpu-zen4-avx512-tiles), while on full-rate
+/// AVX-512 the crate's 512-bit tiles are twice as wide. [`set_wide_tiles`] overrides the choice.
 pub fn tile_level() -> SimdLevel {
     let l = level();
     let wide = match WIDE_TILES.load(Ordering::Relaxed) {
@@ -134,6 +135,18 @@ pub fn tile_level() -> SimdLevel {
         _ => !half_rate_512(),
     };
     if l == SimdLevel::Avx512 && !wide {
+        SimdLevel::Avx2
+    } else {
+        l
+    }
+}
+
+/// The instruction set of the linear layer's tiles: [`level`] (its AVX-512 tiles on every
+/// AVX-512 CPU: on a Zen 4 they measured 0.97–1.04× the AVX2 tiles at 128 to 2048 rows and
+/// 1.11–1.13× at 16), or AVX2 when [`set_wide_tiles`]`(Some(false))`.
+pub fn linear_tile_level() -> SimdLevel {
+    let l = level();
+    if l == SimdLevel::Avx512 && WIDE_TILES.load(Ordering::Relaxed) == 1 {
         SimdLevel::Avx2
     } else {
         l

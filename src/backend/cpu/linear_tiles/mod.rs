@@ -25,13 +25,14 @@
 //!   small presets' shapes (96–128 rows), 0.98–1.17× at the 512- to 2048-row ones, 1.6–2.2× at
 //!   2–16 rows (the adaLN modulations' batch rows, where the crate packs a 32 MB weight for a few
 //!   rows);
-//! - on a 2-core Zen 4 (bench/results/2026-12-08-cpu-zen4-avx512-tiles), against the crate's
-//!   AVX-512 path: see [`avx512`].
+//! - AVX-512 on a 2-core Zen 4 (bench/results/2026-12-08-cpu-zen4-avx512-tiles), against the
+//!   crate's AVX-512 path: 1.03–1.20× at 128 rows, 1.08–1.20× at 512, 1.00–1.04× at 2048,
+//!   2.3× at 16 and 1.6–1.7× at 2; against the AVX2 tiles 0.97–1.04×, 1.11–1.13× at 16 rows.
 //!
 //! Used where the CPU backend's level is AVX2 or AVX-512 and x has at least [`MIN_ROWS`] rows: a
 //! single row would use one lane of each panel vector, and the crate runs it as a GEMV, 1.45×
-//! faster than the AVX2 tiles at 1×6912×1152. The kernel is the tiles' level's
-//! ([`simd::tile_level`]): AVX2 on AVX-512 CPUs whose 512-bit FMAs run at half rate (Zen 4).
+//! faster than the AVX2 tiles at 1×6912×1152. The kernel is the level's
+//! ([`simd::linear_tile_level`]).
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -64,11 +65,11 @@ const RETAINED: usize = 8 << 20;
 /// The fewest x rows the tiles take (one row is the crate's GEMV).
 pub const MIN_ROWS: usize = 2;
 
-/// Whether this CPU runs the tiles (the tiles' level, [`simd::tile_level`], is AVX2 or AVX-512).
+/// Whether this CPU runs the tiles (their level, [`simd::linear_tile_level`], is AVX2 or AVX-512).
 pub fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        simd::tile_level() >= SimdLevel::Avx2
+        simd::linear_tile_level() >= SimdLevel::Avx2
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -142,7 +143,7 @@ pub unsafe fn linear(
 ) {
     // SAFETY: the caller's contract; the tiles' level says which instruction set is there.
     unsafe {
-        if simd::tile_level() >= SimdLevel::Avx512 {
+        if simd::linear_tile_level() >= SimdLevel::Avx512 {
             linear_with::<avx512::Avx512>(x, w, bias, act, out, mnk, tasks)
         } else {
             linear_with::<avx2::Avx2>(x, w, bias, act, out, mnk, tasks)
