@@ -26,8 +26,9 @@
 //!   2–16 rows (the adaLN modulations' batch rows, where the crate packs a 32 MB weight for a few
 //!   rows);
 //! - AVX-512 on a 2-core Zen 4 (bench/results/2026-12-08-cpu-zen4-avx512-tiles), against the
-//!   crate's AVX-512 path: 1.03–1.20× at 128 rows, 1.08–1.20× at 512, 1.00–1.04× at 2048,
-//!   2.3× at 16 and 1.6–1.7× at 2; against the AVX2 tiles 0.97–1.04×, 1.11–1.13× at 16 rows.
+//!   crate's AVX-512 path: 1.03–1.21× at 128 rows, 1.07–1.20× at 512, 1.01–1.02× at 2048,
+//!   2.3× at 16 and 1.7× at 2; against the AVX2 tiles 0.97–1.04×, 1.11–1.13× at 16 rows and
+//!   0.93–0.95× at 2.
 //!
 //! Used where the CPU backend's level is AVX2 or AVX-512 and x has at least [`MIN_ROWS`] rows: a
 //! single row would use one lane of each panel vector, and the crate runs it as a GEMV, 1.45×
