@@ -779,7 +779,7 @@ pub fn format_table(r: &BenchReport) -> String {
 
 /// "CPU model name (family F model M), SIMD level, N threads" from /proc/cpuinfo and the CPU
 /// backend's level: hosts report a bare "AMD EPYC" for Zen 3, 4 and 5 alike, and the level (the
-/// detected one, or `DELTADIT_CPU_SIMD`'s cap) and the register tiles' level, where it differs,
+/// detected one, or `DELTADIT_CPU_SIMD`'s cap) and the tiles' levels, where they differ,
 /// pick the backend's code paths.
 pub fn cpu_description(threads: usize) -> String {
     let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
@@ -795,15 +795,13 @@ pub fn cpu_description(threads: usize) -> String {
         _ => String::new(),
     };
     use crate::backend::cpu::simd;
-    let level = simd::level();
-    let mut level_s = level.to_string();
-    for (op, tiles) in [("linear", simd::linear_tile_level()), ("attention", simd::tile_level())] {
-        if tiles != level {
-            level_s += &format!(" ({op}: {tiles} tiles)");
+    let mut levels = simd::level().to_string();
+    for (op, tiles) in [("linear", simd::linear_tile_level()), ("attention", simd::attention_tile_level())] {
+        if tiles != simd::level() {
+            levels += &format!(" ({op}: {tiles} tiles)");
         }
     }
-    let level = level_s;
-    format!("{model}{family}, {level}, {threads} threads")
+    format!("{model}{family}, {levels}, {threads} threads")
 }
 
 #[cfg(test)]

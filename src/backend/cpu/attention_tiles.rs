@@ -13,7 +13,7 @@
 //!
 //! Each sum runs in index order with one FMA per term, so results differ from the `gemm` crate's
 //! path in the last bits only (tests/cpu_simd.rs compares them at a tolerance). Used where the
-//! register tiles' level ([`super::simd::tile_level`]) is AVX2: AVX2 CPUs, and AVX-512 CPUs whose
+//! attention tiles' level ([`super::simd::attention_tile_level`]) is AVX2: AVX2 CPUs, and AVX-512 CPUs whose
 //! 512-bit FMAs run at half rate (Zen 4). Elsewhere on AVX-512 the `gemm` crate's 512-bit tiles
 //! are twice as wide.
 
@@ -29,14 +29,14 @@ const QK_ROWS: usize = 6;
 /// Query rows per O tile.
 const PV_ROWS: usize = 3;
 
-/// Whether this CPU runs the tiles: the register tiles' level ([`super::simd::tile_level`]) is
+/// Whether this CPU runs the tiles: their level ([`super::simd::attention_tile_level`]) is
 /// AVX2: AVX2 CPUs, and AVX-512 CPUs with half-rate 512-bit FMAs (Zen 4, where the tiles
 /// measured 1.11–1.17× the `gemm` crate's AVX-512 path at 1024 tokens, 0.93–1.15× at 64 and 256:
 /// bench/results/2026-12-08-cpu-zen4-avx512-tiles/attention-ab.txt).
 pub fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        super::simd::tile_level() == super::simd::SimdLevel::Avx2
+        super::simd::attention_tile_level() == super::simd::SimdLevel::Avx2
     }
     #[cfg(not(target_arch = "x86_64"))]
     {

@@ -91,10 +91,19 @@ pub fn level() -> SimdLevel {
 /// 0: by the CPU; 1: the AVX2 tiles; 2: the 512-bit kernels where available.
 static WIDE_TILES: AtomicU8 = AtomicU8::new(0);
 
+/// What [`set_wide_tiles`] last said (`None`: choose by the CPU).
+fn wide_tiles() -> Option<bool> {
+    match WIDE_TILES.load(Ordering::Relaxed) {
+        1 => Some(false),
+        2 => Some(true),
+        _ => None,
+    }
+}
+
 /// Chooses the register-tile kernels' width on AVX-512 CPUs: `Some(false)` the AVX2 tiles for
 /// both the linear layer and attention, `Some(true)` the 512-bit kernels (the linear layer's
 /// AVX-512 tiles; attention has none, so the `gemm` crate's AVX-512 path), `None` by the CPU
-/// (the default; see [`tile_level`] and [`linear_tile_level`]). Process-wide; for benchmarks and
+/// (the default; see [`attention_tile_level`] and [`linear_tile_level`]). Process-wide; for benchmarks and
 /// the tests that run both on one machine.
 pub fn set_wide_tiles(wide: Option<bool>) {
     WIDE_TILES.store(wide.map_or(0, |w| 1 + w as u8), Ordering::Relaxed);
@@ -127,14 +136,9 @@ pub fn half_rate_512() -> bool {
 /// 512-bit FMAs at half rate ([`half_rate_512`]): there the AVX2 tiles measured 1.00–1.14× the
 /// `gemm` crate's AVX-512 path (bench/results/2026-12-08-cpu-zen4-avx512-tiles), while on full-rate
 /// AVX-512 the crate's 512-bit tiles are twice as wide. [`set_wide_tiles`] overrides the choice.
-pub fn tile_level() -> SimdLevel {
+pub fn attention_tile_level() -> SimdLevel {
     let l = level();
-    let wide = match WIDE_TILES.load(Ordering::Relaxed) {
-        1 => false,
-        2 => true,
-        _ => !half_rate_512(),
-    };
-    if l == SimdLevel::Avx512 && !wide {
+    if l == SimdLevel::Avx512 && !wide_tiles().unwrap_or(!half_rate_512()) {
         SimdLevel::Avx2
     } else {
         l
@@ -146,7 +150,7 @@ pub fn tile_level() -> SimdLevel {
 /// 1.11–1.13× at 16), or AVX2 when [`set_wide_tiles`]`(Some(false))`.
 pub fn linear_tile_level() -> SimdLevel {
     let l = level();
-    if l == SimdLevel::Avx512 && WIDE_TILES.load(Ordering::Relaxed) == 1 {
+    if l == SimdLevel::Avx512 && wide_tiles() == Some(false) {
         SimdLevel::Avx2
     } else {
         l
